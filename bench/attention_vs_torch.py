@@ -1,0 +1,135 @@
+#!/usr/bin/env python3
+"""lsgpt's CUDA attention against PyTorch, side by side, in one run.
+
+Runs bench_cuda_attention (lsgpt; CUDA events, median of many calls) over the
+standard grid -- width 2048, 16384 tokens per batch (B = 16384 / T), head_dim
+64 and 128 (n_head = 2048 / head_dim), T in {1024, 4096, 16384} -- and times
+the same shapes in PyTorch (bf16, triton.testing.do_bench, median):
+
+  MHSA                      vs  SDPA, flash backend and cuDNN backend (is_causal)
+  LS: 11 of 12 heads local  vs  FlexAttention, compiled, with the same block mask
+      at w = 100; half local
+      at w = 256
+
+Prints forward and forward+backward times and the ratio torch / lsgpt (above
+1: lsgpt is faster). --json PATH also writes every number.
+
+Usage: bench/attention_vs_torch.py --bench BUILD/bench_cuda_attention [--json out.json]
+"""
+import argparse
+import datetime
+import json
+import subprocess
+import sys
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+from triton.testing import do_bench
+
+flex_compiled = torch.compile(flex_attention, dynamic=False)
+
+
+def lsgpt_results(bench):
+    out = subprocess.run([bench], check=True, capture_output=True, text=True).stdout
+    rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    return {(r["label"], r["T"], r["head_dim"]): r for r in rows}
+
+
+def time_fwd_bwd(fn, q, k, v):
+    """Median ms of fn(q, k, v) and of fn plus its backward."""
+    dout = torch.randn_like(q)
+
+    def fwd():
+        with torch.no_grad():
+            fn(q, k, v)
+
+    def fwd_bwd():
+        o = fn(q, k, v)
+        torch.autograd.grad(o, (q, k, v), dout)
+
+    return (do_bench(fwd, warmup=25, rep=200, return_mode="median"),
+            do_bench(fwd_bwd, warmup=25, rep=200, return_mode="median"))
+
+
+def make_qkv(B, H, T, D):
+    g = torch.Generator(device="cuda").manual_seed(T * 131 + D)
+    return [torch.randn(B, H, T, D, device="cuda", dtype=torch.bfloat16, generator=g)
+            .mul_(0.5).requires_grad_() for _ in range(3)]
+
+
+def sdpa(backend):
+    def fn(q, k, v):
+        with sdpa_kernel([backend]):
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    return fn
+
+
+def flex_for(n_local, window, H, T):
+    def mask_mod(b, h, q_idx, kv_idx):
+        return (kv_idx <= q_idx) & ((h >= n_local) | (q_idx - kv_idx < window))
+
+    block_mask = create_block_mask(mask_mod, B=None, H=H, Q_LEN=T, KV_LEN=T, device="cuda")
+
+    def fn(q, k, v):
+        return flex_compiled(q, k, v, block_mask=block_mask)
+    return fn
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--bench", required=True, help="path of the bench_cuda_attention binary")
+    ap.add_argument("--json", help="write all results here")
+    args = ap.parse_args()
+
+    device = torch.cuda.get_device_name()
+    date = datetime.date.today().isoformat()
+    print(f"device: {device}; date: {date}; torch {torch.__version__}", flush=True)
+    ours = lsgpt_results(args.bench)
+    print(f"lsgpt: {len(ours)} configurations timed", flush=True)
+
+    results = []
+    header = (f"{'setting':16s} {'D':>4s} {'T':>6s} {'B':>3s} {'H':>3s} | {'lsgpt fwd':>9s} "
+              f"{'torch fwd':>9s} {'ratio':>6s} | {'lsgpt f+b':>9s} {'torch f+b':>9s} "
+              f"{'ratio':>6s} | torch kernel")
+    print(header)
+    for (label, T, D), r in sorted(ours.items(), key=lambda kv: (kv[0][2], kv[0][1], kv[0][0])):
+        if label == "custom":
+            continue
+        B, H = r["B"], r["heads"]
+        q, k, v = make_qkv(B, H, T, D)
+        if label == "mhsa":
+            candidates = [("sdpa-flash", sdpa(SDPBackend.FLASH_ATTENTION)),
+                          ("sdpa-cudnn", sdpa(SDPBackend.CUDNN_ATTENTION))]
+        elif label.startswith("ls_"):
+            candidates = [("flex-compiled", flex_for(r["local"], r["window"], H, T))]
+        else:  # the span overhead rows have no PyTorch counterpart
+            print(f"{label:16s} {D:4d} {T:6d} {B:3d} {H:3d} | {r['fwd_ms']:9.3f} {'':>9s} "
+                  f"{'':>6s} | {r['fwd_bwd_ms']:9.3f}", flush=True)
+            results.append({"lsgpt": r})
+            continue
+        for name, fn in candidates:
+            try:
+                t_fwd, t_fb = time_fwd_bwd(fn, q, k, v)
+            except Exception as e:  # a backend not available on this build/GPU
+                print(f"{label:16s} {D:4d} {T:6d} {B:3d} {H:3d} | {name}: unavailable ({e})",
+                      flush=True)
+                continue
+            print(f"{label:16s} {D:4d} {T:6d} {B:3d} {H:3d} | {r['fwd_ms']:9.3f} {t_fwd:9.3f} "
+                  f"{t_fwd / r['fwd_ms']:6.2f} | {r['fwd_bwd_ms']:9.3f} {t_fb:9.3f} "
+                  f"{t_fb / r['fwd_bwd_ms']:6.2f} | {name}", flush=True)
+            results.append({"lsgpt": r, "torch": {"kernel": name, "fwd_ms": t_fwd,
+                                                  "fwd_bwd_ms": t_fb}})
+        del q, k, v
+        torch.cuda.empty_cache()
+    print("ratio = torch time / lsgpt time (above 1: lsgpt faster)")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": device, "date": date, "torch": torch.__version__,
+                       "results": results}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,168 @@
+// Times lsgpt's CUDA attention, forward and forward+backward, on random bf16
+// inputs: CUDA events around each call, a few warm-up calls, then the median
+// of many. Prints one JSON object per configuration (for bench/attention_vs_torch.py).
+//
+// Usage: bench_cuda_attention [B=.. T=.. heads=.. head_dim=.. local=.. window=..
+//                              span=off|cross reps=..]
+// With no B/T/heads given it runs the standard grid: width 2048, 16384 tokens
+// per batch, head_dim 64 and 128, T 1024/4096/16384, for MHSA, 11 of 12 heads
+// local at w=100, and half the heads local at w=256.
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <map>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "core/dtype.h"
+#include "core/error.h"
+#include "ops/backend.h"
+
+#ifdef LSGPT_HAVE_CUDA
+#include <cuda_runtime_api.h>
+
+#include "ops/cuda/cuda_backend.h"
+#endif
+
+namespace {
+
+using namespace lsgpt;
+
+struct Config {
+  int B, T, heads, head_dim, local, window;
+  bool span;
+  const char* label;
+};
+
+// Visible (query, key) pairs of one batch row: the work a mask-aware kernel must do.
+double visible_pairs(const Config& c) {
+  const double T = c.T;
+  const double causal = T * (T + 1) / 2;
+  const double w = std::min<double>(c.window, T);
+  const double band = w * (w + 1) / 2 + (T - w) * w;
+  return c.local * band + (c.heads - c.local) * causal;
+}
+
+#ifdef LSGPT_HAVE_CUDA
+void check(cudaError_t e, const char* what) {
+  if (e != cudaSuccess) fail(what, ": ", cudaGetErrorString(e));
+}
+
+template <typename Fn>
+double median_ms(Backend& be, int reps, Fn fn) {
+  cudaEvent_t start, stop;
+  check(cudaEventCreate(&start), "cudaEventCreate");
+  check(cudaEventCreate(&stop), "cudaEventCreate");
+  auto stream = static_cast<cudaStream_t>(cuda_stream_of(be));
+  for (int i = 0; i < 3; ++i) fn();
+  be.sync();
+  std::vector<float> ms;
+  for (int r = 0; r < reps; ++r) {
+    check(cudaEventRecord(start, stream), "cudaEventRecord");
+    fn();
+    check(cudaEventRecord(stop, stream), "cudaEventRecord");
+    check(cudaEventSynchronize(stop), "cudaEventSynchronize");
+    float t = 0;
+    check(cudaEventElapsedTime(&t, start, stop), "cudaEventElapsedTime");
+    ms.push_back(t);
+  }
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  std::sort(ms.begin(), ms.end());
+  return ms[ms.size() / 2];
+}
+#endif
+
+void run_config(Backend& be, const Config& c, int reps) {
+#ifdef LSGPT_HAVE_CUDA
+  AttentionSpec spec;
+  spec.B = c.B, spec.T = c.T, spec.n_head = c.heads, spec.head_dim = c.head_dim;
+  spec.n_local = c.local, spec.window = c.window;
+  if (c.span) {
+    spec.span.q = {true, SpanBasis::cross, 1.5, 1.0};
+    spec.span.k = {true, SpanBasis::cross, 1.5, 1.0};
+  }
+  const size_t BT = size_t(c.B) * c.T, C = spec.C();
+  std::mt19937_64 rng(c.T * 131 + c.head_dim);
+  std::uniform_real_distribution<float> dist(-2, 2);
+  std::vector<float> host(BT * 3 * C);
+  for (auto& x : host) x = dist(rng);
+  DeviceBuffer qkv(be, BT * 3 * C * 2), dout(be, BT * C * 2), out(be, BT * C * 2),
+      dqkv(be, BT * 3 * C * 2), lse(be, size_t(c.B) * c.heads * c.T * 4), max_logit(be, c.heads * 4),
+      kbar(be, spec.span.needs_kbar() ? BT * C * 2 : 0);
+  be.upload_f32(qkv.get(), DType::bf16, host.data(), BT * 3 * C);
+  host.resize(BT * C);
+  for (auto& x : host) x = dist(rng) * 0.5f;
+  be.upload_f32(dout.get(), DType::bf16, host.data(), BT * C);
+  auto forward = [&] {
+    be.attention_forward(out.get(), lse.get(), max_logit.get(), kbar.get(), qkv.get(), spec);
+  };
+  auto backward = [&] {
+    be.attention_backward(dqkv.get(), dout.get(), qkv.get(), out.get(), lse.get(), kbar.get(), spec);
+  };
+  const double fwd = median_ms(be, reps, forward);
+  const double fwd_bwd = median_ms(be, reps, [&] { forward(); backward(); });
+  const double flops_fwd = 4.0 * c.B * visible_pairs(c) * c.head_dim;
+  std::printf(
+      "{\"label\": \"%s\", \"B\": %d, \"T\": %d, \"heads\": %d, \"head_dim\": %d, \"local\": %d, "
+      "\"window\": %d, \"span\": %s, \"fwd_ms\": %.4f, \"fwd_bwd_ms\": %.4f, "
+      "\"fwd_tflops\": %.1f, \"fwd_bwd_tflops\": %.1f}\n",
+      c.label, c.B, c.T, c.heads, c.head_dim, c.local, c.window, c.span ? "true" : "false", fwd,
+      fwd_bwd, flops_fwd / fwd * 1e-9, 3.5 * flops_fwd / fwd_bwd * 1e-9);
+  std::fflush(stdout);
+#else
+  (void)be, (void)c, (void)reps;
+#endif
+}
+
+std::vector<Config> standard_grid() {
+  std::vector<Config> grid;
+  for (int D : {64, 128})
+    for (int T : {1024, 4096, 16384}) {
+      const int B = 16384 / T, H = 2048 / D;
+      const int n_global = std::max(1, (H + 6) / 12);  // 1 of 12, rounded
+      grid.push_back({B, T, H, D, 0, 1, false, "mhsa"});
+      grid.push_back({B, T, H, D, H - n_global, 100, false, "ls_11of12_w100"});
+      grid.push_back({B, T, H, D, H / 2, 256, false, "ls_half_w256"});
+    }
+  return grid;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::map<std::string, std::string> args;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    const size_t eq = a.find('=');
+    if (eq == std::string::npos) {
+      std::fprintf(stderr, "bench_cuda_attention: expected key=value, got '%s'\n", argv[i]);
+      return 2;
+    }
+    args[a.substr(0, eq)] = a.substr(eq + 1);
+  }
+  auto get = [&](const char* k, int dflt) {
+    return args.count(k) ? std::atoi(args[k].c_str()) : dflt;
+  };
+  try {
+    std::unique_ptr<Backend> be = make_backend("cuda");
+    const int reps = get("reps", 20);
+    if (args.count("T")) {
+      Config c{get("B", 1), get("T", 1024), get("heads", 16), get("head_dim", 128),
+               get("local", 0), get("window", 100), args.count("span") && args["span"] == "cross",
+               "custom"};
+      run_config(*be, c, reps);
+    } else {
+      for (const Config& c : standard_grid()) run_config(*be, c, reps);
+      for (int D : {64, 128}) {  // the span decomposition's forward+backward overhead
+        Config c{4, 4096, 2048 / D, D, 2048 / D - 1, 100, true, "ls_span_cross"};
+        run_config(*be, c, reps);
+      }
+    }
+  } catch (const Error& e) {
+    std::fprintf(stderr, "bench_cuda_attention: error: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}

@@ -1,0 +1,36 @@
+// `lsgpt export`: a checkpoint's model as Hugging Face GPT-2 files
+// (model.safetensors + config.json), loadable by transformers' GPT2LMHeadModel
+// when every head is global. Training state (optimizer, step, RNG) is not
+// exported, so exports of the same weights are byte-identical.
+#include <cstdio>
+#include <filesystem>
+#include <memory>
+#include <string>
+
+#include "cli/commands.h"
+#include "io/checkpoint.h"
+#include "io/hf_gpt2.h"
+
+namespace lsgpt::cli {
+
+void add_export_command(CLI::App& app) {
+  struct Options {
+    std::string checkpoint, out;
+  };
+  auto opt = std::make_shared<Options>();
+  CLI::App* cmd = app.add_subcommand(
+      "export", "Write a checkpoint's model as Hugging Face GPT-2 model.safetensors + config.json");
+  cmd->add_option("--checkpoint", opt->checkpoint, "lsgpt checkpoint to export")->required();
+  cmd->add_option("--out", opt->out, "output directory (created if missing)")->required();
+  cmd->callback([opt] {
+    const Checkpoint ck = load_checkpoint(opt->checkpoint);
+    export_hf_gpt2(ck.model, ck.params, opt->out);
+    const std::filesystem::path dir(opt->out);
+    std::printf("exported %s (step %lld, %d layers, d_model %d, vocab %d) to %s and %s\n",
+                opt->checkpoint.c_str(), static_cast<long long>(ck.step), ck.model.n_layer,
+                ck.model.d_model, ck.model.vocab_size, (dir / "model.safetensors").c_str(),
+                (dir / "config.json").c_str());
+  });
+}
+
+}  // namespace lsgpt::cli

@@ -1,0 +1,91 @@
+// `lsgpt prepare`: text files -> a token file (src/data/prepare.h does the
+// work), or the bundled WikiText-2 -> DIR/{train,valid,test}.bin.
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <system_error>
+#include <vector>
+
+#include "cli/commands.h"
+#include "core/error.h"
+#include "data/prepare.h"
+#include "tokenizer/tokenizer.h"
+
+namespace lsgpt::cli {
+
+namespace {
+
+struct PrepareCommandOptions {
+  std::vector<std::string> inputs;
+  std::string output;
+  std::string split;
+  std::string dataset;
+  std::string out_dir;
+  std::string tokenizer_dir = Tokenizer::default_dir();
+};
+
+void run_prepare(const PrepareCommandOptions& o) {
+  PrepareOptions options;
+  options.live_progress = ::isatty(STDERR_FILENO) != 0;
+  options.file_summaries = true;
+
+  if (!o.dataset.empty()) {
+    if (!o.inputs.empty() || !o.output.empty())
+      fail("prepare: give either input files with -o, or --dataset with --out-dir, not both");
+    if (!o.split.empty())
+      fail("prepare: --split does not apply to --dataset (WikiText-2 is split at its article "
+           "headings)");
+    if (o.out_dir.empty()) fail("prepare: --dataset needs --out-dir DIR");
+    std::error_code ec;
+    std::filesystem::create_directories(o.out_dir, ec);
+    if (ec) fail("cannot create output directory ", o.out_dir, ": ", ec.message());
+    const Tokenizer tokenizer = Tokenizer::load(o.tokenizer_dir);
+    options.split = DocumentSplit::wikitext_headings;
+    for (const char* part : {"train", "valid", "test"}) {
+      const std::string input = bundled_wikitext2_dir() + "/wiki." + part + ".tokens";
+      const std::string output = o.out_dir + "/" + part + ".bin";
+      const PrepareSummary s = prepare_token_file(tokenizer, {input}, output, options);
+      std::fprintf(stderr, "%s\n", describe(s, "prepare: wrote " + output).c_str());
+    }
+    return;
+  }
+
+  if (!o.out_dir.empty()) fail("prepare: --out-dir goes with --dataset; for input files use -o");
+  if (o.inputs.empty())
+    fail("prepare: give input files and -o OUT.bin, or --dataset wikitext2 --out-dir DIR");
+  if (o.output.empty()) fail("prepare: give the output token file with -o OUT.bin");
+  options.split = parse_document_split(o.split.empty() ? "file" : o.split);
+  const Tokenizer tokenizer = Tokenizer::load(o.tokenizer_dir);
+  const PrepareSummary s = prepare_token_file(tokenizer, o.inputs, o.output, options);
+  std::fprintf(stderr, "%s\n", describe(s, "prepare: wrote " + o.output).c_str());
+}
+
+}  // namespace
+
+void add_prepare_command(CLI::App& app) {
+  auto o = std::make_shared<PrepareCommandOptions>();
+  CLI::App* cmd = app.add_subcommand(
+      "prepare",
+      "Tokenize text files into one token file (documents separated by <|endoftext|>), "
+      "or prepare the bundled WikiText-2 with --dataset wikitext2 --out-dir DIR");
+  cmd->add_option("inputs", o->inputs, "Text files to tokenize, in order");
+  cmd->add_option("-o,--output", o->output, "Token file to write (written atomically)");
+  cmd->add_option("--split", o->split,
+                  "What is a document: file (each input file; the default), wikitext (also a "
+                  "new document at each ' = Title = ' line) or blank-line (documents separated "
+                  "by blank lines)")
+      ->check(CLI::IsMember({"file", "wikitext", "blank-line"}));
+  cmd->add_option("--dataset", o->dataset, "A bundled dataset to prepare: wikitext2")
+      ->check(CLI::IsMember({"wikitext2"}));
+  cmd->add_option("--out-dir", o->out_dir,
+                  "With --dataset: directory for train.bin, valid.bin and test.bin");
+  cmd->add_option("--tokenizer-dir", o->tokenizer_dir,
+                  "Directory with encoder.json and vocab.bpe")
+      ->capture_default_str();
+  cmd->callback([o] { run_prepare(*o); });
+}
+
+}  // namespace lsgpt::cli

@@ -1,0 +1,89 @@
+#include "cli/model_options.h"
+
+#include <filesystem>
+#include <sstream>
+
+#include "core/error.h"
+
+namespace lsgpt::cli {
+
+std::string bundled_path(const std::string& relative) {
+  if (std::filesystem::exists(relative)) return relative;
+  return std::string(LSGPT_SOURCE_DIR) + "/" + relative;
+}
+
+void ModelOptions::add_to(CLI::App* cmd) {
+  auto group = "Model (override the config file)";
+  options.push_back(cmd->add_option("--config", config_path,
+                                    "model config JSON (default: configs/default.json)")
+                        ->group(group));
+  options.push_back(cmd->add_option("--n-layer", n_layer, "transformer blocks")->group(group));
+  options.push_back(cmd->add_option("--n-head", n_head, "attention heads per layer")->group(group));
+  options.push_back(cmd->add_option("--d-model", d_model, "width")->group(group));
+  options.push_back(cmd->add_option("--seq-len", seq_len, "context length (positions)")->group(group));
+  options.push_back(cmd->add_option("--n-local", n_local,
+                                    "local heads per layer: one number or a comma list "
+                                    "(0 = plain MHSA)")
+                        ->group(group));
+  options.push_back(cmd->add_option("--window", window, "local attention window w")->group(group));
+  options.push_back(cmd->add_option("--span", span,
+                                    "span/violation gradient scaling, e.g. "
+                                    "q:cross:1.5:1,k:cross:1.5:1, or off")
+                        ->group(group));
+  options.push_back(cmd->add_option("--span-preset", span_preset,
+                                    "named span setting (see docs/SPAN.md)")
+                        ->group(group));
+}
+
+bool ModelOptions::any_given() const {
+  for (CLI::Option* o : options)
+    if (o->count() > 0) return true;
+  return false;
+}
+
+ModelConfig ModelOptions::resolve() const {
+  ModelConfig c = ModelConfig::load(config_path.empty() ? bundled_path("configs/default.json")
+                                                        : config_path);
+  auto given = [&](const char* name) {
+    for (CLI::Option* o : options)
+      if (o->get_name() == name) return o->count() > 0;
+    return false;
+  };
+  if (given("--n-layer")) c.n_layer = n_layer;
+  if (given("--n-head")) c.n_head = n_head;
+  if (given("--d-model")) c.d_model = d_model;
+  if (given("--seq-len")) c.seq_len = seq_len;
+  if (given("--window")) c.window = window;
+  if (given("--n-local")) {
+    c.n_local.clear();
+    std::stringstream ss(n_local);
+    std::string item;
+    while (std::getline(ss, item, ',')) {
+      try {
+        size_t used = 0;
+        c.n_local.push_back(std::stoi(item, &used));
+        if (used != item.size()) throw std::invalid_argument(item);
+      } catch (const std::exception&) {
+        fail("--n-local: '", item, "' is not an integer");
+      }
+    }
+    if (c.n_local.empty()) fail("--n-local needs a number or a comma-separated list");
+  } else if (given("--n-head")) {
+    c.n_local.clear();  // the file's split was for another head count: use the default
+  } else if (given("--n-layer")) {
+    bool uniform = true;
+    for (int n : c.n_local) uniform &= n == c.n_local.front();
+    if (uniform && !c.n_local.empty()) c.n_local = {c.n_local.front()};
+    else c.n_local.clear();
+  }
+  if (given("--span") && given("--span-preset"))
+    fail("give either --span or --span-preset, not both");
+  if (given("--span")) c.span = SpanConfig::parse(span);
+  if (given("--span-preset")) c.span = SpanConfig::preset(span_preset);
+  if (given("--n-layer") && !c.span.layers.empty() && int(c.span.layers.size()) != c.n_layer)
+    c.span.layers.clear();
+  c.normalize_and_validate();
+  return c;
+}
+
+}  // namespace lsgpt::cli

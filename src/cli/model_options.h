@@ -1,0 +1,29 @@
+// The model-shape flags shared by train and info: a JSON config file plus
+// per-field overrides.
+#pragma once
+
+#include <CLI/CLI.hpp>
+#include <string>
+
+#include "model/config.h"
+
+namespace lsgpt::cli {
+
+struct ModelOptions {
+  std::string config_path;
+  int n_layer = 0, n_head = 0, d_model = 0, seq_len = 0, window = 0;
+  std::string n_local;  // "3" or "3,3,2,2"
+  std::string span;
+  std::string span_preset;
+  std::vector<CLI::Option*> options;  // to tell whether any was given
+
+  void add_to(CLI::App* cmd);
+  bool any_given() const;
+  // Loads the config file (configs/default.json when none is given) and applies overrides.
+  ModelConfig resolve() const;
+};
+
+// configs/<name> in the source tree, for defaults that work from any directory.
+std::string bundled_path(const std::string& relative);
+
+}  // namespace lsgpt::cli

@@ -1,0 +1,231 @@
+// Streaming `prepare`. Chunks go through a line splitter only when the
+// document split looks at lines (WikiText headings, blank lines); a line
+// longer than a chunk is passed on in pieces and is then never taken for a
+// heading or a blank line, so one huge line cannot make us hold a whole file.
+#include "data/prepare.h"
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cinttypes>
+#include <cstdio>
+#include <cstring>
+#include <memory>
+
+#include "core/error.h"
+#include "data/token_file.h"
+#include "tokenizer/streaming_encoder.h"
+
+namespace lsgpt {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+bool is_blank(std::string_view line) {
+  for (const char c : line)
+    if (!(c == ' ' || (c >= '\t' && c <= '\r'))) return false;
+  return true;
+}
+
+// Turns a stream of document texts into tokens in the writer, with an
+// <|endoftext|> between documents (never before the first or after the last).
+class DocumentEncoder {
+ public:
+  DocumentEncoder(const Tokenizer& tokenizer, TokenFileWriter& writer)
+      : encoder_(tokenizer), writer_(writer) {}
+
+  void text(std::string_view bytes) {
+    if (bytes.empty()) return;
+    if (!in_document_) {
+      in_document_ = true;
+      if (documents_ > 0) ids_.push_back(Tokenizer::eot);
+      ++documents_;
+    }
+    encoder_.write(bytes, ids_);
+    flush();
+  }
+  void end_document() {
+    if (!in_document_) return;
+    encoder_.finish(ids_);
+    flush();
+    in_document_ = false;
+  }
+  uint64_t documents() const { return documents_; }
+
+ private:
+  void flush() {
+    writer_.append(ids_);
+    ids_.clear();
+  }
+  StreamingEncoder encoder_;
+  TokenFileWriter& writer_;
+  std::vector<int32_t> ids_;
+  bool in_document_ = false;
+  uint64_t documents_ = 0;
+};
+
+// Feeds one input file's bytes to the DocumentEncoder, cutting documents as
+// the split asks.
+class SplitFeeder {
+ public:
+  SplitFeeder(DocumentEncoder& docs, DocumentSplit split, size_t max_line)
+      : docs_(docs), split_(split), max_line_(max_line) {}
+
+  void bytes(std::string_view chunk) {
+    if (split_ == DocumentSplit::whole_file) {
+      docs_.text(chunk);
+      return;
+    }
+    carry_.append(chunk);
+    size_t start = 0;
+    for (size_t nl; (nl = carry_.find('\n', start)) != std::string::npos; start = nl + 1) {
+      line(std::string_view(carry_).substr(start, nl + 1 - start), continues_);
+      continues_ = false;
+    }
+    carry_.erase(0, start);
+    if (carry_.size() > max_line_) {
+      line(carry_, continues_);
+      continues_ = true;
+      carry_.clear();
+    }
+  }
+  void end_of_file() {
+    if (!carry_.empty()) line(carry_, continues_);
+    carry_.clear();
+    continues_ = false;
+    has_content_ = false;
+    docs_.end_document();
+  }
+
+ private:
+  // `continued`: this is the rest of a line whose start was already passed on.
+  void line(std::string_view text, bool continued) {
+    if (split_ == DocumentSplit::wikitext_headings) {
+      // Blank lines before the first heading stay with it rather than making
+      // a document of their own.
+      if (!continued && has_content_ && is_wikitext_heading(text)) {
+        docs_.end_document();
+        has_content_ = false;
+      }
+      docs_.text(text);
+      has_content_ = has_content_ || continued || !is_blank(text);
+      return;
+    }
+    if (!continued && is_blank(text)) {
+      docs_.end_document();
+      return;
+    }
+    docs_.text(text);
+  }
+
+  DocumentEncoder& docs_;
+  DocumentSplit split_;
+  size_t max_line_;
+  std::string carry_;
+  bool continues_ = false;
+  bool has_content_ = false;  // the current document has a non-blank line
+};
+
+std::string megabytes(uint64_t bytes) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.1f MB", static_cast<double>(bytes) / 1e6);
+  return buf;
+}
+
+}  // namespace
+
+DocumentSplit parse_document_split(std::string_view name) {
+  if (name == "file") return DocumentSplit::whole_file;
+  if (name == "wikitext") return DocumentSplit::wikitext_headings;
+  if (name == "blank-line") return DocumentSplit::blank_lines;
+  fail("unknown document split \"", name, "\"; use file, wikitext or blank-line");
+}
+
+bool is_wikitext_heading(std::string_view line) {
+  const auto is_space = [](char c) { return c == ' ' || c == '\n' || c == '\r' || c == '\t'; };
+  while (!line.empty() && is_space(line.front())) line.remove_prefix(1);
+  while (!line.empty() && is_space(line.back())) line.remove_suffix(1);
+  const size_t n = line.size();
+  return n >= 5 && line[0] == '=' && line[1] == ' ' && line[2] != '=' && line[n - 1] == '=' &&
+         line[n - 2] == ' ' && line[n - 3] != '=';
+}
+
+std::string bundled_wikitext2_dir() { return LSGPT_SOURCE_DIR "/data/wikitext-2"; }
+
+std::string describe(const PrepareSummary& s, const std::string& what) {
+  char buf[256];
+  std::snprintf(buf, sizeof buf,
+                "%s: %" PRIu64 " tokens in %" PRIu64 " documents from %s in %.1f s (%.1f MB/s)",
+                what.c_str(), s.tokens, s.documents, megabytes(s.input_bytes).c_str(), s.seconds,
+                s.seconds > 0 ? static_cast<double>(s.input_bytes) / 1e6 / s.seconds : 0.0);
+  return buf;
+}
+
+PrepareSummary prepare_token_file(const Tokenizer& tokenizer, const std::vector<std::string>& inputs,
+                                  const std::string& output, const PrepareOptions& options) {
+  if (inputs.empty()) fail("prepare: no input files");
+  LSGPT_CHECK(options.chunk_bytes > 0);
+  // Check every input before writing anything.
+  std::vector<uint64_t> sizes;
+  for (const auto& path : inputs) {
+    struct stat st {};
+    if (::stat(path.c_str(), &st) != 0)
+      fail("cannot open input file ", path, ": ", std::strerror(errno));
+    if (!S_ISREG(st.st_mode)) fail("input file ", path, " is not a regular file");
+    if (st.st_size == 0) fail("input file ", path, " is empty");
+    sizes.push_back(static_cast<uint64_t>(st.st_size));
+  }
+
+  const auto start = Clock::now();
+  PrepareSummary summary;
+  TokenFileWriter writer(output, tokenizer.vocab_size());
+  DocumentEncoder docs(tokenizer, writer);
+  std::vector<char> chunk(options.chunk_bytes);
+  auto last_draw = start;
+  for (size_t f = 0; f < inputs.size(); ++f) {
+    const auto& path = inputs[f];
+    const auto file_start = Clock::now();
+    const uint64_t tokens_before = writer.token_count();
+    std::unique_ptr<std::FILE, int (*)(std::FILE*)> in(std::fopen(path.c_str(), "rb"), &std::fclose);
+    if (!in) fail("cannot open input file ", path, ": ", std::strerror(errno));
+    SplitFeeder feeder(docs, options.split, options.chunk_bytes);
+    uint64_t done = 0;
+    size_t n = 0;
+    while ((n = std::fread(chunk.data(), 1, chunk.size(), in.get())) > 0) {
+      feeder.bytes(std::string_view(chunk.data(), n));
+      done += n;
+      summary.input_bytes += n;
+      if (options.live_progress && seconds_since(last_draw) > 0.25) {
+        last_draw = Clock::now();
+        const double s = seconds_since(start);
+        std::fprintf(stderr, "\rprepare: %s %s / %s, %" PRIu64 " tokens, %.1f MB/s   ",
+                     path.c_str(), megabytes(done).c_str(), megabytes(sizes[f]).c_str(),
+                     writer.token_count(), static_cast<double>(summary.input_bytes) / 1e6 / s);
+      }
+    }
+    if (std::ferror(in.get())) fail("cannot read input file ", path, ": ", std::strerror(errno));
+    feeder.end_of_file();
+    if (options.live_progress) std::fprintf(stderr, "\r\033[K");
+    if (options.file_summaries) {
+      const double s = seconds_since(file_start);
+      std::fprintf(stderr, "prepare: %s: %s -> %" PRIu64 " tokens (%.1f MB/s)\n", path.c_str(),
+                   megabytes(done).c_str(), writer.token_count() - tokens_before,
+                   s > 0 ? static_cast<double>(done) / 1e6 / s : 0.0);
+    }
+  }
+  if (writer.token_count() == 0)
+    fail("prepare: the input files hold no text to tokenize (only blank lines?)");
+  writer.commit();
+  summary.tokens = writer.token_count();
+  summary.documents = docs.documents();
+  summary.seconds = seconds_since(start);
+  return summary;
+}
+
+}  // namespace lsgpt

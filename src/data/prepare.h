@@ -1,0 +1,56 @@
+// Text files -> one token file, streaming: inputs are read in chunks and
+// encoded with StreamingEncoder, so the ids equal those of encoding each
+// document whole while memory stays bounded by the chunk size. Documents are
+// separated by <|endoftext|> (Tokenizer::eot); what counts as a document is
+// the DocumentSplit. Used by `lsgpt prepare`.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "tokenizer/tokenizer.h"
+
+namespace lsgpt {
+
+enum class DocumentSplit {
+  whole_file,         // "file": each input file is one document
+  wikitext_headings,  // "wikitext": also a new document at each " = Title = " line
+  blank_lines,        // "blank-line": documents are separated by blank lines (dropped)
+};
+
+// "file", "wikitext" or "blank-line"; anything else is an lsgpt::Error.
+DocumentSplit parse_document_split(std::string_view name);
+
+// A WikiText top-level heading line: " = Title = " with exactly one '=' on
+// each side (second-level headings are " = = Title = = "). The line may end
+// with its newline.
+bool is_wikitext_heading(std::string_view line);
+
+struct PrepareOptions {
+  DocumentSplit split = DocumentSplit::whole_file;
+  size_t chunk_bytes = size_t(1) << 20;
+  bool live_progress = false;  // redraw a progress line on stderr (for terminals)
+  bool file_summaries = false;  // one stderr line per input file
+};
+
+struct PrepareSummary {
+  uint64_t input_bytes = 0;
+  uint64_t tokens = 0;
+  uint64_t documents = 0;
+  double seconds = 0;
+};
+
+// Writes `output` atomically; refuses missing, unreadable or empty inputs and
+// an input list that yields no text.
+PrepareSummary prepare_token_file(const Tokenizer& tokenizer, const std::vector<std::string>& inputs,
+                                  const std::string& output, const PrepareOptions& options);
+
+// The WikiText-2 files bundled in the repository (wiki.{train,valid,test}.tokens).
+std::string bundled_wikitext2_dir();
+
+// One line for stderr: "<what>: N tokens in D documents from X MB in S s (R MB/s)".
+std::string describe(const PrepareSummary& summary, const std::string& what);
+
+}  // namespace lsgpt

@@ -1,0 +1,411 @@
+#include "model/gpt.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "core/error.h"
+#include "core/rng.h"
+
+namespace lsgpt {
+
+namespace {
+// Byte offset helper: every activation is addressed as base + elements.
+inline void* at(void* base, size_t elements, size_t elem_bytes) {
+  return static_cast<char*>(base) + elements * elem_bytes;
+}
+}  // namespace
+
+// Per-layer activations saved by the forward pass for the backward pass.
+struct LayerActs {
+  DeviceBuffer ln1, ln1_mean, ln1_rstd, qkv, atty, lse, kbar, max_logit, attproj, residual2,
+      ln2, ln2_mean, ln2_rstd, fch, fch_gelu, fcproj, residual3;
+};
+
+struct GPT::Activations {
+  int B = 0, T = 0;
+  DeviceBuffer tokens, targets, encoded, lnf, lnf_mean, lnf_rstd, logits, losses;
+  std::vector<LayerActs> layers;
+  // Backward scratch, shared by all layers.
+  DeviceBuffer dresidual, dln, datty, dqkv, dfch, dlnf;
+};
+
+GPT::GPT(const ModelConfig& cfg, Backend& backend) : cfg_(cfg), be_(backend) {
+  cfg_.normalize_and_validate();
+  layout_ = make_param_layout(cfg_);
+  es_ = dtype_size(be_.dtype());
+  acc_ = dtype_size(be_.acc_dtype());
+  has_master_ = be_.dtype() != be_.acc_dtype();
+  params_ = DeviceBuffer(be_, layout_.total * es_);
+  grads_ = DeviceBuffer(be_, layout_.total * es_);
+  if (has_master_) master_ = DeviceBuffer(be_, layout_.total * acc_);
+  max_logits_.assign(cfg_.n_layer, std::vector<float>(cfg_.n_head, -INFINITY));
+  init_random(0);
+  zero_grad();
+}
+
+GPT::~GPT() = default;
+
+void* GPT::param(int index) const { return at(params_.get(), layout_[index].offset, es_); }
+void* GPT::grad(int index) const { return at(grads_.get(), layout_[index].offset, es_); }
+
+void GPT::init_random(uint64_t seed) {
+  std::vector<float> host(layout_.total, 0.0f);
+  Rng rng(seed);
+  const float std_base = 0.02f;
+  const float std_resid = 0.02f / std::sqrt(2.0f * cfg_.n_layer);
+  auto normal_fill = [&](int index, float stddev, size_t rows_used = 0) {
+    const ParamInfo& p = layout_[index];
+    size_t n = rows_used ? rows_used * size_t(p.shape[1]) : p.numel;
+    for (size_t i = 0; i < n; ++i) host[p.offset + i] = stddev * float(rng.normal());
+  };
+  auto fill = [&](int index, float value) {
+    const ParamInfo& p = layout_[index];
+    std::fill_n(host.begin() + p.offset, p.numel, value);
+  };
+  normal_fill(layout_.wte, std_base, size_t(cfg_.vocab_size));  // padded rows stay 0
+  normal_fill(layout_.wpe, 0.01f);
+  for (const LayerParams& lp : layout_.layers) {
+    fill(lp.ln1_w, 1.0f);
+    normal_fill(lp.qkv_w, std_base);
+    normal_fill(lp.attn_proj_w, std_resid);
+    fill(lp.ln2_w, 1.0f);
+    normal_fill(lp.fc_w, std_base);
+    normal_fill(lp.fc_proj_w, std_resid);
+  }
+  fill(layout_.lnf_w, 1.0f);
+  set_parameters(host);
+}
+
+void GPT::set_parameters(std::span<const float> flat) {
+  if (flat.size() != layout_.total)
+    fail("parameter count mismatch: got ", flat.size(), ", the model has ", layout_.total);
+  be_.upload_f32(params_.get(), be_.dtype(), flat.data(), flat.size());
+  if (has_master_) be_.upload_f32(master_.get(), be_.acc_dtype(), flat.data(), flat.size());
+}
+
+std::vector<float> GPT::parameters() const {
+  std::vector<float> host(layout_.total);
+  if (has_master_)
+    be_.download_f32(host.data(), master_.get(), be_.acc_dtype(), host.size());
+  else
+    be_.download_f32(host.data(), params_.get(), be_.dtype(), host.size());
+  return host;
+}
+
+std::vector<float> GPT::gradients() const {
+  std::vector<float> host(layout_.total);
+  be_.download_f32(host.data(), grads_.get(), be_.dtype(), host.size());
+  return host;
+}
+
+void GPT::ensure_activations(int B, int T) {
+  if (T > cfg_.seq_len) fail("sequence of ", T, " tokens exceeds the context of ", cfg_.seq_len);
+  if (acts_ && B * T <= acts_->B * acts_->T && T <= acts_->T && B <= acts_->B) return;
+  acts_.reset();  // free first so peak memory stays at one set
+  auto a = std::make_unique<Activations>();
+  a->B = B, a->T = T;
+  const size_t N = size_t(B) * T, C = cfg_.d_model, H = cfg_.n_head;
+  const size_t Vp = cfg_.padded_vocab();
+  auto act = [&](size_t n) { return DeviceBuffer(be_, n * es_); };
+  auto stat = [&](size_t n) { return DeviceBuffer(be_, n * acc_); };
+  a->tokens = DeviceBuffer(be_, N * sizeof(int32_t));
+  a->targets = DeviceBuffer(be_, N * sizeof(int32_t));
+  a->encoded = act(N * C);
+  a->layers.resize(cfg_.n_layer);
+  for (int l = 0; l < cfg_.n_layer; ++l) {
+    LayerActs& L = a->layers[l];
+    L.ln1 = act(N * C), L.ln1_mean = stat(N), L.ln1_rstd = stat(N);
+    L.qkv = act(N * 3 * C), L.atty = act(N * C), L.lse = stat(size_t(B) * H * T);
+    if (cfg_.span_layer(l).needs_kbar()) L.kbar = act(N * C);
+    L.max_logit = stat(H);
+    L.attproj = act(N * C), L.residual2 = act(N * C);
+    L.ln2 = act(N * C), L.ln2_mean = stat(N), L.ln2_rstd = stat(N);
+    L.fch = act(N * 4 * C), L.fch_gelu = act(N * 4 * C);
+    L.fcproj = act(N * C), L.residual3 = act(N * C);
+  }
+  a->lnf = act(N * C), a->lnf_mean = stat(N), a->lnf_rstd = stat(N);
+  a->logits = act(N * Vp), a->losses = stat(N);
+  a->dresidual = act(N * C), a->dln = act(N * C), a->datty = act(N * C);
+  a->dqkv = act(N * 3 * C), a->dfch = act(N * 4 * C), a->dlnf = act(N * C);
+  acts_ = std::move(a);
+}
+
+void GPT::forward(const int32_t* inputs, int B, int T) {
+  ensure_activations(B, T);
+  Activations& a = *acts_;
+  const int N = B * T, C = cfg_.d_model, Vp = cfg_.padded_vocab();
+  for (int i = 0; i < N; ++i)
+    if (inputs[i] < 0 || inputs[i] >= cfg_.vocab_size)
+      fail("input token ", inputs[i], " is outside the vocabulary of ", cfg_.vocab_size);
+  be_.upload(a.tokens.get(), inputs, size_t(N) * sizeof(int32_t));
+  be_.embedding_forward(a.encoded.get(), a.tokens.as<int32_t>(), param(layout_.wte),
+                        param(layout_.wpe), B, T, C, 0);
+  const void* residual = a.encoded.get();
+  for (int l = 0; l < cfg_.n_layer; ++l) {
+    const LayerParams& p = layout_.layers[l];
+    LayerActs& L = a.layers[l];
+    const AttentionSpec spec = cfg_.attention_spec(l, B, T);
+    be_.layernorm_forward(L.ln1.get(), L.ln1_mean.get(), L.ln1_rstd.get(), residual,
+                          param(p.ln1_w), param(p.ln1_b), N, C);
+    be_.matmul_forward(L.qkv.get(), nullptr, L.ln1.get(), param(p.qkv_w), param(p.qkv_b), N, C,
+                       3 * C);
+    be_.attention_forward(L.atty.get(), L.lse.get(), L.max_logit.get(), L.kbar.get(),
+                          L.qkv.get(), spec);
+    be_.matmul_forward(L.attproj.get(), nullptr, L.atty.get(), param(p.attn_proj_w),
+                       param(p.attn_proj_b), N, C, C);
+    be_.residual_forward(L.residual2.get(), residual, L.attproj.get(), size_t(N) * C);
+    be_.layernorm_forward(L.ln2.get(), L.ln2_mean.get(), L.ln2_rstd.get(), L.residual2.get(),
+                          param(p.ln2_w), param(p.ln2_b), N, C);
+    be_.matmul_forward(L.fch_gelu.get(), L.fch.get(), L.ln2.get(), param(p.fc_w), param(p.fc_b),
+                       N, C, 4 * C);
+    be_.matmul_forward(L.fcproj.get(), nullptr, L.fch_gelu.get(), param(p.fc_proj_w),
+                       param(p.fc_proj_b), N, 4 * C, C);
+    be_.residual_forward(L.residual3.get(), L.residual2.get(), L.fcproj.get(), size_t(N) * C);
+    residual = L.residual3.get();
+  }
+  be_.layernorm_forward(a.lnf.get(), a.lnf_mean.get(), a.lnf_rstd.get(), residual,
+                        param(layout_.lnf_w), param(layout_.lnf_b), N, C);
+  // Tied embedding: the classifier reuses wte, padded rows included (they are
+  // masked out of the softmax, so they are never predicted).
+  be_.matmul_forward(a.logits.get(), nullptr, a.lnf.get(), param(layout_.wte), nullptr, N, C,
+                     Vp);
+  last_B_ = B, last_T_ = T;
+  fold_max_logits();
+}
+
+void GPT::fold_max_logits() {
+  std::vector<float> head(cfg_.n_head);
+  for (int l = 0; l < cfg_.n_layer; ++l) {
+    be_.download_f32(head.data(), acts_->layers[l].max_logit.get(), be_.acc_dtype(),
+                     head.size());
+    for (int h = 0; h < cfg_.n_head; ++h)
+      max_logits_[l][h] = std::max(max_logits_[l][h], head[h]);
+  }
+}
+
+void GPT::reset_max_logits() {
+  for (auto& layer : max_logits_) std::fill(layer.begin(), layer.end(), -INFINITY);
+}
+
+double GPT::loss_from_targets(const int32_t* targets, int B, int T, double weight, bool grad) {
+  Activations& a = *acts_;
+  const int N = B * T;
+  long count = 0;
+  for (int i = 0; i < N; ++i) {
+    if (targets[i] >= cfg_.vocab_size)
+      fail("target token ", targets[i], " is outside the vocabulary of ", cfg_.vocab_size);
+    count += targets[i] >= 0;
+  }
+  if (count == 0) fail("batch has no targets to predict");
+  be_.upload(a.targets.get(), targets, size_t(N) * sizeof(int32_t));
+  be_.softmax_cross_entropy(a.losses.get(), a.logits.get(), a.targets.as<int32_t>(), N,
+                            cfg_.vocab_size, cfg_.padded_vocab(), weight / double(count), grad);
+  std::vector<float> losses(N);
+  be_.download_f32(losses.data(), a.losses.get(), be_.acc_dtype(), losses.size());
+  double sum = 0;
+  for (int i = 0; i < N; ++i)
+    if (targets[i] >= 0) sum += losses[i];
+  return sum / double(count);
+}
+
+double GPT::evaluate(const int32_t* inputs, const int32_t* targets, int B, int T) {
+  forward(inputs, B, T);
+  return loss_from_targets(targets, B, T, 1.0, false);
+}
+
+double GPT::forward_backward(const int32_t* inputs, const int32_t* targets, int B, int T,
+                             double weight) {
+  forward(inputs, B, T);
+  const double loss = loss_from_targets(targets, B, T, weight, true);
+  backward(B, T);
+  return loss;
+}
+
+void GPT::backward(int B, int T) {
+  Activations& a = *acts_;
+  const int N = B * T, C = cfg_.d_model, Vp = cfg_.padded_vocab();
+  // logits now hold dloss/dlogits (written in place by the classifier).
+  be_.matmul_backward(a.dlnf.get(), grad(layout_.wte), nullptr, a.logits.get(), a.lnf.get(),
+                      param(layout_.wte), nullptr, N, C, Vp);
+  const void* last_residual =
+      cfg_.n_layer ? a.layers.back().residual3.get() : a.encoded.get();
+  be_.zero(a.dresidual.get(), size_t(N) * C * es_);
+  be_.layernorm_backward(a.dresidual.get(), grad(layout_.lnf_w), grad(layout_.lnf_b),
+                         a.dlnf.get(), last_residual, param(layout_.lnf_w), a.lnf_mean.get(),
+                         a.lnf_rstd.get(), N, C);
+  for (int l = cfg_.n_layer - 1; l >= 0; --l) {
+    const LayerParams& p = layout_.layers[l];
+    LayerActs& L = a.layers[l];
+    const void* residual = l == 0 ? a.encoded.get() : a.layers[l - 1].residual3.get();
+    const AttentionSpec spec = cfg_.attention_spec(l, B, T);
+    // residual3 = residual2 + fcproj: dresidual flows to both unchanged.
+    be_.matmul_backward(a.dfch.get(), grad(p.fc_proj_w), grad(p.fc_proj_b), a.dresidual.get(),
+                        L.fch_gelu.get(), param(p.fc_proj_w), nullptr, N, 4 * C, C);
+    be_.matmul_backward(a.dln.get(), grad(p.fc_w), grad(p.fc_b), a.dfch.get(), L.ln2.get(),
+                        param(p.fc_w), L.fch.get(), N, C, 4 * C);
+    be_.layernorm_backward(a.dresidual.get(), grad(p.ln2_w), grad(p.ln2_b), a.dln.get(),
+                           L.residual2.get(), param(p.ln2_w), L.ln2_mean.get(),
+                           L.ln2_rstd.get(), N, C);
+    // residual2 = residual + attproj.
+    be_.matmul_backward(a.datty.get(), grad(p.attn_proj_w), grad(p.attn_proj_b),
+                        a.dresidual.get(), L.atty.get(), param(p.attn_proj_w), nullptr, N, C,
+                        C);
+    be_.attention_backward(a.dqkv.get(), a.datty.get(), L.qkv.get(), L.atty.get(), L.lse.get(),
+                           L.kbar.get(), spec);
+    be_.matmul_backward(a.dln.get(), grad(p.qkv_w), grad(p.qkv_b), a.dqkv.get(), L.ln1.get(),
+                        param(p.qkv_w), nullptr, N, C, 3 * C);
+    be_.layernorm_backward(a.dresidual.get(), grad(p.ln1_w), grad(p.ln1_b), a.dln.get(),
+                           residual, param(p.ln1_w), L.ln1_mean.get(), L.ln1_rstd.get(), N, C);
+  }
+  be_.embedding_backward(grad(layout_.wte), grad(layout_.wpe), a.dresidual.get(),
+                         a.tokens.as<int32_t>(), B, T, C);
+}
+
+void GPT::zero_grad() { be_.zero(grads_.get(), layout_.total * es_); }
+
+double GPT::grad_norm() { return std::sqrt(be_.sum_squares(grads_.get(), layout_.total)); }
+
+void GPT::init_optimizer() {
+  if (!m_.get()) {
+    m_ = DeviceBuffer(be_, layout_.total * acc_);
+    v_ = DeviceBuffer(be_, layout_.total * acc_);
+  }
+  be_.zero(m_.get(), layout_.total * acc_);
+  be_.zero(v_.get(), layout_.total * acc_);
+}
+
+void GPT::adamw_step(const AdamWSettings& s) {
+  if (!m_.get()) init_optimizer();
+  for (const ParamInfo& p : layout_.tensors) {
+    AdamWSettings t = s;
+    if (!p.decay) t.weight_decay = 0;
+    void* master = has_master_ ? at(master_.get(), p.offset, acc_) : nullptr;
+    be_.adamw_update(at(params_.get(), p.offset, es_), master, at(grads_.get(), p.offset, es_),
+                     at(m_.get(), p.offset, acc_), at(v_.get(), p.offset, acc_), p.numel, t);
+  }
+}
+
+std::vector<float> GPT::adam_m() const {
+  std::vector<float> host(m_.get() ? layout_.total : 0);
+  if (!host.empty()) be_.download_f32(host.data(), m_.get(), be_.acc_dtype(), host.size());
+  return host;
+}
+
+std::vector<float> GPT::adam_v() const {
+  std::vector<float> host(v_.get() ? layout_.total : 0);
+  if (!host.empty()) be_.download_f32(host.data(), v_.get(), be_.acc_dtype(), host.size());
+  return host;
+}
+
+void GPT::set_adam_state(std::span<const float> m, std::span<const float> v) {
+  if (m.size() != layout_.total || v.size() != layout_.total)
+    fail("optimizer state has ", m.size(), "/", v.size(), " entries; the model has ",
+         layout_.total, " parameters");
+  init_optimizer();
+  be_.upload_f32(m_.get(), be_.acc_dtype(), m.data(), m.size());
+  be_.upload_f32(v_.get(), be_.acc_dtype(), v.data(), v.size());
+}
+
+void GPT::poison_gradient() {
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  be_.upload_f32(grads_.get(), be_.dtype(), &nan, 1);
+}
+
+void GPT::poison_parameter() {
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  void* target = at(params_.get(), layout_[layout_.lnf_w].offset, es_);
+  be_.upload_f32(target, be_.dtype(), &nan, 1);
+  if (has_master_)
+    be_.upload_f32(at(master_.get(), layout_[layout_.lnf_w].offset, acc_), be_.acc_dtype(),
+                   &nan, 1);
+}
+
+std::vector<float> GPT::logits_row_block(int b) const {
+  LSGPT_CHECK(acts_ && b < last_B_, "no forward pass for batch row ", b);
+  const size_t Vp = cfg_.padded_vocab(), V = cfg_.vocab_size, T = last_T_;
+  std::vector<float> padded(T * Vp), out(T * V);
+  be_.download_f32(padded.data(), at(acts_->logits.get(), size_t(b) * T * Vp, es_),
+                   be_.dtype(), padded.size());
+  for (size_t t = 0; t < T; ++t)
+    std::copy_n(padded.begin() + t * Vp, V, out.begin() + t * V);
+  return out;
+}
+
+std::vector<float> GPT::last_logits(const int32_t* tokens, int B, int T) {
+  forward(tokens, B, T);
+  const size_t Vp = cfg_.padded_vocab(), V = cfg_.vocab_size;
+  std::vector<float> row(Vp), out(size_t(B) * V);
+  for (int b = 0; b < B; ++b) {
+    be_.download_f32(row.data(), at(acts_->logits.get(), (size_t(b) * T + T - 1) * Vp, es_),
+                     be_.dtype(), Vp);
+    std::copy_n(row.begin(), V, out.begin() + size_t(b) * V);
+  }
+  return out;
+}
+
+std::unique_ptr<GPT::KVCache> GPT::make_kv_cache(int B) {
+  auto c = std::make_unique<KVCache>();
+  c->B = B;
+  const size_t C = cfg_.d_model, D = cfg_.head_dim(), Vp = cfg_.padded_vocab();
+  const int slots = std::min(cfg_.window, cfg_.seq_len);
+  for (int l = 0; l < cfg_.n_layer; ++l) {
+    const size_t local = size_t(B) * cfg_.n_local[l] * slots * D;
+    const size_t global = size_t(B) * (cfg_.n_head - cfg_.n_local[l]) * cfg_.seq_len * D;
+    c->k_local.emplace_back(be_, local * es_), c->v_local.emplace_back(be_, local * es_);
+    c->k_global.emplace_back(be_, global * es_), c->v_global.emplace_back(be_, global * es_);
+  }
+  auto act = [&](size_t n) { return DeviceBuffer(be_, n * es_); };
+  c->tokens = DeviceBuffer(be_, size_t(B) * sizeof(int32_t));
+  c->x = act(B * C), c->ln = act(B * C), c->qkv = act(B * 3 * C), c->atty = act(B * C);
+  c->proj = act(B * C), c->fch = act(B * 4 * C), c->fch_gelu = act(B * 4 * C);
+  c->logits = act(B * Vp);
+  c->ln_mean = DeviceBuffer(be_, B * acc_), c->ln_rstd = DeviceBuffer(be_, B * acc_);
+  return c;
+}
+
+std::vector<float> GPT::decode_step(KVCache& c, const int32_t* tokens, int pos) {
+  if (pos < 0 || pos >= cfg_.seq_len)
+    fail("position ", pos, " is outside the context of ", cfg_.seq_len, " tokens");
+  const int B = c.B, C = cfg_.d_model, Vp = cfg_.padded_vocab();
+  for (int b = 0; b < B; ++b)
+    if (tokens[b] < 0 || tokens[b] >= cfg_.vocab_size)
+      fail("token ", tokens[b], " is outside the vocabulary of ", cfg_.vocab_size);
+  be_.upload(c.tokens.get(), tokens, size_t(B) * sizeof(int32_t));
+  be_.embedding_forward(c.x.get(), c.tokens.as<int32_t>(), param(layout_.wte),
+                        param(layout_.wpe), B, 1, C, pos);
+  for (int l = 0; l < cfg_.n_layer; ++l) {
+    const LayerParams& p = layout_.layers[l];
+    DecodeSpec spec;
+    spec.B = B, spec.n_head = cfg_.n_head, spec.head_dim = cfg_.head_dim();
+    spec.n_local = cfg_.n_local[l], spec.window = cfg_.window, spec.max_T = cfg_.seq_len;
+    spec.pos = pos;
+    be_.layernorm_forward(c.ln.get(), c.ln_mean.get(), c.ln_rstd.get(), c.x.get(),
+                          param(p.ln1_w), param(p.ln1_b), B, C);
+    be_.matmul_forward(c.qkv.get(), nullptr, c.ln.get(), param(p.qkv_w), param(p.qkv_b), B, C,
+                       3 * C);
+    be_.attention_decode(c.atty.get(), c.k_local[l].get(), c.v_local[l].get(),
+                         c.k_global[l].get(), c.v_global[l].get(), c.qkv.get(), spec);
+    be_.matmul_forward(c.proj.get(), nullptr, c.atty.get(), param(p.attn_proj_w),
+                       param(p.attn_proj_b), B, C, C);
+    be_.add_inplace(c.x.get(), c.proj.get(), size_t(B) * C);
+    be_.layernorm_forward(c.ln.get(), c.ln_mean.get(), c.ln_rstd.get(), c.x.get(),
+                          param(p.ln2_w), param(p.ln2_b), B, C);
+    be_.matmul_forward(c.fch_gelu.get(), c.fch.get(), c.ln.get(), param(p.fc_w), param(p.fc_b),
+                       B, C, 4 * C);
+    be_.matmul_forward(c.proj.get(), nullptr, c.fch_gelu.get(), param(p.fc_proj_w),
+                       param(p.fc_proj_b), B, 4 * C, C);
+    be_.add_inplace(c.x.get(), c.proj.get(), size_t(B) * C);
+  }
+  be_.layernorm_forward(c.ln.get(), c.ln_mean.get(), c.ln_rstd.get(), c.x.get(),
+                        param(layout_.lnf_w), param(layout_.lnf_b), B, C);
+  be_.matmul_forward(c.logits.get(), nullptr, c.ln.get(), param(layout_.wte), nullptr, B, C, Vp);
+  std::vector<float> padded(size_t(B) * Vp), out(size_t(B) * cfg_.vocab_size);
+  be_.download_f32(padded.data(), c.logits.get(), be_.dtype(), padded.size());
+  for (int b = 0; b < B; ++b)
+    std::copy_n(padded.begin() + size_t(b) * Vp, cfg_.vocab_size,
+                out.begin() + size_t(b) * cfg_.vocab_size);
+  return out;
+}
+
+}  // namespace lsgpt

@@ -1,0 +1,104 @@
+// The GPT-2 model with LS-attention, written once over the Backend op
+// interface: the same code trains on the CPU (fp32) and on CUDA (bf16 with fp32
+// master weights). Parameters, gradients and optimizer state each live in one
+// flat device buffer laid out by make_param_layout(); activations are sized
+// for the largest (B, T) seen so far and reused.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "model/config.h"
+#include "model/params.h"
+#include "ops/backend.h"
+
+namespace lsgpt {
+
+class GPT {
+ public:
+  GPT(const ModelConfig& cfg, Backend& backend);
+  ~GPT();
+  GPT(const GPT&) = delete;
+  GPT& operator=(const GPT&) = delete;
+
+  const ModelConfig& config() const { return cfg_; }
+  const ParamLayout& layout() const { return layout_; }
+  Backend& backend() { return be_; }
+
+  // GPT-2 initialisation: weights N(0, 0.02), the two residual projections of
+  // each block N(0, 0.02/sqrt(2 n_layer)), biases 0, LayerNorm weights 1,
+  // padded vocabulary rows 0. Deterministic in the seed.
+  void init_random(uint64_t seed);
+  void set_parameters(std::span<const float> flat);  // host fp32, layout order
+  std::vector<float> parameters() const;             // master weights where they exist
+
+  // ---- training ----
+  // Mean cross-entropy over the targets that are >= 0, without gradients.
+  // Also fills last_token_counts(). inputs/targets are host arrays [B*T].
+  double evaluate(const int32_t* inputs, const int32_t* targets, int B, int T);
+  // Forward and backward in one call: accumulates into the gradients the
+  // gradient of (weight * mean loss). Returns the mean loss.
+  double forward_backward(const int32_t* inputs, const int32_t* targets, int B, int T,
+                          double weight);
+  void zero_grad();
+  double grad_norm();  // global L2 norm of all gradients (NaN/inf propagate)
+  void init_optimizer();  // zero AdamW moments (allocates them on first use)
+  void adamw_step(const AdamWSettings& s);  // s.weight_decay applies to decayed tensors only
+  std::vector<float> adam_m() const;
+  std::vector<float> adam_v() const;
+  void set_adam_state(std::span<const float> m, std::span<const float> v);
+  // Testing hook for the trainer's non-finite handling: overwrite one
+  // gradient (or parameter) element with NaN.
+  void poison_gradient();
+  void poison_parameter();
+  std::vector<float> gradients() const;  // host fp32 copy, for tests
+
+  // Largest pre-softmax attention logit per [layer][head] over the forward
+  // passes since the last reset (the paper's logit-explosion signal).
+  const std::vector<std::vector<float>>& max_logits() const { return max_logits_; }
+  void reset_max_logits();
+
+  // Logits of the last forward pass: host fp32 [T, V] of batch row b (padding dropped).
+  std::vector<float> logits_row_block(int b) const;
+
+  // ---- inference with a KV cache ----
+  // Local heads keep only their last w keys/values (a ring buffer).
+  struct KVCache {
+    int B = 0;
+    std::vector<DeviceBuffer> k_local, v_local, k_global, v_global;  // per layer
+    // Single-token activations, reused every step.
+    DeviceBuffer tokens, x, ln, ln_mean, ln_rstd, qkv, atty, proj, fch, fch_gelu, logits;
+  };
+  std::unique_ptr<KVCache> make_kv_cache(int B);
+  // Feeds tokens[B] at position pos (0-based, < seq_len) and returns host
+  // fp32 logits [B, V] for the next token.
+  std::vector<float> decode_step(KVCache& cache, const int32_t* tokens, int pos);
+  // The same without a cache: full forward over tokens [B, T]; logits of the
+  // last position [B, V].
+  std::vector<float> last_logits(const int32_t* tokens, int B, int T);
+
+ private:
+  struct Activations;
+  void ensure_activations(int B, int T);
+  void forward(const int32_t* inputs, int B, int T);
+  double loss_from_targets(const int32_t* targets, int B, int T, double weight, bool grad);
+  void backward(int B, int T);
+  void* param(int index) const;
+  void* grad(int index) const;
+  void fold_max_logits();
+
+  ModelConfig cfg_;
+  Backend& be_;
+  ParamLayout layout_;
+  size_t es_;   // bytes per element of dtype()
+  size_t acc_;  // bytes per element of acc_dtype()
+  bool has_master_;
+  DeviceBuffer params_, grads_, master_, m_, v_;
+  std::unique_ptr<Activations> acts_;
+  std::vector<std::vector<float>> max_logits_;
+  int last_B_ = 0, last_T_ = 0;
+};
+
+}  // namespace lsgpt

@@ -1,0 +1,170 @@
+// The op interface the model and trainer are written against. A backend owns
+// its device memory and one stream: every op is enqueued in call order and
+// only download()/sync()/sum_squares() wait for the device.
+//
+// Two element types per backend:
+//   dtype()     parameters (working copy), activations, gradients:
+//               f32 on the CPU, f64 for the CPU gradient-check backend, bf16 on CUDA.
+//   acc_dtype() statistics and optimizer state (LayerNorm mean/rstd, softmax
+//               log-sum-exp, per-position losses, max logits, AdamW m and v,
+//               master weights): f32, or f64 for the gradient-check backend.
+// Master weights exist only where dtype() != acc_dtype().
+//
+// Conventions (as in llm.c): parameter gradients accumulate (+=) so gradient
+// accumulation needs no extra buffer; activation gradients are overwritten (=)
+// unless the op says it accumulates (the residual stream does).
+// All pointers are device pointers of the backend unless named host_*.
+// Matrices are row-major; weights are [out_features, in_features].
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "core/dtype.h"
+#include "ops/attention_spec.h"
+
+namespace lsgpt {
+
+struct AdamWSettings {
+  double lr = 0;
+  double beta1 = 0.9, beta2 = 0.95, eps = 1e-8;
+  double weight_decay = 0;
+  long step = 1;            // 1-based, for bias correction
+  double grad_scale = 1.0;  // multiplies every gradient first (global-norm clipping)
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual std::string name() const = 0;
+  virtual DType dtype() const = 0;
+  virtual DType acc_dtype() const = 0;
+
+  // ---- memory ----
+  virtual void* alloc(size_t bytes) = 0;  // throws lsgpt::Error when out of memory
+  virtual void dealloc(void* ptr) noexcept = 0;
+  virtual void zero(void* dst, size_t bytes) = 0;
+  virtual void copy(void* dst, const void* src, size_t bytes) = 0;  // device to device
+  virtual void upload(void* dst, const void* host_src, size_t bytes) = 0;
+  virtual void download(void* host_dst, const void* src, size_t bytes) = 0;  // waits
+  // Convert while copying; dtype names the device side's element type.
+  virtual void upload_f32(void* dst, DType dtype, const float* host_src, size_t n) = 0;
+  virtual void download_f32(float* host_dst, const void* src, DType dtype, size_t n) = 0;
+  virtual void sync() = 0;
+
+  // ---- embedding ----
+  // out[b,t,:] = wte[tokens[b,t],:] + wpe[pos0 + t,:]; out [B,T,C].
+  virtual void embedding_forward(void* out, const int32_t* tokens, const void* wte,
+                                 const void* wpe, int B, int T, int C, int pos0) = 0;
+  // dwte += scatter(dout by token), dwpe[t] += sum over b of dout[b,t].
+  virtual void embedding_backward(void* dwte, void* dwpe, const void* dout,
+                                  const int32_t* tokens, int B, int T, int C) = 0;
+
+  // ---- layernorm (eps 1e-5) ----
+  // mean, rstd: [N] in acc_dtype(), saved for the backward.
+  virtual void layernorm_forward(void* out, void* mean, void* rstd, const void* inp,
+                                 const void* weight, const void* bias, int N, int C) = 0;
+  // dinp += (accumulates: the residual stream), dweight += , dbias += .
+  virtual void layernorm_backward(void* dinp, void* dweight, void* dbias, const void* dout,
+                                  const void* inp, const void* weight, const void* mean,
+                                  const void* rstd, int N, int C) = 0;
+
+  // ---- matmul: out[N,OC] = inp[N,C] @ weight[OC,C]^T + bias ----
+  // bias may be null. With pre_gelu non-null the GELU (tanh form) is fused:
+  // pre_gelu receives the pre-activation and out = gelu(pre_gelu).
+  virtual void matmul_forward(void* out, void* pre_gelu, const void* inp, const void* weight,
+                              const void* bias, int N, int C, int OC) = 0;
+  // dinp = (overwritten), dweight += , dbias += (dbias may be null).
+  // With pre_gelu non-null, dout is the gradient of gelu(pre_gelu) and is
+  // taken through gelu' first; the op may overwrite dout as scratch then.
+  virtual void matmul_backward(void* dinp, void* dweight, void* dbias, void* dout,
+                               const void* inp, const void* weight, const void* pre_gelu,
+                               int N, int C, int OC) = 0;
+
+  // ---- elementwise ----
+  virtual void gelu_forward(void* out, const void* inp, size_t n) = 0;
+  // dinp = dout * gelu'(inp); dinp may alias dout.
+  virtual void gelu_backward(void* dinp, const void* inp, const void* dout, size_t n) = 0;
+  virtual void residual_forward(void* out, const void* a, const void* b, size_t n) = 0;
+  // dst += src
+  virtual void add_inplace(void* dst, const void* src, size_t n) = 0;
+
+  // ---- attention ----
+  // qkv [B,T,3C]: q | k | v along the last axis, head h at columns h*D..h*D+D-1
+  // of each part (GPT-2's c_attn layout). out [B,T,C].
+  // lse [B,n_head,T] (acc): log-sum-exp of each row's scaled logits.
+  // max_logit [n_head] (acc): largest pre-softmax logit tau*q.k over the
+  //   unmasked positions of this call, written (not accumulated).
+  // kbar [B,T,C] (dtype): P K, written only when spec.span.needs_kbar(), else null.
+  virtual void attention_forward(void* out, void* lse, void* max_logit, void* kbar,
+                                 const void* qkv, const AttentionSpec& spec) = 0;
+  // dqkv [B,T,3C] overwritten, with the span decomposition of spec.span applied.
+  virtual void attention_backward(void* dqkv, const void* dout, const void* qkv,
+                                  const void* out, const void* lse, const void* kbar,
+                                  const AttentionSpec& spec) = 0;
+  // qkv [B,3C] of the new token at spec.pos; appends its k and v to the cache,
+  // then out [B,C] = attention of the new query over the cache.
+  // k_local, v_local [B, n_local, local_slots, D]; k_global, v_global
+  // [B, n_head - n_local, max_T, D] (dtype); either pair may be null when empty.
+  virtual void attention_decode(void* out, void* k_local, void* v_local, void* k_global,
+                                void* v_global, const void* qkv, const DecodeSpec& spec) = 0;
+
+  // ---- classifier: softmax + cross-entropy over the vocabulary ----
+  // logits [N,Vp] (dtype); columns [V,Vp) are padding and never predicted.
+  // losses [N] (acc) receives -log p(target); a target < 0 is ignored (loss 0).
+  // With compute_grad, logits is overwritten by dloss * (softmax - onehot)
+  // (0 in padded columns and ignored rows).
+  virtual void softmax_cross_entropy(void* losses, void* logits, const int32_t* targets,
+                                     int N, int V, int Vp, double dloss,
+                                     bool compute_grad) = 0;
+
+  // ---- optimizer ----
+  // sum of x^2 in double precision (NaN/inf propagate). Waits for the result.
+  virtual double sum_squares(const void* x, size_t n) = 0;
+  // AdamW on one parameter tensor. m, v (and master, when dtype() != acc_dtype())
+  // are acc_dtype(); param is refreshed from master when present.
+  virtual void adamw_update(void* param, void* master, const void* grad, void* m, void* v,
+                            size_t n, const AdamWSettings& s) = 0;
+};
+
+// "cpu" (fp32), "cpu64" (fp64, for gradient checks) or "cuda" (bf16 + fp32 master).
+// Throws lsgpt::Error with a clear message when the device is unavailable.
+std::unique_ptr<Backend> make_backend(const std::string& device);
+
+// RAII owner of one device allocation.
+class DeviceBuffer {
+ public:
+  DeviceBuffer() = default;
+  DeviceBuffer(Backend& be, size_t bytes) : be_(&be), bytes_(bytes) {
+    ptr_ = bytes ? be.alloc(bytes) : nullptr;
+  }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  DeviceBuffer(DeviceBuffer&& o) noexcept { *this = std::move(o); }
+  DeviceBuffer& operator=(DeviceBuffer&& o) noexcept {
+    if (this != &o) {
+      reset();
+      be_ = o.be_, ptr_ = o.ptr_, bytes_ = o.bytes_;
+      o.ptr_ = nullptr, o.bytes_ = 0;
+    }
+    return *this;
+  }
+  ~DeviceBuffer() { reset(); }
+  void reset() noexcept {
+    if (ptr_) be_->dealloc(ptr_);
+    ptr_ = nullptr, bytes_ = 0;
+  }
+  void* get() const { return ptr_; }
+  size_t bytes() const { return bytes_; }
+  template <typename T>
+  T* as() const { return static_cast<T*>(ptr_); }
+
+ private:
+  Backend* be_ = nullptr;
+  void* ptr_ = nullptr;
+  size_t bytes_ = 0;
+};
+
+}  // namespace lsgpt

@@ -1,0 +1,82 @@
+// One decoding step of LS attention on the CPU: the new token's k and v go into
+// the cache (local heads: a ring buffer of min(w, max_T) slots, slot pos % slots;
+// global heads: slot pos of max_T), then its query attends over the last
+// min(pos + 1, w) positions (local) or all pos + 1 (global). The non-obvious
+// decision: the visible keys are first gathered in position order and pushed
+// through the forward's own tile functions, so a decoded row equals row pos of
+// attention_forward bit for bit, not just to rounding; that keeps generation
+// with and without the cache on the same tokens.
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "core/error.h"
+#include "ops/cpu/attention.h"
+#include "ops/cpu/attention_tile.h"
+
+namespace lsgpt::cpu {
+
+template <typename T>
+void attention_decode(T* out, T* k_local, T* v_local, T* k_global, T* v_global, const T* qkv,
+                      const DecodeSpec& spec) {
+  namespace tile = attention_tile;
+  const int B = spec.B, H = spec.n_head, D = spec.head_dim, C = spec.C();
+  const int n_local = spec.n_local, n_global = H - n_local;
+  LSGPT_CHECK(B >= 1 && H >= 1 && D >= 1 && spec.max_T >= 1, "B=", B, " n_head=", H,
+              " head_dim=", D, " max_T=", spec.max_T);
+  LSGPT_CHECK(n_local >= 0 && n_local <= H, "n_local=", n_local);
+  LSGPT_CHECK(n_local == 0 || spec.window >= 1, "window=", spec.window);
+  LSGPT_CHECK(spec.pos >= 0 && spec.pos < spec.max_T, "decode position ", spec.pos,
+              " outside the cache of ", spec.max_T);
+  LSGPT_CHECK(n_local == 0 || (k_local && v_local), "local heads need the local cache");
+  LSGPT_CHECK(n_global == 0 || (k_global && v_global), "global heads need the global cache");
+  const int pos = spec.pos, slots = spec.local_slots();
+  const T tau = T(1.0 / std::sqrt(double(D)));
+  const int max_keys = pos + 1;
+
+#pragma omp parallel if (size_t(B) * H * max_keys * D > 32768)
+  {
+    auto [kt, v, s, o] = tile::thread_scratch<T, 4>(
+        {size_t(D) * max_keys, size_t(max_keys) * D, size_t(max_keys), size_t(D)});
+#pragma omp for schedule(static)
+    for (int task = 0; task < B * H; ++task) {
+      const int b = task / H, h = task % H;
+      const bool local = h < n_local;
+      const T* q_new = qkv + size_t(b) * 3 * C + size_t(h) * D;
+      const T* k_new = q_new + C;
+      const T* v_new = q_new + 2 * C;
+      T* k_cache = local ? k_local + (size_t(b) * n_local + h) * slots * D
+                         : k_global + (size_t(b) * n_global + (h - n_local)) * spec.max_T * D;
+      T* v_cache = local ? v_local + (size_t(b) * n_local + h) * slots * D
+                         : v_global + (size_t(b) * n_global + (h - n_local)) * spec.max_T * D;
+      auto slot_of = [&](int position) { return local ? position % slots : position; };
+      std::copy_n(k_new, D, k_cache + size_t(slot_of(pos)) * D);
+      std::copy_n(v_new, D, v_cache + size_t(slot_of(pos)) * D);
+
+      const int first = local ? std::max(0, pos - spec.window + 1) : 0;
+      const int n = pos + 1 - first;
+      for (int j = 0; j < n; ++j) {
+        const size_t slot = size_t(slot_of(first + j)) * D;
+        for (int d = 0; d < D; ++d) kt[size_t(d) * n + j] = k_cache[slot + d];
+        std::copy_n(v_cache + slot, D, v + size_t(j) * D);
+      }
+      std::fill_n(s, n, T(0));
+      tile::matmul_acc(s, n, q_new, D, kt, n, 1, n, D);
+      for (int j = 0; j < n; ++j) s[j] *= tau;
+      T m, sum;
+      tile::softmax_row(s, n, 0, n, m, sum);
+      const T inv_sum = T(1) / sum;
+      std::fill_n(o, D, T(0));
+      tile::matmul_acc(o, D, s, n, v, D, 1, D, n);
+      T* dst = out + size_t(b) * C + size_t(h) * D;
+      for (int d = 0; d < D; ++d) dst[d] = o[d] * inv_sum;
+    }
+  }
+}
+
+template void attention_decode(float*, float*, float*, float*, float*, const float*,
+                               const DecodeSpec&);
+template void attention_decode(double*, double*, double*, double*, double*, const double*,
+                               const DecodeSpec&);
+
+}  // namespace lsgpt::cpu

@@ -1,0 +1,98 @@
+// Fully connected layer out = inp @ weight^T + bias, weight [OC, C] row-major
+// (GPT-2's layout), with an optional fused GELU. The three products go to
+// OpenBLAS (s/dgemm): its blocked kernels are several times faster than
+// anything written here and its threads split the output, never the summed
+// axis, so results are reproducible run to run. The bias/GELU epilogue and
+// the dbias column sums are one extra pass each; dbias is split by column
+// block so every element sums its rows in a fixed order.
+#include "ops/cpu/matmul.h"
+
+#include <algorithm>
+
+#include <cblas.h>
+
+#include "ops/cpu/gelu.h"
+
+namespace lsgpt::cpu {
+
+namespace {
+
+// Below this many elements a parallel region costs more than it saves (it
+// matters for decoding, where B*T is 1).
+constexpr size_t kParallelMin = size_t(1) << 15;
+
+void gemm(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int m, int n, int k, const float* a, int lda,
+          const float* b, int ldb, float beta, float* c, int ldc) {
+  cblas_sgemm(CblasRowMajor, ta, tb, m, n, k, 1.0f, a, lda, b, ldb, beta, c, ldc);
+}
+
+void gemm(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int m, int n, int k, const double* a, int lda,
+          const double* b, int ldb, double beta, double* c, int ldc) {
+  cblas_dgemm(CblasRowMajor, ta, tb, m, n, k, 1.0, a, lda, b, ldb, beta, c, ldc);
+}
+
+}  // namespace
+
+template <typename T>
+void matmul_forward(T* out, T* pre_gelu, const T* inp, const T* weight, const T* bias, int N,
+                    int C, int OC) {
+  if (N == 0 || OC == 0) return;
+  // With GELU fused the product lands in pre_gelu (kept for the backward).
+  T* acc = pre_gelu ? pre_gelu : out;
+  gemm(CblasNoTrans, CblasTrans, N, OC, C, inp, C, weight, C, T(0), acc, OC);
+  if (!bias && !pre_gelu) return;
+#pragma omp parallel for schedule(static) if (size_t(N) * OC >= kParallelMin)
+  for (int n = 0; n < N; ++n) {
+    T* a = acc + size_t(n) * OC;
+    if (bias) {
+#pragma omp simd
+      for (int o = 0; o < OC; ++o) a[o] += bias[o];
+    }
+    if (pre_gelu) {
+      T* y = out + size_t(n) * OC;
+#pragma omp simd
+      for (int o = 0; o < OC; ++o) y[o] = gelu_value(a[o]);
+    }
+  }
+}
+
+template <typename T>
+void matmul_backward(T* dinp, T* dweight, T* dbias, T* dout, const T* inp, const T* weight,
+                     const T* pre_gelu, int N, int C, int OC) {
+  if (N == 0 || OC == 0) return;
+  if (pre_gelu) {
+    // dout becomes the gradient of the pre-activation (the interface allows
+    // using it as scratch), so the products below need no extra buffer.
+    const size_t n = size_t(N) * OC;
+#pragma omp parallel for simd schedule(static) if (n >= kParallelMin)
+    for (size_t i = 0; i < n; ++i) dout[i] *= gelu_derivative(pre_gelu[i]);
+  }
+  // dinp[N,C] = dout[N,OC] @ weight[OC,C]
+  if (dinp) gemm(CblasNoTrans, CblasNoTrans, N, C, OC, dout, OC, weight, C, T(0), dinp, C);
+  // dweight[OC,C] += dout^T @ inp
+  gemm(CblasTrans, CblasNoTrans, OC, C, N, dout, OC, inp, C, T(1), dweight, C);
+  if (dbias) {
+    constexpr int kBlock = 64;
+    const int n_blocks = (OC + kBlock - 1) / kBlock;
+#pragma omp parallel for schedule(static) if (size_t(N) * OC >= kParallelMin)
+    for (int blk = 0; blk < n_blocks; ++blk) {
+      const int o0 = blk * kBlock, o1 = std::min(OC, o0 + kBlock);
+      for (int n = 0; n < N; ++n) {
+        const T* d = dout + size_t(n) * OC;
+#pragma omp simd
+        for (int o = o0; o < o1; ++o) dbias[o] += d[o];
+      }
+    }
+  }
+}
+
+template void matmul_forward<float>(float*, float*, const float*, const float*, const float*, int,
+                                    int, int);
+template void matmul_forward<double>(double*, double*, const double*, const double*,
+                                     const double*, int, int, int);
+template void matmul_backward<float>(float*, float*, float*, float*, const float*, const float*,
+                                     const float*, int, int, int);
+template void matmul_backward<double>(double*, double*, double*, double*, const double*,
+                                      const double*, const double*, int, int, int);
+
+}  // namespace lsgpt::cpu

@@ -1,0 +1,483 @@
+// LS flash-attention backward. A preprocessing kernel forms delta_i = dO_i . O_i;
+// then ONE launch for all heads runs two kinds of blocks, told apart by
+// blockIdx.x: key blocks (64 keys, 16 per warp) walk the query tiles that see
+// their keys and own dK and dV; query blocks (64 queries) walk the key tiles
+// of their band and own dQ. P is recomputed from the saved log-sum-exp. Each
+// gradient row is finished by exactly one block, so there are no atomics and
+// the result is bit-reproducible, at the price of computing S and dP twice.
+// With the span decomposition on (kSpan), the finished rows are projected
+// before they are written: dQ along kbar (from the forward) or q, dK along
+// qbar = (P^T Q) / colsum(P) (accumulated beside dV only in the kQbar
+// instantiation) or k, dV along v. With it off none of this code exists.
+#include "ops/cuda/attention_common.cuh"
+#include "ops/cuda/cuda_check.h"
+#include "ops/cuda/device_utils.cuh"
+#include "ops/cuda/ops.h"
+
+namespace lsgpt::cuda {
+namespace {
+
+using namespace attn;
+
+constexpr int kKeysPerBlock = 64;     // key blocks: 16 keys per warp
+constexpr int kQueriesPerBlock = 64;  // query blocks: 16 queries per warp
+
+struct BackwardParams {
+  const bf16* qkv;
+  const bf16* dout;
+  const float* lse;
+  const float* delta;
+  const bf16* kbar;
+  bf16* dqkv;
+  int T, n_head, head_dim, C, n_local, window, n_key_blocks, n_query_blocks;
+  float scale, scale_log2;
+  SpanArgs span;
+};
+
+template <int D, bool kQbar>
+struct BackwardShape {
+  static constexpr int kStride = D + 8;
+  // Queries per tile in key blocks; smaller when dK, dV and qbar accumulators
+  // must all stay in registers.
+  static constexpr int kQueryTile = D <= 64 ? 64 : (kQbar ? 16 : 32);
+  // Keys per tile in query blocks.
+  static constexpr int kKeyTile = D <= 64 ? 64 : 32;
+  static constexpr size_t kKeyBlockSmem =
+      sizeof(bf16) * (2 * kKeysPerBlock * kStride + 4 * kQueryTile * kStride) +
+      sizeof(float) * 4 * kQueryTile;
+  static constexpr size_t kQueryBlockSmem =
+      sizeof(bf16) * (2 * kQueriesPerBlock * kStride + 4 * kKeyTile * kStride);
+  static constexpr size_t kSmemBytes =
+      kKeyBlockSmem > kQueryBlockSmem ? kKeyBlockSmem : kQueryBlockSmem;
+};
+
+__global__ void attention_delta_kernel(float* delta, const bf16* dout, const bf16* out, int rows,
+                                       int T, int n_head, int D) {
+  const int lane = threadIdx.x % kWarpSize;
+  const int row = blockIdx.x * (blockDim.x / kWarpSize) + threadIdx.x / kWarpSize;  // (b, t, h)
+  if (row >= rows) return;
+  const int h = row % n_head, bt = row / n_head, b = bt / T, t = bt % T;
+  const size_t offset = size_t(bt) * n_head * D + size_t(h) * D;
+  float acc = 0.f;
+  for (int d = lane * 2; d < D; d += 2 * kWarpSize) {
+    const float2 g = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(dout + offset + d));
+    const float2 o = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(out + offset + d));
+    acc += g.x * o.x + g.y * o.y;
+  }
+  acc = warp_sum(acc);
+  if (lane == 0) delta[(size_t(b) * n_head + h) * T + t] = acc;
+}
+
+// Rows (group, group + 8) of a warp's 16, as (element index in 0..3) -> row.
+__device__ __forceinline__ int frag_row(int base, int e) { return base + (e < 2 ? 0 : 8); }
+
+template <int D, bool kSpan, bool kQbar>
+__device__ void key_block(const BackwardParams& p, unsigned char* smem_raw, int key_block_index) {
+  using Shape = BackwardShape<D, kQbar>;
+  constexpr int kStride = Shape::kStride;
+  constexpr int kQ = Shape::kQueryTile;
+  constexpr int kDBlocks = D / 8;
+  constexpr int kQBlocks = kQ / 8;
+  bf16* k_tile = reinterpret_cast<bf16*>(smem_raw);
+  bf16* v_tile = k_tile + kKeysPerBlock * kStride;
+  bf16* q_tiles = v_tile + kKeysPerBlock * kStride;  // 2 stages
+  bf16* do_tiles = q_tiles + 2 * kQ * kStride;       // 2 stages
+  float* lse_tiles = reinterpret_cast<float*>(do_tiles + 2 * kQ * kStride);  // 2 stages, log2 units
+  float* delta_tiles = lse_tiles + 2 * kQ;                                   // 2 stages
+
+  const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
+  const int group = lane >> 2, quad = lane & 3;
+  const int bh = blockIdx.y, b = bh / p.n_head, h = bh % p.n_head;
+  const int T = p.T;
+  const int k0 = key_block_index * kKeysPerBlock;
+  const size_t qkv_row = size_t(3) * p.C;
+  const bf16* q_base = p.qkv + size_t(b) * T * qkv_row + h * p.head_dim;
+  const bf16* k_base = q_base + p.C;
+  const bf16* v_base = q_base + 2 * p.C;
+  const bf16* do_base = p.dout + size_t(b) * T * p.C + h * p.head_dim;
+  const float* lse_row = p.lse + size_t(bh) * T;
+  const float* delta_row = p.delta + size_t(bh) * T;
+  const HeadMask mask{h < p.n_local, p.window};
+
+  const int query_hi = mask.local ? min(T, k0 + kKeysPerBlock - 1 + p.window) : T;  // exclusive
+  const int tile_begin = k0 / kQ, tile_end = (query_hi - 1) / kQ;
+
+  auto load_query_tile = [&](int tile, int stage) {
+    const int i0 = tile * kQ;
+    load_tile_async<kQ, D, kStride>(q_tiles + stage * kQ * kStride, q_base, qkv_row, i0, T, p.head_dim);
+    load_tile_async<kQ, D, kStride>(do_tiles + stage * kQ * kStride, do_base, p.C, i0, T, p.head_dim);
+    for (int i = threadIdx.x; i < kQ; i += kThreads) {
+      const bool valid = i0 + i < T;
+      lse_tiles[stage * kQ + i] = valid ? lse_row[i0 + i] * kLog2e : 0.f;
+      delta_tiles[stage * kQ + i] = valid ? delta_row[i0 + i] : 0.f;
+    }
+  };
+
+  load_tile_async<kKeysPerBlock, D, kStride>(k_tile, k_base, qkv_row, k0, T, p.head_dim);
+  load_tile_async<kKeysPerBlock, D, kStride>(v_tile, v_base, qkv_row, k0, T, p.head_dim);
+  load_query_tile(tile_begin, 0);
+  cp_async_commit();
+
+  float dk[kDBlocks][4] = {}, dv[kDBlocks][4] = {};
+  float qbar[kQbar ? kDBlocks : 1][4] = {};
+  float colsum[2] = {0.f, 0.f};
+  const int key_row = k0 + warp * 16 + group;  // and key_row + 8
+
+  for (int tile = tile_begin; tile <= tile_end; ++tile) {
+    const int stage = (tile - tile_begin) & 1;
+    if (tile < tile_end) {
+      load_query_tile(tile + 1, stage ^ 1);
+      cp_async_commit();
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();
+    const bf16* q_tile = q_tiles + stage * kQ * kStride;
+    const bf16* do_tile = do_tiles + stage * kQ * kStride;
+    const float* lse_tile = lse_tiles + stage * kQ;
+    const float* delta_tile = delta_tiles + stage * kQ;
+    const int i0 = tile * kQ;
+
+    // S^T = K Q^T and dP^T = V dO^T for this warp's 16 keys.
+    float s[kQBlocks][4] = {}, dp[kQBlocks][4] = {};
+#pragma unroll
+    for (int kc = 0; kc < D / 16; ++kc) {
+      uint32_t a_k[4], a_v[4];
+      load_a<kStride>(a_k, k_tile, warp * 16, kc * 16, lane);
+      load_a<kStride>(a_v, v_tile, warp * 16, kc * 16, lane);
+#pragma unroll
+      for (int nb = 0; nb < kQBlocks; nb += 2) {
+        uint32_t bq[4], bo[4];
+        load_b_rows<kStride>(bq, q_tile, nb * 8, kc * 16, lane);
+        load_b_rows<kStride>(bo, do_tile, nb * 8, kc * 16, lane);
+        mma_bf16(s[nb], a_k, bq[0], bq[1]);
+        mma_bf16(s[nb + 1], a_k, bq[2], bq[3]);
+        mma_bf16(dp[nb], a_v, bo[0], bo[1]);
+        mma_bf16(dp[nb + 1], a_v, bo[2], bo[3]);
+      }
+    }
+    // P^T from the saved lse; dS^T = P^T o (dP^T - delta).
+    const bool needs_mask = mask.tile_needs_mask(i0, kQ, k0, kKeysPerBlock) || i0 + kQ > T;
+#pragma unroll
+    for (int nb = 0; nb < kQBlocks; ++nb)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int qi = nb * 8 + quad * 2 + (e & 1);
+        float prob = exp2f(s[nb][e] * p.scale_log2 - lse_tile[qi]);
+        if (needs_mask && !(i0 + qi < T && mask.visible(i0 + qi, frag_row(key_row, e)))) prob = 0.f;
+        s[nb][e] = prob;
+        if constexpr (kQbar) colsum[e >> 1] += prob;
+        dp[nb][e] = prob * (dp[nb][e] - delta_tile[qi]);
+      }
+
+    // dV += P^T dO, dK += dS^T Q, qbar += P^T Q (k index: the tile's queries).
+#pragma unroll
+    for (int kc = 0; kc < kQ / 16; ++kc) {
+      const uint32_t a_p[4] = {pack_bf16x2(s[2 * kc][0], s[2 * kc][1]),
+                               pack_bf16x2(s[2 * kc][2], s[2 * kc][3]),
+                               pack_bf16x2(s[2 * kc + 1][0], s[2 * kc + 1][1]),
+                               pack_bf16x2(s[2 * kc + 1][2], s[2 * kc + 1][3])};
+      const uint32_t a_ds[4] = {pack_bf16x2(dp[2 * kc][0], dp[2 * kc][1]),
+                                pack_bf16x2(dp[2 * kc][2], dp[2 * kc][3]),
+                                pack_bf16x2(dp[2 * kc + 1][0], dp[2 * kc + 1][1]),
+                                pack_bf16x2(dp[2 * kc + 1][2], dp[2 * kc + 1][3])};
+#pragma unroll
+      for (int db = 0; db < kDBlocks; db += 2) {
+        uint32_t bo[4], bq[4];
+        load_b_cols<kStride>(bo, do_tile, kc * 16, db * 8, lane);
+        mma_bf16(dv[db], a_p, bo[0], bo[1]);
+        mma_bf16(dv[db + 1], a_p, bo[2], bo[3]);
+        load_b_cols<kStride>(bq, q_tile, kc * 16, db * 8, lane);
+        mma_bf16(dk[db], a_ds, bq[0], bq[1]);
+        mma_bf16(dk[db + 1], a_ds, bq[2], bq[3]);
+        if constexpr (kQbar) {
+          mma_bf16(qbar[db], a_p, bq[0], bq[1]);
+          mma_bf16(qbar[db + 1], a_p, bq[2], bq[3]);
+        }
+      }
+    }
+    __syncthreads();
+  }
+
+  // Epilogue: scale dK by tau, project (span), write rows below T.
+  bf16* dk_base = p.dqkv + size_t(b) * T * qkv_row + p.C + h * p.head_dim;
+  bf16* dv_base = dk_base + p.C;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int j = key_row + 8 * r;
+    float gk[2 * kDBlocks], gv[2 * kDBlocks];
+#pragma unroll
+    for (int db = 0; db < kDBlocks; ++db)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        gk[2 * db + e] = dk[db][2 * r + e] * p.scale;
+        gv[2 * db + e] = dv[db][2 * r + e];
+      }
+    if constexpr (kSpan) {
+      if (p.span.k) {
+        float u[2 * kDBlocks];
+        if constexpr (kQbar) {
+          float total = colsum[r];
+          total += __shfl_xor_sync(0xffffffffu, total, 1);
+          total += __shfl_xor_sync(0xffffffffu, total, 2);
+          const float inv = total > 0.f ? 1.0f / total : 0.f;
+#pragma unroll
+          for (int db = 0; db < kDBlocks; ++db)
+#pragma unroll
+            for (int e = 0; e < 2; ++e) u[2 * db + e] = qbar[db][2 * r + e] * inv;
+        } else {
+#pragma unroll
+          for (int db = 0; db < kDBlocks; ++db) {
+            const float2 x = j < T && db * 8 < p.head_dim ? __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(
+                                         k_base + size_t(j) * qkv_row + db * 8 + quad * 2))
+                                   : make_float2(0.f, 0.f);
+            u[2 * db] = x.x, u[2 * db + 1] = x.y;
+          }
+        }
+        project_row(gk, u, p.span.k_par, p.span.k_perp);
+      }
+      if (p.span.v) {
+        float u[2 * kDBlocks];
+#pragma unroll
+        for (int db = 0; db < kDBlocks; ++db) {
+          const float2 x = j < T && db * 8 < p.head_dim ? __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(
+                                       v_base + size_t(j) * qkv_row + db * 8 + quad * 2))
+                                 : make_float2(0.f, 0.f);
+          u[2 * db] = x.x, u[2 * db + 1] = x.y;
+        }
+        project_row(gv, u, p.span.v_par, p.span.v_perp);
+      }
+    }
+    if (j < T) {
+#pragma unroll
+      for (int db = 0; db < kDBlocks; ++db) {
+        if (db * 8 >= p.head_dim) continue;
+        const size_t offset = size_t(j) * qkv_row + db * 8 + quad * 2;
+        *reinterpret_cast<__nv_bfloat162*>(dk_base + offset) =
+            __floats2bfloat162_rn(gk[2 * db], gk[2 * db + 1]);
+        *reinterpret_cast<__nv_bfloat162*>(dv_base + offset) =
+            __floats2bfloat162_rn(gv[2 * db], gv[2 * db + 1]);
+      }
+    }
+  }
+}
+
+template <int D, bool kSpan, bool kQbar>
+__device__ void query_block(const BackwardParams& p, unsigned char* smem_raw, int query_block_index) {
+  using Shape = BackwardShape<D, kQbar>;
+  constexpr int kStride = Shape::kStride;
+  constexpr int kN = Shape::kKeyTile;
+  constexpr int kDBlocks = D / 8;
+  constexpr int kKBlocks = kN / 8;
+  bf16* q_tile = reinterpret_cast<bf16*>(smem_raw);
+  bf16* do_tile = q_tile + kQueriesPerBlock * kStride;
+  bf16* k_tiles = do_tile + kQueriesPerBlock * kStride;  // 2 stages
+  bf16* v_tiles = k_tiles + 2 * kN * kStride;           // 2 stages
+
+  const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
+  const int group = lane >> 2, quad = lane & 3;
+  const int bh = blockIdx.y, b = bh / p.n_head, h = bh % p.n_head;
+  const int T = p.T;
+  const int q0 = query_block_index * kQueriesPerBlock;
+  const size_t qkv_row = size_t(3) * p.C;
+  const bf16* q_base = p.qkv + size_t(b) * T * qkv_row + h * p.head_dim;
+  const bf16* k_base = q_base + p.C;
+  const bf16* v_base = q_base + 2 * p.C;
+  const bf16* do_base = p.dout + size_t(b) * T * p.C + h * p.head_dim;
+  const HeadMask mask{h < p.n_local, p.window};
+
+  const int key_lo = mask.local ? max(0, q0 - p.window + 1) : 0;
+  const int key_hi = min(T, q0 + kQueriesPerBlock);
+  const int tile_begin = key_lo / kN, tile_end = (key_hi - 1) / kN;
+
+  load_tile_async<kQueriesPerBlock, D, kStride>(q_tile, q_base, qkv_row, q0, T, p.head_dim);
+  load_tile_async<kQueriesPerBlock, D, kStride>(do_tile, do_base, p.C, q0, T, p.head_dim);
+  load_tile_async<kN, D, kStride>(k_tiles, k_base, qkv_row, tile_begin * kN, T, p.head_dim);
+  load_tile_async<kN, D, kStride>(v_tiles, v_base, qkv_row, tile_begin * kN, T, p.head_dim);
+  cp_async_commit();
+
+  const int row_a = q0 + warp * 16 + group;  // and row_a + 8
+  float lse_log2[2], delta[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int i = row_a + 8 * r;
+    lse_log2[r] = i < T ? p.lse[size_t(bh) * T + i] * kLog2e : 0.f;
+    delta[r] = i < T ? p.delta[size_t(bh) * T + i] : 0.f;
+  }
+  float dq[kDBlocks][4] = {};
+  uint32_t q_frag[D / 16][4], do_frag[D / 16][4];
+
+  for (int tile = tile_begin; tile <= tile_end; ++tile) {
+    const int stage = (tile - tile_begin) & 1;
+    if (tile < tile_end) {
+      load_tile_async<kN, D, kStride>(k_tiles + (stage ^ 1) * kN * kStride, k_base, qkv_row,
+                                      (tile + 1) * kN, T, p.head_dim);
+      load_tile_async<kN, D, kStride>(v_tiles + (stage ^ 1) * kN * kStride, v_base, qkv_row,
+                                      (tile + 1) * kN, T, p.head_dim);
+      cp_async_commit();
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();
+    if (tile == tile_begin) {
+#pragma unroll
+      for (int kc = 0; kc < D / 16; ++kc) {
+        load_a<kStride>(q_frag[kc], q_tile, warp * 16, kc * 16, lane);
+        load_a<kStride>(do_frag[kc], do_tile, warp * 16, kc * 16, lane);
+      }
+    }
+    const bf16* k_tile = k_tiles + stage * kN * kStride;
+    const bf16* v_tile = v_tiles + stage * kN * kStride;
+    const int j0 = tile * kN;
+
+    float s[kKBlocks][4] = {}, dp[kKBlocks][4] = {};
+#pragma unroll
+    for (int kc = 0; kc < D / 16; ++kc)
+#pragma unroll
+      for (int nb = 0; nb < kKBlocks; nb += 2) {
+        uint32_t bk[4], bv[4];
+        load_b_rows<kStride>(bk, k_tile, nb * 8, kc * 16, lane);
+        load_b_rows<kStride>(bv, v_tile, nb * 8, kc * 16, lane);
+        mma_bf16(s[nb], q_frag[kc], bk[0], bk[1]);
+        mma_bf16(s[nb + 1], q_frag[kc], bk[2], bk[3]);
+        mma_bf16(dp[nb], do_frag[kc], bv[0], bv[1]);
+        mma_bf16(dp[nb + 1], do_frag[kc], bv[2], bv[3]);
+      }
+    const bool needs_mask = mask.tile_needs_mask(q0, kQueriesPerBlock, j0, kN);
+#pragma unroll
+    for (int nb = 0; nb < kKBlocks; ++nb)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int r = e >> 1;
+        float prob = exp2f(s[nb][e] * p.scale_log2 - lse_log2[r]);
+        if (needs_mask && !mask.visible(row_a + 8 * r, j0 + nb * 8 + quad * 2 + (e & 1))) prob = 0.f;
+        dp[nb][e] = prob * (dp[nb][e] - delta[r]);
+      }
+    // dQ += dS K
+#pragma unroll
+    for (int kc = 0; kc < kN / 16; ++kc) {
+      const uint32_t a_ds[4] = {pack_bf16x2(dp[2 * kc][0], dp[2 * kc][1]),
+                                pack_bf16x2(dp[2 * kc][2], dp[2 * kc][3]),
+                                pack_bf16x2(dp[2 * kc + 1][0], dp[2 * kc + 1][1]),
+                                pack_bf16x2(dp[2 * kc + 1][2], dp[2 * kc + 1][3])};
+#pragma unroll
+      for (int db = 0; db < kDBlocks; db += 2) {
+        uint32_t bk[4];
+        load_b_cols<kStride>(bk, k_tile, kc * 16, db * 8, lane);
+        mma_bf16(dq[db], a_ds, bk[0], bk[1]);
+        mma_bf16(dq[db + 1], a_ds, bk[2], bk[3]);
+      }
+    }
+    __syncthreads();
+  }
+
+  bf16* dq_base = p.dqkv + size_t(b) * T * qkv_row + h * p.head_dim;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int i = row_a + 8 * r;
+    float g[2 * kDBlocks];
+#pragma unroll
+    for (int db = 0; db < kDBlocks; ++db)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) g[2 * db + e] = dq[db][2 * r + e] * p.scale;
+    if constexpr (kSpan) {
+      if (p.span.q) {
+        // u = kbar_i (cross) or q_i (self).
+        const bf16* u_row = p.span.q_cross ? p.kbar + (size_t(b) * T + i) * p.C + h * p.head_dim
+                                           : q_base + size_t(i) * qkv_row;
+        float u[2 * kDBlocks];
+#pragma unroll
+        for (int db = 0; db < kDBlocks; ++db) {
+          const float2 x = i < T && db * 8 < p.head_dim ? __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(
+                                       u_row + db * 8 + quad * 2))
+                                 : make_float2(0.f, 0.f);
+          u[2 * db] = x.x, u[2 * db + 1] = x.y;
+        }
+        project_row(g, u, p.span.q_par, p.span.q_perp);
+      }
+    }
+    if (i < T) {
+#pragma unroll
+      for (int db = 0; db < kDBlocks; ++db)
+        if (db * 8 < p.head_dim)
+          *reinterpret_cast<__nv_bfloat162*>(dq_base + size_t(i) * qkv_row + db * 8 + quad * 2) =
+            __floats2bfloat162_rn(g[2 * db], g[2 * db + 1]);
+    }
+  }
+}
+
+template <int D, bool kSpan, bool kQbar>
+__global__ void __launch_bounds__(kThreads) attention_backward_kernel(const BackwardParams p) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  if (int(blockIdx.x) < p.n_key_blocks)
+    key_block<D, kSpan, kQbar>(p, smem_raw, blockIdx.x);
+  else
+    query_block<D, kSpan, kQbar>(p, smem_raw,
+                                 p.n_query_blocks - 1 - (int(blockIdx.x) - p.n_key_blocks));
+}
+
+template <int D, bool kSpan, bool kQbar>
+void launch_backward(CudaContext& ctx, const BackwardParams& p, int B) {
+  using Shape = BackwardShape<D, kQbar>;
+  auto kernel = attention_backward_kernel<D, kSpan, kQbar>;
+  CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  int(Shape::kSmemBytes)));
+  const dim3 grid(p.n_key_blocks + p.n_query_blocks, B * p.n_head);
+  kernel<<<grid, kThreads, Shape::kSmemBytes, ctx.stream()>>>(p);
+  CUDA_CHECK_LAUNCH();
+}
+
+template <int D>
+void dispatch_backward(CudaContext& ctx, const BackwardParams& p, int B, bool span, bool qbar) {
+  if (!span)
+    launch_backward<D, false, false>(ctx, p, B);
+  else if (qbar)
+    launch_backward<D, true, true>(ctx, p, B);
+  else
+    launch_backward<D, true, false>(ctx, p, B);
+}
+
+}  // namespace
+
+void attention_backward(CudaContext& ctx, bf16* dqkv, const bf16* dout, const bf16* qkv,
+                        const bf16* out, const float* lse, const bf16* kbar,
+                        const AttentionSpec& spec) {
+  check_head_dim(spec.head_dim, "attention_backward");
+  check_alignment(qkv, 16, "qkv", "attention_backward");
+  check_alignment(dout, 16, "dout", "attention_backward");
+  check_alignment(out, 4, "out", "attention_backward");
+  check_alignment(kbar, 4, "kbar", "attention_backward");
+  check_alignment(dqkv, 4, "dqkv", "attention_backward");
+  LSGPT_CHECK(spec.n_local >= 0 && spec.n_local <= spec.n_head && spec.window >= 1);
+  LSGPT_CHECK(!spec.span.needs_kbar() || kbar != nullptr, "attention_backward: span needs kbar");
+  LSGPT_CHECK(!(spec.span.v.enabled && spec.span.v.basis == SpanBasis::cross),
+              "span on v supports the self basis only");
+  if (spec.B == 0 || spec.T == 0 || spec.n_head == 0) return;
+  const int D = spec.head_dim;
+  const size_t rows = size_t(spec.B) * spec.T * spec.n_head;
+  float* delta = static_cast<float*>(ctx.scratch(sizeof(float) * rows));
+  attention_delta_kernel<<<ceil_div((long long)rows, 8), 256, 0, ctx.stream()>>>(
+      delta, dout, out, int(rows), spec.T, spec.n_head, D);
+  CUDA_CHECK_LAUNCH();
+
+  BackwardParams p;
+  p.qkv = qkv, p.dout = dout, p.lse = lse, p.delta = delta, p.kbar = kbar, p.dqkv = dqkv;
+  p.T = spec.T, p.n_head = spec.n_head, p.head_dim = spec.head_dim, p.C = spec.C(), p.n_local = spec.n_local;
+  p.window = spec.window;
+  p.n_key_blocks = ceil_div(spec.T, kKeysPerBlock);
+  p.n_query_blocks = ceil_div(spec.T, kQueriesPerBlock);
+  p.scale = 1.0f / sqrtf(float(D));
+  p.scale_log2 = p.scale * kLog2e;
+  p.span = make_span_args(spec.span);
+  const bool span = spec.span.any();
+  const bool qbar = spec.span.k.enabled && spec.span.k.basis == SpanBasis::cross;
+  switch (padded_head_dim(D)) {
+    case 32: dispatch_backward<32>(ctx, p, spec.B, span, qbar); break;
+    case 64: dispatch_backward<64>(ctx, p, spec.B, span, qbar); break;
+    default: dispatch_backward<128>(ctx, p, spec.B, span, qbar);
+  }
+}
+
+}  // namespace lsgpt::cuda

@@ -1,0 +1,293 @@
+// LS flash-attention forward: one launch for all heads of a layer, grid over
+// (query block, batch * head). Each block of 4 warps owns 64 queries (16 per
+// warp) and walks only the 64-key tiles that intersect its band: the causal
+// prefix on global heads, the last `window` keys on local heads, so local
+// heads cost O(T * w). Online softmax in f32 on bf16 tensor-core products; no
+// T x T matrix exists. By-products: the row log-sum-exp for the backward, the
+// per-head largest logit (per-block partials, reduced by a second tiny kernel
+// in a fixed order), and, only in the kKbar instantiation, kbar = P K
+// accumulated beside P V for the span decomposition.
+#include "ops/cuda/attention_common.cuh"
+#include "ops/cuda/cuda_check.h"
+#include "ops/cuda/device_utils.cuh"
+#include "ops/cuda/ops.h"
+
+namespace lsgpt::cuda {
+namespace {
+
+using namespace attn;
+
+constexpr int kBlockM = 64;  // queries per block
+constexpr int kBlockN = 64;  // keys per tile
+
+struct ForwardParams {
+  const bf16* qkv;
+  bf16* out;
+  bf16* kbar;
+  float* lse;
+  float* max_partials;  // [B * n_head, n_query_blocks]
+  int T, n_head, head_dim, C, n_local, window, n_query_blocks;
+  float scale, scale_log2;
+};
+
+template <int D, bool kKbar>
+struct ForwardShape {
+  static constexpr int kStride = D + 8;  // padding keeps ldmatrix rows on distinct banks
+  static constexpr int kTile = kBlockN * kStride;
+  static constexpr size_t kSmemBytes = sizeof(bf16) * (kBlockM * kStride + 4 * kTile);
+  // Q fragments stay in registers unless kbar's accumulators need the room.
+  static constexpr bool kQInRegisters = !(kKbar && D == 128);
+};
+
+template <int D, bool kKbar>
+__global__ void __launch_bounds__(kThreads)
+    attention_forward_kernel(const ForwardParams p) {
+  using Shape = ForwardShape<D, kKbar>;
+  constexpr int kStride = Shape::kStride;
+  constexpr int kDBlocks = D / 8;       // n8 blocks of the output
+  constexpr int kKeyBlocks = kBlockN / 8;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  bf16* q_tile = reinterpret_cast<bf16*>(smem_raw);
+  bf16* k_tiles = q_tile + kBlockM * kStride;     // 2 stages
+  bf16* v_tiles = k_tiles + 2 * Shape::kTile;     // 2 stages
+  __shared__ float warp_maxima[kThreads / kWarpSize];
+
+  const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
+  const int group = lane >> 2, quad = lane & 3;
+  // Later query blocks have more keys on global heads: start them first.
+  const int q_block = p.n_query_blocks - 1 - blockIdx.x;
+  const int bh = blockIdx.y, b = bh / p.n_head, h = bh % p.n_head;
+  const int q0 = q_block * kBlockM;
+  const int T = p.T;
+  const size_t qkv_row = size_t(3) * p.C;
+  const bf16* q_base = p.qkv + size_t(b) * T * qkv_row + h * p.head_dim;
+  const bf16* k_base = q_base + p.C;
+  const bf16* v_base = q_base + 2 * p.C;
+  const HeadMask mask{h < p.n_local, p.window};
+
+  const int key_lo = mask.local ? max(0, q0 - p.window + 1) : 0;
+  const int key_hi = min(T, q0 + kBlockM);  // exclusive
+  const int tile_begin = key_lo / kBlockN, tile_end = (key_hi - 1) / kBlockN;
+
+  load_tile_async<kBlockM, D, kStride>(q_tile, q_base, qkv_row, q0, T, p.head_dim);
+  load_tile_async<kBlockN, D, kStride>(k_tiles, k_base, qkv_row, tile_begin * kBlockN, T, p.head_dim);
+  load_tile_async<kBlockN, D, kStride>(v_tiles, v_base, qkv_row, tile_begin * kBlockN, T, p.head_dim);
+  cp_async_commit();
+
+  float o_acc[kDBlocks][4] = {};
+  float kbar_acc[kKbar ? kDBlocks : 1][4] = {};
+  uint32_t q_frag[Shape::kQInRegisters ? D / 16 : 1][4];
+  float row_max[2] = {-INFINITY, -INFINITY};  // raw q.k units
+  float row_sum[2] = {0.f, 0.f};               // this lane's share
+  const int row_a = q0 + warp * 16 + group, row_b = row_a + 8;
+
+  for (int tile = tile_begin; tile <= tile_end; ++tile) {
+    const int stage = (tile - tile_begin) & 1;
+    if (tile < tile_end) {
+      const int next = (stage ^ 1) * Shape::kTile;
+      load_tile_async<kBlockN, D, kStride>(k_tiles + next, k_base, qkv_row, (tile + 1) * kBlockN, T, p.head_dim);
+      load_tile_async<kBlockN, D, kStride>(v_tiles + next, v_base, qkv_row, (tile + 1) * kBlockN, T, p.head_dim);
+      cp_async_commit();
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();
+    if constexpr (Shape::kQInRegisters) {
+      if (tile == tile_begin) {
+#pragma unroll
+        for (int kc = 0; kc < D / 16; ++kc) load_a<kStride>(q_frag[kc], q_tile, warp * 16, kc * 16, lane);
+      }
+    }
+    const bf16* k_tile = k_tiles + stage * Shape::kTile;
+    const bf16* v_tile = v_tiles + stage * Shape::kTile;
+    const int k0 = tile * kBlockN;
+
+    // S = Q K^T for this warp's 16 rows.
+    float s[kKeyBlocks][4] = {};
+#pragma unroll
+    for (int kc = 0; kc < D / 16; ++kc) {
+      uint32_t a[4];
+      if constexpr (Shape::kQInRegisters) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) a[e] = q_frag[kc][e];
+      } else {
+        load_a<kStride>(a, q_tile, warp * 16, kc * 16, lane);
+      }
+#pragma unroll
+      for (int nb = 0; nb < kKeyBlocks; nb += 2) {
+        uint32_t bfrag[4];
+        load_b_rows<kStride>(bfrag, k_tile, nb * 8, kc * 16, lane);
+        mma_bf16(s[nb], a, bfrag[0], bfrag[1]);
+        mma_bf16(s[nb + 1], a, bfrag[2], bfrag[3]);
+      }
+    }
+    if (mask.tile_needs_mask(q0, kBlockM, k0, kBlockN)) {
+#pragma unroll
+      for (int nb = 0; nb < kKeyBlocks; ++nb)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int i = e < 2 ? row_a : row_b;
+          const int j = k0 + nb * 8 + quad * 2 + (e & 1);
+          if (!mask.visible(i, j)) s[nb][e] = -INFINITY;
+        }
+    }
+
+    // Online softmax: rescale what was accumulated by exp(old max - new max).
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      float m = row_max[r];
+#pragma unroll
+      for (int nb = 0; nb < kKeyBlocks; ++nb) m = fmaxf(m, fmaxf(s[nb][2 * r], s[nb][2 * r + 1]));
+      m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
+      m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
+      // A row that has seen only masked keys keeps max -inf; subtract 0 then.
+      const float base = m == -INFINITY ? 0.f : m * p.scale_log2;
+      const float alpha = exp2f(row_max[r] * p.scale_log2 - base);
+      row_max[r] = m;
+      row_sum[r] *= alpha;
+#pragma unroll
+      for (int db = 0; db < kDBlocks; ++db) {
+        o_acc[db][2 * r] *= alpha, o_acc[db][2 * r + 1] *= alpha;
+        if constexpr (kKbar) kbar_acc[db][2 * r] *= alpha, kbar_acc[db][2 * r + 1] *= alpha;
+      }
+#pragma unroll
+      for (int nb = 0; nb < kKeyBlocks; ++nb)
+#pragma unroll
+        for (int e = 2 * r; e < 2 * r + 2; ++e) {
+          s[nb][e] = exp2f(s[nb][e] * p.scale_log2 - base);
+          row_sum[r] += s[nb][e];
+        }
+    }
+
+    // O += P V (and kbar += P K), P as bf16 A fragments straight from registers.
+#pragma unroll
+    for (int kc = 0; kc < kBlockN / 16; ++kc) {
+      const uint32_t a[4] = {pack_bf16x2(s[2 * kc][0], s[2 * kc][1]),
+                             pack_bf16x2(s[2 * kc][2], s[2 * kc][3]),
+                             pack_bf16x2(s[2 * kc + 1][0], s[2 * kc + 1][1]),
+                             pack_bf16x2(s[2 * kc + 1][2], s[2 * kc + 1][3])};
+#pragma unroll
+      for (int db = 0; db < kDBlocks; db += 2) {
+        uint32_t bfrag[4];
+        load_b_cols<kStride>(bfrag, v_tile, kc * 16, db * 8, lane);
+        mma_bf16(o_acc[db], a, bfrag[0], bfrag[1]);
+        mma_bf16(o_acc[db + 1], a, bfrag[2], bfrag[3]);
+        if constexpr (kKbar) {
+          load_b_cols<kStride>(bfrag, k_tile, kc * 16, db * 8, lane);
+          mma_bf16(kbar_acc[db], a, bfrag[0], bfrag[1]);
+          mma_bf16(kbar_acc[db + 1], a, bfrag[2], bfrag[3]);
+        }
+      }
+    }
+    __syncthreads();  // the next iteration's prefetch overwrites this stage
+  }
+
+  // Epilogue: normalise, write O (and kbar), lse, and this block's max logit.
+  float block_max = -INFINITY;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    float l = row_sum[r];
+    l += __shfl_xor_sync(0xffffffffu, l, 1);
+    l += __shfl_xor_sync(0xffffffffu, l, 2);
+    const int row = r == 0 ? row_a : row_b;
+    if (row >= T) continue;
+    const float inv = 1.0f / l;
+    bf16* out_row = p.out + (size_t(b) * T + row) * p.C + h * p.head_dim;
+#pragma unroll
+    for (int db = 0; db < kDBlocks; ++db) {
+      const int col = db * 8 + quad * 2;
+      if (db * 8 < p.head_dim)
+        *reinterpret_cast<__nv_bfloat162*>(out_row + col) =
+          __floats2bfloat162_rn(o_acc[db][2 * r] * inv, o_acc[db][2 * r + 1] * inv);
+    }
+    if constexpr (kKbar) {
+      bf16* kbar_row = p.kbar + (size_t(b) * T + row) * p.C + h * p.head_dim;
+#pragma unroll
+      for (int db = 0; db < kDBlocks; ++db) {
+        const int col = db * 8 + quad * 2;
+        if (db * 8 < p.head_dim)
+          *reinterpret_cast<__nv_bfloat162*>(kbar_row + col) =
+            __floats2bfloat162_rn(kbar_acc[db][2 * r] * inv, kbar_acc[db][2 * r + 1] * inv);
+      }
+    }
+    const float max_logit = row_max[r] * p.scale;
+    if (quad == 0) p.lse[size_t(bh) * T + row] = max_logit + logf(l);
+    block_max = fmaxf(block_max, max_logit);
+  }
+  block_max = warp_max(block_max);
+  if (lane == 0) warp_maxima[warp] = block_max;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    float m = warp_maxima[0];
+    for (int w = 1; w < kThreads / kWarpSize; ++w) m = fmaxf(m, warp_maxima[w]);
+    p.max_partials[size_t(bh) * p.n_query_blocks + q_block] = m;
+  }
+}
+
+// max_logit[h] = max over batch rows and query blocks of the partials.
+__global__ void max_logit_reduce_kernel(float* max_logit, const float* partials, int B,
+                                        int n_head, int n_query_blocks) {
+  __shared__ float shared[32];
+  const int h = blockIdx.x;
+  float m = -INFINITY;
+  for (int b = 0; b < B; ++b)
+    for (int qb = threadIdx.x; qb < n_query_blocks; qb += blockDim.x)
+      m = fmaxf(m, partials[(size_t(b) * n_head + h) * n_query_blocks + qb]);
+  m = block_max(m, shared);
+  if (threadIdx.x == 0) max_logit[h] = m;
+}
+
+template <int D, bool kKbar>
+void launch_forward(CudaContext& ctx, const ForwardParams& p, int B) {
+  using Shape = ForwardShape<D, kKbar>;
+  auto kernel = attention_forward_kernel<D, kKbar>;
+  CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  int(Shape::kSmemBytes)));
+  const dim3 grid(p.n_query_blocks, B * p.n_head);
+  kernel<<<grid, kThreads, Shape::kSmemBytes, ctx.stream()>>>(p);
+  CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace
+
+void attention_forward(CudaContext& ctx, bf16* out, float* lse, float* max_logit, bf16* kbar,
+                       const bf16* qkv, const AttentionSpec& spec) {
+  check_head_dim(spec.head_dim, "attention_forward");
+  check_alignment(qkv, 16, "qkv", "attention_forward");
+  check_alignment(out, 4, "out", "attention_forward");
+  check_alignment(kbar, 4, "kbar", "attention_forward");
+  LSGPT_CHECK(spec.n_local >= 0 && spec.n_local <= spec.n_head && spec.window >= 1);
+  const bool with_kbar = spec.span.needs_kbar();
+  LSGPT_CHECK(!with_kbar || kbar != nullptr, "attention_forward: span needs kbar");
+  if (spec.n_head == 0) return;
+  ForwardParams p;
+  p.qkv = qkv, p.out = out, p.kbar = kbar, p.lse = lse;
+  p.T = spec.T, p.n_head = spec.n_head, p.head_dim = spec.head_dim, p.C = spec.C(), p.n_local = spec.n_local;
+  p.window = spec.window;
+  p.n_query_blocks = ceil_div(spec.T, kBlockM);
+  p.scale = 1.0f / sqrtf(float(spec.head_dim));
+  p.scale_log2 = p.scale * kLog2e;
+  p.max_partials = static_cast<float*>(
+      ctx.scratch(sizeof(float) * (size_t(spec.B) * spec.n_head * p.n_query_blocks + 1)));
+  // With no rows (B or T zero) the reduction below writes -inf.
+  if (spec.B > 0 && spec.T > 0) {
+    switch (padded_head_dim(spec.head_dim)) {
+      case 32:
+        with_kbar ? launch_forward<32, true>(ctx, p, spec.B) : launch_forward<32, false>(ctx, p, spec.B);
+        break;
+      case 64:
+        with_kbar ? launch_forward<64, true>(ctx, p, spec.B) : launch_forward<64, false>(ctx, p, spec.B);
+        break;
+      default:
+        with_kbar ? launch_forward<128, true>(ctx, p, spec.B)
+                  : launch_forward<128, false>(ctx, p, spec.B);
+    }
+  }
+  max_logit_reduce_kernel<<<spec.n_head, 256, 0, ctx.stream()>>>(max_logit, p.max_partials,
+                                                                 spec.B, spec.n_head,
+                                                                 p.n_query_blocks);
+  CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace lsgpt::cuda

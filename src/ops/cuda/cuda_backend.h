@@ -1,0 +1,21 @@
+// The CUDA backend's one entry point. Plain C++ (no CUDA headers), so that
+// backend_factory.cpp and the tests include it with g++.
+#pragma once
+
+#include <memory>
+
+#include "ops/backend.h"
+
+namespace lsgpt {
+
+// bf16 parameters, activations and gradients; f32 statistics, optimizer state
+// and master weights. Throws lsgpt::Error when no usable GPU is present
+// ("no CUDA GPU found: ...") or when the GPU is older than the build targets.
+std::unique_ptr<Backend> make_cuda_backend();
+
+// The cudaStream_t a CUDA backend enqueues every op on (as void*, so this
+// header needs no CUDA include), for timing with events; null for any other
+// backend.
+void* cuda_stream_of(Backend& backend);
+
+}  // namespace lsgpt

@@ -1,0 +1,64 @@
+// What every CUDA op launcher needs besides its tensors: the backend's single
+// stream, the cuBLASLt handle and workspace, and a growable scratch buffer for
+// two-pass reductions (partial sums are reduced in a fixed order, so results
+// are bit-reproducible run to run, unlike float atomics).
+#pragma once
+
+#include <cublasLt.h>
+#include <cuda_runtime_api.h>
+
+#include <cstddef>
+
+namespace lsgpt::cuda {
+
+// cudaMalloc with the project's out-of-memory message.
+void* device_alloc(size_t bytes);
+void device_free(void* ptr) noexcept;
+
+class CudaContext {
+ public:
+  CudaContext();
+  ~CudaContext();
+  CudaContext(const CudaContext&) = delete;
+  CudaContext& operator=(const CudaContext&) = delete;
+
+  cudaStream_t stream() const { return stream_; }
+  cublasLtHandle_t cublaslt() const { return cublaslt_; }
+  void* cublas_workspace() const { return workspace_; }
+  size_t cublas_workspace_bytes() const { return kWorkspaceBytes; }
+  int sm_count() const { return sm_count_; }
+
+  // At least `bytes` of device memory, valid until the next scratch() call.
+  // Ops on the one stream run in order, so reusing it across ops is safe;
+  // growing it first waits for the stream so no queued kernel loses it.
+  void* scratch(size_t bytes);
+
+ private:
+  static constexpr size_t kWorkspaceBytes = size_t(32) << 20;
+  cudaStream_t stream_ = nullptr;
+  cublasLtHandle_t cublaslt_ = nullptr;
+  void* workspace_ = nullptr;
+  void* scratch_ = nullptr;
+  size_t scratch_bytes_ = 0;
+  int sm_count_ = 0;
+};
+
+// Carves aligned pieces out of one scratch allocation.
+class ScratchCarver {
+ public:
+  explicit ScratchCarver(void* base) : base_(static_cast<char*>(base)) {}
+  // Size of a region holding pieces of these byte counts, each 256-byte aligned.
+  static size_t round(size_t bytes) { return (bytes + 255) / 256 * 256; }
+  template <typename T>
+  T* take(size_t count) {
+    T* p = reinterpret_cast<T*>(base_ + used_);
+    used_ += round(count * sizeof(T));
+    return p;
+  }
+
+ private:
+  char* base_;
+  size_t used_ = 0;
+};
+
+}  // namespace lsgpt::cuda

@@ -1,0 +1,61 @@
+// Small device helpers shared by the kernels: warp/block reductions in a fixed
+// order (deterministic), 16-byte bf16 vectors, and launch-size arithmetic.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+
+namespace lsgpt::cuda {
+
+constexpr int kWarpSize = 32;
+
+inline int ceil_div(long long a, long long b) { return int((a + b - 1) / b); }
+
+__device__ __forceinline__ float warp_sum(float x) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) x += __shfl_xor_sync(0xffffffffu, x, offset);
+  return x;
+}
+
+__device__ __forceinline__ float warp_max(float x) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1)
+    x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, offset));
+  return x;
+}
+
+// Sum over the whole block, returned to every thread. `shared` holds 32 floats.
+// Every thread must call it (it synchronizes the block twice).
+__device__ __forceinline__ float block_sum(float x, float* shared) {
+  const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
+  const int n_warps = (blockDim.x + kWarpSize - 1) / kWarpSize;
+  x = warp_sum(x);
+  __syncthreads();
+  if (lane == 0) shared[warp] = x;
+  __syncthreads();
+  float total = lane < n_warps ? shared[lane] : 0.0f;
+  return warp_sum(total);
+}
+
+__device__ __forceinline__ float block_max(float x, float* shared) {
+  const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
+  const int n_warps = (blockDim.x + kWarpSize - 1) / kWarpSize;
+  x = warp_max(x);
+  __syncthreads();
+  if (lane == 0) shared[warp] = x;
+  __syncthreads();
+  float total = lane < n_warps ? shared[lane] : -INFINITY;
+  return warp_max(total);
+}
+
+// Eight bf16 in one 16-byte load/store.
+struct alignas(16) Bf16x8 {
+  __nv_bfloat16 v[8];
+};
+
+inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
+
+}  // namespace lsgpt::cuda

@@ -1,0 +1,203 @@
+// Matrix products through cuBLASLt (bf16 in/out, f32 accumulate). The forward
+// fuses the bias and the GELU (tanh form, pre-activation saved as the aux
+// output) into cuBLASLt's epilogue; shapes or alignments for which cuBLASLt
+// offers no fused algorithm fall back to a plain product plus our own bias /
+// GELU kernel. The backward's dbias is our ordered column sum, because
+// cuBLASLt's BGRAD epilogue overwrites the bias gradient while the interface
+// accumulates it. Algorithms are cached per shape and alignment.
+#include <map>
+#include <mutex>
+#include <tuple>
+
+#include "ops/cuda/cuda_check.h"
+#include "ops/cuda/device_utils.cuh"
+#include "ops/cuda/ops.h"
+
+namespace lsgpt::cuda {
+namespace {
+
+// Column-major D[m,n] = op(A)[m,k] op(B)[k,n] + beta * D, as cuBLASLt sees it.
+struct Gemm {
+  bool trans_a = false, trans_b = false;
+  int m = 0, n = 0, k = 0;
+  const bf16* a = nullptr;
+  int lda = 0;
+  const bf16* b = nullptr;
+  int ldb = 0;
+  bf16* d = nullptr;
+  int ldd = 0;
+  float beta = 0.0f;
+  cublasLtEpilogue_t epilogue = CUBLASLT_EPILOGUE_DEFAULT;
+  const bf16* bias = nullptr;
+  bf16* aux = nullptr;  // GELU pre-activation, [m, n] with leading dimension m
+};
+
+int alignment(const void* p) {
+  const auto address = reinterpret_cast<uintptr_t>(p);
+  int a = 256;
+  while (a > 2 && address % a != 0) a /= 2;
+  return a;
+}
+
+using GemmKey = std::tuple<int, int, int, int, int, int, int, int, bool, int, int, int, int, int,
+                           int, int>;
+
+struct CachedAlgo {
+  bool supported = false;
+  cublasLtMatmulAlgo_t algo{};
+};
+
+std::mutex algo_cache_mutex;
+std::map<GemmKey, CachedAlgo> algo_cache;
+
+struct LtDescriptors {
+  cublasLtMatmulDesc_t op = nullptr;
+  cublasLtMatrixLayout_t a = nullptr, b = nullptr, d = nullptr;
+  ~LtDescriptors() {
+    if (d) cublasLtMatrixLayoutDestroy(d);
+    if (b) cublasLtMatrixLayoutDestroy(b);
+    if (a) cublasLtMatrixLayoutDestroy(a);
+    if (op) cublasLtMatmulDescDestroy(op);
+  }
+};
+
+// Runs the product; returns false when cuBLASLt has no algorithm for it.
+bool try_gemm(CudaContext& ctx, const Gemm& g) {
+  LtDescriptors desc;
+  CUBLAS_CHECK(cublasLtMatmulDescCreate(&desc.op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+  const cublasOperation_t op_a = g.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
+  const cublasOperation_t op_b = g.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
+  CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc.op, CUBLASLT_MATMUL_DESC_TRANSA, &op_a,
+                                              sizeof(op_a)));
+  CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc.op, CUBLASLT_MATMUL_DESC_TRANSB, &op_b,
+                                              sizeof(op_b)));
+  CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc.op, CUBLASLT_MATMUL_DESC_EPILOGUE,
+                                              &g.epilogue, sizeof(g.epilogue)));
+  if (g.bias)
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER,
+                                                &g.bias, sizeof(g.bias)));
+  if (g.aux) {
+    const int64_t ld_aux = g.m;
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc.op, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER,
+                                                &g.aux, sizeof(g.aux)));
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc.op, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD,
+                                                &ld_aux, sizeof(ld_aux)));
+  }
+  CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&desc.a, CUDA_R_16BF, g.trans_a ? g.k : g.m,
+                                          g.trans_a ? g.m : g.k, g.lda));
+  CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&desc.b, CUDA_R_16BF, g.trans_b ? g.n : g.k,
+                                          g.trans_b ? g.k : g.n, g.ldb));
+  CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&desc.d, CUDA_R_16BF, g.m, g.n, g.ldd));
+
+  const int align_a = alignment(g.a), align_b = alignment(g.b), align_d = alignment(g.d);
+  const int align_bias = g.bias ? alignment(g.bias) : 256;
+  const int align_aux = g.aux ? alignment(g.aux) : 256;
+  const GemmKey key{g.trans_a, g.trans_b, g.m, g.n, g.k, g.lda, g.ldb, g.ldd, g.beta != 0.0f,
+                    int(g.epilogue), align_a, align_b, align_d, align_bias, align_aux,
+                    ctx.sm_count()};
+  CachedAlgo cached;
+  bool found = false;
+  {
+    std::lock_guard<std::mutex> lock(algo_cache_mutex);
+    auto it = algo_cache.find(key);
+    if (it != algo_cache.end()) cached = it->second, found = true;
+  }
+  if (!found) {
+    cublasLtMatmulPreference_t pref = nullptr;
+    CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+    const size_t workspace = ctx.cublas_workspace_bytes();
+    const uint32_t aligns[4] = {uint32_t(align_a), uint32_t(align_b), uint32_t(align_d),
+                                uint32_t(align_d)};
+    cublasStatus_t st = cublasLtMatmulPreferenceSetAttribute(
+        pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace, sizeof(workspace));
+    const cublasLtMatmulPreferenceAttributes_t align_attrs[4] = {
+        CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+        CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES};
+    for (int i = 0; i < 4 && st == CUBLAS_STATUS_SUCCESS; ++i)
+      st = cublasLtMatmulPreferenceSetAttribute(pref, align_attrs[i], &aligns[i], sizeof(uint32_t));
+    cublasLtMatmulHeuristicResult_t result{};
+    int count = 0;
+    if (st == CUBLAS_STATUS_SUCCESS)
+      st = cublasLtMatmulAlgoGetHeuristic(ctx.cublaslt(), desc.op, desc.a, desc.b, desc.d, desc.d,
+                                          pref, 1, &result, &count);
+    cublasLtMatmulPreferenceDestroy(pref);
+    // The bias and aux pointers have alignment needs the preference cannot
+    // express; an epilogue is only trusted with 16-byte aligned ones.
+    const bool epilogue_ok = g.epilogue == CUBLASLT_EPILOGUE_DEFAULT ||
+                             (align_bias >= 16 && align_aux >= 16 && (!g.aux || g.m % 8 == 0));
+    cached.supported = st == CUBLAS_STATUS_SUCCESS && count > 0 && epilogue_ok;
+    if (cached.supported) cached.algo = result.algo;
+    std::lock_guard<std::mutex> lock(algo_cache_mutex);
+    algo_cache[key] = cached;
+  }
+  if (!cached.supported) return false;
+  const float alpha = 1.0f;
+  CUBLAS_CHECK(cublasLtMatmul(ctx.cublaslt(), desc.op, &alpha, g.a, desc.a, g.b, desc.b, &g.beta,
+                              g.d, desc.d, g.d, desc.d, &cached.algo, ctx.cublas_workspace(),
+                              ctx.cublas_workspace_bytes(), ctx.stream()));
+  return true;
+}
+
+void gemm(CudaContext& ctx, const Gemm& g) {
+  if (!try_gemm(ctx, g))
+    fail("cuBLASLt has no algorithm for a bf16 matrix product of shape m=", g.m, " n=", g.n,
+         " k=", g.k);
+}
+
+__global__ void add_bias_kernel(bf16* out, const bf16* bias, int N, int OC) {
+  const size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= size_t(N) * OC) return;
+  out[i] = __float2bfloat16(__bfloat162float(out[i]) + __bfloat162float(bias[i % OC]));
+}
+
+}  // namespace
+
+void matmul_forward(CudaContext& ctx, bf16* out, bf16* pre_gelu, const bf16* inp,
+                    const bf16* weight, const bf16* bias, int N, int C, int OC) {
+  if (N == 0 || OC == 0) return;
+  LSGPT_CHECK(C > 0, "matmul with an empty inner dimension");
+  Gemm g;
+  g.trans_a = true, g.m = OC, g.n = N, g.k = C;
+  g.a = weight, g.lda = C, g.b = inp, g.ldb = C, g.ldd = OC;
+  if (pre_gelu) {
+    g.d = out, g.aux = pre_gelu, g.bias = bias;
+    g.epilogue = bias ? CUBLASLT_EPILOGUE_GELU_AUX_BIAS : CUBLASLT_EPILOGUE_GELU_AUX;
+    if (try_gemm(ctx, g)) return;
+    g.aux = nullptr;
+  }
+  // Without a fused GELU the product lands in pre_gelu (if any), then out = gelu(pre_gelu).
+  bf16* product = pre_gelu ? pre_gelu : out;
+  g.d = product, g.bias = bias;
+  g.epilogue = bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT;
+  if (!bias || !try_gemm(ctx, g)) {
+    g.bias = nullptr, g.epilogue = CUBLASLT_EPILOGUE_DEFAULT;
+    gemm(ctx, g);
+    if (bias) {
+      add_bias_kernel<<<ceil_div((long long)N * OC, 256), 256, 0, ctx.stream()>>>(product, bias,
+                                                                                  N, OC);
+      CUDA_CHECK_LAUNCH();
+    }
+  }
+  if (pre_gelu) gelu_forward(ctx, out, pre_gelu, size_t(N) * OC);
+}
+
+void matmul_backward(CudaContext& ctx, bf16* dinp, bf16* dweight, bf16* dbias, bf16* dout,
+                     const bf16* inp, const bf16* weight, const bf16* pre_gelu, int N, int C,
+                     int OC) {
+  if (N == 0 || OC == 0 || C == 0) {
+    if (dinp && N > 0 && C > 0) CUDA_CHECK(cudaMemsetAsync(dinp, 0, sizeof(bf16) * size_t(N) * C, ctx.stream()));
+    return;
+  }
+  if (pre_gelu) gelu_backward(ctx, dout, pre_gelu, dout, size_t(N) * OC);
+  if (dbias) column_sum_accumulate(ctx, dbias, dout, N, OC);
+  Gemm gi;  // dinp[N,C] = dout[N,OC] weight[OC,C]
+  gi.m = C, gi.n = N, gi.k = OC;
+  gi.a = weight, gi.lda = C, gi.b = dout, gi.ldb = OC, gi.d = dinp, gi.ldd = C;
+  gemm(ctx, gi);
+  Gemm gw;  // dweight[OC,C] += dout^T inp
+  gw.trans_b = true, gw.m = C, gw.n = OC, gw.k = N;
+  gw.a = inp, gw.lda = C, gw.b = dout, gw.ldb = OC, gw.d = dweight, gw.ldd = C, gw.beta = 1.0f;
+  gemm(ctx, gw);
+}
+
+}  // namespace lsgpt::cuda

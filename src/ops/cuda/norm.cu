@@ -1,0 +1,103 @@
+// Reductions in a fixed order: column sums (bias gradients) and the squared
+// norm used for global-norm clipping. Both are two-pass (per-block partials,
+// then an ordered sum) with a partition that does not depend on the GPU, so
+// the same inputs give bit-identical results on every run and every device.
+#include <vector>
+
+#include "ops/cuda/cuda_check.h"
+#include "ops/cuda/device_utils.cuh"
+#include "ops/cuda/ops.h"
+
+namespace lsgpt::cuda {
+namespace {
+
+constexpr int kColsPerBlock = 32;
+constexpr int kRowThreads = 8;
+constexpr int kRowsPerPart = 256;
+
+// partials[part, c] = sum of src[r, c] over the part's rows.
+__global__ void column_partials_kernel(float* partials, const bf16* src, int rows, int cols) {
+  __shared__ float sums[kRowThreads][kColsPerBlock];
+  const int c = blockIdx.x * kColsPerBlock + threadIdx.x;
+  const int part = blockIdx.y;
+  const int r_end = min(rows, (part + 1) * kRowsPerPart);
+  float acc = 0.0f;
+  if (c < cols)
+    for (int r = part * kRowsPerPart + threadIdx.y; r < r_end; r += kRowThreads)
+      acc += __bfloat162float(src[size_t(r) * cols + c]);
+  sums[threadIdx.y][threadIdx.x] = acc;
+  __syncthreads();
+  if (threadIdx.y == 0 && c < cols) {
+    float total = 0.0f;
+#pragma unroll
+    for (int k = 0; k < kRowThreads; ++k) total += sums[k][threadIdx.x];
+    partials[size_t(part) * cols + c] = total;
+  }
+}
+
+__global__ void reduce_partials_kernel(bf16* dst, const float* partials, int parts, int cols) {
+  const int c = blockIdx.x * blockDim.x + threadIdx.x;
+  if (c >= cols) return;
+  float total = 0.0f;
+  for (int p = 0; p < parts; ++p) total += partials[size_t(p) * cols + c];
+  dst[c] = __float2bfloat16(__bfloat162float(dst[c]) + total);
+}
+
+constexpr int kSquareBlocks = 512;
+constexpr int kSquareThreads = 256;
+
+__global__ void sum_squares_kernel(double* partials, const bf16* x, size_t n) {
+  __shared__ double warp_sums[kSquareThreads / kWarpSize];
+  double acc = 0.0;
+  for (size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += size_t(gridDim.x) * blockDim.x) {
+    const double v = __bfloat162float(x[i]);
+    acc += v * v;
+  }
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, offset);
+  if (threadIdx.x % kWarpSize == 0) warp_sums[threadIdx.x / kWarpSize] = acc;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    double total = 0.0;
+    for (int w = 0; w < kSquareThreads / kWarpSize; ++w) total += warp_sums[w];
+    partials[blockIdx.x] = total;
+  }
+}
+
+}  // namespace
+
+void reduce_partials_accumulate(CudaContext& ctx, bf16* dst, const float* partials, int parts,
+                                int cols) {
+  if (cols == 0) return;
+  reduce_partials_kernel<<<ceil_div(cols, 256), 256, 0, ctx.stream()>>>(dst, partials, parts,
+                                                                         cols);
+  CUDA_CHECK_LAUNCH();
+}
+
+void column_sum_accumulate(CudaContext& ctx, bf16* dst, const bf16* src, int rows, int cols) {
+  if (rows == 0 || cols == 0) return;
+  const int parts = ceil_div(rows, kRowsPerPart);
+  float* partials = static_cast<float*>(ctx.scratch(sizeof(float) * size_t(parts) * cols));
+  const dim3 grid(ceil_div(cols, kColsPerBlock), parts);
+  column_partials_kernel<<<grid, dim3(kColsPerBlock, kRowThreads), 0, ctx.stream()>>>(
+      partials, src, rows, cols);
+  CUDA_CHECK_LAUNCH();
+  reduce_partials_accumulate(ctx, dst, partials, parts, cols);
+}
+
+double sum_squares(CudaContext& ctx, const bf16* x, size_t n) {
+  if (n == 0) return 0.0;
+  double* partials = static_cast<double*>(ctx.scratch(sizeof(double) * kSquareBlocks));
+  sum_squares_kernel<<<kSquareBlocks, kSquareThreads, 0, ctx.stream()>>>(partials, x, n);
+  CUDA_CHECK_LAUNCH();
+  std::vector<double> host(kSquareBlocks);
+  CUDA_CHECK(cudaMemcpyAsync(host.data(), partials, sizeof(double) * kSquareBlocks,
+                             cudaMemcpyDeviceToHost, ctx.stream()));
+  CUDA_CHECK(cudaStreamSynchronize(ctx.stream()));
+  double total = 0.0;
+  for (double p : host) total += p;
+  return total;
+}
+
+}  // namespace lsgpt::cuda

@@ -1,0 +1,74 @@
+// Launchers of the CUDA kernels, one group per .cu file, called by the
+// Backend adapter in cuda_backend.cu. Semantics are those of ops/backend.h;
+// element types: bf16 for parameters/activations/gradients, f32 for
+// statistics and optimizer state.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_runtime_api.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "ops/attention_spec.h"
+#include "ops/backend.h"
+#include "ops/cuda/cuda_context.h"
+
+namespace lsgpt::cuda {
+
+using bf16 = __nv_bfloat16;
+
+// embedding.cu
+void embedding_forward(CudaContext& ctx, bf16* out, const int32_t* tokens, const bf16* wte,
+                       const bf16* wpe, int B, int T, int C, int pos0);
+void embedding_backward(CudaContext& ctx, bf16* dwte, bf16* dwpe, const bf16* dout,
+                        const int32_t* tokens, int B, int T, int C);
+
+// layernorm.cu
+void layernorm_forward(CudaContext& ctx, bf16* out, float* mean, float* rstd, const bf16* inp,
+                       const bf16* weight, const bf16* bias, int N, int C);
+void layernorm_backward(CudaContext& ctx, bf16* dinp, bf16* dweight, bf16* dbias,
+                        const bf16* dout, const bf16* inp, const bf16* weight, const float* mean,
+                        const float* rstd, int N, int C);
+
+// matmul.cu
+void matmul_forward(CudaContext& ctx, bf16* out, bf16* pre_gelu, const bf16* inp,
+                    const bf16* weight, const bf16* bias, int N, int C, int OC);
+void matmul_backward(CudaContext& ctx, bf16* dinp, bf16* dweight, bf16* dbias, bf16* dout,
+                     const bf16* inp, const bf16* weight, const bf16* pre_gelu, int N, int C,
+                     int OC);
+
+// gelu.cu (tanh form, as GPT-2)
+void gelu_forward(CudaContext& ctx, bf16* out, const bf16* inp, size_t n);
+void gelu_backward(CudaContext& ctx, bf16* dinp, const bf16* inp, const bf16* dout, size_t n);
+
+// residual.cu
+void residual_forward(CudaContext& ctx, bf16* out, const bf16* a, const bf16* b, size_t n);
+void add_inplace(CudaContext& ctx, bf16* dst, const bf16* src, size_t n);
+
+// norm.cu: column sums (bias gradients) and the squared norm for clipping.
+// dst[c] += sum over rows r of src[r, c], summed in a fixed order.
+void column_sum_accumulate(CudaContext& ctx, bf16* dst, const bf16* src, int rows, int cols);
+// Adds f32 partial sums [parts, cols] into dst[c] (bf16), parts summed in order.
+void reduce_partials_accumulate(CudaContext& ctx, bf16* dst, const float* partials, int parts,
+                                int cols);
+double sum_squares(CudaContext& ctx, const bf16* x, size_t n);
+
+// classifier.cu
+void softmax_cross_entropy(CudaContext& ctx, float* losses, bf16* logits, const int32_t* targets,
+                           int N, int V, int Vp, float dloss, bool compute_grad);
+
+// adamw.cu
+void adamw_update(CudaContext& ctx, bf16* param, float* master, const bf16* grad, float* m,
+                  float* v, size_t n, const AdamWSettings& s);
+
+// attention_forward.cu, attention_backward.cu, attention_decode.cu
+void attention_forward(CudaContext& ctx, bf16* out, float* lse, float* max_logit, bf16* kbar,
+                       const bf16* qkv, const AttentionSpec& spec);
+void attention_backward(CudaContext& ctx, bf16* dqkv, const bf16* dout, const bf16* qkv,
+                        const bf16* out, const float* lse, const bf16* kbar,
+                        const AttentionSpec& spec);
+void attention_decode(CudaContext& ctx, bf16* out, bf16* k_local, bf16* v_local,
+                      bf16* k_global, bf16* v_global, const bf16* qkv, const DecodeSpec& spec);
+
+}  // namespace lsgpt::cuda

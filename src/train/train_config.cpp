@@ -1,0 +1,89 @@
+#include "train/train_config.h"
+
+#include <cmath>
+#include <nlohmann/json.hpp>
+
+#include "core/error.h"
+
+namespace lsgpt {
+
+using json = nlohmann::json;
+
+void TrainConfig::validate() const {
+  if (batch_size < 1) fail("--batch-size must be >= 1, got ", batch_size);
+  if (seq_len < 0) fail("--seq-len must be >= 1, got ", seq_len);
+  if (grad_accum < 1) fail("--grad-accum must be >= 1, got ", grad_accum);
+  if (steps < 1) fail("--steps must be >= 1, got ", steps);
+  if (!(lr > 0) || !std::isfinite(lr)) fail("--lr must be a positive number, got ", lr);
+  if (!(min_lr_ratio >= 0 && min_lr_ratio <= 1)) fail("--min-lr-ratio must be in [0, 1]");
+  if (warmup < 0) fail("--warmup must be >= 0");
+  if (!(weight_decay >= 0) || !std::isfinite(weight_decay)) fail("--weight-decay must be >= 0");
+  if (!(beta1 >= 0 && beta1 < 1) || !(beta2 >= 0 && beta2 < 1))
+    fail("AdamW betas must be in [0, 1)");
+  if (!(eps > 0)) fail("AdamW eps must be > 0");
+  if (!(clip >= 0) || !std::isfinite(clip)) fail("--clip must be >= 0 (0 disables clipping)");
+  if (eval_every < 0 || checkpoint_every < 0 || log_every < 1)
+    fail("--eval-every and --checkpoint-every must be >= 0, --log-every >= 1");
+  if (eval_batches < 1) fail("--eval-batches must be >= 1");
+  if (!(max_time >= 0)) fail("--max-time must be >= 0");
+  if (stop_at < 0) fail("--stop-at must be >= 0");
+  if (max_nonfinite < 1) fail("--max-nonfinite must be >= 1");
+  if (train_data.empty()) fail("no training data: pass --train FILE (made by `lsgpt prepare`)");
+  if (valid_data.empty()) fail("no validation data: pass --valid FILE (made by `lsgpt prepare`)");
+}
+
+json TrainConfig::schedule_json() const {
+  return json{{"batch_size", batch_size}, {"seq_len", seq_len},      {"grad_accum", grad_accum},
+              {"steps", steps},           {"lr", lr},                {"min_lr_ratio", min_lr_ratio},
+              {"warmup", warmup},         {"weight_decay", weight_decay},
+              {"beta1", beta1},           {"beta2", beta2},          {"eps", eps},
+              {"clip", clip},             {"seed", seed},            {"train_data", train_data}};
+}
+
+json TrainConfig::to_json() const {
+  json j = schedule_json();
+  j["device"] = device;
+  j["valid_data"] = valid_data;
+  j["out_dir"] = out_dir;
+  j["eval_every"] = eval_every;
+  j["eval_batches"] = eval_batches;
+  j["checkpoint_every"] = checkpoint_every;
+  j["log_every"] = log_every;
+  j["max_time"] = max_time;
+  j["stop_at"] = stop_at;
+  j["max_nonfinite"] = max_nonfinite;
+  return j;
+}
+
+TrainConfig TrainConfig::from_json(const json& j) {
+  TrainConfig c;
+  auto get = [&](const char* key, auto& field) {
+    if (j.contains(key)) field = j.at(key).get<std::decay_t<decltype(field)>>();
+  };
+  try {
+    get("device", c.device), get("train_data", c.train_data), get("valid_data", c.valid_data);
+    get("out_dir", c.out_dir), get("batch_size", c.batch_size), get("seq_len", c.seq_len);
+    get("grad_accum", c.grad_accum), get("steps", c.steps), get("lr", c.lr);
+    get("min_lr_ratio", c.min_lr_ratio), get("warmup", c.warmup);
+    get("weight_decay", c.weight_decay), get("beta1", c.beta1), get("beta2", c.beta2);
+    get("eps", c.eps), get("clip", c.clip), get("eval_every", c.eval_every);
+    get("eval_batches", c.eval_batches), get("checkpoint_every", c.checkpoint_every);
+    get("log_every", c.log_every), get("seed", c.seed), get("max_time", c.max_time);
+    get("stop_at", c.stop_at), get("max_nonfinite", c.max_nonfinite);
+  } catch (const json::exception& e) {
+    fail("training settings: ", e.what());
+  }
+  return c;
+}
+
+double learning_rate(const TrainConfig& c, long step) {
+  if (step < c.warmup) return c.lr * double(step + 1) / double(c.warmup);
+  const double min_lr = c.lr * c.min_lr_ratio;
+  const long decay_steps = c.steps - c.warmup;
+  if (decay_steps <= 0) return c.lr;
+  double progress = double(step - c.warmup) / double(decay_steps);
+  progress = std::min(1.0, std::max(0.0, progress));
+  return min_lr + 0.5 * (c.lr - min_lr) * (1.0 + std::cos(M_PI * progress));
+}
+
+}  // namespace lsgpt

@@ -1,0 +1,47 @@
+// Training settings: everything about a run that is not the model's shape.
+// Stored in checkpoints so --resume continues with exactly the same schedule.
+#pragma once
+
+#include <cstdint>
+#include <nlohmann/json_fwd.hpp>
+#include <string>
+
+namespace lsgpt {
+
+struct TrainConfig {
+  std::string device = "cpu";
+  std::string train_data;  // token files made by `lsgpt prepare`
+  std::string valid_data;
+  std::string out_dir = "runs/default";
+  int batch_size = 8;
+  int seq_len = 0;  // 0: the model's context length
+  int grad_accum = 1;
+  long steps = 1000;
+  double lr = 1e-3;
+  double min_lr_ratio = 0.1;  // cosine decays to lr * min_lr_ratio
+  long warmup = 50;
+  double weight_decay = 0.1;
+  double beta1 = 0.9, beta2 = 0.95, eps = 1e-8;
+  double clip = 1.0;  // global-norm clipping; 0 disables
+  long eval_every = 100;
+  long eval_batches = 20;  // during training; the final evaluation uses the whole file
+  long checkpoint_every = 250;
+  long log_every = 10;
+  uint64_t seed = 1337;
+  double max_time = 0;  // seconds; 0: no limit. Stops cleanly, with a checkpoint.
+  long stop_at = 0;     // stop after this many steps (keeping the schedule of `steps`); 0: off
+  int max_nonfinite = 3;  // consecutive skipped steps before the run is stopped
+  std::string fault;      // testing only: "nan-grad@STEP" or "nan-param@STEP"
+
+  void validate() const;
+  nlohmann::json to_json() const;
+  static TrainConfig from_json(const nlohmann::json& j);
+  // Settings that define the loss sequence; a resumed run must not change them.
+  nlohmann::json schedule_json() const;
+};
+
+// Linear warm-up from lr/warmup to lr over `warmup` steps, then cosine decay
+// to lr * min_lr_ratio at `steps`. `step` is 0-based.
+double learning_rate(const TrainConfig& c, long step);
+
+}  // namespace lsgpt

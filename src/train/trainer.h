@@ -1,0 +1,48 @@
+// The training loop: AdamW with warm-up + cosine decay, global-norm clipping,
+// gradient accumulation, periodic evaluation and atomic checkpoints.
+//
+// Non-finite values: when a step's loss or gradient norm is NaN or infinite,
+// the update is skipped (parameters and optimizer state stay as they were),
+// the batch counts as consumed, a warning is printed and logged. After
+// max_nonfinite consecutive skipped steps the run stops with an error; the
+// last checkpoint written is the last good state, and no checkpoint of a
+// broken state is ever written.
+#pragma once
+
+#include <functional>
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "model/config.h"
+#include "train/train_config.h"
+
+namespace lsgpt {
+
+struct TrainOptions {
+  ModelConfig model;
+  TrainConfig train;
+  std::string resume;     // checkpoint to continue (model, optimizer, step, data position)
+  // With resume: the training settings the user gave explicitly (TrainConfig
+  // JSON keys). They override the checkpoint's, except that settings defining
+  // the loss sequence (TrainConfig::schedule_json) may not change.
+  nlohmann::json explicit_train = nlohmann::json::object();
+  bool model_given = false;  // with resume: options.model was given and must match
+  std::string init_from;  // checkpoint whose weights start a new run
+  bool quiet = false;     // no progress lines (metrics are still written)
+};
+
+struct TrainResult {
+  long steps = 0;  // optimizer steps done, including resumed ones
+  long skipped = 0;
+  double last_loss = 0;
+  double val_loss = 0, val_perplexity = 0;
+  double seconds = 0;
+  double tokens_per_second = 0;
+  std::string checkpoint;
+  std::string metrics;
+  bool stopped_early = false;  // by --max-time or --stop-at
+};
+
+TrainResult train_model(const TrainOptions& options);
+
+}  // namespace lsgpt

@@ -1,0 +1,164 @@
+// Bad input through the real binary: each case must end with one clear error
+// line and a non-zero exit status, never a crash, a stack trace or a
+// half-written output file.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+
+#include <array>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <random>
+
+#include "data/token_file.h"
+
+namespace {
+
+namespace fs = std::filesystem;
+
+struct Outcome {
+  int exit_code = -1;  // -1: killed by a signal
+  std::string output;  // stdout and stderr together
+};
+
+Outcome run(const std::string& args, const std::string& stdin_text = "") {
+  std::string cmd = std::string(LSGPT_BINARY) + " " + args + " 2>&1";
+  if (!stdin_text.empty()) {
+    const fs::path in = fs::path(::testing::TempDir()) / "lsgpt_cli_stdin.txt";
+    std::ofstream(in) << stdin_text;
+    cmd += " < " + in.string();
+  } else {
+    cmd += " < /dev/null";
+  }
+  Outcome o;
+  FILE* p = popen(cmd.c_str(), "r");
+  std::array<char, 4096> buf;
+  size_t n;
+  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) o.output.append(buf.data(), n);
+  const int status = pclose(p);
+  o.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return o;
+}
+
+size_t count(const std::string& hay, const std::string& needle) {
+  size_t c = 0;
+  for (size_t pos = hay.find(needle); pos != std::string::npos; pos = hay.find(needle, pos + 1))
+    ++c;
+  return c;
+}
+
+// A clean refusal: non-zero exit (not a signal), the expected words, no crash text.
+void expect_refusal(const Outcome& o, const std::string& words) {
+  EXPECT_GT(o.exit_code, 0) << o.output;
+  EXPECT_NE(o.output.find(words), std::string::npos) << "expected '" << words << "' in:\n"
+                                                     << o.output;
+  EXPECT_EQ(o.output.find("terminate called"), std::string::npos) << o.output;
+  EXPECT_EQ(o.output.find("Segmentation"), std::string::npos) << o.output;
+  EXPECT_LE(count(o.output, "error"), 2u) << o.output;
+}
+
+class Cli : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::path(::testing::TempDir()) / "lsgpt_cli";
+    fs::create_directories(dir_);
+    std::mt19937 rng(1);
+    std::vector<int32_t> tokens(3000);
+    for (auto& t : tokens) t = int32_t(rng() % 50257);
+    train_ = (dir_ / "train.bin").string();
+    lsgpt::write_token_file(train_, 50257, tokens);
+    tokens.resize(5);
+    tiny_ = (dir_ / "tiny.bin").string();
+    lsgpt::write_token_file(tiny_, 50257, tokens);
+  }
+  std::string path(const std::string& name) const { return (dir_ / name).string(); }
+  std::string write(const std::string& name, const std::string& text) const {
+    std::ofstream(path(name)) << text;
+    return path(name);
+  }
+  std::string small_model() const {
+    return " --n-layer 1 --n-head 1 --d-model 16 --seq-len 16 --n-local 0 ";
+  }
+  fs::path dir_;
+  std::string train_, tiny_;
+};
+
+TEST_F(Cli, UnknownFlagsAndSubcommands) {
+  expect_refusal(run("train --no-such-flag"), "no-such-flag");
+  expect_refusal(run("frobnicate"), "frobnicate");
+  expect_refusal(run(""), "subcommand");
+  for (const char* sub : {"prepare", "train", "eval", "generate", "tokenize", "info"}) {
+    const Outcome help = run(std::string(sub) + " --help");
+    EXPECT_EQ(help.exit_code, 0) << sub;
+    EXPECT_NE(help.output.find("--help"), std::string::npos) << sub;
+  }
+}
+
+TEST_F(Cli, InvalidOrContradictoryModelConfig) {
+  const std::string data = " --train " + train_ + " --valid " + train_;
+  expect_refusal(run("train --n-head 4 --n-local 5 --d-model 64" + data), "n_local");
+  expect_refusal(run("train --window 0" + data), "window must be >= 1");
+  expect_refusal(run("train --n-head 3 --d-model 64" + data), "divisible by n_head");
+  expect_refusal(run("train --span q:wide:1:1" + data), "unknown basis");
+  expect_refusal(run("train --span v:cross:2:1" + data), "self basis only");
+  expect_refusal(run("train --span q:cross:nan:1" + data), "finite");
+  expect_refusal(run("train --config " + write("bad.json", "{\"n_layer\": ") + data),
+                 "not valid JSON");
+  expect_refusal(run("train --config " + path("missing.json") + data), "cannot open config");
+  expect_refusal(run("train --lr -1" + small_model() + data), "--lr");
+}
+
+TEST_F(Cli, MissingEmptyOrTooShortData) {
+  expect_refusal(run("train" + small_model()), "no training data");
+  expect_refusal(run("train --train " + path("none.bin") + " --valid " + train_ + small_model()),
+                 "none.bin");
+  write("empty.bin", "");
+  expect_refusal(run("train --train " + path("empty.bin") + " --valid " + train_ + small_model()),
+                 "empty.bin");
+  expect_refusal(run("train --train " + tiny_ + " --valid " + train_ + small_model()), "tiny.bin");
+  expect_refusal(run("prepare " + write("empty.txt", "") + " -o " + path("out.bin")), "empty");
+  EXPECT_FALSE(fs::exists(path("out.bin")));
+}
+
+TEST_F(Cli, TokenFileOfAnotherVocabulary) {
+  std::vector<int32_t> tokens(100, 3);
+  lsgpt::write_token_file(path("v100.bin"), 100, tokens);
+  expect_refusal(
+      run("train --train " + path("v100.bin") + " --valid " + path("v100.bin") + small_model()),
+      "vocabulary");
+}
+
+TEST_F(Cli, CorruptCheckpointAndLongPrompt) {
+  const std::string out = path("run");
+  const Outcome trained = run("train --quiet --steps 2 --batch-size 2 --eval-every 0 --out-dir " +
+                              out + " --train " + train_ + " --valid " + train_ + small_model());
+  ASSERT_EQ(trained.exit_code, 0) << trained.output;
+  const std::string ckpt = out + "/checkpoint.ckpt";
+  // Truncated copy.
+  {
+    std::ifstream in(ckpt, std::ios::binary);
+    std::string bytes((std::istreambuf_iterator<char>(in)), {});
+    std::ofstream(path("truncated.ckpt"), std::ios::binary) << bytes.substr(0, bytes.size() / 2);
+    bytes[bytes.size() / 2] ^= 0x40;
+    std::ofstream(path("flipped.ckpt"), std::ios::binary) << bytes;
+  }
+  expect_refusal(run("eval --checkpoint " + path("truncated.ckpt") + " --data " + train_),
+                 "truncated.ckpt");
+  expect_refusal(run("eval --checkpoint " + path("flipped.ckpt") + " --data " + train_),
+                 "flipped.ckpt");
+  expect_refusal(run("train --resume " + path("flipped.ckpt")), "flipped.ckpt");
+  expect_refusal(run("generate --checkpoint " + path("nothing.ckpt") + " --prompt hi"),
+                 "nothing.ckpt");
+  std::string long_prompt;
+  for (int i = 0; i < 40; ++i) long_prompt += " word";
+  expect_refusal(run("generate --checkpoint " + ckpt + " --prompt '" + long_prompt + "'"),
+                 "context");
+  expect_refusal(run("generate --checkpoint " + ckpt + " --prompt hi --top-p 0"), "--top-p");
+  const Outcome ok = run("generate --checkpoint " + ckpt + " --prompt hi -n 5 --seed 3");
+  EXPECT_EQ(ok.exit_code, 0) << ok.output;
+  const Outcome info = run("info --checkpoint " + ckpt);
+  EXPECT_EQ(info.exit_code, 0) << info.output;
+  EXPECT_NE(info.output.find("span gradient scaling: off"), std::string::npos) << info.output;
+}
+
+}  // namespace

@@ -1,0 +1,134 @@
+// Model configuration: JSON round trip, per-layer n_local, and one clear
+// refusal for each invalid or contradictory setting.
+#include <gtest/gtest.h>
+
+#include <nlohmann/json.hpp>
+
+#include "core/error.h"
+#include "model/config.h"
+#include "model/params.h"
+
+namespace lsgpt {
+namespace {
+
+using json = nlohmann::json;
+
+std::string error_of(const json& j) {
+  try {
+    ModelConfig::from_json(j);
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(ModelConfig, DefaultsFollowThePaper) {
+  ModelConfig c = ModelConfig::from_json(json{{"n_layer", 3}, {"n_head", 12}, {"d_model", 768}});
+  EXPECT_EQ(c.n_local, (std::vector<int>{11, 11, 11}));  // every head but one local
+  EXPECT_EQ(c.window, 100);
+  EXPECT_EQ(c.padded_vocab(), 50304);
+  EXPECT_FALSE(c.span.any());
+}
+
+TEST(ModelConfig, PerLayerLocalHeadsAndRoundTrip) {
+  json j{{"n_layer", 3}, {"n_head", 4}, {"d_model", 64}, {"n_local", {0, 2, 4}}, {"window", 7},
+         {"span", "q:cross:1.5:1,k:self:0.5:2"}};
+  ModelConfig c = ModelConfig::from_json(j);
+  EXPECT_EQ(c.n_local, (std::vector<int>{0, 2, 4}));
+  EXPECT_EQ(c.attention_spec(1, 2, 5).n_local, 2);
+  EXPECT_TRUE(c.span_layer(2).q.enabled);
+  EXPECT_EQ(ModelConfig::from_json(c.to_json()), c);
+}
+
+TEST(ModelConfig, Gpt2SmallHas124MParameters) {
+  ModelConfig c = ModelConfig::load(std::string(LSGPT_SOURCE_DIR) + "/configs/gpt2-small.json");
+  const size_t without_padding = make_param_layout(c).total - size_t(50304 - 50257) * 768;
+  EXPECT_EQ(without_padding, 124439808u);  // GPT-2 small as published
+  EXPECT_EQ(c.num_parameters(), make_param_layout(c).total);
+}
+
+TEST(ModelConfig, RefusesInvalidSettings) {
+  const json base{{"n_layer", 2}, {"n_head", 4}, {"d_model", 64}};
+  auto with = [&](const char* key, json value) {
+    json j = base;
+    j[key] = value;
+    return error_of(j);
+  };
+  EXPECT_NE(with("n_local", 5).find("n_local of layer 0 is 5"), std::string::npos);
+  EXPECT_NE(with("n_local", -1).find("n_local"), std::string::npos);
+  EXPECT_NE(with("n_local", json{1, 2, 3}).find("lists 3 layers"), std::string::npos);
+  EXPECT_NE(with("window", 0).find("window must be >= 1"), std::string::npos);
+  EXPECT_NE(with("d_model", 66).find("divisible by n_head"), std::string::npos);
+  EXPECT_NE(with("n_head", 0).find("n_head"), std::string::npos);
+  EXPECT_NE(with("n_layer", 0).find("n_layer"), std::string::npos);
+  EXPECT_NE(with("seq_len", 0).find("seq_len"), std::string::npos);
+  EXPECT_NE(with("vocab_size", 70000).find("vocab_size"), std::string::npos);
+  EXPECT_NE(with("window", "wide").find("must be an integer"), std::string::npos);
+  EXPECT_NE(with("colour", 1).find("unknown key 'colour'"), std::string::npos);
+  EXPECT_NE(error_of(json::array()).find("JSON object"), std::string::npos);
+}
+
+TEST(ModelConfig, LoadRefusesMissingAndMalformedFiles) {
+  EXPECT_THROW(ModelConfig::load("/nonexistent/config.json"), Error);
+  const std::string path = ::testing::TempDir() + "/bad_config.json";
+  FILE* f = std::fopen(path.c_str(), "w");
+  std::fputs("{\"n_layer\": 2,", f);
+  std::fclose(f);
+  try {
+    ModelConfig::load(path);
+    FAIL() << "malformed JSON accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("not valid JSON"), std::string::npos);
+  }
+}
+
+TEST(SpanConfig, ParsesTheCliForm) {
+  SpanConfig s = SpanConfig::parse("q:cross:1.5:1,k:cross:2:0.5,v:self:3:1");
+  EXPECT_TRUE(s.q.enabled && s.k.enabled && s.v.enabled);
+  EXPECT_EQ(s.q.basis, SpanBasis::cross);
+  EXPECT_EQ(s.k.alpha_par, 2.0);
+  EXPECT_EQ(s.k.alpha_perp, 0.5);
+  EXPECT_EQ(s.v.basis, SpanBasis::self);
+  EXPECT_EQ(SpanConfig::parse(s.to_string()), s);
+  EXPECT_FALSE(SpanConfig::parse("off").any());
+}
+
+TEST(SpanConfig, RefusesInvalidSettings) {
+  auto error = [](const std::string& text) {
+    try {
+      SpanConfig::parse(text);
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  EXPECT_NE(error("x:cross:1:1").find("unknown target 'x'"), std::string::npos);
+  EXPECT_NE(error("q:diagonal:1:1").find("unknown basis 'diagonal'"), std::string::npos);
+  EXPECT_NE(error("v:cross:1:1").find("self basis only"), std::string::npos);
+  EXPECT_NE(error("q:cross:nan:1").find("finite"), std::string::npos);
+  EXPECT_NE(error("q:cross:inf:1").find("finite"), std::string::npos);
+  EXPECT_NE(error("q:cross:1.5x:1").find("not a number"), std::string::npos);
+  EXPECT_NE(error("q:cross:1.5").find("target:basis:alpha_par:alpha_perp"), std::string::npos);
+  EXPECT_NE(error("q:cross:1:1,q:self:1:1").find("given twice"), std::string::npos);
+  const json base{{"n_layer", 2}, {"n_head", 4}, {"d_model", 64}};
+  json j = base;
+  j["span"] = json{{"q", {{"basis", "cross"}, {"alpha_par", 2}}}, {"layers", {true}}};
+  EXPECT_NE(error_of(j).find("span.layers lists 1 layers"), std::string::npos);
+  j["span"] = json{{"v", {{"basis", "cross"}}}};
+  EXPECT_NE(error_of(j).find("self basis only"), std::string::npos);
+  j["span"] = json{{"q", {{"basis", "cross"}, {"alpha_par", "big"}}}};
+  EXPECT_NE(error_of(j).find("must be a number"), std::string::npos);
+}
+
+TEST(SpanConfig, PerLayerSwitch) {
+  json j{{"n_layer", 3}, {"n_head", 2}, {"d_model", 16},
+         {"span", {{"k", {{"basis", "self"}, {"alpha_par", 0.5}}}, {"layers", {true, false, true}}}}};
+  ModelConfig c = ModelConfig::from_json(j);
+  EXPECT_TRUE(c.span_layer(0).k.enabled);
+  EXPECT_FALSE(c.span_layer(1).any());
+  EXPECT_TRUE(c.span_layer(2).k.enabled);
+  EXPECT_FALSE(c.span_layer(0).needs_kbar());
+}
+
+}  // namespace
+}  // namespace lsgpt

@@ -1,0 +1,229 @@
+// The CUDA ops at GPT-2-small sizes (C = 768, the padded 50304-entry
+// vocabulary), where the vectorised and cuBLASLt-epilogue paths run, against
+// cpu64 on the same bf16-exact inputs; and the determinism the trainer's
+// bit-identical resume relies on. Small odd shapes are covered by the generic
+// parity harness (tests/ops/test_backend_ops.cpp).
+//
+// Tolerances: bf16 tensors 1e-2 normwise (output rounding alone is ~2e-3);
+// f32 state (losses, LayerNorm statistics, AdamW moments and master weights)
+// 1e-5. Skips with "no CUDA GPU: ..." where there is none.
+#include <gtest/gtest.h>
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "../../support/numeric.h"
+#include "core/dtype.h"
+#include "core/error.h"
+#include "cuda_test_util.h"
+#include "ops/backend.h"
+
+namespace lsgpt {
+namespace {
+
+using testing::relative_error;
+using namespace cuda_test;
+
+// A named tensor of an op call: its type on the backend (working or
+// accumulation), its initial values (none: poisoned output).
+struct Tensor {
+  bool acc = false;
+  std::vector<float> init;
+  size_t n = 0;
+};
+using Tensors = std::map<std::string, Tensor>;
+using Results = std::map<std::string, std::vector<float>>;
+using Call = std::function<void(Backend&, std::map<std::string, void*>&)>;
+
+Results run(Backend& be, const Tensors& tensors, const std::vector<int32_t>& ints,
+            const Call& call) {
+  std::map<std::string, Buffer> buffers;
+  std::map<std::string, void*> ptrs;
+  for (const auto& [name, t] : tensors) {
+    const DType type = t.acc ? be.acc_dtype() : be.dtype();
+    const size_t n = t.init.empty() ? t.n : t.init.size();
+    buffers.emplace(name, make_buffer(be, type, n, t.init.empty() ? nullptr : &t.init));
+    ptrs[name] = buffers.at(name).mem.get();
+  }
+  DeviceBuffer int_buf(be, std::max<size_t>(ints.size(), 1) * sizeof(int32_t));
+  if (!ints.empty()) be.upload(int_buf.get(), ints.data(), ints.size() * sizeof(int32_t));
+  ptrs["ints"] = int_buf.get();
+  call(be, ptrs);
+  be.sync();
+  Results r;
+  for (const auto& [name, b] : buffers) r[name] = fetch(be, b);
+  return r;
+}
+
+Tensor in(size_t n, uint64_t seed, double lo = -1, double hi = 1) {
+  return Tensor{false, bf16_values(n, seed, lo, hi), n};
+}
+Tensor out(size_t n, bool acc = false) { return Tensor{acc, {}, n}; }
+
+class CudaOps : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::string why_not;
+    cuda_ = cuda_backend(why_not);
+    if (!cuda_) GTEST_SKIP() << "no CUDA GPU: " << why_not;
+    cpu64_ = make_backend("cpu64");
+  }
+  // Runs on both backends, checks the named outputs, returns the CUDA results.
+  Results compare(const Tensors& t, const std::vector<int32_t>& ints, const Call& call,
+                  const std::map<std::string, double>& tolerances) {
+    Results got = run(*cuda_, t, ints, call);
+    Results ref = run(*cpu64_, t, ints, call);
+    for (const auto& [name, tol] : tolerances)
+      EXPECT_LE(relative_error(got[name], ref[name]), tol) << name;
+    // Fixed inputs, same bits: the reductions have a fixed order.
+    Results again = run(*cuda_, t, ints, call);
+    for (const auto& [name, tol] : tolerances) EXPECT_EQ(got[name], again[name]) << name;
+    return got;
+  }
+  std::unique_ptr<Backend> cuda_, cpu64_;
+};
+
+TEST_F(CudaOps, MatmulGpt2MlpWithFusedGelu) {
+  const int N = 256, C = 768, OC = 3072;
+  Tensors t{{"inp", in(size_t(N) * C, 1)},          {"weight", in(size_t(OC) * C, 2, -0.05, 0.05)},
+            {"bias", in(OC, 3)},                    {"out", out(size_t(N) * OC)},
+            {"pre_gelu", out(size_t(N) * OC)},      {"dout", in(size_t(N) * OC, 4)},
+            {"dinp", out(size_t(N) * C)},           {"dweight", in(size_t(OC) * C, 5)},
+            {"dbias", in(OC, 6)}};
+  compare(t, {},
+          [&](Backend& be, auto& p) {
+            be.matmul_forward(p["out"], p["pre_gelu"], p["inp"], p["weight"], p["bias"], N, C, OC);
+            be.matmul_backward(p["dinp"], p["dweight"], p["dbias"], p["dout"], p["inp"],
+                               p["weight"], p["pre_gelu"], N, C, OC);
+          },
+          {{"out", kBf16Tolerance},
+           {"pre_gelu", kBf16Tolerance},
+           {"dinp", kBf16Tolerance},
+           {"dweight", kBf16Tolerance},
+           {"dbias", kBf16Tolerance}});
+}
+
+TEST_F(CudaOps, MatmulClassifierShapeWithoutBias) {
+  const int N = 64, C = 768, OC = 50304;
+  Tensors t{{"inp", in(size_t(N) * C, 11)}, {"weight", in(size_t(OC) * C, 12, -0.05, 0.05)},
+            {"out", out(size_t(N) * OC)},   {"dout", in(size_t(N) * OC, 13)},
+            {"dinp", out(size_t(N) * C)},   {"dweight", in(size_t(OC) * C, 14)}};
+  compare(t, {},
+          [&](Backend& be, auto& p) {
+            be.matmul_forward(p["out"], nullptr, p["inp"], p["weight"], nullptr, N, C, OC);
+            be.matmul_backward(p["dinp"], p["dweight"], nullptr, p["dout"], p["inp"], p["weight"],
+                               nullptr, N, C, OC);
+          },
+          {{"out", kBf16Tolerance}, {"dinp", kBf16Tolerance}, {"dweight", kBf16Tolerance}});
+}
+
+TEST_F(CudaOps, SoftmaxCrossEntropyGpt2Vocabulary) {
+  const int N = 24, V = 50257, Vp = 50304;
+  std::mt19937 rng(7);
+  std::vector<int32_t> targets(N);
+  for (auto& x : targets) x = int32_t(rng() % V);
+  targets[5] = -1;
+  for (bool grad : {false, true}) {
+    Tensors t{{"logits", in(size_t(N) * Vp, 21, -6, 6)}, {"losses", out(N, true)}};
+    const Results got = compare(
+        t, targets,
+        [&](Backend& be, auto& p) {
+          be.softmax_cross_entropy(p["losses"], p["logits"], static_cast<int32_t*>(p["ints"]), N,
+                                   V, Vp, 1.0 / N, grad);
+        },
+        {{"losses", kF32Tolerance}, {"logits", kBf16Tolerance}});
+    EXPECT_EQ(got.at("losses")[5], 0.0f);
+  }
+}
+
+TEST_F(CudaOps, LayerNormGpt2Width) {
+  const int N = 512, C = 768;
+  Tensor x = in(size_t(N) * C, 31);
+  for (float& v : x.init) v = from_bf16(to_bf16(v * 3 + 1));
+  Tensors t{{"inp", x},
+            {"weight", in(C, 32, 0.5, 1.5)},
+            {"bias", in(C, 33)},
+            {"out", out(size_t(N) * C)},
+            {"mean", out(N, true)},
+            {"rstd", out(N, true)},
+            {"dout", in(size_t(N) * C, 34)},
+            {"dinp", in(size_t(N) * C, 35)},
+            {"dweight", in(C, 36)},
+            {"dbias", in(C, 37)}};
+  compare(t, {},
+          [&](Backend& be, auto& p) {
+            be.layernorm_forward(p["out"], p["mean"], p["rstd"], p["inp"], p["weight"], p["bias"],
+                                 N, C);
+            be.layernorm_backward(p["dinp"], p["dweight"], p["dbias"], p["dout"], p["inp"],
+                                  p["weight"], p["mean"], p["rstd"], N, C);
+          },
+          {{"out", kBf16Tolerance},
+           {"mean", kF32Tolerance},
+           {"rstd", kF32Tolerance},
+           {"dinp", kBf16Tolerance},
+           {"dweight", kBf16Tolerance},
+           {"dbias", kBf16Tolerance}});
+}
+
+TEST_F(CudaOps, EmbeddingGpt2Width) {
+  const int B = 4, T = 256, C = 768, V = 2000, max_T = 300, pos0 = 7;
+  std::mt19937 rng(41);
+  std::vector<int32_t> tokens(size_t(B) * T);
+  for (auto& x : tokens) x = int32_t(rng() % 300);  // repeats, as in text
+  Tensors t{{"wte", in(size_t(V) * C, 42)},   {"wpe", in(size_t(max_T) * C, 43)},
+            {"out", out(size_t(B) * T * C)},  {"dout", in(size_t(B) * T * C, 44)},
+            {"dwte", in(size_t(V) * C, 45)},  {"dwpe", in(size_t(max_T) * C, 46)}};
+  compare(t, tokens,
+          [&](Backend& be, auto& p) {
+            const auto* tok = static_cast<const int32_t*>(p["ints"]);
+            be.embedding_forward(p["out"], tok, p["wte"], p["wpe"], B, T, C, pos0);
+            // dwpe rows [0, T): the backward indexes positions from 0.
+            be.embedding_backward(p["dwte"], p["dwpe"], p["dout"], tok, B, T, C);
+          },
+          {{"out", kBf16Tolerance}, {"dwte", kBf16Tolerance}, {"dwpe", kBf16Tolerance}});
+}
+
+TEST_F(CudaOps, AdamWOnMasterWeightsAndSumSquares) {
+  const size_t n = (size_t(1) << 20) + 5;
+  Tensor master{true, testing::random_vector<float>(n, 51, -1, 1), n};
+  Tensor param = master;
+  param.acc = false;
+  Tensors t{{"param", param},
+            {"master", master},
+            {"grad", in(n, 52)},
+            {"m", Tensor{true, testing::random_vector<float>(n, 53, -0.1, 0.1), n}},
+            {"v", Tensor{true, testing::random_vector<float>(n, 54, 0, 0.01), n}}};
+  AdamWSettings s;
+  s.lr = 1e-3, s.weight_decay = 0.1, s.step = 12, s.grad_scale = 0.5;
+  const Results got = run(*cuda_, t, {}, [&](Backend& be, auto& p) {
+    be.adamw_update(p["param"], p["master"], p["grad"], p["m"], p["v"], n, s);
+  });
+  // cpu64 keeps no master copy: it updates param, which starts from the master values.
+  Tensors ref_t = t;
+  ref_t["param"] = master;
+  ref_t.erase("master");
+  const Results ref = run(*cpu64_, ref_t, {}, [&](Backend& be, auto& p) {
+    be.adamw_update(p["param"], nullptr, p["grad"], p["m"], p["v"], n, s);
+  });
+  EXPECT_LE(relative_error(got.at("master"), ref.at("param")), kF32Tolerance);
+  EXPECT_LE(relative_error(got.at("m"), ref.at("m")), kF32Tolerance);
+  EXPECT_LE(relative_error(got.at("v"), ref.at("v")), kF32Tolerance);
+  EXPECT_LE(relative_error(got.at("param"), ref.at("param")), kBf16Tolerance);
+  for (size_t i = 0; i < n; i += 4099)  // the bf16 copy is the rounded master
+    ASSERT_EQ(got.at("param")[i], from_bf16(to_bf16(got.at("master")[i]))) << i;
+
+  const std::vector<float> x = bf16_values(n, 55, -3, 3);
+  Buffer xb = make_buffer(*cuda_, DType::bf16, n, &x);
+  double expect = 0;
+  for (float v : x) expect += double(v) * v;
+  const double sum = cuda_->sum_squares(xb.mem.get(), n);
+  EXPECT_NEAR(sum, expect, 1e-12 * expect);
+  EXPECT_EQ(sum, cuda_->sum_squares(xb.mem.get(), n));
+}
+
+}  // namespace
+}  // namespace lsgpt

@@ -1,0 +1,48 @@
+#include <gtest/gtest.h>
+
+#include "core/error.h"
+#include "train/train_config.h"
+
+namespace lsgpt {
+namespace {
+
+TEST(LearningRate, WarmupThenCosineToMinimum) {
+  TrainConfig c;
+  c.lr = 1e-3, c.warmup = 10, c.steps = 110, c.min_lr_ratio = 0.1;
+  EXPECT_DOUBLE_EQ(learning_rate(c, 0), 1e-4);
+  EXPECT_DOUBLE_EQ(learning_rate(c, 9), 1e-3);
+  EXPECT_DOUBLE_EQ(learning_rate(c, 10), 1e-3);
+  EXPECT_NEAR(learning_rate(c, 60), 0.55e-3, 1e-12);  // half way down the cosine
+  EXPECT_NEAR(learning_rate(c, 110), 1e-4, 1e-12);
+  for (long s = 11; s < 110; ++s) EXPECT_LT(learning_rate(c, s), learning_rate(c, s - 1));
+}
+
+TEST(TrainConfig, RefusesInvalidSettings) {
+  TrainConfig ok;
+  ok.train_data = "a.bin", ok.valid_data = "b.bin";
+  EXPECT_NO_THROW(ok.validate());
+  auto bad = [&](auto mutate) {
+    TrainConfig c = ok;
+    mutate(c);
+    EXPECT_THROW(c.validate(), Error);
+  };
+  bad([](TrainConfig& c) { c.batch_size = 0; });
+  bad([](TrainConfig& c) { c.grad_accum = 0; });
+  bad([](TrainConfig& c) { c.steps = 0; });
+  bad([](TrainConfig& c) { c.lr = -1; });
+  bad([](TrainConfig& c) { c.lr = NAN; });
+  bad([](TrainConfig& c) { c.beta2 = 1; });
+  bad([](TrainConfig& c) { c.clip = -1; });
+  bad([](TrainConfig& c) { c.train_data.clear(); });
+  bad([](TrainConfig& c) { c.valid_data.clear(); });
+}
+
+TEST(TrainConfig, JsonRoundTrip) {
+  TrainConfig c;
+  c.train_data = "t.bin", c.valid_data = "v.bin", c.lr = 3e-4, c.steps = 77, c.seed = 42;
+  TrainConfig d = TrainConfig::from_json(c.to_json());
+  EXPECT_EQ(d.to_json(), c.to_json());
+}
+
+}  // namespace
+}  // namespace lsgpt

@@ -1,0 +1,218 @@
+// The training loop end to end on tiny models and synthetic token files:
+// bit-identical resume, non-finite handling, refusal of bad resumes and data.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <random>
+
+#include "core/error.h"
+#include "data/token_file.h"
+#include "io/checkpoint.h"
+#include "train/trainer.h"
+
+namespace lsgpt {
+namespace {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+struct Fixture {
+  fs::path dir;
+  std::string train, valid;
+};
+
+// A corpus with learnable structure: a noisy repeating pattern.
+Fixture make_data(const std::string& name, size_t n_train = 4000, size_t n_valid = 600,
+                  int vocab = 64) {
+  Fixture f;
+  f.dir = fs::path(::testing::TempDir()) / ("lsgpt_trainer_" + name);
+  fs::remove_all(f.dir);
+  fs::create_directories(f.dir);
+  std::mt19937_64 rng(5);
+  auto corpus = [&](size_t n) {
+    std::vector<int32_t> t(n);
+    for (size_t i = 0; i < n; ++i) t[i] = rng() % 5 == 0 ? int32_t(rng() % vocab) : int32_t(i % 11);
+    return t;
+  };
+  f.train = (f.dir / "train.bin").string();
+  f.valid = (f.dir / "valid.bin").string();
+  write_token_file(f.train, vocab, corpus(n_train));
+  write_token_file(f.valid, vocab, corpus(n_valid));
+  return f;
+}
+
+TrainOptions tiny_options(const Fixture& f, const std::string& out) {
+  TrainOptions o;
+  o.model.n_layer = 2;
+  o.model.n_head = 2;
+  o.model.d_model = 16;
+  o.model.seq_len = 16;
+  o.model.vocab_size = 64;
+  o.model.n_local = {1};
+  o.model.window = 4;
+  o.train.train_data = f.train;
+  o.train.valid_data = f.valid;
+  o.train.out_dir = (f.dir / out).string();
+  o.train.batch_size = 4;
+  o.train.grad_accum = 2;
+  o.train.steps = 12;
+  o.train.warmup = 3;
+  o.train.lr = 3e-3;
+  o.train.eval_every = 4;
+  o.train.eval_batches = 2;
+  o.train.checkpoint_every = 0;
+  o.quiet = true;
+  return o;
+}
+
+std::vector<json> read_records(const std::string& path, const std::string& type) {
+  std::ifstream in(path);
+  std::vector<json> out;
+  std::string line;
+  while (std::getline(in, line)) {
+    json r = json::parse(line);
+    if (r["type"] == type) out.push_back(r);
+  }
+  return out;
+}
+
+TEST(Trainer, LossFallsAndArtifactsAreWritten) {
+  const Fixture f = make_data("learn");
+  TrainOptions o = tiny_options(f, "run");
+  o.train.steps = 40;
+  const TrainResult r = train_model(o);
+  EXPECT_EQ(r.steps, 40);
+  const auto train = read_records(r.metrics, "train");
+  ASSERT_EQ(train.size(), 40u);
+  EXPECT_LT(train.back()["loss"].get<double>(), train.front()["loss"].get<double>() - 0.5);
+  EXPECT_TRUE(std::isfinite(r.val_loss));
+  EXPECT_NEAR(r.val_perplexity, std::exp(r.val_loss), 1e-9 * r.val_perplexity);
+  // The logit-explosion signal: one value per layer and head.
+  ASSERT_EQ(train[0]["max_logit"].size(), 2u);
+  ASSERT_EQ(train[0]["max_logit"][0].size(), 2u);
+  const Checkpoint ck = load_checkpoint(r.checkpoint);
+  EXPECT_EQ(ck.step, 40);
+  EXPECT_EQ(ck.adam_m.size(), ck.params.size());
+}
+
+TEST(Trainer, ResumeIsBitIdentical) {
+  const Fixture f = make_data("resume");
+  TrainOptions whole = tiny_options(f, "whole");
+  const TrainResult a = train_model(whole);
+
+  TrainOptions first = tiny_options(f, "split");
+  first.train.stop_at = 5;
+  const TrainResult b1 = train_model(first);
+  EXPECT_TRUE(b1.stopped_early);
+  EXPECT_EQ(b1.steps, 5);
+  TrainOptions second = tiny_options(f, "split");
+  second.resume = b1.checkpoint;
+  const TrainResult b2 = train_model(second);
+  EXPECT_EQ(b2.steps, 12);
+
+  const auto la = read_records(a.metrics, "train");
+  const auto lb = read_records(b2.metrics, "train");  // appended: steps 1..5 then 6..12
+  ASSERT_EQ(la.size(), 12u);
+  ASSERT_EQ(lb.size(), 12u);
+  for (size_t i = 0; i < la.size(); ++i) {
+    EXPECT_EQ(la[i]["step"], lb[i]["step"]);
+    // Exact equality of doubles, not a tolerance.
+    EXPECT_EQ(la[i]["loss"].get<double>(), lb[i]["loss"].get<double>()) << "step " << i + 1;
+    EXPECT_EQ(la[i]["grad_norm"].get<double>(), lb[i]["grad_norm"].get<double>());
+  }
+  EXPECT_EQ(load_checkpoint(a.checkpoint).params, load_checkpoint(b2.checkpoint).params);
+  EXPECT_EQ(a.val_loss, b2.val_loss);
+}
+
+TEST(Trainer, NonFiniteGradientSkipsTheUpdateAndContinues) {
+  const Fixture f = make_data("nan_grad");
+  TrainOptions o = tiny_options(f, "run");
+  o.train.steps = 6;
+  o.train.fault = "nan-grad@3";
+  const TrainResult r = train_model(o);
+  EXPECT_EQ(r.steps, 6);
+  EXPECT_EQ(r.skipped, 1);
+  const auto train = read_records(r.metrics, "train");
+  ASSERT_EQ(train.size(), 6u);
+  EXPECT_TRUE(train[2].value("skipped", false));
+  EXPECT_TRUE(train[2]["grad_norm"].is_null());
+  EXPECT_FALSE(train[3].value("skipped", false));
+  for (float p : load_checkpoint(r.checkpoint).params) ASSERT_TRUE(std::isfinite(p));
+}
+
+TEST(Trainer, PersistentNonFiniteLossStopsTheRunWithoutABrokenCheckpoint) {
+  const Fixture f = make_data("nan_param");
+  TrainOptions o = tiny_options(f, "run");
+  o.train.steps = 10;
+  o.train.checkpoint_every = 1;
+  o.train.fault = "nan-param@4";
+  o.train.max_nonfinite = 2;
+  try {
+    train_model(o);
+    FAIL() << "a run with NaN parameters finished";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("non-finite"), std::string::npos) << e.what();
+  }
+  // The last checkpoint is the last good state: step 3, finite.
+  const Checkpoint ck = load_checkpoint(o.train.out_dir + "/checkpoint.ckpt");
+  EXPECT_EQ(ck.step, 3);
+  for (float p : ck.params) ASSERT_TRUE(std::isfinite(p));
+}
+
+TEST(Trainer, ResumeRefusesChangedScheduleOrModel) {
+  const Fixture f = make_data("resume_refuse");
+  TrainOptions o = tiny_options(f, "run");
+  o.train.stop_at = 2;
+  const TrainResult r = train_model(o);
+  TrainOptions changed_lr = tiny_options(f, "run");
+  changed_lr.resume = r.checkpoint;
+  changed_lr.explicit_train = json{{"lr", 0.5}};
+  EXPECT_THROW(train_model(changed_lr), Error);
+  TrainOptions changed_model = tiny_options(f, "run");
+  changed_model.resume = r.checkpoint;
+  changed_model.model_given = true;
+  changed_model.model.window = 5;
+  EXPECT_THROW(train_model(changed_model), Error);
+  // Settings that do not define the loss sequence may change.
+  TrainOptions more_logging = tiny_options(f, "run");
+  more_logging.resume = r.checkpoint;
+  more_logging.explicit_train = json{{"eval_every", 3}};
+  EXPECT_EQ(train_model(more_logging).steps, 12);
+}
+
+TEST(Trainer, RefusesTooShortOrForeignData) {
+  const Fixture f = make_data("short", 10, 600);
+  TrainOptions o = tiny_options(f, "run");
+  try {
+    train_model(o);
+    FAIL() << "10 tokens accepted for windows of 17";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("10"), std::string::npos) << e.what();
+  }
+  const Fixture g = make_data("foreign", 4000, 600, 100);  // vocabulary 100, model has 64
+  TrainOptions p = tiny_options(g, "run");
+  EXPECT_THROW(train_model(p), Error);
+  TrainOptions missing = tiny_options(f, "run");
+  missing.train.train_data = (f.dir / "nope.bin").string();
+  EXPECT_THROW(train_model(missing), Error);
+}
+
+TEST(Trainer, SpanRunsChangeGradientsButNotTheFirstLoss) {
+  const Fixture f = make_data("span");
+  TrainOptions plain = tiny_options(f, "plain");
+  plain.train.steps = 3;
+  TrainOptions span = tiny_options(f, "span");
+  span.train.steps = 3;
+  span.model.span = SpanConfig::parse("q:cross:2:1,k:cross:2:1");
+  const auto a = read_records(train_model(plain).metrics, "train");
+  const auto b = read_records(train_model(span).metrics, "train");
+  EXPECT_EQ(a[0]["loss"].get<double>(), b[0]["loss"].get<double>());
+  EXPECT_NE(a[0]["grad_norm"].get<double>(), b[0]["grad_norm"].get<double>());
+  EXPECT_NE(a[2]["loss"].get<double>(), b[2]["loss"].get<double>());
+}
+
+}  // namespace
+}  // namespace lsgpt
