@@ -26,13 +26,40 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EOT_TEXT = "<|endoftext|>"
 
 
-def hf_reference(tokenizer_dir):
-    from transformers import GPT2TokenizerFast
+def byte_symbols():
+    """GPT-2's bytes_to_unicode(): byte -> the character that stands for it."""
+    printable = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+                 + list(range(ord("®"), ord("ÿ") + 1)))
+    table, n = {}, 0
+    for b in range(256):
+        if b in printable:
+            table[b] = chr(b)
+        else:
+            table[b] = chr(256 + n)
+            n += 1
+    return table
 
-    tok = GPT2TokenizerFast(
-        vocab_file=os.path.join(tokenizer_dir, "encoder.json"),
-        merges_file=os.path.join(tokenizer_dir, "vocab.bpe"),
-    )
+
+def hf_reference(tokenizer_dir):
+    vocab = os.path.join(tokenizer_dir, "encoder.json")
+    merges = os.path.join(tokenizer_dir, "vocab.bpe")
+    try:
+        from transformers import GPT2TokenizerFast
+    except ImportError:
+        # The same Rust tokenizer, assembled by hand, where only `tokenizers`
+        # is installed.
+        try:
+            from tokenizers import Tokenizer, models, pre_tokenizers
+        except ImportError:
+            sys.exit("compare_tokenizer: --reference hf needs the transformers (or tokenizers) "
+                     "package; install it or use --reference openai")
+        tok = Tokenizer(models.BPE.from_file(vocab, merges))
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.add_special_tokens([EOT_TEXT])
+        print("compare_tokenizer: transformers not found; using tokenizers' BPE directly",
+              file=sys.stderr)
+        return lambda text: tok.encode(text, add_special_tokens=False).ids
+    tok = GPT2TokenizerFast(vocab_file=vocab, merges_file=merges)
     tok.model_max_length = 1 << 62  # silence the long-sequence warning
     return lambda text: tok(text, add_special_tokens=False)["input_ids"]
 
@@ -45,15 +72,7 @@ def openai_reference(tokenizer_dir):
     with open(os.path.join(tokenizer_dir, "vocab.bpe"), encoding="utf-8") as f:
         merges = [tuple(line.split()) for line in f.read().split("\n")[1:] if line]
     ranks = {pair: i for i, pair in enumerate(merges)}
-    printable = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-                 + list(range(ord("®"), ord("ÿ") + 1)))
-    byte_chars, n = {}, 0
-    for b in range(256):
-        if b in printable:
-            byte_chars[b] = chr(b)
-        else:
-            byte_chars[b] = chr(256 + n)
-            n += 1
+    byte_chars = byte_symbols()
     pattern = regex.compile(
         r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""")
     cache = {}
@@ -103,15 +122,7 @@ def id_decoder(tokenizer_dir):
     """ids -> repr of their text, for showing where two encodings differ."""
     with open(os.path.join(tokenizer_dir, "encoder.json"), encoding="utf-8") as f:
         encoder = json.load(f)
-    printable = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-                 + list(range(ord("®"), ord("ÿ") + 1)))
-    char_byte, n = {}, 0
-    for b in range(256):
-        if b in printable:
-            char_byte[chr(b)] = b
-        else:
-            char_byte[chr(256 + n)] = b
-            n += 1
+    char_byte = {c: b for b, c in byte_symbols().items()}
     token_bytes = {i: bytes(char_byte[c] for c in s) for s, i in encoder.items()}
     return lambda ids: repr(b"".join(token_bytes.get(i, b"?") for i in ids))
 

@@ -30,14 +30,13 @@ struct PrepareCommandOptions {
 void run_prepare(const PrepareCommandOptions& o) {
   PrepareOptions options;
   options.live_progress = ::isatty(STDERR_FILENO) != 0;
-  options.file_summaries = true;
+  options.file_summaries = o.inputs.size() > 1;
 
   if (!o.dataset.empty()) {
     if (!o.inputs.empty() || !o.output.empty())
       fail("prepare: give either input files with -o, or --dataset with --out-dir, not both");
     if (!o.split.empty())
-      fail("prepare: --split does not apply to --dataset (WikiText-2 is split at its article "
-           "headings)");
+      fail("prepare: --split does not apply to --dataset (WikiText-2 is split at headings)");
     if (o.out_dir.empty()) fail("prepare: --dataset needs --out-dir DIR");
     std::error_code ec;
     std::filesystem::create_directories(o.out_dir, ec);
@@ -82,8 +81,7 @@ void add_prepare_command(CLI::App& app) {
       ->check(CLI::IsMember({"wikitext2"}));
   cmd->add_option("--out-dir", o->out_dir,
                   "With --dataset: directory for train.bin, valid.bin and test.bin");
-  cmd->add_option("--tokenizer-dir", o->tokenizer_dir,
-                  "Directory with encoder.json and vocab.bpe")
+  cmd->add_option("--tokenizer-dir", o->tokenizer_dir, "Directory with encoder.json and vocab.bpe")
       ->capture_default_str();
   cmd->callback([o] { run_prepare(*o); });
 }

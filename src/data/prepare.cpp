@@ -1,12 +1,14 @@
 // Streaming `prepare`. Chunks go through a line splitter only when the
 // document split looks at lines (WikiText headings, blank lines); a line
-// longer than a chunk is passed on in pieces and is then never taken for a
-// heading or a blank line, so one huge line cannot make us hold a whole file.
+// longer than longest_line_held is passed on in pieces and is then never taken
+// for a heading or a blank line, so one huge line cannot make us hold a whole
+// file.
 #include "data/prepare.h"
 
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
 #include <cinttypes>
 #include <cstdio>
@@ -22,6 +24,8 @@ namespace lsgpt {
 namespace {
 
 using Clock = std::chrono::steady_clock;
+
+constexpr size_t longest_line_held = 64 * 1024;
 
 double seconds_since(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
@@ -74,8 +78,7 @@ class DocumentEncoder {
 // the split asks.
 class SplitFeeder {
  public:
-  SplitFeeder(DocumentEncoder& docs, DocumentSplit split, size_t max_line)
-      : docs_(docs), split_(split), max_line_(max_line) {}
+  SplitFeeder(DocumentEncoder& docs, DocumentSplit split) : docs_(docs), split_(split) {}
 
   void bytes(std::string_view chunk) {
     if (split_ == DocumentSplit::whole_file) {
@@ -89,7 +92,7 @@ class SplitFeeder {
       continues_ = false;
     }
     carry_.erase(0, start);
-    if (carry_.size() > max_line_) {
+    if (carry_.size() > longest_line_held) {
       line(carry_, continues_);
       continues_ = true;
       carry_.clear();
@@ -126,7 +129,6 @@ class SplitFeeder {
 
   DocumentEncoder& docs_;
   DocumentSplit split_;
-  size_t max_line_;
   std::string carry_;
   bool continues_ = false;
   bool has_content_ = false;  // the current document has a non-blank line
@@ -167,8 +169,9 @@ std::string describe(const PrepareSummary& s, const std::string& what) {
   return buf;
 }
 
-PrepareSummary prepare_token_file(const Tokenizer& tokenizer, const std::vector<std::string>& inputs,
-                                  const std::string& output, const PrepareOptions& options) {
+PrepareSummary prepare_token_file(const Tokenizer& tokenizer,
+                                  const std::vector<std::string>& inputs, const std::string& output,
+                                  const PrepareOptions& options) {
   if (inputs.empty()) fail("prepare: no input files");
   LSGPT_CHECK(options.chunk_bytes > 0);
   // Check every input before writing anything.
@@ -192,9 +195,10 @@ PrepareSummary prepare_token_file(const Tokenizer& tokenizer, const std::vector<
     const auto& path = inputs[f];
     const auto file_start = Clock::now();
     const uint64_t tokens_before = writer.token_count();
-    std::unique_ptr<std::FILE, int (*)(std::FILE*)> in(std::fopen(path.c_str(), "rb"), &std::fclose);
+    std::unique_ptr<std::FILE, int (*)(std::FILE*)> in(std::fopen(path.c_str(), "rb"),
+                                                       &std::fclose);
     if (!in) fail("cannot open input file ", path, ": ", std::strerror(errno));
-    SplitFeeder feeder(docs, options.split, options.chunk_bytes);
+    SplitFeeder feeder(docs, options.split);
     uint64_t done = 0;
     size_t n = 0;
     while ((n = std::fread(chunk.data(), 1, chunk.size(), in.get())) > 0) {

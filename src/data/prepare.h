@@ -31,7 +31,7 @@ bool is_wikitext_heading(std::string_view line);
 struct PrepareOptions {
   DocumentSplit split = DocumentSplit::whole_file;
   size_t chunk_bytes = size_t(1) << 20;
-  bool live_progress = false;  // redraw a progress line on stderr (for terminals)
+  bool live_progress = false;   // redraw a progress line on stderr (for terminals)
   bool file_summaries = false;  // one stderr line per input file
 };
 
@@ -44,8 +44,9 @@ struct PrepareSummary {
 
 // Writes `output` atomically; refuses missing, unreadable or empty inputs and
 // an input list that yields no text.
-PrepareSummary prepare_token_file(const Tokenizer& tokenizer, const std::vector<std::string>& inputs,
-                                  const std::string& output, const PrepareOptions& options);
+PrepareSummary prepare_token_file(const Tokenizer& tokenizer,
+                                  const std::vector<std::string>& inputs, const std::string& output,
+                                  const PrepareOptions& options);
 
 // The WikiText-2 files bundled in the repository (wiki.{train,valid,test}.tokens).
 std::string bundled_wikitext2_dir();

@@ -78,8 +78,8 @@ void TokenFileWriter::append(std::span<const int32_t> tokens) {
   LSGPT_CHECK(!committed_, "append after commit");
   for (const int32_t t : tokens) {
     if (t < 0 || t >= vocab_size_)
-      fail("cannot write token id ", t, " to ", path_, ": outside its vocabulary of ",
-           vocab_size_, " tokens");
+      fail("cannot write token id ", t, " to ", path_, ": outside its vocabulary of ", vocab_size_,
+           " tokens");
     buffer_.push_back(static_cast<uint8_t>(t));
     buffer_.push_back(static_cast<uint8_t>(t >> 8));
     if (buffer_.size() >= writer_buffer_bytes) flush_buffer();
@@ -96,7 +96,8 @@ void TokenFileWriter::commit() {
   put_le<uint32_t>(header + 8, token_file_version);
   put_le<uint32_t>(header + 12, static_cast<uint32_t>(vocab_size_));
   put_le<uint64_t>(header + 16, count_);
-  if (::lseek(fd_, 0, SEEK_SET) != 0) fail("cannot seek in ", tmp_path_, ": ", std::strerror(errno));
+  if (::lseek(fd_, 0, SEEK_SET) != 0)
+    fail("cannot seek in ", tmp_path_, ": ", std::strerror(errno));
   write_all(fd_, header, sizeof header, tmp_path_);
   if (::fsync(fd_) != 0) fail("cannot sync ", tmp_path_, ": ", std::strerror(errno));
   if (::close(fd_) != 0) {

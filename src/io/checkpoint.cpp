@@ -79,7 +79,8 @@ std::string encode_head(const Checkpoint& ck) {
               {"state", ck.state},
               {"step", ck.step},
               {"tensors", table}};
-  std::string text = header.dump();
+  // Opaque train/state strings (file paths) need not be UTF-8; dump() would throw.
+  std::string text = header.dump(-1, ' ', false, json::error_handler_t::replace);
   size_t padded = text.size();
   while ((kPrefixBytes + padded) % kDataAlignment != 0) ++padded;
   text.resize(padded, ' ');

@@ -3,8 +3,11 @@
 //   "LSGPTCKP"            8 bytes magic
 //   version               uint32 little-endian (kCheckpointVersion)
 //   header_bytes          uint32 little-endian
-//   header                JSON (model, train, state, step, tensor table), padded
-//                         with spaces so the float data starts 64-byte aligned
+//   header                JSON {"format", "model", "train", "state", "step",
+//                         "tensors": [{"name", "offset" (bytes from the start of the
+//                         data), "count" (floats)}, ...]}, padded with spaces so
+//                         the float data starts 64-byte aligned; tensors are
+//                         "params" and, when there is optimizer state, "adam_m", "adam_v"
 //   data                  the tensors of the table, raw little-endian fp32, back to back
 //   crc32                 uint32 little-endian, zlib CRC-32 of every byte before it
 //

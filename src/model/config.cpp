@@ -175,7 +175,10 @@ json ModelConfig::to_json() const {
          {"seq_len", seq_len},   {"vocab_size", vocab_size}, {"n_local", n_local},
          {"window", window}};
   if (span.any()) {
-    json s{{"q", target_json(span.q)}, {"k", target_json(span.k)}, {"v", target_json(span.v)}};
+    json s = json::object();
+    if (span.q.enabled) s["q"] = target_json(span.q);
+    if (span.k.enabled) s["k"] = target_json(span.k);
+    if (span.v.enabled) s["v"] = target_json(span.v);
     if (!span.layers.empty()) s["layers"] = span.layers;
     j["span"] = s;
   }

@@ -201,8 +201,16 @@ double GPT::loss_from_targets(const int32_t* targets, int B, int T, double weigh
   be_.upload(a.targets.get(), targets, size_t(N) * sizeof(int32_t));
   be_.softmax_cross_entropy(a.losses.get(), a.logits.get(), a.targets.as<int32_t>(), N,
                             cfg_.vocab_size, cfg_.padded_vocab(), weight / double(count), grad);
-  std::vector<float> losses(N);
-  be_.download_f32(losses.data(), a.losses.get(), be_.acc_dtype(), losses.size());
+  // Summed in double on the host; an f64 backend's losses are read without
+  // narrowing, so finite-difference checks see the full precision.
+  std::vector<double> losses(N);
+  if (be_.acc_dtype() == DType::f64) {
+    be_.download(losses.data(), a.losses.get(), size_t(N) * sizeof(double));
+  } else {
+    std::vector<float> narrow(N);
+    be_.download_f32(narrow.data(), a.losses.get(), be_.acc_dtype(), narrow.size());
+    std::copy(narrow.begin(), narrow.end(), losses.begin());
+  }
   double sum = 0;
   for (int i = 0; i < N; ++i)
     if (targets[i] >= 0) sum += losses[i];

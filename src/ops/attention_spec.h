@@ -36,7 +36,8 @@ struct AttentionSpec {
 
 // One decoding step: every batch row appends the token at position `pos`
 // (the same for all rows) and attends over its cache. Local heads keep a ring
-// buffer of `window` slots (slot pos % window); global heads keep `max_T`.
+// buffer of local_slots() = min(window, max_T) slots (slot pos % local_slots());
+// global heads keep `max_T`.
 struct DecodeSpec {
   int B = 0, n_head = 0, head_dim = 0;
   int n_local = 0;

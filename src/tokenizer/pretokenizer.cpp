@@ -20,8 +20,7 @@ bool is_white_space(uint32_t cp) {
   if (cp < 0x80) return (cp >= 0x09 && cp <= 0x0D) || cp == 0x20;
   if (cp == 0x85) return true;
   const auto cat = utf8proc_category(static_cast<utf8proc_int32_t>(cp));
-  return cat == UTF8PROC_CATEGORY_ZS || cat == UTF8PROC_CATEGORY_ZL ||
-         cat == UTF8PROC_CATEGORY_ZP;
+  return cat == UTF8PROC_CATEGORY_ZS || cat == UTF8PROC_CATEGORY_ZL || cat == UTF8PROC_CATEGORY_ZP;
 }
 
 constexpr std::array<CharClass, 128> make_ascii_classes() {
@@ -82,10 +81,11 @@ CharClass char_class(uint32_t cp) {
   }
 }
 
-void pretokenize(std::string_view text, std::vector<std::string_view>& pieces) {
+size_t pretokenize(std::string_view text, std::vector<std::string_view>& pieces,
+                   size_t max_pieces) {
   const size_t n = text.size();
   size_t i = 0;
-  while (i < n) {
+  for (size_t count = 0; i < n && count < max_pieces; ++count) {
     if (text[i] == '\'') {
       if (const size_t len = contraction_length(text, i)) {
         pieces.push_back(text.substr(i, len));
@@ -133,6 +133,7 @@ void pretokenize(std::string_view text, std::vector<std::string_view>& pieces) {
     pieces.push_back(text.substr(i, end - i));
     i = end;
   }
+  return i;
 }
 
 }  // namespace lsgpt

@@ -22,7 +22,11 @@ enum class CharClass : uint8_t { letter, number, space, other };
 // The class of one code point (the categories above).
 CharClass char_class(uint32_t code_point);
 
-// Appends the pieces of `text` to `pieces`, in order; they tile `text`.
-void pretokenize(std::string_view text, std::vector<std::string_view>& pieces);
+// Appends the pieces of `text` to `pieces`, in order, stopping after
+// max_pieces of them; returns how many bytes of `text` they cover. A piece
+// depends only on the text from its first byte on, so calling again on the
+// rest continues exactly where this call stopped.
+size_t pretokenize(std::string_view text, std::vector<std::string_view>& pieces,
+                   size_t max_pieces = SIZE_MAX);
 
 }  // namespace lsgpt

@@ -8,7 +8,6 @@
 // a lot in natural text, so their ids are cached.
 #include "tokenizer/tokenizer.h"
 
-#include <nlohmann/json.hpp>
 #include <utf8proc.h>
 
 #include <algorithm>
@@ -18,6 +17,7 @@
 #include <fstream>
 #include <functional>
 #include <mutex>
+#include <nlohmann/json.hpp>
 #include <sstream>
 #include <unordered_map>
 
@@ -42,8 +42,9 @@ std::array<uint32_t, 256> byte_to_code_point() {
 
 std::string read_whole_file(const std::string& path, const char* what) {
   std::ifstream in(path, std::ios::binary);
-  if (!in) fail("cannot open the tokenizer's ", what, " ", path,
-                " (pass --tokenizer-dir or set LSGPT_TOKENIZER_DIR)");
+  if (!in)
+    fail("cannot open the tokenizer's ", what, " ", path,
+         " (pass --tokenizer-dir or set LSGPT_TOKENIZER_DIR)");
   std::ostringstream os;
   os << in.rdbuf();
   if (in.bad()) fail("cannot read the tokenizer's ", what, " ", path);
@@ -98,7 +99,7 @@ void Tokenizer::Impl::bpe(std::string_view piece, std::vector<int32_t>& out) con
   struct Candidate {
     int32_t rank;
     int pos;
-    int32_t left, right;
+    int32_t left, right, merged;
     bool operator>(const Candidate& o) const {
       return rank != o.rank ? rank > o.rank : pos > o.pos;
     }
@@ -117,7 +118,7 @@ void Tokenizer::Impl::bpe(std::string_view piece, std::vector<int32_t>& out) con
     const int32_t a = symbols[left_pos].id, b = symbols[right_pos].id;
     const auto it = merges.find(pair_key(a, b));
     if (it == merges.end()) return;
-    heap.push_back({it->second.rank, left_pos, a, b});
+    heap.push_back({it->second.rank, left_pos, a, b, it->second.id});
     std::push_heap(heap.begin(), heap.end(), std::greater<>{});
   };
   for (int i = 0; i + 1 < n; ++i) consider(i);
@@ -130,7 +131,7 @@ void Tokenizer::Impl::bpe(std::string_view piece, std::vector<int32_t>& out) con
     if (left.id != c.left || left.next < 0) continue;
     Symbol& right = symbols[left.next];
     if (right.id != c.right) continue;
-    left.id = merges.at(pair_key(c.left, c.right)).id;
+    left.id = c.merged;
     right.id = -1;
     left.next = right.next;
     if (left.next >= 0) symbols[left.next].prev = c.pos;
@@ -246,7 +247,7 @@ Tokenizer Tokenizer::load(const std::string& dir) {
   // vocab.bpe: an optional "#version" line, then one "left right" merge per
   // line, best first.
   const size_t size = impl->token_bytes.size();
-  std::vector<int32_t> made_at(size, -1);          // rank of the merge making the token
+  std::vector<int32_t> made_at(size, -1);            // rank of the merge making the token
   std::vector<int32_t> first_used(size, INT32_MAX);  // lowest rank of a merge using it
   std::istringstream lines(merges_text);
   std::string line;
@@ -265,8 +266,7 @@ Tokenizer Tokenizer::load(const std::string& dir) {
     const auto find = [&](const std::string& symbol) {
       const auto it = symbol_id.find(symbol);
       if (it == symbol_id.end())
-        fail("tokenizer merge list ", where, ": symbol \"", symbol, "\" is not in ",
-             encoder_path);
+        fail("tokenizer merge list ", where, ": symbol \"", symbol, "\" is not in ", encoder_path);
       return it->second;
     };
     const int32_t a = find(left), b = find(right), merged = find(left + right);
@@ -293,10 +293,12 @@ void Tokenizer::encode_append(std::string_view text, std::vector<int32_t>& out) 
   thread_local std::vector<std::string_view> pieces;
   while (!text.empty()) {
     const size_t special = text.find(eot_text);
-    const std::string_view plain = text.substr(0, special);
-    pieces.clear();
-    pretokenize(plain, pieces);
-    for (const auto piece : pieces) impl_->encode_piece(piece, out);
+    std::string_view plain = text.substr(0, special);
+    while (!plain.empty()) {
+      pieces.clear();
+      plain.remove_prefix(pretokenize(plain, pieces, 4096));
+      for (const auto piece : pieces) impl_->encode_piece(piece, out);
+    }
     if (special == std::string_view::npos) break;
     out.push_back(eot);
     text.remove_prefix(special + eot_text.size());

@@ -35,19 +35,19 @@ class Tokenizer {
   std::string decode_token(int32_t id) const;
   int vocab_size() const;
 
-  // The largest cut n in [max(search_from, 1), text.size()) such that
-  // encoding text[0, n) and the rest separately gives the same ids as
-  // encoding them whole, whatever bytes follow `text`; 0 when there is none.
-  // Whether n is a cut depends only on text[0, n], so a streaming encoder
-  // need search only the bytes it has not searched before.
+  // The largest n in [max(search_from, 1), text.size()) where text[n] is
+  // ASCII white space after a non-space character: there, encoding text[0, n)
+  // and the rest separately gives the same ids as encoding them whole,
+  // whatever bytes follow `text`. 0 when there is none. Whether n qualifies
+  // depends only on the bytes up to text[n], so a streaming encoder need
+  // search only the bytes it has not searched before.
   static size_t last_safe_cut(std::string_view text, size_t search_from = 0);
 
   static constexpr int32_t eot = 50256;
   static constexpr std::string_view eot_text = "<|endoftext|>";
 
-  struct Impl;
-
  private:
+  struct Impl;
   explicit Tokenizer(std::shared_ptr<Impl> impl) : impl_(std::move(impl)) {}
   std::shared_ptr<Impl> impl_;
 };

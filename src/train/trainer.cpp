@@ -79,6 +79,9 @@ TrainConfig merge_resumed_settings(const json& stored, const json& given,
            "--init-from to change it)");
     merged[key] = value;
   }
+  // Stopping early is a property of one invocation, not of the run.
+  merged["stop_at"] = given.value("stop_at", 0L);
+  merged["max_time"] = given.value("max_time", 0.0);
   return TrainConfig::from_json(merged);
 }
 

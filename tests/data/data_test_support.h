@@ -8,9 +8,9 @@
 
 #include <algorithm>
 #include <array>
-#include <cstdlib>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
@@ -81,8 +81,8 @@ inline RunResult run_lsgpt(const ScratchDir& dir, const std::string& args,
   const std::string in = dir.file("run.stdin"), out = dir.file("run.stdout"),
                     err = dir.file("run.stderr");
   write_file(in, stdin_bytes);
-  const std::string cmd = std::string(LSGPT_BINARY) + " " + args + " < '" + in + "' > '" + out +
-                          "' 2> '" + err + "'";
+  const std::string cmd =
+      std::string(LSGPT_BINARY) + " " + args + " < '" + in + "' > '" + out + "' 2> '" + err + "'";
   const int status = std::system(cmd.c_str());
   RunResult r;
   r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;

@@ -112,9 +112,9 @@ TEST(CliPrepare, Refusals) {
       run_lsgpt(dir, "prepare '" + dir.file("ok.txt") + "' -o '" + out + "' --split chapters"),
       "chapters");
   expect_clean_error(run_lsgpt(dir, "prepare --dataset wikitext2"), "--out-dir");
-  expect_clean_error(run_lsgpt(dir, "prepare --dataset wikitext103 --out-dir '" + dir.file("d") +
-                                        "'"),
-                     "wikitext103");
+  expect_clean_error(
+      run_lsgpt(dir, "prepare --dataset wikitext103 --out-dir '" + dir.file("d") + "'"),
+      "wikitext103");
   expect_clean_error(run_lsgpt(dir, "prepare --dataset wikitext2 --out-dir '" + dir.file("d") +
                                         "' '" + dir.file("ok.txt") + "'"),
                      "not both");

@@ -95,8 +95,8 @@ TEST(Prepare, StreamingEqualsWholeDocumentsOnWikiText) {
   write_file(dir.file("in.txt"), text);
   for (const size_t chunk : {size_t(1) << 20, size_t(4096), size_t(61)}) {
     const std::string out = dir.file("out" + std::to_string(chunk) + ".bin");
-    const PrepareSummary s = prepare_token_file(
-        gpt2(), {dir.file("in.txt")}, out, with(DocumentSplit::wikitext_headings, chunk));
+    const PrepareSummary s = prepare_token_file(gpt2(), {dir.file("in.txt")}, out,
+                                                with(DocumentSplit::wikitext_headings, chunk));
     EXPECT_EQ(read_tokens(out), expected) << "chunk " << chunk;
     EXPECT_EQ(s.documents, docs.size());
     EXPECT_EQ(s.tokens, expected.size());
@@ -134,25 +134,30 @@ TEST(Prepare, BlankLineDocuments) {
   for (const size_t chunk : {1u, 7u, 1024u}) {
     prepare_token_file(gpt2(), {dir.file("docs.txt"), dir.file("more.txt")}, dir.file("o.bin"),
                        with(DocumentSplit::blank_lines, chunk));
-    EXPECT_EQ(read_tokens(dir.file("o.bin")),
-              join_documents({"One story.\nStill one.\n", "Two.\n", "Three, at the end", "Four.\n"}))
+    EXPECT_EQ(read_tokens(dir.file("o.bin")), join_documents({"One story.\nStill one.\n", "Two.\n",
+                                                              "Three, at the end", "Four.\n"}))
         << chunk;
   }
 }
 
 TEST(Prepare, LongLinesAreNotHeadings) {
-  // A line longer than a chunk is passed on in pieces; its tail must not be
-  // taken for a heading even if it looks like one.
+  // A line longer than 64 KiB is passed on in pieces; its tail must not be
+  // taken for a heading even if it looks like one. With 16-byte chunks the
+  // first piece handed on is the line's first 65539 bytes (read by chunk
+  // 4097, after the 13-byte first line), so the rest starts exactly at
+  // " = Not A Heading = ".
   ScratchDir dir;
-  const std::string text = " intro text \n" + std::string(100, 'x') + " = Not A Heading = \n"
-                           " more \n = Real Heading = \n body \n";
+  const std::string long_line = std::string(65539, 'x') + " = Not A Heading = \n";
+  const std::string text = " intro text \n" + long_line + " more \n = Real Heading = \n body \n";
   write_file(dir.file("w.txt"), text);
-  prepare_token_file(gpt2(), {dir.file("w.txt")}, dir.file("o.bin"),
-                     with(DocumentSplit::wikitext_headings, 16));
-  EXPECT_EQ(read_tokens(dir.file("o.bin")),
-            join_documents({" intro text \n" + std::string(100, 'x') + " = Not A Heading = \n"
-                            " more \n",
-                            " = Real Heading = \n body \n"}));
+  for (const size_t chunk : {size_t(16), size_t(65536)}) {
+    prepare_token_file(gpt2(), {dir.file("w.txt")}, dir.file("o.bin"),
+                       with(DocumentSplit::wikitext_headings, chunk));
+    EXPECT_EQ(
+        read_tokens(dir.file("o.bin")),
+        join_documents({" intro text \n" + long_line + " more \n", " = Real Heading = \n body \n"}))
+        << chunk;
+  }
 }
 
 TEST(Prepare, RefusesBadInputsAndLeavesNoOutput) {

@@ -59,11 +59,11 @@ TEST(TokenFile, RoundTripAndExactLayout) {
   const std::string bytes = read_file(path);
   ASSERT_EQ(bytes.size(), 64 + 2 * tokens.size());
   EXPECT_EQ(bytes.substr(0, 8), "LSGPTTOK");
-  EXPECT_EQ(bytes.substr(8, 4), std::string("\x01\x00\x00\x00", 4));          // version
-  EXPECT_EQ(bytes.substr(12, 4), std::string("\x51\xc4\x00\x00", 4));         // 50257
-  EXPECT_EQ(bytes.substr(16, 8), std::string("\x11\x27\0\0\0\0\0\0", 8));     // 10001
+  EXPECT_EQ(bytes.substr(8, 4), std::string("\x01\x00\x00\x00", 4));       // version
+  EXPECT_EQ(bytes.substr(12, 4), std::string("\x51\xc4\x00\x00", 4));      // 50257
+  EXPECT_EQ(bytes.substr(16, 8), std::string("\x11\x27\0\0\0\0\0\0", 8));  // 10001
   EXPECT_EQ(bytes.substr(24, 40), std::string(40, '\0'));
-  EXPECT_EQ(bytes.substr(64 + 2, 2), std::string("\x50\xc4", 2));            // 50256, LE
+  EXPECT_EQ(bytes.substr(64 + 2, 2), std::string("\x50\xc4", 2));  // 50256, LE
 
   const TokenFile file(path, 50257);
   EXPECT_EQ(file.size(), tokens.size());
@@ -142,8 +142,7 @@ TEST(TokenFile, ReaderRefusals) {
   expect_open_error(put("odd.bin", make_file("LSGPTTOK", 1, 50257, 10, 10) + "x"), "more than");
   expect_open_error(put("zero.bin", make_file("LSGPTTOK", 1, 50257, 0, 0)), "holds no tokens");
   expect_open_error(put("vocab0.bin", make_file("LSGPTTOK", 1, 0, 1, 1)), "vocabulary of 0");
-  expect_open_error(put("vocab.bin", make_file("LSGPTTOK", 1, 70000, 1, 1)),
-                    "vocabulary of 70000");
+  expect_open_error(put("vocab.bin", make_file("LSGPTTOK", 1, 70000, 1, 1)), "vocabulary of 70000");
   // A count so large that 2 * count overflows must still read as truncated.
   expect_open_error(put("huge.bin", make_file("LSGPTTOK", 1, 50257, ~uint64_t(0) / 2 + 5, 2)),
                     "truncated");

@@ -133,6 +133,16 @@ TEST(Checkpoint, SaveOverwritesAtomicallyAndRefusesBadInput) {
   EXPECT_EQ(dir.entries(), std::vector<std::string>{"c.ckpt"});
 }
 
+TEST(Checkpoint, SavesSettingsThatAreNotUtf8) {
+  ScratchDir dir;
+  Checkpoint ck = random_checkpoint(tiny_config(), 10, false);
+  ck.train["data_dir"] = std::string("runs/\xff\xfe");  // a Linux path need not be UTF-8
+  save_checkpoint(dir.file("u.ckpt"), ck);
+  const Checkpoint back = load_checkpoint(dir.file("u.ckpt"));
+  EXPECT_EQ(back.train["data_dir"].get<std::string>().substr(0, 5), "runs/");
+  EXPECT_TRUE(same_bits(back.params, ck.params));
+}
+
 TEST(Checkpoint, RefusesMissingShortAndForeignFiles) {
   ScratchDir dir;
   expect_error([&] { load_checkpoint(dir.file("nope.ckpt")); }, {"nope.ckpt", "cannot open"});

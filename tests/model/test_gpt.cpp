@@ -7,6 +7,7 @@
 #include <cmath>
 #include <random>
 
+#include "core/error.h"
 #include "infer/generator.h"
 #include "model/gpt.h"
 #include "support/numeric.h"

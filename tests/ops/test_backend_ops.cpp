@@ -25,9 +25,9 @@
 #include <string>
 #include <vector>
 
-#include "../support/numeric.h"
 #include "core/error.h"
 #include "ops/backend.h"
+#include "support/numeric.h"
 
 namespace lsgpt {
 namespace {
@@ -45,10 +45,14 @@ using testing::relative_error;
 // probabilities) can double it; 1e-2 is the usual bound for bf16 kernels.
 double tolerance(DType t) {
   switch (t) {
-    case DType::f64: return 1e-12;
-    case DType::f32: return 1e-5;
-    case DType::bf16: return 1e-2;
-    default: return 0;
+    case DType::f64:
+      return 1e-12;
+    case DType::f32:
+      return 1e-5;
+    case DType::bf16:
+      return 1e-2;
+    default:
+      return 0;
   }
 }
 
@@ -65,8 +69,8 @@ struct Arg {
   Elem elem;
   Role role;
   size_t n;
-  std::vector<float> values;   // in, inout, scratch_in
-  std::vector<int32_t> ints;   // i32
+  std::vector<float> values;  // in, inout, scratch_in
+  std::vector<int32_t> ints;  // i32
   // Compare in the tolerance of the tensor's own type instead of the
   // backend's working type: for state kept in fp32 by design (AdamW moments
   // and master weights, LayerNorm statistics, losses), where rounding it to
@@ -206,8 +210,7 @@ TEST_P(BackendOpsTest, EmbeddingBackward) {
   for (auto& t : tokens) t = int32_t(rng() % V);
   check("embedding_backward",
         {ints("tokens", tokens), input("dout", Elem::work, size_t(B) * T * C, 2),
-         inout("dwte", Elem::work, size_t(V) * C, 2),
-         inout("dwpe", Elem::work, size_t(T) * C, 2)},
+         inout("dwte", Elem::work, size_t(V) * C, 2), inout("dwpe", Elem::work, size_t(T) * C, 2)},
         [&](Backend& be, Pointers& p) {
           be.embedding_backward(p["dwte"], p["dwpe"], p["dout"],
                                 static_cast<const int32_t*>(p["tokens"]), B, T, C);
@@ -228,8 +231,8 @@ TEST_P(BackendOpsTest, LayerNormForwardAndBackward) {
          mean, rstd, inout("dinp", Elem::work, size_t(N) * C, 3),
          inout("dweight", Elem::work, C, 3), inout("dbias", Elem::work, C, 3)},
         [&](Backend& be, Pointers& p) {
-          be.layernorm_forward(p["out"], p["mean"], p["rstd"], p["inp"], p["weight"], p["bias"],
-                               N, C);
+          be.layernorm_forward(p["out"], p["mean"], p["rstd"], p["inp"], p["weight"], p["bias"], N,
+                               C);
           be.layernorm_backward(p["dinp"], p["dweight"], p["dbias"], p["dout"], p["inp"],
                                 p["weight"], p["mean"], p["rstd"], N, C);
         });
@@ -244,8 +247,7 @@ void check_matmul(BackendOpsTest& t, bool bias, bool gelu) {
   dout.role = Role::scratch_in;  // the fused-GELU backward may clobber it
   Arg pre_gelu = output("pre_gelu", Elem::work, size_t(N) * OC);
   if (!gelu) pre_gelu.role = Role::scratch_out;
-  const std::string what =
-      std::string("matmul") + (bias ? " +bias" : "") + (gelu ? " +gelu" : "");
+  const std::string what = std::string("matmul") + (bias ? " +bias" : "") + (gelu ? " +gelu" : "");
   t.check(what,
           {input("inp", Elem::work, size_t(N) * C, 4),
            input("weight", Elem::work, size_t(OC) * C, 4, -0.3, 0.3),
@@ -254,8 +256,8 @@ void check_matmul(BackendOpsTest& t, bool bias, bool gelu) {
            inout("dweight", Elem::work, size_t(OC) * C, 4), inout("dbias", Elem::work, OC, 4)},
           [&](Backend& be, Pointers& p) {
             void* pre = gelu ? p["pre_gelu"] : nullptr;
-            be.matmul_forward(p["out"], pre, p["inp"], p["weight"], bias ? p["bias"] : nullptr,
-                              N, C, OC);
+            be.matmul_forward(p["out"], pre, p["inp"], p["weight"], bias ? p["bias"] : nullptr, N,
+                              C, OC);
             be.matmul_backward(p["dinp"], p["dweight"], bias ? p["dbias"] : nullptr, p["dout"],
                                p["inp"], p["weight"], pre, N, C, OC);
           });
@@ -316,12 +318,13 @@ TEST_P(BackendOpsTest, SoftmaxCrossEntropy) {
   Arg losses = output("losses", Elem::acc, N);
   losses.own_precision = true;
   for (bool grad : {false, true}) {
-    auto [got, ref] = check(grad ? "classifier +grad" : "classifier", {ints("targets", targets), logits, losses},
-                            [&](Backend& be, Pointers& p) {
-                              be.softmax_cross_entropy(p["losses"], p["logits"],
-                                                       static_cast<const int32_t*>(p["targets"]),
-                                                       N, V, Vp, 1.0 / 16, grad);
-                            });
+    auto [got, ref] =
+        check(grad ? "classifier +grad" : "classifier", {ints("targets", targets), logits, losses},
+              [&](Backend& be, Pointers& p) {
+                be.softmax_cross_entropy(p["losses"], p["logits"],
+                                         static_cast<const int32_t*>(p["targets"]), N, V, Vp,
+                                         1.0 / 16, grad);
+              });
     if (!grad) {
       EXPECT_EQ(got.result["logits"], got.seen["logits"]) << "forward only wrote logits";
     }
@@ -363,7 +366,11 @@ TEST_P(BackendOpsTest, AdamW) {
   Arg m = inout("m", Elem::acc, n, 10), v = inout("v", Elem::acc, n, 10, 0.0, 0.01);
   m.own_precision = v.own_precision = master.own_precision = true;
   if (!with_master) master.role = Role::scratch_in;
-  std::vector<Arg> args = {param, master, m, v, input("grad1", Elem::work, n, 10),
+  std::vector<Arg> args = {param,
+                           master,
+                           m,
+                           v,
+                           input("grad1", Elem::work, n, 10),
                            input("grad2", Elem::work, n, 11, -3, 3)};
   auto op = [&](Backend& be, Pointers& p) {
     const bool use_master = be.dtype() != be.acc_dtype();
@@ -427,14 +434,13 @@ TEST_P(BackendOpsTest, AttentionForwardBackward) {
     spec.n_local = c.n_local, spec.window = c.window, spec.span = c.span;
     const int B = spec.B, T = spec.T, H = spec.n_head, C = spec.C();
     const bool kbar = spec.span.needs_kbar();
-    std::vector<Arg> args = {
-        input("qkv", Elem::work, size_t(B) * T * 3 * C, 12, -2, 2),
-        input("dout", Elem::work, size_t(B) * T * C, 12),
-        output("out", Elem::work, size_t(B) * T * C),
-        output("lse", Elem::acc, size_t(B) * H * T),
-        output("max_logit", Elem::acc, H),
-        output("kbar", Elem::work, kbar ? size_t(B) * T * C : 0),
-        output("dqkv", Elem::work, size_t(B) * T * 3 * C)};
+    std::vector<Arg> args = {input("qkv", Elem::work, size_t(B) * T * 3 * C, 12, -2, 2),
+                             input("dout", Elem::work, size_t(B) * T * C, 12),
+                             output("out", Elem::work, size_t(B) * T * C),
+                             output("lse", Elem::acc, size_t(B) * H * T),
+                             output("max_logit", Elem::acc, H),
+                             output("kbar", Elem::work, kbar ? size_t(B) * T * C : 0),
+                             output("dqkv", Elem::work, size_t(B) * T * 3 * C)};
     SCOPED_TRACE(c.name);
     check("attention " + c.name, args, [&](Backend& be, Pointers& p) {
       void* kb = kbar ? p["kbar"] : nullptr;
@@ -474,14 +480,11 @@ TEST_P(BackendOpsTest, AttentionDecode) {
           for (int pos = 0; pos < T; ++pos) {
             DecodeSpec step = ds;
             step.pos = pos;
-            be.attention_decode(static_cast<char*>(p["out_steps"]) + size_t(pos) * B * C * es,
-                                ds.n_local ? p["k_local"] : nullptr,
-                                ds.n_local ? p["v_local"] : nullptr,
-                                n_global ? p["k_global"] : nullptr,
-                                n_global ? p["v_global"] : nullptr,
-                                static_cast<const char*>(p["qkv_steps"]) +
-                                    size_t(pos) * B * 3 * C * es,
-                                step);
+            be.attention_decode(
+                static_cast<char*>(p["out_steps"]) + size_t(pos) * B * C * es,
+                ds.n_local ? p["k_local"] : nullptr, ds.n_local ? p["v_local"] : nullptr,
+                n_global ? p["k_global"] : nullptr, n_global ? p["v_global"] : nullptr,
+                static_cast<const char*>(p["qkv_steps"]) + size_t(pos) * B * 3 * C * es, step);
           }
         });
 
@@ -497,18 +500,18 @@ TEST_P(BackendOpsTest, AttentionDecode) {
     spec.n_local = ds.n_local, spec.window = ds.window;
     Arg seq = input("qkv", Elem::work, qkv_seq.size(), 0);
     seq.values = qkv_seq;
-    Outcome fwd = execute(*backend_, {seq, output("out", Elem::work, size_t(B) * T * C),
-                                      output("lse", Elem::acc, size_t(B) * H * T),
-                                      output("max_logit", Elem::acc, H)},
-                          [&](Backend& be, Pointers& p) {
-                            be.attention_forward(p["out"], p["lse"], p["max_logit"], nullptr,
-                                                 p["qkv"], spec);
-                          });
+    Outcome fwd =
+        execute(*backend_,
+                {seq, output("out", Elem::work, size_t(B) * T * C),
+                 output("lse", Elem::acc, size_t(B) * H * T), output("max_logit", Elem::acc, H)},
+                [&](Backend& be, Pointers& p) {
+                  be.attention_forward(p["out"], p["lse"], p["max_logit"], nullptr, p["qkv"], spec);
+                });
     std::vector<float> fwd_steps(size_t(T) * B * C);
     for (int t = 0; t < T; ++t)
       for (int b = 0; b < B; ++b)
-        std::memcpy(&fwd_steps[(size_t(t) * B + b) * C], &fwd.result["out"][(size_t(b) * T + t) * C],
-                    C * sizeof(float));
+        std::memcpy(&fwd_steps[(size_t(t) * B + b) * C],
+                    &fwd.result["out"][(size_t(b) * T + t) * C], C * sizeof(float));
     EXPECT_LE(relative_error(got.result["out_steps"], fwd_steps), tolerance(backend_->dtype()))
         << "decode differs from attention_forward on " << backend_->name();
     // The last position alone, where every local ring buffer has wrapped.

@@ -38,7 +38,8 @@ TEST(StreamingEncoder, SafeCuts) {
   // White space after white space is never a cut: `\s+(?!\S)` looks ahead.
   EXPECT_EQ(T::last_safe_cut("a  "), 1u);
   EXPECT_EQ(T::last_safe_cut("  \n\n"), 0u);
-  EXPECT_EQ(T::last_safe_cut(" \n = Title"), 0u);
+  EXPECT_EQ(T::last_safe_cut(" \n  \t"), 0u);
+  EXPECT_EQ(T::last_safe_cut(" \n = Title"), 4u);
   // U+3000 is white space, so the space after it is no cut; é is not.
   EXPECT_EQ(T::last_safe_cut("x\xe3\x80\x80 y"), 0u);
   EXPECT_EQ(T::last_safe_cut("\xc3\xa9 y"), 2u);
@@ -60,10 +61,12 @@ TEST(StreamingEncoder, TinyChunksEqualWholeText) {
 
 TEST(StreamingEncoder, RandomChunksEqualWholeText) {
   std::mt19937_64 rng(99);
+  // clang-format off
   static const std::vector<std::string> atoms = {
       "a", "word", " ", " ", "  ", "\n", "\n\n", "\t", "\r\n", "\xc2\xa0", "\xe3\x80\x80", "'",
       "'s", "!", "...", "7", "42", "\xc3\xa9", "\xe6\x97\xa5", "\xf0\x9f\x98\x80",
       "<|endoftext|>", "\xff", "\xe3\x81", "\x80", " = Heading = \n"};
+  // clang-format on
   for (int trial = 0; trial < 300; ++trial) {
     std::string text;
     const size_t len = rng() % 400;
@@ -75,7 +78,8 @@ TEST(StreamingEncoder, RandomChunksEqualWholeText) {
 }
 
 TEST(StreamingEncoder, WikiTextInSmallChunks) {
-  const std::string text = data_testing::read_file(data_testing::wikitext2("valid")).substr(0, 300000);
+  const std::string text =
+      data_testing::read_file(data_testing::wikitext2("valid")).substr(0, 300000);
   EXPECT_EQ(encode_streaming(text, {97, 1000, 3, 4096}), gpt2().encode(text));
 }
 

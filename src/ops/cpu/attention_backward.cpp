@@ -45,8 +45,8 @@ void attention_backward(T* dqkv, const T* dout, const T* qkv, const T* out, cons
     constexpr int kMaxBlock = 32;
     const size_t TD = size_t(Tn) * D, tile_size = size_t(kMaxBlock) * Tn;
     auto [q, k, kt, vt, dout_h, delta, dk, dv, qsum, colsum, qbar_row, p, dp, pt, dst, dq] =
-        tile::thread_scratch<T, 16>({TD, TD, size_t(D) * ldt, size_t(D) * ldt, TD, size_t(Tn),
-                                     TD, TD, k_cross ? TD : 0, k_cross ? size_t(Tn) : 0,
+        tile::thread_scratch<T, 16>({TD, TD, size_t(D) * ldt, size_t(D) * ldt, TD, size_t(Tn), TD,
+                                     TD, k_cross ? TD : 0, k_cross ? size_t(Tn) : 0,
                                      k_cross ? size_t(D) : 0, tile_size, tile_size, tile_size,
                                      tile_size, size_t(kMaxBlock) * D});
 
@@ -67,7 +67,8 @@ void attention_backward(T* dqkv, const T* dout, const T* qkv, const T* out, cons
       tile::gather_rows(dout_h, dout_base, C, Tn, D);
       for (int i = 0; i < Tn; ++i) {
         T acc = 0;
-        for (int d = 0; d < D; ++d) acc += dout_base[size_t(i) * C + d] * out_base[size_t(i) * C + d];
+        for (int d = 0; d < D; ++d)
+          acc += dout_base[size_t(i) * C + d] * out_base[size_t(i) * C + d];
         delta[i] = acc;
       }
       std::fill_n(dk, TD, T(0));
@@ -122,13 +123,10 @@ void attention_backward(T* dqkv, const T* dout, const T* qkv, const T* out, cons
             pt[size_t(j) * rows + r] = p[size_t(r) * nk + j];
             dst[size_t(j) * rows + r] = ds[size_t(r) * nk + j];
           }
-        tile::matmul_acc(dv + size_t(k0) * D, D, pt, rows, dout_blk, D, nk, D,
-                         rows);
-        tile::matmul_acc(dk + size_t(k0) * D, D, dst, rows, q_blk, D, nk, D,
-                         rows);
+        tile::matmul_acc(dv + size_t(k0) * D, D, pt, rows, dout_blk, D, nk, D, rows);
+        tile::matmul_acc(dk + size_t(k0) * D, D, dst, rows, q_blk, D, nk, D, rows);
         if (k_cross) {
-          tile::matmul_acc(qsum + size_t(k0) * D, D, pt, rows, q_blk, D, nk, D,
-                           rows);
+          tile::matmul_acc(qsum + size_t(k0) * D, D, pt, rows, q_blk, D, nk, D, rows);
           for (int j = 0; j < nk; ++j) {
             T acc = colsum[k0 + j];
             for (int r = 0; r < rows; ++r) acc += pt[size_t(j) * rows + r];
@@ -145,8 +143,7 @@ void attention_backward(T* dqkv, const T* dout, const T* qkv, const T* out, cons
             const T norm = colsum[j];
             for (int d = 0; d < D; ++d)
               qbar_row[d] = norm > 0 ? qsum[size_t(j) * D + d] / norm : T(0);
-            span_project_row(dk + size_t(j) * D, qbar_row, D, span.k.alpha_par,
-                             span.k.alpha_perp);
+            span_project_row(dk + size_t(j) * D, qbar_row, D, span.k.alpha_par, span.k.alpha_perp);
           }
         } else {
           span_project_rows(dk, D, k, D, Tn, D, span.k);
@@ -161,8 +158,8 @@ void attention_backward(T* dqkv, const T* dout, const T* qkv, const T* out, cons
   }
 }
 
-template void attention_backward(float*, const float*, const float*, const float*,
-                                 const float*, const float*, const AttentionSpec&);
+template void attention_backward(float*, const float*, const float*, const float*, const float*,
+                                 const float*, const AttentionSpec&);
 template void attention_backward(double*, const double*, const double*, const double*,
                                  const double*, const double*, const AttentionSpec&);
 

@@ -62,8 +62,7 @@ void attention_forward(T* out, T* lse, T* max_logit, T* kbar, const T* qkv,
         const int k0 = std::max(0, i0 - w + 1);  // first key any row of the block sees
         const int nk = i0 + rows - k0;
         std::fill_n(s, size_t(rows) * nk, T(0));
-        tile::matmul_acc(s, nk, q + size_t(i0) * D, D, kt + k0, ldt, rows,
-                         nk, D);
+        tile::matmul_acc(s, nk, q + size_t(i0) * D, D, kt + k0, ldt, rows, nk, D);
         for (int r = 0; r < rows; ++r) {
           const int i = i0 + r;
           const int lo = std::max(0, i - w + 1) - k0, hi = i + 1 - k0;
@@ -79,8 +78,7 @@ void attention_forward(T* out, T* lse, T* max_logit, T* kbar, const T* qkv,
         tile::matmul_acc(o, D, s, nk, v + size_t(k0) * D, D, rows, D, nk);
         if (want_kbar) {
           std::fill_n(kb, size_t(rows) * D, T(0));
-          tile::matmul_acc(kb, D, s, nk, k + size_t(k0) * D, D, rows, D,
-                           nk);
+          tile::matmul_acc(kb, D, s, nk, k + size_t(k0) * D, D, rows, D, nk);
         }
         for (int r = 0; r < rows; ++r) {
           const size_t dst = (size_t(b) * Tn + i0 + r) * C + size_t(h) * D;
@@ -100,8 +98,7 @@ void attention_forward(T* out, T* lse, T* max_logit, T* kbar, const T* qkv,
   }
 }
 
-template void attention_forward(float*, float*, float*, float*, const float*,
-                                const AttentionSpec&);
+template void attention_forward(float*, float*, float*, float*, const float*, const AttentionSpec&);
 template void attention_forward(double*, double*, double*, double*, const double*,
                                 const AttentionSpec&);
 

@@ -66,7 +66,8 @@ inline HeadTask head_task(int task, int B, int n_head, int n_local) {
 // Tiny calls (decoding-size models, gradient checks) run faster on the
 // calling thread than through a parallel region's start-up.
 inline bool worth_threads(const AttentionSpec& s) {
-  const double keys = s.n_local * double(std::min(s.window, s.T)) + (s.n_head - s.n_local) * 0.5 * s.T;
+  const double keys =
+      s.n_local * double(std::min(s.window, s.T)) + (s.n_head - s.n_local) * 0.5 * s.T;
   return double(s.B) * s.T * keys * s.head_dim > 2e5;
 }
 
@@ -78,8 +79,8 @@ inline int band_width(const AttentionSpec& s, int h) {
 // C[M,N] += A[M,K] B[K,N], row-major with leading dimensions lda, ldb, ldc.
 // Blocks of 4 rows x 2 vector widths of C live in registers across the k loop.
 template <typename T>
-inline void matmul_acc(T* C, ptrdiff_t ldc, const T* A, ptrdiff_t lda, const T* B,
-                       ptrdiff_t ldb, int M, int N, int K) {
+inline void matmul_acc(T* C, ptrdiff_t ldc, const T* A, ptrdiff_t lda, const T* B, ptrdiff_t ldb,
+                       int M, int N, int K) {
   constexpr int MR = 4;
   constexpr int NR = 128 / int(sizeof(T));  // 32 floats or 16 doubles
   int n0 = 0;

@@ -67,7 +67,7 @@ void softmax_cross_entropy(T* losses, T* logits, const int32_t* targets, int N, 
 
 template void softmax_cross_entropy<float>(float*, float*, const int32_t*, int, int, int, double,
                                            bool);
-template void softmax_cross_entropy<double>(double*, double*, const int32_t*, int, int, int,
-                                            double, bool);
+template void softmax_cross_entropy<double>(double*, double*, const int32_t*, int, int, int, double,
+                                            bool);
 
 }  // namespace lsgpt::cpu

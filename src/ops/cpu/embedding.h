@@ -4,7 +4,6 @@
 #include <cstddef>
 #include <cstdint>
 
-
 namespace lsgpt::cpu {
 
 template <typename T>

@@ -22,8 +22,9 @@ inline T gelu_tanh(T u) {
 
 template <>
 inline float gelu_tanh(float u) {
-  constexpr float kClamp = 7.90531110763549805f;  // tanh rounds to +-1 beyond
-  u = u > kClamp ? kClamp : (u < -kClamp ? -kClamp : u);  // NaN passes through
+  // Beyond the clamp tanh rounds to +-1 in float; NaN fails both tests and passes through.
+  constexpr float kClamp = 7.90531110763549805f;
+  u = u > kClamp ? kClamp : (u < -kClamp ? -kClamp : u);
   const float u2 = u * u;
   float p = -2.76076847742355e-16f;
   p = p * u2 + 2.00018790482477e-13f;

@@ -16,7 +16,7 @@ constexpr double kEps = 1e-5;
 // Below this many elements a parallel region costs more than it saves (it
 // matters for decoding, where B*T is 1).
 constexpr size_t kParallelMin = size_t(1) << 15;
-}
+}  // namespace
 
 template <typename T>
 void layernorm_forward(T* out, T* mean, T* rstd, const T* inp, const T* weight, const T* bias,
@@ -42,8 +42,8 @@ void layernorm_forward(T* out, T* mean, T* rstd, const T* inp, const T* weight, 
 }
 
 template <typename T>
-void layernorm_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp,
-                        const T* weight, const T* mean, const T* rstd, int N, int C) {
+void layernorm_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp, const T* weight,
+                        const T* mean, const T* rstd, int N, int C) {
   constexpr int kBlock = 64;
   const int n_blocks = (C + kBlock - 1) / kBlock;
 #pragma omp parallel if (size_t(N) * C >= kParallelMin)
@@ -92,8 +92,7 @@ template void layernorm_forward<double>(double*, double*, double*, const double*
                                         const double*, int, int);
 template void layernorm_backward<float>(float*, float*, float*, const float*, const float*,
                                         const float*, const float*, const float*, int, int);
-template void layernorm_backward<double>(double*, double*, double*, const double*,
-                                         const double*, const double*, const double*,
-                                         const double*, int, int);
+template void layernorm_backward<double>(double*, double*, double*, const double*, const double*,
+                                         const double*, const double*, const double*, int, int);
 
 }  // namespace lsgpt::cpu

@@ -7,9 +7,9 @@
 // block so every element sums its rows in a fixed order.
 #include "ops/cpu/matmul.h"
 
-#include <algorithm>
-
 #include <cblas.h>
+
+#include <algorithm>
 
 #include "ops/cpu/gelu.h"
 
@@ -34,8 +34,8 @@ void gemm(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int m, int n, int k, const dou
 }  // namespace
 
 template <typename T>
-void matmul_forward(T* out, T* pre_gelu, const T* inp, const T* weight, const T* bias, int N,
-                    int C, int OC) {
+void matmul_forward(T* out, T* pre_gelu, const T* inp, const T* weight, const T* bias, int N, int C,
+                    int OC) {
   if (N == 0 || OC == 0) return;
   // With GELU fused the product lands in pre_gelu (kept for the backward).
   T* acc = pre_gelu ? pre_gelu : out;
@@ -88,8 +88,8 @@ void matmul_backward(T* dinp, T* dweight, T* dbias, T* dout, const T* inp, const
 
 template void matmul_forward<float>(float*, float*, const float*, const float*, const float*, int,
                                     int, int);
-template void matmul_forward<double>(double*, double*, const double*, const double*,
-                                     const double*, int, int, int);
+template void matmul_forward<double>(double*, double*, const double*, const double*, const double*,
+                                     int, int, int);
 template void matmul_backward<float>(float*, float*, float*, float*, const float*, const float*,
                                      const float*, int, int, int);
 template void matmul_backward<double>(double*, double*, double*, double*, const double*,

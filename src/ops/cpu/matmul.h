@@ -8,8 +8,8 @@
 namespace lsgpt::cpu {
 
 template <typename T>
-void matmul_forward(T* out, T* pre_gelu, const T* inp, const T* weight, const T* bias, int N,
-                    int C, int OC);
+void matmul_forward(T* out, T* pre_gelu, const T* inp, const T* weight, const T* bias, int N, int C,
+                    int OC);
 template <typename T>
 void matmul_backward(T* dinp, T* dweight, T* dbias, T* dout, const T* inp, const T* weight,
                      const T* pre_gelu, int N, int C, int OC);

@@ -9,6 +9,8 @@
 // before they are written: dQ along kbar (from the forward) or q, dK along
 // qbar = (P^T Q) / colsum(P) (accumulated beside dV only in the kQbar
 // instantiation) or k, dV along v. With it off none of this code exists.
+#include <type_traits>
+
 #include "ops/cuda/attention_common.cuh"
 #include "ops/cuda/cuda_check.h"
 #include "ops/cuda/device_utils.cuh"
@@ -139,64 +141,72 @@ __device__ void key_block(const BackwardParams& p, unsigned char* smem_raw, int 
     const float* delta_tile = delta_tiles + stage * kQ;
     const int i0 = tile * kQ;
 
-    // S^T = K Q^T and dP^T = V dO^T for this warp's 16 keys.
-    float s[kQBlocks][4] = {}, dp[kQBlocks][4] = {};
+    // Masked instantiation for tiles the mask cuts or that run past T,
+    // branch-free one for the rest (see attention_forward.cu).
+    auto step = [&](auto masked) {
+      constexpr bool kMasked = decltype(masked)::value;
+      // S^T = K Q^T and dP^T = V dO^T for this warp's 16 keys.
+      float s[kQBlocks][4] = {}, dp[kQBlocks][4] = {};
 #pragma unroll
-    for (int kc = 0; kc < D / 16; ++kc) {
-      uint32_t a_k[4], a_v[4];
-      load_a<kStride>(a_k, k_tile, warp * 16, kc * 16, lane);
-      load_a<kStride>(a_v, v_tile, warp * 16, kc * 16, lane);
+      for (int kc = 0; kc < D / 16; ++kc) {
+        uint32_t a_k[4], a_v[4];
+        load_a<kStride>(a_k, k_tile, warp * 16, kc * 16, lane);
+        load_a<kStride>(a_v, v_tile, warp * 16, kc * 16, lane);
 #pragma unroll
-      for (int nb = 0; nb < kQBlocks; nb += 2) {
-        uint32_t bq[4], bo[4];
-        load_b_rows<kStride>(bq, q_tile, nb * 8, kc * 16, lane);
-        load_b_rows<kStride>(bo, do_tile, nb * 8, kc * 16, lane);
-        mma_bf16(s[nb], a_k, bq[0], bq[1]);
-        mma_bf16(s[nb + 1], a_k, bq[2], bq[3]);
-        mma_bf16(dp[nb], a_v, bo[0], bo[1]);
-        mma_bf16(dp[nb + 1], a_v, bo[2], bo[3]);
-      }
-    }
-    // P^T from the saved lse; dS^T = P^T o (dP^T - delta).
-    const bool needs_mask = mask.tile_needs_mask(i0, kQ, k0, kKeysPerBlock) || i0 + kQ > T;
-#pragma unroll
-    for (int nb = 0; nb < kQBlocks; ++nb)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int qi = nb * 8 + quad * 2 + (e & 1);
-        float prob = exp2f(s[nb][e] * p.scale_log2 - lse_tile[qi]);
-        if (needs_mask && !(i0 + qi < T && mask.visible(i0 + qi, frag_row(key_row, e)))) prob = 0.f;
-        s[nb][e] = prob;
-        if constexpr (kQbar) colsum[e >> 1] += prob;
-        dp[nb][e] = prob * (dp[nb][e] - delta_tile[qi]);
-      }
-
-    // dV += P^T dO, dK += dS^T Q, qbar += P^T Q (k index: the tile's queries).
-#pragma unroll
-    for (int kc = 0; kc < kQ / 16; ++kc) {
-      const uint32_t a_p[4] = {pack_bf16x2(s[2 * kc][0], s[2 * kc][1]),
-                               pack_bf16x2(s[2 * kc][2], s[2 * kc][3]),
-                               pack_bf16x2(s[2 * kc + 1][0], s[2 * kc + 1][1]),
-                               pack_bf16x2(s[2 * kc + 1][2], s[2 * kc + 1][3])};
-      const uint32_t a_ds[4] = {pack_bf16x2(dp[2 * kc][0], dp[2 * kc][1]),
-                                pack_bf16x2(dp[2 * kc][2], dp[2 * kc][3]),
-                                pack_bf16x2(dp[2 * kc + 1][0], dp[2 * kc + 1][1]),
-                                pack_bf16x2(dp[2 * kc + 1][2], dp[2 * kc + 1][3])};
-#pragma unroll
-      for (int db = 0; db < kDBlocks; db += 2) {
-        uint32_t bo[4], bq[4];
-        load_b_cols<kStride>(bo, do_tile, kc * 16, db * 8, lane);
-        mma_bf16(dv[db], a_p, bo[0], bo[1]);
-        mma_bf16(dv[db + 1], a_p, bo[2], bo[3]);
-        load_b_cols<kStride>(bq, q_tile, kc * 16, db * 8, lane);
-        mma_bf16(dk[db], a_ds, bq[0], bq[1]);
-        mma_bf16(dk[db + 1], a_ds, bq[2], bq[3]);
-        if constexpr (kQbar) {
-          mma_bf16(qbar[db], a_p, bq[0], bq[1]);
-          mma_bf16(qbar[db + 1], a_p, bq[2], bq[3]);
+        for (int nb = 0; nb < kQBlocks; nb += 2) {
+          uint32_t bq[4], bo[4];
+          load_b_rows<kStride>(bq, q_tile, nb * 8, kc * 16, lane);
+          load_b_rows<kStride>(bo, do_tile, nb * 8, kc * 16, lane);
+          mma_bf16(s[nb], a_k, bq[0], bq[1]);
+          mma_bf16(s[nb + 1], a_k, bq[2], bq[3]);
+          mma_bf16(dp[nb], a_v, bo[0], bo[1]);
+          mma_bf16(dp[nb + 1], a_v, bo[2], bo[3]);
         }
       }
-    }
+      // P^T from the saved lse; dS^T = P^T o (dP^T - delta).
+#pragma unroll
+      for (int nb = 0; nb < kQBlocks; ++nb)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int qi = nb * 8 + quad * 2 + (e & 1);
+          float prob = exp2f(s[nb][e] * p.scale_log2 - lse_tile[qi]);
+          if (kMasked && !(i0 + qi < T && mask.visible(i0 + qi, frag_row(key_row, e)))) prob = 0.f;
+          s[nb][e] = prob;
+          if constexpr (kQbar) colsum[e >> 1] += prob;
+          dp[nb][e] = prob * (dp[nb][e] - delta_tile[qi]);
+        }
+
+      // dV += P^T dO, dK += dS^T Q, qbar += P^T Q (k index: the tile's queries).
+#pragma unroll
+      for (int kc = 0; kc < kQ / 16; ++kc) {
+        const uint32_t a_p[4] = {pack_bf16x2(s[2 * kc][0], s[2 * kc][1]),
+                                 pack_bf16x2(s[2 * kc][2], s[2 * kc][3]),
+                                 pack_bf16x2(s[2 * kc + 1][0], s[2 * kc + 1][1]),
+                                 pack_bf16x2(s[2 * kc + 1][2], s[2 * kc + 1][3])};
+        const uint32_t a_ds[4] = {pack_bf16x2(dp[2 * kc][0], dp[2 * kc][1]),
+                                  pack_bf16x2(dp[2 * kc][2], dp[2 * kc][3]),
+                                  pack_bf16x2(dp[2 * kc + 1][0], dp[2 * kc + 1][1]),
+                                  pack_bf16x2(dp[2 * kc + 1][2], dp[2 * kc + 1][3])};
+#pragma unroll
+        for (int db = 0; db < kDBlocks; db += 2) {
+          uint32_t bo[4], bq[4];
+          load_b_cols<kStride>(bo, do_tile, kc * 16, db * 8, lane);
+          mma_bf16(dv[db], a_p, bo[0], bo[1]);
+          mma_bf16(dv[db + 1], a_p, bo[2], bo[3]);
+          load_b_cols<kStride>(bq, q_tile, kc * 16, db * 8, lane);
+          mma_bf16(dk[db], a_ds, bq[0], bq[1]);
+          mma_bf16(dk[db + 1], a_ds, bq[2], bq[3]);
+          if constexpr (kQbar) {
+            mma_bf16(qbar[db], a_p, bq[0], bq[1]);
+            mma_bf16(qbar[db + 1], a_p, bq[2], bq[3]);
+          }
+        }
+      }
+    };
+    if (mask.tile_needs_mask(i0, kQ, k0, kKeysPerBlock) || i0 + kQ > T)
+      step(std::true_type{});
+    else
+      step(std::false_type{});
     __syncthreads();
   }
 
@@ -332,44 +342,51 @@ __device__ void query_block(const BackwardParams& p, unsigned char* smem_raw, in
     const bf16* v_tile = v_tiles + stage * kN * kStride;
     const int j0 = tile * kN;
 
-    float s[kKBlocks][4] = {}, dp[kKBlocks][4] = {};
+    // Masked instantiation for tiles the mask cuts, branch-free for the rest.
+    auto step = [&](auto masked) {
+      constexpr bool kMasked = decltype(masked)::value;
+      float s[kKBlocks][4] = {}, dp[kKBlocks][4] = {};
 #pragma unroll
-    for (int kc = 0; kc < D / 16; ++kc)
+      for (int kc = 0; kc < D / 16; ++kc)
 #pragma unroll
-      for (int nb = 0; nb < kKBlocks; nb += 2) {
-        uint32_t bk[4], bv[4];
-        load_b_rows<kStride>(bk, k_tile, nb * 8, kc * 16, lane);
-        load_b_rows<kStride>(bv, v_tile, nb * 8, kc * 16, lane);
-        mma_bf16(s[nb], q_frag[kc], bk[0], bk[1]);
-        mma_bf16(s[nb + 1], q_frag[kc], bk[2], bk[3]);
-        mma_bf16(dp[nb], do_frag[kc], bv[0], bv[1]);
-        mma_bf16(dp[nb + 1], do_frag[kc], bv[2], bv[3]);
+        for (int nb = 0; nb < kKBlocks; nb += 2) {
+          uint32_t bk[4], bv[4];
+          load_b_rows<kStride>(bk, k_tile, nb * 8, kc * 16, lane);
+          load_b_rows<kStride>(bv, v_tile, nb * 8, kc * 16, lane);
+          mma_bf16(s[nb], q_frag[kc], bk[0], bk[1]);
+          mma_bf16(s[nb + 1], q_frag[kc], bk[2], bk[3]);
+          mma_bf16(dp[nb], do_frag[kc], bv[0], bv[1]);
+          mma_bf16(dp[nb + 1], do_frag[kc], bv[2], bv[3]);
+        }
+#pragma unroll
+      for (int nb = 0; nb < kKBlocks; ++nb)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int r = e >> 1;
+          float prob = exp2f(s[nb][e] * p.scale_log2 - lse_log2[r]);
+          if (kMasked && !mask.visible(row_a + 8 * r, j0 + nb * 8 + quad * 2 + (e & 1))) prob = 0.f;
+          dp[nb][e] = prob * (dp[nb][e] - delta[r]);
+        }
+      // dQ += dS K
+#pragma unroll
+      for (int kc = 0; kc < kN / 16; ++kc) {
+        const uint32_t a_ds[4] = {pack_bf16x2(dp[2 * kc][0], dp[2 * kc][1]),
+                                  pack_bf16x2(dp[2 * kc][2], dp[2 * kc][3]),
+                                  pack_bf16x2(dp[2 * kc + 1][0], dp[2 * kc + 1][1]),
+                                  pack_bf16x2(dp[2 * kc + 1][2], dp[2 * kc + 1][3])};
+#pragma unroll
+        for (int db = 0; db < kDBlocks; db += 2) {
+          uint32_t bk[4];
+          load_b_cols<kStride>(bk, k_tile, kc * 16, db * 8, lane);
+          mma_bf16(dq[db], a_ds, bk[0], bk[1]);
+          mma_bf16(dq[db + 1], a_ds, bk[2], bk[3]);
+        }
       }
-    const bool needs_mask = mask.tile_needs_mask(q0, kQueriesPerBlock, j0, kN);
-#pragma unroll
-    for (int nb = 0; nb < kKBlocks; ++nb)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int r = e >> 1;
-        float prob = exp2f(s[nb][e] * p.scale_log2 - lse_log2[r]);
-        if (needs_mask && !mask.visible(row_a + 8 * r, j0 + nb * 8 + quad * 2 + (e & 1))) prob = 0.f;
-        dp[nb][e] = prob * (dp[nb][e] - delta[r]);
-      }
-    // dQ += dS K
-#pragma unroll
-    for (int kc = 0; kc < kN / 16; ++kc) {
-      const uint32_t a_ds[4] = {pack_bf16x2(dp[2 * kc][0], dp[2 * kc][1]),
-                                pack_bf16x2(dp[2 * kc][2], dp[2 * kc][3]),
-                                pack_bf16x2(dp[2 * kc + 1][0], dp[2 * kc + 1][1]),
-                                pack_bf16x2(dp[2 * kc + 1][2], dp[2 * kc + 1][3])};
-#pragma unroll
-      for (int db = 0; db < kDBlocks; db += 2) {
-        uint32_t bk[4];
-        load_b_cols<kStride>(bk, k_tile, kc * 16, db * 8, lane);
-        mma_bf16(dq[db], a_ds, bk[0], bk[1]);
-        mma_bf16(dq[db + 1], a_ds, bk[2], bk[3]);
-      }
-    }
+    };
+    if (mask.tile_needs_mask(q0, kQueriesPerBlock, j0, kN))
+      step(std::true_type{});
+    else
+      step(std::false_type{});
     __syncthreads();
   }
 

@@ -7,6 +7,8 @@
 // per-head largest logit (per-block partials, reduced by a second tiny kernel
 // in a fixed order), and, only in the kKbar instantiation, kbar = P K
 // accumulated beside P V for the span decomposition.
+#include <type_traits>
+
 #include "ops/cuda/attention_common.cuh"
 #include "ops/cuda/cuda_check.h"
 #include "ops/cuda/device_utils.cuh"
@@ -103,83 +105,93 @@ __global__ void __launch_bounds__(kThreads)
     const bf16* v_tile = v_tiles + stage * Shape::kTile;
     const int k0 = tile * kBlockN;
 
-    // S = Q K^T for this warp's 16 rows.
-    float s[kKeyBlocks][4] = {};
+    // One instantiation with the mask for tiles it cuts, one without for the
+    // rest (the bulk of a global head). Skipping, per warp, the 16-key chunks
+    // the mask hides entirely was measured slower (docs/CUDA.md).
+    auto attend = [&](auto masked) {
+      constexpr bool kMasked = decltype(masked)::value;
+      // S = Q K^T for this warp's 16 rows.
+      float s[kKeyBlocks][4] = {};
 #pragma unroll
-    for (int kc = 0; kc < D / 16; ++kc) {
-      uint32_t a[4];
-      if constexpr (Shape::kQInRegisters) {
+      for (int kc = 0; kc < D / 16; ++kc) {
+        uint32_t a[4];
+        if constexpr (Shape::kQInRegisters) {
 #pragma unroll
-        for (int e = 0; e < 4; ++e) a[e] = q_frag[kc][e];
-      } else {
-        load_a<kStride>(a, q_tile, warp * 16, kc * 16, lane);
-      }
-#pragma unroll
-      for (int nb = 0; nb < kKeyBlocks; nb += 2) {
-        uint32_t bfrag[4];
-        load_b_rows<kStride>(bfrag, k_tile, nb * 8, kc * 16, lane);
-        mma_bf16(s[nb], a, bfrag[0], bfrag[1]);
-        mma_bf16(s[nb + 1], a, bfrag[2], bfrag[3]);
-      }
-    }
-    if (mask.tile_needs_mask(q0, kBlockM, k0, kBlockN)) {
-#pragma unroll
-      for (int nb = 0; nb < kKeyBlocks; ++nb)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int i = e < 2 ? row_a : row_b;
-          const int j = k0 + nb * 8 + quad * 2 + (e & 1);
-          if (!mask.visible(i, j)) s[nb][e] = -INFINITY;
+          for (int e = 0; e < 4; ++e) a[e] = q_frag[kc][e];
+        } else {
+          load_a<kStride>(a, q_tile, warp * 16, kc * 16, lane);
         }
-    }
+#pragma unroll
+        for (int nb = 0; nb < kKeyBlocks; nb += 2) {
+          uint32_t bfrag[4];
+          load_b_rows<kStride>(bfrag, k_tile, nb * 8, kc * 16, lane);
+          mma_bf16(s[nb], a, bfrag[0], bfrag[1]);
+          mma_bf16(s[nb + 1], a, bfrag[2], bfrag[3]);
+        }
+      }
+      if constexpr (kMasked) {
+#pragma unroll
+        for (int nb = 0; nb < kKeyBlocks; ++nb)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int i = e < 2 ? row_a : row_b;
+            const int j = k0 + nb * 8 + quad * 2 + (e & 1);
+            if (!mask.visible(i, j)) s[nb][e] = -INFINITY;
+          }
+      }
 
-    // Online softmax: rescale what was accumulated by exp(old max - new max).
+      // Online softmax: rescale what was accumulated by exp(old max - new max).
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      float m = row_max[r];
+      for (int r = 0; r < 2; ++r) {
+        float m = row_max[r];
 #pragma unroll
-      for (int nb = 0; nb < kKeyBlocks; ++nb) m = fmaxf(m, fmaxf(s[nb][2 * r], s[nb][2 * r + 1]));
-      m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
-      m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
-      // A row that has seen only masked keys keeps max -inf; subtract 0 then.
-      const float base = m == -INFINITY ? 0.f : m * p.scale_log2;
-      const float alpha = exp2f(row_max[r] * p.scale_log2 - base);
-      row_max[r] = m;
-      row_sum[r] *= alpha;
+        for (int nb = 0; nb < kKeyBlocks; ++nb) m = fmaxf(m, fmaxf(s[nb][2 * r], s[nb][2 * r + 1]));
+        m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
+        m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
+        // A row that has seen only masked keys keeps max -inf; subtract 0 then.
+        const float base = m == -INFINITY ? 0.f : m * p.scale_log2;
+        const float alpha = exp2f(row_max[r] * p.scale_log2 - base);
+        row_max[r] = m;
+        row_sum[r] *= alpha;
 #pragma unroll
-      for (int db = 0; db < kDBlocks; ++db) {
-        o_acc[db][2 * r] *= alpha, o_acc[db][2 * r + 1] *= alpha;
-        if constexpr (kKbar) kbar_acc[db][2 * r] *= alpha, kbar_acc[db][2 * r + 1] *= alpha;
-      }
-#pragma unroll
-      for (int nb = 0; nb < kKeyBlocks; ++nb)
-#pragma unroll
-        for (int e = 2 * r; e < 2 * r + 2; ++e) {
-          s[nb][e] = exp2f(s[nb][e] * p.scale_log2 - base);
-          row_sum[r] += s[nb][e];
+        for (int db = 0; db < kDBlocks; ++db) {
+          o_acc[db][2 * r] *= alpha, o_acc[db][2 * r + 1] *= alpha;
+          if constexpr (kKbar) kbar_acc[db][2 * r] *= alpha, kbar_acc[db][2 * r + 1] *= alpha;
         }
-    }
+#pragma unroll
+        for (int nb = 0; nb < kKeyBlocks; ++nb)
+#pragma unroll
+          for (int e = 2 * r; e < 2 * r + 2; ++e) {
+            s[nb][e] = exp2f(s[nb][e] * p.scale_log2 - base);
+            row_sum[r] += s[nb][e];
+          }
+      }
 
-    // O += P V (and kbar += P K), P as bf16 A fragments straight from registers.
+      // O += P V (and kbar += P K), P as bf16 A fragments straight from registers.
 #pragma unroll
-    for (int kc = 0; kc < kBlockN / 16; ++kc) {
-      const uint32_t a[4] = {pack_bf16x2(s[2 * kc][0], s[2 * kc][1]),
-                             pack_bf16x2(s[2 * kc][2], s[2 * kc][3]),
-                             pack_bf16x2(s[2 * kc + 1][0], s[2 * kc + 1][1]),
-                             pack_bf16x2(s[2 * kc + 1][2], s[2 * kc + 1][3])};
+      for (int kc = 0; kc < kBlockN / 16; ++kc) {
+        const uint32_t a[4] = {pack_bf16x2(s[2 * kc][0], s[2 * kc][1]),
+                               pack_bf16x2(s[2 * kc][2], s[2 * kc][3]),
+                               pack_bf16x2(s[2 * kc + 1][0], s[2 * kc + 1][1]),
+                               pack_bf16x2(s[2 * kc + 1][2], s[2 * kc + 1][3])};
 #pragma unroll
-      for (int db = 0; db < kDBlocks; db += 2) {
-        uint32_t bfrag[4];
-        load_b_cols<kStride>(bfrag, v_tile, kc * 16, db * 8, lane);
-        mma_bf16(o_acc[db], a, bfrag[0], bfrag[1]);
-        mma_bf16(o_acc[db + 1], a, bfrag[2], bfrag[3]);
-        if constexpr (kKbar) {
-          load_b_cols<kStride>(bfrag, k_tile, kc * 16, db * 8, lane);
-          mma_bf16(kbar_acc[db], a, bfrag[0], bfrag[1]);
-          mma_bf16(kbar_acc[db + 1], a, bfrag[2], bfrag[3]);
+        for (int db = 0; db < kDBlocks; db += 2) {
+          uint32_t bfrag[4];
+          load_b_cols<kStride>(bfrag, v_tile, kc * 16, db * 8, lane);
+          mma_bf16(o_acc[db], a, bfrag[0], bfrag[1]);
+          mma_bf16(o_acc[db + 1], a, bfrag[2], bfrag[3]);
+          if constexpr (kKbar) {
+            load_b_cols<kStride>(bfrag, k_tile, kc * 16, db * 8, lane);
+            mma_bf16(kbar_acc[db], a, bfrag[0], bfrag[1]);
+            mma_bf16(kbar_acc[db + 1], a, bfrag[2], bfrag[3]);
+          }
         }
       }
-    }
+    };
+    if (mask.tile_needs_mask(q0, kBlockM, k0, kBlockN))
+      attend(std::true_type{});
+    else
+      attend(std::false_type{});
     __syncthreads();  // the next iteration's prefetch overwrites this stage
   }
 

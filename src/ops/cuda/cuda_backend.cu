@@ -226,6 +226,11 @@ void* cuda_stream_of(Backend& backend) {
 std::unique_ptr<Backend> make_cuda_backend() {
   int count = 0;
   const cudaError_t err = cudaGetDeviceCount(&count);
+  if (err == cudaErrorInsufficientDriver) {
+    cudaGetLastError();
+    fail("no CUDA GPU found: no NVIDIA driver is loaded, or it is older than the CUDA ",
+         CUDART_VERSION / 1000, ".", CUDART_VERSION % 1000 / 10, " runtime this lsgpt was built with");
+  }
   if (err != cudaSuccess) {
     cudaGetLastError();
     fail("no CUDA GPU found: ", cudaGetErrorString(err));

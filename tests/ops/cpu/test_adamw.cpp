@@ -10,8 +10,8 @@
 #include <limits>
 #include <vector>
 
-#include "../../support/numeric.h"
 #include "ops/cpu/adamw.h"
+#include "support/numeric.h"
 
 namespace lsgpt {
 namespace {

@@ -39,7 +39,9 @@ TEST(AttentionBackward, FiniteDifferencesInDouble) {
     std::vector<double> qkv = random_vector<double>(n_out * 3, ++seed, -1.5, 1.5);
     const std::vector<double> weights = random_vector<double>(n_out, ++seed);
     // L = sum(out * weights), so dL/dout = weights.
-    auto loss = [&] { return testing::dot(testing::run_cpu_attention<double>(qkv, {}, s).out, weights); };
+    auto loss = [&] {
+      return testing::dot(testing::run_cpu_attention<double>(qkv, {}, s).out, weights);
+    };
     const auto analytic = testing::run_cpu_attention<double>(qkv, weights, s).dqkv;
     const auto numeric = testing::numeric_gradient(qkv, loss);
     EXPECT_LT(relative_error(analytic, numeric), 1e-7);
@@ -67,7 +69,9 @@ void check_against_reference(double tol) {
   }
 }
 
-TEST(AttentionBackward, MatchesExplicitReferenceInDouble) { check_against_reference<double>(1e-11); }
+TEST(AttentionBackward, MatchesExplicitReferenceInDouble) {
+  check_against_reference<double>(1e-11);
+}
 
 // fp32 kernels against the fp64 reference; the gradient sums cancel more than
 // the forward's, hence the looser bound.

@@ -23,9 +23,9 @@ struct DecodeCase {
 
 template <typename T>
 void check_decode(const DecodeCase& c) {
-  SCOPED_TRACE(::testing::Message() << "B=" << c.B << " T=" << c.T << " H=" << c.H << " D=" << c.D
-                                    << " n_local=" << c.n_local << " w=" << c.window
-                                    << " max_T=" << c.max_T);
+  SCOPED_TRACE(::testing::Message()
+               << "B=" << c.B << " T=" << c.T << " H=" << c.H << " D=" << c.D
+               << " n_local=" << c.n_local << " w=" << c.window << " max_T=" << c.max_T);
   const AttentionSpec fs = testing::make_attention_spec(c.B, c.T, c.H, c.D, c.n_local, c.window);
   const int C = fs.C(), n_global = c.H - c.n_local;
   const auto qkv_d = random_vector<double>(size_t(c.B) * c.T * 3 * C, 4242 + c.T, -1.5, 1.5);
@@ -69,7 +69,8 @@ void check_decode(const DecodeCase& c) {
         const T* vc = local ? &v_local[at] : &v_global[at];
         for (int d = 0; d < c.D; ++d) {
           const size_t src = (size_t(b) * c.T + pos) * 3 * C + size_t(h) * c.D + d;
-          ASSERT_EQ(kc[d], pos < 0 ? T(0) : qkv[src + C]) << "b " << b << " h " << h << " slot " << slot;
+          ASSERT_EQ(kc[d], pos < 0 ? T(0) : qkv[src + C])
+              << "b " << b << " h " << h << " slot " << slot;
           ASSERT_EQ(vc[d], pos < 0 ? T(0) : qkv[src + 2 * C]);
         }
       }

@@ -10,9 +10,9 @@
 #include <random>
 #include <sstream>
 
+#include "../../support/numeric.h"
 #include "ops/backend.h"
 #include "ops/cpu/attention_tile.h"
-#include "../../support/numeric.h"
 #include "test_attention_reference.h"
 
 namespace lsgpt {
@@ -20,18 +20,18 @@ namespace {
 
 using testing::AttentionReference;
 using testing::describe;
+using testing::make_attention_spec;
 using testing::random_vector;
 using testing::relative_error;
-using testing::make_attention_spec;
 
 // Edge cases, then shapes that cross several query blocks (16 and 32 rows)
 // and use the full register tiles (32-wide), then random LS configurations.
 std::vector<AttentionSpec> forward_specs() {
   std::vector<AttentionSpec> specs = {
-      make_attention_spec(1, 1, 1, 1, 0, 1),     make_attention_spec(1, 1, 2, 3, 1, 1),
-      make_attention_spec(2, 9, 3, 5, 2, 1),     make_attention_spec(2, 9, 3, 5, 3, 9),
-      make_attention_spec(2, 9, 3, 5, 3, 50),    make_attention_spec(1, 12, 2, 7, 0, 1),
-      make_attention_spec(2, 40, 4, 8, 4, 3),    make_attention_spec(1, 70, 3, 33, 2, 20),
+      make_attention_spec(1, 1, 1, 1, 0, 1),      make_attention_spec(1, 1, 2, 3, 1, 1),
+      make_attention_spec(2, 9, 3, 5, 2, 1),      make_attention_spec(2, 9, 3, 5, 3, 9),
+      make_attention_spec(2, 9, 3, 5, 3, 50),     make_attention_spec(1, 12, 2, 7, 0, 1),
+      make_attention_spec(2, 40, 4, 8, 4, 3),     make_attention_spec(1, 70, 3, 33, 2, 20),
       make_attention_spec(1, 150, 2, 64, 1, 100), make_attention_spec(1, 150, 2, 40, 1, 130),
   };
   std::mt19937_64 rng(1234);
@@ -52,7 +52,8 @@ void check_forward(double tol) {
     EXPECT_LT(relative_error(got.lse, ref.lse), tol);
     EXPECT_LT(relative_error(got.kbar, ref.kbar), tol);
     for (int h = 0; h < s.n_head; ++h)
-      EXPECT_NEAR(double(got.max_logit[h]), ref.max_logit[h], tol * (1 + std::abs(ref.max_logit[h])))
+      EXPECT_NEAR(double(got.max_logit[h]), ref.max_logit[h],
+                  tol * (1 + std::abs(ref.max_logit[h])))
           << "head " << h;
   }
 }
@@ -135,8 +136,8 @@ TEST(AttentionForward, BackendAdapterMatchesKernels) {
   const auto want = testing::run_cpu_attention<double>(qkv, dout, s);
   auto be = make_backend("cpu64");
   DeviceBuffer d_qkv(*be, nqkv * 8), d_dout(*be, nout * 8), d_out(*be, nout * 8),
-      d_kbar(*be, nout * 8), d_lse(*be, size_t(s.B) * s.n_head * s.T * 8),
-      d_ml(*be, s.n_head * 8), d_dqkv(*be, nqkv * 8);
+      d_kbar(*be, nout * 8), d_lse(*be, size_t(s.B) * s.n_head * s.T * 8), d_ml(*be, s.n_head * 8),
+      d_dqkv(*be, nqkv * 8);
   be->upload(d_qkv.get(), qkv.data(), nqkv * 8);
   be->upload(d_dout.get(), dout.data(), nout * 8);
   be->attention_forward(d_out.get(), d_lse.get(), d_ml.get(), d_kbar.get(), d_qkv.get(), s);

@@ -31,8 +31,7 @@ inline bool reference_masked(const AttentionSpec& s, int h, int i, int j) {
 }
 
 // g' = a_par g_par + a_perp g_perp; g unchanged when u.u <= 1e-12 (1 + g.g).
-inline void reference_project(double* g, const std::vector<double>& u, int D,
-                              const SpanTarget& t) {
+inline void reference_project(double* g, const std::vector<double>& u, int D, const SpanTarget& t) {
   double gu = 0, uu = 0, gg = 0;
   for (int d = 0; d < D; ++d) gu += g[d] * u[d], uu += u[d] * u[d], gg += g[d] * g[d];
   if (uu <= 1e-12 * (1 + gg)) return;
@@ -127,7 +126,8 @@ inline AttentionReference reference_attention(const std::vector<double>& qkv,
         }
         reference_project(dK[j].data(), u, D, span.k);
       }
-      for (int j = 0; j < T && span.v.enabled; ++j) reference_project(dV[j].data(), V[j], D, span.v);
+      for (int j = 0; j < T && span.v.enabled; ++j)
+        reference_project(dV[j].data(), V[j], D, span.v);
 
       for (int t = 0; t < T; ++t)
         for (int d = 0; d < D; ++d) {

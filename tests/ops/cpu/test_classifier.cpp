@@ -10,9 +10,9 @@
 #include <random>
 #include <vector>
 
-#include "../../support/numeric.h"
 #include "core/error.h"
 #include "ops/cpu/classifier.h"
+#include "support/numeric.h"
 
 namespace lsgpt {
 namespace {
@@ -96,8 +96,8 @@ TEST(CpuClassifier, GradientMatchesFiniteDifferencesWithPaddingAndIgnoredRows) {
   };
   // The reference losses must equal the kernel's before they define the check.
   std::vector<double> kernel_losses(k.N), scratch = x;
-  cpu::softmax_cross_entropy(kernel_losses.data(), scratch.data(), k.targets.data(), k.N, k.V,
-                             k.Vp, dloss, false);
+  cpu::softmax_cross_entropy(kernel_losses.data(), scratch.data(), k.targets.data(), k.N, k.V, k.Vp,
+                             dloss, false);
   ASSERT_LT(relative_error(kernel_losses, reference_losses(k, x)), 1e-14);
   const auto num = numeric_gradient(x, loss, 1e-5);
 
@@ -144,8 +144,8 @@ TEST(CpuClassifier, TargetOutsideVocabularyIsRefused) {
   k.targets[1] = k.V;  // a padded column is not a valid target either
   std::vector<double> losses(k.N);
   auto logits = k.logits;
-  EXPECT_THROW(cpu::softmax_cross_entropy(losses.data(), logits.data(), k.targets.data(), k.N,
-                                          k.V, k.Vp, 1.0, true),
+  EXPECT_THROW(cpu::softmax_cross_entropy(losses.data(), logits.data(), k.targets.data(), k.N, k.V,
+                                          k.Vp, 1.0, true),
                Error);
   EXPECT_EQ(logits, k.logits);  // refused before anything was written
 }

@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "ops/cpu/embedding.h"
-#include "../../support/numeric.h"
+#include "support/numeric.h"
 
 namespace lsgpt {
 namespace {
@@ -55,8 +55,8 @@ TEST(CpuEmbedding, ForwardMatchesReferenceInFloatAndDouble) {
 
   std::vector<float> wte32(wte.begin(), wte.end()), wpe32(wpe.begin(), wpe.end());
   std::vector<float> out32(ref.size(), NAN);
-  cpu::embedding_forward(out32.data(), k.tokens.data(), wte32.data(), wpe32.data(), k.B, k.T,
-                         k.C, k.pos0);
+  cpu::embedding_forward(out32.data(), k.tokens.data(), wte32.data(), wpe32.data(), k.B, k.T, k.C,
+                         k.pos0);
   // One float rounding of each input and of the sum: a few ulp of float.
   EXPECT_LT(relative_error(out32, ref), 1e-6);
 }
@@ -96,8 +96,8 @@ TEST(CpuEmbedding, BackwardFloatAgreesWithDouble) {
   std::vector<float> dwte32(dwte64.begin(), dwte64.end()), dwpe32(dwpe64.begin(), dwpe64.end());
   cpu::embedding_backward(dwte64.data(), dwpe64.data(), dout.data(), k.tokens.data(), k.B, k.T,
                           k.C);
-  cpu::embedding_backward(dwte32.data(), dwpe32.data(), dout32.data(), k.tokens.data(), k.B,
-                          k.T, k.C);
+  cpu::embedding_backward(dwte32.data(), dwpe32.data(), dout32.data(), k.tokens.data(), k.B, k.T,
+                          k.C);
   EXPECT_LT(relative_error(dwte32, dwte64), 1e-6);
   EXPECT_LT(relative_error(dwpe32, dwpe64), 1e-6);
 }

@@ -7,8 +7,8 @@
 #include <limits>
 #include <vector>
 
-#include "../../support/numeric.h"
 #include "ops/cpu/gelu.h"
+#include "support/numeric.h"
 
 namespace lsgpt {
 namespace {
@@ -21,7 +21,8 @@ using testing::relative_error;
 std::vector<double> reference_forward(const std::vector<double>& x) {
   std::vector<double> y(x.size());
   for (size_t i = 0; i < x.size(); ++i)
-    y[i] = 0.5 * x[i] * (1 + std::tanh(std::sqrt(2 / M_PI) * (x[i] + 0.044715 * std::pow(x[i], 3))));
+    y[i] =
+        0.5 * x[i] * (1 + std::tanh(std::sqrt(2 / M_PI) * (x[i] + 0.044715 * std::pow(x[i], 3))));
   return y;
 }
 

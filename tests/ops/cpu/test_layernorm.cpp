@@ -8,8 +8,8 @@
 #include <cmath>
 #include <vector>
 
-#include "../../support/numeric.h"
 #include "ops/cpu/layernorm.h"
+#include "support/numeric.h"
 
 namespace lsgpt {
 namespace {
@@ -57,8 +57,7 @@ TEST(CpuLayerNorm, ForwardMatchesReferenceInFloatAndDouble) {
   const auto ref = reference_forward(x, w, b, N, C);
 
   std::vector<double> out(x.size(), NAN), mean(N, NAN), rstd(N, NAN);
-  cpu::layernorm_forward(out.data(), mean.data(), rstd.data(), x.data(), w.data(), b.data(), N,
-                         C);
+  cpu::layernorm_forward(out.data(), mean.data(), rstd.data(), x.data(), w.data(), b.data(), N, C);
   EXPECT_LT(relative_error(out, ref.out), 1e-12);
   EXPECT_LT(relative_error(mean, ref.mean), 1e-14);
   EXPECT_LT(relative_error(rstd, ref.rstd), 1e-12);
@@ -113,8 +112,7 @@ TEST(CpuLayerNorm, BackwardFloatAgreesWithDouble) {
   const auto b = random_vector<double>(C, 13);
   const auto dout = random_vector<double>(x.size(), 14);
   std::vector<double> out(x.size()), mean(N), rstd(N);
-  cpu::layernorm_forward(out.data(), mean.data(), rstd.data(), x.data(), w.data(), b.data(), N,
-                         C);
+  cpu::layernorm_forward(out.data(), mean.data(), rstd.data(), x.data(), w.data(), b.data(), N, C);
   auto dx = random_vector<double>(x.size(), 15);
   auto dw = random_vector<double>(C, 16), db = random_vector<double>(C, 17);
   std::vector<float> x32(x.begin(), x.end()), w32(w.begin(), w.end()), b32(b.begin(), b.end());
@@ -125,8 +123,8 @@ TEST(CpuLayerNorm, BackwardFloatAgreesWithDouble) {
                          b32.data(), N, C);
   cpu::layernorm_backward(dx.data(), dw.data(), db.data(), dout.data(), x.data(), w.data(),
                           mean.data(), rstd.data(), N, C);
-  cpu::layernorm_backward(dx32.data(), dw32.data(), db32.data(), d32.data(), x32.data(),
-                          w32.data(), mean32.data(), rstd32.data(), N, C);
+  cpu::layernorm_backward(dx32.data(), dw32.data(), db32.data(), d32.data(), x32.data(), w32.data(),
+                          mean32.data(), rstd32.data(), N, C);
   EXPECT_LT(relative_error(dx32, dx), 1e-5);
   EXPECT_LT(relative_error(dw32, dw), 1e-5);
   EXPECT_LT(relative_error(db32, db), 1e-6);

@@ -7,8 +7,8 @@
 #include <cmath>
 #include <vector>
 
-#include "../../support/numeric.h"
 #include "ops/cpu/matmul.h"
+#include "support/numeric.h"
 
 namespace lsgpt {
 namespace {
@@ -23,9 +23,10 @@ double gelu_reference(double x) {
 }
 
 // Returns pre-activations and outputs.
-std::pair<std::vector<double>, std::vector<double>> reference_forward(
-    const std::vector<double>& x, const std::vector<double>& w, const double* bias, bool gelu,
-    int N, int C, int OC) {
+std::pair<std::vector<double>, std::vector<double>> reference_forward(const std::vector<double>& x,
+                                                                      const std::vector<double>& w,
+                                                                      const double* bias, bool gelu,
+                                                                      int N, int C, int OC) {
   std::vector<double> pre(size_t(N) * OC), out(size_t(N) * OC);
   for (int n = 0; n < N; ++n)
     for (int o = 0; o < OC; ++o) {
@@ -56,8 +57,8 @@ TEST_P(MatmulVariant, ForwardMatchesReferenceInFloatAndDouble) {
   const auto [ref_pre, ref_out] = reference_forward(x, w, bias, with_gelu(), s.N, s.C, s.OC);
 
   std::vector<double> out(ref_out.size(), NAN), pre(ref_pre.size(), NAN);
-  cpu::matmul_forward(out.data(), with_gelu() ? pre.data() : nullptr, x.data(), w.data(), bias,
-                      s.N, s.C, s.OC);
+  cpu::matmul_forward(out.data(), with_gelu() ? pre.data() : nullptr, x.data(), w.data(), bias, s.N,
+                      s.C, s.OC);
   EXPECT_LT(relative_error(out, ref_out), 1e-14);
   if (with_gelu()) {
     EXPECT_LT(relative_error(pre, ref_pre), 1e-14);
@@ -124,9 +125,9 @@ TEST_P(MatmulVariant, BackwardFloatAgreesWithDoubleAndIsReproducible) {
         pre32(pre.begin(), pre.end()), d32(dout.begin(), dout.end());
     auto dx32 = random_vector<float>(x.size(), 14), dw32 = random_vector<float>(w.size(), 15),
          db32 = random_vector<float>(s.OC, 16);
-    cpu::matmul_backward(dx32.data(), dw32.data(), with_bias() ? db32.data() : nullptr,
-                         d32.data(), x32.data(), w32.data(),
-                         with_gelu() ? pre32.data() : nullptr, s.N, s.C, s.OC);
+    cpu::matmul_backward(dx32.data(), dw32.data(), with_bias() ? db32.data() : nullptr, d32.data(),
+                         x32.data(), w32.data(), with_gelu() ? pre32.data() : nullptr, s.N, s.C,
+                         s.OC);
     return std::vector<std::vector<float>>{dx32, dw32, db32};
   };
   const auto got = run32();

@@ -6,8 +6,8 @@
 #include <cmath>
 #include <vector>
 
-#include "../../support/numeric.h"
 #include "ops/cpu/residual.h"
+#include "support/numeric.h"
 
 namespace lsgpt {
 namespace {
