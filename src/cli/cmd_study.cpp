@@ -206,8 +206,11 @@ void run_study(StudyFlags& f) {
       << "- training: " << tc.steps << " steps, batch " << tc.batch_size << " x "
       << (tc.seq_len ? tc.seq_len : base.seq_len) << " tokens, grad accum " << tc.grad_accum
       << ", lr " << tc.lr << ", warm-up " << tc.warmup << ", device " << tc.device << "\n"
-      << "- seeds: " << f.seeds << "; final validation loss over the whole WikiText-2 "
-         "validation split\n"
+      << "- seeds: " << f.seeds << "; final validation loss over "
+      << (tc.final_eval_batches ? "the first " + std::to_string(tc.final_eval_batches) +
+                                      " batches of"
+                                : std::string("the whole"))
+      << " the WikiText-2 validation split\n"
       << "- 'beyond seed spread' means |mean - canonical mean| > max(std of the setting, std of "
          "canonical)\n\n"
       << md.str() << "\n" << plot_note;
@@ -246,6 +249,9 @@ void add_study_command(CLI::App& app) {
   cmd->add_option("--warmup", t.warmup)->capture_default_str();
   cmd->add_option("--eval-every", t.eval_every)->capture_default_str();
   cmd->add_option("--eval-batches", t.eval_batches)->capture_default_str();
+  cmd->add_option("--final-eval-batches", t.final_eval_batches,
+                  "validation batches for each run's final loss (0: whole file)")
+      ->capture_default_str();
   cmd->callback([f] { run_study(*f); });
 }
 

@@ -108,6 +108,9 @@ void add_train_command(CLI::App& app) {
   keyed(cmd->add_option("--eval-batches", t.eval_batches,
                         "validation batches per intermediate evaluation")
             ->capture_default_str()->group(run), "eval_batches");
+  keyed(cmd->add_option("--final-eval-batches", t.final_eval_batches,
+                        "validation batches for the evaluation at the end (0: whole file)")
+            ->capture_default_str()->group(run), "final_eval_batches");
   keyed(cmd->add_option("--checkpoint-every", t.checkpoint_every,
                         "steps between checkpoints (0: end only)")
             ->capture_default_str()->group(run), "checkpoint_every");

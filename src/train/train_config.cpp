@@ -25,6 +25,7 @@ void TrainConfig::validate() const {
   if (eval_every < 0 || checkpoint_every < 0 || log_every < 1)
     fail("--eval-every and --checkpoint-every must be >= 0, --log-every >= 1");
   if (eval_batches < 1) fail("--eval-batches must be >= 1");
+  if (final_eval_batches < 0) fail("--final-eval-batches must be >= 0 (0: the whole file)");
   if (!(max_time >= 0)) fail("--max-time must be >= 0");
   if (stop_at < 0) fail("--stop-at must be >= 0");
   if (max_nonfinite < 1) fail("--max-nonfinite must be >= 1");
@@ -47,6 +48,7 @@ json TrainConfig::to_json() const {
   j["out_dir"] = out_dir;
   j["eval_every"] = eval_every;
   j["eval_batches"] = eval_batches;
+  j["final_eval_batches"] = final_eval_batches;
   j["checkpoint_every"] = checkpoint_every;
   j["log_every"] = log_every;
   j["max_time"] = max_time;
@@ -68,6 +70,7 @@ TrainConfig TrainConfig::from_json(const json& j) {
     get("weight_decay", c.weight_decay), get("beta1", c.beta1), get("beta2", c.beta2);
     get("eps", c.eps), get("clip", c.clip), get("eval_every", c.eval_every);
     get("eval_batches", c.eval_batches), get("checkpoint_every", c.checkpoint_every);
+    get("final_eval_batches", c.final_eval_batches);
     get("log_every", c.log_every), get("seed", c.seed), get("max_time", c.max_time);
     get("stop_at", c.stop_at), get("max_nonfinite", c.max_nonfinite);
   } catch (const json::exception& e) {

@@ -24,7 +24,8 @@ struct TrainConfig {
   double beta1 = 0.9, beta2 = 0.95, eps = 1e-8;
   double clip = 1.0;  // global-norm clipping; 0 disables
   long eval_every = 100;
-  long eval_batches = 20;  // during training; the final evaluation uses the whole file
+  long eval_batches = 20;  // during training
+  long final_eval_batches = 0;  // the evaluation at the end; 0: the whole validation file
   long checkpoint_every = 250;
   long log_every = 10;
   uint64_t seed = 1337;

@@ -267,7 +267,8 @@ TrainResult train_model(const TrainOptions& options) {
   }
 
   const double seconds = seconds_since(t0);
-  const EvalResult final_eval = evaluate_tokens(model, valid_file, B, T, 0);
+  const EvalResult final_eval =
+      evaluate_tokens(model, valid_file, B, T, tc.final_eval_batches);
   metrics.write(json{{"type", "eval"},
                      {"step", step},
                      {"val_loss", final_eval.loss},

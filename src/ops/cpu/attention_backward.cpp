@@ -44,11 +44,27 @@ void attention_backward(T* dqkv, const T* dout, const T* qkv, const T* out, cons
     // tiles (P and dS, and their transposes).
     constexpr int kMaxBlock = 32;
     const size_t TD = size_t(Tn) * D, tile_size = size_t(kMaxBlock) * Tn;
-    auto [q, k, kt, vt, dout_h, delta, dk, dv, qsum, colsum, qbar_row, p, dp, pt, dst, dq] =
-        tile::thread_scratch<T, 16>({TD, TD, size_t(D) * ldt, size_t(D) * ldt, TD, size_t(Tn), TD,
+    // Named one by one: clang < 16 cannot use structured bindings inside OpenMP regions.
+    const auto scratch = tile::thread_scratch<T, 16>({TD, TD, size_t(D) * ldt, size_t(D) * ldt, TD, size_t(Tn), TD,
                                      TD, k_cross ? TD : 0, k_cross ? size_t(Tn) : 0,
                                      k_cross ? size_t(D) : 0, tile_size, tile_size, tile_size,
                                      tile_size, size_t(kMaxBlock) * D});
+    T* const q = scratch[0];
+    T* const k = scratch[1];
+    T* const kt = scratch[2];
+    T* const vt = scratch[3];
+    T* const dout_h = scratch[4];
+    T* const delta = scratch[5];
+    T* const dk = scratch[6];
+    T* const dv = scratch[7];
+    T* const qsum = scratch[8];
+    T* const colsum = scratch[9];
+    T* const qbar_row = scratch[10];
+    T* const p = scratch[11];
+    T* const dp = scratch[12];
+    T* const pt = scratch[13];
+    T* const dst = scratch[14];
+    T* const dq = scratch[15];
 
 #pragma omp for schedule(dynamic, 1)
     for (int task = 0; task < n_tasks; ++task) {

@@ -36,8 +36,13 @@ void attention_decode(T* out, T* k_local, T* v_local, T* k_global, T* v_global, 
 
 #pragma omp parallel if (size_t(B) * H * max_keys * D > 32768)
   {
-    auto [kt, v, s, o] = tile::thread_scratch<T, 4>(
+    // Named one by one: clang < 16 cannot use structured bindings inside OpenMP regions.
+    const auto scratch = tile::thread_scratch<T, 4>(
         {size_t(D) * max_keys, size_t(max_keys) * D, size_t(max_keys), size_t(D)});
+    T* const kt = scratch[0];
+    T* const v = scratch[1];
+    T* const s = scratch[2];
+    T* const o = scratch[3];
 #pragma omp for schedule(static)
     for (int task = 0; task < B * H; ++task) {
       const int b = task / H, h = task % H;

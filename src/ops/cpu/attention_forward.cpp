@@ -38,9 +38,18 @@ void attention_forward(T* out, T* lse, T* max_logit, T* kbar, const T* qkv,
     // along keys with unit stride), and one block's tiles.
     constexpr int kMaxBlock = 32;
     const size_t TD = size_t(Tn) * D, BD = size_t(kMaxBlock) * D;
-    auto [q, kt, v, k, s, o, kb, inv_sum] = tile::thread_scratch<T, 8>(
+    // Named one by one: clang < 16 cannot use structured bindings inside OpenMP regions.
+    const auto scratch = tile::thread_scratch<T, 8>(
         {TD, size_t(D) * ldt, TD, want_kbar ? TD : 0, size_t(kMaxBlock) * Tn, BD,
          want_kbar ? BD : 0, size_t(kMaxBlock)});
+    T* const q = scratch[0];
+    T* const kt = scratch[1];
+    T* const v = scratch[2];
+    T* const k = scratch[3];
+    T* const s = scratch[4];
+    T* const o = scratch[5];
+    T* const kb = scratch[6];
+    T* const inv_sum = scratch[7];
 
 #pragma omp for schedule(dynamic, 1)
     for (int task = 0; task < n_tasks; ++task) {
