@@ -3,6 +3,7 @@
 // half-written output file.
 #include <gtest/gtest.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <array>
 #include <cstdio>
@@ -24,7 +25,7 @@ struct Outcome {
 Outcome run(const std::string& args, const std::string& stdin_text = "") {
   std::string cmd = std::string(LSGPT_BINARY) + " " + args + " 2>&1";
   if (!stdin_text.empty()) {
-    const fs::path in = fs::path(::testing::TempDir()) / "lsgpt_cli_stdin.txt";
+    const fs::path in = fs::path(::testing::TempDir()) / ("lsgpt_cli_stdin_" + std::to_string(::getpid()) + ".txt");
     std::ofstream(in) << stdin_text;
     cmd += " < " + in.string();
   } else {
@@ -60,7 +61,10 @@ void expect_refusal(const Outcome& o, const std::string& words) {
 class Cli : public ::testing::Test {
  protected:
   void SetUp() override {
-    dir_ = fs::path(::testing::TempDir()) / "lsgpt_cli";
+    // One directory per test and process: CTest runs these tests in parallel.
+    dir_ = fs::path(::testing::TempDir()) /
+           ("lsgpt_cli_" + std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()) +
+            "_" + std::to_string(::getpid()));
     fs::create_directories(dir_);
     std::mt19937 rng(1);
     std::vector<int32_t> tokens(3000);
