@@ -48,8 +48,8 @@ void run_eval(const EvalFlags& f) {
                                      {"batches", r.batches}}
                           .dump()
                           .c_str());
-  std::fprintf(stderr, "val loss %.4f | perplexity %.2f | %ld tokens\n", r.loss, r.perplexity,
-               r.tokens);
+  std::fprintf(stderr, "%s: loss %.4f | perplexity %.2f | %ld tokens\n", f.data.c_str(), r.loss,
+               r.perplexity, r.tokens);
 }
 
 }  // namespace

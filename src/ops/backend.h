@@ -53,6 +53,12 @@ class Backend {
   virtual void upload_f32(void* dst, DType dtype, const float* host_src, size_t n) = 0;
   virtual void download_f32(float* host_dst, const void* src, DType dtype, size_t n) = 0;
   virtual void sync() = 0;
+  // Most device memory held at once by this process's allocations through
+  // the backend (buffers, workspace, scratch; not the driver's context), since
+  // the last reset: the counterpart of torch.cuda.max_memory_allocated().
+  // 0 where the backend does not track it (the CPU).
+  virtual size_t peak_memory_bytes() const { return 0; }
+  virtual void reset_peak_memory() {}
 
   // ---- embedding ----
   // out[b,t,:] = wte[tokens[b,t],:] + wpe[pos0 + t,:]; out [B,T,C].

@@ -6,11 +6,15 @@
 #include <unistd.h>
 
 #include <array>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <random>
 
+#include <nlohmann/json.hpp>
+
+#include "../ops/cuda/cuda_test_util.h"
 #include "data/token_file.h"
 
 namespace {
@@ -163,6 +167,39 @@ TEST_F(Cli, CorruptCheckpointAndLongPrompt) {
   const Outcome info = run("info --checkpoint " + ckpt);
   EXPECT_EQ(info.exit_code, 0) << info.output;
   EXPECT_NE(info.output.find("span gradient scaling: off"), std::string::npos) << info.output;
+}
+
+// The CLI end to end on the GPU: train, eval and generate with --device cuda,
+// and a checkpoint trained there evaluates to the same loss on the CPU. With
+// no usable GPU, --device cuda must be one clean refusal that writes nothing.
+TEST_F(Cli, TrainEvalAndGenerateOnCuda) {
+  const std::string model = " --n-layer 2 --n-head 2 --d-model 128 --seq-len 64 --n-local 1 --window 20 ";
+  const std::string out = path("gpu_run");
+  const std::string ckpt = out + "/checkpoint.ckpt";
+  const Outcome trained = run("train --device cuda --quiet --steps 20 --batch-size 4 --eval-every 10 "
+                              "--out-dir " + out + " --train " + train_ + " --valid " + train_ + model);
+  std::string why_not;
+  if (!lsgpt::cuda_test::cuda_backend(why_not)) {
+    expect_refusal(trained, "CUDA");
+    EXPECT_FALSE(fs::exists(ckpt));
+    GTEST_SKIP() << "no CUDA GPU (" << why_not << "); checked only the clean refusal";
+  }
+  ASSERT_EQ(trained.exit_code, 0) << trained.output;
+  auto eval_loss = [&](const std::string& device) {
+    const Outcome o = run("eval --device " + device + " --checkpoint " + ckpt + " --data " + train_);
+    EXPECT_EQ(o.exit_code, 0) << o.output;
+    const size_t start = o.output.find("{\"");
+    if (start == std::string::npos) return std::nan("");
+    return nlohmann::json::parse(o.output.substr(start, o.output.find('\n', start) - start))
+        .at("loss")
+        .get<double>();
+  };
+  const double gpu_loss = eval_loss("cuda"), cpu_loss = eval_loss("cpu");
+  EXPECT_TRUE(std::isfinite(gpu_loss));
+  EXPECT_NEAR(gpu_loss, cpu_loss, 1e-2 * cpu_loss);  // bf16 activations on the GPU
+  const Outcome sample = run("generate --device cuda --checkpoint " + ckpt + " --prompt hi -n 8 --seed 3");
+  EXPECT_EQ(sample.exit_code, 0) << sample.output;
+  EXPECT_GT(sample.output.size(), 2u) << sample.output;
 }
 
 }  // namespace

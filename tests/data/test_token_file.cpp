@@ -10,6 +10,7 @@
 #include "core/error.h"
 #include "data/token_file.h"
 #include "data_test_support.h"
+#include "support/numeric.h"
 
 namespace lsgpt {
 namespace {
@@ -17,13 +18,7 @@ namespace {
 using data_testing::read_file;
 using data_testing::ScratchDir;
 using data_testing::write_file;
-
-std::vector<int32_t> random_tokens(size_t n, int vocab, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::vector<int32_t> t(n);
-  for (auto& x : t) x = static_cast<int32_t>(rng() % static_cast<uint64_t>(vocab));
-  return t;
-}
+using testing::random_tokens;
 
 // A header with the given fields, followed by `count_in_body` tokens of 1.
 std::string make_file(const std::string& magic, uint32_t version, uint32_t vocab, uint64_t count,

@@ -15,6 +15,8 @@
 namespace lsgpt {
 namespace {
 
+using testing::random_tokens;
+
 ModelConfig tiny_config(int n_local, int window, int n_layer = 2, int n_head = 2) {
   ModelConfig c;
   c.n_layer = n_layer;
@@ -26,13 +28,6 @@ ModelConfig tiny_config(int n_local, int window, int n_layer = 2, int n_head = 2
   c.window = window;
   c.normalize_and_validate();
   return c;
-}
-
-std::vector<int32_t> random_tokens(size_t n, int vocab, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::vector<int32_t> t(n);
-  for (auto& x : t) x = int32_t(rng() % vocab);
-  return t;
 }
 
 // Larger-than-default random weights so that every path (LayerNorm gains,

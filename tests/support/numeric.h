@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <cstddef>
+#include <cstdint>
 #include <functional>
 #include <random>
 #include <string>
@@ -18,6 +19,14 @@ std::vector<T> random_vector(size_t n, uint64_t seed, double lo = -1.0, double h
   std::vector<T> v(n);
   for (auto& x : v) x = T(dist(rng));
   return v;
+}
+
+// Token ids uniform in [0, vocab).
+inline std::vector<int32_t> random_tokens(size_t n, int vocab, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::vector<int32_t> t(n);
+  for (auto& x : t) x = static_cast<int32_t>(rng() % static_cast<uint64_t>(vocab));
+  return t;
 }
 
 // ||a - b|| / max(||b||, tiny)

@@ -6,6 +6,8 @@
 #include "ops/cuda/cuda_backend.h"
 
 #include <algorithm>
+#include <mutex>
+#include <unordered_map>
 #include <vector>
 
 #include "ops/cuda/cuda_check.h"
@@ -20,7 +22,28 @@ size_t mib_ceil(size_t bytes) { return (bytes + (size_t(1) << 20) - 1) >> 20; }
 __global__ void probe_kernel(int* p) {
   if (p) *p = 1;
 }
+
+// cudaFree does not say how much it released, so sizes are remembered here.
+struct AllocationLedger {
+  std::mutex mutex;
+  std::unordered_map<void*, size_t> sizes;
+  size_t held = 0, peak = 0;
+};
+AllocationLedger& ledger() {
+  static AllocationLedger instance;
+  return instance;
+}
 }  // namespace
+
+size_t peak_allocated_bytes() {
+  std::lock_guard<std::mutex> lock(ledger().mutex);
+  return ledger().peak;
+}
+
+void reset_peak_allocated_bytes() {
+  std::lock_guard<std::mutex> lock(ledger().mutex);
+  ledger().peak = ledger().held;
+}
 
 void* device_alloc(size_t bytes) {
   if (bytes == 0) return nullptr;
@@ -34,11 +57,22 @@ void* device_alloc(size_t bytes) {
          total >> 20, " MiB");
   }
   CUDA_CHECK(err);
+  std::lock_guard<std::mutex> lock(ledger().mutex);
+  ledger().sizes[p] = bytes;
+  ledger().held += bytes;
+  ledger().peak = std::max(ledger().peak, ledger().held);
   return p;
 }
 
 void device_free(void* ptr) noexcept {
-  if (ptr) cudaFree(ptr);
+  if (!ptr) return;
+  cudaFree(ptr);
+  std::lock_guard<std::mutex> lock(ledger().mutex);
+  const auto it = ledger().sizes.find(ptr);
+  if (it != ledger().sizes.end()) {
+    ledger().held -= it->second;
+    ledger().sizes.erase(it);
+  }
 }
 
 CudaContext::CudaContext() {
@@ -135,6 +169,8 @@ class CudaBackend final : public Backend {
       default: fail("cuda backend: cannot download ", dtype_name(dtype), " values as f32");
     }
   }
+  size_t peak_memory_bytes() const override { return cuda::peak_allocated_bytes(); }
+  void reset_peak_memory() override { cuda::reset_peak_allocated_bytes(); }
   void sync() override { CUDA_CHECK(cudaStreamSynchronize(ctx_.stream())); }
   cudaStream_t stream() const { return ctx_.stream(); }
 

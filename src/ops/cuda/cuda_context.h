@@ -14,6 +14,10 @@ namespace lsgpt::cuda {
 // cudaMalloc with the project's out-of-memory message.
 void* device_alloc(size_t bytes);
 void device_free(void* ptr) noexcept;
+// Bytes held through device_alloc by this process: the most at once since the
+// last reset.
+size_t peak_allocated_bytes();
+void reset_peak_allocated_bytes();
 
 class CudaContext {
  public:
