@@ -58,4 +58,18 @@ struct alignas(16) Bf16x8 {
 
 inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
+// kVec consecutive bf16 as floats: one 16-byte load for kVec = 8 (p must be
+// 16-byte aligned), element loads otherwise.
+template <int kVec>
+__device__ __forceinline__ void load_floats(float (&out)[kVec], const __nv_bfloat16* p) {
+  if constexpr (kVec == 8) {
+    const Bf16x8 v = *reinterpret_cast<const Bf16x8*>(p);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) out[j] = __bfloat162float(v.v[j]);
+  } else {
+#pragma unroll
+    for (int j = 0; j < kVec; ++j) out[j] = __bfloat162float(p[j]);
+  }
+}
+
 }  // namespace lsgpt::cuda

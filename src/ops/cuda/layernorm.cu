@@ -1,10 +1,17 @@
 // LayerNorm (eps 1e-5) on bf16 rows with f32 statistics. One warp per row.
-// The backward adds into dinp (the residual stream) and computes the weight
-// and bias gradients as ordered column sums over fixed row blocks rather than
-// with atomics, so gradient accumulation is reproducible.
+// Where rows split into 16-byte pieces (C % 8 == 0, C <= 2048, aligned) a lane
+// keeps its pieces of the row in registers, so each row is read from memory
+// once with full-width loads; the scalar kernels are the fallback for other
+// shapes. The backward adds into dinp (the residual stream) and computes the
+// weight and bias gradients as ordered column sums over fixed row blocks
+// rather than with atomics, so gradient accumulation is reproducible.
 #include "ops/cuda/cuda_check.h"
 #include "ops/cuda/device_utils.cuh"
 #include "ops/cuda/ops.h"
+
+#include <array>
+#include <initializer_list>
+#include <utility>
 
 namespace lsgpt::cuda {
 namespace {
@@ -39,9 +46,12 @@ __global__ void layernorm_forward_kernel(bf16* out, float* mean_out, float* rstd
   }
 }
 
-__global__ void layernorm_backward_input_kernel(bf16* dinp, const bf16* dout, const bf16* inp,
-                                                const bf16* weight, const float* mean_in,
-                                                const float* rstd_in, int N, int C) {
+__global__ void layernorm_backward_input_kernel(bf16* __restrict__ dinp,
+                                                const bf16* __restrict__ dout,
+                                                const bf16* __restrict__ inp,
+                                                const bf16* __restrict__ weight,
+                                                const float* mean_in, const float* rstd_in, int N,
+                                                int C) {
   const int lane = threadIdx.x % kWarpSize;
   const int row = blockIdx.x * kRowsPerBlock + threadIdx.x / kWarpSize;
   if (row >= N) return;
@@ -66,38 +76,187 @@ __global__ void layernorm_backward_input_kernel(bf16* dinp, const bf16* dout, co
   }
 }
 
-constexpr int kColsPerBlock = 32;
+// Vectorized row kernels: lane `lane` holds 16-byte pieces lane, lane + 32, ...
+// (kPieces of them at most), so every warp access is 512 contiguous bytes.
+constexpr int kPieceElems = 8;
+constexpr int kMaxPiecesPerLane = 8;  // C <= 8 * 8 * 32 = 2048
+
+__device__ __forceinline__ float f(bf16 x) { return __bfloat162float(x); }
+
+template <int kPieces>
+__global__ void layernorm_forward_vec_kernel(bf16* __restrict__ out, float* mean_out,
+                                             float* rstd_out, const bf16* __restrict__ inp,
+                                             const bf16* __restrict__ weight,
+                                             const bf16* __restrict__ bias, int N, int C) {
+  const int lane = threadIdx.x % kWarpSize;
+  const int row = blockIdx.x * kRowsPerBlock + threadIdx.x / kWarpSize;
+  if (row >= N) return;
+  const int pieces = C / kPieceElems;
+  const Bf16x8* x = reinterpret_cast<const Bf16x8*>(inp + size_t(row) * C);
+  Bf16x8 xv[kPieces];
+  float sum = 0.0f;
+#pragma unroll
+  for (int k = 0; k < kPieces; ++k) {
+    const int p = k * kWarpSize + lane;
+    if (p < pieces) {
+      xv[k] = x[p];
+#pragma unroll
+      for (int j = 0; j < kPieceElems; ++j) sum += f(xv[k].v[j]);
+    }
+  }
+  const float mean = warp_sum(sum) / C;
+  float sq = 0.0f;
+#pragma unroll
+  for (int k = 0; k < kPieces; ++k)
+    if (k * kWarpSize + lane < pieces)
+#pragma unroll
+      for (int j = 0; j < kPieceElems; ++j) {
+        const float d = f(xv[k].v[j]) - mean;
+        sq += d * d;
+      }
+  const float rstd = rsqrtf(warp_sum(sq) / C + kEps);
+  Bf16x8* y = reinterpret_cast<Bf16x8*>(out + size_t(row) * C);
+#pragma unroll
+  for (int k = 0; k < kPieces; ++k) {
+    const int p = k * kWarpSize + lane;
+    if (p < pieces) {
+      const Bf16x8 w = reinterpret_cast<const Bf16x8*>(weight)[p];
+      const Bf16x8 b = reinterpret_cast<const Bf16x8*>(bias)[p];
+      Bf16x8 v;
+#pragma unroll
+      for (int j = 0; j < kPieceElems; ++j)
+        v.v[j] = __float2bfloat16((f(xv[k].v[j]) - mean) * rstd * f(w.v[j]) + f(b.v[j]));
+      y[p] = v;
+    }
+  }
+  if (lane == 0) {
+    mean_out[row] = mean;
+    rstd_out[row] = rstd;
+  }
+}
+
+template <int kPieces>
+__global__ void layernorm_backward_input_vec_kernel(bf16* __restrict__ dinp,
+                                                    const bf16* __restrict__ dout,
+                                                    const bf16* __restrict__ inp,
+                                                    const bf16* __restrict__ weight,
+                                                    const float* mean_in, const float* rstd_in,
+                                                    int N, int C) {
+  const int lane = threadIdx.x % kWarpSize;
+  const int row = blockIdx.x * kRowsPerBlock + threadIdx.x / kWarpSize;
+  if (row >= N) return;
+  const int pieces = C / kPieceElems;
+  const Bf16x8* x = reinterpret_cast<const Bf16x8*>(inp + size_t(row) * C);
+  const Bf16x8* g = reinterpret_cast<const Bf16x8*>(dout + size_t(row) * C);
+  const Bf16x8* w = reinterpret_cast<const Bf16x8*>(weight);
+  const float mean = mean_in[row], rstd = rstd_in[row];
+  Bf16x8 xv[kPieces], gv[kPieces];
+  float sum_dnorm = 0.0f, sum_dnorm_norm = 0.0f;
+#pragma unroll
+  for (int k = 0; k < kPieces; ++k) {
+    const int p = k * kWarpSize + lane;
+    if (p < pieces) {
+      xv[k] = x[p];
+      gv[k] = g[p];
+      const Bf16x8 wv = w[p];
+#pragma unroll
+      for (int j = 0; j < kPieceElems; ++j) {
+        const float dn = f(gv[k].v[j]) * f(wv.v[j]);
+        sum_dnorm += dn;
+        sum_dnorm_norm += dn * (f(xv[k].v[j]) - mean) * rstd;
+      }
+    }
+  }
+  const float mean_dnorm = warp_sum(sum_dnorm) / C;
+  const float mean_dnorm_norm = warp_sum(sum_dnorm_norm) / C;
+  Bf16x8* dx = reinterpret_cast<Bf16x8*>(dinp + size_t(row) * C);
+#pragma unroll
+  for (int k = 0; k < kPieces; ++k) {
+    const int p = k * kWarpSize + lane;
+    if (p < pieces) {
+      const Bf16x8 wv = w[p];
+      Bf16x8 acc = dx[p];
+#pragma unroll
+      for (int j = 0; j < kPieceElems; ++j) {
+        const float n = (f(xv[k].v[j]) - mean) * rstd;
+        const float dn = f(gv[k].v[j]) * f(wv.v[j]);
+        acc.v[j] = __float2bfloat16(f(acc.v[j]) + rstd * (dn - mean_dnorm - n * mean_dnorm_norm));
+      }
+      dx[p] = acc;
+    }
+  }
+}
+
+// How many 16-byte pieces each lane holds for rows of C, or 0 where the
+// vectorized kernels do not apply.
+int pieces_per_lane(int C, std::initializer_list<const void*> rows) {
+  if (C % kPieceElems != 0) return 0;
+  for (const void* p : rows)
+    if (!aligned16(p)) return 0;
+  const int per_lane = ceil_div(C / kPieceElems, kWarpSize);
+  return per_lane <= kMaxPiecesPerLane ? per_lane : 0;
+}
+
+using ForwardKernel = void (*)(bf16*, float*, float*, const bf16*, const bf16*, const bf16*, int,
+                               int);
+using BackwardInputKernel = void (*)(bf16*, const bf16*, const bf16*, const bf16*, const float*,
+                                     const float*, int, int);
+template <int... K>
+constexpr std::array<ForwardKernel, sizeof...(K)> forward_kernels(std::integer_sequence<int, K...>) {
+  return {layernorm_forward_vec_kernel<K + 1>...};
+}
+template <int... K>
+constexpr std::array<BackwardInputKernel, sizeof...(K)> backward_input_kernels(
+    std::integer_sequence<int, K...>) {
+  return {layernorm_backward_input_vec_kernel<K + 1>...};
+}
+
 constexpr int kRowThreads = 8;
 constexpr int kRowsPerPart = 256;
 
-// Per row block: sum of dout * norm (weight grad) and of dout (bias grad).
+// Per row block: sum of dout * norm (weight grad) and of dout (bias grad). A
+// thread owns kVec adjacent columns (8 where rows split into 16-byte pieces,
+// else 1); the order of every column's sum is the same for both.
+template <int kVec>
 __global__ void layernorm_param_partials_kernel(float* dweight_partials, float* dbias_partials,
-                                                const bf16* dout, const bf16* inp,
+                                                const bf16* __restrict__ dout,
+                                                const bf16* __restrict__ inp,
                                                 const float* mean_in, const float* rstd_in,
                                                 int N, int C) {
-  __shared__ float sums_w[kRowThreads][kColsPerBlock];
-  __shared__ float sums_b[kRowThreads][kColsPerBlock];
-  const int c = blockIdx.x * kColsPerBlock + threadIdx.x;
+  __shared__ float sums_w[kRowThreads][kVec][kWarpSize];
+  __shared__ float sums_b[kRowThreads][kVec][kWarpSize];
+  const int c0 = (blockIdx.x * kWarpSize + threadIdx.x) * kVec;
   const int part = blockIdx.y;
   const int r_end = min(N, (part + 1) * kRowsPerPart);
-  float acc_w = 0.0f, acc_b = 0.0f;
-  if (c < C)
+  float acc_w[kVec] = {}, acc_b[kVec] = {};
+  if (c0 < C)
+#pragma unroll 2
     for (int r = part * kRowsPerPart + threadIdx.y; r < r_end; r += kRowThreads) {
-      const size_t i = size_t(r) * C + c;
-      const float g = __bfloat162float(dout[i]);
-      acc_w += g * (__bfloat162float(inp[i]) - mean_in[r]) * rstd_in[r];
-      acc_b += g;
-    }
-  sums_w[threadIdx.y][threadIdx.x] = acc_w;
-  sums_b[threadIdx.y][threadIdx.x] = acc_b;
-  __syncthreads();
-  if (threadIdx.y == 0 && c < C) {
-    float tw = 0.0f, tb = 0.0f;
+      float g[kVec], x[kVec];
+      load_floats(g, dout + size_t(r) * C + c0);
+      load_floats(x, inp + size_t(r) * C + c0);
+      const float mean = mean_in[r], rstd = rstd_in[r];
 #pragma unroll
-    for (int k = 0; k < kRowThreads; ++k) tw += sums_w[k][threadIdx.x], tb += sums_b[k][threadIdx.x];
-    dweight_partials[size_t(part) * C + c] = tw;
-    dbias_partials[size_t(part) * C + c] = tb;
+      for (int j = 0; j < kVec; ++j) {
+        acc_w[j] += g[j] * (x[j] - mean) * rstd;
+        acc_b[j] += g[j];
+      }
+    }
+#pragma unroll
+  for (int j = 0; j < kVec; ++j) {
+    sums_w[threadIdx.y][j][threadIdx.x] = acc_w[j];
+    sums_b[threadIdx.y][j][threadIdx.x] = acc_b[j];
   }
+  __syncthreads();
+  if (threadIdx.y == 0 && c0 < C)
+#pragma unroll
+    for (int j = 0; j < kVec; ++j) {
+      float tw = 0.0f, tb = 0.0f;
+#pragma unroll
+      for (int k = 0; k < kRowThreads; ++k) tw += sums_w[k][j][threadIdx.x], tb += sums_b[k][j][threadIdx.x];
+      dweight_partials[size_t(part) * C + c0 + j] = tw;
+      dbias_partials[size_t(part) * C + c0 + j] = tb;
+    }
 }
 
 }  // namespace
@@ -105,8 +264,15 @@ __global__ void layernorm_param_partials_kernel(float* dweight_partials, float* 
 void layernorm_forward(CudaContext& ctx, bf16* out, float* mean, float* rstd, const bf16* inp,
                        const bf16* weight, const bf16* bias, int N, int C) {
   if (N == 0 || C == 0) return;
-  layernorm_forward_kernel<<<ceil_div(N, kRowsPerBlock), kRowsPerBlock * kWarpSize, 0,
-                             ctx.stream()>>>(out, mean, rstd, inp, weight, bias, N, C);
+  const int blocks = ceil_div(N, kRowsPerBlock), threads = kRowsPerBlock * kWarpSize;
+  if (const int k = pieces_per_lane(C, {out, inp, weight, bias})) {
+    static constexpr auto kernels =
+        forward_kernels(std::make_integer_sequence<int, kMaxPiecesPerLane>());
+    kernels[k - 1]<<<blocks, threads, 0, ctx.stream()>>>(out, mean, rstd, inp, weight, bias, N, C);
+  } else {
+    layernorm_forward_kernel<<<blocks, threads, 0, ctx.stream()>>>(out, mean, rstd, inp, weight,
+                                                                   bias, N, C);
+  }
   CUDA_CHECK_LAUNCH();
 }
 
@@ -114,16 +280,30 @@ void layernorm_backward(CudaContext& ctx, bf16* dinp, bf16* dweight, bf16* dbias
                         const bf16* dout, const bf16* inp, const bf16* weight, const float* mean,
                         const float* rstd, int N, int C) {
   if (N == 0 || C == 0) return;
-  layernorm_backward_input_kernel<<<ceil_div(N, kRowsPerBlock), kRowsPerBlock * kWarpSize, 0,
-                                    ctx.stream()>>>(dinp, dout, inp, weight, mean, rstd, N, C);
+  const int blocks = ceil_div(N, kRowsPerBlock), threads = kRowsPerBlock * kWarpSize;
+  if (const int k = pieces_per_lane(C, {dinp, dout, inp, weight})) {
+    static constexpr auto kernels =
+        backward_input_kernels(std::make_integer_sequence<int, kMaxPiecesPerLane>());
+    kernels[k - 1]<<<blocks, threads, 0, ctx.stream()>>>(dinp, dout, inp, weight, mean, rstd, N,
+                                                        C);
+  } else {
+    layernorm_backward_input_kernel<<<blocks, threads, 0, ctx.stream()>>>(dinp, dout, inp, weight,
+                                                                          mean, rstd, N, C);
+  }
   CUDA_CHECK_LAUNCH();
   const int parts = ceil_div(N, kRowsPerPart);
   ScratchCarver carve(ctx.scratch(2 * ScratchCarver::round(sizeof(float) * size_t(parts) * C)));
   float* dweight_partials = carve.take<float>(size_t(parts) * C);
   float* dbias_partials = carve.take<float>(size_t(parts) * C);
-  const dim3 grid(ceil_div(C, kColsPerBlock), parts);
-  layernorm_param_partials_kernel<<<grid, dim3(kColsPerBlock, kRowThreads), 0, ctx.stream()>>>(
-      dweight_partials, dbias_partials, dout, inp, mean, rstd, N, C);
+  const dim3 part_threads(kWarpSize, kRowThreads);
+  if (C % 8 == 0 && aligned16(dout) && aligned16(inp))
+    layernorm_param_partials_kernel<8><<<dim3(ceil_div(C, 8 * kWarpSize), parts), part_threads,
+                                         0, ctx.stream()>>>(dweight_partials, dbias_partials, dout,
+                                                         inp, mean, rstd, N, C);
+  else
+    layernorm_param_partials_kernel<1><<<dim3(ceil_div(C, kWarpSize), parts), part_threads,
+                                         0, ctx.stream()>>>(dweight_partials, dbias_partials, dout,
+                                                         inp, mean, rstd, N, C);
   CUDA_CHECK_LAUNCH();
   reduce_partials_accumulate(ctx, dweight, dweight_partials, parts, C);
   reduce_partials_accumulate(ctx, dbias, dbias_partials, parts, C);

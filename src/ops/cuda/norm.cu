@@ -11,28 +11,39 @@
 namespace lsgpt::cuda {
 namespace {
 
-constexpr int kColsPerBlock = 32;
 constexpr int kRowThreads = 8;
 constexpr int kRowsPerPart = 256;
 
-// partials[part, c] = sum of src[r, c] over the part's rows.
+// partials[part, c] = sum of src[r, c] over the part's rows. A thread owns kVec
+// adjacent columns: 8 where rows split into 16-byte pieces, else 1. Each
+// column is summed over the same rows in the same order for either kVec, so
+// the result does not depend on it.
+template <int kVec>
 __global__ void column_partials_kernel(float* partials, const bf16* src, int rows, int cols) {
-  __shared__ float sums[kRowThreads][kColsPerBlock];
-  const int c = blockIdx.x * kColsPerBlock + threadIdx.x;
+  __shared__ float sums[kRowThreads][kVec][kWarpSize];
+  const int c0 = (blockIdx.x * kWarpSize + threadIdx.x) * kVec;
   const int part = blockIdx.y;
   const int r_end = min(rows, (part + 1) * kRowsPerPart);
-  float acc = 0.0f;
-  if (c < cols)
-    for (int r = part * kRowsPerPart + threadIdx.y; r < r_end; r += kRowThreads)
-      acc += __bfloat162float(src[size_t(r) * cols + c]);
-  sums[threadIdx.y][threadIdx.x] = acc;
-  __syncthreads();
-  if (threadIdx.y == 0 && c < cols) {
-    float total = 0.0f;
+  float acc[kVec] = {};
+  if (c0 < cols)
+#pragma unroll 4
+    for (int r = part * kRowsPerPart + threadIdx.y; r < r_end; r += kRowThreads) {
+      float v[kVec];
+      load_floats(v, src + size_t(r) * cols + c0);
 #pragma unroll
-    for (int k = 0; k < kRowThreads; ++k) total += sums[k][threadIdx.x];
-    partials[size_t(part) * cols + c] = total;
-  }
+      for (int j = 0; j < kVec; ++j) acc[j] += v[j];
+    }
+#pragma unroll
+  for (int j = 0; j < kVec; ++j) sums[threadIdx.y][j][threadIdx.x] = acc[j];
+  __syncthreads();
+  if (threadIdx.y == 0 && c0 < cols)
+#pragma unroll
+    for (int j = 0; j < kVec; ++j) {
+      float total = 0.0f;
+#pragma unroll
+      for (int k = 0; k < kRowThreads; ++k) total += sums[k][j][threadIdx.x];
+      partials[size_t(part) * cols + c0 + j] = total;
+    }
 }
 
 __global__ void reduce_partials_kernel(bf16* dst, const float* partials, int parts, int cols) {
@@ -46,12 +57,22 @@ __global__ void reduce_partials_kernel(bf16* dst, const float* partials, int par
 constexpr int kSquareBlocks = 512;
 constexpr int kSquareThreads = 256;
 
+// Squares summed in f64. kVec = 8 reads 16-byte pieces (x aligned); the
+// n % kVec elements past the last piece go to the first threads of block 0.
+template <int kVec>
 __global__ void sum_squares_kernel(double* partials, const bf16* x, size_t n) {
   __shared__ double warp_sums[kSquareThreads / kWarpSize];
   double acc = 0.0;
-  for (size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+  const size_t pieces = n / kVec;
+  for (size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < pieces;
        i += size_t(gridDim.x) * blockDim.x) {
-    const double v = __bfloat162float(x[i]);
+    float v[kVec];
+    load_floats(v, x + i * kVec);
+#pragma unroll
+    for (int j = 0; j < kVec; ++j) acc += double(v[j]) * v[j];
+  }
+  if (blockIdx.x == 0 && threadIdx.x < n - pieces * kVec) {
+    const double v = __bfloat162float(x[pieces * kVec + threadIdx.x]);
     acc += v * v;
   }
 #pragma unroll
@@ -79,9 +100,13 @@ void column_sum_accumulate(CudaContext& ctx, bf16* dst, const bf16* src, int row
   if (rows == 0 || cols == 0) return;
   const int parts = ceil_div(rows, kRowsPerPart);
   float* partials = static_cast<float*>(ctx.scratch(sizeof(float) * size_t(parts) * cols));
-  const dim3 grid(ceil_div(cols, kColsPerBlock), parts);
-  column_partials_kernel<<<grid, dim3(kColsPerBlock, kRowThreads), 0, ctx.stream()>>>(
-      partials, src, rows, cols);
+  const dim3 threads(kWarpSize, kRowThreads);
+  if (cols % 8 == 0 && aligned16(src))
+    column_partials_kernel<8><<<dim3(ceil_div(cols, 8 * kWarpSize), parts), threads, 0,
+                                ctx.stream()>>>(partials, src, rows, cols);
+  else
+    column_partials_kernel<1><<<dim3(ceil_div(cols, kWarpSize), parts), threads, 0,
+                                ctx.stream()>>>(partials, src, rows, cols);
   CUDA_CHECK_LAUNCH();
   reduce_partials_accumulate(ctx, dst, partials, parts, cols);
 }
@@ -89,7 +114,10 @@ void column_sum_accumulate(CudaContext& ctx, bf16* dst, const bf16* src, int row
 double sum_squares(CudaContext& ctx, const bf16* x, size_t n) {
   if (n == 0) return 0.0;
   double* partials = static_cast<double*>(ctx.scratch(sizeof(double) * kSquareBlocks));
-  sum_squares_kernel<<<kSquareBlocks, kSquareThreads, 0, ctx.stream()>>>(partials, x, n);
+  if (aligned16(x))
+    sum_squares_kernel<8><<<kSquareBlocks, kSquareThreads, 0, ctx.stream()>>>(partials, x, n);
+  else
+    sum_squares_kernel<1><<<kSquareBlocks, kSquareThreads, 0, ctx.stream()>>>(partials, x, n);
   CUDA_CHECK_LAUNCH();
   std::vector<double> host(kSquareBlocks);
   CUDA_CHECK(cudaMemcpyAsync(host.data(), partials, sizeof(double) * kSquareBlocks,

@@ -107,6 +107,29 @@ TEST_F(CudaOps, MatmulGpt2MlpWithFusedGelu) {
            {"dbias", kBf16Tolerance}});
 }
 
+// The bias gradient's column sums over several 256-row parts (the last one
+// partial), with 16-byte pieces (OC = 104) and element loads (OC = 100).
+TEST_F(CudaOps, MatmulBiasGradientEveryKernelPath) {
+  const int N = 600, C = 64;
+  for (const int OC : {104, 100}) {
+    SCOPED_TRACE("OC = " + std::to_string(OC));
+    Tensors t{{"inp", in(size_t(N) * C, 61)}, {"weight", in(size_t(OC) * C, 62, -0.1, 0.1)},
+              {"bias", in(OC, 63)},           {"out", out(size_t(N) * OC)},
+              {"dout", in(size_t(N) * OC, 64)}, {"dinp", out(size_t(N) * C)},
+              {"dweight", in(size_t(OC) * C, 65)}, {"dbias", in(OC, 66)}};
+    compare(t, {},
+            [&](Backend& be, auto& p) {
+              be.matmul_forward(p["out"], nullptr, p["inp"], p["weight"], p["bias"], N, C, OC);
+              be.matmul_backward(p["dinp"], p["dweight"], p["dbias"], p["dout"], p["inp"],
+                                 p["weight"], nullptr, N, C, OC);
+            },
+            {{"out", kBf16Tolerance},
+             {"dinp", kBf16Tolerance},
+             {"dweight", kBf16Tolerance},
+             {"dbias", kBf16Tolerance}});
+  }
+}
+
 TEST_F(CudaOps, MatmulClassifierShapeWithoutBias) {
   const int N = 64, C = 768, OC = 50304;
   Tensors t{{"inp", in(size_t(N) * C, 11)}, {"weight", in(size_t(OC) * C, 12, -0.05, 0.05)},
@@ -140,33 +163,39 @@ TEST_F(CudaOps, SoftmaxCrossEntropyGpt2Vocabulary) {
   }
 }
 
-TEST_F(CudaOps, LayerNormGpt2Width) {
-  const int N = 512, C = 768;
-  Tensor x = in(size_t(N) * C, 31);
-  for (float& v : x.init) v = from_bf16(to_bf16(v * 3 + 1));
-  Tensors t{{"inp", x},
-            {"weight", in(C, 32, 0.5, 1.5)},
-            {"bias", in(C, 33)},
-            {"out", out(size_t(N) * C)},
-            {"mean", out(N, true)},
-            {"rstd", out(N, true)},
-            {"dout", in(size_t(N) * C, 34)},
-            {"dinp", in(size_t(N) * C, 35)},
-            {"dweight", in(C, 36)},
-            {"dbias", in(C, 37)}};
-  compare(t, {},
-          [&](Backend& be, auto& p) {
-            be.layernorm_forward(p["out"], p["mean"], p["rstd"], p["inp"], p["weight"], p["bias"],
-                                 N, C);
-            be.layernorm_backward(p["dinp"], p["dweight"], p["dbias"], p["dout"], p["inp"],
-                                  p["weight"], p["mean"], p["rstd"], N, C);
-          },
-          {{"out", kBf16Tolerance},
-           {"mean", kF32Tolerance},
-           {"rstd", kF32Tolerance},
-           {"dinp", kBf16Tolerance},
-           {"dweight", kBf16Tolerance},
-           {"dbias", kBf16Tolerance}});
+// Widths that take each path of the CUDA LayerNorm: 16-byte pieces held in
+// registers with whole (768: 3 per lane) and partial (1600: 7, 200 pieces)
+// warps, and the scalar kernels for C % 8 != 0 (100) and C > 2048 (2056).
+TEST_F(CudaOps, LayerNormEveryKernelPath) {
+  const int N = 512;
+  for (const int C : {768, 1600, 100, 2056}) {
+    SCOPED_TRACE("C = " + std::to_string(C));
+    Tensor x = in(size_t(N) * C, 31);
+    for (float& v : x.init) v = from_bf16(to_bf16(v * 3 + 1));
+    Tensors t{{"inp", x},
+              {"weight", in(C, 32, 0.5, 1.5)},
+              {"bias", in(C, 33)},
+              {"out", out(size_t(N) * C)},
+              {"mean", out(N, true)},
+              {"rstd", out(N, true)},
+              {"dout", in(size_t(N) * C, 34)},
+              {"dinp", in(size_t(N) * C, 35)},
+              {"dweight", in(C, 36)},
+              {"dbias", in(C, 37)}};
+    compare(t, {},
+            [&](Backend& be, auto& p) {
+              be.layernorm_forward(p["out"], p["mean"], p["rstd"], p["inp"], p["weight"],
+                                   p["bias"], N, C);
+              be.layernorm_backward(p["dinp"], p["dweight"], p["dbias"], p["dout"], p["inp"],
+                                    p["weight"], p["mean"], p["rstd"], N, C);
+            },
+            {{"out", kBf16Tolerance},
+             {"mean", kF32Tolerance},
+             {"rstd", kF32Tolerance},
+             {"dinp", kBf16Tolerance},
+             {"dweight", kBf16Tolerance},
+             {"dbias", kBf16Tolerance}});
+  }
 }
 
 TEST_F(CudaOps, EmbeddingGpt2Width) {
