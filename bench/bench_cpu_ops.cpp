@@ -99,7 +99,8 @@ int main(int argc, char** argv) {
     report(std::string("matmul fwd ") + m.name, fwd, flops);
     const double bwd = time_ms([&] {
       cpu::matmul_backward(di.data(), dw.data(), db.data(), dout.data(), inp.data(), w.data(),
-                           m.gelu ? pre.data() : nullptr, N, m.C, m.OC);
+                           m.gelu ? pre.data() : nullptr, static_cast<const float*>(nullptr), N,
+                           m.C, m.OC);
     });
     report(std::string("matmul bwd ") + m.name, bwd, 2 * flops);
     separate_ms += fwd + bwd;
@@ -150,8 +151,8 @@ int main(int argc, char** argv) {
       for (int i = 3; i >= 0; --i) {
         if (i % 2 == 1) cpu::add_inplace(y.data(), x.data(), size_t(N) * C);
         cpu::matmul_backward(dis[i].data(), dws[i].data(), dbs[i].data(), dout.data(),
-                             ins[i].data(), ws[i].data(), layer[i].gelu ? pre.data() : nullptr, N,
-                             layer[i].C, layer[i].OC);
+                             ins[i].data(), ws[i].data(), layer[i].gelu ? pre.data() : nullptr,
+                             static_cast<const float*>(nullptr), N, layer[i].C, layer[i].OC);
         if (i % 2 == 0) ln_bwd();
       }
     });

@@ -17,10 +17,10 @@ from collections import defaultdict
 def family(name: str) -> str:
     """A readable name for a kernel: the function and its template arguments,
     without parameters or namespaces; cuBLAS/cuBLASLt kernels by their name."""
+    name = re.sub(r"^void\s+", "", name)
     if re.match(r"^(sm\d+_xmma|nvjet|cutlass|ampere_|sm80_|sm90_|gemm|gemv|cublas)", name) or "gemm" in name.lower():
         return "GEMM (cuBLASLt): " + name[:60]
     base = re.sub(r"\(.*$", "", name)         # parameters
-    base = re.sub(r"^void\s+", "", base)
     base = re.sub(r"^(lsgpt::)?(cuda::)?(<unnamed>::)?", "", base)
     return base or name
 

@@ -235,7 +235,7 @@ void GPT::backward(int B, int T) {
   const int N = B * T, C = cfg_.d_model, Vp = cfg_.padded_vocab();
   // logits now hold dloss/dlogits (written in place by the classifier).
   be_.matmul_backward(a.dlnf.get(), grad(layout_.wte), nullptr, a.logits.get(), a.lnf.get(),
-                      param(layout_.wte), nullptr, N, C, Vp);
+                      param(layout_.wte), nullptr, nullptr, N, C, Vp);
   const void* last_residual =
       cfg_.n_layer ? a.layers.back().residual3.get() : a.encoded.get();
   be_.zero(a.dresidual.get(), size_t(N) * C * es_);
@@ -247,22 +247,24 @@ void GPT::backward(int B, int T) {
     LayerActs& L = a.layers[l];
     const void* residual = l == 0 ? a.encoded.get() : a.layers[l - 1].residual3.get();
     const AttentionSpec spec = cfg_.attention_spec(l, B, T);
-    // residual3 = residual2 + fcproj: dresidual flows to both unchanged.
+    // residual3 = residual2 + fcproj: dresidual flows to both unchanged. The
+    // GELU between fc and fc_proj is differentiated inside fc_proj's backward
+    // (dfch is the gradient of the pre-activation fch).
     be_.matmul_backward(a.dfch.get(), grad(p.fc_proj_w), grad(p.fc_proj_b), a.dresidual.get(),
-                        L.fch_gelu.get(), param(p.fc_proj_w), nullptr, N, 4 * C, C);
+                        L.fch_gelu.get(), param(p.fc_proj_w), nullptr, L.fch.get(), N, 4 * C, C);
     be_.matmul_backward(a.dln.get(), grad(p.fc_w), grad(p.fc_b), a.dfch.get(), L.ln2.get(),
-                        param(p.fc_w), L.fch.get(), N, C, 4 * C);
+                        param(p.fc_w), nullptr, nullptr, N, C, 4 * C);
     be_.layernorm_backward(a.dresidual.get(), grad(p.ln2_w), grad(p.ln2_b), a.dln.get(),
                            L.residual2.get(), param(p.ln2_w), L.ln2_mean.get(),
                            L.ln2_rstd.get(), N, C);
     // residual2 = residual + attproj.
     be_.matmul_backward(a.datty.get(), grad(p.attn_proj_w), grad(p.attn_proj_b),
-                        a.dresidual.get(), L.atty.get(), param(p.attn_proj_w), nullptr, N, C,
-                        C);
+                        a.dresidual.get(), L.atty.get(), param(p.attn_proj_w), nullptr, nullptr, N,
+                        C, C);
     be_.attention_backward(a.dqkv.get(), a.datty.get(), L.qkv.get(), L.atty.get(), L.lse.get(),
                            L.kbar.get(), spec);
     be_.matmul_backward(a.dln.get(), grad(p.qkv_w), grad(p.qkv_b), a.dqkv.get(), L.ln1.get(),
-                        param(p.qkv_w), nullptr, N, C, 3 * C);
+                        param(p.qkv_w), nullptr, nullptr, N, C, 3 * C);
     be_.layernorm_backward(a.dresidual.get(), grad(p.ln1_w), grad(p.ln1_b), a.dln.get(),
                            residual, param(p.ln1_w), L.ln1_mean.get(), L.ln1_rstd.get(), N, C);
   }

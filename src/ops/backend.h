@@ -85,9 +85,12 @@ class Backend {
   // dinp = (overwritten), dweight += , dbias += (dbias may be null).
   // With pre_gelu non-null, dout is the gradient of gelu(pre_gelu) and is
   // taken through gelu' first; the op may overwrite dout as scratch then.
+  // With inp_pre_gelu non-null, inp = gelu(inp_pre_gelu) and dinp is the
+  // gradient with respect to inp_pre_gelu (on CUDA, cuBLASLt's DGELU
+  // epilogue: the MLP's GELU backward costs no pass of its own).
   virtual void matmul_backward(void* dinp, void* dweight, void* dbias, void* dout,
                                const void* inp, const void* weight, const void* pre_gelu,
-                               int N, int C, int OC) = 0;
+                               const void* inp_pre_gelu, int N, int C, int OC) = 0;
 
   // ---- elementwise ----
   virtual void gelu_forward(void* out, const void* inp, size_t n) = 0;

@@ -259,7 +259,7 @@ void check_matmul(BackendOpsTest& t, bool bias, bool gelu) {
             be.matmul_forward(p["out"], pre, p["inp"], p["weight"], bias ? p["bias"] : nullptr, N,
                               C, OC);
             be.matmul_backward(p["dinp"], p["dweight"], bias ? p["dbias"] : nullptr, p["dout"],
-                               p["inp"], p["weight"], pre, N, C, OC);
+                               p["inp"], p["weight"], pre, nullptr, N, C, OC);
           });
 }
 
@@ -271,6 +271,23 @@ TEST_P(BackendOpsTest, Matmul) {
 TEST_P(BackendOpsTest, MatmulFusedGelu) {
   check_matmul(*this, true, true);
   check_matmul(*this, false, true);
+}
+
+// The MLP's second product: its input is gelu(pre) and its backward returns
+// the gradient of pre (cuBLASLt's DGELU epilogue on CUDA).
+TEST_P(BackendOpsTest, MatmulBackwardThroughInputGelu) {
+  const int N = 24, C = 48, OC = 40;
+  check("matmul backward through the input's gelu",
+        {input("pre", Elem::work, size_t(N) * C, 5, -3, 3),
+         output("inp", Elem::work, size_t(N) * C),
+         input("weight", Elem::work, size_t(OC) * C, 5, -0.3, 0.3),
+         input("dout", Elem::work, size_t(N) * OC, 5), output("dinp", Elem::work, size_t(N) * C),
+         inout("dweight", Elem::work, size_t(OC) * C, 5), inout("dbias", Elem::work, OC, 5)},
+        [&](Backend& be, Pointers& p) {
+          be.gelu_forward(p["inp"], p["pre"], size_t(N) * C);
+          be.matmul_backward(p["dinp"], p["dweight"], p["dbias"], p["dout"], p["inp"],
+                             p["weight"], nullptr, p["pre"], N, C, OC);
+        });
 }
 
 // ---------------------------------------------------------------- elementwise

@@ -120,9 +120,10 @@ void CpuBackend<T>::matmul_forward(void* out, void* pre_gelu, const void* inp,
 template <typename T>
 void CpuBackend<T>::matmul_backward(void* dinp, void* dweight, void* dbias, void* dout,
                                     const void* inp, const void* weight, const void* pre_gelu,
-                                    int N, int C, int OC) {
+                                    const void* inp_pre_gelu, int N, int C, int OC) {
   cpu::matmul_backward(typed<T>(dinp), typed<T>(dweight), typed<T>(dbias), typed<T>(dout),
-                       typed<T>(inp), typed<T>(weight), typed<T>(pre_gelu), N, C, OC);
+                       typed<T>(inp), typed<T>(weight), typed<T>(pre_gelu),
+                       typed<T>(inp_pre_gelu), N, C, OC);
 }
 
 template <typename T>

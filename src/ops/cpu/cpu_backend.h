@@ -37,7 +37,8 @@ class CpuBackend final : public Backend {
   void matmul_forward(void* out, void* pre_gelu, const void* inp, const void* weight,
                       const void* bias, int N, int C, int OC) override;
   void matmul_backward(void* dinp, void* dweight, void* dbias, void* dout, const void* inp,
-                       const void* weight, const void* pre_gelu, int N, int C, int OC) override;
+                       const void* weight, const void* pre_gelu, const void* inp_pre_gelu, int N,
+                       int C, int OC) override;
   void gelu_forward(void* out, const void* inp, size_t n) override;
   void gelu_backward(void* dinp, const void* inp, const void* dout, size_t n) override;
   void residual_forward(void* out, const void* a, const void* b, size_t n) override;

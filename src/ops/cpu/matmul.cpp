@@ -58,7 +58,7 @@ void matmul_forward(T* out, T* pre_gelu, const T* inp, const T* weight, const T*
 
 template <typename T>
 void matmul_backward(T* dinp, T* dweight, T* dbias, T* dout, const T* inp, const T* weight,
-                     const T* pre_gelu, int N, int C, int OC) {
+                     const T* pre_gelu, const T* inp_pre_gelu, int N, int C, int OC) {
   if (N == 0 || OC == 0) return;
   if (pre_gelu) {
     // dout becomes the gradient of the pre-activation (the interface allows
@@ -69,6 +69,11 @@ void matmul_backward(T* dinp, T* dweight, T* dbias, T* dout, const T* inp, const
   }
   // dinp[N,C] = dout[N,OC] @ weight[OC,C]
   if (dinp) gemm(CblasNoTrans, CblasNoTrans, N, C, OC, dout, OC, weight, C, T(0), dinp, C);
+  if (dinp && inp_pre_gelu) {
+    const size_t n = size_t(N) * C;
+#pragma omp parallel for simd schedule(static) if (n >= kParallelMin)
+    for (size_t i = 0; i < n; ++i) dinp[i] *= gelu_derivative(inp_pre_gelu[i]);
+  }
   // dweight[OC,C] += dout^T @ inp
   gemm(CblasTrans, CblasNoTrans, OC, C, N, dout, OC, inp, C, T(1), dweight, C);
   if (dbias) {
@@ -91,8 +96,8 @@ template void matmul_forward<float>(float*, float*, const float*, const float*, 
 template void matmul_forward<double>(double*, double*, const double*, const double*, const double*,
                                      int, int, int);
 template void matmul_backward<float>(float*, float*, float*, float*, const float*, const float*,
-                                     const float*, int, int, int);
+                                     const float*, const float*, int, int, int);
 template void matmul_backward<double>(double*, double*, double*, double*, const double*,
-                                      const double*, const double*, int, int, int);
+                                      const double*, const double*, const double*, int, int, int);
 
 }  // namespace lsgpt::cpu

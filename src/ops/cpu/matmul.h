@@ -12,6 +12,6 @@ void matmul_forward(T* out, T* pre_gelu, const T* inp, const T* weight, const T*
                     int OC);
 template <typename T>
 void matmul_backward(T* dinp, T* dweight, T* dbias, T* dout, const T* inp, const T* weight,
-                     const T* pre_gelu, int N, int C, int OC);
+                     const T* pre_gelu, const T* inp_pre_gelu, int N, int C, int OC);
 
 }  // namespace lsgpt::cpu

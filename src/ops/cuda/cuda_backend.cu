@@ -202,10 +202,11 @@ class CudaBackend final : public Backend {
                          as<bf16>(weight), as<bf16>(bias), N, C, OC);
   }
   void matmul_backward(void* dinp, void* dweight, void* dbias, void* dout, const void* inp,
-                       const void* weight, const void* pre_gelu, int N, int C, int OC) override {
+                       const void* weight, const void* pre_gelu, const void* inp_pre_gelu, int N,
+                       int C, int OC) override {
     cuda::matmul_backward(ctx_, as<bf16>(dinp), as<bf16>(dweight), as<bf16>(dbias),
-                          as<bf16>(dout), as<bf16>(inp), as<bf16>(weight), as<bf16>(pre_gelu), N,
-                          C, OC);
+                          as<bf16>(dout), as<bf16>(inp), as<bf16>(weight), as<bf16>(pre_gelu),
+                          as<bf16>(inp_pre_gelu), N, C, OC);
   }
   void gelu_forward(void* out, const void* inp, size_t n) override {
     cuda::gelu_forward(ctx_, as<bf16>(out), as<bf16>(inp), n);

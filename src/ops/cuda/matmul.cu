@@ -1,10 +1,12 @@
 // Matrix products through cuBLASLt (bf16 in/out, f32 accumulate). The forward
 // fuses the bias and the GELU (tanh form, pre-activation saved as the aux
-// output) into cuBLASLt's epilogue; shapes or alignments for which cuBLASLt
-// offers no fused algorithm fall back to a plain product plus our own bias /
-// GELU kernel. The backward's dbias is our ordered column sum, because
-// cuBLASLt's BGRAD epilogue overwrites the bias gradient while the interface
-// accumulates it. Algorithms are cached per shape and alignment.
+// output) into cuBLASLt's epilogue, and the backward's input gradient takes
+// the GELU derivative of the layer below in the DGELU epilogue (aux input);
+// shapes or alignments for which cuBLASLt offers no fused algorithm fall back
+// to a plain product plus our own bias / GELU kernel. The backward's dbias is
+// our ordered column sum, because cuBLASLt's BGRAD epilogue overwrites the
+// bias gradient while the interface accumulates it. Algorithms are cached per
+// shape and alignment.
 #include <map>
 #include <mutex>
 #include <tuple>
@@ -29,7 +31,7 @@ struct Gemm {
   float beta = 0.0f;
   cublasLtEpilogue_t epilogue = CUBLASLT_EPILOGUE_DEFAULT;
   const bf16* bias = nullptr;
-  bf16* aux = nullptr;  // GELU pre-activation, [m, n] with leading dimension m
+  const bf16* aux = nullptr;  // GELU pre-activation, [m, n] with leading dimension m
 };
 
 int alignment(const void* p) {
@@ -182,18 +184,27 @@ void matmul_forward(CudaContext& ctx, bf16* out, bf16* pre_gelu, const bf16* inp
 }
 
 void matmul_backward(CudaContext& ctx, bf16* dinp, bf16* dweight, bf16* dbias, bf16* dout,
-                     const bf16* inp, const bf16* weight, const bf16* pre_gelu, int N, int C,
-                     int OC) {
+                     const bf16* inp, const bf16* weight, const bf16* pre_gelu,
+                     const bf16* inp_pre_gelu, int N, int C, int OC) {
   if (N == 0 || OC == 0 || C == 0) {
     if (dinp && N > 0 && C > 0) CUDA_CHECK(cudaMemsetAsync(dinp, 0, sizeof(bf16) * size_t(N) * C, ctx.stream()));
     return;
   }
   if (pre_gelu) gelu_backward(ctx, dout, pre_gelu, dout, size_t(N) * OC);
   if (dbias) column_sum_accumulate(ctx, dbias, dout, N, OC);
-  Gemm gi;  // dinp[N,C] = dout[N,OC] weight[OC,C]
+  Gemm gi;  // dinp[N,C] = dout[N,OC] weight[OC,C]  (* gelu'(inp_pre_gelu))
   gi.m = C, gi.n = N, gi.k = OC;
   gi.a = weight, gi.lda = C, gi.b = dout, gi.ldb = OC, gi.d = dinp, gi.ldd = C;
-  gemm(ctx, gi);
+  bool gelu_done = false;
+  if (inp_pre_gelu) {
+    gi.epilogue = CUBLASLT_EPILOGUE_DGELU, gi.aux = inp_pre_gelu;
+    gelu_done = try_gemm(ctx, gi);
+    gi.epilogue = CUBLASLT_EPILOGUE_DEFAULT, gi.aux = nullptr;
+  }
+  if (!gelu_done) {
+    gemm(ctx, gi);
+    if (inp_pre_gelu) gelu_backward(ctx, dinp, inp_pre_gelu, dinp, size_t(N) * C);
+  }
   Gemm gw;  // dweight[OC,C] += dout^T inp
   gw.trans_b = true, gw.m = C, gw.n = OC, gw.k = N;
   gw.a = inp, gw.lda = C, gw.b = dout, gw.ldb = OC, gw.d = dweight, gw.ldd = C, gw.beta = 1.0f;

@@ -35,8 +35,8 @@ void layernorm_backward(CudaContext& ctx, bf16* dinp, bf16* dweight, bf16* dbias
 void matmul_forward(CudaContext& ctx, bf16* out, bf16* pre_gelu, const bf16* inp,
                     const bf16* weight, const bf16* bias, int N, int C, int OC);
 void matmul_backward(CudaContext& ctx, bf16* dinp, bf16* dweight, bf16* dbias, bf16* dout,
-                     const bf16* inp, const bf16* weight, const bf16* pre_gelu, int N, int C,
-                     int OC);
+                     const bf16* inp, const bf16* weight, const bf16* pre_gelu,
+                     const bf16* inp_pre_gelu, int N, int C, int OC);
 
 // gelu.cu (tanh form, as GPT-2)
 void gelu_forward(CudaContext& ctx, bf16* out, const bf16* inp, size_t n);

@@ -1,12 +1,14 @@
 // Matmul (BLAS) with and without bias and with the fused GELU: forward
 // against a naive double reference, every gradient (input, weight, bias,
-// through the GELU too) by finite differences, dinp overwritten while
-// dweight/dbias accumulate, float/double agreement and reproducibility.
+// through the GELU too, and through a GELU on the input side) by finite
+// differences, dinp overwritten while dweight/dbias accumulate, float/double
+// agreement and reproducibility.
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <vector>
 
+#include "ops/cpu/gelu.h"
 #include "ops/cpu/matmul.h"
 #include "support/numeric.h"
 
@@ -98,7 +100,8 @@ TEST_P(MatmulVariant, BackwardMatchesFiniteDifferencesAndAccumulates) {
   auto dw = dw0, db = db0;
   auto dout = R;  // the fused path may use dout as scratch
   cpu::matmul_backward(dx.data(), dw.data(), with_bias() ? db.data() : nullptr, dout.data(),
-                       x.data(), w.data(), with_gelu() ? pre.data() : nullptr, s.N, s.C, s.OC);
+                       x.data(), w.data(), with_gelu() ? pre.data() : nullptr,
+                       static_cast<const double*>(nullptr), s.N, s.C, s.OC);
   for (size_t i = 0; i < dw.size(); ++i) dw[i] -= dw0[i];
   EXPECT_LT(relative_error(dx, num_dx), 1e-7);
   EXPECT_LT(relative_error(dw, num_dw), 1e-7);
@@ -119,15 +122,16 @@ TEST_P(MatmulVariant, BackwardFloatAgreesWithDoubleAndIsReproducible) {
   auto dx = random_vector<double>(x.size(), 14), dw = random_vector<double>(w.size(), 15),
        db = random_vector<double>(s.OC, 16), d64 = dout;
   cpu::matmul_backward(dx.data(), dw.data(), with_bias() ? db.data() : nullptr, d64.data(),
-                       x.data(), w.data(), with_gelu() ? pre.data() : nullptr, s.N, s.C, s.OC);
+                       x.data(), w.data(), with_gelu() ? pre.data() : nullptr,
+                       static_cast<const double*>(nullptr), s.N, s.C, s.OC);
   auto run32 = [&] {
     std::vector<float> x32(x.begin(), x.end()), w32(w.begin(), w.end()),
         pre32(pre.begin(), pre.end()), d32(dout.begin(), dout.end());
     auto dx32 = random_vector<float>(x.size(), 14), dw32 = random_vector<float>(w.size(), 15),
          db32 = random_vector<float>(s.OC, 16);
     cpu::matmul_backward(dx32.data(), dw32.data(), with_bias() ? db32.data() : nullptr, d32.data(),
-                         x32.data(), w32.data(), with_gelu() ? pre32.data() : nullptr, s.N, s.C,
-                         s.OC);
+                         x32.data(), w32.data(), with_gelu() ? pre32.data() : nullptr,
+                         static_cast<const float*>(nullptr), s.N, s.C, s.OC);
     return std::vector<std::vector<float>>{dx32, dw32, db32};
   };
   const auto got = run32();
@@ -144,6 +148,35 @@ INSTANTIATE_TEST_SUITE_P(CpuMatmul, MatmulVariant,
                                   (std::get<1>(info.param) ? "Gelu" : "Plain");
                          });
 
+// out = gelu(u) W^T + b: with inp_pre_gelu = u the backward returns dL/du.
+TEST(CpuMatmulInputGelu, BackwardMatchesFiniteDifferences) {
+  const int N = 5, C = 7, OC = 6;
+  auto u = random_vector<double>(size_t(N) * C, 31, -3, 3);
+  auto w = random_vector<double>(size_t(OC) * C, 32);
+  auto b = random_vector<double>(OC, 33);
+  const auto R = random_vector<double>(size_t(N) * OC, 34);
+  std::vector<double> x(u.size()), out(R.size());
+  auto loss = [&] {
+    cpu::gelu_forward(x.data(), u.data(), u.size());
+    cpu::matmul_forward(out.data(), static_cast<double*>(nullptr), x.data(), w.data(), b.data(), N,
+                        C, OC);
+    return dot(out, R);
+  };
+  const auto num_du = numeric_gradient(u, loss);
+  const auto num_dw = numeric_gradient(w, loss);
+  const auto num_db = numeric_gradient(b, loss);
+  loss();
+
+  std::vector<double> du(u.size(), NAN), dw(w.size(), 0.0), db(b.size(), 0.0);
+  auto dout = R;
+  cpu::matmul_backward(du.data(), dw.data(), db.data(), dout.data(), x.data(), w.data(),
+                       static_cast<const double*>(nullptr), u.data(), N, C, OC);
+  EXPECT_LT(relative_error(du, num_du), 1e-7);
+  EXPECT_LT(relative_error(dw, num_dw), 1e-7);
+  EXPECT_LT(relative_error(db, num_db), 1e-7);
+  EXPECT_EQ(dout, R);  // dout is left alone when only the input side has a GELU
+}
+
 TEST(CpuMatmulSkips, NullDinpLeavesOtherGradientsExact) {
   const int N = 6, C = 5, OC = 4;
   const auto x = random_vector<double>(size_t(N) * C, 17);
@@ -154,9 +187,11 @@ TEST(CpuMatmulSkips, NullDinpLeavesOtherGradientsExact) {
   std::vector<double> dx(x.size());
   auto dout_b = dout;
   cpu::matmul_backward(dx.data(), dw_a.data(), db_a.data(), dout.data(), x.data(), w.data(),
-                       static_cast<const double*>(nullptr), N, C, OC);
+                       static_cast<const double*>(nullptr), static_cast<const double*>(nullptr),
+                       N, C, OC);
   cpu::matmul_backward(static_cast<double*>(nullptr), dw_b.data(), db_b.data(), dout_b.data(),
-                       x.data(), w.data(), static_cast<const double*>(nullptr), N, C, OC);
+                       x.data(), w.data(), static_cast<const double*>(nullptr),
+                       static_cast<const double*>(nullptr), N, C, OC);
   EXPECT_EQ(dw_a, dw_b);
   EXPECT_EQ(db_a, db_b);
 }

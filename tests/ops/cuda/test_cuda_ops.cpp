@@ -98,10 +98,30 @@ TEST_F(CudaOps, MatmulGpt2MlpWithFusedGelu) {
           [&](Backend& be, auto& p) {
             be.matmul_forward(p["out"], p["pre_gelu"], p["inp"], p["weight"], p["bias"], N, C, OC);
             be.matmul_backward(p["dinp"], p["dweight"], p["dbias"], p["dout"], p["inp"],
-                               p["weight"], p["pre_gelu"], N, C, OC);
+                               p["weight"], p["pre_gelu"], nullptr, N, C, OC);
           },
           {{"out", kBf16Tolerance},
            {"pre_gelu", kBf16Tolerance},
+           {"dinp", kBf16Tolerance},
+           {"dweight", kBf16Tolerance},
+           {"dbias", kBf16Tolerance}});
+}
+
+// GPT-2's fc_proj: input gelu(pre) of width 3072, the backward returning the
+// gradient of pre through cuBLASLt's DGELU epilogue.
+TEST_F(CudaOps, MatmulGpt2MlpProjectionThroughInputGelu) {
+  const int N = 256, C = 3072, OC = 768;
+  Tensors t{{"pre", in(size_t(N) * C, 71, -3, 3)}, {"inp", out(size_t(N) * C)},
+            {"weight", in(size_t(OC) * C, 72, -0.05, 0.05)}, {"dout", in(size_t(N) * OC, 73)},
+            {"dinp", out(size_t(N) * C)},  {"dweight", in(size_t(OC) * C, 74)},
+            {"dbias", in(OC, 75)}};
+  compare(t, {},
+          [&](Backend& be, auto& p) {
+            be.gelu_forward(p["inp"], p["pre"], size_t(N) * C);
+            be.matmul_backward(p["dinp"], p["dweight"], p["dbias"], p["dout"], p["inp"],
+                               p["weight"], nullptr, p["pre"], N, C, OC);
+          },
+          {{"inp", kBf16Tolerance},
            {"dinp", kBf16Tolerance},
            {"dweight", kBf16Tolerance},
            {"dbias", kBf16Tolerance}});
@@ -121,7 +141,7 @@ TEST_F(CudaOps, MatmulBiasGradientEveryKernelPath) {
             [&](Backend& be, auto& p) {
               be.matmul_forward(p["out"], nullptr, p["inp"], p["weight"], p["bias"], N, C, OC);
               be.matmul_backward(p["dinp"], p["dweight"], p["dbias"], p["dout"], p["inp"],
-                                 p["weight"], nullptr, N, C, OC);
+                                 p["weight"], nullptr, nullptr, N, C, OC);
             },
             {{"out", kBf16Tolerance},
              {"dinp", kBf16Tolerance},
@@ -139,7 +159,7 @@ TEST_F(CudaOps, MatmulClassifierShapeWithoutBias) {
           [&](Backend& be, auto& p) {
             be.matmul_forward(p["out"], nullptr, p["inp"], p["weight"], nullptr, N, C, OC);
             be.matmul_backward(p["dinp"], p["dweight"], nullptr, p["dout"], p["inp"], p["weight"],
-                               nullptr, N, C, OC);
+                               nullptr, nullptr, N, C, OC);
           },
           {{"out", kBf16Tolerance}, {"dinp", kBf16Tolerance}, {"dweight", kBf16Tolerance}});
 }
