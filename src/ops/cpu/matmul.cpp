@@ -60,20 +60,12 @@ template <typename T>
 void matmul_backward(T* dinp, T* dweight, T* dbias, T* dout, const T* inp, const T* weight,
                      const T* pre_gelu, const T* inp_pre_gelu, int N, int C, int OC) {
   if (N == 0 || OC == 0) return;
-  if (pre_gelu) {
-    // dout becomes the gradient of the pre-activation (the interface allows
-    // using it as scratch), so the products below need no extra buffer.
-    const size_t n = size_t(N) * OC;
-#pragma omp parallel for simd schedule(static) if (n >= kParallelMin)
-    for (size_t i = 0; i < n; ++i) dout[i] *= gelu_derivative(pre_gelu[i]);
-  }
+  // dout becomes the gradient of the pre-activation (the interface allows
+  // using it as scratch), so the products below need no extra buffer.
+  if (pre_gelu) gelu_backward(dout, pre_gelu, dout, size_t(N) * OC);
   // dinp[N,C] = dout[N,OC] @ weight[OC,C]
   if (dinp) gemm(CblasNoTrans, CblasNoTrans, N, C, OC, dout, OC, weight, C, T(0), dinp, C);
-  if (dinp && inp_pre_gelu) {
-    const size_t n = size_t(N) * C;
-#pragma omp parallel for simd schedule(static) if (n >= kParallelMin)
-    for (size_t i = 0; i < n; ++i) dinp[i] *= gelu_derivative(inp_pre_gelu[i]);
-  }
+  if (dinp && inp_pre_gelu) gelu_backward(dinp, inp_pre_gelu, dinp, size_t(N) * C);
   // dweight[OC,C] += dout^T @ inp
   gemm(CblasTrans, CblasNoTrans, OC, C, N, dout, OC, inp, C, T(1), dweight, C);
   if (dbias) {

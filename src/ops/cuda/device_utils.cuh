@@ -72,4 +72,32 @@ __device__ __forceinline__ void load_floats(float (&out)[kVec], const __nv_bfloa
   }
 }
 
+// Ordered column sums over fixed row parts (bias and LayerNorm parameter
+// gradients): a block of kWarpSize x kPartRowThreads threads covers one part
+// of kPartRows rows; thread (x, y) owns kVec adjacent columns from c0 and the
+// part's rows y, y + kPartRowThreads, ...
+constexpr int kPartRows = 256;
+constexpr int kPartRowThreads = 8;
+
+// Adds the block's per-thread sums of each column over threadIdx.y in order
+// and writes partials[part, c0 .. c0 + kVec - 1]. Every thread of the block
+// must call it; a kernel may call it more than once.
+template <int kVec>
+__device__ __forceinline__ void store_column_partials(float* partials, const float (&acc)[kVec],
+                                                      int part, int c0, int cols) {
+  __shared__ float sums[kPartRowThreads][kVec][kWarpSize];
+  __syncthreads();  // a previous call's readers are done with sums
+#pragma unroll
+  for (int j = 0; j < kVec; ++j) sums[threadIdx.y][j][threadIdx.x] = acc[j];
+  __syncthreads();
+  if (threadIdx.y == 0 && c0 < cols)
+#pragma unroll
+    for (int j = 0; j < kVec; ++j) {
+      float total = 0.0f;
+#pragma unroll
+      for (int k = 0; k < kPartRowThreads; ++k) total += sums[k][j][threadIdx.x];
+      partials[size_t(part) * cols + c0 + j] = total;
+    }
+}
+
 }  // namespace lsgpt::cuda

@@ -211,9 +211,6 @@ constexpr std::array<BackwardInputKernel, sizeof...(K)> backward_input_kernels(
   return {layernorm_backward_input_vec_kernel<K + 1>...};
 }
 
-constexpr int kRowThreads = 8;
-constexpr int kRowsPerPart = 256;
-
 // Per row block: sum of dout * norm (weight grad) and of dout (bias grad). A
 // thread owns kVec adjacent columns (8 where rows split into 16-byte pieces,
 // else 1); the order of every column's sum is the same for both.
@@ -223,15 +220,13 @@ __global__ void layernorm_param_partials_kernel(float* dweight_partials, float* 
                                                 const bf16* __restrict__ inp,
                                                 const float* mean_in, const float* rstd_in,
                                                 int N, int C) {
-  __shared__ float sums_w[kRowThreads][kVec][kWarpSize];
-  __shared__ float sums_b[kRowThreads][kVec][kWarpSize];
   const int c0 = (blockIdx.x * kWarpSize + threadIdx.x) * kVec;
   const int part = blockIdx.y;
-  const int r_end = min(N, (part + 1) * kRowsPerPart);
+  const int r_end = min(N, (part + 1) * kPartRows);
   float acc_w[kVec] = {}, acc_b[kVec] = {};
   if (c0 < C)
 #pragma unroll 2
-    for (int r = part * kRowsPerPart + threadIdx.y; r < r_end; r += kRowThreads) {
+    for (int r = part * kPartRows + threadIdx.y; r < r_end; r += kPartRowThreads) {
       float g[kVec], x[kVec];
       load_floats(g, dout + size_t(r) * C + c0);
       load_floats(x, inp + size_t(r) * C + c0);
@@ -242,21 +237,8 @@ __global__ void layernorm_param_partials_kernel(float* dweight_partials, float* 
         acc_b[j] += g[j];
       }
     }
-#pragma unroll
-  for (int j = 0; j < kVec; ++j) {
-    sums_w[threadIdx.y][j][threadIdx.x] = acc_w[j];
-    sums_b[threadIdx.y][j][threadIdx.x] = acc_b[j];
-  }
-  __syncthreads();
-  if (threadIdx.y == 0 && c0 < C)
-#pragma unroll
-    for (int j = 0; j < kVec; ++j) {
-      float tw = 0.0f, tb = 0.0f;
-#pragma unroll
-      for (int k = 0; k < kRowThreads; ++k) tw += sums_w[k][j][threadIdx.x], tb += sums_b[k][j][threadIdx.x];
-      dweight_partials[size_t(part) * C + c0 + j] = tw;
-      dbias_partials[size_t(part) * C + c0 + j] = tb;
-    }
+  store_column_partials(dweight_partials, acc_w, part, c0, C);
+  store_column_partials(dbias_partials, acc_b, part, c0, C);
 }
 
 }  // namespace
@@ -291,11 +273,11 @@ void layernorm_backward(CudaContext& ctx, bf16* dinp, bf16* dweight, bf16* dbias
                                                                           mean, rstd, N, C);
   }
   CUDA_CHECK_LAUNCH();
-  const int parts = ceil_div(N, kRowsPerPart);
+  const int parts = ceil_div(N, kPartRows);
   ScratchCarver carve(ctx.scratch(2 * ScratchCarver::round(sizeof(float) * size_t(parts) * C)));
   float* dweight_partials = carve.take<float>(size_t(parts) * C);
   float* dbias_partials = carve.take<float>(size_t(parts) * C);
-  const dim3 part_threads(kWarpSize, kRowThreads);
+  const dim3 part_threads(kWarpSize, kPartRowThreads);
   if (C % 8 == 0 && aligned16(dout) && aligned16(inp))
     layernorm_param_partials_kernel<8><<<dim3(ceil_div(C, 8 * kWarpSize), parts), part_threads,
                                          0, ctx.stream()>>>(dweight_partials, dbias_partials, dout,

@@ -11,39 +11,25 @@
 namespace lsgpt::cuda {
 namespace {
 
-constexpr int kRowThreads = 8;
-constexpr int kRowsPerPart = 256;
-
 // partials[part, c] = sum of src[r, c] over the part's rows. A thread owns kVec
 // adjacent columns: 8 where rows split into 16-byte pieces, else 1. Each
 // column is summed over the same rows in the same order for either kVec, so
 // the result does not depend on it.
 template <int kVec>
 __global__ void column_partials_kernel(float* partials, const bf16* src, int rows, int cols) {
-  __shared__ float sums[kRowThreads][kVec][kWarpSize];
   const int c0 = (blockIdx.x * kWarpSize + threadIdx.x) * kVec;
   const int part = blockIdx.y;
-  const int r_end = min(rows, (part + 1) * kRowsPerPart);
+  const int r_end = min(rows, (part + 1) * kPartRows);
   float acc[kVec] = {};
   if (c0 < cols)
 #pragma unroll 4
-    for (int r = part * kRowsPerPart + threadIdx.y; r < r_end; r += kRowThreads) {
+    for (int r = part * kPartRows + threadIdx.y; r < r_end; r += kPartRowThreads) {
       float v[kVec];
       load_floats(v, src + size_t(r) * cols + c0);
 #pragma unroll
       for (int j = 0; j < kVec; ++j) acc[j] += v[j];
     }
-#pragma unroll
-  for (int j = 0; j < kVec; ++j) sums[threadIdx.y][j][threadIdx.x] = acc[j];
-  __syncthreads();
-  if (threadIdx.y == 0 && c0 < cols)
-#pragma unroll
-    for (int j = 0; j < kVec; ++j) {
-      float total = 0.0f;
-#pragma unroll
-      for (int k = 0; k < kRowThreads; ++k) total += sums[k][j][threadIdx.x];
-      partials[size_t(part) * cols + c0 + j] = total;
-    }
+  store_column_partials(partials, acc, part, c0, cols);
 }
 
 __global__ void reduce_partials_kernel(bf16* dst, const float* partials, int parts, int cols) {
@@ -98,9 +84,9 @@ void reduce_partials_accumulate(CudaContext& ctx, bf16* dst, const float* partia
 
 void column_sum_accumulate(CudaContext& ctx, bf16* dst, const bf16* src, int rows, int cols) {
   if (rows == 0 || cols == 0) return;
-  const int parts = ceil_div(rows, kRowsPerPart);
+  const int parts = ceil_div(rows, kPartRows);
   float* partials = static_cast<float*>(ctx.scratch(sizeof(float) * size_t(parts) * cols));
-  const dim3 threads(kWarpSize, kRowThreads);
+  const dim3 threads(kWarpSize, kPartRowThreads);
   if (cols % 8 == 0 && aligned16(src))
     column_partials_kernel<8><<<dim3(ceil_div(cols, 8 * kWarpSize), parts), threads, 0,
                                 ctx.stream()>>>(partials, src, rows, cols);
