@@ -23,7 +23,11 @@ struct GenerateOptions {
 };
 
 // An empty prompt starts from <|endoftext|>, as GPT-2 does. Throws
-// lsgpt::Error when prompt + new tokens do not fit the model's context.
+// lsgpt::Error, before any work, when prompt + new tokens exceed the model's
+// context + 1 (the last token is predicted from a full window). With the
+// cache this runs the inference engine (src/infer/engine.h) with one slot;
+// without it, the full forward pass for every token, the reference the
+// engine is tested against.
 // on_token is called with each new token as soon as it is chosen.
 std::vector<int32_t> generate(GPT& model, std::span<const int32_t> prompt,
                               const GenerateOptions& options,

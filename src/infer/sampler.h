@@ -1,11 +1,14 @@
-// Picks the next token from a row of logits: temperature, top-k, top-p
-// (nucleus), in that order. Temperature 0 is greedy (argmax).
+// The user-facing sampling settings (temperature, top-k, top-p) and the
+// host-side draw of one token with the same rule the backends' sample_tokens
+// op applies (ops/sampling_spec.h): the engine samples on the device, the
+// uncached reference path here, and both pick the same token from the same
+// logits.
 #pragma once
 
 #include <cstdint>
 #include <span>
 
-#include "core/rng.h"
+#include "ops/sampling_spec.h"
 
 namespace lsgpt {
 
@@ -13,9 +16,16 @@ struct SamplingSettings {
   double temperature = 1.0;
   int top_k = 0;       // 0: no limit
   double top_p = 1.0;  // 1: no limit
+  // Throws lsgpt::Error naming the flag (--temperature, --top-k, --top-p).
   void validate() const;
 };
 
-int32_t sample_token(std::span<const float> logits, const SamplingSettings& s, Rng& rng);
+// The op's row settings for a sequence with this seed at draw number `step`.
+SampleParams to_sample_params(const SamplingSettings& s, uint64_t seed, uint64_t step);
+
+// One token from host logits [V] (draw number `step` of the seed's stream).
+// Throws lsgpt::Error on NaN logits.
+int32_t sample_token(std::span<const float> logits, const SamplingSettings& s, uint64_t seed,
+                     uint64_t step);
 
 }  // namespace lsgpt

@@ -79,6 +79,38 @@ class GPT {
   // last position [B, V].
   std::vector<float> last_logits(const int32_t* tokens, int B, int T);
 
+  // ---- the inference engine's model half (src/infer/engine.h drives it) ----
+  // The KV cache of `slots` sequences of up to max_T positions, the row
+  // tables one decode step reads from backend memory (so a captured graph can
+  // replay it), and that step's activations for up to max_rows rows. Sized
+  // once: a decode step allocates nothing. Prefill buffers grow to the
+  // longest prompt seen.
+  struct DecodeState {
+    int slots = 0, max_T = 0, max_rows = 0;
+    std::vector<DeviceBuffer> k_local, v_local, k_global, v_global;  // per layer
+    // int32 [max_rows] each, and SampleParams [max_rows]:
+    DeviceBuffer row_tokens, row_positions, row_slots, row_params, sampled;
+    DeviceBuffer x, ln, ln_mean, ln_rstd, qkv, atty, proj, fch, fch_gelu, logits, workspace;
+    int prefill_T = 0;
+    DeviceBuffer p_tokens, p_x, p_ln, p_mean, p_rstd, p_qkv, p_atty, p_proj, p_fch, p_fch_gelu,
+        p_lse, p_max_logit;
+  };
+  // Bytes of the KV cache alone, for elements of elem_bytes bytes.
+  static size_t kv_cache_bytes(const ModelConfig& cfg, int slots, int max_T, size_t elem_bytes);
+  // Bytes make_decode_state() allocates on this model's backend (prefill
+  // buffers excluded: they depend on the prompt).
+  size_t decode_state_bytes(int slots, int max_T, int max_rows) const;
+  std::unique_ptr<DecodeState> make_decode_state(int slots, int max_T, int max_rows);
+  // Runs tokens[T] (host) through the model in one forward pass with the
+  // training forward kernels, writes their keys and values into cache entry
+  // `slot`, and leaves the logits of the last position in row `logits_row`
+  // of state.logits. T <= state.max_T.
+  void prefill(DecodeState& state, int slot, const int32_t* tokens, int T, int logits_row);
+  // One decode step for rows [0, B) as the row tables say (token, position,
+  // cache slot; a negative position marks an idle row); leaves logits
+  // [B, padded_vocab] in state.logits. Enqueues work only: capturable.
+  void decode_rows(DecodeState& state, int B);
+
  private:
   struct Activations;
   void ensure_activations(int B, int T);
@@ -88,6 +120,8 @@ class GPT {
   void* param(int index) const;
   void* grad(int index) const;
   void fold_max_logits();
+  DecodeSpec decode_spec(const DecodeState& state, int layer, int B) const;
+  void ensure_prefill_buffers(DecodeState& state, int T);
 
   ModelConfig cfg_;
   Backend& be_;

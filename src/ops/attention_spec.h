@@ -34,18 +34,37 @@ struct AttentionSpec {
   int C() const { return n_head * head_dim; }
 };
 
-// One decoding step: every batch row appends the token at position `pos`
-// (the same for all rows) and attends over its cache. Local heads keep a ring
-// buffer of local_slots() = min(window, max_T) slots (slot pos % local_slots());
-// global heads keep `max_T`.
+// One decoding step over a KV cache of `cache_B` sequences (cache entries).
+// Local heads keep a ring buffer of local_slots() = min(window, max_T) slots
+// (position p lives in slot p % local_slots()); global heads keep `max_T`.
+//
+// Two ways to say where each of the B rows stands:
+// - positions == nullptr: every row appends the token at `pos`, and row b
+//   uses cache entry b (the simple form the tests of the op use);
+// - positions != nullptr (a backend pointer to int32 [B]): row b appends at
+//   positions[b]; a row with a negative position is idle (its output is
+//   zeros and the cache is not touched). cache_rows (int32 [B], or null for
+//   the identity) maps row b to its cache entry. Reading these from device
+//   memory lets one captured CUDA graph serve every step.
+// Long global contexts are split into num_splits pieces whose partial
+// softmax results are merged in a fixed order (flash-decoding); the pieces
+// need `workspace` of Backend::attention_decode_workspace_bytes(spec) bytes,
+// zero-filled before its first use (the op leaves it so: it holds a
+// completion counter per row and head). num_splits 0: the backend chooses.
 struct DecodeSpec {
   int B = 0, n_head = 0, head_dim = 0;
   int n_local = 0;
   int window = 1;
   int max_T = 0;
   int pos = 0;
+  const int* positions = nullptr;
+  const int* cache_rows = nullptr;
+  int cache_B = 0;  // cache entries; 0 means B
+  int num_splits = 1;
+  void* workspace = nullptr;
   int local_slots() const { return window < max_T ? window : max_T; }
   int C() const { return n_head * head_dim; }
+  int cache_entries() const { return cache_B > 0 ? cache_B : B; }
 };
 
 }  // namespace lsgpt

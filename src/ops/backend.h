@@ -19,13 +19,22 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 
 #include "core/dtype.h"
 #include "ops/attention_spec.h"
+#include "ops/sampling_spec.h"
 
 namespace lsgpt {
+
+// Work recorded once and replayed many times (a CUDA graph).
+class CapturedWork {
+ public:
+  virtual ~CapturedWork() = default;
+  virtual void replay() = 0;  // enqueued on the backend's stream; does not wait
+};
 
 struct AdamWSettings {
   double lr = 0;
@@ -59,6 +68,9 @@ class Backend {
   // 0 where the backend does not track it (the CPU).
   virtual size_t peak_memory_bytes() const { return 0; }
   virtual void reset_peak_memory() {}
+  // Memory this backend could still allocate (device memory on a GPU, the
+  // available RAM on the CPU); 0 when unknown. For up-front size checks.
+  virtual size_t free_memory_bytes() const { return 0; }
 
   // ---- embedding ----
   // out[b,t,:] = wte[tokens[b,t],:] + wpe[pos0 + t,:]; out [B,T,C].
@@ -72,6 +84,12 @@ class Backend {
   // mean, rstd: [N] in acc_dtype(), saved for the backward.
   virtual void layernorm_forward(void* out, void* mean, void* rstd, const void* inp,
                                  const void* weight, const void* bias, int N, int C) = 0;
+  // residual += delta (rounded to dtype() as residual_forward rounds), then
+  // out = layernorm(residual): the decode step's residual add and the next
+  // LayerNorm in one pass. residual, out, delta [N,C]; mean, rstd [N] (acc).
+  virtual void add_layernorm_forward(void* residual, void* out, void* mean, void* rstd,
+                                     const void* delta, const void* weight, const void* bias,
+                                     int N, int C) = 0;
   // dinp += (accumulates: the residual stream), dweight += , dbias += .
   virtual void layernorm_backward(void* dinp, void* dweight, void* dbias, const void* dout,
                                   const void* inp, const void* weight, const void* mean,
@@ -117,8 +135,23 @@ class Backend {
   // then out [B,C] = attention of the new query over the cache.
   // k_local, v_local [B, n_local, local_slots, D]; k_global, v_global
   // [B, n_head - n_local, max_T, D] (dtype); either pair may be null when empty.
+  // Rows and positions as DecodeSpec describes (per-row tables, idle rows,
+  // split-KV with spec.workspace).
   virtual void attention_decode(void* out, void* k_local, void* v_local, void* k_global,
                                 void* v_global, const void* qkv, const DecodeSpec& spec) = 0;
+  // Bytes of DecodeSpec::workspace the call needs (0: none).
+  virtual size_t attention_decode_workspace_bytes(const DecodeSpec& spec) const { return 0; }
+  // The prefill's half of the cache: qkv [T,3C] holds positions 0..T-1 of one
+  // sequence; writes their k and v into cache entry `cache_row` (global heads:
+  // every position; local heads: the last local_slots() positions, each in
+  // slot p % local_slots()). spec gives the cache layout (n_head, head_dim,
+  // n_local, window, max_T, cache_entries()); T <= max_T.
+  virtual void kv_cache_write(void* k_local, void* v_local, void* k_global, void* v_global,
+                              const void* qkv, int T, int cache_row, const DecodeSpec& spec) = 0;
+  // out[b,:] = wte[tokens[b],:] + wpe[positions[b],:] for one token per row;
+  // tokens, positions int32 [B]; a negative position (idle row) reads wpe[0].
+  virtual void embedding_decode(void* out, const int32_t* tokens, const int32_t* positions,
+                                const void* wte, const void* wpe, int B, int C) = 0;
 
   // ---- classifier: softmax + cross-entropy over the vocabulary ----
   // logits [N,Vp] (dtype); columns [V,Vp) are padding and never predicted.
@@ -128,6 +161,25 @@ class Backend {
   virtual void softmax_cross_entropy(void* losses, void* logits, const int32_t* targets,
                                      int N, int V, int Vp, double dloss,
                                      bool compute_grad) = 0;
+
+  // ---- sampling (see ops/sampling_spec.h for the rule) ----
+  // tokens [B] (int32) receives each row's choice from logits [B,Vp] over the
+  // first V columns; params [B] is a SampleParams table in backend memory whose
+  // step fields are incremented for active rows. With advance non-null
+  // (int32 [B], the rows' positions), active rows also get advance[b] += 1
+  // and next_input[b] = tokens[b] (next_input may be null): the bookkeeping of
+  // a decode step done without the host.
+  virtual void sample_tokens(int32_t* tokens, const void* logits, SampleParams* params, int B,
+                             int V, int Vp, int32_t* advance, int32_t* next_input) = 0;
+
+  // ---- graphs ----
+  // Records the ops that `work` enqueues, for replay with the same pointers
+  // and sizes; nullptr where the backend has no such facility (the CPU), in
+  // which case the caller simply runs `work` again each time. `work` must
+  // neither allocate nor wait for the device.
+  virtual std::unique_ptr<CapturedWork> capture(const std::function<void()>& work) {
+    return nullptr;
+  }
 
   // ---- optimizer ----
   // sum of x^2 in double precision (NaN/inf propagate). Waits for the result.

@@ -13,32 +13,29 @@ namespace {
 
 TEST(Sampler, TemperatureZeroIsArgmax) {
   std::vector<float> logits{0.1f, 2.5f, -1.0f, 2.4f};
-  Rng rng(1);
   SamplingSettings s;
   s.temperature = 0;
-  for (int i = 0; i < 10; ++i) EXPECT_EQ(sample_token(logits, s, rng), 1);
+  for (int i = 0; i < 10; ++i) EXPECT_EQ(sample_token(logits, s, 1, i), 1);
 }
 
 TEST(Sampler, TopKAndTopPRestrictCandidates) {
   std::vector<float> logits{3.0f, 2.9f, 2.8f, -5.0f, 1.0f};
-  Rng rng(2);
   SamplingSettings k2;
   k2.top_k = 2;
   SamplingSettings p;
   p.top_p = 0.5;  // token 0 alone has p ~0.37, tokens 0+1 ~0.71
   for (int i = 0; i < 500; ++i) {
-    EXPECT_LT(sample_token(logits, k2, rng), 2);
-    EXPECT_LT(sample_token(logits, p, rng), 2);
+    EXPECT_LT(sample_token(logits, k2, 2, i), 2);
+    EXPECT_LT(sample_token(logits, p, 2, i), 2);
   }
 }
 
 TEST(Sampler, FrequenciesFollowSoftmax) {
   std::vector<float> logits{0.0f, std::log(3.0f)};  // p = 1/4, 3/4
-  Rng rng(3);
   SamplingSettings s;
   int ones = 0;
   const int n = 20000;
-  for (int i = 0; i < n; ++i) ones += sample_token(logits, s, rng);
+  for (int i = 0; i < n; ++i) ones += sample_token(logits, s, 3, i);
   EXPECT_NEAR(double(ones) / n, 0.75, 0.015);
 }
 
@@ -52,9 +49,8 @@ TEST(Sampler, RefusesBadSettingsAndNaN) {
   s = {};
   s.top_k = -3;
   EXPECT_THROW(s.validate(), Error);
-  Rng rng(4);
   std::vector<float> logits{0.0f, NAN};
-  EXPECT_THROW(sample_token(logits, SamplingSettings{}, rng), Error);
+  EXPECT_THROW(sample_token(logits, SamplingSettings{}, 4, 0), Error);
 }
 
 }  // namespace

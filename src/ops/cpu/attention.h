@@ -27,11 +27,16 @@ void attention_forward(T* out, T* lse, T* max_logit, T* kbar, const T* qkv,
 template <typename T>
 void attention_backward(T* dqkv, const T* dout, const T* qkv, const T* out, const T* lse,
                         const T* kbar, const AttentionSpec& spec);
-// One token per batch row at spec.pos (< max_T): qkv [B,3C], out [B,C]; k and
-// v go into slot pos % local_slots() of the local ring buffers and slot pos
-// of the global caches before the query attends.
+// One token per batch row at its position (spec.pos, or spec.positions[b];
+// < max_T, negative: idle row, output zeros): qkv [B,3C], out [B,C]; k and v
+// go into slot pos % local_slots() of the local ring buffers and slot pos of
+// the global caches before the query attends. Row tables are host memory.
 template <typename T>
 void attention_decode(T* out, T* k_local, T* v_local, T* k_global, T* v_global, const T* qkv,
                       const DecodeSpec& spec);
+// Backend::kv_cache_write: positions 0..T_-1 of qkv [T_,3C] into cache_row.
+template <typename T>
+void kv_cache_write(T* k_local, T* v_local, T* k_global, T* v_global, const T* qkv, int T_,
+                    int cache_row, const DecodeSpec& spec);
 
 }  // namespace lsgpt::cpu

@@ -2,7 +2,9 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <new>
+#include <string>
 
 #include "core/error.h"
 #include "ops/cpu/adamw.h"
@@ -13,6 +15,7 @@
 #include "ops/cpu/layernorm.h"
 #include "ops/cpu/matmul.h"
 #include "ops/cpu/residual.h"
+#include "ops/cpu/sampling.h"
 
 namespace lsgpt {
 namespace {
@@ -41,6 +44,18 @@ void* CpuBackend<T>::alloc(size_t bytes) {
   void* p = std::aligned_alloc(64, (bytes + 63) / 64 * 64);
   if (!p) fail("out of host memory allocating ", bytes, " bytes");
   return p;
+}
+
+// MemAvailable counts reclaimable page cache too, unlike free pages.
+template <typename T>
+size_t CpuBackend<T>::free_memory_bytes() const {
+  std::ifstream meminfo("/proc/meminfo");
+  std::string key;
+  size_t kib = 0;
+  std::string unit;
+  while (meminfo >> key >> kib >> unit)
+    if (key == "MemAvailable:") return kib * 1024;
+  return 0;
 }
 
 template <typename T>
@@ -166,6 +181,34 @@ void CpuBackend<T>::attention_decode(void* out, void* k_local, void* v_local, vo
                                      void* v_global, const void* qkv, const DecodeSpec& spec) {
   cpu::attention_decode(typed<T>(out), typed<T>(k_local), typed<T>(v_local), typed<T>(k_global),
                         typed<T>(v_global), typed<T>(qkv), spec);
+}
+
+template <typename T>
+void CpuBackend<T>::add_layernorm_forward(void* residual, void* out, void* mean, void* rstd,
+                                          const void* delta, const void* weight,
+                                          const void* bias, int N, int C) {
+  add_inplace(residual, delta, size_t(N) * C);
+  layernorm_forward(out, mean, rstd, residual, weight, bias, N, C);
+}
+
+template <typename T>
+void CpuBackend<T>::kv_cache_write(void* k_local, void* v_local, void* k_global, void* v_global,
+                                   const void* qkv, int T_, int cache_row,
+                                   const DecodeSpec& spec) {
+  cpu::kv_cache_write(typed<T>(k_local), typed<T>(v_local), typed<T>(k_global),
+                      typed<T>(v_global), typed<T>(qkv), T_, cache_row, spec);
+}
+
+template <typename T>
+void CpuBackend<T>::embedding_decode(void* out, const int32_t* tokens, const int32_t* positions,
+                                     const void* wte, const void* wpe, int B, int C) {
+  cpu::embedding_decode(typed<T>(out), tokens, positions, typed<T>(wte), typed<T>(wpe), B, C);
+}
+
+template <typename T>
+void CpuBackend<T>::sample_tokens(int32_t* tokens, const void* logits, SampleParams* params,
+                                  int B, int V, int Vp, int32_t* advance, int32_t* next_input) {
+  cpu::sample_tokens(tokens, typed<T>(logits), params, B, V, Vp, advance, next_input);
 }
 
 template <typename T>

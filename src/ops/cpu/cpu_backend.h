@@ -24,6 +24,7 @@ class CpuBackend final : public Backend {
   void upload_f32(void* dst, DType dtype, const float* host_src, size_t n) override;
   void download_f32(float* host_dst, const void* src, DType dtype, size_t n) override;
   void sync() override {}
+  size_t free_memory_bytes() const override;
 
   void embedding_forward(void* out, const int32_t* tokens, const void* wte, const void* wpe,
                          int B, int T_, int C, int pos0) override;
@@ -31,6 +32,8 @@ class CpuBackend final : public Backend {
                           int B, int T_, int C) override;
   void layernorm_forward(void* out, void* mean, void* rstd, const void* inp, const void* weight,
                          const void* bias, int N, int C) override;
+  void add_layernorm_forward(void* residual, void* out, void* mean, void* rstd, const void* delta,
+                             const void* weight, const void* bias, int N, int C) override;
   void layernorm_backward(void* dinp, void* dweight, void* dbias, const void* dout,
                           const void* inp, const void* weight, const void* mean,
                           const void* rstd, int N, int C) override;
@@ -49,6 +52,12 @@ class CpuBackend final : public Backend {
                           const void* lse, const void* kbar, const AttentionSpec& spec) override;
   void attention_decode(void* out, void* k_local, void* v_local, void* k_global,
                         void* v_global, const void* qkv, const DecodeSpec& spec) override;
+  void kv_cache_write(void* k_local, void* v_local, void* k_global, void* v_global,
+                      const void* qkv, int T_, int cache_row, const DecodeSpec& spec) override;
+  void embedding_decode(void* out, const int32_t* tokens, const int32_t* positions,
+                        const void* wte, const void* wpe, int B, int C) override;
+  void sample_tokens(int32_t* tokens, const void* logits, SampleParams* params, int B, int V,
+                     int Vp, int32_t* advance, int32_t* next_input) override;
   void softmax_cross_entropy(void* losses, void* logits, const int32_t* targets, int N, int V,
                              int Vp, double dloss, bool compute_grad) override;
   double sum_squares(const void* x, size_t n) override;

@@ -31,6 +31,18 @@ void embedding_forward(T* out, const int32_t* tokens, const T* wte, const T* wpe
 }
 
 template <typename T>
+void embedding_decode(T* out, const int32_t* tokens, const int32_t* positions, const T* wte,
+                      const T* wpe, int B, int C) {
+  for (int b = 0; b < B; ++b) {
+    const T* tok_row = wte + size_t(tokens[b]) * C;
+    const T* pos_row = wpe + size_t(std::max(positions[b], 0)) * C;
+    T* o = out + size_t(b) * C;
+#pragma omp simd
+    for (int c = 0; c < C; ++c) o[c] = tok_row[c] + pos_row[c];
+  }
+}
+
+template <typename T>
 void embedding_backward(T* dwte, T* dwpe, const T* dout, const int32_t* tokens, int B, int T_,
                         int C) {
   // Channel blocks of 64 elements (one or more cache lines) per work item.
@@ -65,6 +77,10 @@ template void embedding_forward<float>(float*, const int32_t*, const float*, con
                                        int, int);
 template void embedding_forward<double>(double*, const int32_t*, const double*, const double*, int,
                                         int, int, int);
+template void embedding_decode<float>(float*, const int32_t*, const int32_t*, const float*,
+                                      const float*, int, int);
+template void embedding_decode<double>(double*, const int32_t*, const int32_t*, const double*,
+                                       const double*, int, int);
 template void embedding_backward<float>(float*, float*, const float*, const int32_t*, int, int,
                                         int);
 template void embedding_backward<double>(double*, double*, const double*, const int32_t*, int, int,

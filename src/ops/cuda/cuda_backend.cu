@@ -171,6 +171,11 @@ class CudaBackend final : public Backend {
   }
   size_t peak_memory_bytes() const override { return cuda::peak_allocated_bytes(); }
   void reset_peak_memory() override { cuda::reset_peak_allocated_bytes(); }
+  size_t free_memory_bytes() const override {
+    size_t free = 0, total = 0;
+    CUDA_CHECK(cudaMemGetInfo(&free, &total));
+    return free;
+  }
   void sync() override { CUDA_CHECK(cudaStreamSynchronize(ctx_.stream())); }
   cudaStream_t stream() const { return ctx_.stream(); }
 
@@ -188,6 +193,12 @@ class CudaBackend final : public Backend {
                          const void* bias, int N, int C) override {
     cuda::layernorm_forward(ctx_, as<bf16>(out), as<float>(mean), as<float>(rstd), as<bf16>(inp),
                             as<bf16>(weight), as<bf16>(bias), N, C);
+  }
+  void add_layernorm_forward(void* residual, void* out, void* mean, void* rstd, const void* delta,
+                             const void* weight, const void* bias, int N, int C) override {
+    cuda::add_layernorm_forward(ctx_, as<bf16>(residual), as<bf16>(out), as<float>(mean),
+                                as<float>(rstd), as<bf16>(delta), as<bf16>(weight),
+                                as<bf16>(bias), N, C);
   }
   void layernorm_backward(void* dinp, void* dweight, void* dbias, const void* dout,
                           const void* inp, const void* weight, const void* mean, const void* rstd,
@@ -235,6 +246,24 @@ class CudaBackend final : public Backend {
     cuda::attention_decode(ctx_, as<bf16>(out), as<bf16>(k_local), as<bf16>(v_local),
                            as<bf16>(k_global), as<bf16>(v_global), as<bf16>(qkv), spec);
   }
+  size_t attention_decode_workspace_bytes(const DecodeSpec& spec) const override {
+    return cuda::attention_decode_workspace_bytes(spec);
+  }
+  void kv_cache_write(void* k_local, void* v_local, void* k_global, void* v_global,
+                      const void* qkv, int T, int cache_row, const DecodeSpec& spec) override {
+    cuda::kv_cache_write(ctx_, as<bf16>(k_local), as<bf16>(v_local), as<bf16>(k_global),
+                         as<bf16>(v_global), as<bf16>(qkv), T, cache_row, spec);
+  }
+  void embedding_decode(void* out, const int32_t* tokens, const int32_t* positions,
+                        const void* wte, const void* wpe, int B, int C) override {
+    cuda::embedding_decode(ctx_, as<bf16>(out), tokens, positions, as<bf16>(wte), as<bf16>(wpe),
+                           B, C);
+  }
+  void sample_tokens(int32_t* tokens, const void* logits, SampleParams* params, int B, int V,
+                     int Vp, int32_t* advance, int32_t* next_input) override {
+    cuda::sample_tokens(ctx_, tokens, as<bf16>(logits), params, B, V, Vp, advance, next_input);
+  }
+  std::unique_ptr<CapturedWork> capture(const std::function<void()>& work) override;
   void softmax_cross_entropy(void* losses, void* logits, const int32_t* targets, int N, int V,
                              int Vp, double dloss, bool compute_grad) override {
     cuda::softmax_cross_entropy(ctx_, as<float>(losses), as<bf16>(logits), targets, N, V, Vp,
@@ -252,6 +281,41 @@ class CudaBackend final : public Backend {
  private:
   cuda::CudaContext ctx_;
 };
+
+// A CUDA graph instantiated from one stream capture, replayed on that stream.
+class CudaGraph final : public CapturedWork {
+ public:
+  CudaGraph(cudaGraphExec_t exec, cudaStream_t stream) : exec_(exec), stream_(stream) {}
+  ~CudaGraph() override {
+    cudaStreamSynchronize(stream_);
+    cudaGraphExecDestroy(exec_);
+  }
+  void replay() override { CUDA_CHECK(cudaGraphLaunch(exec_, stream_)); }
+
+ private:
+  cudaGraphExec_t exec_;
+  cudaStream_t stream_;
+};
+
+std::unique_ptr<CapturedWork> CudaBackend::capture(const std::function<void()>& work) {
+  const cudaStream_t stream = ctx_.stream();
+  CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+  cudaGraph_t graph = nullptr;
+  try {
+    work();
+  } catch (...) {
+    cudaStreamEndCapture(stream, &graph);  // leave the stream usable
+    if (graph) cudaGraphDestroy(graph);
+    cudaGetLastError();
+    throw;
+  }
+  CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
+  cudaGraphExec_t exec = nullptr;
+  const cudaError_t err = cudaGraphInstantiate(&exec, graph, 0);
+  cudaGraphDestroy(graph);
+  CUDA_CHECK(err);
+  return std::make_unique<CudaGraph>(exec, stream);
+}
 
 }  // namespace
 

@@ -83,11 +83,15 @@ constexpr int kMaxPiecesPerLane = 8;  // C <= 8 * 8 * 32 = 2048
 
 __device__ __forceinline__ float f(bf16 x) { return __bfloat162float(x); }
 
+// With delta non-null (add_layernorm_forward), the row first becomes
+// inp + delta, rounded to bf16 as the residual add rounds it, and is written
+// back to inp (which is then not const: the residual stream, in place).
 template <int kPieces>
 __global__ void layernorm_forward_vec_kernel(bf16* __restrict__ out, float* mean_out,
                                              float* rstd_out, const bf16* __restrict__ inp,
                                              const bf16* __restrict__ weight,
-                                             const bf16* __restrict__ bias, int N, int C) {
+                                             const bf16* __restrict__ bias, int N, int C,
+                                             const bf16* __restrict__ delta) {
   const int lane = threadIdx.x % kWarpSize;
   const int row = blockIdx.x * kRowsPerBlock + threadIdx.x / kWarpSize;
   if (row >= N) return;
@@ -100,6 +104,13 @@ __global__ void layernorm_forward_vec_kernel(bf16* __restrict__ out, float* mean
     const int p = k * kWarpSize + lane;
     if (p < pieces) {
       xv[k] = x[p];
+      if (delta) {
+        const Bf16x8 dv = reinterpret_cast<const Bf16x8*>(delta + size_t(row) * C)[p];
+#pragma unroll
+        for (int j = 0; j < kPieceElems; ++j)
+          xv[k].v[j] = __float2bfloat16(f(xv[k].v[j]) + f(dv.v[j]));
+        const_cast<Bf16x8*>(x)[p] = xv[k];
+      }
 #pragma unroll
       for (int j = 0; j < kPieceElems; ++j) sum += f(xv[k].v[j]);
     }
@@ -198,7 +209,7 @@ int pieces_per_lane(int C, std::initializer_list<const void*> rows) {
 }
 
 using ForwardKernel = void (*)(bf16*, float*, float*, const bf16*, const bf16*, const bf16*, int,
-                               int);
+                               int, const bf16*);
 using BackwardInputKernel = void (*)(bf16*, const bf16*, const bf16*, const bf16*, const float*,
                                      const float*, int, int);
 template <int... K>
@@ -250,11 +261,28 @@ void layernorm_forward(CudaContext& ctx, bf16* out, float* mean, float* rstd, co
   if (const int k = pieces_per_lane(C, {out, inp, weight, bias})) {
     static constexpr auto kernels =
         forward_kernels(std::make_integer_sequence<int, kMaxPiecesPerLane>());
-    kernels[k - 1]<<<blocks, threads, 0, ctx.stream()>>>(out, mean, rstd, inp, weight, bias, N, C);
+    kernels[k - 1]<<<blocks, threads, 0, ctx.stream()>>>(out, mean, rstd, inp, weight, bias, N, C,
+                                                        nullptr);
   } else {
     layernorm_forward_kernel<<<blocks, threads, 0, ctx.stream()>>>(out, mean, rstd, inp, weight,
                                                                    bias, N, C);
   }
+  CUDA_CHECK_LAUNCH();
+}
+
+void add_layernorm_forward(CudaContext& ctx, bf16* residual, bf16* out, float* mean, float* rstd,
+                           const bf16* delta, const bf16* weight, const bf16* bias, int N, int C) {
+  if (N == 0 || C == 0) return;
+  const int k = pieces_per_lane(C, {residual, out, delta, weight, bias});
+  if (k == 0) {  // the two-pass path for shapes the fused kernel does not take
+    add_inplace(ctx, residual, delta, size_t(N) * C);
+    layernorm_forward(ctx, out, mean, rstd, residual, weight, bias, N, C);
+    return;
+  }
+  static constexpr auto kernels =
+      forward_kernels(std::make_integer_sequence<int, kMaxPiecesPerLane>());
+  kernels[k - 1]<<<ceil_div(N, kRowsPerBlock), kRowsPerBlock * kWarpSize, 0, ctx.stream()>>>(
+      out, mean, rstd, residual, weight, bias, N, C, delta);
   CUDA_CHECK_LAUNCH();
 }
 

@@ -158,6 +158,7 @@ void matmul_forward(CudaContext& ctx, bf16* out, bf16* pre_gelu, const bf16* inp
                     const bf16* weight, const bf16* bias, int N, int C, int OC) {
   if (N == 0 || OC == 0) return;
   LSGPT_CHECK(C > 0, "matmul with an empty inner dimension");
+  if (matmul_small_forward(ctx, out, pre_gelu, inp, weight, bias, N, C, OC)) return;
   Gemm g;
   g.trans_a = true, g.m = OC, g.n = N, g.k = C;
   g.a = weight, g.lda = C, g.b = inp, g.ldb = C, g.ldd = OC;

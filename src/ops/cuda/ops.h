@@ -27,6 +27,8 @@ void embedding_backward(CudaContext& ctx, bf16* dwte, bf16* dwpe, const bf16* do
 // layernorm.cu
 void layernorm_forward(CudaContext& ctx, bf16* out, float* mean, float* rstd, const bf16* inp,
                        const bf16* weight, const bf16* bias, int N, int C);
+void add_layernorm_forward(CudaContext& ctx, bf16* residual, bf16* out, float* mean, float* rstd,
+                           const bf16* delta, const bf16* weight, const bf16* bias, int N, int C);
 void layernorm_backward(CudaContext& ctx, bf16* dinp, bf16* dweight, bf16* dbias,
                         const bf16* dout, const bf16* inp, const bf16* weight, const float* mean,
                         const float* rstd, int N, int C);
@@ -34,6 +36,12 @@ void layernorm_backward(CudaContext& ctx, bf16* dinp, bf16* dweight, bf16* dbias
 // matmul.cu
 void matmul_forward(CudaContext& ctx, bf16* out, bf16* pre_gelu, const bf16* inp,
                     const bf16* weight, const bf16* bias, int N, int C, int OC);
+// matmul_small.cu: the same product for N <= kMatmulSmallMaxRows rows (a
+// decode step), bound by reading the weights; false (nothing done) when the
+// shape or alignment does not suit it.
+constexpr int kMatmulSmallMaxRows = 8;
+bool matmul_small_forward(CudaContext& ctx, bf16* out, bf16* pre_gelu, const bf16* inp,
+                          const bf16* weight, const bf16* bias, int N, int C, int OC);
 void matmul_backward(CudaContext& ctx, bf16* dinp, bf16* dweight, bf16* dbias, bf16* dout,
                      const bf16* inp, const bf16* weight, const bf16* pre_gelu,
                      const bf16* inp_pre_gelu, int N, int C, int OC);
@@ -70,5 +78,15 @@ void attention_backward(CudaContext& ctx, bf16* dqkv, const bf16* dout, const bf
                         const AttentionSpec& spec);
 void attention_decode(CudaContext& ctx, bf16* out, bf16* k_local, bf16* v_local,
                       bf16* k_global, bf16* v_global, const bf16* qkv, const DecodeSpec& spec);
+size_t attention_decode_workspace_bytes(const DecodeSpec& spec);
+// kv_cache.cu
+void kv_cache_write(CudaContext& ctx, bf16* k_local, bf16* v_local, bf16* k_global,
+                    bf16* v_global, const bf16* qkv, int T, int cache_row, const DecodeSpec& spec);
+void embedding_decode(CudaContext& ctx, bf16* out, const int32_t* tokens, const int32_t* positions,
+                      const bf16* wte, const bf16* wpe, int B, int C);
+
+// sampling.cu
+void sample_tokens(CudaContext& ctx, int32_t* tokens, const bf16* logits, SampleParams* params,
+                   int B, int V, int Vp, int32_t* advance, int32_t* next_input);
 
 }  // namespace lsgpt::cuda

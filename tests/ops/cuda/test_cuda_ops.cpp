@@ -164,6 +164,52 @@ TEST_F(CudaOps, MatmulClassifierShapeWithoutBias) {
           {{"out", kBf16Tolerance}, {"dinp", kBf16Tolerance}, {"dweight", kBf16Tolerance}});
 }
 
+// A decode step's products: 1..8 rows take matmul_small.cu's kernel (with and
+// without bias, with the GELU epilogue, an odd number of output features,
+// widths that leave lanes idle); 9 rows go back to cuBLASLt.
+TEST_F(CudaOps, MatmulSmallRowCountsEveryEpilogue) {
+  for (int N : {1, 2, 3, 5, 8, 9})
+    for (auto [C, OC] : {std::pair{768, 2304}, std::pair{3072, 768}, std::pair{72, 1001}}) {
+      for (int variant = 0; variant < 3; ++variant) {
+        const bool bias = variant != 1, gelu = variant == 2;
+        Tensors t{{"inp", in(size_t(N) * C, 20 + N)},
+                  {"weight", in(size_t(OC) * C, 30 + C, -0.1, 0.1)},
+                  {"bias", in(OC, 40)},
+                  {"out", out(size_t(N) * OC)},
+                  {"pre_gelu", out(size_t(N) * OC)}};
+        std::map<std::string, double> checked{{"out", kBf16Tolerance}};
+        if (gelu) checked["pre_gelu"] = kBf16Tolerance;
+        SCOPED_TRACE("N=" + std::to_string(N) + " C=" + std::to_string(C) +
+                     " variant=" + std::to_string(variant));
+        compare(t, {},
+                [&](Backend& be, auto& p) {
+                  be.matmul_forward(p["out"], gelu ? p["pre_gelu"] : nullptr, p["inp"],
+                                    p["weight"], bias ? p["bias"] : nullptr, N, C, OC);
+                },
+                checked);
+      }
+    }
+}
+
+// The decode step's residual add fused with the next LayerNorm: the fused
+// kernel (C a multiple of 8) and the two-pass fallback (C = 100).
+TEST_F(CudaOps, AddLayerNormFusedAndFallback) {
+  for (auto [N, C] : {std::pair{1, 768}, std::pair{5, 1600}, std::pair{3, 100}}) {
+    Tensors t{{"residual", in(size_t(N) * C, 50, -2, 2)}, {"delta", in(size_t(N) * C, 51)},
+              {"weight", in(C, 52, 0.5, 1.5)},             {"bias", in(C, 53)},
+              {"out", out(size_t(N) * C)},                 {"mean", out(N, true)},
+              {"rstd", out(N, true)}};
+    SCOPED_TRACE("N=" + std::to_string(N) + " C=" + std::to_string(C));
+    compare(t, {},
+            [&](Backend& be, auto& p) {
+              be.add_layernorm_forward(p["residual"], p["out"], p["mean"], p["rstd"], p["delta"],
+                                       p["weight"], p["bias"], N, C);
+            },
+            {{"residual", kBf16Tolerance}, {"out", kBf16Tolerance}, {"mean", kBf16Tolerance},
+             {"rstd", kBf16Tolerance}});
+  }
+}
+
 TEST_F(CudaOps, SoftmaxCrossEntropyGpt2Vocabulary) {
   const int N = 24, V = 50257, Vp = 50304;
   std::mt19937 rng(7);
