@@ -99,10 +99,11 @@ __device__ u64 block_sum_u64(u64 x, u64* shared /* [kWarps] */) {
 
 // The histogram of a radix pass is kept in kCopies copies, lane l adding to
 // copy l % kCopies: the top bytes of the keys of a row take only a few values,
-// and shared atomics on one address serialize. 32-bit atomics (64-bit ones on
-// shared memory are slower): a weight w <= 2^24 is added as w mod 2^12 and
-// w / 2^12, whose sums over a copy stay below 2^32 for any V < 2^24. A copy's
-// stride of 257 puts the copies of one byte in different banks.
+// and shared atomics on one address serialize. The atomics are 32-bit (64-bit
+// ones on shared memory are compare-and-swap loops, 3x slower here): a weight
+// w <= 2^24 is added as w mod 2^12 and w / 2^12, whose sums over a copy stay
+// below 2^32 for any V < 2^24. A copy's stride of 257 puts the copies of one
+// byte in different banks.
 constexpr int kCopies = 16;
 
 struct SelectShared {
@@ -258,7 +259,7 @@ __global__ void __launch_bounds__(kThreads)
 void sample_tokens(CudaContext& ctx, int32_t* tokens, const bf16* logits, SampleParams* params,
                    int B, int V, int Vp, int32_t* advance, int32_t* next_input) {
   if (B == 0) return;
-  LSGPT_CHECK(V > 0 && V <= Vp, "sampling: need 0 < V <= Vp");
+  LSGPT_CHECK(V > 0 && V <= Vp && V < (1 << 24), "sampling: need 0 < V <= Vp, V < 2^24");
   if (Vp % 8 == 0 && aligned16(logits))
     sample_kernel<true><<<B, kThreads, 0, ctx.stream()>>>(tokens, logits, params, V, Vp, advance,
                                                            next_input);
