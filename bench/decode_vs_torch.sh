@@ -29,6 +29,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 steps=${STEPS:-64} warmup=${WARMUP:-8}
 batches=${BATCHES:-1 8 64} contexts=${CONTEXTS:-1024 4096 16384 32768} modes=${MODES:-ls mhsa}
 mkdir -p "$out"
+rm -f "$out/lsgpt.jsonl" "$out/torch.jsonl" "$out/decode.md"  # no stale lines from an earlier run
 device=$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | head -1 || true)
 today=$(date -u +%F)
 echo "== device: ${device:-unknown}, $today"
