@@ -5,10 +5,6 @@
 
 namespace lsgpt {
 
-namespace {
-constexpr int32_t kEndOfText = 50256;
-}
-
 std::vector<int32_t> generate(GPT& model, std::span<const int32_t> prompt,
                               const GenerateOptions& options,
                               const std::function<void(int32_t)>& on_token) {
@@ -16,7 +12,7 @@ std::vector<int32_t> generate(GPT& model, std::span<const int32_t> prompt,
   const int context = model.config().seq_len;
   if (options.max_new_tokens < 0) fail("--tokens must be >= 0");
   std::vector<int32_t> seq(prompt.begin(), prompt.end());
-  if (seq.empty()) seq.push_back(kEndOfText);
+  if (seq.empty()) seq.push_back(model.config().eot_token);
   const int prompt_len = int(seq.size());
   if (prompt_len > context)
     fail("the prompt is ", prompt_len, " tokens long but the model's context is ", context,
@@ -41,7 +37,7 @@ std::vector<int32_t> generate(GPT& model, std::span<const int32_t> prompt,
     seq.push_back(next);
     produced.push_back(next);
     if (on_token) on_token(next);
-    if (options.stop_at_eot && next == kEndOfText) break;
+    if (options.stop_at_eot && next == model.config().eot_token) break;
     if (options.use_cache && i + 1 < options.max_new_tokens)
       logits = model.decode_step(*cache, &next, int(seq.size()) - 1);
   }

@@ -19,10 +19,10 @@ struct GenerateOptions {
   int max_new_tokens = 100;
   uint64_t seed = 1;
   bool use_cache = true;
-  bool stop_at_eot = false;  // stop when <|endoftext|> is produced
+  bool stop_at_eot = false;  // stop when the model's eot_token is produced
 };
 
-// An empty prompt starts from <|endoftext|>, as GPT-2 does. Throws
+// An empty prompt starts from the model's eot_token (<|endoftext|>), as GPT-2 does. Throws
 // lsgpt::Error when prompt + new tokens do not fit the model's context.
 // on_token is called with each new token as soon as it is chosen.
 std::vector<int32_t> generate(GPT& model, std::span<const int32_t> prompt,
