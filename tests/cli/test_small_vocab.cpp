@@ -13,6 +13,7 @@
 #include "../io/io_test_support.h"
 #include "data/token_file.h"
 #include "io/checkpoint.h"
+#include "io/hf_gpt2.h"
 
 namespace lsgpt {
 namespace {
@@ -201,6 +202,33 @@ TEST_F(SmallVocab, BadInputIsRefusedBeforeAnyOutput) {
                           " --out-dir " + f("run3") + " --vocab-size 1000 --eot-token 1000"
                           " --n-layer 1 --n-head 2 --d-model 32 --seq-len 32 --steps 1 --quiet"),
                     "eot_token 1000 is outside the vocabulary of 1000");
+}
+
+// The report of issue 12: a plain Hugging Face GPT-2 with vocab_size 1000 and
+// eos_token_id 999, imported and sampled. Generation used to start from
+// GPT-2's 50256 ("token 50256 is outside the vocabulary of 1000"), and a text
+// prompt was printed before the failure.
+TEST_F(SmallVocab, ImportedHuggingFaceModelWithItsOwnVocabularyGenerates) {
+  ModelConfig cfg = testing::tiny_config({0}, 100);
+  cfg.vocab_size = kVocab;
+  cfg.eot_token = -1;
+  cfg.seq_len = 32;
+  cfg.normalize_and_validate();
+  export_hf_gpt2(cfg, testing::random_params(cfg, 31), dir_.file("hf"));
+  nlohmann::json hf = read_json(dir_.file("hf/config.json"));
+  for (const char* key : {"lsgpt_n_local", "lsgpt_window", "lsgpt_span"}) hf.erase(key);
+  ASSERT_EQ(hf["eos_token_id"], 999);
+  std::ofstream(dir_.file("hf/config.json")) << hf.dump(2);
+  auto r = lsgpt("import --in " + f("hf") + " --out " + f("m.ckpt"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  for (const std::string cache : {"", " --no-cache"}) {
+    r = lsgpt("generate --checkpoint " + f("m.ckpt") + " --ids -n 6" + cache);
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    EXPECT_EQ(parse_ids(r.output).size(), 6u) << r.output;
+    EXPECT_EQ(r.output.find("50256"), std::string::npos) << r.output;
+  }
+  expect_only_error(lsgpt("generate --checkpoint " + f("m.ckpt") + " --prompt 'Hello' -n 3"),
+                    "tokenizer");
 }
 
 TEST_F(SmallVocab, GptTwoVocabularyKeepsItsEndOfText) {
