@@ -194,6 +194,9 @@ TEST_F(SmallVocab, BadInputIsRefusedBeforeAnyOutput) {
   expect_only_error(lsgpt("eval --checkpoint " + f("run/checkpoint.ckpt") + " --data " +
                           f("gpt2.bin")),
                     "vocabulary of 50257 tokens; this model uses 1000");
+  expect_only_error(lsgpt("eval --checkpoint " + f("run/checkpoint.ckpt") + " --data " +
+                          f("valid.bin") + " --max-batches=-1"),
+                    "--max-batches");
   expect_only_error(lsgpt("train --train " + f("train.bin") + " --valid " + f("valid.bin") +
                           " --out-dir " + f("run2") +
                           " --n-layer 1 --n-head 2 --d-model 32 --seq-len 32 --steps 1 --quiet"),
