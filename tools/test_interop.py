@@ -15,7 +15,10 @@ Needs torch, transformers, safetensors and numpy. Steps:
      tools/lsgpt_torch.py in float64 (MHSA and LS) and, for MHSA, by
      transformers' GPT2LMHeadModel in float32 and float64;
  (d) export -> import -> export is byte-identical, and exporting an imported
-     transformers model gives back its tensors bit for bit.
+     transformers model gives back its tensors bit for bit;
+ (e) a GPT-2 with a 1,000-token vocabulary (eos_token_id 999) imports with
+     its own vocabulary and end-of-text token, evaluates like transformers on
+     a token file of that vocabulary, and generates token ids.
 Prints a table; exits 1 on any mismatch (2 when a dependency is missing).
 """
 
@@ -88,13 +91,13 @@ def run(cmd):
     return r.stdout
 
 
-def make_random_gpt2(out_dir):
+def make_random_gpt2(out_dir, vocab=VOCAB, eot=50256):
     """A transformers GPT-2 with weights spread widely enough that attention
     is sharp (so masks matter), saved the way Hugging Face saves models."""
     config = transformers.GPT2Config(
-        vocab_size=VOCAB, n_positions=N_POSITIONS, n_embd=N_EMBD, n_layer=N_LAYER,
+        vocab_size=vocab, n_positions=N_POSITIONS, n_embd=N_EMBD, n_layer=N_LAYER,
         n_head=N_HEAD, activation_function="gelu_new", resid_pdrop=0.0, embd_pdrop=0.0,
-        attn_pdrop=0.0, tie_word_embeddings=True)
+        attn_pdrop=0.0, tie_word_embeddings=True, bos_token_id=eot, eos_token_id=eot)
     model = transformers.GPT2LMHeadModel(config)
     gen = torch.Generator().manual_seed(1234)
     with torch.no_grad():
@@ -123,6 +126,39 @@ def read_token_file(path):
     _, vocab, count = struct.unpack_from("<IIQ", data, 8)
     tokens = np.frombuffer(data, dtype="<u2", offset=64, count=count)
     return tokens.astype(np.int64), vocab
+
+
+def write_token_file(path, vocab, tokens):
+    header = b"LSGPTTOK" + struct.pack("<IIQ", 1, vocab, len(tokens))
+    with open(path, "wb") as f:
+        f.write(header.ljust(64, b"\0"))
+        f.write(np.asarray(tokens, dtype="<u2").tobytes())
+
+
+def small_vocab_case(report, lsgpt, work):
+    """(e): vocab_size 1000, eos_token_id 999: nothing may assume GPT-2's."""
+    case, V = "vocab1000", 1000
+    hf_dir = os.path.join(work, "hf_vocab1000")
+    make_random_gpt2(hf_dir, vocab=V, eot=V - 1)
+    ckpt = os.path.join(work, case + ".ckpt")
+    run([lsgpt, "import", "--in", hf_dir, "--out", ckpt])
+    info = json.loads(run([lsgpt, "info", "--checkpoint", ckpt, "--json"]))["model"]
+    report.check(case, "imported vocab_size, eot_token", str((info["vocab_size"], info["eot_token"])),
+                 str((V, V - 1)), ok=(info["vocab_size"], info["eot_token"]) == (V, V - 1))
+    T = N_POSITIONS
+    tokens = (np.arange(4 * T) * 37 + 11) % V
+    tokens_path = os.path.join(work, case + ".bin")
+    write_token_file(tokens_path, V, tokens)
+    got, got_loss = lsgpt_eval(lsgpt, ckpt, tokens_path, os.path.join(work, case + ".npy"))
+    hf32 = transformers.GPT2LMHeadModel.from_pretrained(hf_dir).eval()
+    with torch.no_grad():
+        ref = hf32(torch.as_tensor(tokens[:T]).view(1, T)).logits[0].double().numpy()
+    compare(report, case, "transformers f32", got, got_loss, ref, cross_entropy(ref, tokens[1:T + 1]))
+    out = run([lsgpt, "generate", "--checkpoint", ckpt, "--ids", "-n", "8", "--temperature", "0"])
+    ids = [int(x) for x in out.split()]
+    ok = len(ids) == 8 and all(0 <= i < V for i in ids)
+    report.check(case, "generate --ids: 8 ids in the vocabulary", " ".join(map(str, ids)), "8 ids < 1000",
+                 ok=ok)
 
 
 def lsgpt_eval(lsgpt, ckpt, tokens_path, npy):
@@ -229,6 +265,8 @@ def main():
         run([lsgpt, "export", "--checkpoint", again_ckpt, "--out", again])
         same = files_identical(export, again)
         report.check(case, "export->import->export byte-identical", str(same), "True", ok=same)
+
+    small_vocab_case(report, lsgpt, work)
 
     report.print()
     if report.failed:

@@ -23,6 +23,7 @@ struct EvalFlags {
 void run_eval(const EvalFlags& f) {
   if (f.data.empty()) fail("no data given: pass --data FILE (made by `lsgpt prepare`)");
   if (f.batch_size < 1) fail("--batch-size must be >= 1");
+  if (f.max_batches < 0) fail("--max-batches must be >= 0 (0: the whole file), got ", f.max_batches);
   LoadedModel m = load_model(f.checkpoint, f.device);
   const ModelConfig& cfg = m.model->config();
   const int T = f.seq_len ? f.seq_len : cfg.seq_len;

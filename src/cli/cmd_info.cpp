@@ -24,7 +24,8 @@ void print_model(const ModelConfig& c) {
   std::printf("model\n");
   std::printf("  layers %d | heads %d | d_model %d | head_dim %d | context %d\n", c.n_layer,
               c.n_head, c.d_model, c.head_dim(), c.seq_len);
-  std::printf("  vocab %d (padded to %d)\n", c.vocab_size, c.padded_vocab());
+  std::printf("  vocab %d (padded to %d) | end-of-text token %d\n", c.vocab_size,
+              c.padded_vocab(), c.eot_token);
   std::printf("  attention: local heads per layer [");
   for (size_t l = 0; l < c.n_local.size(); ++l) std::printf("%s%d", l ? ", " : "", c.n_local[l]);
   std::printf("] of %d, window w = %d%s\n", c.n_head, c.window,

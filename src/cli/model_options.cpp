@@ -21,6 +21,15 @@ void ModelOptions::add_to(CLI::App* cmd) {
   options.push_back(cmd->add_option("--n-head", n_head, "attention heads per layer")->group(group));
   options.push_back(cmd->add_option("--d-model", d_model, "width")->group(group));
   options.push_back(cmd->add_option("--seq-len", seq_len, "context length (positions)")->group(group));
+  options.push_back(cmd->add_option("--vocab-size", vocab_size,
+                                    "vocabulary size (default 50257, GPT-2's BPE); token files "
+                                    "must have been made with the same vocabulary")
+                        ->group(group));
+  options.push_back(cmd->add_option("--eot-token", eot_token,
+                                    "end-of-text token id, which also starts an empty prompt "
+                                    "(default: 50256 if the vocabulary has it, else "
+                                    "vocab-size - 1)")
+                        ->group(group));
   options.push_back(cmd->add_option("--n-local", n_local,
                                     "local heads per layer: one number or a comma list "
                                     "(0 = plain MHSA)")
@@ -54,6 +63,14 @@ ModelConfig ModelOptions::resolve() const {
   if (given("--d-model")) c.d_model = d_model;
   if (given("--seq-len")) c.seq_len = seq_len;
   if (given("--window")) c.window = window;
+  if (given("--vocab-size")) {
+    c.vocab_size = vocab_size;
+    c.eot_token = -1;  // the default rule for the new vocabulary, unless --eot-token says
+  }
+  if (given("--eot-token")) {
+    if (eot_token < 0) fail("--eot-token must be >= 0, got ", eot_token);
+    c.eot_token = eot_token;
+  }
   if (given("--n-local")) {
     c.n_local.clear();
     std::stringstream ss(n_local);

@@ -11,7 +11,8 @@ namespace lsgpt::cli {
 
 struct ModelOptions {
   std::string config_path;
-  int n_layer = 0, n_head = 0, d_model = 0, seq_len = 0, window = 0;
+  int n_layer = 0, n_head = 0, d_model = 0, seq_len = 0, window = 0, vocab_size = 0,
+      eot_token = 0;
   std::string n_local;  // "3" or "3,3,2,2"
   std::string span;
   std::string span_preset;

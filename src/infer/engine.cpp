@@ -27,10 +27,7 @@ int bucket_of(int n, int cap) {
 
 }  // namespace
 
-// TODO(merge): the model config's own end-of-text id.
-int32_t end_of_text_token(const ModelConfig& cfg) {
-  return cfg.vocab_size >= 50257 ? 50256 : cfg.vocab_size - 1;
-}
+int32_t end_of_text_token(const ModelConfig& cfg) { return cfg.eot_token; }
 
 const char* finish_reason_name(FinishReason reason) {
   switch (reason) {

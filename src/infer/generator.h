@@ -22,7 +22,7 @@ struct GenerateOptions {
   bool stop_at_eot = false;  // stop when <|endoftext|> is produced
 };
 
-// An empty prompt starts from <|endoftext|>, as GPT-2 does. Throws
+// An empty prompt starts from the model's eot_token (<|endoftext|>), as GPT-2 does. Throws
 // lsgpt::Error, before any work, when prompt + new tokens exceed the model's
 // context + 1 (the last token is predicted from a full window). With the
 // cache this runs the inference engine (src/infer/engine.h) with one slot;

@@ -17,7 +17,6 @@ using json = nlohmann::json;
 namespace fs = std::filesystem;
 
 constexpr const char* kPrefix = "transformer.";
-constexpr int kGpt2EndOfText = 50256;
 
 bool ends_with(const std::string& s, const std::string& suffix) {
   return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
@@ -64,6 +63,28 @@ int config_int(const json& cfg, const char* key, int fallback, const std::string
   if (!v.is_number_integer() || v.get<int64_t>() < 1 || v.get<int64_t>() > (1 << 30))
     fail(origin, ": '", key, "' must be a positive integer, got ", v.dump());
   return v.get<int>();
+}
+
+// A special-token id of config.json (bos_token_id, eos_token_id): absent or
+// null -> -1; otherwise a non-negative integer.
+int config_token_id(const json& cfg, const char* key, const std::string& origin) {
+  if (!cfg.contains(key) || cfg[key].is_null()) return -1;
+  const json& v = cfg[key];
+  if (!v.is_number_integer() || v.get<int64_t>() < 0 || v.get<int64_t>() > (1 << 30))
+    fail(origin, ": '", key, "' must be one non-negative token id, got ", v.dump());
+  return v.get<int>();
+}
+
+// lsgpt has one special token that ends text and starts an empty prompt:
+// eos_token_id, else bos_token_id, else the default rule (-1). Both given but
+// different is refused, since lsgpt could honour only one of them.
+int config_eot_token(const json& cfg, const std::string& origin) {
+  const int eos = config_token_id(cfg, "eos_token_id", origin);
+  const int bos = config_token_id(cfg, "bos_token_id", origin);
+  if (eos >= 0 && bos >= 0 && eos != bos)
+    fail(origin, ": bos_token_id ", bos, " differs from eos_token_id ", eos,
+         "; lsgpt uses one end-of-text token, which also starts an empty prompt");
+  return eos >= 0 ? eos : bos;
 }
 
 // Refuses GPT-2 variants that lsgpt's blocks would compute differently.
@@ -128,7 +149,8 @@ std::vector<HfTensorSpec> hf_gpt2_tensor_specs(const ModelConfig& cfg) {
 
 json hf_gpt2_config(const ModelConfig& cfg) {
   const json model = cfg.to_json();
-  const int special = std::min(kGpt2EndOfText, cfg.vocab_size - 1);
+  const int special =
+      cfg.eot_token >= 0 ? cfg.eot_token : ModelConfig::default_eot_token(cfg.vocab_size);
   return json{
       {"activation_function", "gelu_new"},
       {"architectures", {"GPT2LMHeadModel"}},
@@ -230,6 +252,11 @@ Checkpoint import_hf_gpt2(const safetensors::File& file, const json* config,
              {"d_model", n_embd},
              {"seq_len", config_int(c, "n_positions", 1024, config_origin)},
              {"vocab_size", config_int(c, "vocab_size", 50257, config_origin)}};
+    const int eot = config_eot_token(c, config_origin);
+    if (eot >= model["vocab_size"].get<int>())
+      fail(config_origin, ": the end-of-text token ", eot, " (eos_token_id/bos_token_id) is "
+           "outside the vocabulary of ", model["vocab_size"].get<int>(), " tokens");
+    if (eot >= 0) model["eot_token"] = eot;
   } else {
     auto it = weights.find("wte.weight");
     auto pos = weights.find("wpe.weight");

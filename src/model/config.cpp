@@ -156,6 +156,10 @@ void ModelConfig::normalize_and_validate() {
   if (vocab_size < 1 || vocab_size > 65535)
     fail("config: vocab_size must be in 1..65535 (tokens are stored as uint16), got ",
          vocab_size);
+  if (eot_token < 0) eot_token = default_eot_token(vocab_size);
+  if (eot_token >= vocab_size)
+    fail("config: eot_token ", eot_token, " is outside the vocabulary of ", vocab_size,
+         " tokens (it must be in 0..", vocab_size - 1, ")");
   if (window < 1) fail("config: window must be >= 1, got ", window);
   if (n_local.empty()) n_local.assign(n_layer, default_n_local(n_head));
   if (n_local.size() == 1) n_local.assign(n_layer, n_local[0]);
@@ -174,6 +178,8 @@ json ModelConfig::to_json() const {
   json j{{"n_layer", n_layer},   {"n_head", n_head},        {"d_model", d_model},
          {"seq_len", seq_len},   {"vocab_size", vocab_size}, {"n_local", n_local},
          {"window", window}};
+  // -1 (not yet normalized) is left out so from_json applies the default rule.
+  if (eot_token >= 0) j["eot_token"] = eot_token;
   if (span.any()) {
     json s = json::object();
     if (span.q.enabled) s["q"] = target_json(span.q);
@@ -187,8 +193,9 @@ json ModelConfig::to_json() const {
 
 ModelConfig ModelConfig::from_json(const json& j) {
   if (!j.is_object()) fail("config: expected a JSON object");
-  static const char* known[] = {"n_layer", "n_head", "d_model", "seq_len", "vocab_size",
-                                "n_local", "window",  "span",    "comment"};
+  static const char* known[] = {"n_layer", "n_head", "d_model", "seq_len",
+                                "vocab_size", "eot_token", "n_local", "window",
+                                "span",    "comment"};
   for (auto& [key, _] : j.items()) {
     bool ok = false;
     for (const char* k : known) ok |= key == k;
@@ -200,6 +207,10 @@ ModelConfig ModelConfig::from_json(const json& j) {
   c.d_model = get_int(j, "d_model", c.d_model);
   c.seq_len = get_int(j, "seq_len", c.seq_len);
   c.vocab_size = get_int(j, "vocab_size", c.vocab_size);
+  // Configs and checkpoints written before eot_token existed get the default rule.
+  c.eot_token = get_int(j, "eot_token", -1);
+  if (j.contains("eot_token") && c.eot_token < 0)
+    fail("config: eot_token must be >= 0, got ", c.eot_token);
   c.window = get_int(j, "window", c.window);
   if (j.contains("n_local")) {
     const json& nl = j["n_local"];

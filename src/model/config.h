@@ -30,6 +30,11 @@ struct ModelConfig {
   int d_model = 128;
   int seq_len = 256;          // context length = number of learned positions
   int vocab_size = 50257;     // GPT-2 BPE
+  // The end-of-text token, which also starts an empty prompt (GPT-2's
+  // <|endoftext|>). -1 until normalize_and_validate(), which applies the
+  // default rule: 50256 when the vocabulary holds it (GPT-2's), otherwise the
+  // last token, vocab_size - 1.
+  int eot_token = -1;
   std::vector<int> n_local;   // local heads per layer (size n_layer after normalize())
   int window = 100;           // w: a local query sees itself and the w-1 keys before it
   SpanConfig span;
@@ -49,6 +54,11 @@ struct ModelConfig {
   static ModelConfig load(const std::string& path);       // validates
   // The default when no n_local is given: every head but one local (the paper's setting).
   static int default_n_local(int n_head) { return n_head > 1 ? n_head - 1 : 0; }
+  // GPT-2's <|endoftext|> (50256) if the vocabulary has it, else vocab_size - 1.
+  static int default_eot_token(int vocab_size) {
+    return vocab_size > kGpt2EndOfText ? kGpt2EndOfText : vocab_size - 1;
+  }
+  static constexpr int kGpt2EndOfText = 50256;
 };
 
 bool operator==(const SpanTarget& a, const SpanTarget& b);

@@ -107,8 +107,17 @@ TrainResult train_model(const TrainOptions& options) {
   if (T > mc.seq_len)
     fail("--seq-len ", T, " exceeds the model's context of ", mc.seq_len, " positions");
 
-  TokenFile train_file(tc.train_data, mc.vocab_size);
-  TokenFile valid_file(tc.valid_data, mc.vocab_size);
+  // The model's vocabulary, not GPT-2's, decides which token files fit.
+  auto open_data = [&](const std::string& path) {
+    TokenFile file(path, 0);
+    if (file.vocab_size() != mc.vocab_size)
+      fail("token file ", path, " was made with a vocabulary of ", file.vocab_size(),
+           " tokens; this model uses ", mc.vocab_size,
+           resuming ? "" : " (a new model takes its vocabulary size from --vocab-size)");
+    return file;
+  };
+  TokenFile train_file = open_data(tc.train_data);
+  TokenFile valid_file = open_data(tc.valid_data);
   TrainBatches batches(train_file, B, T, tc.seed);  // refuses files shorter than T+1
   EvalBatches(valid_file, B, T, 1);                  // same check for validation, up front
 

@@ -156,6 +156,39 @@ TEST(HfGpt2, ConfigJsonIsAGpt2ConfigWithLsgptKeys) {
   EXPECT_EQ(hf_gpt2_config(gpt2_small())["eos_token_id"], 50256);
 }
 
+TEST(HfGpt2, SpecialTokensComeFromAndGoToTheModelConfig) {
+  ScratchDir dir;
+  ModelConfig cfg = tiny_config({0}, 100);
+  cfg.eot_token = 7;
+  const std::vector<float> params = testing::random_params(cfg, 16);
+  export_hf_gpt2(cfg, params, dir.file("a"));
+  json c = json::parse(std::ifstream(dir.file("a/config.json")));
+  EXPECT_EQ(c["eos_token_id"], 7);
+  EXPECT_EQ(c["bos_token_id"], 7);
+  EXPECT_EQ(import_hf_gpt2_path(dir.file("a"), "", {}).model.eot_token, 7);
+
+  auto import_with = [&](const json& changes) {
+    json d = c;
+    for (auto& [key, value] : changes.items()) {
+      if (value.is_string() && value == "erase") d.erase(key);
+      else d[key] = value;
+    }
+    write_file_atomic(dir.file("c.json"), d.dump());
+    return import_hf_gpt2_path(dir.file("a/model.safetensors"), dir.file("c.json"), {});
+  };
+  EXPECT_EQ(import_with({{"eos_token_id", 12}, {"bos_token_id", nullptr}}).model.eot_token, 12);
+  EXPECT_EQ(import_with({{"eos_token_id", "erase"}, {"bos_token_id", 13}}).model.eot_token, 13);
+  // Neither: the default rule (the last of 100 tokens).
+  EXPECT_EQ(import_with({{"eos_token_id", "erase"}, {"bos_token_id", "erase"}}).model.eot_token,
+            99);
+  expect_error([&] { import_with({{"eos_token_id", 100}, {"bos_token_id", 100}}); },
+               {"end-of-text token 100", "vocabulary of 100"});
+  expect_error([&] { import_with({{"eos_token_id", 1}, {"bos_token_id", 2}}); },
+               {"bos_token_id 2 differs from eos_token_id 1"});
+  expect_error([&] { import_with({{"eos_token_id", json::array({1, 2})}}); },
+               {"eos_token_id", "one non-negative token id"});
+}
+
 TEST(HfGpt2, ExportIsDeterministicAndRoundTripsByteIdentically) {
   ScratchDir dir;
   ModelConfig cfg = tiny_config({1, 2}, 3);

@@ -40,6 +40,32 @@ TEST(ModelConfig, PerLayerLocalHeadsAndRoundTrip) {
   EXPECT_EQ(ModelConfig::from_json(c.to_json()), c);
 }
 
+TEST(ModelConfig, EndOfTextTokenFollowsTheVocabulary) {
+  // GPT-2's vocabulary keeps <|endoftext|> = 50256; a smaller one defaults to
+  // its last token, a larger one keeps 50256.
+  EXPECT_EQ(ModelConfig::from_json(json::object()).eot_token, 50256);
+  EXPECT_EQ(ModelConfig::from_json(json{{"vocab_size", 1000}}).eot_token, 999);
+  EXPECT_EQ(ModelConfig::from_json(json{{"vocab_size", 50256}}).eot_token, 50255);
+  EXPECT_EQ(ModelConfig::from_json(json{{"vocab_size", 50304}}).eot_token, 50256);
+  EXPECT_EQ(ModelConfig::from_json(json{{"vocab_size", 1}}).eot_token, 0);
+  // Stored in the JSON (and so in run configs and checkpoints), read back.
+  const ModelConfig c = ModelConfig::from_json(json{{"vocab_size", 1000}, {"eot_token", 3}});
+  EXPECT_EQ(c.eot_token, 3);
+  EXPECT_EQ(c.to_json()["eot_token"], 3);
+  EXPECT_EQ(ModelConfig::from_json(c.to_json()).eot_token, 3);
+  EXPECT_EQ(ModelConfig::from_json(json{{"vocab_size", 1000}}).to_json()["eot_token"], 999);
+  // Outside the vocabulary, or negative: refused.
+  EXPECT_NE(error_of(json{{"vocab_size", 1000}, {"eot_token", 1000}})
+                .find("eot_token 1000 is outside the vocabulary of 1000"),
+            std::string::npos);
+  EXPECT_NE(error_of(json{{"eot_token", -2}}).find("eot_token must be >= 0"), std::string::npos);
+  // A config object filled in code gets the rule when it is normalized.
+  ModelConfig d;
+  d.vocab_size = 37;
+  d.normalize_and_validate();
+  EXPECT_EQ(d.eot_token, 36);
+}
+
 TEST(ModelConfig, Gpt2SmallHas124MParameters) {
   ModelConfig c = ModelConfig::load(std::string(LSGPT_SOURCE_DIR) + "/configs/gpt2-small.json");
   const size_t without_padding = make_param_layout(c).total - size_t(50304 - 50257) * 768;
