@@ -8,6 +8,7 @@
 #include "cli/commands.h"
 #include "core/error.h"
 #include "infer/generator.h"
+#include "io/standard_output.h"
 #include "tokenizer/tokenizer.h"
 
 namespace lsgpt::cli {
@@ -34,21 +35,14 @@ void run_generate(GenerateFlags& f) {
   LoadedModel m = load_model(f.checkpoint, f.device);
   f.options.use_cache = !f.no_cache;
   const std::vector<int32_t> prompt_ids = tok.encode(prompt);
-  if (!f.ids) {
-    std::fwrite(prompt.data(), 1, prompt.size(), stdout);
-    std::fflush(stdout);
-  }
+  // Each write is checked as it happens, so a full disk or a closed pipe
+  // stops generation at the first lost token rather than after all of them.
+  if (!f.ids) write_stdout(prompt);
   const std::vector<int32_t> out =
       generate(*m.model, prompt_ids, f.options, [&](int32_t id) {
-        if (f.ids) {
-          std::printf("%d ", id);
-        } else {
-          const std::string piece = tok.decode_token(id);
-          std::fwrite(piece.data(), 1, piece.size(), stdout);
-        }
-        std::fflush(stdout);
+        write_stdout(f.ids ? std::to_string(id) + " " : tok.decode_token(id));
       });
-  std::printf("\n");
+  write_stdout("\n");
 }
 
 }  // namespace
