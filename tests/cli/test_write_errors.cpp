@@ -153,9 +153,9 @@ fs::path WriteErrors::shared_;
 
 TEST_F(WriteErrors, GenerateToAFullStandardOutput) {
   // The command of the issue: it used to exit 0 with all output lost.
-  expect_write_error(run("generate --checkpoint " + checkpoint() + " --prompt The -n 20"),
+  expect_write_error(run("generate --checkpoint " + checkpoint() + " --prompt The -n 10"),
                      {kStdout});
-  expect_write_error(run("generate --ids --checkpoint " + checkpoint() + " --prompt The -n 20"),
+  expect_write_error(run("generate --ids --checkpoint " + checkpoint() + " --prompt The -n 10"),
                      {kStdout});
   // An empty prompt prints nothing before the first token: the token write fails.
   expect_write_error(run("generate --checkpoint " + checkpoint() + " -n 3"), {kStdout});
