@@ -13,6 +13,7 @@
 #include "core/error.h"
 #include "infer/engine.h"
 #include "infer/generator.h"
+#include "io/standard_output.h"
 #include "tokenizer/tokenizer.h"
 
 namespace lsgpt::cli {
@@ -94,21 +95,14 @@ void run_generate(GenerateFlags& f) {
   request.max_new_tokens = f.options.max_new_tokens;
   validate_request(cfg, cfg.seq_len, request, false);
 
-  if (!f.ids) {
-    std::fwrite(prompt.data(), 1, prompt.size(), stdout);
-    std::fflush(stdout);
-  }
+  // Each write is checked as it happens, so a full disk or a closed pipe
+  // stops generation at the first lost token rather than after all of them.
+  if (!f.ids) write_stdout(prompt);
   const std::vector<int32_t> out =
       generate(*m.model, prompt_ids, f.options, [&](int32_t id) {
-        if (f.ids) {
-          std::printf("%d ", id);
-        } else {
-          const std::string piece = tok->decode_token(id);
-          std::fwrite(piece.data(), 1, piece.size(), stdout);
-        }
-        std::fflush(stdout);
+        write_stdout(f.ids ? std::to_string(id) + " " : tok->decode_token(id));
       });
-  std::printf("\n");
+  write_stdout("\n");
 }
 
 }  // namespace

@@ -25,12 +25,20 @@ struct PrepareCommandOptions {
   std::string dataset;
   std::string out_dir;
   std::string tokenizer_dir = Tokenizer::default_dir();
+  bool eot_as_text = false;
 };
+
+void report(const PrepareSummary& s, const std::string& output) {
+  std::fprintf(stderr, "%s\n", describe(s, "prepare: wrote " + output).c_str());
+  if (s.literal_eot > 0)
+    std::fprintf(stderr, "prepare: --eot-as-text keeps a literal <|endoftext|> as plain text\n");
+}
 
 void run_prepare(const PrepareCommandOptions& o) {
   PrepareOptions options;
   options.live_progress = ::isatty(STDERR_FILENO) != 0;
   options.file_summaries = o.inputs.size() > 1;
+  options.eot_as_text = o.eot_as_text;
 
   if (!o.dataset.empty()) {
     if (!o.inputs.empty() || !o.output.empty())
@@ -46,8 +54,7 @@ void run_prepare(const PrepareCommandOptions& o) {
     for (const char* part : {"train", "valid", "test"}) {
       const std::string input = bundled_wikitext2_dir() + "/wiki." + part + ".tokens";
       const std::string output = o.out_dir + "/" + part + ".bin";
-      const PrepareSummary s = prepare_token_file(tokenizer, {input}, output, options);
-      std::fprintf(stderr, "%s\n", describe(s, "prepare: wrote " + output).c_str());
+      report(prepare_token_file(tokenizer, {input}, output, options), output);
     }
     return;
   }
@@ -58,8 +65,7 @@ void run_prepare(const PrepareCommandOptions& o) {
   if (o.output.empty()) fail("prepare: give the output token file with -o OUT.bin");
   options.split = parse_document_split(o.split.empty() ? "file" : o.split);
   const Tokenizer tokenizer = Tokenizer::load(o.tokenizer_dir);
-  const PrepareSummary s = prepare_token_file(tokenizer, o.inputs, o.output, options);
-  std::fprintf(stderr, "%s\n", describe(s, "prepare: wrote " + o.output).c_str());
+  report(prepare_token_file(tokenizer, o.inputs, o.output, options), o.output);
 }
 
 }  // namespace
@@ -69,7 +75,9 @@ void add_prepare_command(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand(
       "prepare",
       "Tokenize text files into one token file (documents separated by <|endoftext|>), "
-      "or prepare the bundled WikiText-2 with --dataset wikitext2 --out-dir DIR");
+      "or prepare the bundled WikiText-2 with --dataset wikitext2 --out-dir DIR. "
+      "A literal <|endoftext|> in the text is that same token, so it also separates "
+      "documents (and is counted as doing so) unless --eot-as-text is given");
   cmd->add_option("inputs", o->inputs, "Text files to tokenize, in order");
   cmd->add_option("-o,--output", o->output, "Token file to write (written atomically)");
   cmd->add_option("--split", o->split,
@@ -81,6 +89,9 @@ void add_prepare_command(CLI::App& app) {
       ->check(CLI::IsMember({"wikitext2"}));
   cmd->add_option("--out-dir", o->out_dir,
                   "With --dataset: directory for train.bin, valid.bin and test.bin");
+  cmd->add_flag("--eot-as-text", o->eot_as_text,
+                "Encode a literal <|endoftext|> in the input as ordinary text (BPE pieces), "
+                "not as the document separator");
   cmd->add_option("--tokenizer-dir", o->tokenizer_dir, "Directory with encoder.json and vocab.bpe")
       ->capture_default_str();
   cmd->callback([o] { run_prepare(*o); });

@@ -16,6 +16,8 @@
 #include "cli/model_options.h"
 #include "core/error.h"
 #include "io/atomic_file.h"
+#include "io/standard_output.h"
+#include "train/plot.h"
 #include "train/progress.h"
 #include "train/trainer.h"
 
@@ -118,11 +120,11 @@ void run_study(StudyFlags& f) {
       o.quiet = true;
       std::printf("[%zu/%zu] span %s, seed %llu ... ", done + 1, total, setting.c_str(),
                   (unsigned long long)seed);
-      std::fflush(stdout);
+      flush_stdout();
       const TrainResult r = train_model(o);
       results[setting].push_back(read_outcome(r.metrics, std::min<long>(5, tc.steps / 10)));
       std::printf("val loss %.4f (%s)\n", r.val_loss, format_duration(r.seconds).c_str());
-      std::fflush(stdout);
+      flush_stdout();
       ++done;
     }
   }
@@ -166,34 +168,35 @@ void run_study(StudyFlags& f) {
   }
 
   // Plot: validation curves, mean over seeds.
-  fs::create_directories(fs::path(f.report).parent_path().empty() ? "."
-                                                                  : fs::path(f.report).parent_path());
+  const fs::path report_dir = fs::path(f.report).parent_path();
+  std::error_code ec;
+  fs::create_directories(report_dir.empty() ? fs::path(".") : report_dir, ec);
+  if (ec) fail("cannot create the directory of the report '", f.report, "': ", ec.message());
   const std::string png = fs::path(f.report).replace_extension(".png").string();
   const std::string dat = f.runs_dir + "/curves.dat";
-  {
-    std::ofstream out(dat);
-    for (const std::string& s : settings) {
-      std::map<long, std::vector<double>> by_step;
-      for (const RunOutcome& o : results[s])
-        for (auto [step, loss] : o.curve) by_step[step].push_back(loss);
-      out << "# " << s << "\n";
-      for (auto& [step, v] : by_step) out << step << ' ' << mean(v) << '\n';
-      out << "\n\n";
-    }
+  std::ostringstream curves;
+  for (const std::string& s : settings) {
+    std::map<long, std::vector<double>> by_step;
+    for (const RunOutcome& o : results[s])
+      for (auto [step, loss] : o.curve) by_step[step].push_back(loss);
+    curves << "# " << s << "\n";
+    for (auto& [step, v] : by_step) curves << step << ' ' << mean(v) << '\n';
+    curves << "\n\n";
   }
+  write_file_atomic(dat, curves.str());
   std::string plot_note;
-  if (std::system("command -v gnuplot >/dev/null 2>&1") == 0) {
+  if (have_gnuplot()) {
     const std::string gp = f.runs_dir + "/curves.gp";
-    std::ofstream g(gp);
-    g << "set terminal pngcairo size 900,540 font 'sans,10'\nset output '" << png << "'\n"
+    std::ostringstream g;
+    g << "set terminal pngcairo size 900,540 font 'sans,10'\n"
       << "set grid\nset xlabel 'step'\nset ylabel 'validation loss (mean over seeds)'\n"
       << "set title 'Span/violation gradient scaling on WikiText-2'\nplot ";
     for (size_t i = 0; i < settings.size(); ++i)
       g << (i ? ", " : "") << "'" << dat << "' index " << i << " using 1:2 with linespoints title '"
         << settings[i] << "'";
     g << "\n";
-    g.close();
-    if (std::system(("gnuplot '" + gp + "'").c_str()) == 0)
+    write_file_atomic(gp, g.str());
+    if (render_png(gp, png))
       plot_note = "![validation curves](" + fs::path(png).filename().string() + ")\n";
   }
 

@@ -9,6 +9,7 @@
 
 #include "cli/commands.h"
 #include "core/error.h"
+#include "io/standard_output.h"
 #include "tokenizer/streaming_encoder.h"
 #include "tokenizer/tokenizer.h"
 
@@ -20,11 +21,6 @@ struct TokenizeOptions {
   bool decode = false;
   std::string tokenizer_dir = Tokenizer::default_dir();
 };
-
-void write_stdout(std::string_view bytes) {
-  if (std::fwrite(bytes.data(), 1, bytes.size(), stdout) != bytes.size())
-    fail("cannot write to standard output");
-}
 
 void encode_stdin(const Tokenizer& tokenizer) {
   StreamingEncoder encoder(tokenizer);
@@ -102,7 +98,6 @@ void add_tokenize_command(CLI::App& app) {
       decode_stdin(tokenizer);
     else
       encode_stdin(tokenizer);
-    if (std::fflush(stdout) != 0) fail("cannot write to standard output");
   });
 }
 

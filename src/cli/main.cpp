@@ -1,6 +1,8 @@
 // lsgpt's single binary. Every failure a user can cause reaches here as
 // lsgpt::Error and is printed once, without a stack trace, with exit code 1;
-// command-line mistakes exit with CLI11's code (2 for usage errors).
+// command-line mistakes exit with CLI11's code (2 for usage errors). Standard
+// output is checked before a successful exit, so output lost to a full disk
+// or a closed pipe is an error too.
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <exception>
@@ -8,6 +10,17 @@
 
 #include "cli/commands.h"
 #include "core/error.h"
+#include "io/standard_output.h"
+
+namespace {
+
+int report_error(const char* message) {
+  std::fflush(stdout);  // what was printed before the error comes first
+  std::fprintf(stderr, "lsgpt: error: %s\n", message);
+  return 1;
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   CLI::App app{"lsgpt: train, evaluate and sample GPT models with LS-attention"};
@@ -24,19 +37,20 @@ int main(int argc, char** argv) {
   lsgpt::cli::add_export_command(app);
   lsgpt::cli::add_import_command(app);
   try {
-    CLI11_PARSE(app, argc, argv);
+    try {
+      app.parse(argc, argv);
+    } catch (const CLI::ParseError& e) {
+      const int code = app.exit(e);  // prints --help, --version or the usage error
+      if (code != 0) return code;
+    }
+    // Whatever printed (a command, --help), output that never arrived is a failure.
+    lsgpt::close_stdout();
   } catch (const lsgpt::Error& e) {
-    std::fflush(stdout);
-    std::fprintf(stderr, "lsgpt: error: %s\n", e.what());
-    return 1;
+    return report_error(e.what());
   } catch (const std::bad_alloc&) {
-    std::fflush(stdout);
-    std::fprintf(stderr, "lsgpt: error: out of memory\n");
-    return 1;
+    return report_error("out of memory");
   } catch (const std::exception& e) {
-    std::fflush(stdout);
-    std::fprintf(stderr, "lsgpt: error: %s\n", e.what());
-    return 1;
+    return report_error(e.what());
   }
   return 0;
 }

@@ -39,17 +39,22 @@ bool is_blank(std::string_view line) {
 
 // Turns a stream of document texts into tokens in the writer, with an
 // <|endoftext|> between documents (never before the first or after the last).
+// Documents are counted in the ids written, not in the texts fed in, because
+// a literal "<|endoftext|>" in a text separates documents just the same.
 class DocumentEncoder {
  public:
-  DocumentEncoder(const Tokenizer& tokenizer, TokenFileWriter& writer)
-      : encoder_(tokenizer), writer_(writer) {}
+  DocumentEncoder(const Tokenizer& tokenizer, TokenFileWriter& writer, bool eot_as_text)
+      : encoder_(tokenizer, eot_as_text), writer_(writer) {}
 
   void text(std::string_view bytes) {
     if (bytes.empty()) return;
     if (!in_document_) {
       in_document_ = true;
-      if (documents_ > 0) ids_.push_back(Tokenizer::eot);
-      ++documents_;
+      if (started_) {
+        ids_.push_back(Tokenizer::eot);
+        ++inserted_eot_;
+      }
+      started_ = true;
     }
     encoder_.write(bytes, ids_);
     flush();
@@ -61,17 +66,28 @@ class DocumentEncoder {
     in_document_ = false;
   }
   uint64_t documents() const { return documents_; }
+  uint64_t literal_eot() const { return eot_ids_ - inserted_eot_; }
 
  private:
   void flush() {
+    for (const int32_t id : ids_) {
+      if (id == Tokenizer::eot) {
+        ++eot_ids_;
+        in_run_ = false;
+      } else if (!in_run_) {
+        in_run_ = true;
+        ++documents_;
+      }
+    }
     writer_.append(ids_);
     ids_.clear();
   }
   StreamingEncoder encoder_;
   TokenFileWriter& writer_;
   std::vector<int32_t> ids_;
-  bool in_document_ = false;
-  uint64_t documents_ = 0;
+  bool in_document_ = false, started_ = false;
+  bool in_run_ = false;  // the last id written was not <|endoftext|>
+  uint64_t documents_ = 0, eot_ids_ = 0, inserted_eot_ = 0;
 };
 
 // Feeds one input file's bytes to the DocumentEncoder, cutting documents as
@@ -166,7 +182,11 @@ std::string describe(const PrepareSummary& s, const std::string& what) {
                 "%s: %" PRIu64 " tokens in %" PRIu64 " documents from %s in %.1f s (%.1f MB/s)",
                 what.c_str(), s.tokens, s.documents, megabytes(s.input_bytes).c_str(), s.seconds,
                 s.seconds > 0 ? static_cast<double>(s.input_bytes) / 1e6 / s.seconds : 0.0);
-  return buf;
+  std::string line = buf;
+  if (s.literal_eot > 0)
+    line += "; " + std::to_string(s.literal_eot) +
+            " of the <|endoftext|> separators were written as <|endoftext|> in the text";
+  return line;
 }
 
 PrepareSummary prepare_token_file(const Tokenizer& tokenizer,
@@ -188,7 +208,7 @@ PrepareSummary prepare_token_file(const Tokenizer& tokenizer,
   const auto start = Clock::now();
   PrepareSummary summary;
   TokenFileWriter writer(output, tokenizer.vocab_size());
-  DocumentEncoder docs(tokenizer, writer);
+  DocumentEncoder docs(tokenizer, writer, options.eot_as_text);
   std::vector<char> chunk(options.chunk_bytes);
   auto last_draw = start;
   for (size_t f = 0; f < inputs.size(); ++f) {
@@ -228,6 +248,7 @@ PrepareSummary prepare_token_file(const Tokenizer& tokenizer,
   writer.commit();
   summary.tokens = writer.token_count();
   summary.documents = docs.documents();
+  summary.literal_eot = docs.literal_eot();
   summary.seconds = seconds_since(start);
   return summary;
 }

@@ -2,7 +2,9 @@
 // encoded with StreamingEncoder, so the ids equal those of encoding each
 // document whole while memory stays bounded by the chunk size. Documents are
 // separated by <|endoftext|> (Tokenizer::eot); what counts as a document is
-// the DocumentSplit. Used by `lsgpt prepare`.
+// the DocumentSplit. A literal "<|endoftext|>" inside the text encodes to the
+// same id, so it separates documents too, and is counted as doing so, unless
+// PrepareOptions::eot_as_text keeps it as plain text. Used by `lsgpt prepare`.
 #pragma once
 
 #include <cstdint>
@@ -33,12 +35,16 @@ struct PrepareOptions {
   size_t chunk_bytes = size_t(1) << 20;
   bool live_progress = false;   // redraw a progress line on stderr (for terminals)
   bool file_summaries = false;  // one stderr line per input file
+  bool eot_as_text = false;     // a literal "<|endoftext|>" is BPE text, not a separator
 };
 
 struct PrepareSummary {
   uint64_t input_bytes = 0;
   uint64_t tokens = 0;
+  // Runs of tokens between <|endoftext|> ids in the file, whichever put them
+  // there: the split, or a literal "<|endoftext|>" in the text.
   uint64_t documents = 0;
+  uint64_t literal_eot = 0;  // <|endoftext|> ids that came from the text itself
   double seconds = 0;
 };
 
@@ -51,7 +57,8 @@ PrepareSummary prepare_token_file(const Tokenizer& tokenizer,
 // The WikiText-2 files bundled in the repository (wiki.{train,valid,test}.tokens).
 std::string bundled_wikitext2_dir();
 
-// One line for stderr: "<what>: N tokens in D documents from X MB in S s (R MB/s)".
+// One line for stderr: "<what>: N tokens in D documents from X MB in S s (R MB/s)",
+// saying how many separators were a literal <|endoftext|> in the text when any were.
 std::string describe(const PrepareSummary& summary, const std::string& what);
 
 }  // namespace lsgpt

@@ -13,10 +13,10 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
-#include <filesystem>
 #include <utility>
 
 #include "core/error.h"
+#include "io/atomic_file.h"
 
 static_assert(std::endian::native == std::endian::little,
               "token files are memory-mapped as little-endian uint16");
@@ -26,17 +26,6 @@ namespace lsgpt {
 namespace {
 
 constexpr size_t writer_buffer_bytes = size_t(1) << 20;
-
-void write_all(int fd, const void* data, size_t bytes, const std::string& path) {
-  const auto* p = static_cast<const uint8_t*>(data);
-  while (bytes > 0) {
-    const ssize_t n = ::write(fd, p, bytes);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) fail("cannot write ", path, ": ", std::strerror(errno));
-    p += n;
-    bytes -= static_cast<size_t>(n);
-  }
-}
 
 template <typename T>
 void put_le(uint8_t* out, T value) {
@@ -53,24 +42,20 @@ T get_le(const uint8_t* in) {
 }  // namespace
 
 TokenFileWriter::TokenFileWriter(std::string path, int vocab_size)
-    : path_(std::move(path)), tmp_path_(path_ + ".tmp"), vocab_size_(vocab_size) {
+    : path_(std::move(path)), vocab_size_(vocab_size) {
   if (vocab_size < 1 || vocab_size > 65536)
     fail("cannot write token file ", path_, ": a vocabulary of ", vocab_size,
          " tokens does not fit 16-bit token ids");
-  fd_ = ::open(tmp_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd_ < 0) fail("cannot create ", tmp_path_, ": ", std::strerror(errno));
+  file_ = std::make_unique<AtomicFileWriter>(path_);
   // The header is written last, once the count is known; reserve its bytes.
   buffer_.assign(token_file_header_bytes, 0);
   buffer_.reserve(writer_buffer_bytes + token_file_header_bytes);
 }
 
-TokenFileWriter::~TokenFileWriter() {
-  if (fd_ >= 0) ::close(fd_);
-  if (!committed_) ::unlink(tmp_path_.c_str());
-}
+TokenFileWriter::~TokenFileWriter() = default;
 
 void TokenFileWriter::flush_buffer() {
-  write_all(fd_, buffer_.data(), buffer_.size(), tmp_path_);
+  file_->write(buffer_.data(), buffer_.size());
   buffer_.clear();
 }
 
@@ -96,26 +81,9 @@ void TokenFileWriter::commit() {
   put_le<uint32_t>(header + 8, token_file_version);
   put_le<uint32_t>(header + 12, static_cast<uint32_t>(vocab_size_));
   put_le<uint64_t>(header + 16, count_);
-  if (::lseek(fd_, 0, SEEK_SET) != 0)
-    fail("cannot seek in ", tmp_path_, ": ", std::strerror(errno));
-  write_all(fd_, header, sizeof header, tmp_path_);
-  if (::fsync(fd_) != 0) fail("cannot sync ", tmp_path_, ": ", std::strerror(errno));
-  if (::close(fd_) != 0) {
-    fd_ = -1;
-    fail("cannot close ", tmp_path_, ": ", std::strerror(errno));
-  }
-  fd_ = -1;
-  if (std::rename(tmp_path_.c_str(), path_.c_str()) != 0)
-    fail("cannot rename ", tmp_path_, " to ", path_, ": ", std::strerror(errno));
+  file_->write_at(0, header, sizeof header);
+  file_->commit();
   committed_ = true;
-  // Make the rename itself durable.
-  const auto parent = std::filesystem::path(path_).parent_path();
-  const int dir_fd =
-      ::open(parent.empty() ? "." : parent.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dir_fd >= 0) {
-    ::fsync(dir_fd);
-    ::close(dir_fd);
-  }
 }
 
 void write_token_file(const std::string& path, int vocab_size, std::span<const int32_t> tokens) {

@@ -1,22 +1,25 @@
 // Token files: a 64-byte little-endian header
 //   char magic[8] = "LSGPTTOK"; uint32 version = 1; uint32 vocab_size;
 //   uint64 token_count; zero padding to 64 bytes
-// followed by token_count uint16 tokens. The writer streams tokens to
-// "<path>.tmp" and only a successful commit() (header, fsync, rename, fsync of
-// the directory) makes <path> appear, so an interrupted run never leaves a
-// half-written file. The reader memory-maps the file and checks its size
+// followed by token_count uint16 tokens. The writer streams tokens through an
+// AtomicFileWriter (io/atomic_file.h): only a successful commit() (header,
+// fsync, rename, fsync of the directory) makes <path> appear, so an
+// interrupted run or a full disk never leaves a half-written file. The reader memory-maps the file and checks its size
 // against the header; token ids are checked against the vocabulary when they
 // are read (TokenFile::read), not on open, so opening a huge corpus is instant.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <span>
 #include <string>
 #include <string_view>
 #include <vector>
 
 namespace lsgpt {
+
+class AtomicFileWriter;
 
 inline constexpr std::string_view token_file_magic = "LSGPTTOK";
 inline constexpr uint32_t token_file_version = 1;
@@ -26,7 +29,7 @@ class TokenFileWriter {
  public:
   // vocab_size must be in 1..65536 (ids are stored in 16 bits).
   TokenFileWriter(std::string path, int vocab_size);
-  ~TokenFileWriter();  // removes "<path>.tmp" unless commit() succeeded
+  ~TokenFileWriter();  // removes the temporary file unless commit() succeeded
   TokenFileWriter(const TokenFileWriter&) = delete;
   TokenFileWriter& operator=(const TokenFileWriter&) = delete;
 
@@ -39,9 +42,9 @@ class TokenFileWriter {
 
  private:
   void flush_buffer();
-  std::string path_, tmp_path_;
+  std::string path_;
   int vocab_size_;
-  int fd_ = -1;
+  std::unique_ptr<AtomicFileWriter> file_;
   uint64_t count_ = 0;
   std::vector<uint8_t> buffer_;
   bool committed_ = false;

@@ -33,26 +33,40 @@ void fsync_directory(const std::string& dir, const std::string& target) {
     fail("cannot sync directory '", dir, "' after writing '", target, "': ", std::strerror(err));
 }
 
+// A device or FIFO: renaming over it would replace the node itself (as root,
+// even /dev/full), so it is written in place. Directories stay on the atomic
+// path, where the rename refuses them with a clear message.
+bool is_special_file(const std::string& path) {
+  struct stat st {};
+  return ::stat(path.c_str(), &st) == 0 && !S_ISREG(st.st_mode) && !S_ISDIR(st.st_mode);
+}
+
 }  // namespace
 
 AtomicFileWriter::AtomicFileWriter(std::string path) : path_(std::move(path)) {
   if (path_.empty()) fail("cannot write a file with an empty name");
+  buffer_.resize(kBufferBytes);
+  if (is_special_file(path_)) {
+    in_place_ = true;
+    fd_ = ::open(path_.c_str(), O_WRONLY | O_CLOEXEC);
+    if (fd_ < 0) fail("cannot write '", path_, "': ", std::strerror(errno));
+    return;
+  }
   temp_path_ = path_ + ".tmp." + std::to_string(::getpid());
   fd_ = ::open(temp_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd_ < 0)
     fail("cannot write '", path_, "': cannot create '", temp_path_, "': ", std::strerror(errno));
-  buffer_.resize(kBufferBytes);
 }
 
 AtomicFileWriter::~AtomicFileWriter() {
   if (fd_ >= 0) ::close(fd_);
-  if (!committed_) ::unlink(temp_path_.c_str());
+  if (!committed_ && !in_place_) ::unlink(temp_path_.c_str());
 }
 
 void AtomicFileWriter::fail_and_clean(const std::string& what, int err) {
   if (fd_ >= 0) ::close(fd_);
   fd_ = -1;
-  ::unlink(temp_path_.c_str());
+  if (!in_place_) ::unlink(temp_path_.c_str());
   fail("cannot write '", path_, "': ", what, ": ", std::strerror(err));
 }
 
@@ -82,9 +96,31 @@ void AtomicFileWriter::write(const void* data, size_t bytes) {
   }
 }
 
+void AtomicFileWriter::write_at(uint64_t offset, const void* data, size_t bytes) {
+  if (fd_ < 0) fail("cannot write '", path_, "': the file was already closed");
+  LSGPT_CHECK(offset + bytes <= bytes_written(), "write_at beyond the end of '", path_, "'");
+  flush_buffer();
+  const char* p = static_cast<const char*>(data);
+  while (bytes > 0) {
+    ssize_t n = ::pwrite(fd_, p, bytes, off_t(offset));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      fail_and_clean("cannot go back to offset " + std::to_string(offset), errno);
+    }
+    p += n, bytes -= size_t(n), offset += uint64_t(n);
+  }
+}
+
 void AtomicFileWriter::commit() {
   if (fd_ < 0) fail("cannot write '", path_, "': the file was already closed");
   flush_buffer();
+  if (in_place_) {  // nothing to sync or rename on a device or FIFO
+    const int rc = ::close(fd_), err = errno;
+    fd_ = -1;
+    if (rc != 0) fail_and_clean("close failed", err);
+    committed_ = true;
+    return;
+  }
   if (::fsync(fd_) != 0) fail_and_clean("fsync failed", errno);
   if (::close(fd_) != 0) {
     fd_ = -1;

@@ -3,6 +3,10 @@
 // and fsyncs the directory, so a crash or a full disk at any point leaves
 // either the old file or the new one, never a mixture; the temporary file is
 // removed on every failure path (including destruction without commit()).
+// A target that exists and is not a regular file (/dev/stdout, /dev/null, a
+// FIFO) cannot be replaced by a rename, and replacing a device node would be
+// wrong anyway: such targets are written in place, with every write and the
+// close still checked.
 #pragma once
 
 #include <cstddef>
@@ -22,10 +26,14 @@ class AtomicFileWriter {
 
   void write(const void* data, size_t bytes);
   void write(std::string_view text) { write(text.data(), text.size()); }
+  // Overwrites bytes already written (a header whose contents are known only
+  // at the end); fails on a target that cannot seek, such as a pipe.
+  void write_at(uint64_t offset, const void* data, size_t bytes);
   // Flushes, fsyncs, renames over the target and fsyncs its directory.
   void commit();
 
   const std::string& path() const { return path_; }
+  // Empty when the target is written in place (not a regular file).
   const std::string& temp_path() const { return temp_path_; }
   uint64_t bytes_written() const { return written_ + buffered_; }
 
@@ -34,6 +42,7 @@ class AtomicFileWriter {
   [[noreturn]] void fail_and_clean(const std::string& what, int err);
 
   std::string path_, temp_path_;
+  bool in_place_ = false;
   int fd_ = -1;
   bool committed_ = false;
   uint64_t written_ = 0;

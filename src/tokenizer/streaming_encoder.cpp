@@ -9,12 +9,12 @@ void StreamingEncoder::write(std::string_view bytes, std::vector<int32_t>& out) 
   held_.append(bytes);
   const size_t cut = Tokenizer::last_safe_cut(held_, searched);
   if (cut == 0) return;
-  tokenizer_.encode_append(std::string_view(held_).substr(0, cut), out);
+  tokenizer_.encode_append(std::string_view(held_).substr(0, cut), out, eot_as_text_);
   held_.erase(0, cut);
 }
 
 void StreamingEncoder::finish(std::vector<int32_t>& out) {
-  tokenizer_.encode_append(held_, out);
+  tokenizer_.encode_append(held_, out, eot_as_text_);
   held_.clear();
 }
 

@@ -16,8 +16,9 @@ namespace lsgpt {
 
 class StreamingEncoder {
  public:
-  // `tokenizer` must outlive the encoder.
-  explicit StreamingEncoder(const Tokenizer& tokenizer) : tokenizer_(tokenizer) {}
+  // `tokenizer` must outlive the encoder; `eot_as_text` as in Tokenizer::encode.
+  explicit StreamingEncoder(const Tokenizer& tokenizer, bool eot_as_text = false)
+      : tokenizer_(tokenizer), eot_as_text_(eot_as_text) {}
 
   // Appends to `out` the ids of everything that can be encoded so far.
   void write(std::string_view bytes, std::vector<int32_t>& out);
@@ -28,6 +29,7 @@ class StreamingEncoder {
 
  private:
   const Tokenizer& tokenizer_;
+  bool eot_as_text_;
   std::string held_;
 };
 

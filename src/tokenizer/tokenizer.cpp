@@ -289,10 +289,11 @@ std::string Tokenizer::default_dir() {
   return LSGPT_SOURCE_DIR "/data/gpt2";
 }
 
-void Tokenizer::encode_append(std::string_view text, std::vector<int32_t>& out) const {
+void Tokenizer::encode_append(std::string_view text, std::vector<int32_t>& out,
+                              bool eot_as_text) const {
   thread_local std::vector<std::string_view> pieces;
   while (!text.empty()) {
-    const size_t special = text.find(eot_text);
+    const size_t special = eot_as_text ? std::string_view::npos : text.find(eot_text);
     std::string_view plain = text.substr(0, special);
     while (!plain.empty()) {
       pieces.clear();
@@ -305,10 +306,10 @@ void Tokenizer::encode_append(std::string_view text, std::vector<int32_t>& out) 
   }
 }
 
-std::vector<int32_t> Tokenizer::encode(std::string_view text) const {
+std::vector<int32_t> Tokenizer::encode(std::string_view text, bool eot_as_text) const {
   std::vector<int32_t> ids;
   ids.reserve(text.size() / 3 + 1);
-  encode_append(text, ids);
+  encode_append(text, ids, eot_as_text);
   return ids;
 }
 

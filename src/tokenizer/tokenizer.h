@@ -25,10 +25,12 @@ class Tokenizer {
   static std::string default_dir();
 
   // The literal text "<|endoftext|>" encodes to `eot`, as in Hugging Face's
-  // GPT-2 tokenizer; everything else goes through the BPE.
-  std::vector<int32_t> encode(std::string_view text) const;
+  // GPT-2 tokenizer, unless `eot_as_text`: then it is ordinary text, like
+  // everything else, and goes through the BPE ("<|", "endoftext", "|>").
+  std::vector<int32_t> encode(std::string_view text, bool eot_as_text = false) const;
   // Appends to `out` instead of returning a fresh vector.
-  void encode_append(std::string_view text, std::vector<int32_t>& out) const;
+  void encode_append(std::string_view text, std::vector<int32_t>& out,
+                     bool eot_as_text = false) const;
   // Throws lsgpt::Error on an id outside the vocabulary.
   std::string decode(std::span<const int32_t> ids) const;
   // The bytes of one token; may be part of a UTF-8 character.

@@ -1,5 +1,9 @@
 #include "train/progress.h"
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <cerrno>
 #include <cmath>
 #include <cstring>
@@ -19,18 +23,40 @@ std::string format_duration(double s) {
 }
 
 MetricsLog::MetricsLog(const std::string& path, bool append) : path_(path) {
-  file_ = std::fopen(path.c_str(), append ? "a" : "w");
-  if (!file_) fail("cannot open metrics file '", path, "': ", std::strerror(errno));
+  fd_ = ::open(path.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC | (append ? O_APPEND : O_TRUNC), 0644);
+  if (fd_ < 0) fail("cannot open metrics file '", path, "': ", std::strerror(errno));
+  struct stat st {};
+  if (::fstat(fd_, &st) == 0 && S_ISREG(st.st_mode)) whole_bytes_ = uint64_t(st.st_size);
 }
 
 MetricsLog::~MetricsLog() {
-  if (file_) std::fclose(file_);
+  if (fd_ >= 0) ::close(fd_);
 }
 
 void MetricsLog::write(const nlohmann::json& record) {
+  if (fd_ < 0) fail("cannot write metrics file '", path_, "': it was already closed");
   const std::string line = record.dump() + "\n";
-  if (std::fwrite(line.data(), 1, line.size(), file_) != line.size() || std::fflush(file_) != 0)
-    fail("cannot write metrics file '", path_, "': ", std::strerror(errno));
+  const char* p = line.data();
+  size_t left = line.size();
+  while (left > 0) {
+    const ssize_t n = ::write(fd_, p, left);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      const int err = errno;
+      // Best effort: a device or a pipe cannot be cut back, and has no file to repair.
+      if (::ftruncate(fd_, off_t(whole_bytes_)) != 0) {}
+      fail("cannot write metrics file '", path_, "': ", std::strerror(err));
+    }
+    p += n, left -= size_t(n);
+  }
+  whole_bytes_ += line.size();
+}
+
+void MetricsLog::close() {
+  if (fd_ < 0) return;
+  const int rc = ::close(fd_), err = errno;
+  fd_ = -1;
+  if (rc != 0) fail("cannot write metrics file '", path_, "': ", std::strerror(err));
 }
 
 void Throughput::add(double s) {

@@ -10,7 +10,9 @@
 #include "core/error.h"
 #include "data/batch_sampler.h"
 #include "data/token_file.h"
+#include "io/atomic_file.h"
 #include "io/checkpoint.h"
+#include "io/standard_output.h"
 #include "model/gpt.h"
 #include "ops/backend.h"
 #include "train/evaluate.h"
@@ -65,6 +67,16 @@ float overall_max(const GPT& model) {
   for (const auto& layer : model.max_logits())
     for (float x : layer) m = std::max(m, x);
   return m;
+}
+
+// Progress lines are output like any other: when they cannot be written the
+// run stops rather than train on unobserved.
+void flush_progress() {
+  try {
+    flush_stdout();
+  } catch (const Error& e) {
+    fail(e.what(), " (while printing training progress; --quiet prints none)");
+  }
 }
 
 TrainConfig merge_resumed_settings(const json& stored, const json& given,
@@ -144,17 +156,14 @@ TrainResult train_model(const TrainOptions& options) {
   int nonfinite_run = state.value("nonfinite", 0);
   double elapsed_before = state.value("elapsed", 0.0);
 
-  std::filesystem::create_directories(tc.out_dir);
+  std::error_code dir_error;
+  std::filesystem::create_directories(tc.out_dir, dir_error);
+  if (dir_error)
+    fail("cannot create the run directory '", tc.out_dir, "': ", dir_error.message());
   const std::string ckpt_path = tc.out_dir + "/checkpoint.ckpt";
   MetricsLog metrics(tc.out_dir + "/metrics.jsonl", resuming);
-  {
-    std::FILE* f = std::fopen((tc.out_dir + "/config.json").c_str(), "w");
-    if (f) {
-      const std::string s = json{{"model", mc.to_json()}, {"train", tc.to_json()}}.dump(2);
-      std::fputs(s.c_str(), f);
-      std::fclose(f);
-    }
-  }
+  write_file_atomic(tc.out_dir + "/config.json",
+                    json{{"model", mc.to_json()}, {"train", tc.to_json()}}.dump(2));
 
   auto save = [&](long steps_done, double elapsed) {
     Checkpoint ck;
@@ -180,7 +189,7 @@ TrainResult train_model(const TrainOptions& options) {
     std::printf("  batch %d x %d tokens x %d accum = %ld tokens/step | steps %ld%s\n", B, T,
                 tc.grad_accum, tokens_per_step, tc.steps,
                 resuming ? (" | resuming at step " + std::to_string(step)).c_str() : "");
-    std::fflush(stdout);
+    flush_progress();
   }
 
   std::vector<int32_t> inputs(size_t(B) * T), targets(size_t(B) * T);
@@ -255,7 +264,7 @@ TrainResult train_model(const TrainOptions& options) {
                   "%5.0f ms/step | max logit %5.2f | ETA %s\n",
                   step, tc.steps, loss, lr, norm, tokens_per_step / speed.seconds_per_step(),
                   1000 * dt, overall_max(model), format_duration(eta).c_str());
-      std::fflush(stdout);
+      flush_progress();
     }
     if (tc.eval_every > 0 && step % tc.eval_every == 0 && step < tc.steps) {
       const EvalResult ev = evaluate_tokens(model, valid_file, B, T, tc.eval_batches);
@@ -267,7 +276,7 @@ TrainResult train_model(const TrainOptions& options) {
       if (!options.quiet) {
         std::printf("eval  step %ld | val loss %.4f | val ppl %.2f (%ld tokens)\n", step,
                     ev.loss, ev.perplexity, ev.tokens);
-        std::fflush(stdout);
+        flush_progress();
       }
     }
     if (tc.checkpoint_every > 0 && step % tc.checkpoint_every == 0 && step < tc.steps &&
@@ -285,6 +294,7 @@ TrainResult train_model(const TrainOptions& options) {
                      {"val_tokens", final_eval.tokens},
                      {"final", true}});
   if (nonfinite_run == 0) save(step, elapsed_before + seconds);
+  metrics.close();
 
   result.steps = step;
   result.skipped = skipped;
@@ -305,7 +315,7 @@ TrainResult train_model(const TrainOptions& options) {
     std::printf("checkpoint: %s\nmetrics:    %s\n", ckpt_path.c_str(), metrics.path().c_str());
     for (const std::string& png : plot_run(metrics.path(), tc.out_dir))
       std::printf("plot:       %s\n", png.c_str());
-    std::fflush(stdout);
+    flush_progress();
   }
   return result;
 }

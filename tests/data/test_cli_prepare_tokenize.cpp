@@ -83,6 +83,34 @@ TEST(CliPrepare, WritesTheTokenFile) {
   EXPECT_EQ(ids, (std::vector<int32_t>{15496, 995, 198, 50256, 31373, 995}));
 }
 
+TEST(CliPrepare, LiteralEndOfTextIsCountedOrKeptAsText) {
+  ScratchDir dir;
+  const std::string text = "Hello<|endoftext|> world";
+  write_file(dir.file("a.txt"), text);
+  const auto split = run_lsgpt(dir, "prepare '" + dir.file("a.txt") + "' -o '" + dir.file("o.bin") + "'");
+  ASSERT_EQ(split.exit_code, 0) << split.err;
+  EXPECT_NE(split.err.find("in 2 documents"), std::string::npos) << split.err;
+  EXPECT_NE(split.err.find("--eot-as-text"), std::string::npos) << split.err;
+  const TokenFile file(dir.file("o.bin"), 50257);
+  std::vector<int32_t> ids(file.size());
+  file.read(0, ids.size(), ids.data());
+  EXPECT_EQ(ids, (std::vector<int32_t>{15496, 50256, 995}));
+
+  const auto kept = run_lsgpt(dir, "prepare --eot-as-text '" + dir.file("a.txt") + "' -o '" +
+                                       dir.file("p.bin") + "'");
+  ASSERT_EQ(kept.exit_code, 0) << kept.err;
+  EXPECT_NE(kept.err.find("in 1 documents"), std::string::npos) << kept.err;
+  const TokenFile plain(dir.file("p.bin"), 50257);
+  std::vector<int32_t> plain_ids(plain.size());
+  plain.read(0, plain_ids.size(), plain_ids.data());
+  EXPECT_EQ(plain_ids, gpt2().encode(text, /*eot_as_text=*/true));
+  EXPECT_EQ(gpt2().decode(plain_ids), text);
+
+  const auto help = run_lsgpt(dir, "prepare --help");
+  EXPECT_NE(help.out.find("--eot-as-text"), std::string::npos) << help.out;
+  EXPECT_NE(help.out.find("literal"), std::string::npos) << help.out;
+}
+
 TEST(CliPrepare, BundledWikiText2) {
   ScratchDir dir;
   const std::string out = dir.file("wt2");

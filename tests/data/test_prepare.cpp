@@ -3,6 +3,7 @@
 // separated by <|endoftext|>, and bad inputs leave no output behind.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -157,6 +158,53 @@ TEST(Prepare, LongLinesAreNotHeadings) {
         read_tokens(dir.file("o.bin")),
         join_documents({" intro text \n" + long_line + " more \n", " = Real Heading = \n body \n"}))
         << chunk;
+  }
+}
+
+// A literal "<|endoftext|>" in the text is the separator token, so it starts
+// a new document, and the count must say so (it used to count input files).
+TEST(Prepare, LiteralEndOfTextSeparatesDocumentsAndIsCounted) {
+  ScratchDir dir;
+  write_file(dir.file("a.txt"), "First story.<|endoftext|>Second story.\n");
+  write_file(dir.file("b.txt"), "<|endoftext|>Third.<|endoftext|>");
+  for (const size_t chunk : {size_t(1), size_t(5), size_t(1) << 20}) {
+    const PrepareSummary s = prepare_token_file(gpt2(), {dir.file("a.txt"), dir.file("b.txt")},
+                                                dir.file("o.bin"),
+                                                with(DocumentSplit::whole_file, chunk));
+    // Empty documents stand for the separators that meet (the one between
+    // the files and the literal one opening b.txt) and the one at the end.
+    EXPECT_EQ(read_tokens(dir.file("o.bin")),
+              join_documents({"First story.", "Second story.\n", "", "Third.", ""}))
+        << chunk;
+    EXPECT_EQ(s.documents, 3u) << chunk;
+    EXPECT_EQ(s.literal_eot, 3u) << chunk;
+    EXPECT_NE(describe(s, "x").find(" in 3 documents"), std::string::npos) << describe(s, "x");
+    EXPECT_NE(describe(s, "x").find("3 of the <|endoftext|> separators"), std::string::npos)
+        << describe(s, "x");
+  }
+}
+
+TEST(Prepare, EotAsTextKeepsALiteralEndOfTextAsPlainText) {
+  ScratchDir dir;
+  const std::string a = "Code: if (t == \"<|endoftext|>\") stop();\n", b = "<|endoftext|>";
+  write_file(dir.file("a.txt"), a);
+  write_file(dir.file("b.txt"), b);
+  const Ids plain_a = gpt2().encode(a, /*eot_as_text=*/true);
+  EXPECT_EQ(std::count(plain_a.begin(), plain_a.end(), Tokenizer::eot), 0);
+  EXPECT_EQ(gpt2().decode(plain_a), a);
+  for (const size_t chunk : {size_t(1), size_t(1) << 20}) {
+    PrepareOptions options = with(DocumentSplit::whole_file, chunk);
+    options.eot_as_text = true;
+    const PrepareSummary s = prepare_token_file(gpt2(), {dir.file("a.txt"), dir.file("b.txt")},
+                                                dir.file("o.bin"), options);
+    Ids expected = plain_a;
+    expected.push_back(Tokenizer::eot);  // the one separator: between the files
+    const Ids plain_b = gpt2().encode(b, true);
+    expected.insert(expected.end(), plain_b.begin(), plain_b.end());
+    EXPECT_EQ(read_tokens(dir.file("o.bin")), expected) << chunk;
+    EXPECT_EQ(s.documents, 2u);
+    EXPECT_EQ(s.literal_eot, 0u);
+    EXPECT_EQ(describe(s, "x").find("separators were"), std::string::npos) << describe(s, "x");
   }
 }
 

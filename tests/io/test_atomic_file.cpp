@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -114,6 +115,48 @@ TEST(AtomicFile, FailingWriteNeverLeavesAPartialTarget) {
   EXPECT_EQ(WEXITSTATUS(status), 0) << "1: no error was thrown, 2: the message lacks path/reason";
   EXPECT_EQ(text_of(path), "previous");
   EXPECT_EQ(dir.entries(), std::vector<std::string>{"limited.bin"});
+}
+
+bool is_char_device(const std::string& path) {
+  struct stat st {};
+  return ::stat(path.c_str(), &st) == 0 && S_ISCHR(st.st_mode);
+}
+
+// A device cannot be renamed over (as root the rename would succeed and put a
+// regular file where /dev/full was): it is written in place, and its write
+// errors are reported like any other.
+TEST(AtomicFile, DevicesAreWrittenInPlaceAndTheirErrorsReported) {
+  ScratchDir dir;
+  const std::string link = dir.file("to_full");
+  std::filesystem::create_symlink("/dev/full", link);
+  for (const std::string& path : {std::string("/dev/full"), link}) {
+    try {
+      write_file_atomic(path, std::string_view("data"));
+      ADD_FAILURE() << "writing " << path << " did not fail";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("cannot write '" + path + "'"), std::string::npos)
+          << e.what();
+      EXPECT_NE(std::string(e.what()).find("No space left on device"), std::string::npos)
+          << e.what();
+    }
+  }
+  EXPECT_TRUE(is_char_device("/dev/full"));
+  EXPECT_NO_THROW(write_file_atomic("/dev/null", std::string_view("data")));
+  EXPECT_TRUE(is_char_device("/dev/null"));
+  EXPECT_EQ(dir.entries(), std::vector<std::string>{"to_full"});
+}
+
+TEST(AtomicFile, WriteAtOverwritesBytesAlreadyWritten) {
+  ScratchDir dir;
+  const std::string path = dir.file("header.bin");
+  {
+    AtomicFileWriter w(path);
+    w.write(std::string_view("....payload"));
+    w.write_at(0, "HEAD", 4);
+    w.write(std::string_view("!"));
+    w.commit();
+  }
+  EXPECT_EQ(text_of(path), "HEADpayload!");
 }
 
 TEST(MappedFile, MapsFilesAndRefusesWhatIsNot) {
