@@ -97,6 +97,13 @@ nlohmann::json ModelOptions::given_json() const {
   return j;
 }
 
+std::string ModelOptions::given_flags() const {
+  std::string out;
+  for (CLI::Option* o : options)
+    if (o->count() > 0) out += (out.empty() ? "" : ", ") + o->get_name();
+  return out;
+}
+
 ModelConfig ModelOptions::resolve() const {
   ModelConfig c = ModelConfig::load(config_path.empty() ? bundled_path("configs/default.json")
                                                         : config_path);

@@ -20,6 +20,7 @@ struct ModelOptions {
 
   void add_to(CLI::App* cmd);
   bool any_given() const;
+  std::string given_flags() const;  // "--window, --n-local": the ones typed
   // Loads the config file (configs/default.json when none is given) and applies overrides.
   ModelConfig resolve() const;
   // Only what the user gave, as ModelConfig JSON keys: the keys of a --config

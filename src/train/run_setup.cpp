@@ -180,9 +180,9 @@ RunSetup setup_run(const TrainOptions& o) {
     s.train = o.train;
     s.train.train_data = absolute_path(s.train.train_data);
     s.train.valid_data = absolute_path(s.train.valid_data);
-    s.train.out_dir = absolute_path(s.train.out_dir);
     s.train.train_id = s.train.valid_id = DataIdentity{};
   }
+  s.train.out_dir = absolute_path(s.train.out_dir);
   s.train.validate();
   return s;
 }
