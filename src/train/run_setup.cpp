@@ -167,6 +167,9 @@ RunSetup setup_run(const TrainOptions& o) {
     s.model.normalize_and_validate();
   } else {
     s.start = load_checkpoint(s.checkpoint);
+    if (s.resuming && s.start.adam_m.empty())
+      fail("checkpoint '", s.checkpoint, "' has no optimizer state, so there is no run to "
+           "resume (an imported model?); start a new run from its weights with --init-from");
     s.model = apply_model_settings(s.start.model, o.explicit_model, s.checkpoint, s.resuming);
   }
   if (s.resuming) {

@@ -114,8 +114,6 @@ TrainResult train_model(const TrainOptions& options) {
   json state = json::object();
   if (resuming) {
     model.set_parameters(setup.start.params);
-    if (setup.start.adam_m.empty())
-      fail("checkpoint '", options.resume, "' has no optimizer state");
     model.set_adam_state(setup.start.adam_m, setup.start.adam_v);
     step = setup.start.step;
     state = setup.start.state;

@@ -200,6 +200,9 @@ TEST(CliResume, InitFromTakesTheCheckpointsModelAndAppliesOnlyGivenFlags) {
   std::ofstream(dir.file("c.json")) << R"({"comment": "x", "window": 6, "seq_len": 32})";
   r = lsgpt_in(dir.path(), base + " --out-dir cfg --config c.json");
   expect_refusal(r, {"seq_len", "checkpoint 16, given 32"}, {"d_model", "n_head", "window ("});
+  // An imported model has no run to resume.
+  r = lsgpt_in(dir.path(), "train --resume gpt2.ckpt");
+  expect_refusal(r, {"no optimizer state", "--init-from"});
   // info describes a checkpoint as it is: model flags with it would be ignored, so they are refused.
   r = lsgpt_in(dir.path(), "info --checkpoint gpt2.ckpt --window 8 --n-local 0");
   expect_refusal(r, {"--n-local, --window", "--checkpoint"});
