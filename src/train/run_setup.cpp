@@ -29,7 +29,7 @@ const char* flag_of(const std::string& key) {
   if (key == "seq_len") return "--seq-len";
   if (key == "n_local") return "--n-local";
   if (key == "window") return "--window";
-  if (key == "span") return "--span";
+  if (key == "span") return "--span/--span-preset";
   return "--config";
 }
 
