@@ -40,6 +40,10 @@ void print_model(const ModelConfig& c) {
 void run_info(const InfoFlags& f) {
   const int sources = !f.checkpoint.empty() + !f.data.empty();
   if (sources > 1) fail("give one of --checkpoint, --data or a model config");
+  // Silently describing the file as it is would read as if the flags had applied.
+  if (sources > 0 && f.model.any_given())
+    fail(f.model.given_flags(), " describe a model config and do nothing with ",
+         f.checkpoint.empty() ? "--data" : "--checkpoint", "; give them without it");
   if (!f.checkpoint.empty()) {
     const Checkpoint ck = load_checkpoint(f.checkpoint);
     if (f.json) {

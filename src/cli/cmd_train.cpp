@@ -1,5 +1,6 @@
 // lsgpt train: flags map one to one onto TrainConfig; with --resume the
-// checkpoint's settings are the base and only explicitly given flags count.
+// checkpoint's settings are the base and only explicitly given flags count,
+// and with --resume or --init-from the same holds for the model flags.
 #include <memory>
 #include <nlohmann/json.hpp>
 
@@ -31,8 +32,9 @@ void run_train(TrainFlags& f) {
   o.resume = f.resume;
   o.init_from = f.init_from;
   o.quiet = f.quiet;
+  if (!f.resume.empty() && !f.init_from.empty())
+    fail("give either --resume or --init-from, not both");
   if (!f.resume.empty()) {
-    if (!f.init_from.empty()) fail("give either --resume or --init-from, not both");
     const nlohmann::json all = t.to_json();
     for (auto& [opt, key] : f.keyed)
       if (opt->count() > 0) o.explicit_train[key] = all.at(key);
@@ -40,13 +42,12 @@ void run_train(TrainFlags& f) {
       o.explicit_train["train_data"] = t.train_data;
       o.explicit_train["valid_data"] = t.valid_data;
     }
-    o.model_given = f.model.any_given();
-    if (o.model_given) o.model = f.model.resolve();
-  } else {
-    o.model = f.model.resolve();
   }
-  const TrainResult r = train_model(o);
-  (void)r;
+  // A checkpoint brings its model: configs/default.json must not count as a
+  // request to change it, only what was typed.
+  if (!f.resume.empty() || !f.init_from.empty()) o.explicit_model = f.model.given_json();
+  else o.model = f.model.resolve();
+  train_model(o);
 }
 
 }  // namespace

@@ -1,6 +1,7 @@
 #include "cli/model_options.h"
 
 #include <filesystem>
+#include <fstream>
 #include <sstream>
 
 #include "core/error.h"
@@ -50,14 +51,72 @@ bool ModelOptions::any_given() const {
   return false;
 }
 
+namespace {
+
+bool given_flag(const std::vector<CLI::Option*>& options, const char* name) {
+  for (CLI::Option* o : options)
+    if (o->get_name() == name) return o->count() > 0;
+  return false;
+}
+
+std::vector<int> parse_n_local(const std::string& text) {
+  std::vector<int> out;
+  std::stringstream ss(text);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    try {
+      size_t used = 0;
+      out.push_back(std::stoi(item, &used));
+      if (used != item.size()) throw std::invalid_argument(item);
+    } catch (const std::exception&) {
+      fail("--n-local: '", item, "' is not an integer");
+    }
+  }
+  if (out.empty()) fail("--n-local needs a number or a comma-separated list");
+  return out;
+}
+
+}  // namespace
+
+nlohmann::json ModelOptions::given_json() const {
+  auto given = [&](const char* name) { return given_flag(options, name); };
+  nlohmann::json j = nlohmann::json::object();
+  if (given("--config")) {
+    const ModelConfig file = ModelConfig::load(config_path);  // validates the file
+    std::ifstream in(config_path);
+    const nlohmann::json raw = nlohmann::json::parse(in);
+    const nlohmann::json full = file.to_json();
+    for (auto& [key, _] : raw.items())
+      if (key != "comment") j[key] = full.contains(key) ? full[key] : nlohmann::json();
+  }
+  if (given("--n-layer")) j["n_layer"] = n_layer;
+  if (given("--n-head")) j["n_head"] = n_head;
+  if (given("--d-model")) j["d_model"] = d_model;
+  if (given("--seq-len")) j["seq_len"] = seq_len;
+  if (given("--window")) j["window"] = window;
+  if (given("--n-local")) j["n_local"] = parse_n_local(n_local);
+  if (given("--span") && given("--span-preset"))
+    fail("give either --span or --span-preset, not both");
+  if (given("--span") || given("--span-preset")) {
+    ModelConfig c;
+    c.span = given("--span") ? SpanConfig::parse(span) : SpanConfig::preset(span_preset);
+    const nlohmann::json cj = c.to_json();
+    j["span"] = cj.contains("span") ? cj["span"] : nlohmann::json();
+  }
+  return j;
+}
+
+std::string ModelOptions::given_flags() const {
+  std::string out;
+  for (CLI::Option* o : options)
+    if (o->count() > 0) out += (out.empty() ? "" : ", ") + o->get_name();
+  return out;
+}
+
 ModelConfig ModelOptions::resolve() const {
   ModelConfig c = ModelConfig::load(config_path.empty() ? bundled_path("configs/default.json")
                                                         : config_path);
-  auto given = [&](const char* name) {
-    for (CLI::Option* o : options)
-      if (o->get_name() == name) return o->count() > 0;
-    return false;
-  };
+  auto given = [&](const char* name) { return given_flag(options, name); };
   if (given("--n-layer")) c.n_layer = n_layer;
   if (given("--n-head")) c.n_head = n_head;
   if (given("--d-model")) c.d_model = d_model;
@@ -72,19 +131,7 @@ ModelConfig ModelOptions::resolve() const {
     c.eot_token = eot_token;
   }
   if (given("--n-local")) {
-    c.n_local.clear();
-    std::stringstream ss(n_local);
-    std::string item;
-    while (std::getline(ss, item, ',')) {
-      try {
-        size_t used = 0;
-        c.n_local.push_back(std::stoi(item, &used));
-        if (used != item.size()) throw std::invalid_argument(item);
-      } catch (const std::exception&) {
-        fail("--n-local: '", item, "' is not an integer");
-      }
-    }
-    if (c.n_local.empty()) fail("--n-local needs a number or a comma-separated list");
+    c.n_local = parse_n_local(n_local);
   } else if (given("--n-head")) {
     c.n_local.clear();  // the file's split was for another head count: use the default
   } else if (given("--n-layer")) {

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
 #include <string>
 
 #include "model/config.h"
@@ -20,8 +21,14 @@ struct ModelOptions {
 
   void add_to(CLI::App* cmd);
   bool any_given() const;
+  std::string given_flags() const;  // "--window, --n-local": the ones typed
   // Loads the config file (configs/default.json when none is given) and applies overrides.
   ModelConfig resolve() const;
+  // Only what the user gave, as ModelConfig JSON keys: the keys of a --config
+  // file, then the flags on top; nothing from configs/default.json. For runs
+  // whose model comes from a checkpoint, where defaults must not count as
+  // requests.
+  nlohmann::json given_json() const;
 };
 
 // configs/<name> in the source tree, for defaults that work from any directory.

@@ -197,4 +197,16 @@ void TokenFile::read(uint64_t begin, size_t n, int32_t* out) const {
   }
 }
 
+uint64_t TokenFile::fnv1a64() const {
+  const auto* p = reinterpret_cast<const uint8_t*>(tokens_);
+  const size_t n = size_t(count_) * sizeof(uint16_t);
+  // The mapping is advised random for batch sampling, which turns off
+  // read-ahead; one sequential pass over a cold file needs it back.
+  if (map_) ::madvise(map_, map_bytes_, MADV_SEQUENTIAL);
+  uint64_t h = 0xcbf29ce484222325ull;
+  for (size_t i = 0; i < n; ++i) h = (h ^ p[i]) * 0x100000001b3ull;
+  if (map_) ::madvise(map_, map_bytes_, MADV_RANDOM);
+  return h;
+}
+
 }  // namespace lsgpt

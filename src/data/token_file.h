@@ -78,6 +78,12 @@ class TokenFile {
   // begin + n <= size().
   void read(uint64_t begin, size_t n, int32_t* out) const;
 
+  // 64-bit FNV-1a of the token bytes as stored (little-endian uint16, header
+  // excluded): with size(), the file's identity, which checkpoints record so a
+  // resumed run can tell its data from another file at the same path. Reads
+  // the whole file (about 1 GB/s).
+  uint64_t fnv1a64() const;
+
  private:
   void release();
   std::string path_;

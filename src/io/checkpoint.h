@@ -12,7 +12,8 @@
 //   crc32                 uint32 little-endian, zlib CRC-32 of every byte before it
 //
 // The train and state sections are opaque JSON that the trainer owns (its
-// settings; RNG state and data position), so the format never changes when the
+// settings, with the data files' absolute paths and identities; RNG state and
+// data position), so the format never changes when the
 // trainer gains a setting. Loading validates sizes before trusting any offset
 // and the CRC before trusting any value, and says which of these failed.
 #pragma once

@@ -1,6 +1,8 @@
 #include "train/train_config.h"
 
+#include <cinttypes>
 #include <cmath>
+#include <cstdio>
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
@@ -8,6 +10,40 @@
 namespace lsgpt {
 
 using json = nlohmann::json;
+
+namespace {
+
+// The checksum is written as 16 hex digits: JSON readers that hold numbers
+// as doubles would round a 64-bit integer.
+json identity_json(const DataIdentity& id) {
+  char hex[17];
+  std::snprintf(hex, sizeof hex, "%016" PRIx64, id.fnv1a64);
+  return json{{"tokens", id.tokens}, {"fnv1a64", hex}};
+}
+
+DataIdentity identity_from_json(const json& j, const char* key) {
+  DataIdentity id;
+  if (!j.contains(key)) return id;
+  const json& v = j.at(key);
+  const std::string hex = v.at("fnv1a64").get<std::string>();
+  size_t used = 0;
+  try {
+    id.fnv1a64 = std::stoull(hex, &used, 16);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  if (hex.empty() || used != hex.size()) fail(key, ".fnv1a64 '", hex, "' is not a hex number");
+  id.tokens = v.at("tokens").get<uint64_t>();
+  return id;
+}
+
+}  // namespace
+
+std::string DataIdentity::to_string() const {
+  char hex[17];
+  std::snprintf(hex, sizeof hex, "%016" PRIx64, fnv1a64);
+  return std::to_string(tokens) + " tokens, FNV-1a 64 " + hex;
+}
 
 void TrainConfig::validate() const {
   if (batch_size < 1) fail("--batch-size must be >= 1, got ", batch_size);
@@ -38,13 +74,16 @@ json TrainConfig::schedule_json() const {
               {"steps", steps},           {"lr", lr},                {"min_lr_ratio", min_lr_ratio},
               {"warmup", warmup},         {"weight_decay", weight_decay},
               {"beta1", beta1},           {"beta2", beta2},          {"eps", eps},
-              {"clip", clip},             {"seed", seed},            {"train_data", train_data}};
+              {"clip", clip},             {"seed", seed}};
 }
 
 json TrainConfig::to_json() const {
   json j = schedule_json();
   j["device"] = device;
+  j["train_data"] = train_data;
   j["valid_data"] = valid_data;
+  if (train_id.known()) j["train_data_id"] = identity_json(train_id);
+  if (valid_id.known()) j["valid_data_id"] = identity_json(valid_id);
   j["out_dir"] = out_dir;
   j["eval_every"] = eval_every;
   j["eval_batches"] = eval_batches;
@@ -73,6 +112,8 @@ TrainConfig TrainConfig::from_json(const json& j) {
     get("final_eval_batches", c.final_eval_batches);
     get("log_every", c.log_every), get("seed", c.seed), get("max_time", c.max_time);
     get("stop_at", c.stop_at), get("max_nonfinite", c.max_nonfinite);
+    c.train_id = identity_from_json(j, "train_data_id");
+    c.valid_id = identity_from_json(j, "valid_data_id");
   } catch (const json::exception& e) {
     fail("training settings: ", e.what());
   }

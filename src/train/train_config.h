@@ -8,10 +8,22 @@
 
 namespace lsgpt {
 
+// What a token file holds, independent of the path that reaches it: its token
+// count and TokenFile::fnv1a64(). tokens == 0: not recorded (checkpoints
+// written before lsgpt recorded it).
+struct DataIdentity {
+  uint64_t tokens = 0;
+  uint64_t fnv1a64 = 0;
+  bool known() const { return tokens > 0; }
+  bool operator==(const DataIdentity&) const = default;
+  std::string to_string() const;  // "2400000 tokens, FNV-1a 64 0123456789abcdef"
+};
+
 struct TrainConfig {
   std::string device = "cpu";
-  std::string train_data;  // token files made by `lsgpt prepare`
+  std::string train_data;  // token files made by `lsgpt prepare`; absolute once a run starts
   std::string valid_data;
+  DataIdentity train_id, valid_id;  // filled in when a run starts
   std::string out_dir = "runs/default";
   int batch_size = 8;
   int seq_len = 0;  // 0: the model's context length

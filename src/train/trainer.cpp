@@ -18,6 +18,7 @@
 #include "train/evaluate.h"
 #include "train/plot.h"
 #include "train/progress.h"
+#include "train/run_setup.h"
 
 namespace lsgpt {
 namespace {
@@ -79,58 +80,42 @@ void flush_progress() {
   }
 }
 
-TrainConfig merge_resumed_settings(const json& stored, const json& given,
-                                   const std::string& path) {
-  TrainConfig saved = TrainConfig::from_json(stored);
-  const json schedule = saved.schedule_json();
-  json merged = saved.to_json();
-  for (auto& [key, value] : given.items()) {
-    if (schedule.contains(key) && schedule[key] != value)
-      fail("cannot change '", key, "' when resuming: the checkpoint '", path, "' has ",
-           schedule[key].dump(), " (resume continues the same run; start a new run with "
-           "--init-from to change it)");
-    merged[key] = value;
-  }
-  // Stopping early is a property of one invocation, not of the run.
-  merged["stop_at"] = given.value("stop_at", 0L);
-  merged["max_time"] = given.value("max_time", 0.0);
-  return TrainConfig::from_json(merged);
+void print_banner(const Backend& backend, const ModelConfig& mc, const TrainConfig& tc, int T,
+                  long step, bool resuming) {
+  std::printf("lsgpt train: %s | %zu parameters | %d layers x %d heads (local per layer:",
+              backend.name().c_str(), mc.num_parameters(), mc.n_layer, mc.n_head);
+  for (int n : mc.n_local) std::printf(" %d", n);
+  std::printf(") w=%d | span %s\n", mc.window, mc.span.to_string().c_str());
+  std::printf("  batch %d x %d tokens x %d accum = %ld tokens/step | steps %ld%s\n",
+              tc.batch_size, T, tc.grad_accum, long(tc.batch_size) * T * tc.grad_accum, tc.steps,
+              resuming ? (" | resuming at step " + std::to_string(step)).c_str() : "");
+  std::printf("  data %s | valid %s | run %s\n", tc.train_data.c_str(), tc.valid_data.c_str(),
+              tc.out_dir.c_str());
+  flush_progress();
 }
 
 }  // namespace
 
 TrainResult train_model(const TrainOptions& options) {
-  TrainConfig tc = options.train;
-  ModelConfig mc = options.model;
-  mc.normalize_and_validate();
-  Checkpoint resumed;
-  const bool resuming = !options.resume.empty();
-  if (resuming) {
-    resumed = options.model_given ? load_checkpoint_expecting(options.resume, mc)
-                                  : load_checkpoint(options.resume);
-    mc = resumed.model;
-    tc = merge_resumed_settings(resumed.train, options.explicit_train, options.resume);
-    tc.fault = options.train.fault;
-  }
-  tc.validate();
+  RunSetup setup = setup_run(options);
+  const ModelConfig& mc = setup.model;
+  const TrainConfig& tc = setup.train;
+  const bool resuming = setup.resuming;
   const Fault fault = parse_fault(tc.fault);
   const int B = tc.batch_size;
   const int T = tc.seq_len ? tc.seq_len : mc.seq_len;
   if (T > mc.seq_len)
     fail("--seq-len ", T, " exceeds the model's context of ", mc.seq_len, " positions");
 
+  const RunData data = open_run_data(setup);
   // The model's vocabulary, not GPT-2's, decides which token files fit.
-  auto open_data = [&](const std::string& path) {
-    TokenFile file(path, 0);
-    if (file.vocab_size() != mc.vocab_size)
-      fail("token file ", path, " was made with a vocabulary of ", file.vocab_size(),
+  for (const TokenFile* file : {&data.train, &data.valid})
+    if (file->vocab_size() != mc.vocab_size)
+      fail("token file ", file->path(), " was made with a vocabulary of ", file->vocab_size(),
            " tokens; this model uses ", mc.vocab_size,
            resuming ? "" : " (a new model takes its vocabulary size from --vocab-size)");
-    return file;
-  };
-  TokenFile train_file = open_data(tc.train_data);
-  TokenFile valid_file = open_data(tc.valid_data);
-  TrainBatches batches(train_file, B, T, tc.seed);  // refuses files shorter than T+1
+  const TokenFile& valid_file = data.valid;
+  TrainBatches batches(data.train, B, T, tc.seed);  // refuses files shorter than T+1
   EvalBatches(valid_file, B, T, 1);                  // same check for validation, up front
 
   std::unique_ptr<Backend> backend = make_backend(tc.device);
@@ -138,20 +123,18 @@ TrainResult train_model(const TrainOptions& options) {
   long step = 0;
   json state = json::object();
   if (resuming) {
-    model.set_parameters(resumed.params);
-    if (resumed.adam_m.empty()) fail("checkpoint '", options.resume, "' has no optimizer state");
-    model.set_adam_state(resumed.adam_m, resumed.adam_v);
-    step = resumed.step;
-    state = resumed.state;
-    resumed = Checkpoint{};  // release the host copy
+    model.set_parameters(setup.start.params);
+    model.set_adam_state(setup.start.adam_m, setup.start.adam_v);
+    step = setup.start.step;
+    state = setup.start.state;
   } else if (!options.init_from.empty()) {
-    Checkpoint init = load_checkpoint_expecting(options.init_from, mc);
-    model.set_parameters(init.params);
+    model.set_parameters(setup.start.params);
     model.init_optimizer();
   } else {
     model.init_random(tc.seed);
     model.init_optimizer();
   }
+  setup.start = Checkpoint{};  // release the host copy
   long skipped = state.value("skipped", 0L);
   int nonfinite_run = state.value("nonfinite", 0);
   double elapsed_before = state.value("elapsed", 0.0);
@@ -181,16 +164,7 @@ TrainResult train_model(const TrainOptions& options) {
   };
 
   const long tokens_per_step = long(B) * T * tc.grad_accum;
-  if (!options.quiet) {
-    std::printf("lsgpt train: %s | %zu parameters | %d layers x %d heads (local per layer:",
-                backend->name().c_str(), mc.num_parameters(), mc.n_layer, mc.n_head);
-    for (int n : mc.n_local) std::printf(" %d", n);
-    std::printf(") w=%d | span %s\n", mc.window, mc.span.to_string().c_str());
-    std::printf("  batch %d x %d tokens x %d accum = %ld tokens/step | steps %ld%s\n", B, T,
-                tc.grad_accum, tokens_per_step, tc.steps,
-                resuming ? (" | resuming at step " + std::to_string(step)).c_str() : "");
-    flush_progress();
-  }
+  if (!options.quiet) print_banner(*backend, mc, tc, T, step, resuming);
 
   std::vector<int32_t> inputs(size_t(B) * T), targets(size_t(B) * T);
   const auto t0 = Clock::now();

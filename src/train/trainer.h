@@ -19,14 +19,18 @@
 namespace lsgpt {
 
 struct TrainOptions {
-  ModelConfig model;
+  ModelConfig model;      // a new run's model; with resume or init_from the checkpoint's is used
   TrainConfig train;
   std::string resume;     // checkpoint to continue (model, optimizer, step, data position)
   // With resume: the training settings the user gave explicitly (TrainConfig
   // JSON keys). They override the checkpoint's, except that settings defining
-  // the loss sequence (TrainConfig::schedule_json) may not change.
+  // the loss sequence (TrainConfig::schedule_json) may not change, and data
+  // files given again must hold the recorded data (train/run_setup.h).
   nlohmann::json explicit_train = nlohmann::json::object();
-  bool model_given = false;  // with resume: options.model was given and must match
+  // With resume or init_from: the model settings the user gave explicitly
+  // (ModelConfig JSON keys, e.g. {"window": 64}). Resume refuses any change;
+  // init_from applies changes that keep the weights' shape.
+  nlohmann::json explicit_model = nlohmann::json::object();
   std::string init_from;  // checkpoint whose weights start a new run
   bool quiet = false;     // no progress lines (metrics are still written)
 };

@@ -185,5 +185,22 @@ TEST(TokenFile, MovesKeepTheMapping) {
   EXPECT_EQ(c.tokens()[2], 7);
 }
 
+// Checkpoints record this checksum, so its definition is pinned: standard
+// FNV-1a 64 over the token bytes as stored (values from a reference
+// implementation: FNV-1a 64 of "ab" and of "abcd").
+TEST(TokenFile, ChecksumIsFnv1a64OfTheTokenBytes) {
+  ScratchDir dir;
+  write_token_file(dir.file("ab.bin"), 65536, std::vector<int32_t>{0x6261});
+  EXPECT_EQ(TokenFile(dir.file("ab.bin")).fnv1a64(), 0x089c4407b545986aull);
+  write_token_file(dir.file("abcd.bin"), 65536, std::vector<int32_t>{0x6261, 0x6463});
+  EXPECT_EQ(TokenFile(dir.file("abcd.bin")).fnv1a64(), 0xfc179f83ee0724ddull);
+  // Only the tokens count: the same tokens under another vocabulary header hash alike.
+  write_token_file(dir.file("v.bin"), 50257, std::vector<int32_t>{9, 8, 7});
+  write_token_file(dir.file("w.bin"), 100, std::vector<int32_t>{9, 8, 7});
+  EXPECT_EQ(TokenFile(dir.file("v.bin")).fnv1a64(), TokenFile(dir.file("w.bin")).fnv1a64());
+  write_token_file(dir.file("x.bin"), 100, std::vector<int32_t>{9, 7, 8});
+  EXPECT_NE(TokenFile(dir.file("v.bin")).fnv1a64(), TokenFile(dir.file("x.bin")).fnv1a64());
+}
+
 }  // namespace
 }  // namespace lsgpt

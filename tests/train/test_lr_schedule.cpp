@@ -45,6 +45,18 @@ TEST(TrainConfig, JsonRoundTrip) {
   c.train_data = "t.bin", c.valid_data = "v.bin", c.lr = 3e-4, c.steps = 77, c.seed = 42;
   TrainConfig d = TrainConfig::from_json(c.to_json());
   EXPECT_EQ(d.to_json(), c.to_json());
+  // Data identities survive, the checksum exactly (a hex string, not a JSON number).
+  c.train_id = {123, 0xfedcba9876543210ull};
+  c.valid_id = {7, 1};
+  const auto j = c.to_json();
+  EXPECT_EQ(j["train_data_id"]["fnv1a64"], "fedcba9876543210");
+  d = TrainConfig::from_json(j);
+  EXPECT_TRUE(d.train_id == c.train_id);
+  EXPECT_TRUE(d.valid_id == c.valid_id);
+  EXPECT_FALSE(TrainConfig::from_json(TrainConfig{}.to_json()).train_id.known());
+  auto broken = j;
+  broken["train_data_id"]["fnv1a64"] = "xyz";
+  EXPECT_THROW(TrainConfig::from_json(broken), Error);
 }
 
 }  // namespace

@@ -11,6 +11,7 @@
 #include "core/error.h"
 #include "data/token_file.h"
 #include "io/checkpoint.h"
+#include "train/run_setup.h"
 #include "train/trainer.h"
 
 namespace lsgpt {
@@ -173,14 +174,81 @@ TEST(Trainer, ResumeRefusesChangedScheduleOrModel) {
   EXPECT_THROW(train_model(changed_lr), Error);
   TrainOptions changed_model = tiny_options(f, "run");
   changed_model.resume = r.checkpoint;
-  changed_model.model_given = true;
-  changed_model.model.window = 5;
+  changed_model.explicit_model = json{{"window", 5}};
   EXPECT_THROW(train_model(changed_model), Error);
   // Settings that do not define the loss sequence may change.
   TrainOptions more_logging = tiny_options(f, "run");
   more_logging.resume = r.checkpoint;
   more_logging.explicit_train = json{{"eval_every", 3}};
   EXPECT_EQ(train_model(more_logging).steps, 12);
+}
+
+// Checkpoints written before data identities were recorded hold the data
+// paths as typed: an absolute one is used (with a warning), a relative one,
+// which depends on a working directory nobody remembers, must be named again.
+TEST(Trainer, ResumesOldCheckpointsWithoutDataIdentity) {
+  const Fixture f = make_data("old_ckpt");
+  TrainOptions o = tiny_options(f, "run");
+  o.train.stop_at = 2;
+  const TrainResult r = train_model(o);
+  Checkpoint ck = load_checkpoint(r.checkpoint);
+  EXPECT_EQ(ck.train["train_data_id"]["tokens"], 4000);
+  EXPECT_EQ(ck.train["valid_data_id"]["tokens"], 600);
+  ck.train.erase("train_data_id");
+  ck.train.erase("valid_data_id");
+  ck.train["train_data"] = "train.bin";
+  save_checkpoint(r.checkpoint, ck);
+
+  TrainOptions resume;
+  resume.quiet = true;
+  resume.resume = r.checkpoint;
+  resume.train.stop_at = 3;
+  try {
+    train_model(resume);
+    FAIL() << "a relative data path without identity was trusted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("relative path 'train.bin'"), std::string::npos)
+        << e.what();
+  }
+  resume.explicit_train = json{{"train_data", f.train}, {"stop_at", 3}};
+  EXPECT_EQ(train_model(resume).steps, 3);
+  // That run recorded the identities, so from now on the data is checked.
+  EXPECT_EQ(load_checkpoint(r.checkpoint).train["train_data_id"]["tokens"], 4000);
+}
+
+TEST(Trainer, ModelSettingsFromACheckpoint) {
+  ModelConfig stored;
+  stored.n_layer = 2, stored.n_head = 2, stored.d_model = 16, stored.seq_len = 16;
+  stored.n_local = {1, 0};
+  stored.normalize_and_validate();
+  // Nothing given: the checkpoint's model, untouched (n_local stays per layer).
+  EXPECT_TRUE(apply_model_settings(stored, json::object(), "c", false) == stored);
+  EXPECT_TRUE(apply_model_settings(stored, json{{"n_layer", 2}, {"n_head", 2}}, "c", true) ==
+              stored);
+  // init-from: non-shape settings apply; span "off" (null) clears.
+  ModelConfig spanned = stored;
+  spanned.span = SpanConfig::parse("q:cross:2:1");
+  const ModelConfig tuned = apply_model_settings(
+      spanned, json{{"n_local", json::array({2})}, {"window", 7}, {"span", nullptr}}, "c", false);
+  EXPECT_EQ(tuned.n_local, (std::vector<int>{2, 2}));
+  EXPECT_EQ(tuned.window, 7);
+  EXPECT_FALSE(tuned.span.any());
+  auto message = [&](const json& given, bool resuming) {
+    try {
+      apply_model_settings(stored, given, "c.ckpt", resuming);
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("accepted");
+  };
+  const std::string shape = message(json{{"d_model", 32}, {"window", 7}}, false);
+  EXPECT_NE(shape.find("d_model (--d-model): checkpoint 16, given 32"), std::string::npos) << shape;
+  EXPECT_EQ(shape.find("window ("), std::string::npos) << shape;
+  const std::string resumed = message(json{{"window", 7}, {"n_layer", 2}}, true);
+  EXPECT_NE(resumed.find("window (--window): checkpoint 100, given 7"), std::string::npos)
+      << resumed;
+  EXPECT_EQ(resumed.find("n_layer"), std::string::npos) << resumed;
+  EXPECT_NE(message(json{{"n_local", json::array({3})}}, false).find("n_local"), std::string::npos);
 }
 
 TEST(Trainer, RefusesTooShortOrForeignData) {

@@ -1,0 +1,214 @@
+// `lsgpt train --resume` and `--init-from` as a user runs them, from other
+// working directories: a checkpoint knows its data by content and its model
+// by its own config, so a resumed run reads the same data (whatever path
+// spelling reaches it) or refuses naming the file, writes into the run it came
+// from, and model flags are compared or applied only when they were typed.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <random>
+
+#include "data/token_file.h"
+#include "io/checkpoint.h"
+#include "io/hf_gpt2.h"
+#include "io/io_test_support.h"
+
+namespace lsgpt {
+namespace {
+
+namespace fs = std::filesystem;
+using testing::quoted;
+using testing::ScratchDir;
+
+// Runs lsgpt with `dir` as the working directory.
+testing::CommandResult lsgpt_in(const fs::path& dir, const std::string& args) {
+  return testing::run_command("cd " + quoted(dir.string()) + " && " + quoted(LSGPT_BINARY) + " " +
+                              args + " < /dev/null");
+}
+
+void write_tokens(const fs::path& path, uint32_t seed, size_t n = 3000) {
+  std::mt19937 rng(seed);
+  std::vector<int32_t> tokens(n);
+  for (auto& t : tokens) t = int32_t(rng() % 50257);
+  write_token_file(path.string(), 50257, tokens);
+}
+
+void expect_refusal(const testing::CommandResult& r, const std::vector<std::string>& words,
+                    const std::vector<std::string>& absent = {}) {
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_EQ(r.output.find("lsgpt: error: "), r.output.rfind("lsgpt: error: ")) << r.output;
+  for (const std::string& w : words)
+    EXPECT_NE(r.output.find(w), std::string::npos) << "missing '" << w << "' in " << r.output;
+  for (const std::string& w : absent)
+    EXPECT_EQ(r.output.find(w), std::string::npos) << "unexpected '" << w << "' in " << r.output;
+}
+
+const std::string kModel = " --n-layer 1 --d-model 32 --n-head 2 --seq-len 16 --n-local 1 --window 4";
+const std::string kRun = " --quiet --batch-size 2 --eval-every 0 --final-eval-batches 2 --warmup 1";
+
+size_t train_records(const fs::path& metrics) {
+  std::ifstream in(metrics);
+  size_t n = 0;
+  for (std::string line; std::getline(in, line);)
+    n += nlohmann::json::parse(line)["type"] == "train";
+  return n;
+}
+
+// The issue's scenario: A/run stopped at step 3 of 6, resumed from folder B,
+// which holds a different tr.bin at the same relative path.
+TEST(CliResume, ResumeFromElsewhereReadsTheRecordedDataAndWritesTheOriginalRun) {
+  ScratchDir dir;
+  const fs::path a = dir.path() / "A", b = dir.path() / "B";
+  fs::create_directories(a), fs::create_directories(b);
+  write_tokens(a / "tr.bin", 1);
+  write_tokens(b / "tr.bin", 2);
+  auto r = lsgpt_in(a, "train --train tr.bin --valid tr.bin --steps 6 --stop-at 3 --out-dir run" +
+                           kModel + kRun);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+
+  // B's own tr.bin, named explicitly: the wrong data, refused with both identities.
+  r = lsgpt_in(b, "train --resume ../A/run/checkpoint.ckpt --train tr.bin --valid tr.bin");
+  expect_refusal(r, {"tr.bin", "3000 tokens, FNV-1a 64", "checkpoint recorded"});
+  EXPECT_FALSE(fs::exists(b / "run"));
+
+  // Without data flags: A's data through the recorded absolute path, into A/run.
+  r = lsgpt_in(b, "train --resume ../A/run/checkpoint.ckpt --quiet");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_FALSE(fs::exists(b / "run"));
+  EXPECT_EQ(load_checkpoint((a / "run/checkpoint.ckpt").string()).step, 6);
+  EXPECT_EQ(train_records(a / "run/metrics.jsonl"), 6u);
+  const nlohmann::json recorded = load_checkpoint((a / "run/checkpoint.ckpt").string()).train;
+  EXPECT_EQ(recorded.value("train_data", ""), fs::canonical(a / "tr.bin").string());
+  EXPECT_EQ(recorded.value("train_data_id", nlohmann::json()).value("tokens", 0), 3000);
+}
+
+TEST(CliResume, ChangedDataAtTheRecordedPathIsRefused) {
+  ScratchDir dir;
+  write_tokens(dir.path() / "tr.bin", 1);
+  write_tokens(dir.path() / "va.bin", 3);
+  auto r = lsgpt_in(dir.path(), "train --train tr.bin --valid va.bin --steps 6 --stop-at 3 "
+                                "--out-dir run" + kModel + kRun);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  // Same length, other tokens: only the checksum tells.
+  write_tokens(dir.path() / "tr.bin", 2);
+  r = lsgpt_in(dir.path(), "train --resume run/checkpoint.ckpt");
+  expect_refusal(r, {"--train data '" + fs::canonical(dir.path() / "tr.bin").string() + "'",
+                     "3000 tokens"});
+  // Another length: the token counts differ.
+  write_tokens(dir.path() / "tr.bin", 1);
+  write_tokens(dir.path() / "va.bin", 3, 2000);
+  r = lsgpt_in(dir.path(), "train --resume run/checkpoint.ckpt");
+  expect_refusal(r, {"--valid data", "va.bin", "2000 tokens", "3000 tokens"});
+  // A missing file is named with a way out.
+  fs::remove(dir.path() / "va.bin");
+  r = lsgpt_in(dir.path(), "train --resume run/checkpoint.ckpt");
+  expect_refusal(r, {"va.bin", "--valid"});
+}
+
+TEST(CliResume, TheSameDataThroughAnotherPathIsAccepted) {
+  ScratchDir dir;
+  const fs::path a = dir.path() / "A", b = dir.path() / "B";
+  fs::create_directories(a / "x"), fs::create_directories(b);
+  write_tokens(a / "tr.bin", 1);
+  auto r = lsgpt_in(a, "train --train tr.bin --valid ./x/../tr.bin --steps 8 --stop-at 3 "
+                       "--out-dir run" + kModel + kRun);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  // Both spellings were recorded as one absolute path.
+  const Checkpoint ck = load_checkpoint((a / "run/checkpoint.ckpt").string());
+  EXPECT_EQ(ck.train["valid_data"], ck.train["train_data"]);
+
+  fs::create_symlink(a / "tr.bin", b / "link.bin");
+  r = lsgpt_in(b, "train --resume ../A/run/checkpoint.ckpt --train link.bin --valid "
+                  "../A/x/../tr.bin --stop-at 5 --quiet");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  // The data moved: the copy is found by content.
+  fs::copy_file(a / "tr.bin", b / "moved.bin");
+  fs::remove(a / "tr.bin");
+  r = lsgpt_in(b, "train --resume ../A/run/checkpoint.ckpt --train moved.bin --valid moved.bin "
+                  "--quiet");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(load_checkpoint((a / "run/checkpoint.ckpt").string()).step, 8);
+  EXPECT_EQ(train_records(a / "run/metrics.jsonl"), 8u);
+  EXPECT_FALSE(fs::exists(b / "run"));
+}
+
+TEST(CliResume, OutDirMovesAResumedRun) {
+  ScratchDir dir;
+  write_tokens(dir.path() / "tr.bin", 1);
+  auto r = lsgpt_in(dir.path(), "train --train tr.bin --valid tr.bin --steps 4 --stop-at 2 "
+                                "--out-dir run" + kModel + kRun);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  r = lsgpt_in(dir.path(), "train --resume run/checkpoint.ckpt --out-dir elsewhere --quiet");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(load_checkpoint((dir.path() / "elsewhere/checkpoint.ckpt").string()).step, 4);
+  EXPECT_EQ(load_checkpoint((dir.path() / "run/checkpoint.ckpt").string()).step, 2);
+}
+
+TEST(CliResume, ResumeComparesOnlyTheModelFlagsGiven) {
+  ScratchDir dir;
+  write_tokens(dir.path() / "tr.bin", 1);
+  auto r = lsgpt_in(dir.path(), "train --train tr.bin --valid tr.bin --steps 6 --stop-at 2 "
+                                "--out-dir run" + kModel + kRun);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  r = lsgpt_in(dir.path(), "train --resume run/checkpoint.ckpt --window 5");
+  expect_refusal(r, {"window (--window): checkpoint 4, given 5"},
+                 {"d_model", "n_head", "seq_len", "n_layer", "n_local"});
+  r = lsgpt_in(dir.path(), "train --resume run/checkpoint.ckpt --d-model 64");
+  expect_refusal(r, {"d_model (--d-model): checkpoint 32, given 64"},
+                 {"n_head", "seq_len", "n_layer", "window"});
+  // Flags that repeat the checkpoint's values are no change.
+  r = lsgpt_in(dir.path(), "train --resume run/checkpoint.ckpt --quiet --stop-at 4" + kModel);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(load_checkpoint((dir.path() / "run/checkpoint.ckpt").string()).step, 4);
+}
+
+// Fine-tuning imported weights: the model comes from the checkpoint, not
+// from configs/default.json.
+TEST(CliResume, InitFromTakesTheCheckpointsModelAndAppliesOnlyGivenFlags) {
+  ScratchDir dir;
+  write_tokens(dir.path() / "tr.bin", 1);
+  ModelConfig cfg;
+  cfg.n_layer = 1, cfg.n_head = 2, cfg.d_model = 16, cfg.seq_len = 16, cfg.n_local = {0};
+  cfg.normalize_and_validate();
+  export_hf_gpt2(cfg, testing::random_params(cfg, 5), dir.file("hf"));
+  auto r = lsgpt_in(dir.path(), "import --in hf --out gpt2.ckpt --n-local 1 --window 4");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+
+  const std::string base = "train --init-from gpt2.ckpt --train tr.bin --valid tr.bin --steps 2" + kRun;
+  r = lsgpt_in(dir.path(), base + " --out-dir tuned");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const Checkpoint tuned = load_checkpoint(dir.file("tuned/checkpoint.ckpt"));
+  EXPECT_TRUE(tuned.model == load_checkpoint(dir.file("gpt2.ckpt")).model);
+
+  // Settings that keep the weights' shape may change.
+  r = lsgpt_in(dir.path(), base + " --out-dir mhsa --n-local 0 --window 8 --span k:cross:2:1");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const Checkpoint mhsa = load_checkpoint(dir.file("mhsa/checkpoint.ckpt"));
+  EXPECT_EQ(mhsa.model.n_local, std::vector<int>{0});
+  EXPECT_EQ(mhsa.model.window, 8);
+  EXPECT_EQ(mhsa.model.span.to_string(), "k:cross:2:1");
+  EXPECT_EQ(mhsa.model.d_model, 16);
+
+  // A shape change is refused, naming only what was asked.
+  r = lsgpt_in(dir.path(), base + " --out-dir wide --d-model 64");
+  expect_refusal(r, {"d_model (--d-model): checkpoint 16, given 64"},
+                 {"n_head", "seq_len", "n_layer", "window (", "n_local ("});
+  EXPECT_FALSE(fs::exists(dir.path() / "wide"));
+  // A --config file counts as typed: its keys, not configs/default.json's.
+  std::ofstream(dir.file("c.json")) << R"({"comment": "x", "window": 6, "seq_len": 32})";
+  r = lsgpt_in(dir.path(), base + " --out-dir cfg --config c.json");
+  expect_refusal(r, {"seq_len", "checkpoint 16, given 32"}, {"d_model", "n_head", "window ("});
+  // An imported model has no run to resume.
+  r = lsgpt_in(dir.path(), "train --resume gpt2.ckpt");
+  expect_refusal(r, {"no optimizer state", "--init-from"});
+  // info describes a checkpoint as it is: model flags with it would be ignored, so they are refused.
+  r = lsgpt_in(dir.path(), "info --checkpoint gpt2.ckpt --window 8 --n-local 0");
+  expect_refusal(r, {"--n-local, --window", "--checkpoint"});
+  r = lsgpt_in(dir.path(), "info --data tr.bin --d-model 64");
+  expect_refusal(r, {"--d-model", "--data"});
+}
+
+}  // namespace
+}  // namespace lsgpt
