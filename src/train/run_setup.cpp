@@ -95,7 +95,13 @@ std::string resumed_data_path(const std::string& recorded, const DataIdentity& i
 
 TokenFile open_data(const std::string& path, int vocab, const RunSetup& s, const char* flag) {
   try {
-    return TokenFile(path, vocab);
+    TokenFile file(path, 0);
+    // The model's vocabulary, not GPT-2's, decides which token files fit.
+    if (file.vocab_size() != vocab)
+      fail("token file ", path, " was made with a vocabulary of ", file.vocab_size(),
+           " tokens; this model uses ", vocab,
+           s.resuming ? "" : " (a new model takes its vocabulary size from --vocab-size)");
+    return file;
   } catch (const Error& e) {
     if (!s.resuming) throw;
     fail(e.what(), " (the ", flag, " data of checkpoint '", s.checkpoint, "'; if it moved, pass ",

@@ -108,12 +108,6 @@ TrainResult train_model(const TrainOptions& options) {
     fail("--seq-len ", T, " exceeds the model's context of ", mc.seq_len, " positions");
 
   const RunData data = open_run_data(setup);
-  // The model's vocabulary, not GPT-2's, decides which token files fit.
-  for (const TokenFile* file : {&data.train, &data.valid})
-    if (file->vocab_size() != mc.vocab_size)
-      fail("token file ", file->path(), " was made with a vocabulary of ", file->vocab_size(),
-           " tokens; this model uses ", mc.vocab_size,
-           resuming ? "" : " (a new model takes its vocabulary size from --vocab-size)");
   const TokenFile& valid_file = data.valid;
   TrainBatches batches(data.train, B, T, tc.seed);  // refuses files shorter than T+1
   EvalBatches(valid_file, B, T, 1);                  // same check for validation, up front

@@ -87,7 +87,8 @@ TEST_P(GenerateContext, PromptPlusNewTokensMayFillTheContextPlusOne) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Devices, GenerateContext, ::testing::Values("cpu", "cuda"));
+INSTANTIATE_TEST_SUITE_P(Devices, GenerateContext, ::testing::Values("cpu", "cuda"),
+                         [](const auto& info) { return info.param; });
 
 }  // namespace
 }  // namespace lsgpt

@@ -183,7 +183,8 @@ TEST_F(SmallVocab, BadInputIsRefusedBeforeAnyOutput) {
   expect_only_error(lsgpt(gen + " --ids --prompt-ids '1 1000' -n 3"), "token 1000");
   expect_only_error(lsgpt(gen + " --ids --prompt-ids '1 x' -n 3"), "'x'");
   expect_only_error(lsgpt(gen + " --ids --prompt-ids ',' -n 3"), "at least one");
-  expect_only_error(lsgpt(gen + " --ids --prompt-ids '1 2' -n 31"), "at most 30 new tokens");
+  // Prompt + new tokens may fill the context (32) plus one.
+  expect_only_error(lsgpt(gen + " --ids --prompt-ids '1 2' -n 32"), "at most 31 new tokens");
   expect_only_error(lsgpt(gen + " --ids --prompt-ids '1 2' --top-p 2"), "top");
   expect_only_error(lsgpt(gen + " --ids --prompt-ids '1 2' --tokens=-1"), "--tokens");
   expect_only_error(lsgpt(gen + " --ids --prompt-ids '1' --prompt 'a'"), "not several");

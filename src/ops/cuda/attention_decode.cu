@@ -241,13 +241,13 @@ __global__ void __launch_bounds__(kDecodeThreads) attention_decode_kernel(const 
   }
 }
 
-// Splits of a global head: enough blocks to fill the GPU about twice over,
+// Splits of a global head: enough blocks to fill the GPU about four times over,
 // but no piece shorter than kMinKeysPerSplit keys at full context.
 int choose_splits(const DecodeSpec& spec, int sm_count) {
   const int n_global = spec.n_head - spec.n_local;
   if (n_global == 0 || spec.workspace == nullptr) return 1;
   if (spec.num_splits > 0) return std::min(spec.num_splits, kMaxSplits);
-  const int by_occupancy = ceil_div(2LL * sm_count, (long long)spec.B * n_global);
+  const int by_occupancy = ceil_div(4LL * sm_count, (long long)spec.B * n_global);
   const int by_length = std::max(1, spec.max_T / kMinKeysPerSplit);
   return std::max(1, std::min({by_occupancy, by_length, kMaxSplits}));
 }
