@@ -7,7 +7,6 @@
 #include <gtest/gtest.h>
 
 #include <random>
-#include <sstream>
 
 #include "../io/io_test_support.h"
 #include "data/token_file.h"
@@ -17,20 +16,9 @@ namespace lsgpt {
 namespace {
 
 using testing::quoted;
-using testing::run_command;
 using testing::ScratchDir;
-
-testing::CommandResult lsgpt(const std::string& args) {
-  return run_command(quoted(LSGPT_BINARY) + " " + args + " < /dev/null");
-}
-
-std::vector<int> ids_of(const std::string& text) {
-  std::vector<int> ids;
-  std::istringstream in(text);
-  int id;
-  while (in >> id) ids.push_back(id);
-  return ids;
-}
+constexpr auto lsgpt = testing::run_lsgpt;
+constexpr auto ids_of = testing::parse_ints;
 
 class GenerateContext : public ::testing::TestWithParam<std::string> {
  protected:

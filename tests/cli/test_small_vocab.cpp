@@ -22,9 +22,7 @@ using testing::quoted;
 using testing::run_command;
 using testing::ScratchDir;
 
-testing::CommandResult lsgpt(const std::string& args) {
-  return run_command(quoted(LSGPT_BINARY) + " " + args + " < /dev/null");
-}
+constexpr auto lsgpt = testing::run_lsgpt;
 
 // Refused with one error line and nothing printed before it.
 void expect_only_error(const testing::CommandResult& r, const std::string& fragment) {
@@ -35,13 +33,7 @@ void expect_only_error(const testing::CommandResult& r, const std::string& fragm
       << "missing '" << fragment << "' in " << r.output;
 }
 
-std::vector<int> parse_ids(const std::string& text) {
-  std::vector<int> ids;
-  std::istringstream in(text);
-  int id;
-  while (in >> id) ids.push_back(id);
-  return ids;
-}
+constexpr auto parse_ids = testing::parse_ints;
 
 nlohmann::json read_json(const std::string& path) {
   std::ifstream in(path);

@@ -11,6 +11,7 @@
 #include <fstream>
 #include <iterator>
 #include <random>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -126,6 +127,22 @@ inline std::string quoted(const std::string& s) {
   std::string q = "'";
   for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
   return q + "'";
+}
+
+#ifdef LSGPT_BINARY
+// The lsgpt binary under test with these arguments, standard input closed.
+inline CommandResult run_lsgpt(const std::string& args) {
+  return run_command(quoted(LSGPT_BINARY) + " " + args + " < /dev/null");
+}
+#endif
+
+// Whitespace-separated integers, e.g. the token ids `generate --ids` prints.
+inline std::vector<int> parse_ints(const std::string& text) {
+  std::vector<int> values;
+  std::istringstream in(text);
+  int v;
+  while (in >> v) values.push_back(v);
+  return values;
 }
 
 }  // namespace lsgpt::testing
