@@ -54,9 +54,12 @@ void attention_decode(T* out, T* k_local, T* v_local, T* k_global, T* v_global, 
 
 #pragma omp parallel if (size_t(B) * H * max_keys * D > 32768)
   {
+    // Sized for the whole cache, not this step's keys, so the per-thread
+    // buffers are allocated by the first step and never again.
     // Named one by one: clang < 16 cannot use structured bindings inside OpenMP regions.
-    const auto scratch = tile::thread_scratch<T, 4>(
-        {size_t(D) * max_keys, size_t(max_keys) * D, size_t(max_keys), size_t(D)});
+    const size_t cap = size_t(spec.max_T);
+    const auto scratch =
+        tile::thread_scratch<T, 4>({size_t(D) * cap, cap * D, cap, size_t(D)});
     T* const kt = scratch[0];
     T* const v = scratch[1];
     T* const s = scratch[2];

@@ -27,7 +27,12 @@ constexpr size_t kParallelMin = size_t(1) << 15;
 
 template <typename T>
 int32_t choose(const T* logits, int V, const SampleParams& p) {
-  std::vector<float> y(V);
+  // Per-thread buffers that only ever grow: a decode step allocates nothing
+  // once the first has run.
+  thread_local std::vector<float> y;
+  thread_local std::vector<uint32_t> keys, sorted;
+  thread_local std::vector<std::pair<uint32_t, uint64_t>> kept;  // (key, mass)
+  y.resize(V);
   for (int i = 0; i < V; ++i) {
     y[i] = float(logits[i]);
     if (std::isnan(y[i])) return kNaNToken;
@@ -39,7 +44,7 @@ int32_t choose(const T* logits, int V, const SampleParams& p) {
     return best;
   }
   float y_max = -INFINITY;
-  std::vector<uint32_t> keys(V);
+  keys.resize(V);
   for (int i = 0; i < V; ++i) {
     y[i] /= p.temperature;
     y_max = std::max(y_max, y[i]);
@@ -47,13 +52,13 @@ int32_t choose(const T* logits, int V, const SampleParams& p) {
   }
   uint32_t threshold = 0;  // keeps every token
   if (p.top_k > 0 && p.top_k < V) {
-    std::vector<uint32_t> sorted = keys;
+    sorted.assign(keys.begin(), keys.end());
     std::nth_element(sorted.begin(), sorted.begin() + (p.top_k - 1), sorted.end(),
                      std::greater<uint32_t>());
     threshold = sorted[p.top_k - 1];
   }
   if (p.top_p < 1.0f) {
-    std::vector<std::pair<uint32_t, uint64_t>> kept;  // (key, mass)
+    kept.clear();
     uint64_t total = 0;
     for (int i = 0; i < V; ++i)
       if (keys[i] >= threshold) {
@@ -97,7 +102,8 @@ template <typename T>
 void sample_tokens(int32_t* tokens, const T* logits, SampleParams* params, int B, int V, int Vp,
                    int32_t* advance, int32_t* next_input) {
   LSGPT_CHECK(V >= 1 && V <= Vp, "vocabulary ", V, " vs padded ", Vp);
-  std::vector<int32_t> chosen(std::max(B, 0), -1);
+  thread_local std::vector<int32_t> chosen;
+  chosen.assign(std::max(B, 0), -1);
   // Rows are independent; a NaN is recorded, not thrown (an exception cannot
   // leave an OpenMP region), and reported before anything is written.
 #pragma omp parallel for schedule(dynamic) if (B > 1 && size_t(B) * V >= kParallelMin)
