@@ -33,6 +33,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <memory>
 #include <new>
@@ -41,10 +42,12 @@
 #include <string>
 #include <vector>
 
+#include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
 #include "infer/engine.h"
+#include "io/standard_output.h"
 #include "model/gpt.h"
 
 using namespace lsgpt;
@@ -68,29 +71,6 @@ struct Options {
   std::string json_path;
 };
 
-std::vector<int> parse_ints(const std::string& text) {
-  std::vector<int> out;
-  std::stringstream ss(text);
-  std::string item;
-  while (std::getline(ss, item, ',')) {
-    if (item.empty()) continue;
-    size_t used = 0;
-    const int v = std::stoi(item, &used);
-    if (used != item.size()) fail("not an integer: '", item, "'");
-    out.push_back(v);
-  }
-  return out;
-}
-
-std::vector<std::string> parse_words(const std::string& text) {
-  std::vector<std::string> out;
-  std::stringstream ss(text);
-  std::string item;
-  while (std::getline(ss, item, ','))
-    if (!item.empty()) out.push_back(item);
-  return out;
-}
-
 double mib(size_t bytes) { return double(bytes) / (1 << 20); }
 // null where the backend does not track its memory (the CPU).
 json peak_mib(Backend& be) {
@@ -107,7 +87,7 @@ double median(std::vector<double> v) {
 
 class Reporter {
  public:
-  explicit Reporter(const std::string& path) {
+  explicit Reporter(const std::string& path) : path_(path) {
     if (!path.empty()) {
       file_.open(path);
       if (!file_) fail("cannot write ", path);
@@ -115,23 +95,28 @@ class Reporter {
   }
   void emit(const json& j) {
     const std::string line = j.dump();
-    std::printf("%s\n", line.c_str());
-    std::fflush(stdout);
+    write_stdout(line + "\n");  // throws when standard output is lost
     if (file_.is_open()) {
       file_ << line << "\n";
       file_.flush();
+      if (!file_) fail("cannot write ", path_);
     }
   }
 
  private:
+  std::string path_;
   std::ofstream file_;
 };
 
 ModelConfig base_config(const Options& o) {
   ModelConfig cfg;
   if (!o.config.empty()) {
-    const std::string path = o.config.starts_with("/") ? o.config
-                                                       : std::string(LSGPT_SOURCE_DIR) + "/" + o.config;
+    // As given (from the working directory), else relative to the source tree
+    // (so `--config configs/default.json` works from anywhere).
+    const std::string in_tree = std::string(LSGPT_SOURCE_DIR) + "/" + o.config;
+    const std::string path = std::filesystem::exists(o.config) || o.config.starts_with("/")
+                                 ? o.config
+                                 : in_tree;
     cfg = ModelConfig::load(path);
   } else {
     cfg.n_layer = 12;
@@ -189,7 +174,7 @@ json base_record(const Options& o, const ModelConfig& cfg, const std::string& mo
               {"window", n_local > 0 ? json(cfg.window) : json(nullptr)},
               {"batch", batch},
               {"context", context},
-              {"graphs", o.graphs},
+              {"graphs", o.graphs && o.device == "cuda"},  // the CPU has none
               {"status", "ok"}};
 }
 
@@ -240,8 +225,9 @@ void measure_prefill(const Options& o, const ModelConfig& cfg, const std::string
     rec["prefill_ms"] = round3(m);
     rec["prefill_tokens_per_s"] = std::round(context / (m / 1e3));
     rec["repeats"] = int(ms.size());
-    rec["kv_cache_mib"] = round2(mib(InferenceEngine::kv_cache_bytes(cfg, eo.max_batch, context)));
-    rec["kv_cache_mib_per_sequence"] = round2(mib(InferenceEngine::kv_cache_bytes(cfg, 1, context)));
+    // The prefilled sequence's own cache (the engine holds a slot per repeat).
+    rec["kv_cache_mib"] =
+        round2(mib(InferenceEngine::kv_cache_bytes(cfg, 1, context, dtype_size(be.dtype()))));
     rec["peak_mib"] = peak_mib(be);
   });
   out.emit(rec);
@@ -255,7 +241,7 @@ void measure_decode(const Options& o, const ModelConfig& cfg, const std::string&
   rec["prompt"] = prompt;
   rec["steps"] = o.steps;
   rec["warmup"] = o.warmup;
-  const size_t kv = InferenceEngine::kv_cache_bytes(cfg, batch, context);
+  const size_t kv = InferenceEngine::kv_cache_bytes(cfg, batch, context, dtype_size(be.dtype()));
   rec["kv_cache_mib"] = round2(mib(kv));
   if (prompt < 1) {
     rec["status"] = "skipped";
@@ -299,59 +285,53 @@ void measure_decode(const Options& o, const ModelConfig& cfg, const std::string&
   out.emit(rec);
 }
 
-int usage() {
-  std::fprintf(stderr,
-               "usage: bench_decode [--device cpu|cuda] [--config FILE] [--seq-len N]\n"
-               "                    [--modes ls,mhsa,config] [--n-local N] [--window W]\n"
-               "                    [--batch 1,8,64] [--context 1024,4096,16384,32768]\n"
-               "                    [--steps N] [--warmup N] [--prefill-repeats N] [--seed N]\n"
-               "                    [--no-graphs] [--json FILE]\n");
-  return 2;
+// Returns 0 when the run should go on, else the exit status (help: 0 too,
+// via `done`).
+int parse_arguments(int argc, char** argv, Options& o, bool& done) {
+  CLI::App app{"Inference speed of lsgpt's engine (prefill and decode), one JSON line per "
+               "measurement"};
+  app.add_option("--device", o.device, "cpu or cuda")->capture_default_str();
+  app.add_option("--config", o.config, "model config JSON (default: GPT-2 small, 32768 positions)");
+  app.add_option("--seq-len", o.seq_len, "positions of the model")->check(CLI::Range(1, 1 << 30));
+  app.add_option("--modes,--mode", o.modes, "ls, mhsa, config")->delimiter(',');
+  app.add_option("--n-local", o.n_local, "local heads in mode ls (default n_head - 1)");
+  app.add_option("--window", o.window, "local window in mode ls (default: the config's)");
+  app.add_option("--batch", o.batches, "batch sizes, e.g. 1,8,64")->delimiter(',');
+  app.add_option("--context", o.contexts, "contexts, e.g. 1024,4096")->delimiter(',');
+  app.add_option("--steps", o.steps, "timed decode steps")->check(CLI::Range(1, 1 << 30));
+  app.add_option("--warmup", o.warmup, "untimed decode steps first")->check(CLI::Range(0, 1 << 30));
+  app.add_option("--prefill-repeats", o.prefill_repeats, "timed prefills (median)")
+      ->check(CLI::Range(1, 1 << 30));
+  app.add_option("--seed", o.seed, "weights and prompts");
+  app.add_flag("!--no-graphs", o.graphs, "run the decode step without CUDA graphs");
+  app.add_option("--json", o.json_path, "also write the JSON lines to this file");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    done = true;
+    if (e.get_exit_code() == 0) return app.exit(e);
+    std::fprintf(stderr, "bench_decode: %s (see bench_decode --help)\n", e.what());
+    return 2;
+  }
+  for (int v : o.batches)
+    if (v < 1) return done = true, std::fprintf(stderr, "bench_decode: --batch %d: must be >= 1\n", v), 2;
+  for (int v : o.contexts)
+    if (v < 1)
+      return done = true, std::fprintf(stderr, "bench_decode: --context %d: must be >= 1\n", v), 2;
+  return 0;
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
   Options o;
-  try {
-    for (int i = 1; i < argc; ++i) {
-      const std::string a = argv[i];
-      auto next = [&]() -> std::string {
-        if (i + 1 >= argc) fail("missing value after ", a);
-        return argv[++i];
-      };
-      if (a == "--device") o.device = next();
-      else if (a == "--config") o.config = next();
-      else if (a == "--seq-len") o.seq_len = std::stoi(next());
-      else if (a == "--modes" || a == "--mode") o.modes = parse_words(next());
-      else if (a == "--n-local") o.n_local = std::stoi(next());
-      else if (a == "--window") o.window = std::stoi(next());
-      else if (a == "--batch") o.batches = parse_ints(next());
-      else if (a == "--context") o.contexts = parse_ints(next());
-      else if (a == "--steps") o.steps = std::stoi(next());
-      else if (a == "--warmup") o.warmup = std::stoi(next());
-      else if (a == "--prefill-repeats") o.prefill_repeats = std::stoi(next());
-      else if (a == "--seed") o.seed = std::stoull(next());
-      else if (a == "--no-graphs") o.graphs = false;
-      else if (a == "--json") o.json_path = next();
-      else if (a == "-h" || a == "--help") return usage(), 0;
-      else {
-        std::fprintf(stderr, "bench_decode: unknown argument '%s'\n", a.c_str());
-        return usage();
-      }
-    }
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "bench_decode: %s\n", e.what());
-    return usage();
-  }
-  if (o.steps < 1 || o.warmup < 0 || o.prefill_repeats < 1 || o.batches.empty() ||
-      o.contexts.empty() || o.modes.empty()) {
-    std::fprintf(stderr, "bench_decode: need --steps >= 1, --warmup >= 0, --prefill-repeats >= 1 "
-                         "and non-empty --batch, --context, --modes\n");
+  bool done = false;
+  const int status = parse_arguments(argc, argv, o, done);
+  if (done) return status;
+  if (o.batches.empty() || o.contexts.empty() || o.modes.empty()) {
+    std::fprintf(stderr, "bench_decode: --batch, --context and --modes must not be empty\n");
     return 2;
   }
-  for (int b : o.batches)
-    if (b < 1) return std::fprintf(stderr, "bench_decode: batch sizes must be >= 1\n"), 2;
   // Ascending contexts: the model's activations, sized for the largest prompt
   // so far, then never exceed what the current measurement needs itself.
   std::sort(o.contexts.begin(), o.contexts.end());
@@ -377,6 +357,7 @@ int main(int argc, char** argv) {
         for (int batch : o.batches) measure_decode(o, cfg, mode, *backend, model, batch, context, out);
       }
     }
+    close_stdout();  // output that never arrived is a failure
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench_decode: %s\n", e.what());
     return 1;

@@ -3,6 +3,7 @@
 #include <climits>
 #include <cstdint>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <memory>
 #include <optional>
@@ -61,6 +62,8 @@ void run_generate(GenerateFlags& f) {
   if (f.options.max_new_tokens < 0) fail("--tokens must be >= 0, got ", f.options.max_new_tokens);
   std::string prompt = f.prompt;
   if (!f.prompt_file.empty()) {
+    if (std::filesystem::is_directory(f.prompt_file))
+      fail("prompt file '", f.prompt_file, "' is a directory, not a file");
     std::ifstream in(f.prompt_file, std::ios::binary);
     if (!in) fail("cannot read prompt file '", f.prompt_file, "'");
     std::stringstream ss;
@@ -125,7 +128,9 @@ void add_generate_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--top-p", f->options.sampling.top_p, "nucleus sampling mass (1: off)")
       ->capture_default_str();
-  cmd->add_option("--seed", f->options.seed, "sampling seed")->capture_default_str();
+  cmd->add_option("--seed", f->options.seed, "sampling seed (0 to 2^64-1)")
+      ->check(kUnsigned64)
+      ->capture_default_str();
   cmd->add_flag("--stop-at-eot", f->options.stop_at_eot,
                 "stop at the model's end-of-text token (<|endoftext|> for GPT-2)");
   cmd->add_flag("--no-cache", f->no_cache,

@@ -63,6 +63,11 @@ void run_prepare(const PrepareCommandOptions& o) {
   if (o.inputs.empty())
     fail("prepare: give input files and -o OUT.bin, or --dataset wikitext2 --out-dir DIR");
   if (o.output.empty()) fail("prepare: give the output token file with -o OUT.bin");
+  for (const std::string& input : o.inputs) {
+    std::error_code ec;
+    if (std::filesystem::equivalent(input, o.output, ec))
+      fail("prepare: the output ", o.output, " is also an input; it would be overwritten");
+  }
   options.split = parse_document_split(o.split.empty() ? "file" : o.split);
   const Tokenizer tokenizer = Tokenizer::load(o.tokenizer_dir);
   report(prepare_token_file(tokenizer, o.inputs, o.output, options), o.output);

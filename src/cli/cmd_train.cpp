@@ -102,7 +102,7 @@ void add_train_command(CLI::App& app) {
   keyed(cmd->add_option("--clip", t.clip, "global gradient-norm clip (0: off)")
             ->capture_default_str()->group(opt), "clip");
   keyed(cmd->add_option("--seed", t.seed, "initialisation and data-order seed")
-            ->capture_default_str()->group(opt), "seed");
+            ->check(kUnsigned64)->capture_default_str()->group(opt), "seed");
   const char* run = "Run control";
   keyed(cmd->add_option("--eval-every", t.eval_every, "steps between evaluations (0: end only)")
             ->capture_default_str()->group(run), "eval_every");

@@ -3,8 +3,23 @@
 #pragma once
 
 #include <CLI/CLI.hpp>
+#include <charconv>
+#include <cstdint>
+#include <string>
 
 namespace lsgpt::cli {
+
+// CLI11 reads "-1" or 2^64 into a uint64_t by wrapping around; seeds must be
+// what the user typed, so anything but a decimal 0 .. 2^64-1 is refused.
+inline const CLI::Validator kUnsigned64(
+    [](std::string& text) {
+      uint64_t value = 0;
+      const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+      if (text.empty() || ec != std::errc() || end != text.data() + text.size())
+        return std::string("must be an integer from 0 to 18446744073709551615");
+      return std::string();
+    },
+    "UINT64");
 
 void add_prepare_command(CLI::App& app);
 void add_train_command(CLI::App& app);

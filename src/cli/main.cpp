@@ -40,8 +40,13 @@ int main(int argc, char** argv) {
     try {
       app.parse(argc, argv);
     } catch (const CLI::ParseError& e) {
-      const int code = app.exit(e);  // prints --help, --version or the usage error
-      if (code != 0) return code;
+      // --help and --version end here with status 0; a usage error is one
+      // line in the form of every other error.
+      if (e.get_exit_code() == 0) {
+        app.exit(e);
+      } else {
+        return report_error((std::string(e.what()) + " (see lsgpt --help)").c_str());
+      }
     }
     // Whatever printed (a command, --help), output that never arrived is a failure.
     lsgpt::close_stdout();

@@ -94,6 +94,8 @@ nlohmann::json ModelOptions::given_json() const {
   if (given("--d-model")) j["d_model"] = d_model;
   if (given("--seq-len")) j["seq_len"] = seq_len;
   if (given("--window")) j["window"] = window;
+  if (given("--vocab-size")) j["vocab_size"] = vocab_size;
+  if (given("--eot-token")) j["eot_token"] = eot_token;
   if (given("--n-local")) j["n_local"] = parse_n_local(n_local);
   if (given("--span") && given("--span-preset"))
     fail("give either --span or --span-preset, not both");

@@ -30,6 +30,8 @@ const char* flag_of(const std::string& key) {
   if (key == "n_local") return "--n-local";
   if (key == "window") return "--window";
   if (key == "span") return "--span/--span-preset";
+  if (key == "vocab_size") return "--vocab-size";
+  if (key == "eot_token") return "--eot-token";
   return "--config";
 }
 

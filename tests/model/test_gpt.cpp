@@ -208,11 +208,19 @@ TEST(Generate, RefusesPromptsBeyondTheContext) {
   o.max_new_tokens = 1;
   const std::vector<int32_t> too_long(cfg.seq_len + 1, 1);
   EXPECT_THROW(generate(model, too_long, o), Error);
-  const std::vector<int32_t> fits(cfg.seq_len - 1, 1);
-  o.max_new_tokens = 2;
-  EXPECT_THROW(generate(model, fits, o), Error);
-  o.max_new_tokens = 1;
-  EXPECT_EQ(generate(model, fits, o).size(), 1u);
+  // Prompt + new tokens may fill the context plus one (the last token is
+  // predicted from a full window and never fed back), with or without the cache.
+  for (bool cache : {true, false}) {
+    o.use_cache = cache;
+    const std::vector<int32_t> fits(cfg.seq_len - 1, 1);
+    o.max_new_tokens = 3;
+    EXPECT_THROW(generate(model, fits, o), Error);
+    o.max_new_tokens = 2;
+    EXPECT_EQ(generate(model, fits, o).size(), 2u);
+    const std::vector<int32_t> full(cfg.seq_len, 1);
+    o.max_new_tokens = 1;
+    EXPECT_EQ(generate(model, full, o).size(), 1u);
+  }
 }
 
 }  // namespace
