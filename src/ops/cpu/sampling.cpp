@@ -102,23 +102,22 @@ template <typename T>
 void sample_tokens(int32_t* tokens, const T* logits, SampleParams* params, int B, int V, int Vp,
                    int32_t* advance, int32_t* next_input) {
   LSGPT_CHECK(V >= 1 && V <= Vp, "vocabulary ", V, " vs padded ", Vp);
-  thread_local std::vector<int32_t> chosen;
-  chosen.assign(std::max(B, 0), -1);
-  // Rows are independent; a NaN is recorded, not thrown (an exception cannot
-  // leave an OpenMP region), and reported before anything is written.
+  // Rows are independent; the choices go straight into `tokens` (no buffer
+  // of our own, so a step allocates nothing). A NaN is recorded, not thrown
+  // (an exception cannot leave an OpenMP region), and reported before any
+  // bookkeeping changes.
 #pragma omp parallel for schedule(dynamic) if (B > 1 && size_t(B) * V >= kParallelMin)
   for (int b = 0; b < B; ++b)
-    if (params[b].active) chosen[b] = choose(logits + size_t(b) * Vp, V, params[b]);
+    tokens[b] = params[b].active ? choose(logits + size_t(b) * Vp, V, params[b]) : -1;
   for (int b = 0; b < B; ++b)
-    if (params[b].active && chosen[b] == kNaNToken)
+    if (params[b].active && tokens[b] == kNaNToken)
       fail("the model produced NaN logits (row ", b, " of ", B,
            "): the weights or activations have diverged");
   for (int b = 0; b < B; ++b) {
-    tokens[b] = chosen[b];
     if (!params[b].active) continue;
     params[b].step += 1;
     if (advance) advance[b] += 1;
-    if (next_input) next_input[b] = chosen[b];
+    if (next_input) next_input[b] = tokens[b];
   }
 }
 

@@ -18,7 +18,7 @@ int32_t sample_row(const T* logits, int V, const SampleParams& p);
 // nothing else changes. Active rows get their token and step += 1; where
 // advance is non-null also advance[b] += 1, and where next_input is non-null
 // next_input[b] = tokens[b] (the two are independent). A NaN in any active
-// row throws lsgpt::Error before anything is written.
+// row throws lsgpt::Error before params, advance or next_input change.
 template <typename T>
 void sample_tokens(int32_t* tokens, const T* logits, SampleParams* params, int B, int V, int Vp,
                    int32_t* advance, int32_t* next_input);
