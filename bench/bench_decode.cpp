@@ -254,10 +254,10 @@ void measure_decode(const Options& o, const ModelConfig& cfg, const std::string&
     eo.max_batch = batch;
     eo.max_context = context;
     eo.use_graphs = o.graphs;
-    rec["engine_mib"] = round2(mib(InferenceEngine::memory_bytes(cfg, eo)));
     be.sync();
     be.reset_peak_memory();
     InferenceEngine engine(model, eo);
+    rec["engine_mib"] = round2(mib(engine.memory_bytes()));
     std::mt19937_64 rng(o.seed * 7919 + uint64_t(context) * 31 + uint64_t(batch));
     const auto f0 = Clock::now();
     for (int b = 0; b < batch; ++b)

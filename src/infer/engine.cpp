@@ -11,9 +11,6 @@ namespace {
 
 constexpr size_t kMiB = size_t(1) << 20;
 
-// The token that starts an empty prompt and ends a document.
-int32_t end_of_text(const ModelConfig& cfg) { return end_of_text_token(cfg); }
-
 SampleParams sample_params(const SequenceRequest& r, uint64_t step) {
   return to_sample_params(r.sampling, r.seed, step);
 }
@@ -26,8 +23,6 @@ int bucket_of(int n, int cap) {
 }
 
 }  // namespace
-
-int32_t end_of_text_token(const ModelConfig& cfg) { return cfg.eot_token; }
 
 const char* finish_reason_name(FinishReason reason) {
   switch (reason) {
@@ -80,16 +75,17 @@ InferenceEngine::InferenceEngine(GPT& model, const EngineOptions& options)
          options_.max_context);
   Backend& be = model.backend();
   const int B = options_.max_batch, T = options_.max_context;
-  const size_t need = model.decode_state_bytes(B, T, B);
+  // The decode state, plus the prefill buffers of a full-context prompt
+  // (about 15 activations of T x d_model).
   const size_t prefill = size_t(T) * cfg.d_model * 15 * dtype_size(be.dtype());
+  memory_bytes_ = model.decode_state_bytes(B, T, B) + prefill;
+  const size_t kv = GPT::kv_cache_bytes(cfg, B, T, dtype_size(be.dtype()));
   const size_t available = be.free_memory_bytes();
-  if (available && need + prefill > available)
-    fail("a batch of ", B, " sequences of ", T, " positions needs ", (need + prefill) / kMiB,
-         " MiB (KV cache ", GPT::kv_cache_bytes(cfg, B, T, dtype_size(be.dtype())) / kMiB,
-         " MiB, buffers and a full-context prefill ", (need + prefill) / kMiB -
-             GPT::kv_cache_bytes(cfg, B, T, dtype_size(be.dtype())) / kMiB,
-         " MiB) but the ", be.name(), " device has ", available / kMiB,
-         " MiB free; use a smaller --batch or --context");
+  if (available && memory_bytes_ > available)
+    fail("a batch of ", B, " sequences of ", T, " positions needs ", memory_bytes_ / kMiB,
+         " MiB (KV cache ", kv / kMiB, " MiB, buffers and a full-context prefill ",
+         (memory_bytes_ - kv) / kMiB, " MiB) but the ", be.name(), " device has ",
+         available / kMiB, " MiB free; use a smaller --batch or --context");
   Impl& s = *impl_;
   s.state = model.make_decode_state(B, T, B);
   s.first_params = DeviceBuffer(be, sizeof(SampleParams));
@@ -98,13 +94,6 @@ InferenceEngine::InferenceEngine(GPT& model, const EngineOptions& options)
 }
 
 InferenceEngine::~InferenceEngine() = default;
-
-size_t InferenceEngine::memory_bytes(const ModelConfig& cfg, const EngineOptions& options) {
-  const int T = options.max_context ? options.max_context : cfg.seq_len;
-  const size_t rows = size_t(options.max_batch);
-  const size_t acts = rows * (cfg.d_model * 12 + cfg.padded_vocab()) * 2;
-  return kv_cache_bytes(cfg, options.max_batch, T) + acts + size_t(T) * cfg.d_model * 15 * 2;
-}
 
 void validate_request(const ModelConfig& cfg, int context, const SequenceRequest& r,
                       bool can_detokenize) {
@@ -170,7 +159,7 @@ int InferenceEngine::add(const SequenceRequest& request) {
   Impl::Sequence seq;
   seq.request = request;
   seq.slot = slot;
-  if (seq.request.prompt.empty()) seq.request.prompt.push_back(end_of_text(model_.config()));
+  if (seq.request.prompt.empty()) seq.request.prompt.push_back(model_.config().eot_token);
   seq.prompt_len = int(seq.request.prompt.size());
 
   Backend& be = model_.backend();
@@ -203,7 +192,7 @@ FinishReason accept_token(const ModelConfig& cfg, const EngineOptions& options,
   InferenceEngine::Impl::Sequence& seq = it->second;
   seq.produced.push_back(token);
   FinishReason reason = FinishReason::none;
-  if (seq.request.stop_at_eot && token == end_of_text(cfg)) {
+  if (seq.request.stop_at_eot && token == cfg.eot_token) {
     reason = FinishReason::end_of_text;
   } else if (!seq.request.stop_strings.empty()) {
     const size_t before = seq.text.size();

@@ -39,9 +39,6 @@ struct SequenceRequest {
   std::vector<std::string> stop_strings;  // finish once the output text contains one
 };
 
-// The token that starts an empty prompt and, with stop_at_eot, ends a sequence.
-int32_t end_of_text_token(const ModelConfig& cfg);
-
 // The checks of InferenceEngine::validate for a context of `context`
 // positions, usable before an engine exists (so a command can refuse bad
 // input before it prints or allocates anything).
@@ -71,9 +68,7 @@ class InferenceEngine {
   InferenceEngine(const InferenceEngine&) = delete;
   InferenceEngine& operator=(const InferenceEngine&) = delete;
 
-  // Device bytes the cache and decode buffers take for these options
-  // (KV cache alone: kv_cache_bytes), to size a batch before building one.
-  static size_t memory_bytes(const ModelConfig& cfg, const EngineOptions& options);
+  // KV cache bytes for these options, to size a batch before building one.
   // elem_bytes: 2 for the CUDA backend (bf16), 4 for the CPU (fp32).
   static size_t kv_cache_bytes(const ModelConfig& cfg, int max_batch, int max_context,
                                size_t elem_bytes = 2);
@@ -96,6 +91,10 @@ class InferenceEngine {
   // with the next step(). Unknown or finished ids are ignored.
   void cancel(int sequence);
 
+  // Device bytes this engine reserved room for (the decode state and the
+  // prefill of a full-context prompt): what the constructor checked.
+  size_t memory_bytes() const { return memory_bytes_; }
+
   int free_slots() const;
   int running() const;        // sequences holding a slot
   bool has_pending() const;   // events not yet returned by step()
@@ -110,6 +109,7 @@ class InferenceEngine {
  private:
   GPT& model_;
   EngineOptions options_;
+  size_t memory_bytes_ = 0;
   std::unique_ptr<Impl> impl_;
 };
 

@@ -23,7 +23,7 @@ SequenceRequest request_of(const ModelConfig& cfg, std::span<const int32_t> prom
 std::vector<int32_t> generate_uncached(GPT& model, SequenceRequest r,
                                        const std::function<void(int32_t)>& on_token) {
   const ModelConfig& cfg = model.config();
-  const int32_t eot = end_of_text_token(cfg);
+  const int32_t eot = cfg.eot_token;
   std::vector<int32_t> seq = r.prompt;
   if (seq.empty()) seq.push_back(eot);
   std::vector<int32_t> produced;

@@ -172,12 +172,9 @@ void GPT::decode_rows(DecodeState& s, int B) {
                        param(layout_.wte), param(layout_.wpe), B, C);
   // Each residual add is fused with the LayerNorm that follows it (the next
   // block's first, or the final one), so a layer is seven launches.
-  if (cfg_.n_layer > 0)
-    be_.layernorm_forward(s.ln.get(), s.ln_mean.get(), s.ln_rstd.get(), s.x.get(),
-                          param(layout_.layers[0].ln1_w), param(layout_.layers[0].ln1_b), B, C);
-  else
-    be_.layernorm_forward(s.ln.get(), s.ln_mean.get(), s.ln_rstd.get(), s.x.get(),
-                          param(layout_.lnf_w), param(layout_.lnf_b), B, C);
+  // (n_layer >= 1: the config refuses fewer.)
+  be_.layernorm_forward(s.ln.get(), s.ln_mean.get(), s.ln_rstd.get(), s.x.get(),
+                        param(layout_.layers[0].ln1_w), param(layout_.layers[0].ln1_b), B, C);
   for (int l = 0; l < cfg_.n_layer; ++l) {
     const LayerParams& p = layout_.layers[l];
     const bool last = l + 1 == cfg_.n_layer;

@@ -82,7 +82,7 @@ class EngineTest : public ::testing::TestWithParam<EngineCase> {
   void reference(const std::vector<int32_t>& prompt, int n, std::vector<int32_t>& tokens,
                  std::vector<float>& gaps) {
     std::vector<int32_t> seq = prompt;
-    if (seq.empty()) seq.push_back(end_of_text_token(model_->config()));
+    if (seq.empty()) seq.push_back(model_->config().eot_token);
     for (int i = 0; i < n; ++i) {
       std::vector<float> logits = model_->last_logits(seq.data(), 1, int(seq.size()));
       const int best = int(std::max_element(logits.begin(), logits.end()) - logits.begin());
