@@ -287,10 +287,12 @@ std::vector<TokenEvent> InferenceEngine::step() {
     work();
   }
   be.download(s.h_sampled.data(), st.sampled.get(), B * sizeof(int32_t));
-  const std::vector<int> rows = s.rows;  // accept_token may free slots
-  for (int r = 0; r < int(rows.size()); ++r) {
-    const FinishReason reason = accept_token(cfg, options_, s, rows[r], s.h_sampled[r]);
-    events.push_back({rows[r], s.h_sampled[r], reason != FinishReason::none, reason});
+  // A finished sequence frees its slot and marks the rows dirty; s.rows
+  // itself changes only in the next step's upload_rows.
+  for (int r = 0; r < int(s.rows.size()); ++r) {
+    const int sequence = s.rows[r];
+    const FinishReason reason = accept_token(cfg, options_, s, sequence, s.h_sampled[r]);
+    events.push_back({sequence, s.h_sampled[r], reason != FinishReason::none, reason});
   }
   return events;
 }
