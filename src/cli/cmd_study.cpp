@@ -150,6 +150,11 @@ std::string run_name(const std::string& attention, std::string setting) {
   return attention + "/" + setting;
 }
 
+json results_to_json(const StudyResults& r) {
+  return json{{"model", r.model},         {"training", r.training}, {"settings", r.settings},
+              {"attention", r.attention}, {"runs", r.runs}};
+}
+
 StudyResults run_all(StudyFlags& f) {
   const ModelConfig base = f.model.resolve();
   StudyResults res;
@@ -174,6 +179,10 @@ StudyResults run_all(StudyFlags& f) {
                   {"device", tc.device}, {"seeds", f.seeds},
                   {"final_eval_batches", tc.final_eval_batches}};
 
+  std::error_code ec;
+  fs::create_directories(f.runs_dir, ec);
+  if (ec) fail("cannot create '", f.runs_dir, "': ", ec.message());
+  const std::string results_file = f.runs_dir + "/results.json";
   const size_t total = res.settings.size() * seeds.size() * res.attention.size();
   size_t done = 0;
   // Seed-major, so that a study cut short still compares like with like.
@@ -195,16 +204,13 @@ StudyResults run_all(StudyFlags& f) {
         RunOutcome out{attention, setting, seed};
         read_metrics(r.metrics, std::min<long>(5, tc.steps / 10), out);
         res.runs.push_back(std::move(out));
+        // After every run, so that a study cut short (a time limit, a crash) keeps its runs.
+        write_file_atomic(results_file, results_to_json(res).dump(1) + "\n");
         std::printf("val loss %.4f (%s)\n", r.val_loss, format_duration(r.seconds).c_str());
         flush_stdout();
         ++done;
       }
   return res;
-}
-
-json results_to_json(const StudyResults& r) {
-  return json{{"model", r.model},         {"training", r.training}, {"settings", r.settings},
-              {"attention", r.attention}, {"runs", r.runs}};
 }
 
 // Several results files (e.g. LS and MHSA run on two GPUs at once) into one.
@@ -386,8 +392,6 @@ void write_report(const StudyResults& r, const StudyFlags& f) {
 void run_study(StudyFlags& f) {
   if (!f.merge.empty()) return write_report(merge_results(f.merge), f);
   const StudyResults results = run_all(f);
-  fs::create_directories(f.runs_dir);
-  write_file_atomic(f.runs_dir + "/results.json", results_to_json(results).dump(1) + "\n");
   std::printf("results: %s/results.json\n", f.runs_dir.c_str());
   write_report(results, f);
 }
