@@ -14,7 +14,7 @@
 # Usage: bench/serve_load.sh BUILD_DIR OUT_DIR
 #   BUILD_DIR: a build with lsgpt and bench_serve (CUDA for DEVICE=cuda).
 # Environment: DEVICE (cuda), CONTEXTS ("4096 32768"), MODES ("ls mhsa"),
-#   CONCURRENCY ("1 4 16 64 256"), MAX_TOKENS (128), REQUESTS (2 per stream),
+#   CONCURRENCY ("1 4 16 64 256"), MAX_TOKENS (128), REQUESTS (1 per stream),
 #   N_LAYER/N_HEAD/D_MODEL (12/12/768; tiny values try it on the CPU),
 #   MAX_BATCH (0: from free memory), EXTRA (more lsgpt serve flags).
 # CPU smoke run: DEVICE=cpu N_LAYER=1 N_HEAD=2 D_MODEL=32 CONTEXTS=256 \
@@ -32,7 +32,7 @@ for exe in lsgpt bench_serve; do
   fi
 done
 device=${DEVICE:-cuda} contexts=${CONTEXTS:-4096 32768} modes=${MODES:-ls mhsa}
-concurrency=${CONCURRENCY:-1 4 16 64 256} max_tokens=${MAX_TOKENS:-128} requests=${REQUESTS:-2}
+concurrency=${CONCURRENCY:-1 4 16 64 256} max_tokens=${MAX_TOKENS:-128} requests=${REQUESTS:-1}
 n_layer=${N_LAYER:-12} n_head=${N_HEAD:-12} d_model=${D_MODEL:-768} max_batch=${MAX_BATCH:-0}
 max_context=0
 for c in $contexts; do ((c > max_context)) && max_context=$c; done
@@ -55,7 +55,7 @@ for mode in $modes; do
     log="$out/server-$label.log"
     # shellcheck disable=SC2086
     "$build/lsgpt" serve --checkpoint "$ckpt" --device "$device" --port 0 --context "$context" \
-      --max-batch "$max_batch" --max-queue 4096 --max-body-bytes 16000000 \
+      --max-batch "$max_batch" --max-queue 1024 --max-body-bytes 16000000 \
       --shutdown-timeout 30 ${EXTRA:-} >"$log" 2>&1 &
     server_pid=$!
     port=

@@ -6,6 +6,7 @@
 #include <pthread.h>
 #include <signal.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -151,7 +152,9 @@ void run_serve(const ServeFlags& f) {
   ho.host = f.host;
   ho.port = f.port;
   ho.max_body_bytes = f.max_body_bytes;
-  ho.threads = eo.max_batch + f.max_queue + 8;  // every admitted request has a thread
+  // Every admitted request has a thread, up to a sane number of threads
+  // (beyond it connections wait in httplib's queue before being read).
+  ho.threads = std::min(eo.max_batch + f.max_queue, 2048) + 8;
   serve::HttpServer server(scheduler, metrics, limits, tok ? &*tok : nullptr, ho);
   const int port = server.bind();
   say("model id '" + limits.model_id + "'; listening on http://" + f.host + ":" +

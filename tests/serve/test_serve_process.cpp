@@ -4,10 +4,12 @@
 // process exits 0 either way. Bad flags fail with one `lsgpt: error:` line.
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sys/select.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
 #include <thread>
 
