@@ -42,6 +42,14 @@ void say(const std::string& line) {
   std::fflush(stdout);
 }
 
+// "12.5 MiB", or KiB below one MiB (a tiny model's cache).
+std::string size_text(size_t bytes) {
+  char buf[64];
+  if (bytes < kMiB) std::snprintf(buf, sizeof buf, "%.1f KiB", double(bytes) / 1024);
+  else std::snprintf(buf, sizeof buf, "%.1f MiB", double(bytes) / double(kMiB));
+  return buf;
+}
+
 std::string describe(const ModelConfig& cfg) {
   int local = 0;
   for (int n : cfg.n_local) local += n;
@@ -61,17 +69,20 @@ int choose_slots(const ServeFlags& f, GPT& model, int context) {
     const serve::Capacity c = serve::plan_capacity(model, context, budget);
     say("memory budget " + std::to_string(budget / kMiB) + " MiB (" +
         std::to_string(int(f.memory_fraction * 100)) + "% of " + std::to_string(free_bytes / kMiB) +
-        " MiB free); KV cache " + std::to_string(c.kv_bytes_per_sequence / kMiB) +
-        " MiB a sequence of " + std::to_string(context) + " positions (MHSA of this shape: " +
-        std::to_string(c.mhsa_kv_bytes_per_sequence / kMiB) + " MiB); fits " +
+        " MiB free); KV cache " + size_text(c.kv_bytes_per_sequence) + " a sequence of " +
+        std::to_string(context) + " positions (MHSA of this shape: " +
+        size_text(c.mhsa_kv_bytes_per_sequence) + "); fits " +
         std::to_string(c.slots) + " sequences (MHSA: " + std::to_string(c.mhsa_slots) + ")");
     if (f.max_batch > 0) return f.max_batch;  // the engine refuses it if it does not fit
+    // Host memory is the CPU's budget too, but a CPU decodes few sequences
+    // usefully at once: a fixed default there.
+    if (f.device == "cpu") return 8;
     if (c.slots < 1)
       fail("not even one sequence of ", context, " positions fits in ", budget / kMiB,
            " MiB; use a smaller --context or a larger --memory-fraction");
     return c.slots;
   }
-  return f.max_batch > 0 ? f.max_batch : 8;  // the CPU backend reports no free memory
+  return f.max_batch > 0 ? f.max_batch : 8;  // no memory figure from the backend
 }
 
 std::optional<Tokenizer> load_tokenizer(const ServeFlags& f, const ModelConfig& cfg) {

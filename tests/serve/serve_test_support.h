@@ -50,7 +50,7 @@ inline void write_tiny_checkpoint(const std::string& path, const ModelConfig& cf
   ck.model = cfg;
   const ParamLayout layout = make_param_layout(cfg);
   ck.params.resize(layout.total);
-  std::mt19937 rng(uint32_t(seed));
+  std::mt19937 rng{uint32_t(seed)};
   std::uniform_real_distribution<float> u(-0.3f, 0.3f);
   for (float& p : ck.params) p = u(rng);
   for (const ParamInfo& t : layout.tensors)
