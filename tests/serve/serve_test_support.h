@@ -30,7 +30,7 @@ using nlohmann::json;
 
 // A random model whose weights (+-0.3, LayerNorm weights 1) spread the
 // logits over several units, so samples are varied text.
-inline ModelConfig tiny_config(int seq_len, int vocab = 50257) {
+inline ModelConfig serve_model_config(int seq_len, int vocab = 50257) {
   ModelConfig cfg;
   cfg.n_layer = 1;
   cfg.n_head = 2;

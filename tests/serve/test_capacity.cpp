@@ -11,7 +11,7 @@ namespace lsgpt {
 namespace {
 
 TEST(ServeCapacity, LargestBatchThatFitsAndTheMhsaComparison) {
-  ModelConfig cfg = testing::tiny_config(4096);
+  ModelConfig cfg = testing::serve_model_config(4096);
   cfg.n_head = 4;
   cfg.d_model = 64;
   cfg.n_local = {3};

@@ -105,7 +105,7 @@ class ServeProcess {
 class ServeProcessTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    testing::write_tiny_checkpoint(dir_.file("tiny.ckpt"), testing::tiny_config(1024), 3);
+    testing::write_tiny_checkpoint(dir_.file("tiny.ckpt"), testing::serve_model_config(1024), 3);
   }
   // Starts the server, streams one long request, sends SIGTERM after its
   // first event; returns what the stream saw.

@@ -25,7 +25,7 @@ class ServeTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     dir_ = new testing::ScratchDir();
-    testing::write_tiny_checkpoint(checkpoint(), testing::tiny_config(kContext), 11);
+    testing::write_tiny_checkpoint(checkpoint(), testing::serve_model_config(kContext), 11);
     server_ = new InProcessServer(checkpoint(), 8, 64);
   }
   static void TearDownTestSuite() {
@@ -301,7 +301,7 @@ TEST_F(ServeTest, AClientThatLeavesMidStreamFreesItsSlot) {
 // refused with 429, a queued request whose client leaves is dropped.
 TEST(ServeQueue, TooManyConcurrentRequestsGet429) {
   testing::ScratchDir dir;
-  testing::write_tiny_checkpoint(dir.file("q.ckpt"), testing::tiny_config(2048), 5);
+  testing::write_tiny_checkpoint(dir.file("q.ckpt"), testing::serve_model_config(2048), 5);
   InProcessServer server(dir.file("q.ckpt"), 1, 1);
   const int port = server.port;
   // The running request: 2000 tokens, far more than the test takes.
@@ -336,7 +336,7 @@ TEST(ServeQueue, TooManyConcurrentRequestsGet429) {
 // `lsgpt generate --ids --prompt-ids` does.
 TEST(ServeOtherVocabulary, TextPromptsAreRefusedTokenIdsServed) {
   testing::ScratchDir dir;
-  testing::write_tiny_checkpoint(dir.file("v.ckpt"), testing::tiny_config(64, 300), 6);
+  testing::write_tiny_checkpoint(dir.file("v.ckpt"), testing::serve_model_config(64, 300), 6);
   InProcessServer server(dir.file("v.ckpt"), 2, 4);
   const auto text = testing::post(server.port, "/v1/completions", R"({"prompt":"hello"})");
   EXPECT_EQ(text.status, 400);
@@ -371,7 +371,7 @@ TEST(ServeCuda, AnswerEqualsGenerateOnTheGpu) {
   }
   testing::ScratchDir dir;
   const std::string ck = dir.file("g.ckpt");
-  testing::write_tiny_checkpoint(ck, testing::tiny_config(256), 8);
+  testing::write_tiny_checkpoint(ck, testing::serve_model_config(256), 8);
   InProcessServer server(ck, 4, 8, 64 << 10, "cuda");
   const auto r = testing::run_lsgpt("generate --checkpoint " + testing::quoted(ck) +
                                     " --device cuda --ids --stop-at-eot --prompt 'Hello there'"
