@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 pkgs=(nlohmann-json3-dev libcli11-dev libutf8proc-dev libutf8proc2 libgtest-dev
       libopenblas-openmp-dev libopenblas0-openmp libgfortran5 libquadmath0 zlib1g-dev
-      libcpp-httplib-dev libcpp-httplib0.11 libssl-dev libbrotli-dev)
+      libcpp-httplib-dev libcpp-httplib0.11 libssl-dev libbrotli-dev libbrotli1)
 
 case "${1:-}" in
   download)
@@ -32,6 +32,7 @@ case "${1:-}" in
         libcpp-httplib0.11) ldconfig -p | grep -q 'libcpp-httplib.so.0.11 ' ;;
         libssl-dev) [[ -f /usr/include/openssl/ssl.h ]] ;;       # httplib.h includes it
         libbrotli-dev) [[ -f /usr/include/brotli/decode.h ]] ;;  # and this
+        libbrotli1) ldconfig -p | grep -q 'libbrotlidec.so.1 ' ;;  # libcpp-httplib.so links it
         *) return 1 ;;
       esac
     }
