@@ -6,7 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 pkgs=(nlohmann-json3-dev libcli11-dev libutf8proc-dev libutf8proc2 libgtest-dev
-      libopenblas-openmp-dev libopenblas0-openmp libgfortran5 libquadmath0 zlib1g-dev)
+      libopenblas-openmp-dev libopenblas0-openmp libgfortran5 libquadmath0 zlib1g-dev
+      libcpp-httplib-dev libcpp-httplib0.11 libssl-dev libbrotli-dev libbrotli1)
 
 case "${1:-}" in
   download)
@@ -27,6 +28,11 @@ case "${1:-}" in
         libgfortran5) ldconfig -p | grep -q 'libgfortran.so.5 ' ;;
         libquadmath0) ldconfig -p | grep -q 'libquadmath.so.0 ' ;;
         zlib1g-dev) [[ -f /usr/include/zlib.h ]] ;;
+        libcpp-httplib-dev) [[ -f /usr/include/httplib.h ]] ;;
+        libcpp-httplib0.11) ldconfig -p | grep -q 'libcpp-httplib.so.0.11 ' ;;
+        libssl-dev) [[ -f /usr/include/openssl/ssl.h ]] ;;       # httplib.h includes it
+        libbrotli-dev) [[ -f /usr/include/brotli/decode.h ]] ;;  # and this
+        libbrotli1) ldconfig -p | grep -q 'libbrotlidec.so.1 ' ;;  # libcpp-httplib.so links it
         *) return 1 ;;
       esac
     }

@@ -29,6 +29,7 @@ void add_tokenize_command(CLI::App& app);
 void add_info_command(CLI::App& app);
 void add_export_command(CLI::App& app);
 void add_import_command(CLI::App& app);
+void add_serve_command(CLI::App& app);
 void add_study_command(CLI::App& app);
 
 }  // namespace lsgpt::cli

@@ -31,6 +31,7 @@ int main(int argc, char** argv) {
   lsgpt::cli::add_train_command(app);
   lsgpt::cli::add_eval_command(app);
   lsgpt::cli::add_generate_command(app);
+  lsgpt::cli::add_serve_command(app);
   lsgpt::cli::add_tokenize_command(app);
   lsgpt::cli::add_info_command(app);
   lsgpt::cli::add_study_command(app);

@@ -65,6 +65,14 @@ size_t InferenceEngine::kv_cache_bytes(const ModelConfig& cfg, int max_batch, in
   return GPT::kv_cache_bytes(cfg, max_batch, max_context, elem_bytes);
 }
 
+size_t InferenceEngine::required_bytes(GPT& model, int max_batch, int max_context) {
+  // The decode state, plus the prefill buffers of a full-context prompt
+  // (about 15 activations of T x d_model).
+  const size_t prefill = size_t(max_context) * model.config().d_model * 15 *
+                         dtype_size(model.backend().dtype());
+  return model.decode_state_bytes(max_batch, max_context, max_batch) + prefill;
+}
+
 InferenceEngine::InferenceEngine(GPT& model, const EngineOptions& options)
     : model_(model), options_(options), impl_(std::make_unique<Impl>()) {
   const ModelConfig& cfg = model.config();
@@ -75,10 +83,7 @@ InferenceEngine::InferenceEngine(GPT& model, const EngineOptions& options)
          options_.max_context);
   Backend& be = model.backend();
   const int B = options_.max_batch, T = options_.max_context;
-  // The decode state, plus the prefill buffers of a full-context prompt
-  // (about 15 activations of T x d_model).
-  const size_t prefill = size_t(T) * cfg.d_model * 15 * dtype_size(be.dtype());
-  memory_bytes_ = model.decode_state_bytes(B, T, B) + prefill;
+  memory_bytes_ = required_bytes(model, B, T);
   const size_t kv = GPT::kv_cache_bytes(cfg, B, T, dtype_size(be.dtype()));
   const size_t available = be.free_memory_bytes();
   if (available && memory_bytes_ > available)

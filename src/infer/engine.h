@@ -73,6 +73,11 @@ class InferenceEngine {
   static size_t kv_cache_bytes(const ModelConfig& cfg, int max_batch, int max_context,
                                size_t elem_bytes = 2);
 
+  // Device bytes an engine of these options reserves on this model's backend
+  // (the decode state and the prefill of a full-context prompt): what the
+  // constructor checks against free memory, for sizing a batch (lsgpt serve).
+  static size_t required_bytes(GPT& model, int max_batch, int max_context);
+
   // Checks a request without running anything: prompt tokens inside the
   // vocabulary, prompt + new tokens within max_context + 1 (the last
   // prediction needs no cache position), sampling settings, stop strings
