@@ -116,6 +116,32 @@ TEST_F(Cli, InvalidOrContradictoryModelConfig) {
   expect_refusal(run("train --lr -1" + small_model() + data), "--lr");
 }
 
+TEST_F(Cli, BadStabiliserSettings) {
+  const std::string data = " --train " + train_ + " --valid " + train_ + small_model();
+  expect_refusal(run("train --z-loss -1e-4" + data), "--z-loss must be >= 0");
+  expect_refusal(run("train --adagc --adagc-beta 1" + data), "--adagc-beta must be in [0, 1)");
+  expect_refusal(run("train --adagc --adagc-beta -0.1" + data), "--adagc-beta");
+  expect_refusal(run("train --adagc --adagc-lambda-rel 0" + data), "--adagc-lambda-rel must be");
+  expect_refusal(run("train --adagc --adagc-lambda-abs -1" + data), "--adagc-lambda-abs must be");
+  expect_refusal(run("train --adagc --adagc-warmup 0" + data), "--adagc-warmup must be >= 1");
+  expect_refusal(run("train --config " + write("z.json", "{\"z_loss\": -1}") + data),
+                 "z_loss must be a finite number >= 0");
+}
+
+TEST_F(Cli, InfoShowsTheStabilisers) {
+  const Outcome plain = run("info" + small_model());
+  EXPECT_EQ(plain.exit_code, 0) << plain.output;
+  EXPECT_NE(plain.output.find("stabilisers: QK-norm off | z-loss off"), std::string::npos)
+      << plain.output;
+  const Outcome on = run("info --qk-norm --z-loss 1e-4" + small_model());
+  EXPECT_EQ(on.exit_code, 0) << on.output;
+  EXPECT_NE(on.output.find("QK-norm on"), std::string::npos) << on.output;
+  EXPECT_NE(on.output.find("z-loss 0.0001"), std::string::npos) << on.output;
+  const Outcome js = run("info --json --qk-norm --z-loss 1e-4" + small_model());
+  EXPECT_NE(js.output.find("\"qk_norm\": true"), std::string::npos) << js.output;
+  EXPECT_NE(js.output.find("\"z_loss\": 0.0001"), std::string::npos) << js.output;
+}
+
 TEST_F(Cli, MissingEmptyOrTooShortData) {
   expect_refusal(run("train" + small_model()), "no training data");
   expect_refusal(run("train --train " + path("none.bin") + " --valid " + train_ + small_model()),

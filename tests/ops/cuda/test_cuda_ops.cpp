@@ -222,7 +222,7 @@ TEST_F(CudaOps, SoftmaxCrossEntropyGpt2Vocabulary) {
         t, targets,
         [&](Backend& be, auto& p) {
           be.softmax_cross_entropy(p["losses"], p["logits"], static_cast<int32_t*>(p["ints"]), N,
-                                   V, Vp, 1.0 / N, grad);
+                                   V, Vp, 1.0 / N, grad, 0.0, nullptr);
         },
         {{"losses", kF32Tolerance}, {"logits", kBf16Tolerance}});
     EXPECT_EQ(got.at("losses")[5], 0.0f);
