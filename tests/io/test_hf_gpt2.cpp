@@ -229,7 +229,9 @@ TEST(HfGpt2, StabilisersRoundTripAndAreOffForStockGpt2) {
   EXPECT_EQ(ck.params, params);
   // Without config.json the gains alone say QK-norm is on.
   std::filesystem::remove(dir.file("a/config.json"));
-  EXPECT_TRUE(import_hf_gpt2_path(dir.file("a"), "", {}).model.qk_norm);
+  HfImportOptions sizes;
+  sizes.n_head = cfg.n_head;  // d_model 8 is no multiple of GPT-2's 64-wide heads
+  EXPECT_TRUE(import_hf_gpt2_path(dir.file("a"), "", sizes).model.qk_norm);
 
   const json stock = hf_gpt2_config(gpt2_small());
   EXPECT_EQ(stock["lsgpt_qk_norm"], false);
