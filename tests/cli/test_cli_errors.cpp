@@ -228,4 +228,46 @@ TEST_F(Cli, TrainEvalAndGenerateOnCuda) {
   EXPECT_GT(sample.output.size(), 2u) << sample.output;
 }
 
+// The stabilisers end to end on the GPU: QK-norm, z-loss and AdaGC train,
+// log their terms, and the checkpoint evaluates to the same loss on the CPU
+// (bf16 activations on the GPU) and generates on the GPU.
+TEST_F(Cli, StabilisersTrainOnCudaAndEvaluateOnCpu) {
+  std::string why_not;
+  if (!lsgpt::cuda_test::cuda_backend(why_not))
+    GTEST_SKIP() << "no CUDA GPU: " << why_not;
+  const std::string model = " --n-layer 2 --n-head 2 --d-model 128 --seq-len 64 --n-local 1 "
+                            "--window 20 --qk-norm --z-loss 1e-4 ";
+  const std::string out = path("gpu_stab");
+  const std::string ckpt = out + "/checkpoint.ckpt";
+  const Outcome trained = run("train --device cuda --quiet --steps 20 --batch-size 4 "
+                              "--eval-every 10 --adagc --adagc-warmup 5 --out-dir " + out +
+                              " --train " + train_ + " --valid " + train_ + model);
+  ASSERT_EQ(trained.exit_code, 0) << trained.output;
+  std::ifstream metrics(out + "/metrics.jsonl");
+  std::string line;
+  int train_lines = 0;
+  while (std::getline(metrics, line)) {
+    const nlohmann::json r = nlohmann::json::parse(line);
+    if (r["type"] != "train") continue;
+    ++train_lines;
+    EXPECT_GT(r.at("z_loss").get<double>(), 0.0) << line;
+    EXPECT_TRUE(r.at("adagc_clipped").is_number_integer()) << line;
+  }
+  EXPECT_EQ(train_lines, 20);
+  auto eval_loss = [&](const std::string& device) {
+    const Outcome o = run("eval --device " + device + " --checkpoint " + ckpt + " --data " + train_);
+    EXPECT_EQ(o.exit_code, 0) << o.output;
+    const size_t start = o.output.find("{\"");
+    if (start == std::string::npos) return std::nan("");
+    return nlohmann::json::parse(o.output.substr(start, o.output.find('\n', start) - start))
+        .at("loss")
+        .get<double>();
+  };
+  const double gpu_loss = eval_loss("cuda"), cpu_loss = eval_loss("cpu");
+  EXPECT_TRUE(std::isfinite(gpu_loss));
+  EXPECT_NEAR(gpu_loss, cpu_loss, 1e-2 * cpu_loss);
+  const Outcome sample = run("generate --device cuda --checkpoint " + ckpt + " --prompt hi -n 8 --seed 3");
+  EXPECT_EQ(sample.exit_code, 0) << sample.output;
+}
+
 }  // namespace
