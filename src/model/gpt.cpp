@@ -439,7 +439,8 @@ std::vector<float> GPT::decode_step(KVCache& c, const int32_t* tokens, int pos) 
                           param(p.ln1_w), param(p.ln1_b), B, C);
     be_.matmul_forward(c.qkv.get(), nullptr, c.ln.get(), param(p.qkv_w), param(p.qkv_b), B, C,
                        3 * C);
-    if (cfg_.qk_norm) qk_norm_forward(c.qkv.get(), nullptr, c.qkv.get(), l, B);  // cache normalised k
+    // QK-norm in place: the cache holds normalised keys.
+    if (cfg_.qk_norm) qk_norm_forward(c.qkv.get(), nullptr, c.qkv.get(), l, B);
     be_.attention_decode(c.atty.get(), c.k_local[l].get(), c.v_local[l].get(),
                          c.k_global[l].get(), c.v_global[l].get(), c.qkv.get(), spec);
     be_.matmul_forward(c.proj.get(), nullptr, c.atty.get(), param(p.attn_proj_w),
