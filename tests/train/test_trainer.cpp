@@ -309,6 +309,13 @@ TEST(Trainer, ModelSettingsFromACheckpoint) {
       << resumed;
   EXPECT_EQ(resumed.find("n_layer"), std::string::npos) << resumed;
   EXPECT_NE(message(json{{"n_local", json::array({3})}}, false).find("n_local"), std::string::npos);
+  // Stabilisers: z-loss may change with --init-from; QK-norm adds weights, so
+  // it is part of the shape; neither may change on resume.
+  EXPECT_EQ(apply_model_settings(stored, json{{"z_loss", 1e-4}}, "c", false).z_loss, 1e-4);
+  const std::string qk = message(json{{"qk_norm", true}}, false);
+  EXPECT_NE(qk.find("qk_norm (--qk-norm): checkpoint off, given true"), std::string::npos) << qk;
+  const std::string z = message(json{{"z_loss", 1e-4}}, true);
+  EXPECT_NE(z.find("z_loss (--z-loss): checkpoint off, given 0.0001"), std::string::npos) << z;
 }
 
 TEST(Trainer, RefusesTooShortOrForeignData) {
