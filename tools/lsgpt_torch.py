@@ -43,6 +43,8 @@ class LsgptConfig:
             raise ValueError(f"lsgpt_n_local has {len(n_local)} entries for {self.n_layer} layers")
         self.n_local = list(n_local)
         self.window = cfg.get("lsgpt_window", 1)
+        # QK-norm (docs/STABILISERS.md): per-head RMSNorm of q and k, eps 1e-6.
+        self.qk_norm = bool(cfg.get("lsgpt_qk_norm", False))
 
 
 def attention_masks(T: int, n_head: int, n_local: int, window: int) -> torch.Tensor:
@@ -62,6 +64,10 @@ def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> tor
     mean = x.mean(-1, keepdim=True)
     var = ((x - mean) ** 2).mean(-1, keepdim=True)
     return (x - mean) / torch.sqrt(var + 1e-5) * weight + bias
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    return x / torch.sqrt((x * x).mean(-1, keepdim=True) + 1e-6) * weight
 
 
 class LsgptModel:
@@ -90,6 +96,9 @@ class LsgptModel:
             qkv = h @ w[p + "attn.c_attn.weight"] + w[p + "attn.c_attn.bias"]
             q, k, v = qkv.split(C, dim=-1)
             q, k, v = (t.view(B, T, H, D).transpose(1, 2) for t in (q, k, v))  # [B, H, T, D]
+            if c.qk_norm:
+                q = rms_norm(q, w[p + "attn.q_norm.weight"])
+                k = rms_norm(k, w[p + "attn.k_norm.weight"])
             scores = q @ k.transpose(-1, -2) / math.sqrt(D)
             mask = attention_masks(T, H, c.n_local[layer], c.window).to(scores.device)
             scores = scores.masked_fill(~mask, float("-inf"))

@@ -161,6 +161,29 @@ def small_vocab_case(report, lsgpt, work):
                  ok=ok)
 
 
+def qk_norm_case(report, lsgpt, work, tokens_path, inputs_t, targets):
+    """A QK-norm model (docs/STABILISERS.md), trained a few steps so its gains
+    are no longer 1, against the PyTorch reference's RMSNorm of q and k."""
+    case = "ls_qknorm"
+    run_dir = os.path.join(work, case)
+    run([lsgpt, "train", "--train", tokens_path, "--valid", tokens_path, "--out-dir", run_dir,
+         "--n-layer", str(N_LAYER), "--n-head", str(N_HEAD), "--d-model", str(N_EMBD),
+         "--seq-len", str(N_POSITIONS), "--n-local", "3", "--window", "8", "--qk-norm",
+         "--steps", "5", "--warmup", "1", "--lr", "1e-2", "--batch-size", "2",
+         "--eval-every", "0", "--final-eval-batches", "1", "--quiet"])
+    ckpt = os.path.join(run_dir, "checkpoint.ckpt")
+    got, got_loss = lsgpt_eval(lsgpt, ckpt, tokens_path, os.path.join(work, case + ".npy"))
+    export = os.path.join(work, case + "_export")
+    run([lsgpt, "export", "--checkpoint", ckpt, "--out", export])
+    ref = lsgpt_torch.load_export(export, torch.float64)
+    report.check(case, "export says lsgpt_qk_norm", str(ref.config.qk_norm), "True",
+                 ok=ref.config.qk_norm)
+    with torch.no_grad():
+        ref_logits = ref.logits(inputs_t)[0].numpy()
+    compare(report, case, "lsgpt_torch f64", got, got_loss, ref_logits,
+            cross_entropy(ref_logits, targets))
+
+
 def lsgpt_eval(lsgpt, ckpt, tokens_path, npy):
     out = run([lsgpt, "eval", "--checkpoint", ckpt, "--data", tokens_path, "--batch-size", "1",
                "--max-batches", "1", "--logits-out", npy])
@@ -266,6 +289,7 @@ def main():
         same = files_identical(export, again)
         report.check(case, "export->import->export byte-identical", str(same), "True", ok=same)
 
+    qk_norm_case(report, lsgpt, work, tokens_path, inputs_t, targets)
     small_vocab_case(report, lsgpt, work)
 
     report.print()

@@ -31,6 +31,10 @@ void print_model(const ModelConfig& c) {
   std::printf("] of %d, window w = %d%s\n", c.n_head, c.window,
               c.n_local.empty() || c.n_local[0] == 0 ? " (layer 0 is plain MHSA)" : "");
   std::printf("  span gradient scaling: %s\n", c.span.to_string().c_str());
+  char z_loss[32] = "off";
+  if (c.z_loss > 0) std::snprintf(z_loss, sizeof z_loss, "%g", c.z_loss);
+  std::printf("  stabilisers: QK-norm %s | z-loss %s\n",
+              c.qk_norm ? "on (per-head RMSNorm, eps 1e-6)" : "off", z_loss);
   const ParamLayout lay = make_param_layout(c);
   const size_t padded = size_t(c.padded_vocab() - c.vocab_size) * c.d_model;
   std::printf("  parameters %zu (%.2fM; %zu of them padded vocabulary rows)\n", lay.total,

@@ -101,6 +101,21 @@ void add_train_command(CLI::App& app) {
         "beta2");
   keyed(cmd->add_option("--clip", t.clip, "global gradient-norm clip (0: off)")
             ->capture_default_str()->group(opt), "clip");
+  const char* adagc = "AdaGC per-tensor clipping (docs/STABILISERS.md)";
+  keyed(cmd->add_flag("--adagc", t.adagc,
+                      "AdaGC adaptive per-tensor gradient clipping instead of --clip")
+            ->group(adagc), "adagc");
+  keyed(cmd->add_option("--adagc-warmup", t.adagc_warmup,
+                        "AdaGC: steps of global clipping at --adagc-lambda-abs first")
+            ->capture_default_str()->group(adagc), "adagc_warmup");
+  keyed(cmd->add_option("--adagc-lambda-abs", t.adagc_lambda_abs,
+                        "AdaGC: global clip norm during its warm-up")
+            ->capture_default_str()->group(adagc), "adagc_lambda_abs");
+  keyed(cmd->add_option("--adagc-lambda-rel", t.adagc_lambda_rel,
+                        "AdaGC: clip each tensor at this times the EMA of its clipped norms")
+            ->capture_default_str()->group(adagc), "adagc_lambda_rel");
+  keyed(cmd->add_option("--adagc-beta", t.adagc_beta, "AdaGC: EMA factor, in [0, 1)")
+            ->capture_default_str()->group(adagc), "adagc_beta");
   keyed(cmd->add_option("--seed", t.seed, "initialisation and data-order seed")
             ->check(kUnsigned64)->capture_default_str()->group(opt), "seed");
   const char* run = "Run control";

@@ -43,6 +43,14 @@ void ModelOptions::add_to(CLI::App* cmd) {
   options.push_back(cmd->add_option("--span-preset", span_preset,
                                     "named span setting (see docs/SPAN.md)")
                         ->group(group));
+  options.push_back(cmd->add_flag("--qk-norm", qk_norm,
+                                  "QK-norm: RMS-normalise each head's queries and keys, with "
+                                  "learnable gains (docs/STABILISERS.md); --qk-norm=false: off")
+                        ->group(group));
+  options.push_back(cmd->add_option("--z-loss", z_loss,
+                                    "z-loss coefficient on the output softmax's log-partition "
+                                    "function, e.g. 1e-4 as PaLM (0: off)")
+                        ->group(group));
 }
 
 bool ModelOptions::any_given() const {
@@ -97,6 +105,12 @@ nlohmann::json ModelOptions::given_json() const {
   if (given("--vocab-size")) j["vocab_size"] = vocab_size;
   if (given("--eot-token")) j["eot_token"] = eot_token;
   if (given("--n-local")) j["n_local"] = parse_n_local(n_local);
+  // null: off, as the config JSON leaves the key out then.
+  if (given("--qk-norm")) j["qk_norm"] = qk_norm ? nlohmann::json(true) : nlohmann::json();
+  if (given("--z-loss")) {
+    if (!(z_loss >= 0)) fail("--z-loss must be >= 0 (0: off), got ", z_loss);
+    j["z_loss"] = z_loss != 0 ? nlohmann::json(z_loss) : nlohmann::json();
+  }
   if (given("--span") && given("--span-preset"))
     fail("give either --span or --span-preset, not both");
   if (given("--span") || given("--span-preset")) {
@@ -146,6 +160,11 @@ ModelConfig ModelOptions::resolve() const {
     fail("give either --span or --span-preset, not both");
   if (given("--span")) c.span = SpanConfig::parse(span);
   if (given("--span-preset")) c.span = SpanConfig::preset(span_preset);
+  if (given("--qk-norm")) c.qk_norm = qk_norm;
+  if (given("--z-loss")) {
+    if (!(z_loss >= 0)) fail("--z-loss must be >= 0 (0: off), got ", z_loss);
+    c.z_loss = z_loss;
+  }
   if (given("--n-layer") && !c.span.layers.empty() && int(c.span.layers.size()) != c.n_layer)
     c.span.layers.clear();
   c.normalize_and_validate();

@@ -17,6 +17,8 @@ struct ModelOptions {
   std::string n_local;  // "3" or "3,3,2,2"
   std::string span;
   std::string span_preset;
+  bool qk_norm = false;
+  double z_loss = 0;
   std::vector<CLI::Option*> options;  // to tell whether any was given
 
   void add_to(CLI::App* cmd);

@@ -176,6 +176,9 @@ json hf_gpt2_config(const ModelConfig& cfg) {
       {"lsgpt_n_local", cfg.n_local},
       {"lsgpt_window", cfg.window},
       {"lsgpt_span", model.contains("span") ? model["span"] : json(nullptr)},
+      // Stabilisers (docs/STABILISERS.md); a stock GPT-2 config has neither: off.
+      {"lsgpt_qk_norm", cfg.qk_norm},
+      {"lsgpt_z_loss", cfg.z_loss},
   };
 }
 
@@ -302,6 +305,10 @@ Checkpoint import_hf_gpt2(const safetensors::File& file, const json* config,
   if (options.window) model["window"] = *options.window;
   if (config && config->contains("lsgpt_span") && !(*config)["lsgpt_span"].is_null())
     model["span"] = (*config)["lsgpt_span"];
+  // QK-norm: config.json's lsgpt_qk_norm, else whether the file has its gains.
+  if (config && config->contains("lsgpt_qk_norm")) model["qk_norm"] = (*config)["lsgpt_qk_norm"];
+  else if (weights.count("h.0.attn.q_norm.weight")) model["qk_norm"] = true;
+  if (config && config->contains("lsgpt_z_loss")) model["z_loss"] = (*config)["lsgpt_z_loss"];
 
   Checkpoint ck;
   try {

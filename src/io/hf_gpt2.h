@@ -8,7 +8,10 @@
 // the import adds them back as zeros. The output embedding is tied to wte, so
 // there is no lm_head.weight. lsgpt's attention settings travel as extra
 // config.json keys (lsgpt_n_local, lsgpt_window, lsgpt_span) that transformers
-// keeps as plain attributes.
+// keeps as plain attributes; so do the stabilisers (lsgpt_qk_norm,
+// lsgpt_z_loss), and a QK-norm model's gains travel as
+// h.N.attn.q_norm.weight / k_norm.weight [head_dim] (stock transformers'
+// GPT-2 has no QK-norm, so it cannot run such a model as it stands).
 #pragma once
 
 #include <nlohmann/json.hpp>

@@ -143,6 +143,7 @@ size_t ModelConfig::num_parameters() const {
   size_t C = d_model;
   size_t per_layer = 2 * C + 3 * C * C + 3 * C + C * C + C + 2 * C + 4 * C * C + 4 * C +
                      4 * C * C + C;
+  if (qk_norm) per_layer += 2 * size_t(head_dim());
   return size_t(padded_vocab()) * C + size_t(seq_len) * C + n_layer * per_layer + 2 * C;
 }
 
@@ -172,6 +173,8 @@ void ModelConfig::normalize_and_validate() {
   check_target(span.q, "q"), check_target(span.k, "k"), check_target(span.v, "v");
   if (!span.layers.empty() && int(span.layers.size()) != n_layer)
     fail("config: span.layers lists ", span.layers.size(), " layers but n_layer is ", n_layer);
+  if (!(z_loss >= 0) || !std::isfinite(z_loss))
+    fail("config: z_loss must be a finite number >= 0 (0: off), got ", z_loss);
 }
 
 json ModelConfig::to_json() const {
@@ -188,6 +191,9 @@ json ModelConfig::to_json() const {
     if (!span.layers.empty()) s["layers"] = span.layers;
     j["span"] = s;
   }
+  // Written only when on, so configs and checkpoints of plain models read as before.
+  if (qk_norm) j["qk_norm"] = true;
+  if (z_loss != 0) j["z_loss"] = z_loss;
   return j;
 }
 
@@ -195,7 +201,7 @@ ModelConfig ModelConfig::from_json(const json& j) {
   if (!j.is_object()) fail("config: expected a JSON object");
   static const char* known[] = {"n_layer", "n_head", "d_model", "seq_len",
                                 "vocab_size", "eot_token", "n_local", "window",
-                                "span",    "comment"};
+                                "span",    "qk_norm", "z_loss", "comment"};
   for (auto& [key, _] : j.items()) {
     bool ok = false;
     for (const char* k : known) ok |= key == k;
@@ -212,6 +218,14 @@ ModelConfig ModelConfig::from_json(const json& j) {
   if (j.contains("eot_token") && c.eot_token < 0)
     fail("config: eot_token must be >= 0, got ", c.eot_token);
   c.window = get_int(j, "window", c.window);
+  if (j.contains("qk_norm")) {
+    if (!j["qk_norm"].is_boolean()) fail("config: qk_norm must be true or false");
+    c.qk_norm = j["qk_norm"].get<bool>();
+  }
+  if (j.contains("z_loss")) {
+    if (!j["z_loss"].is_number()) fail("config: z_loss must be a number");
+    c.z_loss = j["z_loss"].get<double>();
+  }
   if (j.contains("n_local")) {
     const json& nl = j["n_local"];
     if (nl.is_number_integer()) {

@@ -38,6 +38,15 @@ struct ModelConfig {
   std::vector<int> n_local;   // local heads per layer (size n_layer after normalize())
   int window = 100;           // w: a local query sees itself and the w-1 keys before it
   SpanConfig span;
+  // Stabilisers (docs/STABILISERS.md); both off by default, so a config or
+  // checkpoint without them describes the plain model.
+  // QK-norm: per-head RMSNorm (eps kQkNormEps) of q and k over the head
+  // dimension, with learnable gains [head_dim] for q and for k per layer.
+  bool qk_norm = false;
+  // z-loss coefficient: the loss gains z_loss * mean over tokens of (log Z)^2.
+  double z_loss = 0;
+  static constexpr double kQkNormEps = 1e-6;
+  static constexpr double kDefaultZLoss = 1e-4;  // PaLM's
 
   int head_dim() const { return d_model / n_head; }
   // Padded to a multiple of 64 so the classifier matmul runs on aligned tiles.

@@ -6,6 +6,7 @@
 
 #include "core/error.h"
 #include "core/rng.h"
+#include "model/grad_norms.h"
 
 namespace lsgpt {
 
@@ -20,11 +21,16 @@ inline void* at(void* base, size_t elements, size_t elem_bytes) {
 struct LayerActs {
   DeviceBuffer ln1, ln1_mean, ln1_rstd, qkv, atty, lse, kbar, max_logit, attproj, residual2,
       ln2, ln2_mean, ln2_rstd, fch, fch_gelu, fcproj, residual3;
+  // With QK-norm: the attention's input (qkv with q and k normalised) and the
+  // norm's statistics [N, 2, n_head]; qkv keeps the projection's output.
+  DeviceBuffer qkv_normed, qk_rstd;
+  const DeviceBuffer& attention_input() const { return qkv_normed.get() ? qkv_normed : qkv; }
 };
 
 struct GPT::Activations {
   int B = 0, T = 0;
   DeviceBuffer tokens, targets, encoded, lnf, lnf_mean, lnf_rstd, logits, losses;
+  DeviceBuffer log_z;  // [N] (acc), with z-loss only
   std::vector<LayerActs> layers;
   // Backward scratch, shared by all layers.
   DeviceBuffer dresidual, dln, datty, dqkv, dfch, dlnf;
@@ -68,6 +74,7 @@ void GPT::init_random(uint64_t seed) {
   for (const LayerParams& lp : layout_.layers) {
     fill(lp.ln1_w, 1.0f);
     normal_fill(lp.qkv_w, std_base);
+    if (lp.q_norm_w >= 0) fill(lp.q_norm_w, 1.0f), fill(lp.k_norm_w, 1.0f);
     normal_fill(lp.attn_proj_w, std_resid);
     fill(lp.ln2_w, 1.0f);
     normal_fill(lp.fc_w, std_base);
@@ -117,6 +124,7 @@ void GPT::ensure_activations(int B, int T) {
     LayerActs& L = a->layers[l];
     L.ln1 = act(N * C), L.ln1_mean = stat(N), L.ln1_rstd = stat(N);
     L.qkv = act(N * 3 * C), L.atty = act(N * C), L.lse = stat(size_t(B) * H * T);
+    if (cfg_.qk_norm) L.qkv_normed = act(N * 3 * C), L.qk_rstd = stat(N * 2 * H);
     if (cfg_.span_layer(l).needs_kbar()) L.kbar = act(N * C);
     L.max_logit = stat(H);
     L.attproj = act(N * C), L.residual2 = act(N * C);
@@ -126,6 +134,7 @@ void GPT::ensure_activations(int B, int T) {
   }
   a->lnf = act(N * C), a->lnf_mean = stat(N), a->lnf_rstd = stat(N);
   a->logits = act(N * Vp), a->losses = stat(N);
+  if (cfg_.z_loss > 0) a->log_z = stat(N);
   a->dresidual = act(N * C), a->dln = act(N * C), a->datty = act(N * C);
   a->dqkv = act(N * 3 * C), a->dfch = act(N * 4 * C), a->dlnf = act(N * C);
   acts_ = std::move(a);
@@ -150,8 +159,9 @@ void GPT::forward(const int32_t* inputs, int B, int T) {
                           param(p.ln1_w), param(p.ln1_b), N, C);
     be_.matmul_forward(L.qkv.get(), nullptr, L.ln1.get(), param(p.qkv_w), param(p.qkv_b), N, C,
                        3 * C);
+    if (cfg_.qk_norm) qk_norm_forward(L.qkv_normed.get(), L.qk_rstd.get(), L.qkv.get(), l, N);
     be_.attention_forward(L.atty.get(), L.lse.get(), L.max_logit.get(), L.kbar.get(),
-                          L.qkv.get(), spec);
+                          L.attention_input().get(), spec);
     be_.matmul_forward(L.attproj.get(), nullptr, L.atty.get(), param(p.attn_proj_w),
                        param(p.attn_proj_b), N, C, C);
     be_.residual_forward(L.residual2.get(), residual, L.attproj.get(), size_t(N) * C);
@@ -172,6 +182,12 @@ void GPT::forward(const int32_t* inputs, int B, int T) {
                      Vp);
   last_B_ = B, last_T_ = T;
   fold_max_logits();
+}
+
+void GPT::qk_norm_forward(void* out, void* rstd, const void* qkv, int layer, int N) {
+  const LayerParams& p = layout_.layers[layer];
+  be_.qk_norm_forward(out, rstd, qkv, param(p.q_norm_w), param(p.k_norm_w), N, cfg_.n_head,
+                      cfg_.head_dim(), ModelConfig::kQkNormEps);
 }
 
 void GPT::fold_max_logits() {
@@ -200,21 +216,35 @@ double GPT::loss_from_targets(const int32_t* targets, int B, int T, double weigh
   if (count == 0) fail("batch has no targets to predict");
   be_.upload(a.targets.get(), targets, size_t(N) * sizeof(int32_t));
   be_.softmax_cross_entropy(a.losses.get(), a.logits.get(), a.targets.as<int32_t>(), N,
-                            cfg_.vocab_size, cfg_.padded_vocab(), weight / double(count), grad);
-  // Summed in double on the host; an f64 backend's losses are read without
-  // narrowing, so finite-difference checks see the full precision.
-  std::vector<double> losses(N);
-  if (be_.acc_dtype() == DType::f64) {
-    be_.download(losses.data(), a.losses.get(), size_t(N) * sizeof(double));
-  } else {
-    std::vector<float> narrow(N);
-    be_.download_f32(narrow.data(), a.losses.get(), be_.acc_dtype(), narrow.size());
-    std::copy(narrow.begin(), narrow.end(), losses.begin());
-  }
+                            cfg_.vocab_size, cfg_.padded_vocab(), weight / double(count), grad,
+                            cfg_.z_loss, a.log_z.get());
+  const std::vector<double> losses = download_stats(a.losses.get(), N);
   double sum = 0;
   for (int i = 0; i < N; ++i)
     if (targets[i] >= 0) sum += losses[i];
+  last_z_loss_ = 0;
+  if (cfg_.z_loss > 0) {
+    const std::vector<double> log_z = download_stats(a.log_z.get(), N);
+    double z = 0;
+    for (int i = 0; i < N; ++i)
+      if (targets[i] >= 0) z += log_z[i] * log_z[i];
+    last_z_loss_ = cfg_.z_loss * z / double(count);
+  }
   return sum / double(count);
+}
+
+// Summed in double on the host; an f64 backend's statistics are read without
+// narrowing, so finite-difference checks see the full precision.
+std::vector<double> GPT::download_stats(const void* src, int n) const {
+  std::vector<double> out(n);
+  if (be_.acc_dtype() == DType::f64) {
+    be_.download(out.data(), src, size_t(n) * sizeof(double));
+  } else {
+    std::vector<float> narrow(n);
+    be_.download_f32(narrow.data(), src, be_.acc_dtype(), narrow.size());
+    std::copy(narrow.begin(), narrow.end(), out.begin());
+  }
+  return out;
 }
 
 double GPT::evaluate(const int32_t* inputs, const int32_t* targets, int B, int T) {
@@ -261,8 +291,14 @@ void GPT::backward(int B, int T) {
     be_.matmul_backward(a.datty.get(), grad(p.attn_proj_w), grad(p.attn_proj_b),
                         a.dresidual.get(), L.atty.get(), param(p.attn_proj_w), nullptr, nullptr, N,
                         C, C);
-    be_.attention_backward(a.dqkv.get(), a.datty.get(), L.qkv.get(), L.atty.get(), L.lse.get(),
-                           L.kbar.get(), spec);
+    be_.attention_backward(a.dqkv.get(), a.datty.get(), L.attention_input().get(), L.atty.get(),
+                           L.lse.get(), L.kbar.get(), spec);
+    // The span decomposition above acted on dQ/dK of the normalised q and k;
+    // the norm's backward carries them to the projection's output.
+    if (cfg_.qk_norm)
+      be_.qk_norm_backward(a.dqkv.get(), grad(p.q_norm_w), grad(p.k_norm_w), a.dqkv.get(),
+                           L.qkv.get(), param(p.q_norm_w), param(p.k_norm_w), L.qk_rstd.get(), N,
+                           cfg_.n_head, cfg_.head_dim());
     be_.matmul_backward(a.dln.get(), grad(p.qkv_w), grad(p.qkv_b), a.dqkv.get(), L.ln1.get(),
                         param(p.qkv_w), nullptr, nullptr, N, C, 3 * C);
     be_.layernorm_backward(a.dresidual.get(), grad(p.ln1_w), grad(p.ln1_b), a.dln.get(),
@@ -285,11 +321,20 @@ void GPT::init_optimizer() {
   be_.zero(v_.get(), layout_.total * acc_);
 }
 
-void GPT::adamw_step(const AdamWSettings& s) {
+std::vector<double> GPT::grad_sum_squares() {
+  return tensor_sum_squares(be_, grads_.get(), es_, layout_.tensors);
+}
+
+void GPT::adamw_step(const AdamWSettings& s, std::span<const double> tensor_scale) {
   if (!m_.get()) init_optimizer();
-  for (const ParamInfo& p : layout_.tensors) {
+  LSGPT_CHECK(tensor_scale.empty() || tensor_scale.size() == layout_.tensors.size(),
+              "per-tensor scales: ", tensor_scale.size(), " for ", layout_.tensors.size(),
+              " tensors");
+  for (size_t i = 0; i < layout_.tensors.size(); ++i) {
+    const ParamInfo& p = layout_.tensors[i];
     AdamWSettings t = s;
     if (!p.decay) t.weight_decay = 0;
+    if (!tensor_scale.empty()) t.grad_scale *= tensor_scale[i];
     void* master = has_master_ ? at(master_.get(), p.offset, acc_) : nullptr;
     be_.adamw_update(at(params_.get(), p.offset, es_), master, at(grads_.get(), p.offset, es_),
                      at(m_.get(), p.offset, acc_), at(v_.get(), p.offset, acc_), p.numel, t);
@@ -394,6 +439,8 @@ std::vector<float> GPT::decode_step(KVCache& c, const int32_t* tokens, int pos) 
                           param(p.ln1_w), param(p.ln1_b), B, C);
     be_.matmul_forward(c.qkv.get(), nullptr, c.ln.get(), param(p.qkv_w), param(p.qkv_b), B, C,
                        3 * C);
+    // QK-norm in place: the cache holds normalised keys.
+    if (cfg_.qk_norm) qk_norm_forward(c.qkv.get(), nullptr, c.qkv.get(), l, B);
     be_.attention_decode(c.atty.get(), c.k_local[l].get(), c.v_local[l].get(),
                          c.k_global[l].get(), c.v_global[l].get(), c.qkv.get(), spec);
     be_.matmul_forward(c.proj.get(), nullptr, c.atty.get(), param(p.attn_proj_w),

@@ -36,16 +36,23 @@ class GPT {
 
   // ---- training ----
   // Mean cross-entropy over the targets that are >= 0, without gradients.
-  // Also fills last_token_counts(). inputs/targets are host arrays [B*T].
+  // inputs/targets are host arrays [B*T]. The z-loss term is not included
+  // (see last_z_loss()).
   double evaluate(const int32_t* inputs, const int32_t* targets, int B, int T);
   // Forward and backward in one call: accumulates into the gradients the
-  // gradient of (weight * mean loss). Returns the mean loss.
+  // gradient of weight * (mean cross-entropy + z-loss term). Returns the mean
+  // cross-entropy; the z-loss term is last_z_loss().
   double forward_backward(const int32_t* inputs, const int32_t* targets, int B, int T,
                           double weight);
   void zero_grad();
   double grad_norm();  // global L2 norm of all gradients (NaN/inf propagate)
+  // Sum of squares of each tensor's gradient, in layout order (model/grad_norms.h).
+  std::vector<double> grad_sum_squares();
   void init_optimizer();  // zero AdamW moments (allocates them on first use)
-  void adamw_step(const AdamWSettings& s);  // s.weight_decay applies to decayed tensors only
+  // s.weight_decay applies to decayed tensors only. tensor_scale (empty, or
+  // one factor per layout tensor) multiplies s.grad_scale tensor by tensor:
+  // per-tensor clipping.
+  void adamw_step(const AdamWSettings& s, std::span<const double> tensor_scale = {});
   std::vector<float> adam_m() const;
   std::vector<float> adam_v() const;
   void set_adam_state(std::span<const float> m, std::span<const float> v);
@@ -59,6 +66,9 @@ class GPT {
   // passes since the last reset (the paper's logit-explosion signal).
   const std::vector<std::vector<float>>& max_logits() const { return max_logits_; }
   void reset_max_logits();
+  // z_loss * mean over the targets of (log Z)^2 of the last evaluate() or
+  // forward_backward(); 0 when the config's z_loss is 0.
+  double last_z_loss() const { return last_z_loss_; }
 
   // Logits of the last forward pass: host fp32 [T, V] of batch row b (padding dropped).
   std::vector<float> logits_row_block(int b) const;
@@ -122,6 +132,9 @@ class GPT {
   void fold_max_logits();
   DecodeSpec decode_spec(const DecodeState& state, int layer, int B) const;
   void ensure_prefill_buffers(DecodeState& state, int T);
+  // QK-norm of layer l's qkv [N,3C] into out (may be qkv itself); rstd may be null.
+  void qk_norm_forward(void* out, void* rstd, const void* qkv, int layer, int N);
+  std::vector<double> download_stats(const void* src, int n) const;  // acc_dtype() -> double
 
   ModelConfig cfg_;
   Backend& be_;
@@ -133,6 +146,7 @@ class GPT {
   std::unique_ptr<Activations> acts_;
   std::vector<std::vector<float>> max_logits_;
   int last_B_ = 0, last_T_ = 0;
+  double last_z_loss_ = 0;
 };
 
 }  // namespace lsgpt

@@ -142,6 +142,8 @@ void GPT::prefill(DecodeState& s, int slot, const int32_t* tokens, int T, int lo
                           param(p.ln1_w), param(p.ln1_b), T, C);
     be_.matmul_forward(s.p_qkv.get(), nullptr, s.p_ln.get(), param(p.qkv_w), param(p.qkv_b), T,
                        C, 3 * C);
+    // QK-norm in place: the cache holds the normalised keys.
+    if (cfg_.qk_norm) qk_norm_forward(s.p_qkv.get(), nullptr, s.p_qkv.get(), l, T);
     be_.kv_cache_write(s.k_local[l].get(), s.v_local[l].get(), s.k_global[l].get(),
                        s.v_global[l].get(), s.p_qkv.get(), T, slot, decode_spec(s, l, 1));
     be_.attention_forward(s.p_atty.get(), s.p_lse.get(), s.p_max_logit.get(), nullptr,
@@ -182,6 +184,7 @@ void GPT::decode_rows(DecodeState& s, int B) {
     const void* next_b = last ? param(layout_.lnf_b) : param(layout_.layers[l + 1].ln1_b);
     be_.matmul_forward(s.qkv.get(), nullptr, s.ln.get(), param(p.qkv_w), param(p.qkv_b), B, C,
                        3 * C);
+    if (cfg_.qk_norm) qk_norm_forward(s.qkv.get(), nullptr, s.qkv.get(), l, B);
     be_.attention_decode(s.atty.get(), s.k_local[l].get(), s.v_local[l].get(),
                          s.k_global[l].get(), s.v_global[l].get(), s.qkv.get(),
                          decode_spec(s, l, B));

@@ -32,6 +32,10 @@ ParamLayout make_param_layout(const ModelConfig& cfg) {
     lp.ln1_b = add(h + "ln_1.bias", {C}, false);
     lp.qkv_w = add(h + "attn.c_attn.weight", {3 * C, C}, true);
     lp.qkv_b = add(h + "attn.c_attn.bias", {3 * C}, false);
+    if (cfg.qk_norm) {  // gains, like LayerNorm's: no weight decay
+      lp.q_norm_w = add(h + "attn.q_norm.weight", {cfg.head_dim()}, false);
+      lp.k_norm_w = add(h + "attn.k_norm.weight", {cfg.head_dim()}, false);
+    }
     lp.attn_proj_w = add(h + "attn.c_proj.weight", {C, C}, true);
     lp.attn_proj_b = add(h + "attn.c_proj.bias", {C}, false);
     lp.ln2_w = add(h + "ln_2.weight", {C}, false);

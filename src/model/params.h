@@ -25,6 +25,9 @@ struct ParamInfo {
 struct LayerParams {  // indices into the layout vector
   int ln1_w, ln1_b, qkv_w, qkv_b, attn_proj_w, attn_proj_b, ln2_w, ln2_b, fc_w, fc_b,
       fc_proj_w, fc_proj_b;
+  // QK-norm gains [head_dim] (ModelConfig::qk_norm), adjacent in the layout;
+  // -1 without QK-norm.
+  int q_norm_w = -1, k_norm_w = -1;
 };
 
 struct ParamLayout {

@@ -158,9 +158,32 @@ class Backend {
   // losses [N] (acc) receives -log p(target); a target < 0 is ignored (loss 0).
   // With compute_grad, logits is overwritten by dloss * (softmax - onehot)
   // (0 in padded columns and ignored rows).
+  // z-loss (PaLM): with z_coef > 0 each row's objective also has
+  // z_coef * (log Z)^2, Z the softmax's partition function; its gradient
+  // 2 z_coef log Z * softmax is added to the logits' gradient (times dloss).
+  // losses stays the pure cross-entropy. lse [N] (acc; may be null) receives
+  // each row's log Z (0 for ignored rows), from which the caller reports the
+  // z-loss term.
   virtual void softmax_cross_entropy(void* losses, void* logits, const int32_t* targets,
-                                     int N, int V, int Vp, double dloss,
-                                     bool compute_grad) = 0;
+                                     int N, int V, int Vp, double dloss, bool compute_grad,
+                                     double z_coef, void* lse) = 0;
+
+  // ---- QK-norm (docs/STABILISERS.md) ----
+  // qkv [N,3C] as attention_forward's (C = n_head * D). out [N,3C] receives
+  // q and k with each head's D-vector RMS-normalised and scaled by the
+  // layer's gains: y = x / sqrt(mean(x^2) + eps) * gain, gain q_gain or
+  // k_gain [D] (shared by the heads); v is copied. out may alias qkv (the
+  // decode path normalises in place). rstd [N, 2, n_head] (acc) receives
+  // 1/sqrt(mean(x^2) + eps) of each q (index 0) and k (index 1) head, for the
+  // backward; may be null.
+  virtual void qk_norm_forward(void* out, void* rstd, const void* qkv, const void* q_gain,
+                               const void* k_gain, int N, int n_head, int D, double eps) = 0;
+  // dqkv [N,3C] overwritten with the gradient with respect to the
+  // un-normalised qkv (v's part copied from dout); dq_gain, dk_gain += .
+  // dqkv may alias dout. qkv is the forward's input, rstd its output.
+  virtual void qk_norm_backward(void* dqkv, void* dq_gain, void* dk_gain, const void* dout,
+                                const void* qkv, const void* q_gain, const void* k_gain,
+                                const void* rstd, int N, int n_head, int D) = 0;
 
   // ---- sampling (see ops/sampling_spec.h for the rule) ----
   // tokens [B] (int32) receives each row's choice from logits [B,Vp] over the

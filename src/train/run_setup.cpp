@@ -32,12 +32,14 @@ const char* flag_of(const std::string& key) {
   if (key == "span") return "--span/--span-preset";
   if (key == "vocab_size") return "--vocab-size";
   if (key == "eot_token") return "--eot-token";
+  if (key == "qk_norm") return "--qk-norm";
+  if (key == "z_loss") return "--z-loss";
   return "--config";
 }
 
 bool is_shape(const std::string& key) {
   return key == "n_layer" || key == "n_head" || key == "d_model" || key == "seq_len" ||
-         key == "vocab_size";
+         key == "vocab_size" || key == "qk_norm";  // QK-norm adds gain tensors
 }
 
 std::string value_text(const json& j) { return j.is_null() ? "off" : j.dump(); }

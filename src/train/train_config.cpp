@@ -58,6 +58,13 @@ void TrainConfig::validate() const {
     fail("AdamW betas must be in [0, 1)");
   if (!(eps > 0)) fail("AdamW eps must be > 0");
   if (!(clip >= 0) || !std::isfinite(clip)) fail("--clip must be >= 0 (0 disables clipping)");
+  if (adagc_warmup < 1) fail("--adagc-warmup must be >= 1, got ", adagc_warmup);
+  if (!(adagc_lambda_abs > 0) || !std::isfinite(adagc_lambda_abs))
+    fail("--adagc-lambda-abs must be a finite number > 0, got ", adagc_lambda_abs);
+  if (!(adagc_lambda_rel > 0) || !std::isfinite(adagc_lambda_rel))
+    fail("--adagc-lambda-rel must be a finite number > 0, got ", adagc_lambda_rel);
+  if (!(adagc_beta >= 0 && adagc_beta < 1))
+    fail("--adagc-beta must be in [0, 1), got ", adagc_beta);
   if (eval_every < 0 || checkpoint_every < 0 || log_every < 1)
     fail("--eval-every and --checkpoint-every must be >= 0, --log-every >= 1");
   if (eval_batches < 1) fail("--eval-batches must be >= 1");
@@ -74,7 +81,11 @@ json TrainConfig::schedule_json() const {
               {"steps", steps},           {"lr", lr},                {"min_lr_ratio", min_lr_ratio},
               {"warmup", warmup},         {"weight_decay", weight_decay},
               {"beta1", beta1},           {"beta2", beta2},          {"eps", eps},
-              {"clip", clip},             {"seed", seed}};
+              {"clip", clip},             {"seed", seed},
+              {"adagc", adagc},           {"adagc_warmup", adagc_warmup},
+              {"adagc_lambda_abs", adagc_lambda_abs},
+              {"adagc_lambda_rel", adagc_lambda_rel},
+              {"adagc_beta", adagc_beta}};
 }
 
 json TrainConfig::to_json() const {
@@ -112,6 +123,10 @@ TrainConfig TrainConfig::from_json(const json& j) {
     get("final_eval_batches", c.final_eval_batches);
     get("log_every", c.log_every), get("seed", c.seed), get("max_time", c.max_time);
     get("stop_at", c.stop_at), get("max_nonfinite", c.max_nonfinite);
+    // Absent in checkpoints written before AdaGC: off, with the defaults.
+    get("adagc", c.adagc), get("adagc_warmup", c.adagc_warmup);
+    get("adagc_lambda_abs", c.adagc_lambda_abs), get("adagc_lambda_rel", c.adagc_lambda_rel);
+    get("adagc_beta", c.adagc_beta);
     c.train_id = identity_from_json(j, "train_data_id");
     c.valid_id = identity_from_json(j, "valid_data_id");
   } catch (const json::exception& e) {

@@ -35,6 +35,10 @@ struct TrainConfig {
   double weight_decay = 0.1;
   double beta1 = 0.9, beta2 = 0.95, eps = 1e-8;
   double clip = 1.0;  // global-norm clipping; 0 disables
+  // AdaGC per-tensor adaptive clipping (train/adagc.h), replacing `clip` when on.
+  bool adagc = false;
+  long adagc_warmup = 100;
+  double adagc_lambda_abs = 1.0, adagc_lambda_rel = 1.05, adagc_beta = 0.98;
   long eval_every = 100;
   long eval_batches = 20;  // during training
   long final_eval_batches = 0;  // the evaluation at the end; 0: the whole validation file

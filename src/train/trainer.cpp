@@ -15,6 +15,7 @@
 #include "io/standard_output.h"
 #include "model/gpt.h"
 #include "ops/backend.h"
+#include "train/adagc.h"
 #include "train/evaluate.h"
 #include "train/plot.h"
 #include "train/progress.h"
@@ -85,7 +86,11 @@ void print_banner(const Backend& backend, const ModelConfig& mc, const TrainConf
   std::printf("lsgpt train: %s | %zu parameters | %d layers x %d heads (local per layer:",
               backend.name().c_str(), mc.num_parameters(), mc.n_layer, mc.n_head);
   for (int n : mc.n_local) std::printf(" %d", n);
-  std::printf(") w=%d | span %s\n", mc.window, mc.span.to_string().c_str());
+  std::printf(") w=%d | span %s", mc.window, mc.span.to_string().c_str());
+  if (mc.qk_norm) std::printf(" | QK-norm");
+  if (mc.z_loss > 0) std::printf(" | z-loss %g", mc.z_loss);
+  if (tc.adagc) std::printf(" | AdaGC");
+  std::printf("\n");
   std::printf("  batch %d x %d tokens x %d accum = %ld tokens/step | steps %ld%s\n",
               tc.batch_size, T, tc.grad_accum, long(tc.batch_size) * T * tc.grad_accum, tc.steps,
               resuming ? (" | resuming at step " + std::to_string(step)).c_str() : "");
@@ -128,6 +133,13 @@ TrainResult train_model(const TrainOptions& options) {
     model.init_random(tc.seed);
     model.init_optimizer();
   }
+  AdaGC adagc({tc.adagc_warmup, tc.adagc_lambda_abs, tc.adagc_lambda_rel, tc.adagc_beta},
+              model.layout().tensors.size());
+  if (tc.adagc && resuming) {
+    if (!state.contains("adagc_gamma"))
+      fail("checkpoint '", options.resume, "' holds no AdaGC state; resume it without --adagc");
+    adagc.load_state(state["adagc_gamma"]);
+  }
   setup.start = Checkpoint{};  // release the host copy
   long skipped = state.value("skipped", 0L);
   int nonfinite_run = state.value("nonfinite", 0);
@@ -151,6 +163,7 @@ TrainResult train_model(const TrainOptions& options) {
                     {"skipped", skipped},
                     {"nonfinite", nonfinite_run},
                     {"elapsed", elapsed}};
+    if (tc.adagc) ck.state["adagc_gamma"] = adagc.state_json();
     ck.params = model.parameters();
     ck.adam_m = model.adam_m();
     ck.adam_v = model.adam_v();
@@ -180,23 +193,40 @@ TrainResult train_model(const TrainOptions& options) {
     if (fault.step == step + 1 && fault.kind == "nan-param") model.poison_parameter();
     model.zero_grad();
     model.reset_max_logits();
-    double loss = 0;
+    double loss = 0, z_loss = 0;
     for (int micro = 0; micro < tc.grad_accum; ++micro) {
       batches.fill(uint64_t(step) * tc.grad_accum + micro, inputs.data(), targets.data());
       loss += model.forward_backward(inputs.data(), targets.data(), B, T,
                                      1.0 / tc.grad_accum) / tc.grad_accum;
+      z_loss += model.last_z_loss() / tc.grad_accum;
     }
     if (fault.step == step + 1 && fault.kind == "nan-grad") model.poison_gradient();
-    const double norm = model.grad_norm();
-    const bool finite = std::isfinite(loss) && std::isfinite(norm);
+    // AdaGC needs each tensor's norm; global clipping only their total.
+    std::vector<double> tensor_sq;
+    double norm = 0;
+    if (tc.adagc) {
+      tensor_sq = model.grad_sum_squares();
+      for (double sq : tensor_sq) norm += sq;
+      norm = std::sqrt(norm);
+    } else {
+      norm = model.grad_norm();
+    }
+    const bool finite = std::isfinite(loss) && std::isfinite(z_loss) && std::isfinite(norm);
+    int clipped_tensors = 0;
     if (finite) {
       nonfinite_run = 0;
       AdamWSettings s;
       s.lr = lr, s.beta1 = tc.beta1, s.beta2 = tc.beta2, s.eps = tc.eps;
       s.weight_decay = tc.weight_decay;
       s.step = step + 1;
-      s.grad_scale = (tc.clip > 0 && norm > tc.clip) ? tc.clip / norm : 1.0;
-      model.adamw_step(s);
+      if (tc.adagc) {
+        const std::vector<double> scales = adagc.scales(tensor_sq, step);
+        clipped_tensors = adagc.last_clipped();
+        model.adamw_step(s, scales);
+      } else {
+        s.grad_scale = (tc.clip > 0 && norm > tc.clip) ? tc.clip / norm : 1.0;
+        model.adamw_step(s);
+      }
     } else {
       ++skipped, ++nonfinite_run;
     }
@@ -213,6 +243,9 @@ TrainResult train_model(const TrainOptions& options) {
              {"tokens_per_s", tokens_per_step / dt},
              {"max_logit", max_logit_json(model)}};
     if (!finite) rec["skipped"] = true;
+    // "loss" is the cross-entropy alone; the z-loss term is logged beside it.
+    if (mc.z_loss > 0) rec["z_loss"] = std::isfinite(z_loss) ? json(z_loss) : json(nullptr);
+    if (tc.adagc) rec["adagc_clipped"] = clipped_tensors;
     metrics.write(rec);
     if (!finite) {
       std::fprintf(stderr,

@@ -116,6 +116,32 @@ TEST_F(Cli, InvalidOrContradictoryModelConfig) {
   expect_refusal(run("train --lr -1" + small_model() + data), "--lr");
 }
 
+TEST_F(Cli, BadStabiliserSettings) {
+  const std::string data = " --train " + train_ + " --valid " + train_ + small_model();
+  expect_refusal(run("train --z-loss -1e-4" + data), "--z-loss must be >= 0");
+  expect_refusal(run("train --adagc --adagc-beta 1" + data), "--adagc-beta must be in [0, 1)");
+  expect_refusal(run("train --adagc --adagc-beta -0.1" + data), "--adagc-beta");
+  expect_refusal(run("train --adagc --adagc-lambda-rel 0" + data), "--adagc-lambda-rel must be");
+  expect_refusal(run("train --adagc --adagc-lambda-abs -1" + data), "--adagc-lambda-abs must be");
+  expect_refusal(run("train --adagc --adagc-warmup 0" + data), "--adagc-warmup must be >= 1");
+  expect_refusal(run("train --config " + write("z.json", "{\"z_loss\": -1}") + data),
+                 "z_loss must be a finite number >= 0");
+}
+
+TEST_F(Cli, InfoShowsTheStabilisers) {
+  const Outcome plain = run("info" + small_model());
+  EXPECT_EQ(plain.exit_code, 0) << plain.output;
+  EXPECT_NE(plain.output.find("stabilisers: QK-norm off | z-loss off"), std::string::npos)
+      << plain.output;
+  const Outcome on = run("info --qk-norm --z-loss 1e-4" + small_model());
+  EXPECT_EQ(on.exit_code, 0) << on.output;
+  EXPECT_NE(on.output.find("QK-norm on"), std::string::npos) << on.output;
+  EXPECT_NE(on.output.find("z-loss 0.0001"), std::string::npos) << on.output;
+  const Outcome js = run("info --json --qk-norm --z-loss 1e-4" + small_model());
+  EXPECT_NE(js.output.find("\"qk_norm\": true"), std::string::npos) << js.output;
+  EXPECT_NE(js.output.find("\"z_loss\": 0.0001"), std::string::npos) << js.output;
+}
+
 TEST_F(Cli, MissingEmptyOrTooShortData) {
   expect_refusal(run("train" + small_model()), "no training data");
   expect_refusal(run("train --train " + path("none.bin") + " --valid " + train_ + small_model()),
@@ -200,6 +226,48 @@ TEST_F(Cli, TrainEvalAndGenerateOnCuda) {
   const Outcome sample = run("generate --device cuda --checkpoint " + ckpt + " --prompt hi -n 8 --seed 3");
   EXPECT_EQ(sample.exit_code, 0) << sample.output;
   EXPECT_GT(sample.output.size(), 2u) << sample.output;
+}
+
+// The stabilisers end to end on the GPU: QK-norm, z-loss and AdaGC train,
+// log their terms, and the checkpoint evaluates to the same loss on the CPU
+// (bf16 activations on the GPU) and generates on the GPU.
+TEST_F(Cli, StabilisersTrainOnCudaAndEvaluateOnCpu) {
+  std::string why_not;
+  if (!lsgpt::cuda_test::cuda_backend(why_not))
+    GTEST_SKIP() << "no CUDA GPU: " << why_not;
+  const std::string model = " --n-layer 2 --n-head 2 --d-model 128 --seq-len 64 --n-local 1 "
+                            "--window 20 --qk-norm --z-loss 1e-4 ";
+  const std::string out = path("gpu_stab");
+  const std::string ckpt = out + "/checkpoint.ckpt";
+  const Outcome trained = run("train --device cuda --quiet --steps 20 --batch-size 4 "
+                              "--eval-every 10 --adagc --adagc-warmup 5 --out-dir " + out +
+                              " --train " + train_ + " --valid " + train_ + model);
+  ASSERT_EQ(trained.exit_code, 0) << trained.output;
+  std::ifstream metrics(out + "/metrics.jsonl");
+  std::string line;
+  int train_lines = 0;
+  while (std::getline(metrics, line)) {
+    const nlohmann::json r = nlohmann::json::parse(line);
+    if (r["type"] != "train") continue;
+    ++train_lines;
+    EXPECT_GT(r.at("z_loss").get<double>(), 0.0) << line;
+    EXPECT_TRUE(r.at("adagc_clipped").is_number_integer()) << line;
+  }
+  EXPECT_EQ(train_lines, 20);
+  auto eval_loss = [&](const std::string& device) {
+    const Outcome o = run("eval --device " + device + " --checkpoint " + ckpt + " --data " + train_);
+    EXPECT_EQ(o.exit_code, 0) << o.output;
+    const size_t start = o.output.find("{\"");
+    if (start == std::string::npos) return std::nan("");
+    return nlohmann::json::parse(o.output.substr(start, o.output.find('\n', start) - start))
+        .at("loss")
+        .get<double>();
+  };
+  const double gpu_loss = eval_loss("cuda"), cpu_loss = eval_loss("cpu");
+  EXPECT_TRUE(std::isfinite(gpu_loss));
+  EXPECT_NEAR(gpu_loss, cpu_loss, 1e-2 * cpu_loss);
+  const Outcome sample = run("generate --device cuda --checkpoint " + ckpt + " --prompt hi -n 8 --seed 3");
+  EXPECT_EQ(sample.exit_code, 0) << sample.output;
 }
 
 }  // namespace

@@ -31,6 +31,7 @@ namespace {
 struct EngineCase {
   std::string device;
   int n_local, window, seq_len;
+  bool qk_norm = false;  // the cache then holds normalised keys
 };
 
 ModelConfig small_config(const EngineCase& c) {
@@ -42,6 +43,7 @@ ModelConfig small_config(const EngineCase& c) {
   cfg.vocab_size = 300;
   cfg.n_local = {c.n_local};
   cfg.window = c.window;
+  cfg.qk_norm = c.qk_norm;
   cfg.normalize_and_validate();
   return cfg;
 }
@@ -53,6 +55,8 @@ void randomize(GPT& model, uint64_t seed) {
   for (const ParamInfo& t : model.layout().tensors)
     if (t.name.find("ln_") != std::string::npos && t.name.ends_with(".weight"))
       for (size_t i = 0; i < t.numel; ++i) p[t.offset + i] = 1.0f;
+    else if (t.name.ends_with("_norm.weight"))  // QK-norm gains: attention far from uniform
+      for (size_t i = 0; i < t.numel; ++i) p[t.offset + i] = 2.0f;
   model.set_parameters(p);
 }
 
@@ -263,6 +267,7 @@ std::vector<EngineCase> engine_cases() {
     cases.push_back({device, 3, 40, 40});   // w = context
     cases.push_back({device, 3, 100, 40});  // w > context
     cases.push_back({device, 0, 1, 48});    // MHSA
+    cases.push_back({device, 3, 5, 48, true});  // QK-norm in prefill and decode
   }
   return cases;
 }
@@ -271,7 +276,8 @@ INSTANTIATE_TEST_SUITE_P(Devices, EngineTest, ::testing::ValuesIn(engine_cases()
                          [](const auto& info) {
                            const EngineCase& c = info.param;
                            return c.device + "_local" + std::to_string(c.n_local) + "_w" +
-                                  std::to_string(c.window) + "_T" + std::to_string(c.seq_len);
+                                  std::to_string(c.window) + "_T" + std::to_string(c.seq_len) +
+                                  (c.qk_norm ? "_qknorm" : "");
                          });
 
 }  // namespace

@@ -212,6 +212,40 @@ TEST(HfGpt2, ExportIsDeterministicAndRoundTripsByteIdentically) {
   EXPECT_EQ(std::vector<std::string>({"a", "b", "c"}), dir.entries());
 }
 
+// The stabilisers travel in config.json (lsgpt_qk_norm, lsgpt_z_loss) and
+// the QK-norm gains as tensors; a stock GPT-2 config has them off.
+TEST(HfGpt2, StabilisersRoundTripAndAreOffForStockGpt2) {
+  ScratchDir dir;
+  ModelConfig cfg = tiny_config({1, 2}, 3);
+  cfg.qk_norm = true;
+  cfg.z_loss = 1e-4;
+  const std::vector<float> params = testing::random_params(cfg, 14);
+  export_hf_gpt2(cfg, params, dir.file("a"));
+  const json config = hf_gpt2_config(cfg);
+  EXPECT_EQ(config["lsgpt_qk_norm"], true);
+  EXPECT_EQ(config["lsgpt_z_loss"], 1e-4);
+  const Checkpoint ck = import_hf_gpt2_path(dir.file("a"), "", {});
+  EXPECT_TRUE(ck.model == cfg) << ck.model.to_json().dump();
+  EXPECT_EQ(ck.params, params);
+  // Without config.json the gains alone say QK-norm is on.
+  std::filesystem::remove(dir.file("a/config.json"));
+  HfImportOptions sizes;
+  sizes.n_head = cfg.n_head;  // d_model 8 is no multiple of GPT-2's 64-wide heads
+  EXPECT_TRUE(import_hf_gpt2_path(dir.file("a"), "", sizes).model.qk_norm);
+
+  const json stock = hf_gpt2_config(gpt2_small());
+  EXPECT_EQ(stock["lsgpt_qk_norm"], false);
+  EXPECT_EQ(stock["lsgpt_z_loss"], 0.0);
+  ModelConfig plain = tiny_config({0, 0}, 3);
+  export_hf_gpt2(plain, testing::random_params(plain, 15), dir.file("b"));
+  json stock_keys_only = hf_gpt2_config(plain);  // as transformers writes it: no lsgpt keys
+  stock_keys_only.erase("lsgpt_qk_norm"), stock_keys_only.erase("lsgpt_z_loss");
+  write_file_atomic(dir.file("b/config.json"), stock_keys_only.dump());
+  const Checkpoint p = import_hf_gpt2_path(dir.file("b"), "", {});
+  EXPECT_FALSE(p.model.qk_norm);
+  EXPECT_EQ(p.model.z_loss, 0.0);
+}
+
 TEST(HfGpt2, ImportTurnsHeadsLocalOnRequest) {
   ScratchDir dir;
   const ModelConfig mhsa = tiny_config({0}, 100);

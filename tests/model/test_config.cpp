@@ -94,6 +94,44 @@ TEST(ModelConfig, RefusesInvalidSettings) {
   EXPECT_NE(error_of(json::array()).find("JSON object"), std::string::npos);
 }
 
+TEST(ModelConfig, StabilisersAreOffByDefaultAndRoundTrip) {
+  const json base{{"n_layer", 2}, {"n_head", 4}, {"d_model", 64}};
+  const ModelConfig plain = ModelConfig::from_json(base);
+  EXPECT_FALSE(plain.qk_norm);
+  EXPECT_EQ(plain.z_loss, 0.0);
+  // Off: not written, so configs and checkpoints of plain models are unchanged.
+  EXPECT_FALSE(plain.to_json().contains("qk_norm"));
+  EXPECT_FALSE(plain.to_json().contains("z_loss"));
+  json j = base;
+  j["qk_norm"] = true, j["z_loss"] = 1e-4;
+  const ModelConfig c = ModelConfig::from_json(j);
+  EXPECT_TRUE(c.qk_norm);
+  EXPECT_EQ(c.z_loss, 1e-4);
+  EXPECT_TRUE(ModelConfig::from_json(c.to_json()) == c);
+  EXPECT_FALSE(c == plain);
+  // Two gains of head_dim per layer, without weight decay.
+  const ParamLayout lay = make_param_layout(c);
+  EXPECT_EQ(lay.total, make_param_layout(plain).total + 2 * 2 * 16);
+  EXPECT_EQ(lay.total, c.num_parameters());
+  const ParamInfo* q = lay.find("h.1.attn.q_norm.weight");
+  ASSERT_NE(q, nullptr);
+  EXPECT_EQ(q->shape, (std::vector<int64_t>{16}));
+  EXPECT_FALSE(q->decay);
+  EXPECT_FALSE(lay.find("h.1.attn.k_norm.weight")->decay);
+}
+
+TEST(ModelConfig, RefusesBadStabiliserSettings) {
+  const json base{{"n_layer", 2}, {"n_head", 4}, {"d_model", 64}};
+  auto with = [&](const char* key, json value) {
+    json j = base;
+    j[key] = value;
+    return error_of(j);
+  };
+  EXPECT_NE(with("z_loss", -1e-4).find("z_loss must be a finite number >= 0"), std::string::npos);
+  EXPECT_NE(with("z_loss", "big").find("z_loss must be a number"), std::string::npos);
+  EXPECT_NE(with("qk_norm", 1).find("qk_norm must be true or false"), std::string::npos);
+}
+
 TEST(ModelConfig, LoadRefusesMissingAndMalformedFiles) {
   EXPECT_THROW(ModelConfig::load("/nonexistent/config.json"), Error);
   const std::string path = ::testing::TempDir() + "/bad_config.json";

@@ -42,6 +42,8 @@ std::vector<float> random_params(const GPT& model, uint64_t seed) {
 
 struct GradCase {
   int n_local, window, n_layer, n_head;
+  bool qk_norm = false;  // stabilisers (docs/STABILISERS.md)
+  double z_loss = 0;
 };
 
 class ModelGradient : public ::testing::TestWithParam<GradCase> {};
@@ -49,6 +51,8 @@ class ModelGradient : public ::testing::TestWithParam<GradCase> {};
 TEST_P(ModelGradient, MatchesFiniteDifferencesInDouble) {
   const GradCase g = GetParam();
   ModelConfig cfg = tiny_config(g.n_local, g.window, g.n_layer, g.n_head);
+  cfg.qk_norm = g.qk_norm;
+  cfg.z_loss = g.z_loss;
   auto be = make_backend("cpu64");
   GPT model(cfg, *be);
   const int B = 2, T = cfg.seq_len;
@@ -74,10 +78,11 @@ TEST_P(ModelGradient, MatchesFiniteDifferencesInDouble) {
       std::vector<float> plus = init, minus = init;
       plus[idx] = init[idx] + 1e-4f;
       minus[idx] = init[idx] - 1e-4f;
+      // The objective the backward differentiates: cross-entropy + z-loss term.
       model.set_parameters(plus);
-      const double lp = model.evaluate(inputs.data(), targets.data(), B, T);
+      const double lp = model.evaluate(inputs.data(), targets.data(), B, T) + model.last_z_loss();
       model.set_parameters(minus);
-      const double lm = model.evaluate(inputs.data(), targets.data(), B, T);
+      const double lm = model.evaluate(inputs.data(), targets.data(), B, T) + model.last_z_loss();
       const double numeric = (lp - lm) / (double(plus[idx]) - double(minus[idx]));
       const double scale = std::max({std::abs(numeric), std::abs(double(analytic[idx])), 1e-5});
       EXPECT_LT(std::abs(numeric - analytic[idx]) / scale, 1e-4)
@@ -95,12 +100,111 @@ INSTANTIATE_TEST_SUITE_P(
                       GradCase{0, 3, 2, 2},   // MHSA
                       GradCase{2, 1, 2, 2},   // all local, w = 1
                       GradCase{2, 9, 1, 2},   // all local, w >= T
-                      GradCase{2, 2, 1, 3}),  // 2 of 3 local
+                      GradCase{2, 2, 1, 3},   // 2 of 3 local
+                      GradCase{1, 3, 2, 2, true, 0},     // QK-norm through the LS block
+                      GradCase{0, 3, 1, 3, true, 0},     // QK-norm, MHSA, 3 heads
+                      GradCase{1, 3, 2, 2, false, 0.05},  // z-loss (large: visible in FD)
+                      GradCase{1, 3, 1, 2, true, 0.05}),  // both
     [](const auto& info) {
       const GradCase& g = info.param;
       return "local" + std::to_string(g.n_local) + "of" + std::to_string(g.n_head) + "_w" +
-             std::to_string(g.window) + "_L" + std::to_string(g.n_layer);
+             std::to_string(g.window) + "_L" + std::to_string(g.n_layer) +
+             (g.qk_norm ? "_qknorm" : "") + (g.z_loss > 0 ? "_zloss" : "");
     });
+
+// The z-loss term is coef * mean (log Z)^2 over the targets, and the reported
+// loss stays the pure cross-entropy.
+TEST(Model, ZLossTermAndPureCrossEntropy) {
+  ModelConfig plain = tiny_config(1, 3);
+  ModelConfig z = plain;
+  z.z_loss = 1e-2;
+  auto be = make_backend("cpu64");
+  GPT a(plain, *be), b(z, *be);
+  const auto params = random_params(a, 41);
+  a.set_parameters(params), b.set_parameters(params);
+  const int B = 2, T = plain.seq_len;
+  const auto in = random_tokens(B * T, plain.vocab_size, 42);
+  auto tg = random_tokens(B * T, plain.vocab_size, 43);
+  tg[1] = -1;
+  const double la = a.evaluate(in.data(), tg.data(), B, T);
+  const double lb = b.evaluate(in.data(), tg.data(), B, T);
+  EXPECT_EQ(la, lb);
+  EXPECT_EQ(a.last_z_loss(), 0.0);
+  // Reference: log Z of each target row from the logits.
+  double sum = 0;
+  int count = 0;
+  for (int row = 0; row < B; ++row) {
+    const std::vector<float> logits = b.logits_row_block(row);
+    for (int t = 0; t < T; ++t) {
+      if (tg[row * T + t] < 0) continue;
+      double m = -INFINITY, s = 0;
+      for (int v = 0; v < plain.vocab_size; ++v) m = std::max(m, double(logits[t * plain.vocab_size + v]));
+      for (int v = 0; v < plain.vocab_size; ++v) s += std::exp(logits[t * plain.vocab_size + v] - m);
+      const double log_z = m + std::log(s);
+      sum += log_z * log_z, ++count;
+    }
+  }
+  EXPECT_NEAR(b.last_z_loss(), 1e-2 * sum / count, 1e-6 * b.last_z_loss());
+}
+
+// QK-norm's output does not depend on the scale of q and k (up to eps): a
+// model whose c_attn q/k rows are scaled by 10 predicts the same.
+TEST(Model, QkNormRemovesTheScaleOfQueriesAndKeys) {
+  ModelConfig cfg = tiny_config(1, 3);
+  cfg.qk_norm = true;
+  auto be = make_backend("cpu64");
+  GPT model(cfg, *be);
+  auto params = random_params(model, 51);
+  const int B = 2, T = cfg.seq_len;
+  const auto in = random_tokens(B * T, cfg.vocab_size, 52);
+  const auto tg = random_tokens(B * T, cfg.vocab_size, 53);
+  ModelConfig plain_cfg = cfg;
+  plain_cfg.qk_norm = false;
+  GPT plain(plain_cfg, *be);
+  auto plain_params = random_params(plain, 54);
+  plain.set_parameters(plain_params);
+  const double plain_before = plain.evaluate(in.data(), tg.data(), B, T);
+  model.set_parameters(params);
+  const double before = model.evaluate(in.data(), tg.data(), B, T);
+  for (const LayerParams& lp : plain.layout().layers) {
+    const ParamInfo& w = plain.layout()[lp.qkv_w];
+    for (size_t i = 0; i < 2 * size_t(cfg.d_model) * cfg.d_model; ++i) plain_params[w.offset + i] *= 10;
+  }
+  plain.set_parameters(plain_params);
+  EXPECT_GT(std::abs(plain.evaluate(in.data(), tg.data(), B, T) - plain_before), 1e-3);
+  for (const LayerParams& lp : model.layout().layers) {
+    const ParamInfo& w = model.layout()[lp.qkv_w];
+    const ParamInfo& b = model.layout()[lp.qkv_b];
+    for (size_t i = 0; i < 2 * size_t(cfg.d_model) * cfg.d_model; ++i) params[w.offset + i] *= 10;
+    for (size_t i = 0; i < 2 * size_t(cfg.d_model); ++i) params[b.offset + i] *= 10;
+  }
+  model.set_parameters(params);
+  EXPECT_NEAR(model.evaluate(in.data(), tg.data(), B, T), before, 1e-5);
+  EXPECT_EQ(plain.layout().total + 2 * cfg.n_layer * cfg.head_dim(), model.layout().total);
+  EXPECT_EQ(model.layout().total, cfg.num_parameters());
+}
+
+// The cached decode (normalised keys in the cache) matches the full forward.
+TEST(DecodeCacheQkNorm, StepLogitsMatchFullForward) {
+  ModelConfig cfg = tiny_config(1, 3, 2, 2);
+  cfg.qk_norm = true;
+  auto be = make_backend("cpu64");
+  GPT model(cfg, *be);
+  model.set_parameters(random_params(model, 61));
+  const int B = 2, T = cfg.seq_len;
+  const auto tokens = random_tokens(B * T, cfg.vocab_size, 62);
+  auto cache = model.make_kv_cache(B);
+  for (int pos = 0; pos < T; ++pos) {
+    std::vector<int32_t> step(B);
+    for (int b = 0; b < B; ++b) step[b] = tokens[b * T + pos];
+    const auto cached = model.decode_step(*cache, step.data(), pos);
+    std::vector<int32_t> prefix(B * (pos + 1));
+    for (int b = 0; b < B; ++b)
+      for (int t = 0; t <= pos; ++t) prefix[b * (pos + 1) + t] = tokens[b * T + t];
+    const auto full = model.last_logits(prefix.data(), B, pos + 1);
+    EXPECT_LT(testing::relative_error(cached, full), 1e-12) << "pos " << pos;
+  }
+}
 
 TEST(Model, InitialLossIsNearUniform) {
   ModelConfig cfg = tiny_config(1, 3);

@@ -34,6 +34,8 @@ struct ParityCase {
   int n_local, window;
   std::string span;  // "" = canonical gradients
   int head_dim;
+  bool qk_norm = false;  // stabilisers (docs/STABILISERS.md)
+  double z_loss = 0;
 };
 
 // Readable parameter in gtest's listings and failure messages.
@@ -49,6 +51,8 @@ ModelConfig parity_config(const ParityCase& c) {
   cfg.n_local = {c.n_local};
   cfg.window = c.window;
   if (!c.span.empty()) cfg.span = SpanConfig::parse(c.span);
+  cfg.qk_norm = c.qk_norm;
+  cfg.z_loss = c.z_loss;
   cfg.normalize_and_validate();
   return cfg;
 }
@@ -59,7 +63,9 @@ ModelConfig parity_config(const ParityCase& c) {
 std::vector<float> bf16_exact_params(const GPT& model, uint64_t seed) {
   std::vector<float> p = cuda_test::bf16_values(model.layout().total, seed, -0.15, 0.15);
   for (const ParamInfo& t : model.layout().tensors) {
-    const bool ln_gain = t.name.find("ln_") != std::string::npos && t.name.ends_with(".weight");
+    const bool ln_gain = (t.name.find("ln_") != std::string::npos ||
+                          t.name.find("_norm.") != std::string::npos) &&  // QK-norm gains
+                         t.name.ends_with(".weight");
     if (ln_gain)
       for (size_t i = 0; i < t.numel; ++i) p[t.offset + i] = from_bf16(to_bf16(1.0f + p[t.offset + i]));
   }
@@ -105,6 +111,7 @@ TEST_P(CudaModelParity, LossGradientsMaxLogitsAndOneAdamWStepMatchCpu64) {
   const double loss_ref = ref.forward_backward(inputs.data(), targets.data(), B, T, 1.0);
   const double loss_gpu = gpu.forward_backward(inputs.data(), targets.data(), B, T, 1.0);
   EXPECT_NEAR(loss_gpu, loss_ref, 5e-3 * loss_ref);
+  EXPECT_NEAR(gpu.last_z_loss(), ref.last_z_loss(), 1e-2 * ref.last_z_loss());
   EXPECT_NEAR(gpu.evaluate(inputs.data(), targets.data(), B, T), loss_ref, 5e-3 * loss_ref);
 
   const std::vector<float> g_ref = ref.gradients(), g_gpu = gpu.gradients();
@@ -171,7 +178,11 @@ INSTANTIATE_TEST_SUITE_P(
                       ParityCase{"LS_w37_D128", 2, 37, "", 128},
                       ParityCase{"LS_w100_SpanBidir_D64", 3, 100, "q:cross:0.5:1,k:cross:0.5:1", 64},
                       ParityCase{"LS_w50_SpanSelf_D64", 3, 50, "q:self:1.5:0.7,k:self:0.6:1.2,v:self:2:1",
-                                 64}),
+                                 64},
+                      ParityCase{"LS_w100_QkNorm_ZLoss_D64", 3, 100, "", 64, true, 1e-2},
+                      ParityCase{"MHSA_QkNorm_D128", 0, 100, "", 128, true, 0},
+                      ParityCase{"LS_w37_QkNorm_SpanBidir_D64", 2, 37, "q:cross:0.5:1,k:cross:0.5:1",
+                                 64, true, 1e-4}),
     [](const auto& info) { return info.param.name; });
 
 }  // namespace

@@ -340,7 +340,7 @@ TEST_P(BackendOpsTest, SoftmaxCrossEntropy) {
               [&](Backend& be, Pointers& p) {
                 be.softmax_cross_entropy(p["losses"], p["logits"],
                                          static_cast<const int32_t*>(p["targets"]), N, V, Vp,
-                                         1.0 / 16, grad);
+                                         1.0 / 16, grad, 0.0, nullptr);
               });
     if (!grad) {
       EXPECT_EQ(got.result["logits"], got.seen["logits"]) << "forward only wrote logits";
@@ -351,6 +351,69 @@ TEST_P(BackendOpsTest, SoftmaxCrossEntropy) {
       for (int v = V; v < Vp; ++v) ASSERT_EQ(got.result["logits"][size_t(Vp) + v], 0.0f);
     }
   }
+}
+
+// z-loss fused into the classifier: the gradient gains 2 coef log Z * softmax
+// and log Z is written per row. A large coefficient so the term is not lost
+// in the tolerance.
+TEST_P(BackendOpsTest, SoftmaxCrossEntropyZLoss) {
+  const int N = 7, V = 333, Vp = 384;
+  std::mt19937 rng(18);
+  std::vector<int32_t> targets(N);
+  for (auto& t : targets) t = int32_t(rng() % V);
+  targets[2] = -1;
+  Arg logits = inout("logits", Elem::work, size_t(N) * Vp, 18, -3, 5);
+  Arg losses = output("losses", Elem::acc, N), lse = output("lse", Elem::acc, N);
+  losses.own_precision = lse.own_precision = true;
+  auto [got, ref] = check("classifier +z-loss", {ints("targets", targets), logits, losses, lse},
+                          [&](Backend& be, Pointers& p) {
+                            be.softmax_cross_entropy(p["losses"], p["logits"],
+                                                     static_cast<const int32_t*>(p["targets"]),
+                                                     N, V, Vp, 1.0 / 8, true, 0.05, p["lse"]);
+                          });
+  EXPECT_EQ(got.result["lse"][2], 0.0f) << "an ignored row's log Z is 0";
+  for (int v = 0; v < Vp; ++v) ASSERT_EQ(got.result["logits"][2 * size_t(Vp) + v], 0.0f);
+}
+
+// ---------------------------------------------------------------- QK-norm
+
+// Forward then backward (into a separate dqkv, and in place over dout), with
+// head_dim 40 (not a multiple of the warp) and 64.
+void check_qk_norm(BackendOpsTest& t, int N, int n_head, int D, bool in_place) {
+  const size_t C = size_t(n_head) * D;
+  Arg rstd = output("rstd", Elem::acc, size_t(N) * 2 * n_head);
+  rstd.own_precision = true;
+  Arg dqkv = in_place ? inout("dqkv", Elem::work, size_t(N) * 3 * C, 20)
+                      : output("dqkv", Elem::work, size_t(N) * 3 * C);
+  t.check(std::string("qk_norm") + (in_place ? " in place" : ""),
+          {input("qkv", Elem::work, size_t(N) * 3 * C, 20, -2, 2),
+           input("q_gain", Elem::work, D, 20, 0.5, 1.5), input("k_gain", Elem::work, D, 21, 0.5, 1.5),
+           input("dout", Elem::work, size_t(N) * 3 * C, 20), output("out", Elem::work, size_t(N) * 3 * C),
+           rstd, dqkv, inout("dq_gain", Elem::work, D, 22), inout("dk_gain", Elem::work, D, 23)},
+          [&](Backend& be, Pointers& p) {
+            be.qk_norm_forward(p["out"], p["rstd"], p["qkv"], p["q_gain"], p["k_gain"], N, n_head,
+                               D, 1e-6);
+            const void* dout = in_place ? p["dqkv"] : p["dout"];
+            be.qk_norm_backward(p["dqkv"], p["dq_gain"], p["dk_gain"], dout, p["qkv"],
+                                p["q_gain"], p["k_gain"], p["rstd"], N, n_head, D);
+          });
+}
+
+TEST_P(BackendOpsTest, QkNorm) {
+  check_qk_norm(*this, 11, 3, 40, false);
+  check_qk_norm(*this, 300, 2, 64, true);  // more rows than one part of the gain sums
+}
+
+// In place (the decode path): out aliases qkv and equals the separate result.
+TEST_P(BackendOpsTest, QkNormForwardInPlace) {
+  const int N = 5, n_head = 2, D = 48;
+  const size_t n = size_t(N) * 3 * n_head * D;
+  Arg x = inout("x", Elem::work, n, 24, -2, 2);
+  check("qk_norm_forward in place",
+        {x, input("q_gain", Elem::work, D, 24, 0.5, 1.5), input("k_gain", Elem::work, D, 25, 0.5, 1.5)},
+        [&](Backend& be, Pointers& p) {
+          be.qk_norm_forward(p["x"], nullptr, p["x"], p["q_gain"], p["k_gain"], N, n_head, D, 1e-6);
+        });
 }
 
 // ---------------------------------------------------------------- optimizer

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <nlohmann/json.hpp>
 #include <random>
 
@@ -99,17 +100,23 @@ TEST(Trainer, LossFallsAndArtifactsAreWritten) {
   EXPECT_EQ(ck.adam_m.size(), ck.params.size());
 }
 
-TEST(Trainer, ResumeIsBitIdentical) {
-  const Fixture f = make_data("resume");
+// A run split at step 5 and resumed equals the same run done at once, to the
+// bit; `setup` adds settings (the stabilisers) to both.
+void check_resume_bit_identical(const std::string& name,
+                                const std::function<void(TrainOptions&)>& setup) {
+  const Fixture f = make_data(name);
   TrainOptions whole = tiny_options(f, "whole");
+  setup(whole);
   const TrainResult a = train_model(whole);
 
   TrainOptions first = tiny_options(f, "split");
+  setup(first);
   first.train.stop_at = 5;
   const TrainResult b1 = train_model(first);
   EXPECT_TRUE(b1.stopped_early);
   EXPECT_EQ(b1.steps, 5);
   TrainOptions second = tiny_options(f, "split");
+  setup(second);
   second.resume = b1.checkpoint;
   const TrainResult b2 = train_model(second);
   EXPECT_EQ(b2.steps, 12);
@@ -123,9 +130,62 @@ TEST(Trainer, ResumeIsBitIdentical) {
     // Exact equality of doubles, not a tolerance.
     EXPECT_EQ(la[i]["loss"].get<double>(), lb[i]["loss"].get<double>()) << "step " << i + 1;
     EXPECT_EQ(la[i]["grad_norm"].get<double>(), lb[i]["grad_norm"].get<double>());
+    EXPECT_EQ(la[i].value("z_loss", json()), lb[i].value("z_loss", json()));
+    EXPECT_EQ(la[i].value("adagc_clipped", json()), lb[i].value("adagc_clipped", json()));
   }
   EXPECT_EQ(load_checkpoint(a.checkpoint).params, load_checkpoint(b2.checkpoint).params);
+  EXPECT_EQ(load_checkpoint(a.checkpoint).state.value("adagc_gamma", json()),
+            load_checkpoint(b2.checkpoint).state.value("adagc_gamma", json()));
   EXPECT_EQ(a.val_loss, b2.val_loss);
+}
+
+TEST(Trainer, ResumeIsBitIdentical) {
+  check_resume_bit_identical("resume", [](TrainOptions&) {});
+}
+
+// With every stabiliser on; AdaGC's warm-up (3 steps) ends before the split,
+// so the resumed run continues from the stored per-tensor EMA.
+TEST(Trainer, ResumeIsBitIdenticalWithStabilisers) {
+  check_resume_bit_identical("resume_stab", [](TrainOptions& o) {
+    o.model.qk_norm = true;
+    o.model.z_loss = 1e-3;
+    o.train.adagc = true;
+    o.train.adagc_warmup = 3;
+    o.train.adagc_lambda_rel = 1.0;  // tight, so tensors are clipped in a short run
+  });
+}
+
+TEST(Trainer, AdaGCLogsClippedTensorsAndStoresItsState) {
+  const Fixture f = make_data("adagc");
+  TrainOptions o = tiny_options(f, "run");
+  o.train.adagc = true;
+  o.train.adagc_warmup = 2;
+  o.train.adagc_lambda_rel = 0.5;  // below 1: every tensor is clipped after the warm-up
+  o.model.z_loss = 1e-4;
+  const TrainResult r = train_model(o);
+  const auto train = read_records(r.metrics, "train");
+  ASSERT_EQ(train.size(), 12u);
+  const Checkpoint ck = load_checkpoint(r.checkpoint);
+  const size_t tensors = ck.state.at("adagc_gamma").size();
+  EXPECT_EQ(tensors, 2u + 12u * 2 + 2u);  // wte, wpe, 12 per layer, ln_f
+  // Warm-up: global clipping, all tensors or none; then per tensor.
+  for (size_t i = 0; i < 2; ++i) {
+    const size_t c = train[i]["adagc_clipped"].get<size_t>();
+    EXPECT_TRUE(c == 0 || c == tensors) << "step " << i + 1 << ": " << c;
+  }
+  size_t clipped_after = 0;
+  for (size_t i = 2; i < train.size(); ++i) {
+    EXPECT_LE(train[i]["adagc_clipped"].get<size_t>(), tensors);
+    clipped_after += train[i]["adagc_clipped"].get<size_t>();
+  }
+  EXPECT_GT(clipped_after, 5 * tensors);
+  EXPECT_GT(train[0]["z_loss"].get<double>(), 0.0);
+  for (const json& g : ck.state["adagc_gamma"]) EXPECT_GT(g.get<double>(), 0.0);
+  // AdaGC defines the loss sequence: a resume may not switch it off.
+  TrainOptions off = tiny_options(f, "run");
+  off.resume = r.checkpoint;
+  off.explicit_train = json{{"adagc", false}};
+  EXPECT_THROW(train_model(off), Error);
 }
 
 TEST(Trainer, NonFiniteGradientSkipsTheUpdateAndContinues) {
@@ -249,6 +309,13 @@ TEST(Trainer, ModelSettingsFromACheckpoint) {
       << resumed;
   EXPECT_EQ(resumed.find("n_layer"), std::string::npos) << resumed;
   EXPECT_NE(message(json{{"n_local", json::array({3})}}, false).find("n_local"), std::string::npos);
+  // Stabilisers: z-loss may change with --init-from; QK-norm adds weights, so
+  // it is part of the shape; neither may change on resume.
+  EXPECT_EQ(apply_model_settings(stored, json{{"z_loss", 1e-4}}, "c", false).z_loss, 1e-4);
+  const std::string qk = message(json{{"qk_norm", true}}, false);
+  EXPECT_NE(qk.find("qk_norm (--qk-norm): checkpoint off, given true"), std::string::npos) << qk;
+  const std::string z = message(json{{"z_loss", 1e-4}}, true);
+  EXPECT_NE(z.find("z_loss (--z-loss): checkpoint off, given 0.0001"), std::string::npos) << z;
 }
 
 TEST(Trainer, RefusesTooShortOrForeignData) {

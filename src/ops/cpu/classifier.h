@@ -9,6 +9,7 @@ namespace lsgpt::cpu {
 
 template <typename T>
 void softmax_cross_entropy(T* losses, T* logits, const int32_t* targets, int N, int V, int Vp,
-                           double dloss, bool compute_grad);
+                           double dloss, bool compute_grad, double z_coef = 0,
+                           T* lse = nullptr);
 
 }  // namespace lsgpt::cpu

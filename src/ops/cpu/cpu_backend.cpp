@@ -14,6 +14,7 @@
 #include "ops/cpu/gelu.h"
 #include "ops/cpu/layernorm.h"
 #include "ops/cpu/matmul.h"
+#include "ops/cpu/qk_norm.h"
 #include "ops/cpu/residual.h"
 #include "ops/cpu/sampling.h"
 
@@ -214,9 +215,25 @@ void CpuBackend<T>::sample_tokens(int32_t* tokens, const void* logits, SamplePar
 template <typename T>
 void CpuBackend<T>::softmax_cross_entropy(void* losses, void* logits, const int32_t* targets,
                                           int N, int V, int Vp, double dloss,
-                                          bool compute_grad) {
+                                          bool compute_grad, double z_coef, void* lse) {
   cpu::softmax_cross_entropy(typed<T>(losses), typed<T>(logits), targets, N, V, Vp, dloss,
-                             compute_grad);
+                             compute_grad, z_coef, typed<T>(lse));
+}
+
+template <typename T>
+void CpuBackend<T>::qk_norm_forward(void* out, void* rstd, const void* qkv, const void* q_gain,
+                                    const void* k_gain, int N, int n_head, int D, double eps) {
+  cpu::qk_norm_forward(typed<T>(out), typed<T>(rstd), typed<T>(qkv), typed<T>(q_gain),
+                       typed<T>(k_gain), N, n_head, D, eps);
+}
+
+template <typename T>
+void CpuBackend<T>::qk_norm_backward(void* dqkv, void* dq_gain, void* dk_gain, const void* dout,
+                                     const void* qkv, const void* q_gain, const void* k_gain,
+                                     const void* rstd, int N, int n_head, int D) {
+  cpu::qk_norm_backward(typed<T>(dqkv), typed<T>(dq_gain), typed<T>(dk_gain), typed<T>(dout),
+                        typed<T>(qkv), typed<T>(q_gain), typed<T>(k_gain), typed<T>(rstd), N,
+                        n_head, D);
 }
 
 template <typename T>

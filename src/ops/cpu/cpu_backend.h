@@ -59,7 +59,13 @@ class CpuBackend final : public Backend {
   void sample_tokens(int32_t* tokens, const void* logits, SampleParams* params, int B, int V,
                      int Vp, int32_t* advance, int32_t* next_input) override;
   void softmax_cross_entropy(void* losses, void* logits, const int32_t* targets, int N, int V,
-                             int Vp, double dloss, bool compute_grad) override;
+                             int Vp, double dloss, bool compute_grad, double z_coef,
+                             void* lse) override;
+  void qk_norm_forward(void* out, void* rstd, const void* qkv, const void* q_gain,
+                       const void* k_gain, int N, int n_head, int D, double eps) override;
+  void qk_norm_backward(void* dqkv, void* dq_gain, void* dk_gain, const void* dout,
+                        const void* qkv, const void* q_gain, const void* k_gain,
+                        const void* rstd, int N, int n_head, int D) override;
   double sum_squares(const void* x, size_t n) override;
   void adamw_update(void* param, void* master, const void* grad, void* m, void* v, size_t n,
                     const AdamWSettings& s) override;

@@ -2,6 +2,8 @@
 // in place: the bf16 logits are read twice (max/sum, then the gradient) and
 // overwritten by dloss * (softmax - onehot), so no f32 copy of the [N, Vp]
 // logits ever exists. Padded columns [V, Vp) get gradient 0.
+// z-loss (PaLM) is fused: with z_coef > 0 the softmax term of the gradient is
+// scaled by 1 + 2 z_coef log Z, and lse (when given) receives log Z per row.
 #include "ops/cuda/cuda_check.h"
 #include "ops/cuda/device_utils.cuh"
 #include "ops/cuda/ops.h"
@@ -28,7 +30,8 @@ __device__ __forceinline__ MaxSum add_value(MaxSum a, float x) {
 
 template <bool kVector>
 __global__ void softmax_cross_entropy_kernel(float* losses, bf16* logits, const int32_t* targets,
-                                             int V, int Vp, float dloss, bool compute_grad) {
+                                             int V, int Vp, float dloss, bool compute_grad,
+                                             float z_coef, float* lse_out) {
   __shared__ MaxSum warp_parts[kThreads / kWarpSize];
   __shared__ MaxSum row_total;
   const int row = blockIdx.x;
@@ -62,10 +65,13 @@ __global__ void softmax_cross_entropy_kernel(float* losses, bf16* logits, const 
     float loss = 0.0f;
     if (target >= 0) loss = target < V ? lse - __bfloat162float(x[target]) : NAN;
     losses[row] = loss;
+    if (lse_out) lse_out[row] = target >= 0 ? lse : 0.0f;
   }
   __syncthreads();
   if (!compute_grad) return;
-  const float max = row_total.max, inv_sum = 1.0f / row_total.sum;
+  const float max = row_total.max;
+  const float log_z = max + logf(row_total.sum);
+  const float inv_sum = (1.0f + 2.0f * z_coef * log_z) / row_total.sum;
   const float scale = target >= 0 ? dloss : 0.0f;
   if (kVector) {
     for (int c = threadIdx.x * 8; c < Vp; c += kThreads * 8) {
@@ -91,15 +97,16 @@ __global__ void softmax_cross_entropy_kernel(float* losses, bf16* logits, const 
 }  // namespace
 
 void softmax_cross_entropy(CudaContext& ctx, float* losses, bf16* logits, const int32_t* targets,
-                           int N, int V, int Vp, float dloss, bool compute_grad) {
+                           int N, int V, int Vp, float dloss, bool compute_grad, float z_coef,
+                           float* lse) {
   if (N == 0) return;
   LSGPT_CHECK(V > 0 && V <= Vp, "classifier: need 0 < V <= Vp");
   if (Vp % 8 == 0 && aligned16(logits))
     softmax_cross_entropy_kernel<true><<<N, kThreads, 0, ctx.stream()>>>(
-        losses, logits, targets, V, Vp, dloss, compute_grad);
+        losses, logits, targets, V, Vp, dloss, compute_grad, z_coef, lse);
   else
     softmax_cross_entropy_kernel<false><<<N, kThreads, 0, ctx.stream()>>>(
-        losses, logits, targets, V, Vp, dloss, compute_grad);
+        losses, logits, targets, V, Vp, dloss, compute_grad, z_coef, lse);
   CUDA_CHECK_LAUNCH();
 }
 

@@ -265,9 +265,22 @@ class CudaBackend final : public Backend {
   }
   std::unique_ptr<CapturedWork> capture(const std::function<void()>& work) override;
   void softmax_cross_entropy(void* losses, void* logits, const int32_t* targets, int N, int V,
-                             int Vp, double dloss, bool compute_grad) override {
+                             int Vp, double dloss, bool compute_grad, double z_coef,
+                             void* lse) override {
     cuda::softmax_cross_entropy(ctx_, as<float>(losses), as<bf16>(logits), targets, N, V, Vp,
-                                float(dloss), compute_grad);
+                                float(dloss), compute_grad, float(z_coef), as<float>(lse));
+  }
+  void qk_norm_forward(void* out, void* rstd, const void* qkv, const void* q_gain,
+                       const void* k_gain, int N, int n_head, int D, double eps) override {
+    cuda::qk_norm_forward(ctx_, as<bf16>(out), as<float>(rstd), as<bf16>(qkv), as<bf16>(q_gain),
+                          as<bf16>(k_gain), N, n_head, D, float(eps));
+  }
+  void qk_norm_backward(void* dqkv, void* dq_gain, void* dk_gain, const void* dout,
+                        const void* qkv, const void* q_gain, const void* k_gain,
+                        const void* rstd, int N, int n_head, int D) override {
+    cuda::qk_norm_backward(ctx_, as<bf16>(dqkv), as<bf16>(dq_gain), as<bf16>(dk_gain),
+                           as<bf16>(dout), as<bf16>(qkv), as<bf16>(q_gain), as<bf16>(k_gain),
+                           as<float>(rstd), N, n_head, D);
   }
   double sum_squares(const void* x, size_t n) override {
     return cuda::sum_squares(ctx_, as<bf16>(x), n);

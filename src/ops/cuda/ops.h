@@ -64,7 +64,15 @@ double sum_squares(CudaContext& ctx, const bf16* x, size_t n);
 
 // classifier.cu
 void softmax_cross_entropy(CudaContext& ctx, float* losses, bf16* logits, const int32_t* targets,
-                           int N, int V, int Vp, float dloss, bool compute_grad);
+                           int N, int V, int Vp, float dloss, bool compute_grad, float z_coef,
+                           float* lse);
+
+// qk_norm.cu: per-head RMSNorm of q and k (ops/backend.h).
+void qk_norm_forward(CudaContext& ctx, bf16* out, float* rstd, const bf16* qkv,
+                     const bf16* q_gain, const bf16* k_gain, int N, int n_head, int D, float eps);
+void qk_norm_backward(CudaContext& ctx, bf16* dqkv, bf16* dq_gain, bf16* dk_gain,
+                      const bf16* dout, const bf16* qkv, const bf16* q_gain, const bf16* k_gain,
+                      const float* rstd, int N, int n_head, int D);
 
 // adamw.cu
 void adamw_update(CudaContext& ctx, bf16* param, float* master, const bf16* grad, float* m,

@@ -120,6 +120,47 @@ TEST(CpuClassifier, GradientMatchesFiniteDifferencesWithPaddingAndIgnoredRows) {
   }
 }
 
+// z-loss: the objective dloss * (CE + coef * (log Z)^2) per target row; the
+// losses stay the pure cross-entropy and lse receives log Z (0 when ignored).
+TEST(CpuClassifier, ZLossGradientMatchesFiniteDifferences) {
+  Case k(5);
+  const double dloss = 0.37, coef = 0.05;
+  auto log_z_of = [&](const std::vector<double>& logits) {
+    std::vector<double> out(k.N, 0.0);
+    for (int n = 0; n < k.N; ++n) {
+      if (k.targets[n] < 0) continue;
+      const double* x = &logits[size_t(n) * k.Vp];
+      long double mx = x[0], sum = 0;
+      for (int v = 1; v < k.V; ++v) mx = std::max<long double>(mx, x[v]);
+      for (int v = 0; v < k.V; ++v) sum += std::exp((long double)x[v] - mx);
+      out[n] = double(std::log(sum) + mx);
+    }
+    return out;
+  };
+  auto x = k.logits;
+  auto objective = [&] {
+    const auto ce = reference_losses(k, x);
+    const auto lz = log_z_of(x);
+    double total = 0;
+    for (int n = 0; n < k.N; ++n) total += dloss * (ce[n] + coef * lz[n] * lz[n]);
+    return total;
+  };
+  const auto num = numeric_gradient(x, objective, 1e-5);
+  auto grad = k.logits;
+  std::vector<double> losses(k.N, NAN), lse(k.N, NAN);
+  cpu::softmax_cross_entropy(losses.data(), grad.data(), k.targets.data(), k.N, k.V, k.Vp, dloss,
+                             true, coef, lse.data());
+  EXPECT_LT(relative_error(losses, reference_losses(k, k.logits)), 1e-14);
+  EXPECT_LT(relative_error(lse, log_z_of(k.logits)), 1e-14);
+  EXPECT_EQ(lse[2], 0.0);
+  EXPECT_LT(relative_error(grad, num), 1e-8);
+  // Without z-loss the gradient differs: the term is really there.
+  auto plain = k.logits;
+  cpu::softmax_cross_entropy(losses.data(), plain.data(), k.targets.data(), k.N, k.V, k.Vp, dloss,
+                             true);
+  EXPECT_GT(relative_error(plain, grad), 1e-3);
+}
+
 TEST(CpuClassifier, GradientFloatAgreesWithDoubleAndIsReproducible) {
   Case k(4, 6001, 6016);  // above the kernel's parallel threshold
   auto g64 = k.logits;

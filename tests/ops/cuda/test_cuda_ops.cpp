@@ -222,7 +222,7 @@ TEST_F(CudaOps, SoftmaxCrossEntropyGpt2Vocabulary) {
         t, targets,
         [&](Backend& be, auto& p) {
           be.softmax_cross_entropy(p["losses"], p["logits"], static_cast<int32_t*>(p["ints"]), N,
-                                   V, Vp, 1.0 / N, grad);
+                                   V, Vp, 1.0 / N, grad, 0.0, nullptr);
         },
         {{"losses", kF32Tolerance}, {"logits", kBf16Tolerance}});
     EXPECT_EQ(got.at("losses")[5], 0.0f);
@@ -232,6 +232,54 @@ TEST_F(CudaOps, SoftmaxCrossEntropyGpt2Vocabulary) {
 // Widths that take each path of the CUDA LayerNorm: 16-byte pieces held in
 // registers with whole (768: 3 per lane) and partial (1600: 7, 200 pieces)
 // warps, and the scalar kernels for C % 8 != 0 (100) and C > 2048 (2056).
+// z-loss fused into the classifier at GPT-2's padded vocabulary: the
+// gradient, the cross-entropy and log Z against cpu64, bit-reproducible.
+TEST_F(CudaOps, SoftmaxCrossEntropyZLossGpt2Vocabulary) {
+  const int N = 16, V = 50257, Vp = 50304;
+  std::mt19937 rng(8);
+  std::vector<int32_t> targets(N);
+  for (auto& x : targets) x = int32_t(rng() % V);
+  targets[3] = -1;
+  Tensors t{{"logits", in(size_t(N) * Vp, 22, -6, 6)}, {"losses", out(N, true)},
+            {"lse", out(N, true)}};
+  const Results got = compare(
+      t, targets,
+      [&](Backend& be, auto& p) {
+        be.softmax_cross_entropy(p["losses"], p["logits"], static_cast<int32_t*>(p["ints"]), N,
+                                 V, Vp, 1.0 / N, true, 1e-2, p["lse"]);
+      },
+      {{"losses", kF32Tolerance}, {"lse", kF32Tolerance}, {"logits", kBf16Tolerance}});
+  EXPECT_EQ(got.at("lse")[3], 0.0f);
+}
+
+// QK-norm at GPT-2-small's shape (12 heads of 64) over more rows than one
+// 256-row part of the gain sums, forward and backward (in place, as the model
+// calls it); bit-reproducible.
+TEST_F(CudaOps, QkNormGpt2Shape) {
+  const int N = 700, H = 12, D = 64;
+  const size_t n = size_t(N) * 3 * H * D;
+  Tensors t{{"qkv", in(n, 60, -3, 3)},
+            {"q_gain", in(D, 61, 0.5, 1.5)},
+            {"k_gain", in(D, 62, 0.5, 1.5)},
+            {"out", out(n)},
+            {"rstd", out(size_t(N) * 2 * H, true)},
+            {"dqkv", in(n, 63)},
+            {"dq_gain", in(D, 64)},
+            {"dk_gain", in(D, 65)}};
+  compare(
+      t, {},
+      [&](Backend& be, auto& p) {
+        be.qk_norm_forward(p["out"], p["rstd"], p["qkv"], p["q_gain"], p["k_gain"], N, H, D, 1e-6);
+        be.qk_norm_backward(p["dqkv"], p["dq_gain"], p["dk_gain"], p["dqkv"], p["qkv"], p["q_gain"],
+                            p["k_gain"], p["rstd"], N, H, D);
+      },
+      {{"out", kBf16Tolerance},
+       {"rstd", kF32Tolerance},
+       {"dqkv", kBf16Tolerance},
+       {"dq_gain", kBf16Tolerance},
+       {"dk_gain", kBf16Tolerance}});
+}
+
 TEST_F(CudaOps, LayerNormEveryKernelPath) {
   const int N = 512;
   for (const int C : {768, 1600, 100, 2056}) {
