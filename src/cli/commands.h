@@ -30,5 +30,6 @@ void add_info_command(CLI::App& app);
 void add_export_command(CLI::App& app);
 void add_import_command(CLI::App& app);
 void add_study_command(CLI::App& app);
+void add_report_command(CLI::App& app);
 
 }  // namespace lsgpt::cli

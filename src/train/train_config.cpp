@@ -65,6 +65,8 @@ void TrainConfig::validate() const {
   if (!(max_time >= 0)) fail("--max-time must be >= 0");
   if (stop_at < 0) fail("--stop-at must be >= 0");
   if (max_nonfinite < 1) fail("--max-nonfinite must be >= 1");
+  if (sampler != "uniform" && sampler != "documents")
+    fail("--sampler must be uniform or documents, not '", sampler, "'");
   if (train_data.empty()) fail("no training data: pass --train FILE (made by `lsgpt prepare`)");
   if (valid_data.empty()) fail("no validation data: pass --valid FILE (made by `lsgpt prepare`)");
 }
@@ -74,7 +76,7 @@ json TrainConfig::schedule_json() const {
               {"steps", steps},           {"lr", lr},                {"min_lr_ratio", min_lr_ratio},
               {"warmup", warmup},         {"weight_decay", weight_decay},
               {"beta1", beta1},           {"beta2", beta2},          {"eps", eps},
-              {"clip", clip},             {"seed", seed}};
+              {"clip", clip},             {"seed", seed},            {"sampler", sampler}};
 }
 
 json TrainConfig::to_json() const {
@@ -112,6 +114,7 @@ TrainConfig TrainConfig::from_json(const json& j) {
     get("final_eval_batches", c.final_eval_batches);
     get("log_every", c.log_every), get("seed", c.seed), get("max_time", c.max_time);
     get("stop_at", c.stop_at), get("max_nonfinite", c.max_nonfinite);
+    get("sampler", c.sampler);  // absent from checkpoints made before it: uniform
     c.train_id = identity_from_json(j, "train_data_id");
     c.valid_id = identity_from_json(j, "valid_data_id");
   } catch (const json::exception& e) {
