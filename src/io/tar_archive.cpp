@@ -40,10 +40,13 @@ void TarArchiveReader::fail_here(const std::string& what) const {
 }
 
 bool TarArchiveReader::next_file(std::string& name, std::string& data) {
-  for (;;) {
+  while (!at_end_) {
     archive_entry* entry = nullptr;
     const int rc = archive_read_next_header(ar_, &entry);
-    if (rc == ARCHIVE_EOF) return false;
+    if (rc == ARCHIVE_EOF) {
+      at_end_ = true;
+      break;
+    }
     if (rc < ARCHIVE_WARN) fail_here("cannot read the next entry of");
     if (archive_entry_filetype(entry) != AE_IFREG) continue;
     const char* entry_name = archive_entry_pathname(entry);
@@ -60,6 +63,7 @@ bool TarArchiveReader::next_file(std::string& name, std::string& data) {
     }
     return true;
   }
+  return false;
 }
 
 }  // namespace lsgpt

@@ -20,7 +20,8 @@ class TarArchiveReader {
   TarArchiveReader& operator=(const TarArchiveReader&) = delete;
 
   // Moves to the next regular file, skipping directories and links, and
-  // reads its contents into `data`; false at the end of the archive.
+  // reads its contents into `data`; false at the end of the archive (and on
+  // every call after).
   bool next_file(std::string& name, std::string& data);
   const std::string& path() const { return path_; }
 
@@ -28,6 +29,7 @@ class TarArchiveReader {
   [[noreturn]] void fail_here(const std::string& what) const;
   std::string path_;
   ::archive* ar_ = nullptr;
+  bool at_end_ = false;
 };
 
 }  // namespace lsgpt

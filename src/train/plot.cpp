@@ -65,9 +65,10 @@ bool have_gnuplot() { return std::system("command -v gnuplot >/dev/null 2>&1") =
 
 namespace {
 
-// gnuplot's standard output and whether it exited cleanly.
-std::pair<std::string, bool> run_gnuplot(const std::string& script) {
-  const std::string cmd = "gnuplot '" + script + "'";
+// gnuplot's standard output and whether it exited cleanly. With `log`, its
+// messages (warnings such as "empty y range") go there instead of stderr.
+std::pair<std::string, bool> run_gnuplot(const std::string& script, const std::string& log = "") {
+  const std::string cmd = "gnuplot '" + script + "'" + (log.empty() ? "" : " 2>'" + log + "'");
   std::FILE* pipe = ::popen(cmd.c_str(), "r");
   if (!pipe) fail("cannot run gnuplot on '", script, "'");
   std::string image;
@@ -79,10 +80,15 @@ std::pair<std::string, bool> run_gnuplot(const std::string& script) {
 }  // namespace
 
 std::string render_svg(const std::string& script) {
-  auto [svg, ok] = run_gnuplot(script);
+  const std::string log = script + ".log";
+  auto [svg, ok] = run_gnuplot(script, log);
   const size_t start = svg.find("<svg");
   if (!ok || start == std::string::npos || svg.find("</svg>") == std::string::npos) {
-    std::fprintf(stderr, "note: gnuplot failed to draw the chart of %s\n", script.c_str());
+    std::ifstream in(log);
+    std::stringstream messages;
+    messages << in.rdbuf();
+    std::fprintf(stderr, "note: gnuplot failed to draw the chart of %s:\n%s\n", script.c_str(),
+                 messages.str().c_str());
     return "";
   }
   return svg.substr(start);  // without the XML prolog and DOCTYPE, to inline in HTML
