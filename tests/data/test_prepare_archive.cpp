@@ -149,6 +149,24 @@ TEST(PrepareArchive, ArchiveWithoutTextIsRefused) {
   EXPECT_FALSE(fs::exists(dir.file("e.bin")));
 }
 
+// The CLI's pg-books form refuses what does not apply before reading anything.
+TEST(PrepareArchive, CliDatasetArgumentsAreChecked) {
+  ScratchDir dir;
+  auto r = data_testing::run_lsgpt(dir, "prepare --dataset pg-books --split file --out-dir '" +
+                                            dir.file("out") + "'");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("lsgpt: error: prepare: --split does not apply to --dataset"),
+            std::string::npos) << r.err;
+  r = data_testing::run_lsgpt(dir, "prepare --dataset pg-books");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("--dataset needs --out-dir"), std::string::npos) << r.err;
+  r = data_testing::run_lsgpt(dir, "prepare --dataset books --out-dir x");
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_FALSE(fs::exists(dir.file("out")));
+  r = data_testing::run_lsgpt(dir, "prepare --help");
+  EXPECT_NE(r.out.find("pg-books"), std::string::npos);
+}
+
 std::string sha256(const std::string& path) {
   std::FILE* pipe = ::popen(("sha256sum '" + path + "'").c_str(), "r");
   if (!pipe) return "";
