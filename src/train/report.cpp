@@ -179,15 +179,18 @@ double layer_max(const TrainRecord& t, int layer) {
 }
 
 // One chart of a per-step quantity with a line per run and, where a run
-// skipped steps, a mark per skipped step along the top.
+// skipped steps, a mark per skipped step along the top. `layer` >= 0: a
+// per-layer chart, where runs without that layer get no marks either.
 Chart per_run_chart(const std::vector<RunMetrics>& runs, const std::string& title,
                     const std::string& ylabel, bool log_y, size_t max_points,
-                    const std::function<double(const TrainRecord&)>& f) {
+                    const std::function<double(const TrainRecord&)>& f, int layer = -1) {
   Chart c{title, ylabel, log_y, {}};
   for (size_t i = 0; i < runs.size(); ++i)
     c.lines.push_back({run_name(i), color(i), train_series(runs[i], f, log_y, max_points)});
   for (size_t i = 0; i < runs.size(); ++i)
-    c.lines.push_back({run_name(i) + " skipped step", color(i), skipped_steps(runs[i]), false, true});
+    if (layer < runs[i].n_layer)
+      c.lines.push_back(
+          {run_name(i) + " skipped step", color(i), skipped_steps(runs[i]), false, true});
   return c;
 }
 
@@ -225,7 +228,7 @@ std::vector<Chart> build_charts(const std::vector<RunMetrics>& runs, const Repor
                                    "Layer " + std::to_string(l) +
                                        ": largest pre-softmax attention logit (max over heads)",
                                    "max logit", o.log_y, n,
-                                   [l](const TrainRecord& t) { return layer_max(t, l); }));
+                                   [l](const TrainRecord& t) { return layer_max(t, l); }, l));
   if (o.head_layer < 0) return charts;
   for (size_t i = 0; i < runs.size(); ++i) {
     const RunMetrics& r = runs[i];

@@ -7,6 +7,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "io/checkpoint.h"
 
 namespace lsgpt {
 
@@ -116,8 +117,17 @@ RunMetrics read_run_metrics(const std::string& dir) {
   if (nonfinite > 0)
     run.notes.push_back(std::to_string(nonfinite) + " max-logit value(s) are null or non-finite "
                         "(left out of the charts)");
-  const std::string config = dir + "/config.json";
-  if (::stat(config.c_str(), &st) != 0) {
+  const std::string config = dir + "/config.json", checkpoint = dir + "/checkpoint.ckpt";
+  if (::stat(config.c_str(), &st) != 0 && ::stat(checkpoint.c_str(), &st) == 0) {
+    try {
+      const Checkpoint ck = load_checkpoint(checkpoint);
+      run.config = json{{"model", ck.model.to_json()}, {"train", ck.train}};
+      run.notes.push_back("no config.json: settings taken from checkpoint.ckpt");
+    } catch (const Error& e) {
+      run.notes.push_back(std::string("no config.json, and checkpoint.ckpt is unreadable: ") +
+                          e.what());
+    }
+  } else if (::stat(config.c_str(), &st) != 0) {
     run.notes.push_back("no config.json: settings unknown");
   } else {
     run.config = json::parse(read_whole(config), nullptr, false);

@@ -1,5 +1,6 @@
 // A training run's recorded history, read back from its directory
-// (metrics.jsonl and config.json, as the trainer writes them) for reports.
+// (metrics.jsonl and config.json as the trainer writes them; the settings in
+// checkpoint.ckpt where config.json is missing) for reports.
 // Reading is forgiving where the trainer's own files can be damaged (a run
 // killed mid-write, a disk that filled up, hand edits): such problems become
 // notes and the rest is kept. A missing directory or metrics file is an error.
@@ -28,7 +29,8 @@ struct RunMetrics {
   std::string dir;
   std::vector<TrainRecord> train;
   std::vector<EvalRecord> eval;
-  nlohmann::json config;  // config.json; null when absent or unreadable
+  // config.json, else the settings in checkpoint.ckpt; null when neither reads.
+  nlohmann::json config;
   std::vector<std::string> notes;
   int n_layer = 0;  // the most layers any record has
   int n_head = 0;   // the most heads any layer has

@@ -14,6 +14,8 @@
 #include <vector>
 
 #include "data/data_test_support.h"
+#include "io/checkpoint.h"
+#include "io/io_test_support.h"
 
 namespace lsgpt {
 namespace {
@@ -137,8 +139,9 @@ TEST(Report, ComparesDamagedAndMismatchedRunsAndChromiumDrawsEveryCurve) {
   EXPECT_GE(by_title["run 1"][1], 6u);  // validation: 6 evaluations, drawn with marks
   EXPECT_LE(by_title["run 1"][1], 15u);
   for (const size_t points : by_title["run 2"]) EXPECT_GE(points, 4u);
-  // Marks of run 1's skipped step: loss, lr, norm, all layers, layers 0-2.
-  EXPECT_EQ(by_title["run 1 skipped step"].size(), 7u);
+  // Marks of run 1's skipped step: loss, lr, norm, all layers, layers 0-1
+  // (run 1 has no layer 2).
+  EXPECT_EQ(by_title["run 1 skipped step"].size(), 6u);
   EXPECT_EQ(by_title["run 2 skipped step"].size(), 0u);
   EXPECT_EQ(by_title["head 2"].size(), 1u);              // run 1 has 3 heads, run 2 has 2
   EXPECT_EQ(by_title["head 0"].size(), 2u);
@@ -168,6 +171,21 @@ TEST(Report, EmptyMetricsBecomeANoteOnThePage) {
   const std::string page = read_file(html);
   EXPECT_NE(page.find("metrics.jsonl is empty"), std::string::npos);
   EXPECT_NE(page.find("--layer 3 is not one of them"), std::string::npos);
+}
+
+TEST(Report, SettingsComeFromTheCheckpointWhenConfigJsonIsMissing) {
+  ScratchDir dir;
+  fs::create_directories(dir.file("run"));
+  write_file(dir.file("run/metrics.jsonl"), metrics(30, 2, 2, 10, -1, 5));
+  save_checkpoint(dir.file("run/checkpoint.ckpt"),
+                  testing::random_checkpoint(testing::tiny_config(), 3, false));
+  const std::string html = dir.file("r.html");
+  const auto r = run_lsgpt(dir, "report '" + dir.file("run") + "' -o '" + html + "'");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const std::string page = read_file(html);
+  EXPECT_NE(page.find("settings taken from checkpoint.ckpt"), std::string::npos);
+  EXPECT_NE(page.find("<code>model.window</code></td><td>3</td>"), std::string::npos);
+  EXPECT_NE(page.find("<code>train.schedule</code></td><td>cosine</td>"), std::string::npos);
 }
 
 }  // namespace
