@@ -1,18 +1,50 @@
 #!/usr/bin/env bash
 # For a GPU machine with no package registry (the lent H100/H200 machines):
-#   here:   scripts/device-deps.sh download   -> Debian 12 .debs into .device-deps/
+#   here:   scripts/device-deps.sh download   -> .device-deps/<package>.tar.xz
 #   there:  scripts/device-deps.sh install    -> unpacks each one whose files are missing
+# download fetches the Debian 12 .debs and keeps only what building and running
+# lsgpt needs from each (headers, shared libraries and their symlinks, gtest's
+# static libraries): no documentation and no other static library, so what
+# travels to the device stays small (OpenBLAS's static library alone is 58 MB).
 # Only packages absent from the machine are unpacked, so nothing it has is replaced.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 pkgs=(nlohmann-json3-dev libcli11-dev libutf8proc-dev libutf8proc2 libgtest-dev
       libopenblas-openmp-dev libopenblas0-openmp libgfortran5 libquadmath0 zlib1g-dev
+      libarchive-dev libarchive13
       libcpp-httplib-dev libcpp-httplib0.11 libssl-dev libbrotli-dev libbrotli1)
+
+# Files of a package that the device never uses.
+slim() {  # $1 package, $2 its unpacked tree
+  rm -rf "$2/usr/share/doc" "$2/usr/share/man" "$2/usr/share/lintian"
+  if [[ "$1" != libgtest-dev ]]; then find "$2" -name '*.a' -delete; fi
+  # LAPACK and the reference-BLAS alternative: lsgpt links libopenblas.so only.
+  rm -f "$2"/usr/lib/*/openblas-openmp/liblapack.so* "$2"/usr/lib/*/openblas-openmp/libblas.so*
+  # A development symlink names the exact library version (libz.so ->
+  # /lib/.../libz.so.1.2.13); point it at the soname (libz.so.1) instead, which
+  # the device's own runtime package provides whatever its version.
+  local link target
+  while IFS= read -r link; do
+    target=$(basename "$(readlink "$link")")
+    if [[ "$target" =~ ^(lib.*\.so\.[0-9]+)\. ]]; then ln -sfn "${BASH_REMATCH[1]}" "$link"; fi
+  done < <(find "$2" -type l -name '*.so')
+  find "$2" -depth -type d -empty -delete
+}
 
 case "${1:-}" in
   download)
-    mkdir -p .device-deps
-    (cd .device-deps && apt-get download "${pkgs[@]}")
+    work=$(mktemp -d)
+    trap 'rm -rf "$work"' EXIT
+    (cd "$work" && apt-get download "${pkgs[@]}")
+    rm -rf .device-deps && mkdir -p .device-deps
+    for deb in "$work"/*.deb; do
+      pkg=$(dpkg-deb -f "$deb" Package)
+      dpkg-deb -x "$deb" "$work/$pkg"
+      slim "$pkg" "$work/$pkg"
+      # Top-level entries (usr, ...), not ".", so unpacking never touches / itself.
+      (cd "$work/$pkg" && tar --owner=0 --group=0 -cJf "$OLDPWD/.device-deps/$pkg.tar.xz" -- *)
+    done
+    du -cb .device-deps/* | tail -1 | awk '{printf "device-deps: %.1f MB in .device-deps\n", $1/1e6}' >&2
     ;;
   install)
     present() {  # a file that shows the package's content is already there
@@ -33,14 +65,18 @@ case "${1:-}" in
         libssl-dev) [[ -f /usr/include/openssl/ssl.h ]] ;;       # httplib.h includes it
         libbrotli-dev) [[ -f /usr/include/brotli/decode.h ]] ;;  # and this
         libbrotli1) ldconfig -p | grep -q 'libbrotlidec.so.1 ' ;;  # libcpp-httplib.so links it
+        libarchive-dev) [[ -f /usr/include/archive.h ]] ;;
+        libarchive13) ldconfig -p | grep -q 'libarchive.so.13 ' ;;
         *) return 1 ;;
       esac
     }
-    for deb in .device-deps/*.deb; do
-      pkg=$(dpkg-deb -f "$deb" Package)
+    for tarball in .device-deps/*.tar.xz; do
+      pkg=$(basename "$tarball" .tar.xz)
       if present "$pkg"; then continue; fi
       echo "device-deps: unpacking $pkg" >&2
-      dpkg -x "$deb" /
+      # --keep-directory-symlink: on a merged-/usr system (/lib -> usr/lib) a
+      # directory in the tarball must not replace the symlink.
+      tar -C / --no-same-owner --no-overwrite-dir --keep-directory-symlink -xJf "$tarball"
     done
     ldconfig
     ;;

@@ -1,13 +1,20 @@
 #!/usr/bin/env bash
 # Installs the Debian 12 packages lsgpt builds with, only those missing.
-# Usage: scripts/install-deps.sh [--fuzz]   (--fuzz adds clang for libFuzzer)
+# Usage: scripts/install-deps.sh [--fuzz] [--tests]
+#   --fuzz adds clang for libFuzzer; --tests adds what only the tests use
+#   (chromium, to open `lsgpt report` pages headless).
 set -euo pipefail
 
 packages=(build-essential cmake ninja-build pkg-config libopenblas-openmp-dev nlohmann-json3-dev
-          libcli11-dev libutf8proc-dev zlib1g-dev libgtest-dev gnuplot-nox libcpp-httplib-dev)
-if [[ "${1:-}" == "--fuzz" ]]; then
-  packages+=(clang-14 libclang-rt-14-dev)
-fi
+          libcli11-dev libutf8proc-dev zlib1g-dev libarchive-dev libgtest-dev gnuplot-nox
+          libcpp-httplib-dev)
+for arg in "$@"; do
+  case "$arg" in
+    --fuzz) packages+=(clang-14 libclang-rt-14-dev) ;;
+    --tests) packages+=(chromium) ;;
+    *) echo "usage: scripts/install-deps.sh [--fuzz] [--tests]" >&2; exit 2 ;;
+  esac
+done
 
 missing=()
 for p in "${packages[@]}"; do

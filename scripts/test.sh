@@ -4,7 +4,7 @@
 # bounded time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/install-deps.sh --fuzz
+bash scripts/install-deps.sh --fuzz --tests
 cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DLSGPT_BUILD_TESTS=ON >/dev/null
 cmake --build build -j "$(nproc)"
 bash scripts/fuzz.sh "${LSGPT_FUZZ_SECONDS:-60}"

@@ -1,5 +1,6 @@
 // `lsgpt prepare`: text files -> a token file (src/data/prepare.h does the
-// work), or the bundled WikiText-2 -> DIR/{train,valid,test}.bin.
+// work), or a bundled dataset (WikiText-2, the Project Gutenberg books) ->
+// DIR/{train,valid,test}.bin.
 #include <unistd.h>
 
 #include <cstdio>
@@ -34,6 +35,18 @@ void report(const PrepareSummary& s, const std::string& output) {
     std::fprintf(stderr, "prepare: --eot-as-text keeps a literal <|endoftext|> as plain text\n");
 }
 
+// One document per book; nothing is published unless all three archives read
+// cleanly.
+void prepare_pg_books(const Tokenizer& tokenizer, const std::string& out_dir,
+                      PrepareOptions options) {
+  options.round_lines = !options.live_progress;
+  std::vector<ArchiveSplit> splits;
+  for (const char* part : {"train", "valid", "test"})
+    splits.push_back({bundled_pg_books_dir() + "/" + part + ".tar.xz", out_dir + "/" + part + ".bin"});
+  const std::vector<PrepareSummary> done = prepare_archives(tokenizer, splits, options);
+  for (size_t i = 0; i < splits.size(); ++i) report(done[i], splits[i].output);
+}
+
 void run_prepare(const PrepareCommandOptions& o) {
   PrepareOptions options;
   options.live_progress = ::isatty(STDERR_FILENO) != 0;
@@ -44,12 +57,17 @@ void run_prepare(const PrepareCommandOptions& o) {
     if (!o.inputs.empty() || !o.output.empty())
       fail("prepare: give either input files with -o, or --dataset with --out-dir, not both");
     if (!o.split.empty())
-      fail("prepare: --split does not apply to --dataset (WikiText-2 is split at headings)");
+      fail("prepare: --split does not apply to --dataset (WikiText-2 is split at headings, "
+           "pg-books into books)");
     if (o.out_dir.empty()) fail("prepare: --dataset needs --out-dir DIR");
     std::error_code ec;
     std::filesystem::create_directories(o.out_dir, ec);
     if (ec) fail("cannot create output directory ", o.out_dir, ": ", ec.message());
     const Tokenizer tokenizer = Tokenizer::load(o.tokenizer_dir);
+    if (o.dataset == "pg-books") {
+      prepare_pg_books(tokenizer, o.out_dir, options);
+      return;
+    }
     options.split = DocumentSplit::wikitext_headings;
     for (const char* part : {"train", "valid", "test"}) {
       const std::string input = bundled_wikitext2_dir() + "/wiki." + part + ".tokens";
@@ -61,7 +79,8 @@ void run_prepare(const PrepareCommandOptions& o) {
 
   if (!o.out_dir.empty()) fail("prepare: --out-dir goes with --dataset; for input files use -o");
   if (o.inputs.empty())
-    fail("prepare: give input files and -o OUT.bin, or --dataset wikitext2 --out-dir DIR");
+    fail("prepare: give input files and -o OUT.bin, or --dataset wikitext2|pg-books --out-dir "
+         "DIR");
   if (o.output.empty()) fail("prepare: give the output token file with -o OUT.bin");
   for (const std::string& input : o.inputs) {
     std::error_code ec;
@@ -80,7 +99,7 @@ void add_prepare_command(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand(
       "prepare",
       "Tokenize text files into one token file (documents separated by <|endoftext|>), "
-      "or prepare the bundled WikiText-2 with --dataset wikitext2 --out-dir DIR. "
+      "or prepare a bundled dataset with --dataset wikitext2|pg-books --out-dir DIR. "
       "A literal <|endoftext|> in the text is that same token, so it also separates "
       "documents (and is counted as doing so) unless --eot-as-text is given");
   cmd->add_option("inputs", o->inputs, "Text files to tokenize, in order");
@@ -90,8 +109,13 @@ void add_prepare_command(CLI::App& app) {
                   "new document at each ' = Title = ' line) or blank-line (documents separated "
                   "by blank lines)")
       ->check(CLI::IsMember({"file", "wikitext", "blank-line"}));
-  cmd->add_option("--dataset", o->dataset, "A bundled dataset to prepare: wikitext2")
-      ->check(CLI::IsMember({"wikitext2"}));
+  cmd->add_option("--dataset", o->dataset,
+                  "A bundled dataset to prepare: wikitext2 (WikiText-2, a document per article) "
+                  "or pg-books (339 Project Gutenberg books, 130 MB of text, one document per "
+                  "book, read straight from data/pg-books/*.tar.xz and tokenized in parallel; "
+                  "valid and test are books by authors absent from train). For long books, "
+                  "train with --sampler documents so windows stay inside one book")
+      ->check(CLI::IsMember({"wikitext2", "pg-books"}));
   cmd->add_option("--out-dir", o->out_dir,
                   "With --dataset: directory for train.bin, valid.bin and test.bin");
   cmd->add_flag("--eot-as-text", o->eot_as_text,

@@ -118,6 +118,15 @@ void add_train_command(CLI::App& app) {
             ->capture_default_str()->group(adagc), "adagc_beta");
   keyed(cmd->add_option("--seed", t.seed, "initialisation and data-order seed")
             ->check(kUnsigned64)->capture_default_str()->group(opt), "seed");
+  keyed(cmd->add_option("--sampler", t.sampler,
+                        "where training windows start: uniform (any position; windows cross "
+                        "document boundaries) or documents (only inside one document, i.e. "
+                        "one book of prepare --dataset pg-books, when it has at least "
+                        "seq_len + 1 tokens; a shorter document gets one window from its start, "
+                        "crossing into the next). Both are a pure function of --seed and the "
+                        "step, so --resume continues the same sequence")
+            ->check(CLI::IsMember({"uniform", "documents"}))
+            ->capture_default_str()->group(opt), "sampler");
   const char* run = "Run control";
   keyed(cmd->add_option("--eval-every", t.eval_every, "steps between evaluations (0: end only)")
             ->capture_default_str()->group(run), "eval_every");

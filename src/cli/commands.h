@@ -31,5 +31,6 @@ void add_export_command(CLI::App& app);
 void add_import_command(CLI::App& app);
 void add_serve_command(CLI::App& app);
 void add_study_command(CLI::App& app);
+void add_report_command(CLI::App& app);
 
 }  // namespace lsgpt::cli

@@ -35,6 +35,7 @@ int main(int argc, char** argv) {
   lsgpt::cli::add_tokenize_command(app);
   lsgpt::cli::add_info_command(app);
   lsgpt::cli::add_study_command(app);
+  lsgpt::cli::add_report_command(app);
   lsgpt::cli::add_export_command(app);
   lsgpt::cli::add_import_command(app);
   try {

@@ -27,18 +27,60 @@ void check_shape(const TokenFile& file, int batch_size, int seq_len) {
 
 }  // namespace
 
-TrainBatches::TrainBatches(const TokenFile& file, int batch_size, int seq_len, uint64_t seed)
+WindowSampling parse_window_sampling(std::string_view name) {
+  if (name == "uniform") return WindowSampling::uniform;
+  if (name == "documents") return WindowSampling::documents;
+  fail("unknown window sampling \"", name, "\"; use uniform or documents");
+}
+
+TrainBatches::TrainBatches(const TokenFile& file, int batch_size, int seq_len, uint64_t seed,
+                           WindowSampling sampling, int32_t eot)
     : file_(file), batch_size_(batch_size), seq_len_(seq_len), seed_(seed) {
   check_shape(file, batch_size, seq_len);
+  if (sampling == WindowSampling::documents) {
+    if (eot < 0 || eot >= file.vocab_size())
+      fail("documents sampling needs the end-of-text id that separates documents; ", eot,
+           " is not in the vocabulary of ", file.path());
+    index_documents(eot);
+  }
+}
+
+// One scan of the file (about 1 GB/s); a run of starts per document.
+void TrainBatches::index_documents(int32_t eot) {
+  const std::span<const uint16_t> tokens = file_.tokens();
+  const uint64_t n = tokens.size(), T = static_cast<uint64_t>(seq_len_);
+  const uint64_t last_start = n - T - 1;  // check_shape: n >= T + 1
+  uint64_t begin = 0;
+  for (uint64_t i = 0; i < n; ++i) {
+    if (tokens[i] != static_cast<uint16_t>(eot) && i + 1 < n) continue;
+    const uint64_t length = i + 1 - begin;  // with its closing <|endoftext|>
+    if (length >= T + 1) {
+      starts_.push_back({begin, length - T});
+      ++whole_window_documents_;
+    } else {
+      starts_.push_back({std::min(begin, last_start), 1});
+    }
+    begin = i + 1;
+  }
+  before_.reserve(starts_.size());
+  for (const Starts& s : starts_) {
+    before_.push_back(total_starts_);
+    total_starts_ += s.count;
+  }
 }
 
 uint64_t TrainBatches::window_start(uint64_t batch_index, int row) const {
   const uint64_t h =
       splitmix64(splitmix64(splitmix64(seed_) ^ batch_index) ^ static_cast<uint64_t>(row));
-  // Every start in [0, size - T - 1] is possible; multiply-high maps the hash
-  // onto that range without the bias of a modulo.
-  const uint64_t starts = file_.size() - static_cast<uint64_t>(seq_len_);
-  return static_cast<uint64_t>((static_cast<unsigned __int128>(h) * starts) >> 64);
+  // Multiply-high maps the hash onto [0, count) without the bias of a modulo.
+  const auto pick = [h](uint64_t count) {
+    return static_cast<uint64_t>((static_cast<unsigned __int128>(h) * count) >> 64);
+  };
+  if (starts_.empty()) return pick(file_.size() - static_cast<uint64_t>(seq_len_));
+  const uint64_t k = pick(total_starts_);
+  const size_t doc = static_cast<size_t>(std::upper_bound(before_.begin(), before_.end(), k) -
+                                         before_.begin()) - 1;
+  return starts_[doc].first + (k - before_[doc]);
 }
 
 void TrainBatches::fill(uint64_t batch_index, int32_t* inputs, int32_t* targets) const {

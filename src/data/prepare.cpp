@@ -13,10 +13,12 @@
 #include <cinttypes>
 #include <cstdio>
 #include <cstring>
+#include <exception>
 #include <memory>
 
 #include "core/error.h"
 #include "data/token_file.h"
+#include "io/tar_archive.h"
 #include "tokenizer/streaming_encoder.h"
 
 namespace lsgpt {
@@ -57,6 +59,18 @@ class DocumentEncoder {
       started_ = true;
     }
     encoder_.write(bytes, ids_);
+    flush();
+  }
+  // A whole document already encoded (empty: none).
+  void encoded_document(const std::vector<int32_t>& ids) {
+    if (ids.empty()) return;
+    end_document();
+    if (started_) {
+      ids_.push_back(Tokenizer::eot);
+      ++inserted_eot_;
+    }
+    started_ = true;
+    ids_.insert(ids_.end(), ids.begin(), ids.end());
     flush();
   }
   void end_document() {
@@ -156,7 +170,93 @@ std::string megabytes(uint64_t bytes) {
   return buf;
 }
 
+struct Book {
+  std::string name, text;
+  std::vector<int32_t> ids;
+};
+
+// Reads books until about `round_bytes` are held (at least one book); empty
+// when the archive has ended.
+std::vector<Book> read_round(TarArchiveReader& reader, size_t round_bytes) {
+  std::vector<Book> books;
+  size_t held = 0;
+  Book book;
+  while (held < round_bytes && reader.next_file(book.name, book.text)) {
+    held += book.text.size();
+    books.push_back(std::move(book));
+    book = Book{};
+  }
+  return books;
+}
+
+// Encodes each book whole, in parallel. An exception cannot leave an OpenMP
+// region, so the first one is carried out and rethrown.
+void encode_round(const Tokenizer& tokenizer, std::vector<Book>& books, bool eot_as_text) {
+  std::exception_ptr error;
+  const long n = static_cast<long>(books.size());
+#pragma omp parallel for schedule(dynamic, 1)
+  for (long i = 0; i < n; ++i) {
+    try {
+      tokenizer.encode_append(books[i].text, books[i].ids, eot_as_text);
+      std::string().swap(books[i].text);
+    } catch (...) {
+#pragma omp critical(lsgpt_prepare_error)
+      if (!error) error = std::current_exception();
+    }
+  }
+  if (error) std::rethrow_exception(error);
+}
+
+void draw_round(const PrepareOptions& options, const std::string& archive, uint64_t books,
+                const PrepareSummary& s, uint64_t tokens, Clock::time_point start) {
+  if (!options.live_progress && !options.round_lines) return;
+  const double t = seconds_since(start);
+  std::fprintf(stderr, "%sprepare: %s: %" PRIu64 " books, %s, %" PRIu64 " tokens, %.1f MB/s%s",
+               options.live_progress ? "\r" : "", archive.c_str(), books,
+               megabytes(s.input_bytes).c_str(), tokens,
+               t > 0 ? static_cast<double>(s.input_bytes) / 1e6 / t : 0.0,
+               options.live_progress ? "   " : "\n");
+}
+
+PrepareSummary prepare_archive(const Tokenizer& tokenizer, const std::string& archive,
+                               TokenFileWriter& writer, const PrepareOptions& options) {
+  const auto start = Clock::now();
+  PrepareSummary summary;
+  TarArchiveReader reader(archive);
+  DocumentEncoder docs(tokenizer, writer, options.eot_as_text);
+  uint64_t books_done = 0;
+  for (std::vector<Book> books; !(books = read_round(reader, options.round_bytes)).empty();) {
+    for (const Book& b : books) summary.input_bytes += b.text.size();
+    encode_round(tokenizer, books, options.eot_as_text);
+    for (const Book& b : books) docs.encoded_document(b.ids);
+    books_done += books.size();
+    draw_round(options, archive, books_done, summary, writer.token_count(), start);
+  }
+  if (options.live_progress) std::fprintf(stderr, "\r\033[K");
+  if (writer.token_count() == 0) fail("prepare: the archive ", archive, " holds no text");
+  summary.tokens = writer.token_count();
+  summary.documents = docs.documents();
+  summary.literal_eot = docs.literal_eot();
+  summary.seconds = seconds_since(start);
+  return summary;
+}
+
 }  // namespace
+
+std::vector<PrepareSummary> prepare_archives(const Tokenizer& tokenizer,
+                                             const std::vector<ArchiveSplit>& splits,
+                                             const PrepareOptions& options) {
+  if (splits.empty()) fail("prepare: no archives");
+  LSGPT_CHECK(options.round_bytes > 0);
+  std::vector<std::unique_ptr<TokenFileWriter>> writers;
+  std::vector<PrepareSummary> summaries;
+  for (const ArchiveSplit& split : splits) {
+    writers.push_back(std::make_unique<TokenFileWriter>(split.output, tokenizer.vocab_size()));
+    summaries.push_back(prepare_archive(tokenizer, split.archive, *writers.back(), options));
+  }
+  for (auto& w : writers) w->commit();
+  return summaries;
+}
 
 DocumentSplit parse_document_split(std::string_view name) {
   if (name == "file") return DocumentSplit::whole_file;
@@ -173,6 +273,8 @@ bool is_wikitext_heading(std::string_view line) {
   return n >= 5 && line[0] == '=' && line[1] == ' ' && line[2] != '=' && line[n - 1] == '=' &&
          line[n - 2] == ' ' && line[n - 3] != '=';
 }
+
+std::string bundled_pg_books_dir() { return LSGPT_SOURCE_DIR "/data/pg-books"; }
 
 std::string bundled_wikitext2_dir() { return LSGPT_SOURCE_DIR "/data/wikitext-2"; }
 

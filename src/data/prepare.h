@@ -36,6 +36,10 @@ struct PrepareOptions {
   bool live_progress = false;   // redraw a progress line on stderr (for terminals)
   bool file_summaries = false;  // one stderr line per input file
   bool eot_as_text = false;     // a literal "<|endoftext|>" is BPE text, not a separator
+  // Archives: books are read in rounds of about this many bytes and each
+  // round is tokenized in parallel, one book per thread at a time.
+  size_t round_bytes = size_t(32) << 20;
+  bool round_lines = false;  // a stderr line per round when not live_progress (logs)
 };
 
 struct PrepareSummary {
@@ -53,6 +57,27 @@ struct PrepareSummary {
 PrepareSummary prepare_token_file(const Tokenizer& tokenizer,
                                   const std::vector<std::string>& inputs, const std::string& output,
                                   const PrepareOptions& options);
+
+// An archive (tar.xz, read by io/tar_archive.h) whose every regular file is
+// one document, in stored order, and the token file it becomes.
+struct ArchiveSplit {
+  std::string archive;
+  std::string output;
+};
+
+// Tokenizes every archive, then publishes every output: a damaged archive
+// fails before any output appears, so no split is left from an earlier run
+// mixed with new ones. The ids equal those of encoding each file's text whole
+// and joining the files with <|endoftext|>. Files are tokenized in parallel
+// (OpenMP, one file per thread); the output does not depend on the thread
+// count. Refuses an archive with no text.
+std::vector<PrepareSummary> prepare_archives(const Tokenizer& tokenizer,
+                                             const std::vector<ArchiveSplit>& splits,
+                                             const PrepareOptions& options);
+
+// The Project Gutenberg books bundled in the repository
+// ({train,valid,test}.tar.xz, see data/ATTRIBUTION.md).
+std::string bundled_pg_books_dir();
 
 // The WikiText-2 files bundled in the repository (wiki.{train,valid,test}.tokens).
 std::string bundled_wikitext2_dir();

@@ -63,15 +63,40 @@ constexpr const char* kTerminal = "set terminal pngcairo size 900,540 enhanced f
 
 bool have_gnuplot() { return std::system("command -v gnuplot >/dev/null 2>&1") == 0; }
 
-bool render_png(const std::string& script, const std::string& png) {
-  const std::string cmd = "gnuplot '" + script + "'";
+namespace {
+
+// gnuplot's standard output and whether it exited cleanly. With `log`, its
+// messages (warnings such as "empty y range") go there instead of stderr.
+std::pair<std::string, bool> run_gnuplot(const std::string& script, const std::string& log = "") {
+  const std::string cmd = "gnuplot '" + script + "'" + (log.empty() ? "" : " 2>'" + log + "'");
   std::FILE* pipe = ::popen(cmd.c_str(), "r");
-  if (!pipe) fail("cannot run gnuplot for '", png, "'");
+  if (!pipe) fail("cannot run gnuplot on '", script, "'");
   std::string image;
   std::array<char, 65536> buf;
   for (size_t n; (n = std::fread(buf.data(), 1, buf.size(), pipe)) > 0;) image.append(buf.data(), n);
-  const int status = ::pclose(pipe);
-  if (status != 0 || image.rfind("\x89PNG", 0) != 0) {
+  return {image, ::pclose(pipe) == 0};
+}
+
+}  // namespace
+
+std::string render_svg(const std::string& script) {
+  const std::string log = script + ".log";
+  auto [svg, ok] = run_gnuplot(script, log);
+  const size_t start = svg.find("<svg");
+  if (!ok || start == std::string::npos || svg.find("</svg>") == std::string::npos) {
+    std::ifstream in(log);
+    std::stringstream messages;
+    messages << in.rdbuf();
+    std::fprintf(stderr, "note: gnuplot failed to draw the chart of %s:\n%s\n", script.c_str(),
+                 messages.str().c_str());
+    return "";
+  }
+  return svg.substr(start);  // without the XML prolog and DOCTYPE, to inline in HTML
+}
+
+bool render_png(const std::string& script, const std::string& png) {
+  const auto [image, ok] = run_gnuplot(script);
+  if (!ok || image.rfind("\x89PNG", 0) != 0) {
     std::fprintf(stderr, "note: gnuplot failed to draw %s; its script is %s\n", png.c_str(),
                  script.c_str());
     return false;

@@ -22,4 +22,9 @@ bool have_gnuplot();
 // `png` atomically. False, after a note on stderr, when gnuplot fails.
 bool render_png(const std::string& script, const std::string& png);
 
+// Runs the gnuplot script at `script` (an svg terminal with no `set output`)
+// and returns the SVG document it draws; empty, after a note on stderr, when
+// gnuplot fails.
+std::string render_svg(const std::string& script);
+
 }  // namespace lsgpt

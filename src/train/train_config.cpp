@@ -72,6 +72,8 @@ void TrainConfig::validate() const {
   if (!(max_time >= 0)) fail("--max-time must be >= 0");
   if (stop_at < 0) fail("--stop-at must be >= 0");
   if (max_nonfinite < 1) fail("--max-nonfinite must be >= 1");
+  if (sampler != "uniform" && sampler != "documents")
+    fail("--sampler must be uniform or documents, not '", sampler, "'");
   if (train_data.empty()) fail("no training data: pass --train FILE (made by `lsgpt prepare`)");
   if (valid_data.empty()) fail("no validation data: pass --valid FILE (made by `lsgpt prepare`)");
 }
@@ -81,7 +83,7 @@ json TrainConfig::schedule_json() const {
               {"steps", steps},           {"lr", lr},                {"min_lr_ratio", min_lr_ratio},
               {"warmup", warmup},         {"weight_decay", weight_decay},
               {"beta1", beta1},           {"beta2", beta2},          {"eps", eps},
-              {"clip", clip},             {"seed", seed},
+              {"clip", clip},             {"seed", seed},            {"sampler", sampler},
               {"adagc", adagc},           {"adagc_warmup", adagc_warmup},
               {"adagc_lambda_abs", adagc_lambda_abs},
               {"adagc_lambda_rel", adagc_lambda_rel},
@@ -127,6 +129,7 @@ TrainConfig TrainConfig::from_json(const json& j) {
     get("adagc", c.adagc), get("adagc_warmup", c.adagc_warmup);
     get("adagc_lambda_abs", c.adagc_lambda_abs), get("adagc_lambda_rel", c.adagc_lambda_rel);
     get("adagc_beta", c.adagc_beta);
+    get("sampler", c.sampler);  // absent from checkpoints made before it: uniform
     c.train_id = identity_from_json(j, "train_data_id");
     c.valid_id = identity_from_json(j, "valid_data_id");
   } catch (const json::exception& e) {

@@ -45,6 +45,9 @@ struct TrainConfig {
   long checkpoint_every = 250;
   long log_every = 10;
   uint64_t seed = 1337;
+  // Where training windows start (data/batch_sampler.h): "uniform" over the
+  // file, or "documents": inside one document where it is long enough.
+  std::string sampler = "uniform";
   double max_time = 0;  // seconds; 0: no limit. Stops cleanly, with a checkpoint.
   long stop_at = 0;     // stop after this many steps (keeping the schedule of `steps`); 0: off
   int max_nonfinite = 3;  // consecutive skipped steps before the run is stopped

@@ -94,8 +94,8 @@ void print_banner(const Backend& backend, const ModelConfig& mc, const TrainConf
   std::printf("  batch %d x %d tokens x %d accum = %ld tokens/step | steps %ld%s\n",
               tc.batch_size, T, tc.grad_accum, long(tc.batch_size) * T * tc.grad_accum, tc.steps,
               resuming ? (" | resuming at step " + std::to_string(step)).c_str() : "");
-  std::printf("  data %s | valid %s | run %s\n", tc.train_data.c_str(), tc.valid_data.c_str(),
-              tc.out_dir.c_str());
+  std::printf("  data %s | valid %s | windows %s | run %s\n", tc.train_data.c_str(),
+              tc.valid_data.c_str(), tc.sampler.c_str(), tc.out_dir.c_str());
   flush_progress();
 }
 
@@ -114,7 +114,8 @@ TrainResult train_model(const TrainOptions& options) {
 
   const RunData data = open_run_data(setup);
   const TokenFile& valid_file = data.valid;
-  TrainBatches batches(data.train, B, T, tc.seed);  // refuses files shorter than T+1
+  // Refuses files shorter than T+1.
+  TrainBatches batches(data.train, B, T, tc.seed, parse_window_sampling(tc.sampler), mc.eot_token);
   EvalBatches(valid_file, B, T, 1);                  // same check for validation, up front
 
   std::unique_ptr<Backend> backend = make_backend(tc.device);

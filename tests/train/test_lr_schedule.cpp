@@ -38,6 +38,20 @@ TEST(TrainConfig, RefusesInvalidSettings) {
   bad([](TrainConfig& c) { c.clip = -1; });
   bad([](TrainConfig& c) { c.train_data.clear(); });
   bad([](TrainConfig& c) { c.valid_data.clear(); });
+  bad([](TrainConfig& c) { c.sampler = "books"; });
+}
+
+// The window sampler is part of the schedule (a resume may not change it);
+// settings saved before it existed read as the uniform sampler they used.
+TEST(TrainConfig, SamplerIsPartOfTheSchedule) {
+  TrainConfig c;
+  c.train_data = "t.bin", c.valid_data = "v.bin", c.sampler = "documents";
+  EXPECT_NO_THROW(c.validate());
+  EXPECT_EQ(c.schedule_json().at("sampler"), "documents");
+  EXPECT_EQ(TrainConfig::from_json(c.to_json()).sampler, "documents");
+  auto old = c.to_json();
+  old.erase("sampler");
+  EXPECT_EQ(TrainConfig::from_json(old).sampler, "uniform");
 }
 
 TEST(TrainConfig, JsonRoundTrip) {

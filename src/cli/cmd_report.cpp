@@ -1,0 +1,41 @@
+// `lsgpt report RUN_DIR... -o report.html` (src/train/report.h does the work).
+#include <cstdio>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "cli/commands.h"
+#include "train/report.h"
+
+namespace lsgpt::cli {
+
+void add_report_command(CLI::App& app) {
+  auto o = std::make_shared<ReportOptions>();
+  CLI::App* cmd = app.add_subcommand(
+      "report",
+      "Compare training runs on one self-contained HTML page (no network needed to open it): "
+      "training and validation loss, learning rate, gradient norm, the largest attention logit "
+      "of each layer over steps (and per head for --layer L), a summary of each run (steps, "
+      "skipped steps, peak max logit and gradient norm) and every setting from each run's "
+      "config.json, differences highlighted. Charts are gnuplot SVG, every step drawn (long "
+      "runs thinned by min/max buckets so spikes stay visible); skipped (non-finite) steps "
+      "are marked along the top. A damaged metrics.jsonl (cut mid-line, null values) becomes "
+      "a note on the page");
+  cmd->add_option("runs", o->run_dirs, "Run directories (each with metrics.jsonl, config.json)")
+      ->required();
+  cmd->add_option("-o,--output", o->output, "HTML page to write (atomically)")->required();
+  cmd->add_option("--layer", o->head_layer,
+                  "Also chart this layer's largest attention logit per head, for each run")
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_flag("--log-y", o->log_y,
+                "Log-scale y axis for the max-logit and gradient-norm charts (growth and spikes "
+                "over orders of magnitude)");
+  cmd->callback([o] {
+    const ReportSummary s = write_report(*o);
+    for (const std::string& note : s.notes) std::fprintf(stderr, "report: note: %s\n", note.c_str());
+    std::fprintf(stderr, "report: wrote %s (%zu run(s), %d charts)\n", o->output.c_str(),
+                 o->run_dirs.size(), s.charts);
+  });
+}
+
+}  // namespace lsgpt::cli
