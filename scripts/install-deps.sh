@@ -4,7 +4,8 @@
 set -euo pipefail
 
 packages=(build-essential cmake ninja-build pkg-config libopenblas-openmp-dev nlohmann-json3-dev
-          libcli11-dev libutf8proc-dev zlib1g-dev libgtest-dev gnuplot-nox)
+          libcli11-dev libutf8proc-dev zlib1g-dev libgtest-dev gnuplot-nox
+          libopenmpi-dev openmpi-bin)
 if [[ "${1:-}" == "--fuzz" ]]; then
   packages+=(clang-14 libclang-rt-14-dev)
 fi

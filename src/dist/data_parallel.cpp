@@ -1,0 +1,182 @@
+#include "dist/data_parallel.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "core/error.h"
+
+namespace lsgpt {
+namespace {
+
+char* byte_at(void* base, size_t elements, size_t elem_bytes) {
+  return static_cast<char*>(base) + elements * elem_bytes;
+}
+
+}  // namespace
+
+ShardPlan plan_shards(size_t total, int ranks) {
+  LSGPT_CHECK(ranks >= 1, "ranks ", ranks);
+  ShardPlan p;
+  p.total = total, p.ranks = ranks;
+  const size_t chunks = (total + sum_squares_chunk - 1) / sum_squares_chunk;
+  p.shard = (chunks + size_t(ranks) - 1) / size_t(ranks) * sum_squares_chunk;
+  return p;
+}
+
+DataParallel::DataParallel(GPT& model, Communicator& comm, std::span<const float> m,
+                           std::span<const float> v)
+    : model_(model), be_(model.backend()), comm_(comm) {
+  plan_ = plan_shards(model.layout().total, comm.size());
+  LSGPT_CHECK(model.flat_size() >= plan_.padded(), "model buffers of ", model.flat_size(),
+              " elements, the shards need ", plan_.padded());
+  // The CPU backends compute in the order we choose at little cost; CUDA
+  // keeps its in-place accumulation and lets NCCL reduce.
+  ordered_ = be_.dtype() == be_.acc_dtype();
+  lo_ = plan_.begin(comm.rank()), hi_ = plan_.end(comm.rank());
+  es_ = dtype_size(be_.dtype()), acc_ = dtype_size(be_.acc_dtype());
+  const size_t S = plan_.shard;
+  if (ordered_) {
+    sum_ = DeviceBuffer(be_, S * es_);
+    if (comm.size() > 1) received_ = DeviceBuffer(be_, plan_.padded() * es_);
+  } else {
+    master_ = DeviceBuffer(be_, S * acc_);
+    upload_shard(master_, model.parameters());
+    model.drop_master_weights();
+  }
+  m_ = DeviceBuffer(be_, S * acc_);
+  v_ = DeviceBuffer(be_, S * acc_);
+  if (m.empty()) {
+    be_.zero(m_.get(), S * acc_);
+    be_.zero(v_.get(), S * acc_);
+  } else {
+    upload_shard(m_, m);
+    upload_shard(v_, v);
+  }
+}
+
+void DataParallel::upload_shard(DeviceBuffer& dst, std::span<const float> full) {
+  LSGPT_CHECK(full.size() == plan_.total, "state of ", full.size(), " entries, model of ",
+              plan_.total);
+  be_.zero(dst.get(), plan_.shard * acc_);
+  if (hi_ > lo_) be_.upload_f32(dst.get(), be_.acc_dtype(), full.data() + lo_, hi_ - lo_);
+}
+
+void* DataParallel::grad_at(size_t element) const {
+  if (ordered_) return byte_at(sum_.get(), element - lo_, es_);
+  return byte_at(model_.gradient_buffer(), element, es_);
+}
+
+void DataParallel::begin_step() {
+  model_.zero_grad();
+  if (ordered_) be_.zero(sum_.get(), plan_.shard * es_);
+}
+
+// Overlapped mode: the elements [begin, end) are final on this rank; send
+// each owner's part to it on the communication stream.
+void DataParallel::reduce_to_owners(size_t begin, size_t end) {
+  comm_.wait_for_compute();
+  comm_.group_begin();
+  for (int r = 0; r < comm_.size(); ++r) {
+    const size_t a = std::max(begin, plan_.begin(r)), b = std::min(end, plan_.end(r));
+    if (a < b) comm_.reduce(byte_at(model_.gradient_buffer(), a, es_), b - a, be_.dtype(), r);
+  }
+  comm_.group_end();
+}
+
+double DataParallel::micro_step(const int32_t* inputs, const int32_t* targets, int B, int T,
+                                double weight, bool last) {
+  if (!ordered_) {
+    const bool reduce = last && comm_.size() > 1;
+    if (reduce) model_.set_grad_ready_hook([this](size_t b, size_t e) { reduce_to_owners(b, e); });
+    double loss;
+    try {
+      loss = model_.forward_backward(inputs, targets, B, T, weight);
+    } catch (...) {
+      model_.set_grad_ready_hook(nullptr);
+      throw;
+    }
+    model_.set_grad_ready_hook(nullptr);
+    if (reduce) comm_.compute_waits();
+    return loss;
+  }
+  // Ordered: this micro-batch's gradient alone, then added slice by slice in
+  // rank order into the owners' sums.
+  model_.zero_grad();
+  const double loss = model_.forward_backward(inputs, targets, B, T, weight);
+  const size_t S = plan_.shard;
+  if (comm_.size() == 1) {
+    be_.add_inplace(sum_.get(), model_.gradient_buffer(), S);
+  } else {
+    comm_.all_to_all(model_.gradient_buffer(), received_.get(), S, be_.dtype());
+    for (int r = 0; r < comm_.size(); ++r)
+      be_.add_inplace(sum_.get(), byte_at(received_.get(), size_t(r) * S, es_), S);
+  }
+  return loss;
+}
+
+double DataParallel::grad_norm() {
+  if (!ordered_) {
+    // One sum per shard, added in rank order: the same on every rank.
+    double own = hi_ > lo_ ? be_.sum_squares(grad_at(lo_), hi_ - lo_) : 0.0;
+    std::vector<double> all(comm_.size());
+    comm_.all_gather_host(&own, all.data(), sizeof(double));
+    double total = 0;
+    for (double s : all) total += s;
+    return std::sqrt(total);
+  }
+  // The chunk sums the CPU backend's sum_squares would form over the whole
+  // buffer, added in the same order: the bits of a single-rank run.
+  const size_t per_rank = plan_.shard / sum_squares_chunk;
+  std::vector<double> own(per_rank, 0.0), all(per_rank * comm_.size());
+  for (size_t c = 0; c < per_rank; ++c) {
+    const size_t a = lo_ + c * sum_squares_chunk;
+    if (a >= hi_) break;
+    own[c] = be_.sum_squares(grad_at(a), std::min(sum_squares_chunk, hi_ - a));
+  }
+  comm_.all_gather_host(own.data(), all.data(), per_rank * sizeof(double));
+  double total = 0;
+  for (double s : all) total += s;
+  return std::sqrt(total);
+}
+
+void DataParallel::adamw_step(const AdamWSettings& s) {
+  for (const ParamInfo& p : model_.layout().tensors) {
+    const size_t a = std::max(lo_, p.offset), b = std::min(hi_, p.offset + p.numel);
+    if (a >= b) continue;
+    AdamWSettings t = s;
+    if (!p.decay) t.weight_decay = 0;
+    void* master = master_.get() ? byte_at(master_.get(), a - lo_, acc_) : nullptr;
+    be_.adamw_update(byte_at(model_.parameter_buffer(), a, es_), master, grad_at(a),
+                     byte_at(m_.get(), a - lo_, acc_), byte_at(v_.get(), a - lo_, acc_), b - a,
+                     t);
+  }
+  comm_.wait_for_compute();
+  comm_.all_gather(model_.parameter_buffer(), plan_.shard, be_.dtype());
+  comm_.compute_waits();
+}
+
+void DataParallel::poison_gradient() {
+  if (comm_.rank() != 0) return;  // element 0 is rank 0's
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  be_.upload_f32(grad_at(0), be_.dtype(), &nan, 1);
+}
+
+std::vector<float> DataParallel::gather_shard(const DeviceBuffer& shard, DType dtype) {
+  std::vector<float> own(plan_.shard), all(plan_.padded());
+  be_.download_f32(own.data(), shard.get(), dtype, own.size());
+  comm_.all_gather_host(own.data(), all.data(), own.size() * sizeof(float));
+  all.resize(plan_.total);
+  return all;
+}
+
+std::vector<float> DataParallel::parameters() {
+  // Without master weights the all-gathered working copy is the whole state.
+  if (!master_.get()) return model_.parameters();
+  return gather_shard(master_, be_.acc_dtype());
+}
+
+std::vector<float> DataParallel::adam_m() { return gather_shard(m_, be_.acc_dtype()); }
+std::vector<float> DataParallel::adam_v() { return gather_shard(v_, be_.acc_dtype()); }
+
+}  // namespace lsgpt
