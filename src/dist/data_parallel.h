@@ -20,6 +20,8 @@
 //     to the owners of their elements on the communication stream as soon as
 //     the layer is done, overlapping the layers below. Summation order is
 //     NCCL's: equal to one rank within bf16 rounding, not bit for bit.
+//     LSGPT_DP_REDUCE=overlapped selects it on the CPU too (MPI_Reduce), so
+//     CI tests its logic without a GPU.
 //
 // The gradient norm is partition-invariant, so global-norm clipping gives
 // every rank the same scale; per-tensor norms follow the same pattern (each

@@ -6,7 +6,8 @@
 // without mpirun, for N = 2 and 4, on an LS model with the span
 // decomposition. Checkpoints resume across rank counts (2 -> 1, 1 -> 2) on
 // the uninterrupted run's loss sequence; an error on one rank ends every rank
-// quickly with the error shown; only rank 0 prints.
+// quickly with the error shown; only rank 0 prints. CUDA's overlapped
+// reduction runs on the CPU too (LSGPT_DP_REDUCE=overlapped), within rounding.
 //
 // The CUDA case (NCCL, 2 GPUs) skips with "no CUDA GPU: ..." on a machine
 // with fewer than two GPUs.
@@ -75,12 +76,13 @@ class DataParallelCli : public ::testing::Test {
 
   // mpirun as CI runs it (root, 2 cores): one OpenMP thread per rank so the
   // ranks do not fight over the cores (and every run computes alike).
-  static std::string launcher(int ranks) {
-    if (ranks == 0) return "env OMP_NUM_THREADS=1 ";  // no launcher at all
+  // reduce_mode_: LSGPT_DP_REDUCE for every process (src/dist/data_parallel.cpp).
+  std::string launcher(int ranks) const {
+    const std::string mode = "LSGPT_DP_REDUCE=" + reduce_mode_;
+    if (ranks == 0) return "env OMP_NUM_THREADS=1 " + mode + " ";  // no launcher at all
     // NCCL_NVLS_ENABLE=0: NVLink multicast off (the H200 machines need it).
     return "mpirun --allow-run-as-root --oversubscribe -x OMP_NUM_THREADS=1 "
-           "-x NCCL_NVLS_ENABLE=0 -np " +
-           std::to_string(ranks) + " ";
+           "-x NCCL_NVLS_ENABLE=0 -x " + mode + " -np " + std::to_string(ranks) + " ";
   }
 
   // An LS model (one local head of two, window 8) with the span decomposition.
@@ -130,6 +132,7 @@ class DataParallelCli : public ::testing::Test {
   }
 
   ScratchDir dir_;
+  std::string reduce_mode_ = "ordered";
 };
 
 TEST_F(DataParallelCli, CpuRanksMatchOneRankBitForBit) {
@@ -186,6 +189,36 @@ TEST_F(DataParallelCli, OnlyRankZeroPrints) {
   EXPECT_EQ(count(r.output, "step      2/6"), 1) << r.output;
   EXPECT_EQ(count(r.output, "done:"), 1) << r.output;
   EXPECT_EQ(metrics(dir_.file("print"), "train").size(), size_t(kSteps));
+}
+
+// CUDA's way of reducing (in-place accumulation, each layer's gradients
+// reduced to their owners from the backward hook, per-shard norms), run on
+// the CPU with MPI_Reduce: the same step as one rank up to float rounding of
+// the sums (the backward kernels' in-place accumulation rounds differently
+// from a separate add), so losses and norms agree to 1e-5 relative, while a
+// range the hook missed would leave half of its gradient out (tens of
+// percent). The first step's loss is exact (same weights, same batches).
+TEST_F(DataParallelCli, OverlappedReductionMatchesOneRankOnTheCpu) {
+  reduce_mode_ = "overlapped";
+  auto r = train(0, 4, "ref", " --quiet");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  r = train(2, 2, "np2", " --quiet");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const std::vector<json> a = metrics(dir_.file("ref"), "train");
+  const std::vector<json> b = metrics(dir_.file("np2"), "train");
+  ASSERT_EQ(a.size(), size_t(kSteps));
+  ASSERT_EQ(b.size(), size_t(kSteps));
+  EXPECT_EQ(a[0]["loss"], b[0]["loss"]);
+  for (int i = 0; i < kSteps; ++i) {
+    SCOPED_TRACE("step " + std::to_string(i + 1));
+    const double la = a[i]["loss"].get<double>(), lb = b[i]["loss"].get<double>();
+    EXPECT_NEAR(la, lb, 1e-5 * la);
+    const double na = a[i]["grad_norm"].get<double>(), nb = b[i]["grad_norm"].get<double>();
+    EXPECT_NEAR(na, nb, 1e-5 * na);
+  }
+  const double va = metrics(dir_.file("ref"), "eval").back()["val_loss"].get<double>();
+  const double vb = metrics(dir_.file("np2"), "eval").back()["val_loss"].get<double>();
+  EXPECT_NEAR(va, vb, 1e-5 * va);
 }
 
 // Two GPUs (NCCL, overlapped reduction) against one GPU with twice the
