@@ -151,10 +151,6 @@ void print_banner(const Backend& backend, const Communicator& comm, const ModelC
   flush_progress();
 }
 
-}  // namespace
-
-namespace {
-
 // --grad-accum counts one rank's micro-batches; a run records the micro-batches
 // of the whole step (over all ranks), so its checkpoint resumes on any number
 // of ranks that divides them.
