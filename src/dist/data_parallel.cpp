@@ -147,12 +147,55 @@ double DataParallel::grad_norm() {
   return std::sqrt(total);
 }
 
-void DataParallel::adamw_step(const AdamWSettings& s) {
-  for (const ParamInfo& p : model_.layout().tensors) {
+std::vector<DataParallel::Piece> DataParallel::pieces(int r) const {
+  const auto& tensors = model_.layout().tensors;
+  const size_t lo = plan_.begin(r), hi = plan_.end(r);
+  // Ordered: cut at the chunk grid too; overlapped: whole parts (each piece
+  // is one sum_squares call, which waits for the device).
+  const size_t grid = ordered_ ? sum_squares_chunk : plan_.padded() + 1;
+  std::vector<Piece> out;
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const size_t a0 = std::max(lo, tensors[i].offset);
+    const size_t b0 = std::min(hi, tensors[i].offset + tensors[i].numel);
+    for (size_t a = a0; a < b0;) {
+      const size_t b = std::min(b0, (a / grid + 1) * grid);
+      out.push_back({i, a, b});
+      a = b;
+    }
+  }
+  return out;
+}
+
+std::vector<double> DataParallel::tensor_sum_squares() {
+  const std::vector<Piece> own = pieces(comm_.rank());
+  size_t most = 0;
+  std::vector<std::vector<Piece>> all_pieces(comm_.size());
+  for (int r = 0; r < comm_.size(); ++r) {
+    all_pieces[r] = r == comm_.rank() ? own : pieces(r);
+    most = std::max(most, all_pieces[r].size());
+  }
+  std::vector<double> mine(most, 0.0), all(most * comm_.size());
+  for (size_t k = 0; k < own.size(); ++k)
+    mine[k] = be_.sum_squares(grad_at(own[k].begin), own[k].end - own[k].begin);
+  comm_.all_gather_host(mine.data(), all.data(), most * sizeof(double));
+  std::vector<double> out(model_.layout().tensors.size(), 0.0);
+  for (int r = 0; r < comm_.size(); ++r)
+    for (size_t k = 0; k < all_pieces[r].size(); ++k)
+      out[all_pieces[r][k].tensor] += all[r * most + k];
+  return out;
+}
+
+void DataParallel::adamw_step(const AdamWSettings& s, std::span<const double> tensor_scale) {
+  const auto& tensors = model_.layout().tensors;
+  LSGPT_CHECK(tensor_scale.empty() || tensor_scale.size() == tensors.size(),
+              "per-tensor scales: ", tensor_scale.size(), " for ", tensors.size(), " tensors");
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const ParamInfo& p = tensors[i];
     const size_t a = std::max(lo_, p.offset), b = std::min(hi_, p.offset + p.numel);
     if (a >= b) continue;
     AdamWSettings t = s;
     if (!p.decay) t.weight_decay = 0;
+    if (!tensor_scale.empty()) t.grad_scale *= tensor_scale[i];
     void* master = master_.get() ? byte_at(master_.get(), a - lo_, acc_) : nullptr;
     be_.adamw_update(byte_at(model_.parameter_buffer(), a, es_), master, grad_at(a),
                      byte_at(m_.get(), a - lo_, acc_), byte_at(v_.get(), a - lo_, acc_), b - a,

@@ -67,7 +67,15 @@ class DataParallel {
   double micro_step(const int32_t* inputs, const int32_t* targets, int B, int T, double weight,
                     bool last);
   double grad_norm();  // global L2 norm of the summed gradients, the same on every rank
-  void adamw_step(const AdamWSettings& s);  // this shard, then all-gather the parameters
+  // Each tensor's sum of squares of the summed gradient (per-tensor clipping,
+  // e.g. AdaGC), the same on every rank. Ordered mode: the pieces where the
+  // tensors meet the sum_squares_chunk grid, added in flat order, so the
+  // bits do not depend on the number of ranks. Overlapped: each rank's part
+  // of each tensor, added in rank order.
+  std::vector<double> tensor_sum_squares();
+  // This shard, then all-gather the parameters. tensor_scale (empty, or one
+  // factor per layout tensor) multiplies s.grad_scale tensor by tensor.
+  void adamw_step(const AdamWSettings& s, std::span<const double> tensor_scale = {});
   void poison_gradient();                   // testing: one summed gradient becomes NaN
 
   // The whole state, on every rank (rank 0 writes it to the checkpoint).
@@ -77,6 +85,11 @@ class DataParallel {
 
  private:
   void* grad_at(size_t element) const;  // the summed gradient of a flat element of this shard
+  // (tensor, begin, end) pieces of rank r's shard, in flat order.
+  struct Piece {
+    size_t tensor, begin, end;
+  };
+  std::vector<Piece> pieces(int r) const;
   void reduce_to_owners(size_t begin, size_t end);
   std::vector<float> gather_shard(const DeviceBuffer& shard, DType dtype);
   void upload_shard(DeviceBuffer& dst, std::span<const float> full);
