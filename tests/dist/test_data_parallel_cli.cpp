@@ -81,7 +81,10 @@ class DataParallelCli : public ::testing::Test {
     const std::string mode = "LSGPT_DP_REDUCE=" + reduce_mode_;
     if (ranks == 0) return "env OMP_NUM_THREADS=1 " + mode + " ";  // no launcher at all
     // NCCL_NVLS_ENABLE=0: NVLink multicast off (the H200 machines need it).
-    return "mpirun --allow-run-as-root --oversubscribe -x OMP_NUM_THREADS=1 "
+    // plm_rsh_agent false: one host needs no ssh, and OpenMPI refuses to
+    // start where none is installed unless told so.
+    return "mpirun --allow-run-as-root --oversubscribe --mca plm_rsh_agent false "
+           "-x OMP_NUM_THREADS=1 "
            "-x NCCL_NVLS_ENABLE=0 -x " + mode + " -np " + std::to_string(ranks) + " ";
   }
 
