@@ -12,7 +12,13 @@ cd "$(dirname "$0")/.."
 pkgs=(nlohmann-json3-dev libcli11-dev libutf8proc-dev libutf8proc2 libgtest-dev
       libopenblas-openmp-dev libopenblas0-openmp libgfortran5 libquadmath0 zlib1g-dev
       libarchive-dev libarchive13
-      libcpp-httplib-dev libcpp-httplib0.11 libssl-dev libbrotli-dev libbrotli1)
+      libcpp-httplib-dev libcpp-httplib0.11 libssl-dev libbrotli-dev libbrotli1
+      # OpenMPI for data-parallel training (mpirun) and what libmpi and its
+      # launcher plugins load.
+      openmpi-bin openmpi-common libopenmpi3 libopenmpi-dev libpmix2 libhwloc15
+      libevent-core-2.1-7 libevent-pthreads-2.1-7 libltdl7 libnuma1 libmunge2 libucx0
+      libfabric1 libibverbs1 librdmacm1 libnl-3-200 libnl-route-3-200 libpsm2-2
+      libxnvctrl0 libpciaccess0)
 
 # Files of a package that the device never uses.
 slim() {  # $1 package, $2 its unpacked tree
@@ -67,6 +73,26 @@ case "${1:-}" in
         libbrotli1) ldconfig -p | grep -q 'libbrotlidec.so.1 ' ;;  # libcpp-httplib.so links it
         libarchive-dev) [[ -f /usr/include/archive.h ]] ;;
         libarchive13) ldconfig -p | grep -q 'libarchive.so.13 ' ;;
+        openmpi-bin) [[ -x /usr/bin/mpirun.openmpi ]] ;;
+        openmpi-common) [[ -d /usr/share/openmpi ]] ;;
+        libopenmpi3) ldconfig -p | grep -q 'libmpi.so.40 ' ;;
+        libopenmpi-dev) [[ -f /usr/lib/x86_64-linux-gnu/openmpi/include/mpi.h ]] ;;
+        libpmix2) ldconfig -p | grep -q 'libpmix.so.2 ' ;;
+        libhwloc15) ldconfig -p | grep -q 'libhwloc.so.15 ' ;;
+        libevent-core-2.1-7) ldconfig -p | grep -q 'libevent_core-2.1.so.7 ' ;;
+        libevent-pthreads-2.1-7) ldconfig -p | grep -q 'libevent_pthreads-2.1.so.7 ' ;;
+        libltdl7) ldconfig -p | grep -q 'libltdl.so.7 ' ;;
+        libnuma1) ldconfig -p | grep -q 'libnuma.so.1 ' ;;
+        libmunge2) ldconfig -p | grep -q 'libmunge.so.2 ' ;;
+        libucx0) ldconfig -p | grep -q 'libucp.so.0 ' ;;
+        libfabric1) ldconfig -p | grep -q 'libfabric.so.1 ' ;;
+        libibverbs1) ldconfig -p | grep -q 'libibverbs.so.1 ' ;;
+        librdmacm1) ldconfig -p | grep -q 'librdmacm.so.1 ' ;;
+        libnl-3-200) ldconfig -p | grep -q 'libnl-3.so.200 ' ;;
+        libnl-route-3-200) ldconfig -p | grep -q 'libnl-route-3.so.200 ' ;;
+        libpsm2-2) ldconfig -p | grep -q 'libpsm2.so.2 ' ;;
+        libxnvctrl0) ldconfig -p | grep -q 'libXNVCtrl.so.0 ' ;;
+        libpciaccess0) ldconfig -p | grep -q 'libpciaccess.so.0 ' ;;
         *) return 1 ;;
       esac
     }
@@ -79,6 +105,13 @@ case "${1:-}" in
       tar -C / --no-same-owner --no-overwrite-dir --keep-directory-symlink -xJf "$tarball"
     done
     ldconfig
+    # dpkg -x runs no maintainer scripts: make the links update-alternatives
+    # would (mpirun, and the compiler wrappers CMake's FindMPI asks).
+    for tool in mpirun mpiexec mpicc mpicxx; do
+      if [[ -x /usr/bin/$tool.openmpi && ! -e /usr/bin/$tool ]]; then
+        ln -s "$tool.openmpi" "/usr/bin/$tool"
+      fi
+    done
     ;;
   *)
     echo "usage: scripts/device-deps.sh download|install" >&2

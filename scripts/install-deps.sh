@@ -7,7 +7,7 @@ set -euo pipefail
 
 packages=(build-essential cmake ninja-build pkg-config libopenblas-openmp-dev nlohmann-json3-dev
           libcli11-dev libutf8proc-dev zlib1g-dev libarchive-dev libgtest-dev gnuplot-nox
-          libcpp-httplib-dev)
+          libcpp-httplib-dev libopenmpi-dev openmpi-bin)
 for arg in "$@"; do
   case "$arg" in
     --fuzz) packages+=(clang-14 libclang-rt-14-dev) ;;

@@ -156,7 +156,8 @@ void add_train_command(CLI::App& app) {
                   "start a new run from this checkpoint's weights (e.g. from `lsgpt import`)")
       ->group(run);
   cmd->add_flag("--quiet", f.quiet, "no progress lines")->group(run);
-  cmd->add_option("--fault", t.fault, "testing: inject nan-grad@STEP or nan-param@STEP")
+  cmd->add_option("--fault", t.fault,
+                  "testing: inject nan-grad@STEP, nan-param@STEP or error@STEP[:RANK]")
       ->group("");
   cmd->callback([flags] { run_train(*flags); });
 }

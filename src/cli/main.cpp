@@ -2,7 +2,9 @@
 // lsgpt::Error and is printed once, without a stack trace, with exit code 1;
 // command-line mistakes exit with CLI11's code (2 for usage errors). Standard
 // output is checked before a successful exit, so output lost to a full disk
-// or a closed pipe is an error too.
+// or a closed pipe is an error too. In a data-parallel run (mpirun) an error
+// on any rank is printed with its rank and ends every rank (MPI_Abort), so no
+// rank is left waiting in a collective for the one that failed.
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <exception>
@@ -10,14 +12,21 @@
 
 #include "cli/commands.h"
 #include "core/error.h"
+#include "dist/communicator.h"
 #include "io/standard_output.h"
 
 namespace {
 
 int report_error(const char* message) {
   std::fflush(stdout);  // what was printed before the error comes first
-  std::fprintf(stderr, "lsgpt: error: %s\n", message);
-  return 1;
+  const int rank = lsgpt::distributed_rank();
+  if (rank < 0) {
+    std::fprintf(stderr, "lsgpt: error: %s\n", message);
+    return 1;
+  }
+  std::fprintf(stderr, "lsgpt: error: rank %d: %s\n", rank, message);
+  std::fflush(stderr);
+  lsgpt::abort_all_ranks(1);
 }
 
 }  // namespace

@@ -36,15 +36,21 @@ struct GPT::Activations {
   DeviceBuffer dresidual, dln, datty, dqkv, dfch, dlnf;
 };
 
-GPT::GPT(const ModelConfig& cfg, Backend& backend) : cfg_(cfg), be_(backend) {
+GPT::GPT(const ModelConfig& cfg, Backend& backend, size_t flat_elements)
+    : cfg_(cfg), be_(backend) {
   cfg_.normalize_and_validate();
   layout_ = make_param_layout(cfg_);
+  flat_ = std::max(layout_.total, flat_elements);
   es_ = dtype_size(be_.dtype());
   acc_ = dtype_size(be_.acc_dtype());
   has_master_ = be_.dtype() != be_.acc_dtype();
-  params_ = DeviceBuffer(be_, layout_.total * es_);
-  grads_ = DeviceBuffer(be_, layout_.total * es_);
-  if (has_master_) master_ = DeviceBuffer(be_, layout_.total * acc_);
+  params_ = DeviceBuffer(be_, flat_ * es_);
+  grads_ = DeviceBuffer(be_, flat_ * es_);
+  be_.zero(params_.get(), flat_ * es_);  // the padding past the layout stays 0
+  if (has_master_) {
+    master_ = DeviceBuffer(be_, flat_ * acc_);
+    be_.zero(master_.get(), flat_ * acc_);
+  }
   max_logits_.assign(cfg_.n_layer, std::vector<float>(cfg_.n_head, -INFINITY));
   init_random(0);
   zero_grad();
@@ -272,6 +278,17 @@ void GPT::backward(int B, int T) {
   be_.layernorm_backward(a.dresidual.get(), grad(layout_.lnf_w), grad(layout_.lnf_b),
                          a.dlnf.get(), last_residual, param(layout_.lnf_w), a.lnf_mean.get(),
                          a.lnf_rstd.get(), N, C);
+  // The layout is wte, wpe, the layers' tensors layer by layer, then ln_f:
+  // a layer's range runs to the next layer's first tensor, so tensors added
+  // to a layer later are covered too.
+  auto layer_begin = [&](int l) {
+    return l < cfg_.n_layer ? layout_[layout_.layers[l].ln1_w].offset
+                            : layout_[layout_.lnf_w].offset;
+  };
+  auto ready = [&](size_t begin, size_t end) {
+    if (grad_ready_) grad_ready_(begin, end);
+  };
+  ready(layout_[layout_.lnf_w].offset, layout_.total);
   for (int l = cfg_.n_layer - 1; l >= 0; --l) {
     const LayerParams& p = layout_.layers[l];
     LayerActs& L = a.layers[l];
@@ -303,12 +320,19 @@ void GPT::backward(int B, int T) {
                         param(p.qkv_w), nullptr, nullptr, N, C, 3 * C);
     be_.layernorm_backward(a.dresidual.get(), grad(p.ln1_w), grad(p.ln1_b), a.dln.get(),
                            residual, param(p.ln1_w), L.ln1_mean.get(), L.ln1_rstd.get(), N, C);
+    ready(layer_begin(l), layer_begin(l + 1));
   }
   be_.embedding_backward(grad(layout_.wte), grad(layout_.wpe), a.dresidual.get(),
                          a.tokens.as<int32_t>(), B, T, C);
+  ready(0, layer_begin(0));
 }
 
-void GPT::zero_grad() { be_.zero(grads_.get(), layout_.total * es_); }
+void GPT::zero_grad() { be_.zero(grads_.get(), flat_ * es_); }
+
+void GPT::drop_master_weights() {
+  master_.reset();
+  has_master_ = false;
+}
 
 double GPT::grad_norm() { return std::sqrt(be_.sum_squares(grads_.get(), layout_.total)); }
 

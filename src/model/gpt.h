@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <vector>
@@ -18,7 +19,10 @@ namespace lsgpt {
 
 class GPT {
  public:
-  GPT(const ModelConfig& cfg, Backend& backend);
+  // flat_elements: the parameter and gradient buffers hold at least this
+  // many elements (zero past the layout's total), so a data-parallel run can
+  // cut them into equal shards; 0 means exactly the layout's total.
+  GPT(const ModelConfig& cfg, Backend& backend, size_t flat_elements = 0);
   ~GPT();
   GPT(const GPT&) = delete;
   GPT& operator=(const GPT&) = delete;
@@ -61,6 +65,20 @@ class GPT {
   void poison_gradient();
   void poison_parameter();
   std::vector<float> gradients() const;  // host fp32 copy, for tests
+
+  // ---- data parallel (src/dist) ----
+  // The flat buffers themselves, flat_size() elements of the backend's dtype().
+  size_t flat_size() const { return flat_; }
+  void* parameter_buffer() { return params_.get(); }
+  void* gradient_buffer() { return grads_.get(); }
+  // Frees the master weights: a sharded optimizer keeps its own shard of
+  // them. parameters() then reads the working copy.
+  void drop_master_weights();
+  // Called during backward() with each flat range [begin, end) of parameter
+  // elements whose gradients are complete for this pass, from the last layer
+  // to the first, so their reduction can start while the rest of the pass runs.
+  using GradReadyHook = std::function<void(size_t begin, size_t end)>;
+  void set_grad_ready_hook(GradReadyHook hook) { grad_ready_ = std::move(hook); }
 
   // Largest pre-softmax attention logit per [layer][head] over the forward
   // passes since the last reset (the paper's logit-explosion signal).
@@ -139,6 +157,8 @@ class GPT {
   ModelConfig cfg_;
   Backend& be_;
   ParamLayout layout_;
+  size_t flat_;  // elements in params_, grads_, master_ (>= layout_.total)
+  GradReadyHook grad_ready_;
   size_t es_;   // bytes per element of dtype()
   size_t acc_;  // bytes per element of acc_dtype()
   bool has_master_;

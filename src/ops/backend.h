@@ -44,6 +44,9 @@ struct AdamWSettings {
   double grad_scale = 1.0;  // multiplies every gradient first (global-norm clipping)
 };
 
+// See Backend::sum_squares.
+inline constexpr size_t sum_squares_chunk = size_t(1) << 14;
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -206,6 +209,9 @@ class Backend {
 
   // ---- optimizer ----
   // sum of x^2 in double precision (NaN/inf propagate). Waits for the result.
+  // The CPU backends sum chunks of sum_squares_chunk elements and add the
+  // chunk sums in order from 0, so a data-parallel run that sums the same
+  // chunks on different ranks gets the same bits (src/dist/data_parallel.h).
   virtual double sum_squares(const void* x, size_t n) = 0;
   // AdamW on one parameter tensor. m, v (and master, when dtype() != acc_dtype())
   // are acc_dtype(); param is refreshed from master when present.

@@ -10,6 +10,8 @@
 #include "core/error.h"
 #include "data/batch_sampler.h"
 #include "data/token_file.h"
+#include "dist/communicator.h"
+#include "dist/data_parallel.h"
 #include "io/atomic_file.h"
 #include "io/checkpoint.h"
 #include "io/standard_output.h"
@@ -32,31 +34,47 @@ double seconds_since(Clock::time_point t0) {
 }
 
 // "nan-grad@12" -> {kind, step}; the fault fires before the update of that
-// (1-based) step. Only for testing the non-finite handling.
+// (1-based) step. Only for testing the non-finite handling, and (error@STEP
+// or error@STEP:RANK: an error on one rank, rank 0 by default) the way one
+// rank's failure stops a data-parallel run.
 struct Fault {
   std::string kind;
   long step = -1;
+  int rank = 0;
 };
 
 Fault parse_fault(const std::string& s) {
   Fault f;
   if (s.empty()) return f;
   const auto at = s.find('@');
-  if (at == std::string::npos) fail("--fault must look like nan-grad@STEP or nan-param@STEP");
+  if (at == std::string::npos)
+    fail("--fault must look like nan-grad@STEP, nan-param@STEP or error@STEP[:RANK]");
   f.kind = s.substr(0, at);
-  if (f.kind != "nan-grad" && f.kind != "nan-param")
-    fail("--fault kind must be nan-grad or nan-param, got '", f.kind, "'");
+  if (f.kind != "nan-grad" && f.kind != "nan-param" && f.kind != "error")
+    fail("--fault kind must be nan-grad, nan-param or error, got '", f.kind, "'");
+  const auto colon = s.find(':', at);
   try {
-    f.step = std::stol(s.substr(at + 1));
-  } catch (const std::exception&) {
-    fail("--fault step in '", s, "' is not a number");
+    size_t used = 0;
+    const std::string step = s.substr(at + 1, colon == std::string::npos ? colon : colon - at - 1);
+    f.step = std::stol(step, &used);
+    if (used != step.size()) throw std::invalid_argument(step);
+    if (colon != std::string::npos) {
+      if (f.kind != "error") fail("--fault: only error@STEP takes a :RANK");
+      const std::string rank = s.substr(colon + 1);
+      f.rank = std::stoi(rank, &used);
+      if (used != rank.size()) throw std::invalid_argument(rank);
+    }
+  } catch (const std::logic_error&) {
+    fail("--fault step or rank in '", s, "' is not a number");
   }
   return f;
 }
 
-json max_logit_json(const GPT& model) {
+using MaxLogits = std::vector<std::vector<float>>;
+
+json max_logit_json(const MaxLogits& max_logits) {
   json layers = json::array();
-  for (const auto& layer : model.max_logits()) {
+  for (const auto& layer : max_logits) {
     json heads = json::array();
     for (float m : layer) heads.push_back(std::isfinite(m) ? json(m) : json(nullptr));
     layers.push_back(heads);
@@ -64,9 +82,9 @@ json max_logit_json(const GPT& model) {
   return layers;
 }
 
-float overall_max(const GPT& model) {
+float overall_max(const MaxLogits& max_logits) {
   float m = -INFINITY;
-  for (const auto& layer : model.max_logits())
+  for (const auto& layer : max_logits)
     for (float x : layer) m = std::max(m, x);
   return m;
 }
@@ -81,8 +99,44 @@ void flush_progress() {
   }
 }
 
-void print_banner(const Backend& backend, const ModelConfig& mc, const TrainConfig& tc, int T,
-                  long step, bool resuming) {
+// The largest attention logits over every rank's micro-batches.
+MaxLogits max_over_ranks(const MaxLogits& local, Communicator& comm) {
+  if (comm.size() == 1) return local;
+  std::vector<float> flat;
+  for (const auto& layer : local) flat.insert(flat.end(), layer.begin(), layer.end());
+  std::vector<float> all(flat.size() * comm.size());
+  comm.all_gather_host(flat.data(), all.data(), flat.size() * sizeof(float));
+  MaxLogits out = local;
+  size_t i = 0;
+  for (auto& layer : out)
+    for (float& m : layer) {
+      for (int r = 0; r < comm.size(); ++r) m = std::max(m, all[r * flat.size() + i]);
+      ++i;
+    }
+  return out;
+}
+
+// Every rank's micro-batch losses, summed in global micro-batch order
+// (k = j*N + r within a step), as one rank with all the micro-batches sums them.
+double loss_over_ranks(const std::vector<double>& local, Communicator& comm, int accum) {
+  std::vector<double> all(local.size() * comm.size());
+  comm.all_gather_host(local.data(), all.data(), local.size() * sizeof(double));
+  double loss = 0;
+  for (size_t j = 0; j < local.size(); ++j)
+    for (int r = 0; r < comm.size(); ++r) loss += all[r * local.size() + j] / accum;
+  return loss;
+}
+
+// A decision of rank 0 (e.g. the wall-clock limit) that every rank follows.
+bool rank0_decides(bool mine, Communicator& comm) {
+  std::vector<char> all(comm.size());
+  const char c = mine;
+  comm.all_gather_host(&c, all.data(), 1);
+  return all[0];
+}
+
+void print_banner(const Backend& backend, const Communicator& comm, const ModelConfig& mc,
+                  const TrainConfig& tc, int T, long step, bool resuming) {
   std::printf("lsgpt train: %s | %zu parameters | %d layers x %d heads (local per layer:",
               backend.name().c_str(), mc.num_parameters(), mc.n_layer, mc.n_head);
   for (int n : mc.n_local) std::printf(" %d", n);
@@ -94,14 +148,30 @@ void print_banner(const Backend& backend, const ModelConfig& mc, const TrainConf
   std::printf("  batch %d x %d tokens x %d accum = %ld tokens/step | steps %ld%s\n",
               tc.batch_size, T, tc.grad_accum, long(tc.batch_size) * T * tc.grad_accum, tc.steps,
               resuming ? (" | resuming at step " + std::to_string(step)).c_str() : "");
+  if (comm.size() > 1)
+    std::printf("  data parallel: %d ranks (%s) x %d micro-batches each, ZeRO-1 sharded AdamW\n",
+                comm.size(), comm.name().c_str(), tc.grad_accum / comm.size());
   std::printf("  data %s | valid %s | windows %s | run %s\n", tc.train_data.c_str(),
               tc.valid_data.c_str(), tc.sampler.c_str(), tc.out_dir.c_str());
   flush_progress();
 }
 
+// --grad-accum counts one rank's micro-batches; a run records the micro-batches
+// of the whole step (over all ranks), so its checkpoint resumes on any number
+// of ranks that divides them.
+TrainOptions for_world(TrainOptions o, int ranks) {
+  if (ranks == 1) return o;
+  o.train.grad_accum *= ranks;
+  if (o.explicit_train.contains("grad_accum"))
+    o.explicit_train["grad_accum"] = o.explicit_train["grad_accum"].get<int>() * ranks;
+  return o;
+}
+
 }  // namespace
 
-TrainResult train_model(const TrainOptions& options) {
+TrainResult train_model(const TrainOptions& options_given) {
+  const int world = launched_by_mpi() ? init_mpi().size : 1;
+  const TrainOptions options = for_world(options_given, world);
   RunSetup setup = setup_run(options);
   const ModelConfig& mc = setup.model;
   const TrainConfig& tc = setup.train;
@@ -111,6 +181,11 @@ TrainResult train_model(const TrainOptions& options) {
   const int T = tc.seq_len ? tc.seq_len : mc.seq_len;
   if (T > mc.seq_len)
     fail("--seq-len ", T, " exceeds the model's context of ", mc.seq_len, " positions");
+  if (tc.grad_accum % world != 0)
+    fail("the run takes ", tc.grad_accum, " micro-batches per step, which ", world,
+         " ranks cannot share equally; resume it on a number of ranks that divides ",
+         tc.grad_accum, " (or pass --grad-accum per rank)");
+  const int accum = tc.grad_accum / world;  // this rank's micro-batches per step
 
   const RunData data = open_run_data(setup);
   const TokenFile& valid_file = data.valid;
@@ -118,21 +193,30 @@ TrainResult train_model(const TrainOptions& options) {
   TrainBatches batches(data.train, B, T, tc.seed, parse_window_sampling(tc.sampler), mc.eot_token);
   EvalBatches(valid_file, B, T, 1);                  // same check for validation, up front
 
+  select_local_device(tc.device);
   std::unique_ptr<Backend> backend = make_backend(tc.device);
-  GPT model(mc, *backend);
+  std::unique_ptr<Communicator> comm = make_communicator(*backend, tc.device);
+  const int rank = comm->rank();
+  const bool lead = rank == 0;  // the one rank that prints and writes files
+  const bool quiet = options.quiet || !lead;
+  // Data-parallel path (ZeRO-1 shards; also one rank on the CPU, so one rank
+  // and N ranks run the same arithmetic), or CUDA's single-GPU path with the
+  // model's own optimizer.
+  const bool parallel = world > 1 || backend->dtype() == backend->acc_dtype();
+  GPT model(mc, *backend, parallel ? plan_shards(make_param_layout(mc).total, world).padded() : 0);
   long step = 0;
   json state = json::object();
   if (resuming) {
     model.set_parameters(setup.start.params);
-    model.set_adam_state(setup.start.adam_m, setup.start.adam_v);
+    if (!parallel) model.set_adam_state(setup.start.adam_m, setup.start.adam_v);
     step = setup.start.step;
     state = setup.start.state;
   } else if (!options.init_from.empty()) {
     model.set_parameters(setup.start.params);
-    model.init_optimizer();
+    if (!parallel) model.init_optimizer();
   } else {
     model.init_random(tc.seed);
-    model.init_optimizer();
+    if (!parallel) model.init_optimizer();
   }
   AdaGC adagc({tc.adagc_warmup, tc.adagc_lambda_abs, tc.adagc_lambda_rel, tc.adagc_beta},
               model.layout().tensors.size());
@@ -141,20 +225,32 @@ TrainResult train_model(const TrainOptions& options) {
       fail("checkpoint '", options.resume, "' holds no AdaGC state; resume it without --adagc");
     adagc.load_state(state["adagc_gamma"]);
   }
+  std::unique_ptr<DataParallel> dp;
+  if (parallel)
+    dp = std::make_unique<DataParallel>(model, *comm,
+                                        resuming ? setup.start.adam_m : std::vector<float>{},
+                                        resuming ? setup.start.adam_v : std::vector<float>{});
   setup.start = Checkpoint{};  // release the host copy
   long skipped = state.value("skipped", 0L);
   int nonfinite_run = state.value("nonfinite", 0);
   double elapsed_before = state.value("elapsed", 0.0);
 
-  std::error_code dir_error;
-  std::filesystem::create_directories(tc.out_dir, dir_error);
-  if (dir_error)
-    fail("cannot create the run directory '", tc.out_dir, "': ", dir_error.message());
   const std::string ckpt_path = tc.out_dir + "/checkpoint.ckpt";
-  MetricsLog metrics(tc.out_dir + "/metrics.jsonl", resuming);
-  write_file_atomic(tc.out_dir + "/config.json",
-                    json{{"model", mc.to_json()}, {"train", tc.to_json()}}.dump(2));
+  std::unique_ptr<MetricsLog> metrics;
+  if (lead) {
+    std::error_code dir_error;
+    std::filesystem::create_directories(tc.out_dir, dir_error);
+    if (dir_error)
+      fail("cannot create the run directory '", tc.out_dir, "': ", dir_error.message());
+    metrics = std::make_unique<MetricsLog>(tc.out_dir + "/metrics.jsonl", resuming);
+    write_file_atomic(tc.out_dir + "/config.json",
+                      json{{"model", mc.to_json()}, {"train", tc.to_json()}}.dump(2));
+  }
+  auto log = [&](const json& record) {
+    if (metrics) metrics->write(record);
+  };
 
+  // Every rank takes part (the shards are gathered); rank 0 writes.
   auto save = [&](long steps_done, double elapsed) {
     Checkpoint ck;
     ck.model = mc;
@@ -165,16 +261,17 @@ TrainResult train_model(const TrainOptions& options) {
                     {"nonfinite", nonfinite_run},
                     {"elapsed", elapsed}};
     if (tc.adagc) ck.state["adagc_gamma"] = adagc.state_json();
-    ck.params = model.parameters();
-    ck.adam_m = model.adam_m();
-    ck.adam_v = model.adam_v();
-    save_checkpoint(ckpt_path, ck);
+    ck.params = dp ? dp->parameters() : model.parameters();
+    ck.adam_m = dp ? dp->adam_m() : model.adam_m();
+    ck.adam_v = dp ? dp->adam_v() : model.adam_v();
+    if (lead) save_checkpoint(ckpt_path, ck);
   };
 
   const long tokens_per_step = long(B) * T * tc.grad_accum;
-  if (!options.quiet) print_banner(*backend, mc, tc, T, step, resuming);
+  if (!quiet) print_banner(*backend, *comm, mc, tc, T, step, resuming);
 
   std::vector<int32_t> inputs(size_t(B) * T), targets(size_t(B) * T);
+  std::vector<double> micro_losses(accum), micro_z(accum);
   const auto t0 = Clock::now();
   Throughput speed;
   TrainResult result;
@@ -185,32 +282,46 @@ TrainResult train_model(const TrainOptions& options) {
       result.stopped_early = true;
       break;
     }
-    if (tc.max_time > 0 && seconds_since(t0) >= tc.max_time) {
+    if (tc.max_time > 0 && rank0_decides(seconds_since(t0) >= tc.max_time, *comm)) {
       result.stopped_early = true;
       break;
     }
     const auto step_start = Clock::now();
     const double lr = learning_rate(tc, step);
+    if (fault.step == step + 1 && fault.kind == "error" && fault.rank == rank)
+      fail("injected fault (--fault ", tc.fault, ") on rank ", rank, " at step ", step + 1);
     if (fault.step == step + 1 && fault.kind == "nan-param") model.poison_parameter();
-    model.zero_grad();
+    if (dp) dp->begin_step();
+    else model.zero_grad();
     model.reset_max_logits();
-    double loss = 0, z_loss = 0;
-    for (int micro = 0; micro < tc.grad_accum; ++micro) {
-      batches.fill(uint64_t(step) * tc.grad_accum + micro, inputs.data(), targets.data());
-      loss += model.forward_backward(inputs.data(), targets.data(), B, T,
-                                     1.0 / tc.grad_accum) / tc.grad_accum;
-      z_loss += model.last_z_loss() / tc.grad_accum;
+    std::fill(micro_z.begin(), micro_z.end(), 0.0);
+    for (int j = 0; j < accum; ++j) {
+      // Global micro-batch k = step*G + j*N + r: the ranks' micro-batches of a
+      // step together are the batches one rank would read.
+      batches.fill(uint64_t(step) * tc.grad_accum + uint64_t(j) * world + rank, inputs.data(),
+                   targets.data());
+      const double weight = 1.0 / tc.grad_accum;
+      micro_losses[j] =
+          dp ? dp->micro_step(inputs.data(), targets.data(), B, T, weight, j == accum - 1)
+             : model.forward_backward(inputs.data(), targets.data(), B, T, weight);
+      micro_z[j] = model.last_z_loss();
     }
-    if (fault.step == step + 1 && fault.kind == "nan-grad") model.poison_gradient();
+    const double loss = loss_over_ranks(micro_losses, *comm, tc.grad_accum);
+    const double z_loss = mc.z_loss > 0 ? loss_over_ranks(micro_z, *comm, tc.grad_accum) : 0.0;
+    const MaxLogits max_logits = max_over_ranks(model.max_logits(), *comm);
+    if (fault.step == step + 1 && fault.kind == "nan-grad") {
+      if (dp) dp->poison_gradient();
+      else model.poison_gradient();
+    }
     // AdaGC needs each tensor's norm; global clipping only their total.
     std::vector<double> tensor_sq;
     double norm = 0;
     if (tc.adagc) {
-      tensor_sq = model.grad_sum_squares();
+      tensor_sq = dp ? dp->tensor_sum_squares() : model.grad_sum_squares();
       for (double sq : tensor_sq) norm += sq;
       norm = std::sqrt(norm);
     } else {
-      norm = model.grad_norm();
+      norm = dp ? dp->grad_norm() : model.grad_norm();
     }
     const bool finite = std::isfinite(loss) && std::isfinite(z_loss) && std::isfinite(norm);
     int clipped_tensors = 0;
@@ -223,10 +334,12 @@ TrainResult train_model(const TrainOptions& options) {
       if (tc.adagc) {
         const std::vector<double> scales = adagc.scales(tensor_sq, step);
         clipped_tensors = adagc.last_clipped();
-        model.adamw_step(s, scales);
+        if (dp) dp->adamw_step(s, scales);
+        else model.adamw_step(s, scales);
       } else {
         s.grad_scale = (tc.clip > 0 && norm > tc.clip) ? tc.clip / norm : 1.0;
-        model.adamw_step(s);
+        if (dp) dp->adamw_step(s);
+        else model.adamw_step(s);
       }
     } else {
       ++skipped, ++nonfinite_run;
@@ -242,40 +355,42 @@ TrainResult train_model(const TrainOptions& options) {
              {"lr", lr},
              {"grad_norm", std::isfinite(norm) ? json(norm) : json(nullptr)},
              {"tokens_per_s", tokens_per_step / dt},
-             {"max_logit", max_logit_json(model)}};
+             {"max_logit", max_logit_json(max_logits)}};
     if (!finite) rec["skipped"] = true;
     // "loss" is the cross-entropy alone; the z-loss term is logged beside it.
     if (mc.z_loss > 0) rec["z_loss"] = std::isfinite(z_loss) ? json(z_loss) : json(nullptr);
     if (tc.adagc) rec["adagc_clipped"] = clipped_tensors;
-    metrics.write(rec);
+    log(rec);
     if (!finite) {
-      std::fprintf(stderr,
-                   "warning: step %ld: non-finite %s (loss %g, grad norm %g); update skipped "
-                   "(%d in a row, limit %d)\n",
-                   step, std::isfinite(loss) ? "gradient" : "loss", loss, norm, nonfinite_run,
-                   tc.max_nonfinite);
+      if (lead)
+        std::fprintf(stderr,
+                     "warning: step %ld: non-finite %s (loss %g, grad norm %g); update skipped "
+                     "(%d in a row, limit %d)\n",
+                     step, std::isfinite(loss) ? "gradient" : "loss", loss, norm, nonfinite_run,
+                     tc.max_nonfinite);
       if (nonfinite_run >= tc.max_nonfinite)
         fail("training stopped: ", nonfinite_run,
              " consecutive steps had a non-finite loss or gradient (last at step ", step,
              "). The last good state is in '", ckpt_path,
              "' if a checkpoint was written; try a lower --lr or a smaller --clip.");
     }
-    if (!options.quiet && (step % tc.log_every == 0 || step == start_step + 1)) {
+    if (!quiet && (step % tc.log_every == 0 || step == start_step + 1)) {
       const double eta = speed.seconds_per_step() * double(tc.steps - step);
       std::printf("step %6ld/%ld | loss %.4f | lr %.2e | norm %6.3f | %8.0f tok/s | "
                   "%5.0f ms/step | max logit %5.2f | ETA %s\n",
                   step, tc.steps, loss, lr, norm, tokens_per_step / speed.seconds_per_step(),
-                  1000 * dt, overall_max(model), format_duration(eta).c_str());
+                  1000 * dt, overall_max(max_logits), format_duration(eta).c_str());
       flush_progress();
     }
     if (tc.eval_every > 0 && step % tc.eval_every == 0 && step < tc.steps) {
+      // Every rank holds the same parameters; each evaluates, rank 0 reports.
       const EvalResult ev = evaluate_tokens(model, valid_file, B, T, tc.eval_batches);
-      metrics.write(json{{"type", "eval"},
-                         {"step", step},
-                         {"val_loss", ev.loss},
-                         {"val_ppl", ev.perplexity},
-                         {"val_tokens", ev.tokens}});
-      if (!options.quiet) {
+      log(json{{"type", "eval"},
+               {"step", step},
+               {"val_loss", ev.loss},
+               {"val_ppl", ev.perplexity},
+               {"val_tokens", ev.tokens}});
+      if (!quiet) {
         std::printf("eval  step %ld | val loss %.4f | val ppl %.2f (%ld tokens)\n", step,
                     ev.loss, ev.perplexity, ev.tokens);
         flush_progress();
@@ -289,14 +404,14 @@ TrainResult train_model(const TrainOptions& options) {
   const double seconds = seconds_since(t0);
   const EvalResult final_eval =
       evaluate_tokens(model, valid_file, B, T, tc.final_eval_batches);
-  metrics.write(json{{"type", "eval"},
-                     {"step", step},
-                     {"val_loss", final_eval.loss},
-                     {"val_ppl", final_eval.perplexity},
-                     {"val_tokens", final_eval.tokens},
-                     {"final", true}});
+  log(json{{"type", "eval"},
+           {"step", step},
+           {"val_loss", final_eval.loss},
+           {"val_ppl", final_eval.perplexity},
+           {"val_tokens", final_eval.tokens},
+           {"final", true}});
   if (nonfinite_run == 0) save(step, elapsed_before + seconds);
-  metrics.close();
+  if (metrics) metrics->close();
 
   result.steps = step;
   result.skipped = skipped;
@@ -307,15 +422,15 @@ TrainResult train_model(const TrainOptions& options) {
   result.tokens_per_second =
       step > start_step ? double(step - start_step) * tokens_per_step / seconds : 0;
   result.checkpoint = ckpt_path;
-  result.metrics = metrics.path();
-  if (!options.quiet) {
+  result.metrics = tc.out_dir + "/metrics.jsonl";
+  if (!quiet) {
     std::printf("done: %ld steps in %s (%.0f tok/s) | final val loss %.4f | val ppl %.2f "
                 "(%ld tokens)%s\n",
                 step, format_duration(seconds).c_str(), result.tokens_per_second,
                 final_eval.loss, final_eval.perplexity, final_eval.tokens,
                 result.stopped_early ? " | stopped early" : "");
-    std::printf("checkpoint: %s\nmetrics:    %s\n", ckpt_path.c_str(), metrics.path().c_str());
-    for (const std::string& png : plot_run(metrics.path(), tc.out_dir))
+    std::printf("checkpoint: %s\nmetrics:    %s\n", ckpt_path.c_str(), result.metrics.c_str());
+    for (const std::string& png : plot_run(result.metrics, tc.out_dir))
       std::printf("plot:       %s\n", png.c_str());
     flush_progress();
   }

@@ -41,7 +41,7 @@ void adamw_update(T* param, const T* grad, T* m, T* v, size_t n, const AdamWSett
 
 template <typename T>
 double sum_squares(const T* x, size_t n) {
-  constexpr size_t kChunk = size_t(1) << 14;
+  constexpr size_t kChunk = sum_squares_chunk;
   const size_t n_chunks = (n + kChunk - 1) / kChunk;
   std::vector<double> partial(n_chunks);
 #pragma omp parallel for schedule(static) if (n >= kParallelMin)
