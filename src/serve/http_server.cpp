@@ -1,6 +1,7 @@
 #include "serve/http_server.h"
 
 #include <httplib.h>
+#include <sys/socket.h>
 
 #include <atomic>
 #include <ctime>
@@ -19,6 +20,7 @@ using namespace std::chrono_literals;
 namespace {
 
 constexpr auto kPoll = 200ms;  // how long a waiting handler sleeps between looks
+constexpr int kListenBacklog = 1024;  // connections waiting to be accepted
 
 void send_error(httplib::Response& res, const ApiError& e) {
   res.status = e.status;
@@ -43,6 +45,7 @@ struct HttpServer::Impl {
   std::atomic<uint64_t> next_id{0};
   std::atomic<int> open_streams{0};
   std::atomic<bool> draining{false};
+  socket_t listen_socket = -1;
   std::mutex seed_mutex;
   std::mt19937_64 seeds{std::random_device{}()};
 
@@ -239,6 +242,11 @@ HttpServer::HttpServer(Scheduler& scheduler, Metrics& metrics, const ServerLimit
   s.server.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
   s.server.set_payload_max_length(options.max_body_bytes);
   s.server.set_keep_alive_timeout(2);
+  // Remember the listening socket: bind() widens its accept backlog.
+  s.server.set_socket_options([&s](socket_t sock) {
+    httplib::default_socket_options(sock);
+    s.listen_socket = sock;
+  });
   s.routes();
 }
 
@@ -255,6 +263,11 @@ int HttpServer::bind() {
   if (port < 0)
     fail("cannot listen on ", s.options.host, ":", s.options.port,
          " (address in use, or not an address of this machine?)");
+  // Debian's libcpp-httplib listens with a backlog of 5 (compiled in): a
+  // burst of clients connecting at once would see dropped SYNs and retry
+  // after a second or more. listen() again on the bound socket widens it.
+  if (s.listen_socket >= 0 && ::listen(s.listen_socket, kListenBacklog) != 0)
+    fail("cannot widen the accept backlog of ", s.options.host, ":", port);
   return port;
 }
 

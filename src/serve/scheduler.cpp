@@ -1,5 +1,7 @@
 #include "serve/scheduler.h"
 
+#include <algorithm>
+
 #include "core/error.h"
 #include "serve/openai_protocol.h"
 
@@ -66,7 +68,10 @@ std::shared_ptr<Job> Scheduler::submit(SequenceRequest request) {
       throw ApiError(503, "the server is shutting down and accepts no new requests",
                      "server_error", "", "shutting_down");
     }
-    if (int(queue_.size()) >= options_.max_queue) {
+    // Requests that a free slot will take at the next step do not count
+    // against the queue limit.
+    const int free_slots = std::max(0, engine_.options().max_batch - running_count_.load());
+    if (int(queue_.size()) >= options_.max_queue + free_slots) {
       ++metrics_.rejected_queue_full;
       throw ApiError(429,
                      "the server is at capacity (" + std::to_string(options_.max_queue) +
@@ -169,6 +174,9 @@ void Scheduler::admit_and_cancel(std::unique_lock<std::mutex>& lock) {
     --free;
   }
   metrics_.queued = int64_t(queue_.size());
+  // Counted as running from the moment they leave the queue, so that queue +
+  // running (the queue limit, active()) never misses a request being prefilled.
+  running_count_ += int(admitted.size());
   lock.unlock();
   for (int sequence : to_cancel) engine_.cancel(sequence);  // events come with the next step
   for (const auto& job : admitted) {
@@ -210,14 +218,15 @@ void Scheduler::run_step() {
     const auto it = running_.find(e.sequence);
     if (it == running_.end()) continue;  // failed earlier
     if (e.token >= 0) ++metrics_.generated_tokens;
-    it->second->deliver(e.token, e.finished, e.reason);
-    if (!e.finished) continue;
-    switch (e.reason) {
-      case FinishReason::length: ++metrics_.finished_length; break;
-      case FinishReason::cancelled: ++metrics_.finished_cancelled; break;
-      default: ++metrics_.finished_stop; break;
+    if (e.finished) {  // counted before the client can see the end
+      switch (e.reason) {
+        case FinishReason::length: ++metrics_.finished_length; break;
+        case FinishReason::cancelled: ++metrics_.finished_cancelled; break;
+        default: ++metrics_.finished_stop; break;
+      }
     }
-    running_.erase(it);
+    it->second->deliver(e.token, e.finished, e.reason);
+    if (e.finished) running_.erase(it);
   }
   running_count_ = int(running_.size());
   metrics_.running = engine_.running();

@@ -56,7 +56,7 @@ class Job {
 };
 
 struct SchedulerOptions {
-  int max_queue = 64;               // waiting requests beyond the slots; more get 429
+  int max_queue = 64;  // requests waiting beyond the free slots; more get 429
   int prefill_tokens_per_step = 2048;  // prompt tokens prefilled between two decode steps
 };
 
