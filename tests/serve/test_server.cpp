@@ -135,8 +135,8 @@ TEST_F(ServeTest, AnswersEqualGenerateWithTheSameSeed) {
     EXPECT_TRUE(streamed.done) << streamed.raw;
     const Joined j = join(streamed);
     EXPECT_EQ(j.ids, want);
-    EXPECT_EQ(j.text, choice["text"]);
-    EXPECT_EQ(j.finish_reason, choice["finish_reason"]);
+    EXPECT_EQ(j.text, choice["text"].get<std::string>());
+    EXPECT_EQ(j.finish_reason, choice["finish_reason"].get<std::string>());
     ASSERT_FALSE(streamed.events.empty());
     ASSERT_TRUE(streamed.events.back().contains("usage")) << streamed.raw;
     EXPECT_EQ(streamed.events.back()["usage"]["completion_tokens"], int(want.size()));
