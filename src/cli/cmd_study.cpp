@@ -91,7 +91,8 @@ std::vector<std::string> split(const std::string& s, char sep) {
   return out;
 }
 
-void read_metrics(const std::string& metrics, long skip_steps, RunOutcome& o) {
+void read_metrics(const std::string& metrics, long skip_steps, double tokens_per_step,
+                  RunOutcome& o) {
   std::ifstream in(metrics);
   std::string line;
   double ms = 0;
@@ -103,8 +104,7 @@ void read_metrics(const std::string& metrics, long skip_steps, RunOutcome& o) {
       if (r.value("final", false)) o.val_loss = r["val_loss"].get<double>();
     } else if (r["type"] == "train" && r["step"].get<long>() > skip_steps &&
                r["tokens_per_s"].is_number()) {
-      // tokens_per_s = tokens/step / seconds; the tokens per step cancel in the overhead ratio.
-      ms += 1000.0 / r["tokens_per_s"].get<double>();
+      ms += 1000.0 * tokens_per_step / r["tokens_per_s"].get<double>();
       ++n;
     }
   }
@@ -202,7 +202,9 @@ StudyResults run_all(StudyFlags& f) {
         flush_stdout();
         const TrainResult r = train_model(o);
         RunOutcome out{attention, setting, seed};
-        read_metrics(r.metrics, std::min<long>(5, tc.steps / 10), out);
+        read_metrics(r.metrics, std::min<long>(5, tc.steps / 10),
+                     double(tc.batch_size) * (tc.seq_len ? tc.seq_len : base.seq_len) * tc.grad_accum,
+                     out);
         res.runs.push_back(std::move(out));
         // After every run, so that a study cut short (a time limit, a crash) keeps its runs.
         write_file_atomic(results_file, results_to_json(res).dump(1) + "\n");
@@ -295,14 +297,14 @@ std::string table_for(const StudyResults& r, const std::string& attention) {
     const double ms = mean_of(losses(r, attention, s, seeds, &RunOutcome::ms_per_step));
     const double overhead = 100.0 * (ms - base_ms) / base_ms;
     if (i == 0) {
-      std::snprintf(buf, sizeof buf, "| off (canonical) | %.4f ± %.4f | baseline | | | | %.1f | |\n",
+      std::snprintf(buf, sizeof buf, "| off (canonical) | %.4f ± %.4f | baseline | | | | %.2f | |\n",
                     mean_of(v), sample_stddev(v), ms);
     } else {
       const PairedTest& t = tests[i - 1];
       const double pct = 100.0 / base_loss;
       std::snprintf(buf, sizeof buf,
                     "| `%s` | %.4f ± %.4f | %+.3f%% (%+.4f) | %+.3f%% ... %+.3f%% | %.3g | %s | "
-                    "%.1f | %+.1f%% |\n",
+                    "%.2f | %+.1f%% |\n",
                     s.c_str(), mean_of(v), sample_stddev(v), t.mean_diff * pct, t.mean_diff,
                     t.ci_low * pct, t.ci_high * pct, t.p_two_sided,
                     !reject[i - 1] ? "no" : t.mean_diff < 0 ? "**yes, lower**" : "yes, higher", ms,

@@ -155,10 +155,12 @@ void attention_backward(T* dqkv, const T* dout, const T* qkv, const T* out, cons
       if (span.k.enabled) {
         if (k_cross) {
           for (int j = 0; j < Tn; ++j) {
-            // qbar_j = (P^T Q)_j / sum_i P_ij; a key with no weight has no direction.
+            // qbar_j = (P^T Q)_j / sum_i P_ij; a key with (almost) no weight has no
+            // direction: below 1e-30 the sum may be subnormal and the quotient
+            // overflow (the CUDA kernel's bound too; the row's gradient is ~0).
             const T norm = colsum[j];
             for (int d = 0; d < D; ++d)
-              qbar_row[d] = norm > 0 ? qsum[size_t(j) * D + d] / norm : T(0);
+              qbar_row[d] = norm > T(1e-30) ? qsum[size_t(j) * D + d] / norm : T(0);
             span_project_row(dk + size_t(j) * D, qbar_row, D, span.k.alpha_par, span.k.alpha_perp);
           }
         } else {

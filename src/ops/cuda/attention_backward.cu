@@ -231,7 +231,11 @@ __device__ void key_block(const BackwardParams& p, unsigned char* smem_raw, int 
           float total = colsum[r];
           total += __shfl_xor_sync(0xffffffffu, total, 1);
           total += __shfl_xor_sync(0xffffffffu, total, 2);
-          const float inv = total > 0.f ? 1.0f / total : 0.f;
+          // A key that (almost) no query attended: below 1e-30 its column sum
+          // may be subnormal, 1/total overflows and 0 * inf (qbar flushed to
+          // zero in the bf16 product) is NaN. u = 0 leaves the row unchanged;
+          // its gradient is of the order of that sum, i.e. nothing.
+          const float inv = total > 1e-30f ? 1.0f / total : 0.f;
 #pragma unroll
           for (int db = 0; db < kDBlocks; ++db)
 #pragma unroll

@@ -230,6 +230,36 @@ TEST(CudaAttention, SpanWithUnitAlphasIsCanonical) {
   }
 }
 
+// A key that every query all but ignores (logit ~92 below the others): its
+// attention column sum is subnormal. qbar's normaliser 1/sum then overflowed
+// and, with the bf16 product flushing those weights to zero, 0 * inf turned
+// the whole dK NaN (an H200 training run, 2026-11-30). Such a key has no
+// direction on either backend and its gradient stays finite and canonical.
+TEST(CudaAttention, SpanCrossWithAnIgnoredKeyStaysFinite) {
+  REQUIRE_CUDA(cuda);
+  AttentionSpec spec;
+  spec.B = 1, spec.T = 64, spec.n_head = 1, spec.head_dim = 64, spec.n_local = 0;
+  spec.span = span_cross();
+  const size_t T = spec.T, C = spec.C(), ignored = 40;
+  std::vector<float> qkv = bf16_values(T * 3 * C, 41, -0.05, 0.05);
+  for (size_t i = 0; i < T; ++i)
+    for (size_t d = 0; d < C; ++d) {
+      qkv[i * 3 * C + d] += 2.0f;  // every query along a = (2, ..., 2)
+      if (i == ignored) qkv[i * 3 * C + C + d] = -5.75f;  // k = -2.875 a: logit -92
+    }
+  for (float& x : qkv) x = from_bf16(to_bf16(x));
+  const auto dout = bf16_values(T * C, 42, -1, 1);
+  std::unique_ptr<Backend> cpu64 = make_backend("cpu64");
+  const AttentionResult got = run_attention(*cuda, spec, qkv, dout);
+  const AttentionResult ref = run_attention(*cpu64, spec, qkv, dout);
+  for (float g : got.dqkv) ASSERT_TRUE(std::isfinite(g));
+  const char* names[3] = {"dq", "dk", "dv"};
+  for (int part = 0; part < 3; ++part)
+    EXPECT_LE(floored_error(qkv_part(got.dqkv, part, C), qkv_part(ref.dqkv, part, C)),
+              kBf16Tolerance)
+        << names[part];
+}
+
 // Token-by-token decoding over the KV cache (local ring buffers wrapping many
 // times) reproduces the forward pass row by row, and cpu64's decode.
 TEST(CudaAttention, DecodeMatchesForward) {
