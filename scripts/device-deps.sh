@@ -28,11 +28,13 @@ slim() {  # $1 package, $2 its unpacked tree
   rm -f "$2"/usr/lib/*/openblas-openmp/liblapack.so* "$2"/usr/lib/*/openblas-openmp/libblas.so*
   # A development symlink names the exact library version (libz.so ->
   # /lib/.../libz.so.1.2.13); point it at the soname (libz.so.1) instead, which
-  # the device's own runtime package provides whatever its version.
+  # the device's own runtime package provides whatever its version. Only
+  # names with two or more components after the major one: libcpp-httplib.so
+  # -> libcpp-httplib.so.0.11 is already the soname and stays.
   local link target
   while IFS= read -r link; do
     target=$(basename "$(readlink "$link")")
-    if [[ "$target" =~ ^(lib.*\.so\.[0-9]+)\. ]]; then ln -sfn "${BASH_REMATCH[1]}" "$link"; fi
+    if [[ "$target" =~ ^(lib.*\.so\.[0-9]+)\.[0-9]+\.[0-9]+$ ]]; then ln -sfn "${BASH_REMATCH[1]}" "$link"; fi
   done < <(find "$2" -type l -name '*.so')
   find "$2" -depth -type d -empty -delete
 }

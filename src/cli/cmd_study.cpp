@@ -215,35 +215,61 @@ StudyResults run_all(StudyFlags& f) {
   return res;
 }
 
-// Several results files (e.g. LS and MHSA run on two GPUs at once) into one.
+// Several results files into one: e.g. LS and MHSA run on two GPUs at once,
+// or the seeds of a study continued in another run. They must be the same
+// experiment (model and training settings but the seeds); settings after the
+// first file's must be among its; a run found twice must have the same loss
+// (training is deterministic), and counts once.
+void merge_into(StudyResults& all, StudyResults r, const std::string& file) {
+  json a = all.training, b = r.training;
+  a.erase("seeds"), b.erase("seeds");
+  if (r.model != all.model || a != b)
+    fail("'", file, "' is another experiment (model or training settings differ from the first file)");
+  for (const std::string& s : r.settings)
+    if (std::find(all.settings.begin(), all.settings.end(), s) == all.settings.end())
+      fail("'", file, "' has setting '", s, "', which the first file lacks");
+  for (const std::string& k : r.attention)
+    if (std::find(all.attention.begin(), all.attention.end(), k) == all.attention.end())
+      all.attention.push_back(k);
+  for (RunOutcome& o : r.runs) {
+    auto same = std::find_if(all.runs.begin(), all.runs.end(), [&](const RunOutcome& x) {
+      return x.attention == o.attention && x.setting == o.setting && x.seed == o.seed;
+    });
+    if (same == all.runs.end()) {
+      all.runs.push_back(std::move(o));
+    } else if (!(same->val_loss == o.val_loss)) {
+      fail("'", file, "' has ", o.attention, " ", o.setting, " seed ", o.seed, " with loss ",
+           o.val_loss, " where an earlier file has ", same->val_loss, ": not the same experiment");
+    }
+  }
+}
+
 StudyResults merge_results(const std::vector<std::string>& files) {
   StudyResults all;
   for (const std::string& file : files) {
     std::ifstream in(file);
     if (!in) fail("cannot open the study results file '", file, "'");
-    json j;
+    StudyResults r;
     try {
-      j = json::parse(in);
-      StudyResults r;
+      const json j = json::parse(in);
       r.model = j.at("model");
       r.training = j.at("training");
       j.at("settings").get_to(r.settings);
       j.at("attention").get_to(r.attention);
       j.at("runs").get_to(r.runs);
-      if (all.settings.empty()) {
-        all = r;
-        continue;
-      }
-      if (r.settings != all.settings) fail("'", file, "' studied other settings than the first file");
-      for (const std::string& a : r.attention)
-        if (std::find(all.attention.begin(), all.attention.end(), a) != all.attention.end())
-          fail("attention '", a, "' appears in two results files");
-      all.attention.insert(all.attention.end(), r.attention.begin(), r.attention.end());
-      all.runs.insert(all.runs.end(), r.runs.begin(), r.runs.end());
     } catch (const json::exception& e) {
       fail("'", file, "' is not a study-span results file: ", e.what());
     }
+    if (all.settings.empty()) all = std::move(r);
+    else merge_into(all, std::move(r), file);
   }
+  std::vector<uint64_t> seeds;
+  for (const RunOutcome& o : all.runs)
+    if (std::find(seeds.begin(), seeds.end(), o.seed) == seeds.end()) seeds.push_back(o.seed);
+  std::sort(seeds.begin(), seeds.end());
+  std::string list;
+  for (uint64_t seed : seeds) list += (list.empty() ? "" : ",") + std::to_string(seed);
+  all.training["seeds"] = list;
   return all;
 }
 

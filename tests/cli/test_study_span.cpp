@@ -102,11 +102,29 @@ TEST_F(StudySpan, MergeRebuildsTheReportFromStudiesRunApart) {
   EXPECT_EQ(section(doc, "## LS"), section(read_all(dir_.path() / "ls.md"), "## LS"));
   EXPECT_EQ(section(doc, "## MHSA"), section(read_all(dir_.path() / "mhsa.md"), "## MHSA"));
   EXPECT_NE(section(doc, "## LS").find("- seed 3:"), std::string::npos) << doc;
-  const auto twice = lsgpt("study-span --merge " + quoted((dir_.path() / "ls/results.json").string()) +
-                           " " + quoted((dir_.path() / "ls/results.json").string()) + " --report " +
-                           quoted(merged));
-  EXPECT_EQ(twice.exit_code, 1);
-  EXPECT_NE(twice.output.find("appears in two results files"), std::string::npos) << twice.output;
+  // The same runs twice count once; a run whose loss differs is refused.
+  const std::string again = (dir_.path() / "again.md").string();
+  const std::string ls_results = (dir_.path() / "ls/results.json").string();
+  ASSERT_EQ(lsgpt("study-span --merge " + quoted(ls_results) + " " + quoted(ls_results) +
+                  " --report " + quoted(again) + " --runs-dir " + quoted((dir_.path() / "a").string()))
+                .exit_code,
+            0);
+  EXPECT_EQ(section(read_all(again), "## LS"), section(read_all(dir_.path() / "ls.md"), "## LS"));
+  nlohmann::json changed = nlohmann::json::parse(read_all(ls_results));
+  changed["runs"][0]["val_loss"] = changed["runs"][0]["val_loss"].get<double>() + 0.5;
+  const fs::path changed_file = dir_.path() / "changed.json";
+  std::ofstream(changed_file) << changed.dump();
+  const auto differs = lsgpt("study-span --merge " + quoted(ls_results) + " " +
+                             quoted(changed_file.string()) + " --report " + quoted(again));
+  EXPECT_EQ(differs.exit_code, 1);
+  EXPECT_NE(differs.output.find("not the same experiment"), std::string::npos) << differs.output;
+  changed = nlohmann::json::parse(read_all(ls_results));
+  changed["model"]["window"] = 5;
+  std::ofstream(changed_file, std::ios::trunc) << changed.dump();
+  const auto other = lsgpt("study-span --merge " + quoted(ls_results) + " " +
+                           quoted(changed_file.string()) + " --report " + quoted(again));
+  EXPECT_EQ(other.exit_code, 1);
+  EXPECT_NE(other.output.find("another experiment"), std::string::npos) << other.output;
 }
 
 TEST_F(StudySpan, RefusesBadInputBeforeTraining) {
