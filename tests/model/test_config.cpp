@@ -194,5 +194,23 @@ TEST(SpanConfig, PerLayerSwitch) {
   EXPECT_FALSE(c.span_layer(0).needs_kbar());
 }
 
+// The presets are the studies' outcomes (docs/results/span-wikitext2.md):
+// a change of the evidence must change this test too.
+TEST(SpanPresets, Bidir0IsCrossOnQAndKWithAlphaParTwo) {
+  const SpanConfig s = SpanConfig::preset("bidir0");
+  EXPECT_EQ(s.to_string(), SpanConfig::parse("q:cross:2:1,k:cross:2:1").to_string());
+  EXPECT_TRUE(s.q.enabled && s.k.enabled && !s.v.enabled);
+  EXPECT_EQ(s.q.alpha_par, 2.0);
+  EXPECT_EQ(s.k.alpha_perp, 1.0);
+  EXPECT_FALSE(SpanConfig::preset("off").any());
+  EXPECT_FALSE(SpanConfig::preset("canonical").any());
+  try {
+    SpanConfig::preset("bidir1");
+    FAIL() << "an unknown preset was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("unknown span preset 'bidir1'"), std::string::npos);
+  }
+}
+
 }  // namespace
 }  // namespace lsgpt
