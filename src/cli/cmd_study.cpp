@@ -43,7 +43,9 @@ struct StudyFlags {
       "off;q:cross:0.5:1,k:cross:0.5:1;q:cross:1.5:1,k:cross:1.5:1;q:cross:2:1,k:cross:2:1;"
       "q:cross:3:1,k:cross:3:1;q:self:0.5:1,k:self:0.5:1;q:cross:1:0.5,k:cross:1:0.5;"
       "q:cross:1:1.5,k:cross:1:1.5";
-  std::string attention = "ls";  // comma-separated: ls (the model's local heads), mhsa
+  // Comma-separated: ls (the model's local heads), mhsa (none); empty: the
+  // model as configured (ls when it has local heads).
+  std::string attention;
   std::string seeds = "1,2,3";
   double epochs = 0;  // > 0: steps from the training file's size
   std::string report = "docs/results/span-wikitext2.md";
@@ -159,7 +161,9 @@ StudyResults run_all(StudyFlags& f) {
   const ModelConfig base = f.model.resolve();
   StudyResults res;
   res.settings = split(f.settings, ';');
-  res.attention = split(f.attention, ',');
+  const bool has_local =
+      std::any_of(base.n_local.begin(), base.n_local.end(), [](int n) { return n > 0; });
+  res.attention = split(f.attention.empty() ? (has_local ? "ls" : "mhsa") : f.attention, ',');
   std::vector<uint64_t> seeds;
   for (const std::string& s : split(f.seeds, ',')) seeds.push_back(parse_seed(s));
   if (res.settings.empty() || seeds.empty() || res.attention.empty())
@@ -443,8 +447,8 @@ void add_study_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--seeds", f->seeds, "comma-separated seeds")->capture_default_str();
   cmd->add_option("--attention", f->attention,
-                  "comma-separated: ls (the model's local heads), mhsa (every head global)")
-      ->capture_default_str();
+                  "comma-separated: ls (the model's local heads), mhsa (every head global); "
+                  "default: the model as configured");
   cmd->add_option("--epochs", f->epochs, "passes over train.bin (sets --steps)")
       ->check(CLI::PositiveNumber);
   cmd->add_option("--merge", f->merge,

@@ -162,7 +162,20 @@ TEST_F(StudySpan, EpochsSetTheStepsFromTheTrainingFile) {
   ASSERT_EQ(r.exit_code, 0) << r.output;
   const nlohmann::json results = nlohmann::json::parse(read_all(dir_.path() / "e/results.json"));
   EXPECT_EQ(results["training"]["steps"], 4);
+  EXPECT_EQ(results["attention"], nlohmann::json::array({"ls"}));  // the model as configured
   EXPECT_NE(read_all(dir_.path() / "e.md").find("(0.05 epochs)"), std::string::npos);
+}
+
+// Without --attention the study runs the model as configured: a model
+// without local heads is an MHSA study, not an error.
+TEST_F(StudySpan, DefaultAttentionIsTheModelAsConfigured) {
+  const auto r = lsgpt("study-span --data-dir " + quoted(dir_.path().string()) +
+                       " --settings off --seeds 1 --steps 2 --n-local 0 --report " +
+                       quoted((dir_.path() / "m.md").string()) + " --runs-dir " +
+                       quoted((dir_.path() / "m").string()) + kTiny);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const nlohmann::json results = nlohmann::json::parse(read_all(dir_.path() / "m/results.json"));
+  EXPECT_EQ(results["attention"], nlohmann::json::array({"mhsa"}));
 }
 
 }  // namespace
