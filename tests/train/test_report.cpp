@@ -57,6 +57,11 @@ std::string metrics(int steps, int layers, int heads, int spike, int skipped, ui
 }
 
 bool have_chromium() { return std::system("command -v chromium >/dev/null 2>&1") == 0; }
+// `lsgpt report` draws with gnuplot, which it requires (README command 2
+// installs it; the GPU machine's image lacks it).
+bool have_gnuplot_program() { return std::system("command -v gnuplot >/dev/null 2>&1") == 0; }
+#define REQUIRE_GNUPLOT() \
+  if (!have_gnuplot_program()) GTEST_SKIP() << "gnuplot not installed: lsgpt report cannot draw"
 
 // The page as Chromium's DOM after loading it, through --dump-dom.
 std::string chromium_dom(const ScratchDir& dir, const std::string& html) {
@@ -94,6 +99,7 @@ std::vector<std::pair<std::string, size_t>> plotted_lines(const std::string& dom
 }
 
 TEST(Report, ComparesDamagedAndMismatchedRunsAndChromiumDrawsEveryCurve) {
+  REQUIRE_GNUPLOT();
   ScratchDir dir;
   const std::string a = dir.file("run<b>&a"), b = dir.file("run_b");
   fs::create_directories(a);
@@ -162,6 +168,7 @@ TEST(Report, UnreadableRunsAreOneErrorAndNoPage) {
 }
 
 TEST(Report, EmptyMetricsBecomeANoteOnThePage) {
+  REQUIRE_GNUPLOT();
   ScratchDir dir;
   fs::create_directories(dir.file("empty"));
   write_file(dir.file("empty/metrics.jsonl"), "");
@@ -174,6 +181,7 @@ TEST(Report, EmptyMetricsBecomeANoteOnThePage) {
 }
 
 TEST(Report, SettingsComeFromTheCheckpointWhenConfigJsonIsMissing) {
+  REQUIRE_GNUPLOT();
   ScratchDir dir;
   fs::create_directories(dir.file("run"));
   write_file(dir.file("run/metrics.jsonl"), metrics(30, 2, 2, 10, -1, 5));
