@@ -148,6 +148,22 @@ TEST_F(DataParallelCli, CpuRanksMatchOneRankBitForBit) {
   expect_same_run("np4");
 }
 
+// The stabilisers keep the identity: z-loss summed over ranks in micro-batch
+// order, AdaGC's per-tensor norms from the shards' partition-invariant sums,
+// QK-norm's gains reduced like any other gradient.
+TEST_F(DataParallelCli, StabilisersMatchOneRankBitForBit) {
+  const std::string stabilisers = " --quiet --qk-norm --z-loss 1e-3 --adagc --adagc-warmup 2";
+  auto r = train(0, 4, "ref", stabilisers);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  r = train(2, 2, "np2", stabilisers);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  expect_same_run("np2");
+  const std::vector<json> got = metrics(dir_.file("np2"), "train");
+  ASSERT_FALSE(got.empty());
+  EXPECT_TRUE(got.back()["z_loss"].is_number()) << got.back().dump();
+  EXPECT_TRUE(got.back().contains("adagc_clipped")) << got.back().dump();
+}
+
 TEST_F(DataParallelCli, CheckpointsResumeOnAnotherNumberOfRanks) {
   train_reference();
   // Two ranks stop, one rank resumes.
