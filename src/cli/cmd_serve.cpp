@@ -121,7 +121,9 @@ void run_serve(const ServeFlags& f) {
   if (f.prefill_tokens < 1) fail("--prefill-tokens must be >= 1, got ", f.prefill_tokens);
   if (!(f.memory_fraction > 0 && f.memory_fraction <= 1))
     fail("--memory-fraction must be in (0, 1], got ", f.memory_fraction);
-  if (!(f.shutdown_timeout >= 0)) fail("--shutdown-timeout must be >= 0");
+  if (!(f.shutdown_timeout >= 0 && f.shutdown_timeout <= 86400))
+    fail("--shutdown-timeout must be in [0, 86400] seconds, got ", f.shutdown_timeout);
+  if (f.context < 0) fail("--context must be >= 0 (0: the model's), got ", f.context);
   // Signals are taken by one thread only; every thread started from here on
   // (OpenMP's, httplib's, the engine's) inherits the mask.
   sigset_t set;

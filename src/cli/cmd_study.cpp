@@ -171,6 +171,14 @@ StudyResults run_all(StudyFlags& f) {
   if (res.settings.front() != "off")
     fail("the first --settings entry must be 'off' (canonical), the baseline of the table");
   for (const std::string& s : res.settings) SpanConfig::parse(s);  // refuse bad settings up front
+  auto has_repeats = [](auto v) {
+    std::sort(v.begin(), v.end());
+    return std::adjacent_find(v.begin(), v.end()) != v.end();
+  };
+  if (has_repeats(seeds)) fail("--seeds lists a seed twice: '", f.seeds, "'");
+  if (has_repeats(res.settings)) fail("--settings lists a setting twice: '", f.settings, "'");
+  if (has_repeats(res.attention)) fail("--attention lists a kind twice: '", f.attention, "'");
+  if (f.train.steps < 1 && f.epochs <= 0) fail("--steps must be >= 1, got ", f.train.steps);
   for (const std::string& a : res.attention) model_for(base, a);
   TrainConfig tc = f.train;
   tc.train_data = f.data_dir + "/train.bin";

@@ -90,7 +90,7 @@ InferenceEngine::InferenceEngine(GPT& model, const EngineOptions& options)
     fail("a batch of ", B, " sequences of ", T, " positions needs ", memory_bytes_ / kMiB,
          " MiB (KV cache ", kv / kMiB, " MiB, buffers and a full-context prefill ",
          (memory_bytes_ - kv) / kMiB, " MiB) but the ", be.name(), " device has ",
-         available / kMiB, " MiB free; use a smaller --batch or --context");
+         available / kMiB, " MiB free; use fewer sequences or a shorter context");
   Impl& s = *impl_;
   s.state = model.make_decode_state(B, T, B);
   s.first_params = DeviceBuffer(be, sizeof(SampleParams));

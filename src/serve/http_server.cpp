@@ -243,9 +243,26 @@ HttpServer::HttpServer(Scheduler& scheduler, Metrics& metrics, const ServerLimit
   s.server.set_payload_max_length(options.max_body_bytes);
   s.server.set_keep_alive_timeout(2);
   // Remember the listening socket: bind() widens its accept backlog.
+  // Not httplib's default options: Debian's 0.11 sets SO_REUSEPORT there, so
+  // a second server on the same port would start and the kernel would split
+  // the clients between the two. SO_REUSEADDR alone lets a restart rebind
+  // while old connections linger, and a port in use is refused.
   s.server.set_socket_options([&s](socket_t sock) {
-    httplib::default_socket_options(sock);
+    int yes = 1;
+    ::setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
     s.listen_socket = sock;
+  });
+  // httplib enforces the body limit on Content-Length only and would read a
+  // chunked body of any size: refuse those before the body is read (OpenAI
+  // clients send a length).
+  s.server.set_pre_routing_handler([](const httplib::Request& req, httplib::Response& res) {
+    if (req.has_header("Transfer-Encoding") &&
+        req.get_header_value("Transfer-Encoding").find("chunked") != std::string::npos) {
+      res.status = 411;
+      res.set_content(error_body(error_for_status(411)), "application/json");
+      return httplib::Server::HandlerResponse::Handled;
+    }
+    return httplib::Server::HandlerResponse::Unhandled;
   });
   s.routes();
 }

@@ -210,6 +210,9 @@ ApiError error_for_status(int status) {
   switch (status) {
     case 404: return ApiError(404, "no such endpoint", "invalid_request_error", "", "not_found");
     case 405: return ApiError(405, "method not allowed for this endpoint");
+    case 411:
+      return ApiError(411, "a request body needs a Content-Length (chunked bodies are refused)",
+                      "invalid_request_error", "", "length_required");
     case 413:
       return ApiError(413, "the request body is larger than this server accepts",
                       "invalid_request_error", "", "request_too_large");

@@ -140,6 +140,9 @@ TEST_F(StudySpan, RefusesBadInputBeforeTraining) {
       {"--settings 'q:cross:2:1'", "must be 'off'"},
       {"--settings 'off;q:diag:2:1'", "basis"},
       {"--epochs -1", "--epochs"},
+      {"--seeds 1,2,1", "a seed twice"},
+      {"--settings 'off;off'", "a setting twice"},
+      {"--attention ls,ls", "a kind twice"},
   };
   for (const Case& c : cases) {
     const auto r = lsgpt("study-span " + c.args + data + " --runs-dir " +

@@ -83,7 +83,9 @@ class DataParallelCli : public ::testing::Test {
     // NCCL_NVLS_ENABLE=0: NVLink multicast off (the H200 machines need it).
     // plm_rsh_agent false: one host needs no ssh, and OpenMPI refuses to
     // start where none is installed unless told so.
-    return "mpirun --allow-run-as-root --oversubscribe --mca plm_rsh_agent false "
+    // Its own TMPDIR: OpenMPI makes its session directory there, and two
+    // mpiruns of parallel tests racing for /tmp/ompi.HOST.UID fail to start.
+    return "TMPDIR=" + quoted(dir_.path().string()) + " mpirun --allow-run-as-root --oversubscribe --mca plm_rsh_agent false "
            "-x OMP_NUM_THREADS=1 "
            "-x NCCL_NVLS_ENABLE=0 -x " + mode + " -np " + std::to_string(ranks) + " ";
   }

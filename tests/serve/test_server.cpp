@@ -10,6 +10,7 @@
 #include <mutex>
 
 #include "../io/io_test_support.h"
+#include "core/error.h"
 #include "serve_test_support.h"
 
 namespace lsgpt {
@@ -271,6 +272,44 @@ TEST_F(ServeTest, BadRequestsGetOpenAiErrorsAndTheServerKeepsServing) {
     EXPECT_EQ(ok.status, 200) << "after " << c.body.substr(0, 80) << ": " << ok.body;
   }
   EXPECT_GE(metric(metrics_text(), "lsgpt_requests_rejected_total{cause=\"invalid\"}"), 7);
+}
+
+// httplib checks the body limit against Content-Length only: a chunked body
+// is refused (411) before it is read, and the server goes on serving.
+TEST_F(ServeTest, ChunkedBodiesAreRefusedBeforeTheyAreRead) {
+  auto cli = testing::client(port());
+  int pieces = 0;
+  const auto res = cli->Post(
+      "/v1/completions",
+      [&](size_t, httplib::DataSink& sink) {
+        const std::string piece = pieces == 0 ? R"({"prompt":")" : pieces < 4 ? "aaaa" : "\"}";
+        sink.write(piece.data(), piece.size());
+        if (++pieces == 5) sink.done();
+        return true;
+      },
+      "application/json");
+  ASSERT_TRUE(res) << httplib::to_string(res.error());
+  EXPECT_EQ(res->status, 411) << res->body;
+  const json e = json::parse(res->body);
+  EXPECT_EQ(e["error"]["code"], "length_required") << res->body;
+  const auto ok = testing::post(port(), "/v1/completions", R"({"prompt":"ok","max_tokens":2})");
+  EXPECT_EQ(ok.status, 200) << ok.body;
+}
+
+// A second server on a port in use is refused (httplib's default socket
+// options set SO_REUSEPORT, with which both would listen and share clients).
+TEST_F(ServeTest, APortInUseIsRefused) {
+  serve::ServerLimits limits;
+  limits.context = kContext;
+  serve::HttpOptions ho;
+  ho.port = port();
+  serve::HttpServer second(*server_->scheduler, server_->metrics, limits, nullptr, ho);
+  try {
+    second.bind();
+    FAIL() << "a second server bound port " << port();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("cannot listen"), std::string::npos) << e.what();
+  }
 }
 
 TEST_F(ServeTest, AClientThatLeavesMidStreamFreesItsSlot) {
