@@ -85,7 +85,7 @@ class DataParallelCli : public ::testing::Test {
     // start where none is installed unless told so.
     // Its own TMPDIR: OpenMPI makes its session directory there, and two
     // mpiruns of parallel tests racing for /tmp/ompi.HOST.UID fail to start.
-    return "TMPDIR=" + quoted(dir_.path().string()) + " mpirun --allow-run-as-root --oversubscribe --mca plm_rsh_agent false "
+    return "env TMPDIR=" + quoted(dir_.path().string()) + " mpirun --allow-run-as-root --oversubscribe --mca plm_rsh_agent false "
            "-x OMP_NUM_THREADS=1 "
            "-x NCCL_NVLS_ENABLE=0 -x " + mode + " -np " + std::to_string(ranks) + " ";
   }
