@@ -294,7 +294,6 @@ TrainResult train_model(const TrainOptions& options_given) {
     if (dp) dp->begin_step();
     else model.zero_grad();
     model.reset_max_logits();
-    std::fill(micro_z.begin(), micro_z.end(), 0.0);
     for (int j = 0; j < accum; ++j) {
       // Global micro-batch k = step*G + j*N + r: the ranks' micro-batches of a
       // step together are the batches one rank would read.
