@@ -234,6 +234,10 @@ TrainResult train_model(const TrainOptions& options_given) {
   long skipped = state.value("skipped", 0L);
   int nonfinite_run = state.value("nonfinite", 0);
   double elapsed_before = state.value("elapsed", 0.0);
+  // Seconds spent in optimizer steps alone (no evaluation or checkpoint
+  // writes), over the whole run including the part before a resume: what
+  // "GPU-seconds to reach a validation loss" is measured in.
+  double train_seconds = state.value("train_seconds", 0.0);
 
   const std::string ckpt_path = tc.out_dir + "/checkpoint.ckpt";
   std::unique_ptr<MetricsLog> metrics;
@@ -259,7 +263,8 @@ TrainResult train_model(const TrainOptions& options_given) {
     ck.state = json{{"batches", uint64_t(steps_done) * tc.grad_accum},
                     {"skipped", skipped},
                     {"nonfinite", nonfinite_run},
-                    {"elapsed", elapsed}};
+                    {"elapsed", elapsed},
+                    {"train_seconds", train_seconds}};
     if (tc.adagc) ck.state["adagc_gamma"] = adagc.state_json();
     ck.params = dp ? dp->parameters() : model.parameters();
     ck.adam_m = dp ? dp->adam_m() : model.adam_m();
@@ -347,6 +352,7 @@ TrainResult train_model(const TrainOptions& options_given) {
     backend->sync();
     const double dt = std::chrono::duration<double>(Clock::now() - step_start).count();
     speed.add(dt);
+    train_seconds += dt;
     last_loss = loss;
     json rec{{"type", "train"},
              {"step", step},
@@ -354,6 +360,7 @@ TrainResult train_model(const TrainOptions& options_given) {
              {"lr", lr},
              {"grad_norm", std::isfinite(norm) ? json(norm) : json(nullptr)},
              {"tokens_per_s", tokens_per_step / dt},
+             {"train_seconds", train_seconds},
              {"max_logit", max_logit_json(max_logits)}};
     if (!finite) rec["skipped"] = true;
     // "loss" is the cross-entropy alone; the z-loss term is logged beside it.
@@ -388,7 +395,8 @@ TrainResult train_model(const TrainOptions& options_given) {
                {"step", step},
                {"val_loss", ev.loss},
                {"val_ppl", ev.perplexity},
-               {"val_tokens", ev.tokens}});
+               {"val_tokens", ev.tokens},
+               {"train_seconds", train_seconds}});
       if (!quiet) {
         std::printf("eval  step %ld | val loss %.4f | val ppl %.2f (%ld tokens)\n", step,
                     ev.loss, ev.perplexity, ev.tokens);
@@ -408,6 +416,7 @@ TrainResult train_model(const TrainOptions& options_given) {
            {"val_loss", final_eval.loss},
            {"val_ppl", final_eval.perplexity},
            {"val_tokens", final_eval.tokens},
+           {"train_seconds", train_seconds},
            {"final", true}});
   if (nonfinite_run == 0) save(step, elapsed_before + seconds);
   if (metrics) metrics->close();
