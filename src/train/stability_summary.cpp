@@ -116,7 +116,7 @@ std::string attention_kind(const json& config) {
   const bool same = std::all_of(per_layer.begin(), per_layer.end(),
                                 [&](long n) { return n == per_layer[0]; });
   for (size_t l = 0; l < (same ? 1 : per_layer.size()); ++l)
-    counts += (l ? "," : "") + std::to_string(per_layer[l]);
+    counts.append(l ? "," : "").append(std::to_string(per_layer[l]));
   const double w = config_number(config, "model", "window");
   return "LS " + counts + "/" + std::to_string(long(heads)) + " w=" +
          (std::isfinite(w) ? std::to_string(long(w)) : "?");
@@ -144,7 +144,7 @@ std::string stabiliser_list(const json& config) {
   const json* ada = find_path(config, "train", "adagc");
   if (ada && ada->is_boolean() && ada->get<bool>()) on.push_back("AdaGC");
   std::string out;
-  for (const std::string& s : on) out += (out.empty() ? "" : ", ") + s;
+  for (const std::string& s : on) out.append(out.empty() ? "" : ", ").append(s);
   return out.empty() ? "-" : out;
 }
 

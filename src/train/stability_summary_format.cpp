@@ -31,14 +31,18 @@ std::string spikes_cell(const RunStability& r) {
   if (r.spikes.empty()) return s;
   s += " (at";
   for (size_t i = 0; i < r.spikes.size(); ++i)
-    s += (i ? ", " : " ") + std::to_string(r.spikes[i].step);
+    s.append(i ? ", " : " ").append(std::to_string(r.spikes[i].step));
   return s + "; max excess " + num(r.max_spike_excess, "%.3f") + ")";
 }
 
 std::string target_cells(const RunStability& r, const StabilityOptions& o) {
   if (!o.target_loss) return "";
   if (!r.target_reached) return " not reached | n/a |";
-  return " " + std::to_string(r.target_step) + " | " + num(r.target_seconds, "%.1f") + " |";
+  std::string cells = " ";
+  return cells.append(std::to_string(r.target_step))
+      .append(" | ")
+      .append(num(r.target_seconds, "%.1f"))
+      .append(" |");
 }
 
 std::string runs_table(const std::vector<RunStability>& runs, const StabilityOptions& o) {
@@ -90,7 +94,7 @@ std::string group_table(const std::vector<RunStability>& runs,
         "diverged |\n|---|---|---|---|---|---|---|---|---|\n";
   for (const StabilityGroup& g : groups) {
     std::string names;
-    for (const size_t i : g.runs) names += (names.empty() ? "" : ", ") + cell(runs[i].name);
+    for (const size_t i : g.runs) names.append(names.empty() ? "" : ", ").append(cell(runs[i].name));
     md << "| " << g.attention << " | " << g.stabilisers << " | " << num(g.lr, "%g") << " | "
        << g.runs.size() << " (" << names << ") | " << num(g.mean_final_val_loss, "%.4f") << " | "
        << num(g.min_final_val_loss, "%.4f") << " | " << num(g.max_final_val_loss, "%.4f")
