@@ -10,12 +10,15 @@
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <string>
 #include <vector>
 
 #include "data/data_test_support.h"
+#include "data/token_file.h"
+#include "io/io_test_support.h"
 #include "train/run_metrics.h"
 
 namespace lsgpt {
@@ -316,6 +319,59 @@ TEST(StabilitySummary, BadSummaryOptionsAreOneError) {
   EXPECT_NE(r.err.find("lsgpt: error: report: cannot create the SVG directory"), std::string::npos)
       << r.err;
   EXPECT_FALSE(fs::exists(dir.file("r.html")));
+}
+
+// Two seeds of one tiny LS setting trained by `lsgpt train`: the summary reads
+// what the trainer really writes (final evaluation, train_seconds, tokens/s,
+// max logits, config.json with absolute data paths and out_dir).
+TEST(StabilitySummary, ReadsRealTrainingRuns) {
+  testing::ScratchDir dir;
+  std::mt19937 rng(7);
+  std::vector<int32_t> tokens(3000);
+  for (auto& t : tokens) t = int32_t(rng() % 50257);
+  write_token_file((dir.path() / "tr.bin").string(), 50257, tokens);
+  std::vector<RunStability> runs;
+  StabilityOptions o;
+  o.target_loss = 100.0;  // reached at the first evaluation
+  for (const int seed : {1, 2}) {
+    const std::string out = "run" + std::to_string(seed);
+    const auto r = testing::run_command(
+        "cd " + testing::quoted(dir.path().string()) + " && " + testing::quoted(LSGPT_BINARY) +
+        " train --train tr.bin --valid tr.bin --steps 4 --seed " + std::to_string(seed) +
+        " --out-dir " + out + " --n-layer 1 --d-model 32 --n-head 2 --seq-len 16 --n-local 1 "
+        "--window 4 --quiet --batch-size 2 --eval-every 2 --eval-batches 1 "
+        "--final-eval-batches 2 --warmup 1 < /dev/null");
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    runs.push_back(summarise_run(read_run_metrics((dir.path() / out).string()), o));
+  }
+  // The final evaluation record, as written.
+  json fin, first_eval;
+  std::ifstream in(dir.path() / "run1" / "metrics.jsonl");
+  for (std::string line; std::getline(in, line);) {
+    const json j = json::parse(line);
+    if (j["type"] == "eval" && first_eval.is_null()) first_eval = j;
+    if (j.value("final", false)) fin = j;
+  }
+  ASSERT_TRUE(fin.is_object());
+  const RunStability& r = runs[0];
+  EXPECT_EQ(r.name, "run1");
+  EXPECT_EQ(r.attention, "LS 1/2 w=4");
+  EXPECT_EQ(r.stabilisers, "-");
+  EXPECT_DOUBLE_EQ(r.seed, 1);
+  EXPECT_EQ(r.steps, 4);
+  EXPECT_DOUBLE_EQ(r.final_val_loss, fin["val_loss"].get<double>());
+  EXPECT_DOUBLE_EQ(r.final_val_ppl, fin["val_ppl"].get<double>());
+  EXPECT_FALSE(r.diverged);
+  EXPECT_FALSE(r.incomplete);
+  EXPECT_TRUE(r.target_reached);
+  EXPECT_EQ(r.target_step, first_eval["step"].get<long>());
+  EXPECT_DOUBLE_EQ(r.target_seconds, first_eval["train_seconds"].get<double>());
+  EXPECT_GT(r.median_tokens_per_s, 0);
+  ASSERT_EQ(r.max_logit_per_layer.size(), 1u);
+  EXPECT_TRUE(std::isfinite(r.max_logit_per_layer[0]));
+  const auto groups = group_runs(runs);
+  ASSERT_EQ(groups.size(), 1u);  // seeds and out_dir differ, nothing else
+  EXPECT_EQ(groups[0].runs.size(), 2u);
 }
 
 }  // namespace
