@@ -30,11 +30,29 @@ void add_report_command(CLI::App& app) {
   cmd->add_flag("--log-y", o->log_y,
                 "Log-scale y axis for the max-logit and gradient-norm charts (growth and spikes "
                 "over orders of magnitude)");
-  cmd->callback([o] {
+  cmd->add_option("--summary", o->summary_md,
+                  "Also write a stability summary as Markdown: per run the attention kind, "
+                  "stabilisers, lr, seed, final validation loss and perplexity, loss spikes, "
+                  "divergence, peak max logit, median tokens/s and time to --target-loss; max "
+                  "logit per layer; runs grouped by setting (config.json less seed and paths)");
+  cmd->add_option("--summary-json", o->summary_json, "The same summary as JSON");
+  auto target = std::make_shared<double>(0);
+  CLI::Option* target_opt = cmd->add_option(
+      "--target-loss", *target,
+      "Validation loss for the summary's time-to-target columns (first evaluation at or below "
+      "it: its step and train_seconds)");
+  cmd->add_option("--svg-dir", o->svg_dir,
+                  "Also write each chart as a standalone SVG file in this directory (loss.svg, "
+                  "val_loss.svg, lr.svg, grad_norm.svg, max_logit.svg, max_logit_layerL.svg, "
+                  "heads_layerL_runN.svg)");
+  cmd->callback([o, target, target_opt] {
+    if (target_opt->count() > 0) o->target_loss = *target;
     const ReportSummary s = write_report(*o);
-    for (const std::string& note : s.notes) std::fprintf(stderr, "report: note: %s\n", note.c_str());
+    for (const std::string& note : s.notes)
+      std::fprintf(stderr, "report: note: %s\n", note.c_str());
     std::fprintf(stderr, "report: wrote %s (%zu run(s), %d charts)\n", o->output.c_str(),
                  o->run_dirs.size(), s.charts);
+    for (const std::string& f : s.files) std::fprintf(stderr, "report: wrote %s\n", f.c_str());
   });
 }
 

@@ -18,6 +18,7 @@
 #include "io/atomic_file.h"
 #include "train/plot.h"
 #include "train/run_metrics.h"
+#include "train/stability_summary.h"
 
 namespace lsgpt {
 
@@ -102,6 +103,7 @@ struct Line {
 };
 
 struct Chart {
+  std::string file;  // stable name of its standalone SVG (--svg-dir)
   std::string title, ylabel;
   bool log_y = false;
   std::vector<Line> lines;
@@ -181,10 +183,11 @@ double layer_max(const TrainRecord& t, int layer) {
 // One chart of a per-step quantity with a line per run and, where a run
 // skipped steps, a mark per skipped step along the top. `layer` >= 0: a
 // per-layer chart, where runs without that layer get no marks either.
-Chart per_run_chart(const std::vector<RunMetrics>& runs, const std::string& title,
+Chart per_run_chart(const std::vector<RunMetrics>& runs, const std::string& file,
+                    const std::string& title,
                     const std::string& ylabel, bool log_y, size_t max_points,
                     const std::function<double(const TrainRecord&)>& f, int layer = -1) {
-  Chart c{title, ylabel, log_y, {}};
+  Chart c{file, title, ylabel, log_y, {}};
   for (size_t i = 0; i < runs.size(); ++i)
     c.lines.push_back({run_name(i), color(i), train_series(runs[i], f, log_y, max_points)});
   for (size_t i = 0; i < runs.size(); ++i)
@@ -198,9 +201,10 @@ std::vector<Chart> build_charts(const std::vector<RunMetrics>& runs, const Repor
                                 std::vector<std::string>& notes) {
   const size_t n = o.max_points;
   std::vector<Chart> charts;
-  charts.push_back(per_run_chart(runs, "Training loss (nats per token)", "cross-entropy", false,
-                                 n, [](const TrainRecord& t) { return t.loss; }));
-  Chart val{"Validation loss (nats per token)", "cross-entropy", false, {}};
+  charts.push_back(per_run_chart(runs, "loss.svg", "Training loss (nats per token)",
+                                 "cross-entropy", false, n,
+                                 [](const TrainRecord& t) { return t.loss; }));
+  Chart val{"val_loss.svg", "Validation loss (nats per token)", "cross-entropy", false, {}};
   for (size_t i = 0; i < runs.size(); ++i) {
     Series s;
     for (const EvalRecord& e : runs[i].eval)
@@ -208,14 +212,15 @@ std::vector<Chart> build_charts(const std::vector<RunMetrics>& runs, const Repor
     val.lines.push_back({run_name(i), color(i), s, true});
   }
   charts.push_back(val);
-  charts.push_back(per_run_chart(runs, "Learning rate", "lr", false, n,
+  charts.push_back(per_run_chart(runs, "lr.svg", "Learning rate", "lr", false, n,
                                  [](const TrainRecord& t) { return t.lr; }));
-  charts.push_back(per_run_chart(runs, "Gradient norm (global, before clipping)", "norm",
-                                 o.log_y, n, [](const TrainRecord& t) { return t.grad_norm; }));
+  charts.push_back(per_run_chart(runs, "grad_norm.svg", "Gradient norm (global, before clipping)",
+                                 "norm", o.log_y, n,
+                                 [](const TrainRecord& t) { return t.grad_norm; }));
   int layers = 0;
   for (const RunMetrics& r : runs) layers = std::max(layers, r.n_layer);
-  charts.push_back(per_run_chart(runs, "Largest attention logit, all layers", "max logit",
-                                 o.log_y, n, [layers](const TrainRecord& t) {
+  charts.push_back(per_run_chart(runs, "max_logit.svg", "Largest attention logit, all layers",
+                                 "max logit", o.log_y, n, [layers](const TrainRecord& t) {
                                    double m = NAN;
                                    for (int l = 0; l < layers; ++l) {
                                      const double v = layer_max(t, l);
@@ -224,7 +229,7 @@ std::vector<Chart> build_charts(const std::vector<RunMetrics>& runs, const Repor
                                    return m;
                                  }));
   for (int l = 0; l < layers; ++l)
-    charts.push_back(per_run_chart(runs,
+    charts.push_back(per_run_chart(runs, "max_logit_layer" + std::to_string(l) + ".svg",
                                    "Layer " + std::to_string(l) +
                                        ": largest pre-softmax attention logit (max over heads)",
                                    "max logit", o.log_y, n,
@@ -237,7 +242,8 @@ std::vector<Chart> build_charts(const std::vector<RunMetrics>& runs, const Repor
                       "--layer " + std::to_string(o.head_layer) + " is not one of them");
       continue;
     }
-    Chart c{run_name(i) + ", layer " + std::to_string(o.head_layer) +
+    Chart c{"heads_layer" + std::to_string(o.head_layer) + "_run" + std::to_string(i + 1) + ".svg",
+            run_name(i) + ", layer " + std::to_string(o.head_layer) +
                 ": largest attention logit per head",
             "max logit", o.log_y, {}};
     for (int h = 0; h < r.n_head; ++h)
@@ -363,19 +369,51 @@ std::string page(const std::vector<RunMetrics>& runs, const std::vector<std::str
   return h.str();
 }
 
+void check_summary_options(const ReportOptions& o) {
+  if (o.target_loss && !std::isfinite(*o.target_loss))
+    fail("report: --target-loss must be a finite number, not ", *o.target_loss);
+  if (o.svg_dir.empty()) return;
+  std::error_code ec;
+  fs::create_directories(o.svg_dir, ec);
+  if (!fs::is_directory(o.svg_dir))
+    fail("report: cannot create the SVG directory ", o.svg_dir, ec ? ": " + ec.message() : "");
+}
+
+// The stability summary files asked for; returns their paths.
+std::vector<std::string> write_stability_summary(const std::vector<RunMetrics>& runs,
+                                                 const ReportOptions& o) {
+  if (o.summary_md.empty() && o.summary_json.empty()) return {};
+  StabilityOptions so;
+  so.target_loss = o.target_loss;
+  std::vector<RunStability> stats;
+  for (const RunMetrics& r : runs) stats.push_back(summarise_run(r, so));
+  const std::vector<StabilityGroup> groups = group_runs(stats);
+  std::vector<std::string> files;
+  if (!o.summary_md.empty()) {
+    write_file_atomic(o.summary_md, summary_markdown(stats, groups, so));
+    files.push_back(o.summary_md);
+  }
+  if (!o.summary_json.empty()) {
+    write_file_atomic(o.summary_json, summary_json(stats, groups, so).dump(2) + "\n");
+    files.push_back(o.summary_json);
+  }
+  return files;
+}
+
 }  // namespace
 
 ReportSummary write_report(const ReportOptions& o) {
   if (o.run_dirs.empty()) fail("report: give at least one run directory");
   if (o.output.empty()) fail("report: give the page to write with -o REPORT.html");
   if (o.head_layer < -1) fail("report: --layer must be 0 or more, not ", o.head_layer);
+  check_summary_options(o);
   std::vector<RunMetrics> runs;
   for (const std::string& dir : o.run_dirs) runs.push_back(read_run_metrics(dir));
   if (!have_gnuplot()) fail("report: gnuplot not found; install gnuplot-nox to draw the charts");
   ReportSummary summary;
   const Scratch scratch;
   ChartRenderer renderer(scratch);
-  std::vector<std::string> svgs;
+  std::vector<std::string> svgs, svg_files;
   for (const Chart& chart : build_charts(runs, o, summary.notes)) {
     std::string svg = renderer.svg(chart);
     if (svg.empty()) {
@@ -383,8 +421,19 @@ ReportSummary write_report(const ReportOptions& o) {
       continue;
     }
     svgs.push_back(std::move(svg));
+    svg_files.push_back(chart.file);
   }
   summary.charts = int(svgs.size());
+  // The summary first: an unwritable summary path stops the report before any
+  // other file is written.
+  summary.files = write_stability_summary(runs, o);
+  for (size_t i = 0; i < svgs.size() && !o.svg_dir.empty(); ++i) {
+    // A standalone file needs the XML prolog that the inlined copy leaves out.
+    const std::string path = (fs::path(o.svg_dir) / svg_files[i]).string();
+    write_file_atomic(path, "<?xml version=\"1.0\" encoding=\"utf-8\" standalone=\"no\"?>\n" +
+                                svgs[i]);
+    summary.files.push_back(path);
+  }
   write_file_atomic(o.output, page(runs, svgs, summary.notes, o));
   for (size_t i = 0; i < runs.size(); ++i)
     for (const std::string& note : runs[i].notes)

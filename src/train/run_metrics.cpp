@@ -53,6 +53,8 @@ bool add_record(const json& r, RunMetrics& run) {
     t.loss = number_or_nan(r, "loss");
     t.lr = number_or_nan(r, "lr");
     t.grad_norm = number_or_nan(r, "grad_norm");
+    t.tokens_per_s = number_or_nan(r, "tokens_per_s");
+    t.train_seconds = number_or_nan(r, "train_seconds");
     t.skipped = r.value("skipped", false) || !std::isfinite(t.loss);
     t.max_logit = read_max_logit(r);
     run.n_layer = std::max(run.n_layer, int(t.max_logit.size()));
@@ -61,7 +63,10 @@ bool add_record(const json& r, RunMetrics& run) {
     return true;
   }
   if (r["type"] == "eval") {
-    run.eval.push_back({r["step"].get<long>(), number_or_nan(r, "val_loss")});
+    const auto fin = r.find("final");
+    run.eval.push_back({r["step"].get<long>(), number_or_nan(r, "val_loss"),
+                        number_or_nan(r, "val_ppl"), number_or_nan(r, "train_seconds"),
+                        fin != r.end() && fin->is_boolean() && fin->get<bool>()});
     return true;
   }
   return false;

@@ -16,6 +16,8 @@ namespace lsgpt {
 struct TrainRecord {
   long step = 0;
   double loss = 0, lr = 0, grad_norm = 0;  // NaN where the record has null or nothing
+  double tokens_per_s = 0;                 // NaN where missing
+  double train_seconds = 0;                // cumulative optimizer-step time; NaN in older runs
   bool skipped = false;                    // the trainer skipped the update (non-finite)
   std::vector<std::vector<double>> max_logit;  // [layer][head]; NaN for null
 };
@@ -23,6 +25,9 @@ struct TrainRecord {
 struct EvalRecord {
   long step = 0;
   double val_loss = 0;
+  double val_ppl = 0;        // NaN where missing
+  double train_seconds = 0;  // NaN where missing (older runs)
+  bool final = false;        // the end-of-run evaluation
 };
 
 struct RunMetrics {
