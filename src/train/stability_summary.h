@@ -20,8 +20,11 @@
 //  - Incomplete: no final evaluation and not diverged (killed or stopped).
 //  - Throughput: the median tokens/s over recorded steps after the first
 //    `speed_skip` (10) records (all of them when there are no more).
-//  - Time to target: the first evaluation with val_loss <= target: its step
-//    and train_seconds (cumulative time in optimizer steps).
+//  - Time to target: the first intermediate evaluation with val_loss <=
+//    target: its step and train_seconds (cumulative time in optimizer
+//    steps). The final evaluation counts only in a run without intermediate
+//    ones: it usually reads the whole validation file, the intermediate ones
+//    the same first batches each time, and the two losses differ.
 //  - Setting group: runs whose config.json is equal once train.seed,
 //    train.out_dir and every path-like field (keys ending in _data, _dir,
 //    _path or _file, and string values holding a '/') are removed.

@@ -103,6 +103,39 @@ std::string group_table(const std::vector<RunStability>& runs,
   return md.str();
 }
 
+// The learning-rate sweep at a glance: one row per setting, one column per
+// learning rate, the mean final validation loss of the seeds ("div" marks a
+// group with a diverged run). Empty when the runs share one learning rate.
+std::string lr_table(const std::vector<StabilityGroup>& groups) {
+  std::vector<double> lrs;
+  std::vector<std::pair<std::string, std::string>> settings;
+  for (const StabilityGroup& g : groups) {
+    if (std::find(lrs.begin(), lrs.end(), g.lr) == lrs.end()) lrs.push_back(g.lr);
+    const std::pair<std::string, std::string> key{g.attention, g.stabilisers};
+    if (std::find(settings.begin(), settings.end(), key) == settings.end()) settings.push_back(key);
+  }
+  if (lrs.size() < 2) return "";
+  std::sort(lrs.begin(), lrs.end());
+  std::ostringstream md;
+  md << "| attention | stabilisers |";
+  for (const double lr : lrs) md << " lr " << num(lr, "%g") << " |";
+  md << "\n|---|---|";
+  for (size_t i = 0; i < lrs.size(); ++i) md << "---|";
+  md << "\n";
+  for (const auto& [attention, stabilisers] : settings) {
+    md << "| " << attention << " | " << stabilisers << " |";
+    for (const double lr : lrs) {
+      const auto g = std::find_if(groups.begin(), groups.end(), [&](const StabilityGroup& x) {
+        return x.attention == attention && x.stabilisers == stabilisers && x.lr == lr;
+      });
+      if (g == groups.end()) md << " - |";
+      else md << " " << num(g->mean_final_val_loss, "%.4f") << (g->diverged ? " div" : "") << " |";
+    }
+    md << "\n";
+  }
+  return md.str();
+}
+
 // JSON has no NaN: missing values are null.
 json number_or_null(double v) { return std::isfinite(v) ? json(v) : json(nullptr); }
 
@@ -152,7 +185,11 @@ std::string summary_markdown(const std::vector<RunStability>& runs,
   md << "# Stability summary\n\n## Runs\n\n" << runs_table(runs, o)
      << "\n## Largest attention logit per layer (max over steps and heads)\n\n"
      << logit_table(runs) << "\n## Settings (runs differing only in seed and paths)\n\n"
-     << group_table(runs, groups) << "\n" << stability_definitions(o) << "\n";
+     << group_table(runs, groups);
+  const std::string by_lr = lr_table(groups);
+  if (!by_lr.empty())
+    md << "\n## Mean final validation loss by learning rate\n\n" << by_lr;
+  md << "\n" << stability_definitions(o) << "\n";
   return md.str();
 }
 

@@ -198,8 +198,16 @@ TEST(StabilitySummary, TimeToTargetThroughputAndMaxLogits) {
   EXPECT_TRUE(r.target_reached);
   EXPECT_EQ(r.target_step, 20);
   EXPECT_DOUBLE_EQ(r.target_seconds, 21.0);
-  EXPECT_FALSE(summarise(wd, 1.99).target_reached);
+  // The final evaluation (2.0 at step 30) reads other batches: it does not count
+  // while intermediate evaluations exist, but does in a run with only a final one.
+  EXPECT_FALSE(summarise(wd, 2.2).target_reached);
   EXPECT_FALSE(summarise(wd).target_reached);  // no target given
+  RunWriter final_only;
+  for (long s = 1; s <= 30; ++s) final_only.train(s, 3.0, 1000, json::array(), s * 1.0);
+  final_only.eval(30, 2.0, true, 30.0);
+  const RunStability f = summarise(write_run(dir, "final_only", final_only), 2.2);
+  EXPECT_TRUE(f.target_reached);
+  EXPECT_EQ(f.target_step, 30);
   EXPECT_DOUBLE_EQ(r.median_tokens_per_s, 1095.0);  // 1000..1190 after the first 10
   ASSERT_EQ(r.max_logit_per_layer.size(), 2u);
   EXPECT_DOUBLE_EQ(r.max_logit_per_layer[0], 7.5);
@@ -266,6 +274,37 @@ TEST(StabilitySummary, SettingsGroupsAndMarkdown) {
   EXPECT_EQ(j["groups"][0]["runs"].size(), 2u);
 }
 
+TEST(StabilitySummary, LearningRateTableHasOneRowPerSettingAndOneColumnPerRate) {
+  ScratchDir dir;
+  StabilityOptions o;
+  std::vector<RunStability> runs;
+  // MHSA at 1e-3 (two seeds, 2.4 and 2.6) and 3e-3 (diverged); LS at 3e-3 only.
+  const struct { std::vector<int> n_local; double lr; int seed; double final_loss; } spec[] = {
+      {{0, 0}, 3e-3, 1, NAN}, {{0, 0}, 1e-3, 1, 2.4}, {{0, 0}, 1e-3, 2, 2.6}, {{3, 3}, 3e-3, 1, 2.2}};
+  for (int i = 0; i < 4; ++i) {
+    RunWriter w;
+    for (long s = 1; s <= 30; ++s) w.train(s, 4.0 - s * 0.02);
+    w.eval(10, 3.5);
+    if (std::isfinite(spec[i].final_loss)) w.eval(30, spec[i].final_loss, true);
+    else w.train(31, NAN);
+    std::string name = "r";
+    name += std::to_string(i);  // not "r" + ...: GCC 12 warns falsely (-Wrestrict)
+    runs.push_back(summarise_run(
+        read_run_metrics(write_run(
+            dir, name, w, config(spec[i].n_local, spec[i].lr, spec[i].seed, dir.file(name)))),
+        o));
+  }
+  const std::string md = summary_markdown(runs, group_runs(runs), o);
+  EXPECT_NE(md.find("| attention | stabilisers | lr 0.001 | lr 0.003 |\n|---|---|---|---|\n"
+                    "| MHSA | - | 2.5000 | n/a div |\n| LS 3/4 w=64 | - | - | 2.2000 |\n"),
+            std::string::npos)
+      << md;
+  // One learning rate: no table.
+  runs.resize(1);
+  EXPECT_EQ(summary_markdown(runs, group_runs(runs), o).find("by learning rate"),
+            std::string::npos);
+}
+
 TEST(StabilitySummary, ReportWritesSummaryAndSvgFiles) {
   if (std::system("command -v gnuplot >/dev/null 2>&1") != 0)
     GTEST_SKIP() << "gnuplot not installed: lsgpt report cannot draw";
@@ -274,15 +313,16 @@ TEST(StabilitySummary, ReportWritesSummaryAndSvgFiles) {
   const std::string args = "report '" + runs[0] + "' '" + runs[1] + "' '" + runs[2] +
                            "' --layer 1 -o '" + dir.file("r.html") + "' --summary '" +
                            dir.file("s.md") + "' --summary-json '" + dir.file("s.json") +
-                           "' --target-loss 2.5 --svg-dir '" + dir.file("svg") + "'";
+                           "' --target-loss 3.2 --svg-dir '" + dir.file("svg") + "'";
   const auto r = run_lsgpt(dir, args);
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(read_file(dir.file("s.md")).find("| ls_seed2 |"), std::string::npos);
   const json j = json::parse(read_file(dir.file("s.json")));
-  EXPECT_EQ(j["target_loss"], 2.5);
-  EXPECT_EQ(j["runs"][0]["target"]["reached"], true);  // 2.4 at step 40
-  EXPECT_EQ(j["runs"][0]["target"]["step"], 40);
-  EXPECT_EQ(j["runs"][1]["target"]["reached"], false);
+  EXPECT_EQ(j["target_loss"], 3.2);
+  // 3.2 at the intermediate step 20; the final 2.4 reads other batches.
+  EXPECT_EQ(j["runs"][0]["target"]["reached"], true);
+  EXPECT_EQ(j["runs"][0]["target"]["step"], 20);
+  EXPECT_TRUE(j["runs"][0]["target"]["train_seconds"].is_null());
   const std::vector<std::string> svgs{
       "grad_norm.svg", "heads_layer1_run1.svg", "heads_layer1_run2.svg", "heads_layer1_run3.svg",
       "loss.svg", "lr.svg", "max_logit.svg", "max_logit_layer0.svg", "max_logit_layer1.svg",

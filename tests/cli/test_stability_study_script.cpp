@@ -1,0 +1,101 @@
+// scripts/stability-study.sh, the documented command of the stability study
+// (docs/results/stability-pg-books.md), run end to end on the CPU with its
+// SMOKE shapes: every phase, the run naming the report reads, the skipping
+// of finished runs that lets a study continue in a later call, and the
+// generated Markdown.
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <string>
+
+#include "data/data_test_support.h"
+
+namespace lsgpt {
+namespace {
+
+using data_testing::read_file;
+using data_testing::ScratchDir;
+namespace fs = std::filesystem;
+
+struct Shell {
+  int exit_code;
+  std::string out;
+};
+
+Shell run_script(const ScratchDir& dir, const std::string& env, const std::string& args) {
+  const std::string log = dir.file("script.log");
+  const std::string cmd = env + " bash " LSGPT_SOURCE_DIR "/scripts/stability-study.sh " + args +
+                          " > '" + log + "' 2>&1";
+  const int status = std::system(cmd.c_str());
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, read_file(log)};
+}
+
+TEST(StabilityStudyScript, RunsEveryPhaseOnTheCpuAndResumes) {
+  const bool gnuplot = std::system("command -v gnuplot >/dev/null 2>&1") == 0;
+  ScratchDir dir;
+  const std::string data = dir.file("data"), out = dir.file("out");
+  ASSERT_EQ(std::system((std::string(LSGPT_BINARY) + " prepare --dataset wikitext2 --out-dir '" +
+                         data + "' > /dev/null")
+                            .c_str()),
+            0);
+  const std::string env =
+      "SMOKE=1 SMOKE_STEPS=4 BATCH=2 LONG_BATCH=1 DEVICE=cpu LSGPT='" LSGPT_BINARY
+      "' DATA_DIR='" + data +
+      "' PROXY_SETTINGS='mhsa ls-qknorm' PROXY_LRS='1e-3 3e-3' DECISIVE_SETTINGS=ls-zloss"
+      " DECISIVE_LRS=1e-3 SEEDS='1 2' LONG_SETTINGS=ls LONG_LRS=1e-3";
+  const std::string phases = gnuplot ? "proxy decisive long report" : "proxy decisive long";
+  Shell r = run_script(dir, env, "'" + out + "' " + phases);
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  const char* runs[] = {"proxy-mhsa-lr1e-3-s1",     "proxy-mhsa-lr3e-3-s1",
+                        "proxy-ls-qknorm-lr1e-3-s1", "proxy-ls-qknorm-lr3e-3-s1",
+                        "gpt2-ls-zloss-lr1e-3-s1",   "gpt2-ls-zloss-lr1e-3-s2",
+                        "gpt2-ctx8192-ls-lr1e-3-s1"};
+  for (const char* name : runs) {
+    const std::string run = out + "/runs/" + name;
+    EXPECT_EQ(read_file(run + "/exit_code"), "0\n") << name << "\n" << r.out;
+    EXPECT_TRUE(fs::exists(run + "/metrics.jsonl")) << name;
+    EXPECT_FALSE(fs::exists(run + "/checkpoint.ckpt")) << name;  // removed: the metrics are the result
+  }
+  const std::string qk = read_file(out + "/runs/proxy-ls-qknorm-lr3e-3-s1/config.json");
+  EXPECT_NE(qk.find("\"qk_norm\": true"), std::string::npos) << qk;
+  const std::string zl = read_file(out + "/runs/gpt2-ls-zloss-lr1e-3-s2/config.json");
+  EXPECT_NE(zl.find("\"z_loss\": 0.0001"), std::string::npos) << zl;
+  EXPECT_NE(zl.find("\"seed\": 2"), std::string::npos) << zl;
+  const std::string longer = read_file(out + "/runs/gpt2-ctx8192-ls-lr1e-3-s1/config.json");
+  EXPECT_NE(longer.find("\"seq_len\": 256"), std::string::npos) << longer;  // 8192 / 32 in SMOKE
+
+  if (gnuplot) {
+    const std::string md = read_file(out + "/stability-pg-books.md");
+    EXPECT_NE(md.find("## Runs: proxy"), std::string::npos) << md;
+    EXPECT_NE(md.find("| gpt2-ls-zloss-lr1e-3-s2 | LS 3/4 w=16 | z-loss 1e-4 | 0.001 | 2 |"),
+              std::string::npos) << md;
+    EXPECT_NE(md.find("## Runs: gpt2-ctx8192"), std::string::npos) << md;
+    EXPECT_NE(md.find("| lr 0.001 | lr 0.003 |"), std::string::npos) << md;  // the proxy sweep
+    EXPECT_NE(md.find("![gpt2-lr1e-3 loss](charts-gpt2-lr1e-3/loss.svg)"), std::string::npos)
+        << md;
+    EXPECT_NE(md.find("Legend: run 1 = gpt2-ls-zloss-lr1e-3-s1."), std::string::npos) << md;
+    // The two seeds form one setting group.
+    EXPECT_NE(md.find("| 2 (gpt2-ls-zloss-lr1e-3-s1, gpt2-ls-zloss-lr1e-3-s2) |"),
+              std::string::npos) << md;
+    EXPECT_TRUE(fs::exists(out + "/charts-gpt2-lr1e-3/loss.svg"));
+    EXPECT_TRUE(fs::exists(out + "/summary-gpt2.json"));
+  }
+
+  // Again: every run is done, so nothing trains.
+  r = run_script(dir, env, "'" + out + "' proxy decisive long");
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  EXPECT_EQ(r.out.find("[gpu "), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("decisive: 0 run(s) left"), std::string::npos) << r.out;
+
+  r = run_script(dir, env, "'" + out + "' warmup");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.out.find("stability-study: error: unknown phase 'warmup'"), std::string::npos)
+      << r.out;
+  r = run_script(dir, "DEVICE=cpu LSGPT=/nonexistent/lsgpt", "'" + out + "' proxy");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.out.find("no lsgpt binary at '/nonexistent/lsgpt'"), std::string::npos) << r.out;
+}
+
+}  // namespace
+}  // namespace lsgpt
