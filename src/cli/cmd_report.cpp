@@ -39,8 +39,9 @@ void add_report_command(CLI::App& app) {
   auto target = std::make_shared<double>(0);
   CLI::Option* target_opt = cmd->add_option(
       "--target-loss", *target,
-      "Validation loss for the summary's time-to-target columns (first evaluation at or below "
-      "it: its step and train_seconds)");
+      "Validation loss for the summary's time-to-target columns: the first intermediate "
+      "evaluation at or below it (its step and train_seconds); the final evaluation counts only "
+      "in runs without intermediate ones, as it reads other validation batches");
   cmd->add_option("--svg-dir", o->svg_dir,
                   "Also write each chart as a standalone SVG file in this directory (loss.svg, "
                   "val_loss.svg, lr.svg, grad_norm.svg, max_logit.svg, max_logit_layerL.svg, "

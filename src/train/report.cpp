@@ -369,9 +369,33 @@ std::string page(const std::vector<RunMetrics>& runs, const std::vector<std::str
   return h.str();
 }
 
+// Two names for one run would count it twice in the summary's groups.
+void check_distinct_runs(const std::vector<std::string>& dirs) {
+  std::vector<fs::path> seen;
+  for (const std::string& d : dirs) {
+    std::error_code ec;
+    fs::path canonical = fs::weakly_canonical(d, ec);
+    if (ec) canonical = fs::path(d).lexically_normal();
+    if (std::find(seen.begin(), seen.end(), canonical) != seen.end())
+      fail("report: the run directory ", d, " is given twice");
+    seen.push_back(canonical);
+  }
+}
+
+bool same_file(const std::string& a, const std::string& b) {
+  if (a.empty() || b.empty()) return false;
+  std::error_code ea, eb;
+  return fs::weakly_canonical(a, ea) == fs::weakly_canonical(b, eb);
+}
+
 void check_summary_options(const ReportOptions& o) {
   if (o.target_loss && !std::isfinite(*o.target_loss))
     fail("report: --target-loss must be a finite number, not ", *o.target_loss);
+  if (o.target_loss && o.summary_md.empty() && o.summary_json.empty())
+    fail("report: --target-loss is for the summary; add --summary FILE.md or --summary-json FILE");
+  if (same_file(o.output, o.summary_md) || same_file(o.output, o.summary_json) ||
+      same_file(o.summary_md, o.summary_json))
+    fail("report: -o, --summary and --summary-json must name different files");
   if (o.svg_dir.empty()) return;
   std::error_code ec;
   fs::create_directories(o.svg_dir, ec);
@@ -406,6 +430,7 @@ ReportSummary write_report(const ReportOptions& o) {
   if (o.run_dirs.empty()) fail("report: give at least one run directory");
   if (o.output.empty()) fail("report: give the page to write with -o REPORT.html");
   if (o.head_layer < -1) fail("report: --layer must be 0 or more, not ", o.head_layer);
+  check_distinct_runs(o.run_dirs);
   check_summary_options(o);
   std::vector<RunMetrics> runs;
   for (const std::string& dir : o.run_dirs) runs.push_back(read_run_metrics(dir));

@@ -14,6 +14,7 @@ using nlohmann::json;
 
 std::string num(double v, const char* format = "%.4g") {
   if (!std::isfinite(v)) return "n/a";
+  if (std::fabs(v) >= 1e7) format = "%.3e";  // a diverged run's logits: 36 digits say nothing
   char buf[48];
   std::snprintf(buf, sizeof buf, format, v);
   return buf;
@@ -149,14 +150,15 @@ json run_json(const RunStability& r, const StabilityOptions& o) {
   for (const double v : r.max_logit_per_layer) logits.push_back(number_or_null(v));
   json j{{"name", r.name}, {"dir", r.dir}, {"attention", r.attention},
          {"stabilisers", r.stabilisers}, {"lr", number_or_null(r.lr)},
-         {"seed", number_or_null(r.seed)}, {"steps", r.steps}, {"last_step", r.last_step},
+         {"seed", std::isfinite(r.seed) ? json(std::llround(r.seed)) : json(nullptr)},
+         {"steps", r.steps}, {"last_step", r.last_step},
          {"final_val_loss", number_or_null(r.final_val_loss)},
          {"final_val_ppl", number_or_null(r.final_val_ppl)}, {"spike_events", spikes},
          {"max_spike_excess", number_or_null(r.max_spike_excess)}, {"diverged", r.diverged},
          {"diverged_reason", r.diverged_reason}, {"incomplete", r.incomplete},
          {"max_logit_per_layer", logits}, {"peak_max_logit", number_or_null(r.peak_max_logit)},
-         {"peak_max_logit_step", number_or_null(std::isfinite(r.peak_max_logit)
-                                                    ? double(r.peak_max_logit_step) : NAN)},
+         {"peak_max_logit_step",
+          std::isfinite(r.peak_max_logit) ? json(r.peak_max_logit_step) : json(nullptr)},
          {"median_tokens_per_s", number_or_null(r.median_tokens_per_s)}};
   if (o.target_loss)
     j["target"] = r.target_reached

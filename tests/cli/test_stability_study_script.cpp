@@ -23,9 +23,13 @@ struct Shell {
   std::string out;
 };
 
+// Built by append: GCC 12 warns falsely (-Wrestrict) on literal + std::string.
+std::string quoted(const std::string& path) { return std::string("'").append(path).append("'"); }
+std::string plus(const std::string& env, const char* more) { return std::string(env).append(more); }
+
 Shell run_script(const ScratchDir& dir, const std::string& env, const std::string& args) {
   const std::string log = dir.file("script.log");
-  const std::string cmd = env + " bash " LSGPT_SOURCE_DIR "/scripts/stability-study.sh " + args +
+  const std::string cmd = plus(env, " bash " LSGPT_SOURCE_DIR "/scripts/stability-study.sh ") + args +
                           " > '" + log + "' 2>&1";
   const int status = std::system(cmd.c_str());
   return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, read_file(log)};
@@ -87,6 +91,40 @@ TEST(StabilityStudyScript, RunsEveryPhaseOnTheCpuAndResumes) {
   ASSERT_EQ(r.exit_code, 0) << r.out;
   EXPECT_EQ(r.out.find("[gpu "), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("decisive: 0 run(s) left"), std::string::npos) << r.out;
+
+  // Other steps for finished runs: refused, not silently reused.
+  r = run_script(dir, plus(env, " SMOKE_STEPS=5"), "'" + out + "' decisive");
+  EXPECT_EQ(r.exit_code, 1) << r.out;
+  EXPECT_NE(r.out.find("gpt2-ls-zloss-lr1e-3-s1: finished earlier with other flags"),
+            std::string::npos) << r.out;
+
+  // A failing lsgpt (here a learning rate it refuses) is not a result: no
+  // exit_code, the phase fails naming the run, and the report leaves it out.
+  r = run_script(dir, plus(env, " PROXY_SETTINGS=mhsa PROXY_LRS=-1"), "'" + out + "' proxy");
+  EXPECT_EQ(r.exit_code, 1) << r.out;
+  EXPECT_NE(r.out.find("stability-study: error: proxy: 1 run(s) not done: proxy-mhsa-lr-1-s1"),
+            std::string::npos) << r.out;
+  EXPECT_FALSE(fs::exists(out + "/runs/proxy-mhsa-lr-1-s1/exit_code"));
+  if (gnuplot) {
+    r = run_script(dir, env, "'" + out + "' report");
+    ASSERT_EQ(r.exit_code, 0) << r.out;
+    EXPECT_EQ(read_file(out + "/stability-pg-books.md").find("proxy-mhsa-lr-1-s1"),
+              std::string::npos);
+  }
+
+  // Settings lists are checked before anything trains, in every phase asked for.
+  r = run_script(dir, plus(env, " LONG_SETTINGS=ls-qk-norm"), quoted(dir.file("fresh")) + " proxy long");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.out.find("unknown setting 'ls-qk-norm' in LONG_SETTINGS"), std::string::npos)
+      << r.out;
+  EXPECT_EQ(r.out.find("[gpu "), std::string::npos) << r.out;
+  r = run_script(dir, plus(env, " STOP_AFTER=1h"), "'" + out + "' proxy");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.out.find("STOP_AFTER must be a whole number of seconds, not '1h'"),
+            std::string::npos) << r.out;
+  r = run_script(dir, env, quoted(dir.file("empty")) + " report");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.out.find("no finished runs in"), std::string::npos) << r.out;
 
   r = run_script(dir, env, "'" + out + "' warmup");
   EXPECT_EQ(r.exit_code, 1);

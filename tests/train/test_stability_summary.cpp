@@ -353,6 +353,17 @@ TEST(StabilitySummary, BadSummaryOptionsAreOneError) {
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.err.find("lsgpt: error: report: --target-loss must be a finite number"),
             std::string::npos) << r.err;
+  r = run_lsgpt(dir, base + "--target-loss 3");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("--target-loss is for the summary"), std::string::npos) << r.err;
+  r = run_lsgpt(dir, base + "--summary '" + dir.file("r.html") + "'");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("must name different files"), std::string::npos) << r.err;
+  // The same run twice, under two spellings, would count twice in the groups.
+  r = run_lsgpt(dir, base + "'" + runs[0] + "/../" + fs::path(runs[0]).filename().string() +
+                         "/' --summary x.md");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("is given twice"), std::string::npos) << r.err;
   write_file(dir.file("plain"), "x");
   r = run_lsgpt(dir, base + "--svg-dir '" + dir.file("plain") + "/svg'");
   EXPECT_EQ(r.exit_code, 1);
