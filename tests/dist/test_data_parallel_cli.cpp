@@ -46,6 +46,7 @@ std::vector<json> metrics(const std::string& run_dir, const std::string& type) {
     if (line.empty()) continue;
     json j = json::parse(line);
     j.erase("tokens_per_s");  // wall clock
+    j.erase("train_seconds");  // wall clock too
     if (j.value("type", "") == type) records.push_back(std::move(j));
   }
   return records;
