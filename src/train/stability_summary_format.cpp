@@ -123,11 +123,11 @@ std::string lr_table(const std::vector<StabilityGroup>& groups) {
   md << "\n|---|---|";
   for (size_t i = 0; i < lrs.size(); ++i) md << "---|";
   md << "\n";
-  for (const auto& [attention, stabilisers] : settings) {
-    md << "| " << attention << " | " << stabilisers << " |";
+  for (const auto& setting : settings) {  // not a structured binding: lambdas capture it
+    md << "| " << setting.first << " | " << setting.second << " |";
     for (const double lr : lrs) {
       const auto g = std::find_if(groups.begin(), groups.end(), [&](const StabilityGroup& x) {
-        return x.attention == attention && x.stabilisers == stabilisers && x.lr == lr;
+        return x.attention == setting.first && x.stabilisers == setting.second && x.lr == lr;
       });
       if (g == groups.end()) md << " - |";
       else md << " " << num(g->mean_final_val_loss, "%.4f") << (g->diverged ? " div" : "") << " |";
