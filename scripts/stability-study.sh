@@ -243,25 +243,26 @@ finished_runs() {  # glob under runs/ -> finished run directories, sorted
   for d in "$out"/runs/$1; do [[ -f $d/exit_code ]] && echo "$d"; done | sort
 }
 
-summarise() {  # name glob: summary tables and a report page over the runs
+# `lsgpt report` over the finished runs matching a glob, with the given
+# options; returns 1 (writing nothing) when no run matches.
+report_runs() {  # glob report-options...
   local dirs=()
-  mapfile -t dirs < <(finished_runs "$2")
-  ((${#dirs[@]})) || return 0
-  "$lsgpt" report "${dirs[@]}" -o "$out/report-$1.html" --log-y \
-    --summary "$out/summary-$1.md" --summary-json "$out/summary-$1.json" \
-    --target-loss "${TARGET_LOSS:-5.0}" >> "$out/logs/report.log" 2>&1 ||
+  mapfile -t dirs < <(finished_runs "$1")
+  shift
+  ((${#dirs[@]})) || return 1
+  "$lsgpt" report "${dirs[@]}" --log-y "$@" >> "$out/logs/report.log" 2>&1 ||
     die "lsgpt report failed: see $out/logs/report.log"
 }
 
+summarise() {  # name glob: summary tables and a report page over the runs
+  report_runs "$2" -o "$out/report-$1.html" --summary "$out/summary-$1.md" \
+    --summary-json "$out/summary-$1.json" --target-loss "${TARGET_LOSS:-5.0}" || true
+}
+
 charts() {  # name glob: SVG charts (loss, max logit per layer, ...) of these runs
-  local dirs=()
-  mapfile -t dirs < <(finished_runs "$2")
-  ((${#dirs[@]})) || return 0
-  mkdir -p "$out/charts-$1"
-  "$lsgpt" report "${dirs[@]}" -o "$out/charts-$1/report.html" --log-y \
-    --svg-dir "$out/charts-$1" >> "$out/logs/report.log" 2>&1 ||
-    die "lsgpt report failed: see $out/logs/report.log"
-  local i=0 d legend=""
+  report_runs "$2" -o "$out/charts-$1/report.html" --svg-dir "$out/charts-$1" || return 0
+  local i=0 d legend="" dirs=()
+  mapfile -t dirs < <(finished_runs "$2")  # the order `report` numbered them in
   for d in "${dirs[@]}"; do legend+="${legend:+, }run $((++i)) = ${d##*/}"; done
   echo "$legend" > "$out/charts-$1/legend.txt"
   echo "$1" >> "$out/charts.list"
@@ -276,14 +277,11 @@ report_phase() {
   rm -f "$out/charts.list"
   summarise proxy 'proxy-*'
   summarise gpt2 'gpt2-[lm]*'  # settings start with ls or mhsa; not ctx..., noclip...
-  local shape lr
-  for shape in $(finished_runs 'gpt2-ctx*' | sed -nE 's#.*/(gpt2-ctx[0-9]+)-.*#\1#p' | sort -u); do
-    summarise "$shape" "$shape-*"
-  done
-  summarise gpt2-noclip 'gpt2-noclip-*'
+  local shape lr ctx_shapes
+  ctx_shapes=$(finished_runs 'gpt2-ctx*' | sed -nE 's#.*/(gpt2-ctx[0-9]+)-.*#\1#p' | sort -u)
+  for shape in $ctx_shapes gpt2-noclip; do summarise "$shape" "$shape-*"; done
   for lr in $(seed1_lrs gpt2); do charts "gpt2-lr$lr" "gpt2-[lm]*-lr$lr-s1"; done
-  for shape in $(finished_runs 'gpt2-ctx*' | sed -nE 's#.*/(gpt2-ctx[0-9]+)-.*#\1#p' | sort -u) \
-    gpt2-noclip; do
+  for shape in $ctx_shapes gpt2-noclip; do
     for lr in $(seed1_lrs "$shape"); do charts "$shape-lr$lr" "$shape-*-lr$lr-s1"; done
   done
   write_markdown

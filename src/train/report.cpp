@@ -369,23 +369,26 @@ std::string page(const std::vector<RunMetrics>& runs, const std::vector<std::str
   return h.str();
 }
 
+// One spelling per file or directory, so that two names for it compare equal.
+fs::path canonical(const std::string& path) {
+  std::error_code ec;
+  fs::path p = fs::weakly_canonical(path, ec);
+  return ec ? fs::path(path).lexically_normal() : p;
+}
+
 // Two names for one run would count it twice in the summary's groups.
 void check_distinct_runs(const std::vector<std::string>& dirs) {
   std::vector<fs::path> seen;
   for (const std::string& d : dirs) {
-    std::error_code ec;
-    fs::path canonical = fs::weakly_canonical(d, ec);
-    if (ec) canonical = fs::path(d).lexically_normal();
-    if (std::find(seen.begin(), seen.end(), canonical) != seen.end())
+    const fs::path c = canonical(d);
+    if (std::find(seen.begin(), seen.end(), c) != seen.end())
       fail("report: the run directory ", d, " is given twice");
-    seen.push_back(canonical);
+    seen.push_back(c);
   }
 }
 
 bool same_file(const std::string& a, const std::string& b) {
-  if (a.empty() || b.empty()) return false;
-  std::error_code ea, eb;
-  return fs::weakly_canonical(a, ea) == fs::weakly_canonical(b, eb);
+  return !a.empty() && !b.empty() && canonical(a) == canonical(b);
 }
 
 void check_summary_options(const ReportOptions& o) {

@@ -2,8 +2,8 @@
 // chart is drawn by gnuplot as SVG and inlined, so the page needs no network,
 // script or other file to open. Optionally the charts also go to standalone
 // SVG files, and a stability summary (spikes, divergence, peak logits,
-// throughput, time to a target loss, per-setting groups) to Markdown and JSON. What it reads from a run directory is what
-// the trainer writes there: metrics.jsonl ("train" records: step, loss, lr,
+// throughput, time to a target loss, per-setting groups) to Markdown and
+// JSON. What it reads from a run directory is what the trainer writes there: metrics.jsonl ("train" records: step, loss, lr,
 // grad_norm, max_logit[layer][head], skipped; "eval" records: step, val_loss)
 // and config.json ({"model": ..., "train": ...}).
 //

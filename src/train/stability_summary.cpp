@@ -281,9 +281,9 @@ std::string stability_definitions(const StabilityOptions& o) {
        "not diverge. Throughput is the median tokens/s after the first " << o.speed_skip
     << " recorded steps. ";
   if (o.target_loss)
-    d << "Target validation loss: " << *o.target_loss << " (first intermediate evaluation at or below it; the final "
-         "evaluation only counts in runs without intermediate ones, as it reads other "
-         "validation batches).";
+    d << "Target validation loss: " << *o.target_loss
+      << " (first intermediate evaluation at or below it; the final evaluation only counts in "
+         "runs without intermediate ones, as it reads other validation batches).";
   else
     d << "No target validation loss given.";
   return d.str();

@@ -52,6 +52,12 @@ class StudySpan : public ::testing::Test {
            attention + " --n-local 1 --report " + quoted((dir_.path() / (tag + ".md")).string()) +
            " --runs-dir " + quoted((dir_.path() / tag).string()) + kTiny;
   }
+  // One seed of canonical attention alone; `tag` names the report and runs directory.
+  std::string canonical_study(const std::string& flags, const std::string& tag) const {
+    return "study-span --data-dir " + quoted(dir_.path().string()) + " --settings off --seeds 1 " +
+           flags + " --report " + quoted((dir_.path() / (tag + ".md")).string()) +
+           " --runs-dir " + quoted((dir_.path() / tag).string()) + kTiny;
+  }
   ScratchDir dir_;
 };
 
@@ -158,10 +164,7 @@ TEST_F(StudySpan, RefusesBadInputBeforeTraining) {
 
 TEST_F(StudySpan, EpochsSetTheStepsFromTheTrainingFile) {
   // 2000 tokens / (2 x 16 tokens per step) = 62.5 -> 63 steps for one epoch; 0.05 epochs -> 4.
-  const auto r = lsgpt("study-span --data-dir " + quoted(dir_.path().string()) +
-                       " --settings off --seeds 1 --epochs 0.05 --n-local 1 --report " +
-                       quoted((dir_.path() / "e.md").string()) + " --runs-dir " +
-                       quoted((dir_.path() / "e").string()) + kTiny);
+  const auto r = lsgpt(canonical_study("--epochs 0.05 --n-local 1", "e"));
   ASSERT_EQ(r.exit_code, 0) << r.output;
   const nlohmann::json results = nlohmann::json::parse(read_all(dir_.path() / "e/results.json"));
   EXPECT_EQ(results["training"]["steps"], 4);
@@ -172,10 +175,7 @@ TEST_F(StudySpan, EpochsSetTheStepsFromTheTrainingFile) {
 // Without --attention the study runs the model as configured: a model
 // without local heads is an MHSA study, not an error.
 TEST_F(StudySpan, DefaultAttentionIsTheModelAsConfigured) {
-  const auto r = lsgpt("study-span --data-dir " + quoted(dir_.path().string()) +
-                       " --settings off --seeds 1 --steps 2 --n-local 0 --report " +
-                       quoted((dir_.path() / "m.md").string()) + " --runs-dir " +
-                       quoted((dir_.path() / "m").string()) + kTiny);
+  const auto r = lsgpt(canonical_study("--steps 2 --n-local 0", "m"));
   ASSERT_EQ(r.exit_code, 0) << r.output;
   const nlohmann::json results = nlohmann::json::parse(read_all(dir_.path() / "m/results.json"));
   EXPECT_EQ(results["attention"], nlohmann::json::array({"mhsa"}));
