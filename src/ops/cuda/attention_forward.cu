@@ -6,10 +6,15 @@
 // T x T matrix exists. By-products: the row log-sum-exp for the backward, the
 // per-head largest logit (per-block partials, reduced by a second tiny kernel
 // in a fixed order), and, only in the kKbar instantiation, kbar = P K
-// accumulated beside P V for the span decomposition.
+// accumulated beside P V for the span decomposition. On a compute capability
+// 9.0 GPU the forward without kbar runs attention_forward_sm90.cu's wgmma
+// kernel instead, unless LSGPT_ATTENTION_SM80=1 asks for this one.
+#include <cstdlib>
+#include <cstring>
 #include <type_traits>
 
 #include "ops/cuda/attention_common.cuh"
+#include "ops/cuda/attention_forward.cuh"
 #include "ops/cuda/cuda_check.h"
 #include "ops/cuda/device_utils.cuh"
 #include "ops/cuda/ops.h"
@@ -19,18 +24,8 @@ namespace {
 
 using namespace attn;
 
-constexpr int kBlockM = 64;  // queries per block
-constexpr int kBlockN = 64;  // keys per tile
-
-struct ForwardParams {
-  const bf16* qkv;
-  bf16* out;
-  bf16* kbar;
-  float* lse;
-  float* max_partials;  // [B * n_head, n_query_blocks]
-  int T, n_head, head_dim, C, n_local, window, n_query_blocks;
-  float scale, scale_log2;
-};
+constexpr int kBlockM = kForwardBlockM;  // queries per block
+constexpr int kBlockN = kForwardBlockN;  // keys per tile
 
 template <int D, bool kKbar>
 struct ForwardShape {
@@ -261,7 +256,26 @@ void launch_forward(CudaContext& ctx, const ForwardParams& p, int B) {
   CUDA_CHECK_LAUNCH();
 }
 
+// LSGPT_ATTENTION_SM80=1 keeps the sm_80 kernel on Hopper (the parity
+// reference, and the way back if the wgmma kernel misbehaves); read at every
+// call so a test or benchmark can switch between the two.
+bool sm80_forced() {
+  const char* v = std::getenv("LSGPT_ATTENTION_SM80");
+  if (!v || !*v || std::strcmp(v, "0") == 0) return false;
+  if (std::strcmp(v, "1") == 0) return true;
+  fail("LSGPT_ATTENTION_SM80 must be 0 or 1, got '", v, "'");
+}
+
+bool use_sm90(const CudaContext& ctx, const AttentionSpec& spec) {
+  const bool forced = sm80_forced();  // checked on every GPU: a bad value is an error anywhere
+  return !forced && !spec.span.needs_kbar() && sm90_forward_supported(ctx, spec.head_dim);
+}
+
 }  // namespace
+
+bool attention_forward_uses_sm90(CudaContext& ctx, const AttentionSpec& spec) {
+  return use_sm90(ctx, spec);
+}
 
 void attention_forward(CudaContext& ctx, bf16* out, float* lse, float* max_logit, bf16* kbar,
                        const bf16* qkv, const AttentionSpec& spec) {
@@ -283,7 +297,9 @@ void attention_forward(CudaContext& ctx, bf16* out, float* lse, float* max_logit
   p.max_partials = static_cast<float*>(
       ctx.scratch(sizeof(float) * (size_t(spec.B) * spec.n_head * p.n_query_blocks + 1)));
   // With no rows (B or T zero) the reduction below writes -inf.
-  if (spec.B > 0 && spec.T > 0) {
+  if (spec.B > 0 && spec.T > 0 && use_sm90(ctx, spec)) {
+    launch_forward_sm90(ctx, p, spec.B);
+  } else if (spec.B > 0 && spec.T > 0) {
     switch (padded_head_dim(spec.head_dim)) {
       case 32:
         with_kbar ? launch_forward<32, true>(ctx, p, spec.B) : launch_forward<32, false>(ctx, p, spec.B);

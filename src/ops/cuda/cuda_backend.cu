@@ -79,6 +79,10 @@ CudaContext::CudaContext() {
   int device = 0;
   CUDA_CHECK(cudaGetDevice(&device));
   CUDA_CHECK(cudaDeviceGetAttribute(&sm_count_, cudaDevAttrMultiProcessorCount, device));
+  int major = 0, minor = 0;
+  CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+  CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
+  compute_capability_ = 10 * major + minor;
   CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
   CUBLAS_CHECK(cublasLtCreate(&cublaslt_));
   workspace_ = device_alloc(kWorkspaceBytes);
@@ -178,6 +182,7 @@ class CudaBackend final : public Backend {
   }
   void sync() override { CUDA_CHECK(cudaStreamSynchronize(ctx_.stream())); }
   cudaStream_t stream() const { return ctx_.stream(); }
+  cuda::CudaContext& context() { return ctx_; }
 
   void embedding_forward(void* out, const int32_t* tokens, const void* wte, const void* wpe,
                          int B, int T, int C, int pos0) override {
@@ -335,6 +340,11 @@ std::unique_ptr<CapturedWork> CudaBackend::capture(const std::function<void()>& 
 void* cuda_stream_of(Backend& backend) {
   auto* cuda = dynamic_cast<CudaBackend*>(&backend);
   return cuda ? static_cast<void*>(cuda->stream()) : nullptr;
+}
+
+bool cuda_attention_forward_uses_sm90(Backend& backend, const AttentionSpec& spec) {
+  auto* cuda = dynamic_cast<CudaBackend*>(&backend);
+  return cuda && cuda::attention_forward_uses_sm90(cuda->context(), spec);
 }
 
 std::unique_ptr<Backend> make_cuda_backend() {

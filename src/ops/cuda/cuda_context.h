@@ -31,6 +31,8 @@ class CudaContext {
   void* cublas_workspace() const { return workspace_; }
   size_t cublas_workspace_bytes() const { return kWorkspaceBytes; }
   int sm_count() const { return sm_count_; }
+  // 10 * major + minor, e.g. 90 on Hopper: picks the kernels built for it.
+  int compute_capability() const { return compute_capability_; }
 
   // At least `bytes` of device memory, valid until the next scratch() call.
   // Ops on the one stream run in order, so reusing it across ops is safe;
@@ -45,6 +47,7 @@ class CudaContext {
   void* scratch_ = nullptr;
   size_t scratch_bytes_ = 0;
   int sm_count_ = 0;
+  int compute_capability_ = 0;
 };
 
 // Carves aligned pieces out of one scratch allocation.

@@ -81,6 +81,9 @@ void adamw_update(CudaContext& ctx, bf16* param, float* master, const bf16* grad
 // attention_forward.cu, attention_backward.cu, attention_decode.cu
 void attention_forward(CudaContext& ctx, bf16* out, float* lse, float* max_logit, bf16* kbar,
                        const bf16* qkv, const AttentionSpec& spec);
+// Whether attention_forward(spec) takes the sm_90a wgmma kernel
+// (attention_forward_sm90.cu) rather than the sm_80 one.
+bool attention_forward_uses_sm90(CudaContext& ctx, const AttentionSpec& spec);
 void attention_backward(CudaContext& ctx, bf16* dqkv, const bf16* dout, const bf16* qkv,
                         const bf16* out, const float* lse, const bf16* kbar,
                         const AttentionSpec& spec);
