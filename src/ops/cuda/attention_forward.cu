@@ -7,8 +7,8 @@
 // per-head largest logit (per-block partials, reduced by a second tiny kernel
 // in a fixed order), and, only in the kKbar instantiation, kbar = P K
 // accumulated beside P V for the span decomposition. On a compute capability
-// 9.0 GPU the forward without kbar runs attention_forward_sm90.cu's wgmma
-// kernel instead, unless LSGPT_ATTENTION_SM80=1 asks for this one.
+// 9.0 GPU the forward runs attention_forward_sm90.cu's wgmma kernel instead,
+// unless LSGPT_ATTENTION_SM80=1 asks for this one.
 #include <cstdlib>
 #include <cstring>
 #include <type_traits>
@@ -268,7 +268,7 @@ bool sm80_forced() {
 
 bool use_sm90(const CudaContext& ctx, const AttentionSpec& spec) {
   const bool forced = sm80_forced();  // checked on every GPU: a bad value is an error anywhere
-  return !forced && !spec.span.needs_kbar() && sm90_forward_supported(ctx, spec.head_dim);
+  return !forced && sm90_forward_supported(ctx, spec.head_dim);
 }
 
 }  // namespace
@@ -298,7 +298,7 @@ void attention_forward(CudaContext& ctx, bf16* out, float* lse, float* max_logit
       ctx.scratch(sizeof(float) * (size_t(spec.B) * spec.n_head * p.n_query_blocks + 1)));
   // With no rows (B or T zero) the reduction below writes -inf.
   if (spec.B > 0 && spec.T > 0 && use_sm90(ctx, spec)) {
-    launch_forward_sm90(ctx, p, spec.B);
+    launch_forward_sm90(ctx, p, spec.B, with_kbar);
   } else if (spec.B > 0 && spec.T > 0) {
     switch (padded_head_dim(spec.head_dim)) {
       case 32:

@@ -23,10 +23,11 @@ struct ForwardParams {
   float scale, scale_log2;
 };
 
-// attention_forward_sm90.cu: the wgmma (sm_90a) forward without kbar.
+// attention_forward_sm90.cu: the wgmma (sm_90a) forward, kbar = P K too when
+// with_kbar (span decomposition).
 // Whether it can run here: a compute capability 9.0 GPU, a build that carries
 // its sm_90a code, and a head dim that pads to 64 or 128.
 bool sm90_forward_supported(const CudaContext& ctx, int head_dim);
-void launch_forward_sm90(CudaContext& ctx, const ForwardParams& p, int B);
+void launch_forward_sm90(CudaContext& ctx, const ForwardParams& p, int B, bool with_kbar);
 
 }  // namespace lsgpt::cuda::attn

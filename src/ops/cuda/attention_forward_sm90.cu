@@ -1,19 +1,19 @@
 // LS flash-attention forward for Hopper (sm_90a): the semantics of
 // attention_forward.cu (one launch for all heads, local heads walk only the
 // key tiles of their band, global heads are causal; out, the row
-// log-sum-exp, per-block max-logit partials) with the two matrix products on
+// log-sum-exp, per-block max-logit partials, and in the kKbar instantiation
+// kbar = P K for the span decomposition) with the matrix products on
 // warpgroup MMA (wgmma.mma_async m64nNk16, bf16 in, f32 accumulate). A block
 // is one warpgroup (4 warps) owning 64 queries: S = Q K^T reads Q and K from
 // shared memory through matrix descriptors, O += P V takes P from registers
 // (the S accumulator layout is the A register layout) and V from shared
-// memory read N-major. Tiles sit in shared memory in the 128-byte swizzled
+// memory read N-major (kbar += P K reads the K tile the same way). Tiles sit in shared memory in the 128-byte swizzled
 // layout wgmma expects; they are copied with cp.async (zero fill past T and
 // past the real head dim), double-buffered as in the sm_80 kernel.
 //
 // Not here yet (docs/CUDA.md, "Forward on Hopper"): TMA loads on an mbarrier
 // pipeline, producer/consumer warp specialisation, two consumer warpgroups,
-// and overlap of the softmax with the next tile's Q K^T. kbar (span
-// decomposition) stays on the sm_80 kernel.
+// and overlap of the softmax with the next tile's Q K^T.
 //
 // The device code exists only in the sm_90a compilation; the compute_80 PTX
 // carries a body that traps, and the host never launches it there
@@ -206,7 +206,7 @@ __device__ __forceinline__ void load_tile_sw128(bf16* tile, const bf16* head_bas
 
 #endif  // LSGPT_SM90A_DEVICE
 
-template <int D>
+template <int D, bool kKbar>
 __global__ void __launch_bounds__(kThreads) attention_forward_sm90_kernel(const ForwardParams p) {
 #if LSGPT_SM90A_DEVICE
   using Shape = Sm90Shape<D>;
@@ -248,8 +248,11 @@ __global__ void __launch_bounds__(kThreads) attention_forward_sm90_kernel(const 
   // rows 16w + group and 16w + group + 8; element 4j + e is n8 block j,
   // column 2 quad + (e & 1), the second row when e >= 2.
   float o_acc[D / 2];
+  float kbar_acc[kKbar ? D / 2 : 1];
 #pragma unroll
   for (int i = 0; i < D / 2; ++i) o_acc[i] = 0.f;
+#pragma unroll
+  for (int i = 0; i < (kKbar ? D / 2 : 1); ++i) kbar_acc[i] = 0.f;
   float row_max[2] = {-INFINITY, -INFINITY};  // raw q.k units
   float row_sum[2] = {0.f, 0.f};               // this lane's share
   const int row_a = q0 + warp * 16 + group, row_b = row_a + 8;
@@ -316,7 +319,10 @@ __global__ void __launch_bounds__(kThreads) attention_forward_sm90_kernel(const 
         row_max[r] = m;
         row_sum[r] *= alpha;
 #pragma unroll
-        for (int db = 0; db < kDBlocks; ++db) o_acc[4 * db + 2 * r] *= alpha, o_acc[4 * db + 2 * r + 1] *= alpha;
+        for (int db = 0; db < kDBlocks; ++db) {
+          o_acc[4 * db + 2 * r] *= alpha, o_acc[4 * db + 2 * r + 1] *= alpha;
+          if constexpr (kKbar) kbar_acc[4 * db + 2 * r] *= alpha, kbar_acc[4 * db + 2 * r + 1] *= alpha;
+        }
 #pragma unroll
         for (int nb = 0; nb < kKeyBlocks; ++nb)
 #pragma unroll
@@ -337,12 +343,18 @@ __global__ void __launch_bounds__(kThreads) attention_forward_sm90_kernel(const 
         a[kc][3] = pack_bf16x2(s[8 * kc + 6], s[8 * kc + 7]);
       }
       fence_operands(o_acc);
+      if constexpr (kKbar) fence_operands(kbar_acc);
       wgmma_fence();
 #pragma unroll
-      for (int kc = 0; kc < kBlockN / 16; ++kc) wgmma_pv<D>(o_acc, a[kc], n_major_descriptor(v_addr, kc));
+      for (int kc = 0; kc < kBlockN / 16; ++kc) {
+        wgmma_pv<D>(o_acc, a[kc], n_major_descriptor(v_addr, kc));
+        // kbar += P K: the K tile has V's layout, so it is read N-major too.
+        if constexpr (kKbar) wgmma_pv<D>(kbar_acc, a[kc], n_major_descriptor(k_addr, kc));
+      }
       wgmma_commit();
       wgmma_wait<0>();
       fence_operands(o_acc);
+      if constexpr (kKbar) fence_operands(kbar_acc);
     };
     if (mask.tile_needs_mask(q0, kBlockM, k0, kBlockN))
       attend(std::true_type{});
@@ -351,7 +363,7 @@ __global__ void __launch_bounds__(kThreads) attention_forward_sm90_kernel(const 
     __syncthreads();  // the next iteration's prefetch overwrites this stage
   }
 
-  // Epilogue: normalise, write O, lse, and this block's max logit.
+  // Epilogue: normalise, write O (and kbar), lse, and this block's max logit.
   float block_max = -INFINITY;
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
@@ -368,6 +380,16 @@ __global__ void __launch_bounds__(kThreads) attention_forward_sm90_kernel(const 
       if (db * 8 < p.head_dim)
         *reinterpret_cast<__nv_bfloat162*>(out_row + col) =
             __floats2bfloat162_rn(o_acc[4 * db + 2 * r] * inv, o_acc[4 * db + 2 * r + 1] * inv);
+    }
+    if constexpr (kKbar) {
+      bf16* kbar_row = p.kbar + (size_t(b) * T + row) * p.C + h * p.head_dim;
+#pragma unroll
+      for (int db = 0; db < kDBlocks; ++db) {
+        const int col = db * 8 + quad * 2;
+        if (db * 8 < p.head_dim)
+          *reinterpret_cast<__nv_bfloat162*>(kbar_row + col) = __floats2bfloat162_rn(
+              kbar_acc[4 * db + 2 * r] * inv, kbar_acc[4 * db + 2 * r + 1] * inv);
+      }
     }
     const float max_logit = row_max[r] * p.scale;
     if (quad == 0) p.lse[size_t(bh) * T + row] = max_logit + logf(l);
@@ -392,16 +414,16 @@ template <int D>
 bool kernel_has_sm90a_code() {
   static const bool has = [] {
     cudaFuncAttributes attributes{};
-    CUDA_CHECK(cudaFuncGetAttributes(&attributes, attention_forward_sm90_kernel<D>));
+    CUDA_CHECK(cudaFuncGetAttributes(&attributes, attention_forward_sm90_kernel<D, false>));
     return attributes.ptxVersion >= 90 && attributes.binaryVersion >= 90;
   }();
   return has;
 }
 
-template <int D>
+template <int D, bool kKbar>
 void launch(CudaContext& ctx, const ForwardParams& p, int B) {
   using Shape = Sm90Shape<D>;
-  auto kernel = attention_forward_sm90_kernel<D>;
+  auto kernel = attention_forward_sm90_kernel<D, kKbar>;
   CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                   int(Shape::kSmemBytes)));
   const dim3 grid(p.n_query_blocks, B * p.n_head);
@@ -419,11 +441,11 @@ bool sm90_forward_supported(const CudaContext& ctx, int head_dim) {
   return false;
 }
 
-void launch_forward_sm90(CudaContext& ctx, const ForwardParams& p, int B) {
+void launch_forward_sm90(CudaContext& ctx, const ForwardParams& p, int B, bool with_kbar) {
   if (padded_head_dim(p.head_dim) == 64)
-    launch<64>(ctx, p, B);
+    with_kbar ? launch<64, true>(ctx, p, B) : launch<64, false>(ctx, p, B);
   else
-    launch<128>(ctx, p, B);
+    with_kbar ? launch<128, true>(ctx, p, B) : launch<128, false>(ctx, p, B);
 }
 
 }  // namespace lsgpt::cuda::attn

@@ -19,7 +19,7 @@ std::unique_ptr<Backend> make_cuda_backend();
 void* cuda_stream_of(Backend& backend);
 
 // Whether this backend's attention_forward(spec) runs the Hopper (wgmma)
-// kernel: a compute capability 9.0 GPU, no kbar, head dim over 32, and
+// kernel: a compute capability 9.0 GPU, head dim over 32, and
 // LSGPT_ATTENTION_SM80 unset or 0. False for any other backend.
 bool cuda_attention_forward_uses_sm90(Backend& backend, const AttentionSpec& spec);
 

@@ -1,0 +1,242 @@
+// The Hopper (sm_90a, wgmma) LS flash-attention forward against the sm_80
+// kernel it replaces (LSGPT_ATTENTION_SM80=1 selects that one) and against the
+// CPU backend in double precision ("cpu64"), on fresh random bf16-exact
+// inputs: out, the row log-sum-exp, the per-head max logit and, with the span
+// decomposition's cross basis on q, kbar = P K.
+//
+// Tolerances (normwise ||a - b|| / ||b||):
+//   vs cpu64: out, kbar 1e-2, lse and max_logit 1e-5 (as
+//     test_cuda_attention.cpp).
+//   vs sm_80: out, kbar 2e-3, lse and max_logit 1e-6. Both kernels round the same
+//     f32 quantities to bf16 (P, out) and differ only in the order of their
+//     f32 sums (wgmma against mma.sync), so a difference is an occasional
+//     one-ulp rounding flip (~1e-4 normwise); a layout or mask bug is O(1).
+//
+// Without a GPU every test skips with "no CUDA GPU: ..."; on a GPU that is
+// not compute capability 9.0 the parity tests skip ("not a Hopper GPU").
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "../../support/numeric.h"
+#include "core/error.h"
+#include "cuda_test_util.h"
+#include "ops/backend.h"
+
+#ifdef LSGPT_HAVE_CUDA
+#include <cuda_runtime_api.h>
+
+#include "ops/cuda/cuda_backend.h"
+#endif
+
+namespace lsgpt {
+namespace {
+
+using testing::relative_error;
+using namespace cuda_test;
+
+// Sets (or, with nullptr, removes) an environment variable for one scope.
+class ScopedEnv {
+ public:
+  ScopedEnv(const char* name, const char* value) : name_(name) {
+    if (const char* old = std::getenv(name)) had_ = true, old_ = old;
+    value ? ::setenv(name, value, 1) : ::unsetenv(name);
+  }
+  ~ScopedEnv() { had_ ? ::setenv(name_, old_.c_str(), 1) : ::unsetenv(name_); }
+  ScopedEnv(const ScopedEnv&) = delete;
+  ScopedEnv& operator=(const ScopedEnv&) = delete;
+
+ private:
+  const char* name_;
+  bool had_ = false;
+  std::string old_;
+};
+
+constexpr const char* kForceSm80 = "LSGPT_ATTENTION_SM80";
+
+// "" on a compute capability 9.0 GPU, else why the Hopper kernel cannot run.
+std::string why_not_hopper() {
+#ifdef LSGPT_HAVE_CUDA
+  int device = 0;
+  cudaDeviceProp prop{};
+  if (cudaGetDevice(&device) != cudaSuccess || cudaGetDeviceProperties(&prop, device) != cudaSuccess)
+    return "cannot read the device properties";
+  if (prop.major == 9 && prop.minor == 0) return "";
+  return std::string(prop.name) + " has compute capability " + std::to_string(prop.major) + "." +
+         std::to_string(prop.minor);
+#else
+  return "no CUDA backend in this build";
+#endif
+}
+
+#define REQUIRE_HOPPER()                                                        \
+  if (const std::string why_ = why_not_hopper(); !why_.empty())                 \
+  GTEST_SKIP() << "not a Hopper GPU (the wgmma forward needs compute capability 9.0): " << why_
+
+struct ForwardResult {
+  std::vector<float> out, lse, max_logit, kbar;
+};
+
+ForwardResult run_forward(Backend& be, const AttentionSpec& spec, const std::vector<float>& qkv) {
+  const size_t BT = size_t(spec.B) * spec.T, C = spec.C();
+  const DType w = be.dtype(), a = be.acc_dtype();
+  Buffer qkv_b = make_buffer(be, w, BT * 3 * C, &qkv);
+  Buffer out_b = make_buffer(be, w, BT * C, nullptr);
+  Buffer lse_b = make_buffer(be, a, size_t(spec.B) * spec.n_head * spec.T, nullptr);
+  Buffer max_b = make_buffer(be, a, spec.n_head, nullptr);
+  Buffer kbar_b = make_buffer(be, w, spec.span.needs_kbar() ? BT * C : 0, nullptr);
+  be.attention_forward(out_b.mem.get(), lse_b.mem.get(), max_b.mem.get(),
+                       spec.span.needs_kbar() ? kbar_b.mem.get() : nullptr, qkv_b.mem.get(), spec);
+  be.sync();
+  return {fetch(be, out_b), fetch(be, lse_b), fetch(be, max_b), fetch(be, kbar_b)};
+}
+
+struct Setting {
+  std::string name;
+  int local_heads;  // -1: all but one, -2: half
+  int window;       // 0: 100 at T >= 1000, else 5
+  bool kbar = false;
+};
+
+struct Case {
+  Setting setting;
+  int T, D;
+};
+
+std::vector<Case> all_cases() {
+  const std::vector<Setting> settings = {
+      {"MHSA", 0, 1},
+      {"LS", -1, 0},
+      {"LSHalfWide", -2, 70},
+      {"LSLongWindow", -1, 300},  // a band over several 64-key tiles, cut mid-tile
+      {"KbarLS", -1, 0, true},
+      {"KbarMHSA", 0, 1, true},
+  };
+  std::vector<Case> cases;
+  for (const Setting& s : settings)
+    for (int T : {1, 7, 100, 1000, 4096})
+      for (int D : {64, 128}) cases.push_back({s, T, D});
+  // Head dims padded to a kernel size: zero-filled columns must add nothing.
+  cases.push_back({settings[1], 1000, 48});
+  cases.push_back({settings[2], 100, 96});
+  return cases;
+}
+
+AttentionSpec spec_of(const Case& c) {
+  AttentionSpec spec;
+  spec.T = c.T;
+  spec.head_dim = c.D;
+  spec.n_head = c.D <= 64 ? 4 : 2;
+  spec.B = c.T >= 1000 ? 1 : 2;
+  const int L = c.setting.local_heads;
+  spec.n_local = L == -1 ? spec.n_head - 1 : L == -2 ? spec.n_head / 2 : L;
+  spec.window = c.setting.window ? c.setting.window : (c.T >= 1000 ? 100 : 5);
+  if (c.setting.kbar) spec.span.q = {true, SpanBasis::cross, 1.5, 0.7};  // the forward needs kbar
+  return spec;
+}
+
+class CudaAttentionForwardSm90 : public ::testing::TestWithParam<Case> {};
+
+TEST_P(CudaAttentionForwardSm90, MatchesSm80AndCpu64) {
+  REQUIRE_CUDA(cuda);
+  REQUIRE_HOPPER();
+  const AttentionSpec spec = spec_of(GetParam());
+  const size_t BT = size_t(spec.B) * spec.T, C = spec.C();
+  const uint64_t seed = uint64_t(spec.T) * 7919 + spec.head_dim * 31 + spec.n_local + spec.window;
+  // Logits of a few units: softmax neither uniform nor one-hot.
+  const auto qkv = bf16_values(BT * 3 * C, seed, -2, 2);
+
+  ForwardResult sm90, sm80;
+  {
+    ScopedEnv env(kForceSm80, nullptr);
+#ifdef LSGPT_HAVE_CUDA
+    ASSERT_TRUE(cuda_attention_forward_uses_sm90(*cuda, spec))
+        << "a compute capability 9.0 GPU did not select the wgmma forward";
+#endif
+    sm90 = run_forward(*cuda, spec, qkv);
+  }
+  {
+    ScopedEnv env(kForceSm80, "1");
+#ifdef LSGPT_HAVE_CUDA
+    ASSERT_FALSE(cuda_attention_forward_uses_sm90(*cuda, spec));
+#endif
+    sm80 = run_forward(*cuda, spec, qkv);
+  }
+  std::unique_ptr<Backend> cpu64 = make_backend("cpu64");
+  const ForwardResult ref = run_forward(*cpu64, spec, qkv);
+
+  EXPECT_LE(relative_error(sm90.out, ref.out), kBf16Tolerance) << "out vs cpu64";
+  EXPECT_LE(relative_error(sm90.lse, ref.lse), kF32Tolerance) << "lse vs cpu64";
+  EXPECT_LE(relative_error(sm90.max_logit, ref.max_logit), kF32Tolerance) << "max_logit vs cpu64";
+  EXPECT_LE(relative_error(sm90.out, sm80.out), 2e-3) << "out vs sm_80";
+  EXPECT_LE(relative_error(sm90.lse, sm80.lse), 1e-6) << "lse vs sm_80";
+  EXPECT_LE(relative_error(sm90.max_logit, sm80.max_logit), 1e-6) << "max_logit vs sm_80";
+  if (spec.span.needs_kbar()) {
+    EXPECT_LE(relative_error(sm90.kbar, ref.kbar), kBf16Tolerance) << "kbar vs cpu64";
+    EXPECT_LE(relative_error(sm90.kbar, sm80.kbar), 2e-3) << "kbar vs sm_80";
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Cases, CudaAttentionForwardSm90, ::testing::ValuesIn(all_cases()),
+                         [](const auto& info) {
+                           return info.param.setting.name + "_T" + std::to_string(info.param.T) +
+                                  "_D" + std::to_string(info.param.D);
+                         });
+
+// Same inputs, same bits: no atomics in the new kernel either.
+TEST(CudaAttentionForwardSm90Dispatch, Deterministic) {
+  REQUIRE_CUDA(cuda);
+  REQUIRE_HOPPER();
+  ScopedEnv env(kForceSm80, nullptr);
+  for (int D : {64, 128}) {
+    AttentionSpec spec;
+    spec.B = 2, spec.T = 1000, spec.head_dim = D, spec.n_head = 4, spec.n_local = 3;
+    spec.window = 100;
+    spec.span.q = {true, SpanBasis::cross, 1.5, 0.7};  // kbar as well
+    const auto qkv = bf16_values(size_t(spec.B) * spec.T * 3 * spec.C(), 61 + D, -2, 2);
+    const ForwardResult a = run_forward(*cuda, spec, qkv);
+    const ForwardResult b = run_forward(*cuda, spec, qkv);
+    EXPECT_EQ(a.out, b.out);
+    EXPECT_EQ(a.lse, b.lse);
+    EXPECT_EQ(a.max_logit, b.max_logit);
+    EXPECT_EQ(a.kbar, b.kbar);
+  }
+}
+
+#ifdef LSGPT_HAVE_CUDA
+// Which kernel runs: with or without kbar (span) the wgmma one, head dims up
+// to 32 stay on sm_80, and LSGPT_ATTENTION_SM80 takes 0 or 1 only.
+TEST(CudaAttentionForwardSm90Dispatch, ChoosesTheKernel) {
+  REQUIRE_CUDA(cuda);
+  REQUIRE_HOPPER();
+  AttentionSpec spec;
+  spec.B = 1, spec.T = 64, spec.head_dim = 64, spec.n_head = 2, spec.n_local = 1, spec.window = 8;
+  ScopedEnv env(kForceSm80, nullptr);
+  EXPECT_TRUE(cuda_attention_forward_uses_sm90(*cuda, spec));
+  {
+    ScopedEnv zero(kForceSm80, "0");
+    EXPECT_TRUE(cuda_attention_forward_uses_sm90(*cuda, spec));
+  }
+  AttentionSpec span = spec;
+  span.span.q = {true, SpanBasis::cross, 1.5, 0.7};
+  EXPECT_TRUE(cuda_attention_forward_uses_sm90(*cuda, span)) << "kbar runs on the wgmma kernel";
+  AttentionSpec small = spec;
+  small.head_dim = 32;
+  EXPECT_FALSE(cuda_attention_forward_uses_sm90(*cuda, small));
+  ScopedEnv bad(kForceSm80, "yes");
+  try {
+    cuda_attention_forward_uses_sm90(*cuda, spec);
+    FAIL() << "LSGPT_ATTENTION_SM80=yes was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("LSGPT_ATTENTION_SM80 must be 0 or 1, got 'yes'"),
+              std::string::npos)
+        << e.what();
+  }
+}
+#endif
+
+}  // namespace
+}  // namespace lsgpt
