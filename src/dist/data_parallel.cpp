@@ -189,18 +189,23 @@ void DataParallel::adamw_step(const AdamWSettings& s, std::span<const double> te
   const auto& tensors = model_.layout().tensors;
   LSGPT_CHECK(tensor_scale.empty() || tensor_scale.size() == tensors.size(),
               "per-tensor scales: ", tensor_scale.size(), " for ", tensors.size(), " tensors");
+  // The shard's part of each tensor, as segments relative to the shard's
+  // first element: one multi-tensor update (ops/backend.h).
+  std::vector<AdamWSegment> segments;
   for (size_t i = 0; i < tensors.size(); ++i) {
     const ParamInfo& p = tensors[i];
     const size_t a = std::max(lo_, p.offset), b = std::min(hi_, p.offset + p.numel);
     if (a >= b) continue;
-    AdamWSettings t = s;
-    if (!p.decay) t.weight_decay = 0;
-    if (!tensor_scale.empty()) t.grad_scale *= tensor_scale[i];
-    void* master = master_.get() ? byte_at(master_.get(), a - lo_, acc_) : nullptr;
-    be_.adamw_update(byte_at(model_.parameter_buffer(), a, es_), master, grad_at(a),
-                     byte_at(m_.get(), a - lo_, acc_), byte_at(v_.get(), a - lo_, acc_), b - a,
-                     t);
+    AdamWSegment seg;
+    seg.begin = a - lo_, seg.end = b - lo_;
+    seg.weight_decay = p.decay ? s.weight_decay : 0;
+    seg.grad_scale = tensor_scale.empty() ? s.grad_scale : s.grad_scale * tensor_scale[i];
+    segments.push_back(seg);
   }
+  if (!segments.empty())
+    be_.adamw_update_segments(byte_at(model_.parameter_buffer(), lo_, es_), master_.get(),
+                              grad_at(lo_), m_.get(), v_.get(), segments.data(),
+                              segments.size(), s);
   comm_.wait_for_compute();
   comm_.all_gather(model_.parameter_buffer(), plan_.shard, be_.dtype());
   comm_.compute_waits();

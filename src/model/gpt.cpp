@@ -19,8 +19,10 @@ inline void* at(void* base, size_t elements, size_t elem_bytes) {
 
 // Per-layer activations saved by the forward pass for the backward pass.
 struct LayerActs {
-  DeviceBuffer ln1, ln1_mean, ln1_rstd, qkv, atty, lse, kbar, max_logit, attproj, residual2,
-      ln2, ln2_mean, ln2_rstd, fch, fch_gelu, fcproj, residual3;
+  // residual2 and residual3 first receive the attention's and the MLP's
+  // output projections, to which the forward then adds the residual stream.
+  DeviceBuffer ln1, ln1_mean, ln1_rstd, qkv, atty, lse, kbar, max_logit, residual2, ln2,
+      ln2_mean, ln2_rstd, fch, fch_gelu, residual3;
   // With QK-norm: the attention's input (qkv with q and k normalised) and the
   // norm's statistics [N, 2, n_head]; qkv keeps the projection's output.
   DeviceBuffer qkv_normed, qk_rstd;
@@ -133,10 +135,10 @@ void GPT::ensure_activations(int B, int T) {
     if (cfg_.qk_norm) L.qkv_normed = act(N * 3 * C), L.qk_rstd = stat(N * 2 * H);
     if (cfg_.span_layer(l).needs_kbar()) L.kbar = act(N * C);
     L.max_logit = stat(H);
-    L.attproj = act(N * C), L.residual2 = act(N * C);
+    L.residual2 = act(N * C);
     L.ln2 = act(N * C), L.ln2_mean = stat(N), L.ln2_rstd = stat(N);
     L.fch = act(N * 4 * C), L.fch_gelu = act(N * 4 * C);
-    L.fcproj = act(N * C), L.residual3 = act(N * C);
+    L.residual3 = act(N * C);
   }
   a->lnf = act(N * C), a->lnf_mean = stat(N), a->lnf_rstd = stat(N);
   a->logits = act(N * Vp), a->losses = stat(N);
@@ -156,32 +158,51 @@ void GPT::forward(const int32_t* inputs, int B, int T) {
   be_.upload(a.tokens.get(), inputs, size_t(N) * sizeof(int32_t));
   be_.embedding_forward(a.encoded.get(), a.tokens.as<int32_t>(), param(layout_.wte),
                         param(layout_.wpe), B, T, C, 0);
+  // Each residual add runs fused with the LayerNorm after it
+  // (add_layernorm_forward): a block's projection lands in residual2 or
+  // residual3 and the stream so far is added into it in place, so the sum is
+  // written once and not read back, and the projection needs no buffer of
+  // its own. Addition commutes, so the bits are those of residual_forward
+  // then layernorm_forward.
+  // The LayerNorm that opens layer l, or ln_f for l == n_layer.
+  struct Norm {
+    void *out, *mean, *rstd;
+    const void *weight, *bias;
+  };
+  auto norm_opening = [&](int l) -> Norm {
+    if (l == cfg_.n_layer)
+      return {a.lnf.get(), a.lnf_mean.get(), a.lnf_rstd.get(), param(layout_.lnf_w),
+              param(layout_.lnf_b)};
+    LayerActs& L = a.layers[l];
+    return {L.ln1.get(), L.ln1_mean.get(), L.ln1_rstd.get(), param(layout_.layers[l].ln1_w),
+            param(layout_.layers[l].ln1_b)};
+  };
+  const Norm first = norm_opening(0);
+  be_.layernorm_forward(first.out, first.mean, first.rstd, a.encoded.get(), first.weight,
+                        first.bias, N, C);
   const void* residual = a.encoded.get();
   for (int l = 0; l < cfg_.n_layer; ++l) {
     const LayerParams& p = layout_.layers[l];
     LayerActs& L = a.layers[l];
     const AttentionSpec spec = cfg_.attention_spec(l, B, T);
-    be_.layernorm_forward(L.ln1.get(), L.ln1_mean.get(), L.ln1_rstd.get(), residual,
-                          param(p.ln1_w), param(p.ln1_b), N, C);
     be_.matmul_forward(L.qkv.get(), nullptr, L.ln1.get(), param(p.qkv_w), param(p.qkv_b), N, C,
                        3 * C);
     if (cfg_.qk_norm) qk_norm_forward(L.qkv_normed.get(), L.qk_rstd.get(), L.qkv.get(), l, N);
     be_.attention_forward(L.atty.get(), L.lse.get(), L.max_logit.get(), L.kbar.get(),
                           L.attention_input().get(), spec);
-    be_.matmul_forward(L.attproj.get(), nullptr, L.atty.get(), param(p.attn_proj_w),
+    be_.matmul_forward(L.residual2.get(), nullptr, L.atty.get(), param(p.attn_proj_w),
                        param(p.attn_proj_b), N, C, C);
-    be_.residual_forward(L.residual2.get(), residual, L.attproj.get(), size_t(N) * C);
-    be_.layernorm_forward(L.ln2.get(), L.ln2_mean.get(), L.ln2_rstd.get(), L.residual2.get(),
-                          param(p.ln2_w), param(p.ln2_b), N, C);
+    be_.add_layernorm_forward(L.residual2.get(), L.ln2.get(), L.ln2_mean.get(), L.ln2_rstd.get(),
+                              residual, param(p.ln2_w), param(p.ln2_b), N, C);
     be_.matmul_forward(L.fch_gelu.get(), L.fch.get(), L.ln2.get(), param(p.fc_w), param(p.fc_b),
                        N, C, 4 * C);
-    be_.matmul_forward(L.fcproj.get(), nullptr, L.fch_gelu.get(), param(p.fc_proj_w),
+    be_.matmul_forward(L.residual3.get(), nullptr, L.fch_gelu.get(), param(p.fc_proj_w),
                        param(p.fc_proj_b), N, 4 * C, C);
-    be_.residual_forward(L.residual3.get(), L.residual2.get(), L.fcproj.get(), size_t(N) * C);
+    const Norm next = norm_opening(l + 1);
+    be_.add_layernorm_forward(L.residual3.get(), next.out, next.mean, next.rstd,
+                              L.residual2.get(), next.weight, next.bias, N, C);
     residual = L.residual3.get();
   }
-  be_.layernorm_forward(a.lnf.get(), a.lnf_mean.get(), a.lnf_rstd.get(), residual,
-                        param(layout_.lnf_w), param(layout_.lnf_b), N, C);
   // Tied embedding: the classifier reuses wte, padded rows included (they are
   // masked out of the softmax, so they are never predicted).
   be_.matmul_forward(a.logits.get(), nullptr, a.lnf.get(), param(layout_.wte), nullptr, N, C,
@@ -294,9 +315,9 @@ void GPT::backward(int B, int T) {
     LayerActs& L = a.layers[l];
     const void* residual = l == 0 ? a.encoded.get() : a.layers[l - 1].residual3.get();
     const AttentionSpec spec = cfg_.attention_spec(l, B, T);
-    // residual3 = residual2 + fcproj: dresidual flows to both unchanged. The
-    // GELU between fc and fc_proj is differentiated inside fc_proj's backward
-    // (dfch is the gradient of the pre-activation fch).
+    // residual3 = residual2 + the MLP's projection: dresidual flows to both
+    // unchanged. The GELU between fc and fc_proj is differentiated inside
+    // fc_proj's backward (dfch is the gradient of the pre-activation fch).
     be_.matmul_backward(a.dfch.get(), grad(p.fc_proj_w), grad(p.fc_proj_b), a.dresidual.get(),
                         L.fch_gelu.get(), param(p.fc_proj_w), nullptr, L.fch.get(), N, 4 * C, C);
     be_.matmul_backward(a.dln.get(), grad(p.fc_w), grad(p.fc_b), a.dfch.get(), L.ln2.get(),
@@ -304,7 +325,7 @@ void GPT::backward(int B, int T) {
     be_.layernorm_backward(a.dresidual.get(), grad(p.ln2_w), grad(p.ln2_b), a.dln.get(),
                            L.residual2.get(), param(p.ln2_w), L.ln2_mean.get(),
                            L.ln2_rstd.get(), N, C);
-    // residual2 = residual + attproj.
+    // residual2 = residual + the attention's projection.
     be_.matmul_backward(a.datty.get(), grad(p.attn_proj_w), grad(p.attn_proj_b),
                         a.dresidual.get(), L.atty.get(), param(p.attn_proj_w), nullptr, nullptr, N,
                         C, C);
@@ -354,15 +375,17 @@ void GPT::adamw_step(const AdamWSettings& s, std::span<const double> tensor_scal
   LSGPT_CHECK(tensor_scale.empty() || tensor_scale.size() == layout_.tensors.size(),
               "per-tensor scales: ", tensor_scale.size(), " for ", layout_.tensors.size(),
               " tensors");
+  // One segment per tensor: its decay mask and per-tensor scale ride along,
+  // so a backend can update every tensor in one pass.
+  std::vector<AdamWSegment> segments(layout_.tensors.size());
   for (size_t i = 0; i < layout_.tensors.size(); ++i) {
     const ParamInfo& p = layout_.tensors[i];
-    AdamWSettings t = s;
-    if (!p.decay) t.weight_decay = 0;
-    if (!tensor_scale.empty()) t.grad_scale *= tensor_scale[i];
-    void* master = has_master_ ? at(master_.get(), p.offset, acc_) : nullptr;
-    be_.adamw_update(at(params_.get(), p.offset, es_), master, at(grads_.get(), p.offset, es_),
-                     at(m_.get(), p.offset, acc_), at(v_.get(), p.offset, acc_), p.numel, t);
+    segments[i].begin = p.offset, segments[i].end = p.offset + p.numel;
+    segments[i].weight_decay = p.decay ? s.weight_decay : 0;
+    segments[i].grad_scale = tensor_scale.empty() ? s.grad_scale : s.grad_scale * tensor_scale[i];
   }
+  be_.adamw_update_segments(params_.get(), has_master_ ? master_.get() : nullptr, grads_.get(),
+                            m_.get(), v_.get(), segments.data(), segments.size(), s);
 }
 
 std::vector<float> GPT::adam_m() const {

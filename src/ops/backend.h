@@ -44,6 +44,16 @@ struct AdamWSettings {
   double grad_scale = 1.0;  // multiplies every gradient first (global-norm clipping)
 };
 
+// One parameter tensor's share of a multi-tensor AdamW step
+// (Backend::adamw_update_segments): elements [begin, end) of the flat
+// buffers, with the tensor's own weight decay and gradient scale in place of
+// AdamWSettings's (decay masks, per-tensor clipping).
+struct AdamWSegment {
+  size_t begin = 0, end = 0;
+  double weight_decay = 0;
+  double grad_scale = 1.0;
+};
+
 // See Backend::sum_squares.
 inline constexpr size_t sum_squares_chunk = size_t(1) << 14;
 
@@ -217,6 +227,28 @@ class Backend {
   // are acc_dtype(); param is refreshed from master when present.
   virtual void adamw_update(void* param, void* master, const void* grad, void* m, void* v,
                             size_t n, const AdamWSettings& s) = 0;
+  // AdamW on segments of flat buffers (param, grad: dtype(); master, m, v:
+  // acc_dtype(), master null where there is none): the same bits as
+  // adamw_update on each segment with s's lr, betas, eps and step and the
+  // segment's weight_decay and grad_scale. Segments do not overlap. The
+  // CUDA backend does it in one launch; this default calls adamw_update once
+  // per segment.
+  virtual void adamw_update_segments(void* param, void* master, const void* grad, void* m,
+                                     void* v, const AdamWSegment* segments, size_t n_segments,
+                                     const AdamWSettings& s) {
+    const size_t es = dtype_size(dtype()), acc = dtype_size(acc_dtype());
+    auto at = [](void* base, size_t i, size_t bytes) -> void* {
+      return base ? static_cast<char*>(base) + i * bytes : nullptr;
+    };
+    for (size_t i = 0; i < n_segments; ++i) {
+      const AdamWSegment& seg = segments[i];
+      AdamWSettings t = s;
+      t.weight_decay = seg.weight_decay, t.grad_scale = seg.grad_scale;
+      const void* g = static_cast<const char*>(grad) + seg.begin * es;
+      adamw_update(at(param, seg.begin, es), at(master, seg.begin, acc), g, at(m, seg.begin, acc),
+                   at(v, seg.begin, acc), seg.end - seg.begin, t);
+    }
+  }
 };
 
 // "cpu" (fp32), "cpu64" (fp64, for gradient checks) or "cuda" (bf16 + fp32 master).

@@ -480,6 +480,47 @@ TEST_P(BackendOpsTest, AdamW) {
   EXPECT_GT(relative_error(ref.result["param"], got.seen["param"]), 1e-3);
 }
 
+// The training step's multi-tensor form: segments with their own weight decay
+// and gradient scale, one starting at an odd element, with gaps between them
+// that must stay as they were (the reference leaves them too).
+TEST_P(BackendOpsTest, AdamWSegments) {
+  const size_t n = 9001;
+  const bool with_master = backend_->dtype() != backend_->acc_dtype();
+  Arg param = inout("param", Elem::work, n, 20);
+  Arg master = param;
+  master.name = "master";
+  master.elem = Elem::acc;
+  Arg m = inout("m", Elem::acc, n, 21), v = inout("v", Elem::acc, n, 22, 0.0, 0.01);
+  m.own_precision = v.own_precision = master.own_precision = true;
+  if (!with_master) master.role = Role::scratch_in;
+  std::vector<Arg> args = {param, master, m, v, input("grad", Elem::work, n, 23, -2, 2)};
+  const std::vector<AdamWSegment> segments = {
+      {0, 4096, 0.1, 0.6}, {4096, 4099, 0.0, 0.9}, {4103, 4871, 0.0, 0.25}, {4871, 9000, 0.1, 1.0}};
+  auto op = [&](Backend& be, Pointers& p) {
+    const bool use_master = be.dtype() != be.acc_dtype();
+    AdamWSettings s;
+    s.lr = 3e-3, s.beta1 = 0.9, s.beta2 = 0.95, s.eps = 1e-8, s.step = 3;
+    s.weight_decay = 5.0, s.grad_scale = 7.0;  // replaced by each segment's own
+    be.adamw_update_segments(p["param"], use_master ? p["master"] : nullptr, p["grad"], p["m"],
+                             p["v"], segments.data(), segments.size(), s);
+  };
+  Outcome got = execute(*backend_, args, op);
+  for (Arg& a : args) a.values = got.seen[a.name];
+  if (with_master) args[0].values = got.seen["master"];
+  Outcome ref = execute(*reference_, args, op);
+  const double acc_tol = tolerance(backend_->acc_dtype());
+  EXPECT_LE(relative_error(got.result["param"], ref.result["param"]), tolerance(backend_->dtype()));
+  EXPECT_LE(relative_error(got.result["m"], ref.result["m"]), acc_tol);
+  EXPECT_LE(relative_error(got.result["v"], ref.result["v"]), acc_tol);
+  if (with_master) {
+    EXPECT_LE(relative_error(got.result["master"], ref.result["param"]), acc_tol);
+  }
+  // Outside the segments nothing moved; inside, the parameters did.
+  for (size_t i : {size_t(4099), size_t(4102), size_t(9000)})
+    EXPECT_EQ(got.result["m"][i], got.seen["m"][i]) << i;
+  EXPECT_GT(relative_error(ref.result["param"], got.seen["param"]), 1e-3);
+}
+
 // ---------------------------------------------------------------- attention
 
 struct AttentionCase {

@@ -6,6 +6,8 @@
 #include "ops/cuda/cuda_backend.h"
 
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
 #include <mutex>
 #include <unordered_map>
 #include <vector>
@@ -34,6 +36,11 @@ AllocationLedger& ledger() {
   return instance;
 }
 }  // namespace
+
+bool env_is(const char* name, const char* value) {
+  const char* set = std::getenv(name);
+  return set && std::strcmp(set, value) == 0;
+}
 
 size_t peak_allocated_bytes() {
   std::lock_guard<std::mutex> lock(ledger().mutex);
@@ -295,6 +302,14 @@ class CudaBackend final : public Backend {
     cuda::adamw_update(ctx_, as<bf16>(param), as<float>(master), as<bf16>(grad), as<float>(m),
                        as<float>(v), n, s);
   }
+  void adamw_update_segments(void* param, void* master, const void* grad, void* m, void* v,
+                             const AdamWSegment* segments, size_t n_segments,
+                             const AdamWSettings& s) override {
+    if (cuda::env_is("LSGPT_CUDA_ADAMW", "per-tensor"))
+      return Backend::adamw_update_segments(param, master, grad, m, v, segments, n_segments, s);
+    cuda::adamw_update_segments(ctx_, as<bf16>(param), as<float>(master), as<bf16>(grad),
+                                as<float>(m), as<float>(v), segments, n_segments, s);
+  }
 
  private:
   cuda::CudaContext ctx_;
@@ -345,6 +360,16 @@ void* cuda_stream_of(Backend& backend) {
 bool cuda_attention_forward_uses_sm90(Backend& backend, const AttentionSpec& spec) {
   auto* cuda = dynamic_cast<CudaBackend*>(&backend);
   return cuda && cuda::attention_forward_uses_sm90(cuda->context(), spec);
+}
+
+const char* cuda_last_dbias_path() {
+  switch (cuda::matmul_last_dbias_path()) {
+    case cuda::DbiasPath::epilogue_f32: return "bgradb-f32";
+    case cuda::DbiasPath::epilogue_bf16: return "bgradb-bf16";
+    case cuda::DbiasPath::column_sum: return "column-sum";
+    case cuda::DbiasPath::none: break;
+  }
+  return "none";
 }
 
 std::unique_ptr<Backend> make_cuda_backend() {

@@ -23,4 +23,10 @@ void* cuda_stream_of(Backend& backend);
 // LSGPT_ATTENTION_SM80 unset or 0. False for any other backend.
 bool cuda_attention_forward_uses_sm90(Backend& backend, const AttentionSpec& spec);
 
+// How the CUDA backend's last matmul_backward with a bias gradient got it,
+// for tests and benchmark reports: "bgradb-f32" or "bgradb-bf16" (cuBLASLt's
+// BGRADB epilogue writing a vector of that type), "column-sum" (the separate
+// pass), or "none" before the first.
+const char* cuda_last_dbias_path();
+
 }  // namespace lsgpt

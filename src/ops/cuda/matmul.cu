@@ -3,10 +3,21 @@
 // output) into cuBLASLt's epilogue, and the backward's input gradient takes
 // the GELU derivative of the layer below in the DGELU epilogue (aux input);
 // shapes or alignments for which cuBLASLt offers no fused algorithm fall back
-// to a plain product plus our own bias / GELU kernel. The backward's dbias is
-// our ordered column sum, because cuBLASLt's BGRAD epilogue overwrites the
-// bias gradient while the interface accumulates it. Algorithms are cached per
-// shape and alignment.
+// to a plain product plus our own bias / GELU kernel.
+//
+// The backward's dbias comes from the weight-gradient product's BGRADB
+// epilogue (the column sums of dout, reduced over the product's k = N rows
+// while it reads dout anyway). That epilogue overwrites its output while the
+// interface accumulates, so it writes an f32 vector in scratch (or bf16 where
+// cuBLASLt takes no f32 bias type) that one small kernel adds into dbias: the
+// same bf16(dbias + sum) as before, with the rows summed in cuBLASLt's order.
+// That order is fixed by the algorithm, which is cached per shape, alignment
+// and SM count, and every cuBLASLt split-K reduction is ordered, so results
+// are bit-reproducible run to run on one GPU model. Where cuBLASLt has no
+// BGRADB algorithm, or with LSGPT_CUDA_DBIAS=column-sum, dbias is our own
+// ordered column sum (norm.cu) over a separate pass. Algorithms are cached
+// per shape, alignment and epilogue.
+#include <atomic>
 #include <map>
 #include <mutex>
 #include <tuple>
@@ -30,7 +41,8 @@ struct Gemm {
   int ldd = 0;
   float beta = 0.0f;
   cublasLtEpilogue_t epilogue = CUBLASLT_EPILOGUE_DEFAULT;
-  const bf16* bias = nullptr;
+  const void* bias = nullptr;  // bias (input), or the bias gradient (output) with BGRADB
+  cudaDataType_t bias_type = CUDA_R_16BF;
   const bf16* aux = nullptr;  // GELU pre-activation, [m, n] with leading dimension m
 };
 
@@ -42,7 +54,7 @@ int alignment(const void* p) {
 }
 
 using GemmKey = std::tuple<int, int, int, int, int, int, int, int, bool, int, int, int, int, int,
-                           int, int>;
+                           int, int, int>;
 
 struct CachedAlgo {
   bool supported = false;
@@ -78,6 +90,11 @@ bool try_gemm(CudaContext& ctx, const Gemm& g) {
   if (g.bias)
     CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER,
                                                 &g.bias, sizeof(g.bias)));
+  if (g.bias && g.bias_type != CUDA_R_16BF) {  // bf16, D's type, is cuBLASLt's default
+    const int32_t type = g.bias_type;
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc.op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE,
+                                                &type, sizeof(type)));
+  }
   if (g.aux) {
     const int64_t ld_aux = g.m;
     CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc.op, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER,
@@ -96,7 +113,7 @@ bool try_gemm(CudaContext& ctx, const Gemm& g) {
   const int align_aux = g.aux ? alignment(g.aux) : 256;
   const GemmKey key{g.trans_a, g.trans_b, g.m, g.n, g.k, g.lda, g.ldb, g.ldd, g.beta != 0.0f,
                     int(g.epilogue), align_a, align_b, align_d, align_bias, align_aux,
-                    ctx.sm_count()};
+                    ctx.sm_count(), int(g.bias_type)};
   CachedAlgo cached;
   bool found = false;
   {
@@ -152,7 +169,31 @@ __global__ void add_bias_kernel(bf16* out, const bf16* bias, int N, int OC) {
   out[i] = __float2bfloat16(__bfloat162float(out[i]) + __bfloat162float(bias[i % OC]));
 }
 
+std::atomic<DbiasPath> last_dbias_path{DbiasPath::none};
+
+// dweight += inp^T dout (gw) with dbias += the column sums of dout from the
+// BGRADB epilogue; false (nothing done) where cuBLASLt offers no algorithm.
+bool weight_gradient_with_bias(CudaContext& ctx, Gemm gw, bf16* dbias, int OC) {
+  void* sums = ctx.scratch(sizeof(float) * size_t(OC));
+  gw.epilogue = CUBLASLT_EPILOGUE_BGRADB, gw.bias = sums;
+  gw.bias_type = CUDA_R_32F;
+  if (try_gemm(ctx, gw)) {
+    reduce_partials_accumulate(ctx, dbias, static_cast<const float*>(sums), 1, OC);
+    last_dbias_path = DbiasPath::epilogue_f32;
+    return true;
+  }
+  gw.bias_type = CUDA_R_16BF;
+  if (try_gemm(ctx, gw)) {
+    add_inplace(ctx, dbias, static_cast<const bf16*>(sums), size_t(OC));
+    last_dbias_path = DbiasPath::epilogue_bf16;
+    return true;
+  }
+  return false;
+}
+
 }  // namespace
+
+DbiasPath matmul_last_dbias_path() { return last_dbias_path; }
 
 void matmul_forward(CudaContext& ctx, bf16* out, bf16* pre_gelu, const bf16* inp,
                     const bf16* weight, const bf16* bias, int N, int C, int OC) {
@@ -192,7 +233,6 @@ void matmul_backward(CudaContext& ctx, bf16* dinp, bf16* dweight, bf16* dbias, b
     return;
   }
   if (pre_gelu) gelu_backward(ctx, dout, pre_gelu, dout, size_t(N) * OC);
-  if (dbias) column_sum_accumulate(ctx, dbias, dout, N, OC);
   Gemm gi;  // dinp[N,C] = dout[N,OC] weight[OC,C]  (* gelu'(inp_pre_gelu))
   gi.m = C, gi.n = N, gi.k = OC;
   gi.a = weight, gi.lda = C, gi.b = dout, gi.ldb = OC, gi.d = dinp, gi.ldd = C;
@@ -209,6 +249,13 @@ void matmul_backward(CudaContext& ctx, bf16* dinp, bf16* dweight, bf16* dbias, b
   Gemm gw;  // dweight[OC,C] += dout^T inp
   gw.trans_b = true, gw.m = C, gw.n = OC, gw.k = N;
   gw.a = inp, gw.lda = C, gw.b = dout, gw.ldb = OC, gw.d = dweight, gw.ldd = C, gw.beta = 1.0f;
+  if (dbias && !env_is("LSGPT_CUDA_DBIAS", "column-sum") &&
+      weight_gradient_with_bias(ctx, gw, dbias, OC))
+    return;
+  if (dbias) {
+    column_sum_accumulate(ctx, dbias, dout, N, OC);
+    last_dbias_path = DbiasPath::column_sum;
+  }
   gemm(ctx, gw);
 }
 

@@ -18,6 +18,11 @@ namespace lsgpt::cuda {
 
 using bf16 = __nv_bfloat16;
 
+// The LSGPT_CUDA_* switches that select a kernel path's predecessor
+// (docs/CUDA.md): true when environment variable `name` is set to `value`.
+// Read on every call, so a test can flip it.
+bool env_is(const char* name, const char* value);
+
 // embedding.cu
 void embedding_forward(CudaContext& ctx, bf16* out, const int32_t* tokens, const bf16* wte,
                        const bf16* wpe, int B, int T, int C, int pos0);
@@ -45,6 +50,9 @@ bool matmul_small_forward(CudaContext& ctx, bf16* out, bf16* pre_gelu, const bf1
 void matmul_backward(CudaContext& ctx, bf16* dinp, bf16* dweight, bf16* dbias, bf16* dout,
                      const bf16* inp, const bf16* weight, const bf16* pre_gelu,
                      const bf16* inp_pre_gelu, int N, int C, int OC);
+// How the last matmul_backward with a bias gradient computed it.
+enum class DbiasPath { none, epilogue_f32, epilogue_bf16, column_sum };
+DbiasPath matmul_last_dbias_path();
 
 // gelu.cu (tanh form, as GPT-2)
 void gelu_forward(CudaContext& ctx, bf16* out, const bf16* inp, size_t n);
@@ -77,6 +85,11 @@ void qk_norm_backward(CudaContext& ctx, bf16* dqkv, bf16* dq_gain, bf16* dk_gain
 // adamw.cu
 void adamw_update(CudaContext& ctx, bf16* param, float* master, const bf16* grad, float* m,
                   float* v, size_t n, const AdamWSettings& s);
+// The training step's form: every segment of the flat buffers in one launch
+// (Backend::adamw_update_segments), the same bits as adamw_update per segment.
+void adamw_update_segments(CudaContext& ctx, bf16* param, float* master, const bf16* grad,
+                           float* m, float* v, const AdamWSegment* segments,
+                           size_t n_segments, const AdamWSettings& s);
 
 // attention_forward.cu, attention_backward.cu, attention_decode.cu
 void attention_forward(CudaContext& ctx, bf16* out, float* lse, float* max_logit, bf16* kbar,

@@ -10,6 +10,8 @@
 #include <gtest/gtest.h>
 
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 #include <functional>
 #include <map>
 #include <random>
@@ -21,6 +23,9 @@
 #include "core/error.h"
 #include "cuda_test_util.h"
 #include "ops/backend.h"
+#ifdef LSGPT_HAVE_CUDA
+#include "ops/cuda/cuda_backend.h"
+#endif
 
 namespace lsgpt {
 namespace {
@@ -147,6 +152,67 @@ TEST_F(CudaOps, MatmulBiasGradientEveryKernelPath) {
              {"dinp", kBf16Tolerance},
              {"dweight", kBf16Tolerance},
              {"dbias", kBf16Tolerance}});
+  }
+}
+
+// Sets an environment variable for one scope (the LSGPT_CUDA_* path switches).
+struct ScopedEnv {
+  const char* name;
+  ScopedEnv(const char* n, const char* value) : name(n) { setenv(n, value, 1); }
+  ~ScopedEnv() { unsetenv(name); }
+};
+
+bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+}
+
+// The bias gradient from the weight-gradient product's BGRADB epilogue
+// (matmul.cu) at GPT-2 small's four bias shapes (qkv, attention projection,
+// fc through the GELU, fc_proj), accumulated over two micro-batches into a
+// random dbias: against cpu64, against the separate column-sum pass it
+// replaces (LSGPT_CUDA_DBIAS=column-sum), and against itself run again.
+TEST_F(CudaOps, MatmulBiasGradientFromTheEpilogue) {
+  unsetenv("LSGPT_CUDA_DBIAS");
+  const int N = 512;
+  struct Shape { int C, OC; bool gelu; };
+  for (const Shape& shape : {Shape{768, 2304, false}, Shape{768, 768, false},
+                             Shape{768, 3072, true}, Shape{3072, 768, false}}) {
+    const int C = shape.C, OC = shape.OC;
+    SCOPED_TRACE("C = " + std::to_string(C) + ", OC = " + std::to_string(OC));
+    Tensors t{{"inp", in(size_t(N) * C, 91)},
+              {"weight", in(size_t(OC) * C, 92, -0.05, 0.05)},
+              {"pre", in(size_t(N) * OC, 93, -3, 3)},
+              {"dout1", in(size_t(N) * OC, 94)},
+              {"dout2", in(size_t(N) * OC, 95)},
+              {"dinp", out(size_t(N) * C)},
+              {"dweight", in(size_t(OC) * C, 96)},
+              {"dbias", in(OC, 97)}};
+    const Call call = [&](Backend& be, auto& p) {
+      for (const char* dout : {"dout1", "dout2"})
+        be.matmul_backward(p["dinp"], p["dweight"], p["dbias"], p[dout], p["inp"], p["weight"],
+                           shape.gelu ? p["pre"] : nullptr, nullptr, N, C, OC);
+    };
+    const std::map<std::string, double> tol{
+        {"dinp", kBf16Tolerance}, {"dweight", kBf16Tolerance}, {"dbias", kBf16Tolerance}};
+    const Results fused = compare(t, {}, call, tol);
+#ifdef LSGPT_HAVE_CUDA
+    EXPECT_STRNE(cuda_last_dbias_path(), "column-sum")
+        << "cuBLASLt offered no BGRADB algorithm: the bias gradient took the separate pass";
+#endif
+    const Results again = run(*cuda_, t, {}, call);
+    EXPECT_TRUE(same_bits(fused.at("dbias"), again.at("dbias"))) << "dbias not reproducible";
+    EXPECT_TRUE(same_bits(fused.at("dweight"), again.at("dweight"))) << "dweight not reproducible";
+    Results separate;
+    {
+      ScopedEnv column_sum("LSGPT_CUDA_DBIAS", "column-sum");
+      separate = compare(t, {}, call, tol);
+#ifdef LSGPT_HAVE_CUDA
+      EXPECT_STREQ(cuda_last_dbias_path(), "column-sum");
+#endif
+    }
+    // The input gradient's product is the same either way.
+    EXPECT_TRUE(same_bits(fused.at("dinp"), separate.at("dinp")));
+    EXPECT_LE(relative_error(fused.at("dbias"), separate.at("dbias")), kBf16Tolerance);
   }
 }
 
