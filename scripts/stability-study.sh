@@ -10,7 +10,7 @@
 # phase, warm-up a tenth of the steps, cosine decay to a tenth, AdamW
 # (0.9, 0.95, weight decay 0.1), global clipping at 1.0 except under AdaGC.
 #
-# Phases (run in the order given; default: proxy decisive long report):
+# Phases (run in the order given; default: proxy decisive long noclip report):
 #   proxy     the wide learning-rate sweep on a 6-layer model of GPT-2 small's
 #             width (12 heads x 64), one seed: where does MHSA degrade?
 #   decisive  GPT-2 small's shape (12 layers), DECISIVE_LRS x DECISIVE_SETTINGS
@@ -20,7 +20,8 @@
 #   noclip    GPT-2 small at context 4096 without global gradient clipping
 #             (--clip 0; AdaGC keeps its own), NOCLIP_SETTINGS x NOCLIP_LRS,
 #             seed 1: whether MHSA spikes or diverges once clipping no longer
-#             holds it (with clipping at 1.0 no run did, up to 1.2e-2).
+#             holds it (with clipping at 1.0 no run did, up to 1.2e-2; without it,
+#             none did either, up to 2.4e-2: docs/results/stability-pg-books.md).
 #   report    per shape: `lsgpt report` page and summary tables (Markdown and
 #             JSON), SVG charts of seed 1 per learning rate, and
 #             OUT_DIR/stability-pg-books.md assembling them. Needs gnuplot.
@@ -64,7 +65,7 @@ repo=$(realpath "$(dirname "$0")/..")
 out=$(realpath -m "$1")
 shift
 phases=("$@")
-((${#phases[@]})) || phases=(proxy decisive long report)
+((${#phases[@]})) || phases=(proxy decisive long noclip report)
 for phase in "${phases[@]}"; do
   case $phase in
     proxy | decisive | long | noclip | report) ;;

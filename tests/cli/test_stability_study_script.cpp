@@ -47,14 +47,15 @@ TEST(StabilityStudyScript, RunsEveryPhaseOnTheCpuAndResumes) {
       "SMOKE=1 SMOKE_STEPS=4 BATCH=2 LONG_BATCH=1 DEVICE=cpu LSGPT='" LSGPT_BINARY
       "' DATA_DIR='" + data +
       "' PROXY_SETTINGS='mhsa ls-qknorm' PROXY_LRS='1e-3 3e-3' DECISIVE_SETTINGS=ls-zloss"
-      " DECISIVE_LRS=1e-3 SEEDS='1 2' LONG_SETTINGS=ls LONG_LRS=1e-3";
-  const std::string phases = gnuplot ? "proxy decisive long report" : "proxy decisive long";
+      " DECISIVE_LRS=1e-3 SEEDS='1 2' LONG_SETTINGS=ls LONG_LRS=1e-3 NOCLIP_SETTINGS=mhsa"
+      " NOCLIP_LRS=1e-3";
+  const std::string phases = gnuplot ? "proxy decisive long noclip report" : "proxy decisive long noclip";
   Shell r = run_script(dir, env, "'" + out + "' " + phases);
   ASSERT_EQ(r.exit_code, 0) << r.out;
   const char* runs[] = {"proxy-mhsa-lr1e-3-s1",     "proxy-mhsa-lr3e-3-s1",
                         "proxy-ls-qknorm-lr1e-3-s1", "proxy-ls-qknorm-lr3e-3-s1",
                         "gpt2-ls-zloss-lr1e-3-s1",   "gpt2-ls-zloss-lr1e-3-s2",
-                        "gpt2-ctx8192-ls-lr1e-3-s1"};
+                        "gpt2-ctx8192-ls-lr1e-3-s1", "gpt2-noclip-mhsa-lr1e-3-s1"};
   for (const char* name : runs) {
     const std::string run = out + "/runs/" + name;
     EXPECT_EQ(read_file(run + "/exit_code"), "0\n") << name << "\n" << r.out;
@@ -68,6 +69,8 @@ TEST(StabilityStudyScript, RunsEveryPhaseOnTheCpuAndResumes) {
   EXPECT_NE(zl.find("\"seed\": 2"), std::string::npos) << zl;
   const std::string longer = read_file(out + "/runs/gpt2-ctx8192-ls-lr1e-3-s1/config.json");
   EXPECT_NE(longer.find("\"seq_len\": 256"), std::string::npos) << longer;  // 8192 / 32 in SMOKE
+  const std::string noclip = read_file(out + "/runs/gpt2-noclip-mhsa-lr1e-3-s1/config.json");
+  EXPECT_NE(noclip.find("\"clip\": 0.0"), std::string::npos) << noclip;
 
   if (gnuplot) {
     const std::string md = read_file(out + "/stability-pg-books.md");
@@ -75,6 +78,10 @@ TEST(StabilityStudyScript, RunsEveryPhaseOnTheCpuAndResumes) {
     EXPECT_NE(md.find("| gpt2-ls-zloss-lr1e-3-s2 | LS 3/4 w=16 | z-loss 1e-4 | 0.001 | 2 |"),
               std::string::npos) << md;
     EXPECT_NE(md.find("## Runs: gpt2-ctx8192"), std::string::npos) << md;
+    EXPECT_NE(md.find("## Runs: gpt2-noclip"), std::string::npos) << md;
+    // The unclipped runs have their own section, not rows among the clipped GPT-2 runs.
+    const std::string gpt2_summary = read_file(out + "/summary-gpt2.json");
+    EXPECT_EQ(gpt2_summary.find("noclip"), std::string::npos) << gpt2_summary;
     EXPECT_NE(md.find("| lr 0.001 | lr 0.003 |"), std::string::npos) << md;  // the proxy sweep
     EXPECT_NE(md.find("![gpt2-lr1e-3 loss](charts-gpt2-lr1e-3/loss.svg)"), std::string::npos)
         << md;
