@@ -82,18 +82,18 @@ double median_ms(Backend& be, int reps, Fn fn) {
 
 #ifdef LSGPT_HAVE_CUDA
 // One direction's time on the sm_80 kernel and on the default kernel
-// (`prefix` "fwd" or "bwd"; `flops` its canonical matrix-product count).
+// (`prefix` "fwd" or "bwd"; `flops` its canonical matrix-product count;
+// `uses_sm90` says which kernel the default is).
 template <typename Fn>
 void compare_kernels(Backend& be, const Config& c, const AttentionSpec& spec, int reps,
-                     const char* prefix, double flops, Fn run) {
+                     const char* prefix, double flops,
+                     bool (*uses_sm90)(Backend&, const AttentionSpec&), Fn run) {
   const char* old = std::getenv("LSGPT_ATTENTION_SM80");
   const std::string keep = old ? old : "";
   ::setenv("LSGPT_ATTENTION_SM80", "1", 1);
   const double sm80 = median_ms(be, reps, run);
   ::setenv("LSGPT_ATTENTION_SM80", "0", 1);
-  const bool forward = std::string(prefix) == "fwd";
-  const bool sm90 = forward ? cuda_attention_forward_uses_sm90(be, spec)
-                            : cuda_attention_backward_uses_sm90(be, spec);
+  const bool sm90 = uses_sm90(be, spec);
   const double dflt = median_ms(be, reps, run);
   old ? ::setenv("LSGPT_ATTENTION_SM80", keep.c_str(), 1) : ::unsetenv("LSGPT_ATTENTION_SM80");
   std::printf(
@@ -140,12 +140,14 @@ void run_config(Backend& be, const Config& c, int reps, Mode mode) {
   // 2 products forward (S, P V), 5 backward (S, dP, dV, dK, dQ), each 2 flops a multiply-add.
   const double flops_fwd = 4.0 * c.B * visible_pairs(c) * c.head_dim;
   if (mode == Mode::forward_kernels) {
-    compare_kernels(be, c, spec, reps, "fwd", flops_fwd, forward);
+    compare_kernels(be, c, spec, reps, "fwd", flops_fwd, cuda_attention_forward_uses_sm90,
+                    forward);
     return;
   }
   if (mode == Mode::backward_kernels) {
     forward();  // out, lse and kbar for the backward
-    compare_kernels(be, c, spec, reps, "bwd", 2.5 * flops_fwd, backward);
+    compare_kernels(be, c, spec, reps, "bwd", 2.5 * flops_fwd, cuda_attention_backward_uses_sm90,
+                    backward);
     return;
   }
   const double fwd = median_ms(be, reps, forward);
