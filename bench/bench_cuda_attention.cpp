@@ -3,13 +3,16 @@
 // of many. Prints one JSON object per configuration (for bench/attention_vs_torch.py).
 //
 // Usage: bench_cuda_attention [B=.. T=.. heads=.. head_dim=.. local=.. window=..
-//                              span=off|cross reps=.. forward_kernels=1]
+//                              span=off|cross reps=.. forward_kernels=1
+//                              backward_kernels=1]
 // With no B/T/heads given it runs the standard grid: width 2048, 16384 tokens
 // per batch, head_dim 64 and 128, T 1024/4096/16384, for MHSA, 11 of 12 heads
 // local at w=100, and half the heads local at w=256.
 // forward_kernels=1 times the forward alone on the sm_80 kernel
 // (LSGPT_ATTENTION_SM80=1) and on the default one (the wgmma kernel on a
 // compute capability 9.0 GPU), one JSON line per configuration.
+// backward_kernels=1 does the same for the backward alone (delta kernel
+// included), from one forward's outputs.
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
@@ -78,32 +81,36 @@ double median_ms(Backend& be, int reps, Fn fn) {
 #endif
 
 #ifdef LSGPT_HAVE_CUDA
-// The forward's time on the sm_80 kernel and on the default kernel.
+// One direction's time on the sm_80 kernel and on the default kernel
+// (`prefix` "fwd" or "bwd"; `flops` its canonical matrix-product count;
+// `uses_sm90` says which kernel the default is).
 template <typename Fn>
-void compare_forward_kernels(Backend& be, const Config& c, const AttentionSpec& spec, int reps,
-                             Fn forward) {
+void compare_kernels(Backend& be, const Config& c, const AttentionSpec& spec, int reps,
+                     const char* prefix, double flops,
+                     bool (*uses_sm90)(Backend&, const AttentionSpec&), Fn run) {
   const char* old = std::getenv("LSGPT_ATTENTION_SM80");
   const std::string keep = old ? old : "";
   ::setenv("LSGPT_ATTENTION_SM80", "1", 1);
-  const double sm80 = median_ms(be, reps, forward);
+  const double sm80 = median_ms(be, reps, run);
   ::setenv("LSGPT_ATTENTION_SM80", "0", 1);
-  const bool sm90 = cuda_attention_forward_uses_sm90(be, spec);
-  const double dflt = median_ms(be, reps, forward);
+  const bool sm90 = uses_sm90(be, spec);
+  const double dflt = median_ms(be, reps, run);
   old ? ::setenv("LSGPT_ATTENTION_SM80", keep.c_str(), 1) : ::unsetenv("LSGPT_ATTENTION_SM80");
-  const double flops_fwd = 4.0 * c.B * visible_pairs(c) * c.head_dim;
   std::printf(
       "{\"label\": \"%s\", \"B\": %d, \"T\": %d, \"heads\": %d, \"head_dim\": %d, \"local\": %d, "
-      "\"window\": %d, \"span\": %s, \"default_kernel\": \"%s\", \"fwd_sm80_ms\": %.4f, "
-      "\"fwd_default_ms\": %.4f, \"fwd_sm80_tflops\": %.1f, \"fwd_default_tflops\": %.1f, "
+      "\"window\": %d, \"span\": %s, \"default_kernel\": \"%s\", \"%s_sm80_ms\": %.4f, "
+      "\"%s_default_ms\": %.4f, \"%s_sm80_tflops\": %.1f, \"%s_default_tflops\": %.1f, "
       "\"speedup\": %.3f}\n",
       c.label, c.B, c.T, c.heads, c.head_dim, c.local, c.window, c.span ? "true" : "false",
-      sm90 ? "sm90_wgmma" : "sm80", sm80, dflt, flops_fwd / sm80 * 1e-9, flops_fwd / dflt * 1e-9,
-      sm80 / dflt);
+      sm90 ? "sm90_wgmma" : "sm80", prefix, sm80, prefix, dflt, prefix, flops / sm80 * 1e-9,
+      prefix, flops / dflt * 1e-9, sm80 / dflt);
   std::fflush(stdout);
 }
 #endif
 
-void run_config(Backend& be, const Config& c, int reps, bool forward_kernels) {
+enum class Mode { fwd_bwd, forward_kernels, backward_kernels };
+
+void run_config(Backend& be, const Config& c, int reps, Mode mode) {
 #ifdef LSGPT_HAVE_CUDA
   AttentionSpec spec;
   spec.B = c.B, spec.T = c.T, spec.n_head = c.heads, spec.head_dim = c.head_dim;
@@ -127,16 +134,24 @@ void run_config(Backend& be, const Config& c, int reps, bool forward_kernels) {
   auto forward = [&] {
     be.attention_forward(out.get(), lse.get(), max_logit.get(), kbar.get(), qkv.get(), spec);
   };
-  if (forward_kernels) {
-    compare_forward_kernels(be, c, spec, reps, forward);
-    return;
-  }
   auto backward = [&] {
     be.attention_backward(dqkv.get(), dout.get(), qkv.get(), out.get(), lse.get(), kbar.get(), spec);
   };
+  // 2 products forward (S, P V), 5 backward (S, dP, dV, dK, dQ), each 2 flops a multiply-add.
+  const double flops_fwd = 4.0 * c.B * visible_pairs(c) * c.head_dim;
+  if (mode == Mode::forward_kernels) {
+    compare_kernels(be, c, spec, reps, "fwd", flops_fwd, cuda_attention_forward_uses_sm90,
+                    forward);
+    return;
+  }
+  if (mode == Mode::backward_kernels) {
+    forward();  // out, lse and kbar for the backward
+    compare_kernels(be, c, spec, reps, "bwd", 2.5 * flops_fwd, cuda_attention_backward_uses_sm90,
+                    backward);
+    return;
+  }
   const double fwd = median_ms(be, reps, forward);
   const double fwd_bwd = median_ms(be, reps, [&] { forward(); backward(); });
-  const double flops_fwd = 4.0 * c.B * visible_pairs(c) * c.head_dim;
   std::printf(
       "{\"label\": \"%s\", \"B\": %d, \"T\": %d, \"heads\": %d, \"head_dim\": %d, \"local\": %d, "
       "\"window\": %d, \"span\": %s, \"fwd_ms\": %.4f, \"fwd_bwd_ms\": %.4f, "
@@ -145,7 +160,7 @@ void run_config(Backend& be, const Config& c, int reps, bool forward_kernels) {
       fwd_bwd, flops_fwd / fwd * 1e-9, 3.5 * flops_fwd / fwd_bwd * 1e-9);
   std::fflush(stdout);
 #else
-  (void)be, (void)c, (void)reps, (void)forward_kernels;
+  (void)be, (void)c, (void)reps, (void)mode;
 #endif
 }
 
@@ -181,18 +196,26 @@ int main(int argc, char** argv) {
   try {
     std::unique_ptr<Backend> be = make_backend("cuda");
     const int reps = get("reps", 20);
-    const bool forward_kernels = get("forward_kernels", 0) != 0;
+    if (get("forward_kernels", 0) != 0 && get("backward_kernels", 0) != 0) {
+      std::fprintf(stderr,
+                   "bench_cuda_attention: forward_kernels=1 and backward_kernels=1 exclude "
+                   "each other\n");
+      return 2;
+    }
+    const Mode mode = get("forward_kernels", 0) != 0    ? Mode::forward_kernels
+                      : get("backward_kernels", 0) != 0 ? Mode::backward_kernels
+                                                        : Mode::fwd_bwd;
     if (args.count("T")) {
       Config c{get("B", 1), get("T", 1024), get("heads", 16), get("head_dim", 128),
                get("local", 0), get("window", 100), args.count("span") && args["span"] == "cross",
                "custom"};
-      run_config(*be, c, reps, forward_kernels);
+      run_config(*be, c, reps, mode);
     } else {
-      for (const Config& c : standard_grid()) run_config(*be, c, reps, forward_kernels);
+      for (const Config& c : standard_grid()) run_config(*be, c, reps, mode);
       for (int D : {64, 128}) {  // span overhead: compare with ls_11of12_w100 at T 4096
         const int H = 2048 / D, n_global = std::max(1, (H + 6) / 12);
         Config c{4, 4096, H, D, H - n_global, 100, true, "ls_11of12_w100_span_cross"};
-        run_config(*be, c, reps, forward_kernels);
+        run_config(*be, c, reps, mode);
       }
     }
   } catch (const Error& e) {

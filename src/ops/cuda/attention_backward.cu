@@ -9,8 +9,12 @@
 // before they are written: dQ along kbar (from the forward) or q, dK along
 // qbar = (P^T Q) / colsum(P) (accumulated beside dV only in the kQbar
 // instantiation) or k, dV along v. With it off none of this code exists.
+// On a compute capability 9.0 GPU the same contract runs on
+// attention_backward_sm90.cu's wgmma kernel instead (after the same delta
+// kernel), unless LSGPT_ATTENTION_SM80=1 asks for this one.
 #include <type_traits>
 
+#include "ops/cuda/attention_backward.cuh"
 #include "ops/cuda/attention_common.cuh"
 #include "ops/cuda/cuda_check.h"
 #include "ops/cuda/device_utils.cuh"
@@ -23,18 +27,6 @@ using namespace attn;
 
 constexpr int kKeysPerBlock = 64;     // key blocks: 16 keys per warp
 constexpr int kQueriesPerBlock = 64;  // query blocks: 16 queries per warp
-
-struct BackwardParams {
-  const bf16* qkv;
-  const bf16* dout;
-  const float* lse;
-  const float* delta;
-  const bf16* kbar;
-  bf16* dqkv;
-  int T, n_head, head_dim, C, n_local, window, n_key_blocks, n_query_blocks;
-  float scale, scale_log2;
-  SpanArgs span;
-};
 
 template <int D, bool kQbar>
 struct BackwardShape {
@@ -211,69 +203,19 @@ __device__ void key_block(const BackwardParams& p, unsigned char* smem_raw, int 
   }
 
   // Epilogue: scale dK by tau, project (span), write rows below T.
-  bf16* dk_base = p.dqkv + size_t(b) * T * qkv_row + p.C + h * p.head_dim;
-  bf16* dv_base = dk_base + p.C;
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
-    const int j = key_row + 8 * r;
-    float gk[2 * kDBlocks], gv[2 * kDBlocks];
+    float gk[2 * kDBlocks], gv[2 * kDBlocks], qbar_row[2 * kDBlocks] = {};
 #pragma unroll
     for (int db = 0; db < kDBlocks; ++db)
 #pragma unroll
       for (int e = 0; e < 2; ++e) {
         gk[2 * db + e] = dk[db][2 * r + e] * p.scale;
         gv[2 * db + e] = dv[db][2 * r + e];
+        if constexpr (kQbar) qbar_row[2 * db + e] = qbar[db][2 * r + e];
       }
-    if constexpr (kSpan) {
-      if (p.span.k) {
-        float u[2 * kDBlocks];
-        if constexpr (kQbar) {
-          float total = colsum[r];
-          total += __shfl_xor_sync(0xffffffffu, total, 1);
-          total += __shfl_xor_sync(0xffffffffu, total, 2);
-          // A key that (almost) no query attended: below 1e-30 its column sum
-          // may be subnormal, 1/total overflows and 0 * inf (qbar flushed to
-          // zero in the bf16 product) is NaN. u = 0 leaves the row unchanged;
-          // its gradient is of the order of that sum, i.e. nothing.
-          const float inv = total > 1e-30f ? 1.0f / total : 0.f;
-#pragma unroll
-          for (int db = 0; db < kDBlocks; ++db)
-#pragma unroll
-            for (int e = 0; e < 2; ++e) u[2 * db + e] = qbar[db][2 * r + e] * inv;
-        } else {
-#pragma unroll
-          for (int db = 0; db < kDBlocks; ++db) {
-            const float2 x = j < T && db * 8 < p.head_dim ? __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(
-                                         k_base + size_t(j) * qkv_row + db * 8 + quad * 2))
-                                   : make_float2(0.f, 0.f);
-            u[2 * db] = x.x, u[2 * db + 1] = x.y;
-          }
-        }
-        project_row(gk, u, p.span.k_par, p.span.k_perp);
-      }
-      if (p.span.v) {
-        float u[2 * kDBlocks];
-#pragma unroll
-        for (int db = 0; db < kDBlocks; ++db) {
-          const float2 x = j < T && db * 8 < p.head_dim ? __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(
-                                       v_base + size_t(j) * qkv_row + db * 8 + quad * 2))
-                                 : make_float2(0.f, 0.f);
-          u[2 * db] = x.x, u[2 * db + 1] = x.y;
-        }
-        project_row(gv, u, p.span.v_par, p.span.v_perp);
-      }
-    }
-    if (j < T) {
-#pragma unroll
-      for (int db = 0; db < kDBlocks; ++db) {
-        if (db * 8 >= p.head_dim) continue;
-        const size_t offset = size_t(j) * qkv_row + db * 8 + quad * 2;
-        *reinterpret_cast<__nv_bfloat162*>(dk_base + offset) =
-            __floats2bfloat162_rn(gk[2 * db], gk[2 * db + 1]);
-        *reinterpret_cast<__nv_bfloat162*>(dv_base + offset) =
-            __floats2bfloat162_rn(gv[2 * db], gv[2 * db + 1]);
-      }
-    }
+    finish_key_row<kDBlocks, kSpan, kQbar>(p, gk, gv, qbar_row, colsum[r], key_row + 8 * r,
+                                           k_base, v_base, quad);
   }
 }
 
@@ -394,38 +336,14 @@ __device__ void query_block(const BackwardParams& p, unsigned char* smem_raw, in
     __syncthreads();
   }
 
-  bf16* dq_base = p.dqkv + size_t(b) * T * qkv_row + h * p.head_dim;
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
-    const int i = row_a + 8 * r;
     float g[2 * kDBlocks];
 #pragma unroll
     for (int db = 0; db < kDBlocks; ++db)
 #pragma unroll
       for (int e = 0; e < 2; ++e) g[2 * db + e] = dq[db][2 * r + e] * p.scale;
-    if constexpr (kSpan) {
-      if (p.span.q) {
-        // u = kbar_i (cross) or q_i (self).
-        const bf16* u_row = p.span.q_cross ? p.kbar + (size_t(b) * T + i) * p.C + h * p.head_dim
-                                           : q_base + size_t(i) * qkv_row;
-        float u[2 * kDBlocks];
-#pragma unroll
-        for (int db = 0; db < kDBlocks; ++db) {
-          const float2 x = i < T && db * 8 < p.head_dim ? __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(
-                                       u_row + db * 8 + quad * 2))
-                                 : make_float2(0.f, 0.f);
-          u[2 * db] = x.x, u[2 * db + 1] = x.y;
-        }
-        project_row(g, u, p.span.q_par, p.span.q_perp);
-      }
-    }
-    if (i < T) {
-#pragma unroll
-      for (int db = 0; db < kDBlocks; ++db)
-        if (db * 8 < p.head_dim)
-          *reinterpret_cast<__nv_bfloat162*>(dq_base + size_t(i) * qkv_row + db * 8 + quad * 2) =
-            __floats2bfloat162_rn(g[2 * db], g[2 * db + 1]);
-    }
+    finish_query_row<kDBlocks, kSpan>(p, g, row_a + 8 * r, b, h, q_base, quad);
   }
 }
 
@@ -460,7 +378,16 @@ void dispatch_backward(CudaContext& ctx, const BackwardParams& p, int B, bool sp
     launch_backward<D, true, false>(ctx, p, B);
 }
 
+bool use_sm90(const CudaContext& ctx, const AttentionSpec& spec) {
+  const bool forced = sm80_forced();  // checked on every GPU: a bad value is an error anywhere
+  return !forced && sm90_backward_supported(ctx, spec.head_dim);
+}
+
 }  // namespace
+
+bool attention_backward_uses_sm90(CudaContext& ctx, const AttentionSpec& spec) {
+  return use_sm90(ctx, spec);
+}
 
 void attention_backward(CudaContext& ctx, bf16* dqkv, const bf16* dout, const bf16* qkv,
                         const bf16* out, const float* lse, const bf16* kbar,
@@ -494,6 +421,10 @@ void attention_backward(CudaContext& ctx, bf16* dqkv, const bf16* dout, const bf
   p.span = make_span_args(spec.span);
   const bool span = spec.span.any();
   const bool qbar = spec.span.k.enabled && spec.span.k.basis == SpanBasis::cross;
+  if (use_sm90(ctx, spec)) {
+    launch_backward_sm90(ctx, p, spec.B, span, qbar);
+    return;
+  }
   switch (padded_head_dim(D)) {
     case 32: dispatch_backward<32>(ctx, p, spec.B, span, qbar); break;
     case 64: dispatch_backward<64>(ctx, p, spec.B, span, qbar); break;

@@ -169,6 +169,13 @@ inline void check_head_dim(int head_dim, const char* op) {
          "64 and 128 are the tuned sizes)");
 }
 
+// LSGPT_ATTENTION_SM80=1 keeps the sm_80 kernels (forward and backward) on
+// a compute capability 9.0 GPU: the parity reference, and the way back if a
+// wgmma kernel misbehaves. Read at every call so a test or benchmark can
+// switch; 0 or unset is the default, any other value an error.
+// Defined in attention_forward.cu.
+bool sm80_forced();
+
 // Tiles are copied in 16-byte pieces; outputs are written as bf16 pairs.
 inline void check_alignment(const void* p, unsigned bytes, const char* what, const char* op) {
   if (p && (reinterpret_cast<uintptr_t>(p) % bytes) != 0)

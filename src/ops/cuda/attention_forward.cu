@@ -256,22 +256,19 @@ void launch_forward(CudaContext& ctx, const ForwardParams& p, int B) {
   CUDA_CHECK_LAUNCH();
 }
 
-// LSGPT_ATTENTION_SM80=1 keeps the sm_80 kernel on Hopper (the parity
-// reference, and the way back if the wgmma kernel misbehaves); read at every
-// call so a test or benchmark can switch between the two.
-bool sm80_forced() {
-  const char* v = std::getenv("LSGPT_ATTENTION_SM80");
-  if (!v || !*v || std::strcmp(v, "0") == 0) return false;
-  if (std::strcmp(v, "1") == 0) return true;
-  fail("LSGPT_ATTENTION_SM80 must be 0 or 1, got '", v, "'");
-}
-
 bool use_sm90(const CudaContext& ctx, const AttentionSpec& spec) {
   const bool forced = sm80_forced();  // checked on every GPU: a bad value is an error anywhere
   return !forced && sm90_forward_supported(ctx, spec.head_dim);
 }
 
 }  // namespace
+
+bool attn::sm80_forced() {
+  const char* v = std::getenv("LSGPT_ATTENTION_SM80");
+  if (!v || !*v || std::strcmp(v, "0") == 0) return false;
+  if (std::strcmp(v, "1") == 0) return true;
+  fail("LSGPT_ATTENTION_SM80 must be 0 or 1, got '", v, "'");
+}
 
 bool attention_forward_uses_sm90(CudaContext& ctx, const AttentionSpec& spec) {
   return use_sm90(ctx, spec);

@@ -10,7 +10,8 @@
 // memory read N-major (kbar += P K reads the K tile the same way). Tiles
 // sit in shared memory in the 128-byte swizzled layout wgmma expects; they
 // are copied with cp.async (zero fill past T and past the real head dim),
-// double-buffered as in the sm_80 kernel.
+// double-buffered as in the sm_80 kernel. The wgmma, descriptor and tile
+// helpers live in wgmma.cuh (the backward uses them too).
 //
 // Not here yet (docs/CUDA.md, "Forward on Hopper"): TMA loads on an mbarrier
 // pipeline, producer/consumer warp specialisation, two consumer warpgroups,
@@ -26,12 +27,7 @@
 #include "ops/cuda/attention_forward.cuh"
 #include "ops/cuda/cuda_check.h"
 #include "ops/cuda/device_utils.cuh"
-
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && defined(__CUDA_ARCH_FEAT_SM90_ALL)
-#define LSGPT_SM90A_DEVICE 1
-#else
-#define LSGPT_SM90A_DEVICE 0
-#endif
+#include "ops/cuda/wgmma.cuh"
 
 namespace lsgpt::cuda::attn {
 namespace {
@@ -40,178 +36,15 @@ using bf16 = __nv_bfloat16;
 
 constexpr int kBlockM = kForwardBlockM;
 constexpr int kBlockN = kForwardBlockN;
-// One 128-byte swizzle atom is 8 rows of 64 bf16; a tile of `rows` x D is
-// stored as D / 64 panels of rows x 64, each panel rows x 128 bytes.
-constexpr int kSwizzleRowBytes = 128;
-constexpr int kAtomBytes = 8 * kSwizzleRowBytes;  // 8 rows: the swizzle period
 
 template <int D>
 struct Sm90Shape {
   static_assert(D == 64 || D == 128, "the wgmma forward is built for D = 64 and 128");
-  static constexpr int kTileBytes = kBlockN * D * 2;  // one K or V tile
-  static constexpr int kQBytes = kBlockM * D * 2;
+  static constexpr int kTileBytes = sw128_tile_bytes<kBlockN, D>();  // one K or V tile
+  static constexpr int kQBytes = sw128_tile_bytes<kBlockM, D>();
   // Q, 2 K stages, 2 V stages, and room to align the start to a swizzle atom.
   static constexpr size_t kSmemBytes = size_t(kQBytes) + 4 * size_t(kTileBytes) + kAtomBytes;
 };
-
-#if LSGPT_SM90A_DEVICE
-
-constexpr int kPanelCols = kSwizzleRowBytes / 2;  // bf16 columns of one panel
-
-// ---- wgmma building blocks (PTX ISA, "Asynchronous Warpgroup Level Matrix
-// Multiply-Accumulate"). Every thread of the warpgroup executes each one.
-
-// Orders this thread's earlier register and shared-memory accesses before
-// the wgmma reads that follow (accumulators rescaled, P packed).
-__device__ __forceinline__ void wgmma_fence() {
-  asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
-}
-__device__ __forceinline__ void wgmma_commit() {
-  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
-}
-template <int kPending>
-__device__ __forceinline__ void wgmma_wait() {
-  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(kPending) : "memory");
-}
-// Pins accumulator registers at this point of the program: the compiler may
-// not move their reads or writes across it (no data dependence ties them to
-// the fence/wait instructions otherwise).
-template <int N>
-__device__ __forceinline__ void fence_operands(float (&d)[N]) {
-#pragma unroll
-  for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i])::"memory");
-}
-// Shared memory written by ordinary stores or cp.async (generic proxy) and
-// read next by wgmma (async proxy) needs this in each writing thread before
-// the barrier.
-__device__ __forceinline__ void fence_proxy_async_shared() {
-  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-}
-
-// Shared-memory matrix descriptor (PTX ISA "Matrix Descriptor Format"):
-// bits 0-13 start address >> 4, 16-29 leading-dimension byte offset >> 4,
-// 32-45 stride-dimension byte offset >> 4, 49-51 base offset (0: every
-// swizzle atom starts 1024-byte aligned), 62-63 layout (1: 128-byte swizzle).
-__device__ __forceinline__ uint64_t sw128_descriptor(uint32_t smem_addr, uint32_t leading_bytes,
-                                                     uint32_t stride_bytes) {
-  return uint64_t((smem_addr & 0x3FFFF) >> 4) | uint64_t((leading_bytes >> 4) & 0x3FFF) << 16 |
-         uint64_t((stride_bytes >> 4) & 0x3FFF) << 32 | uint64_t(1) << 62;
-}
-
-// K-major operand (rows x D, D the reduction index), k16 step kc: the
-// 16-column slice starts 32 bytes further in its 128-byte row (the hardware
-// applies the swizzle to the address it forms); 8-row groups are an atom
-// (1024 bytes) apart; the leading offset is unused with 128-byte swizzle.
-template <int kRows>
-__device__ __forceinline__ uint64_t k_major_descriptor(uint32_t tile, int kc) {
-  const uint32_t addr = tile + (kc / 4) * (kRows * kSwizzleRowBytes) + (kc % 4) * 32;
-  return sw128_descriptor(addr, 16, kAtomBytes);
-}
-
-// N-major B operand (V: keys = k index in rows, D = n index contiguous),
-// k16 step kc = 16 rows further; the leading offset steps between 64-column
-// panels, the stride offset between 8-row groups.
-__device__ __forceinline__ uint64_t n_major_descriptor(uint32_t tile, int kc) {
-  const uint32_t addr = tile + kc * 16 * kSwizzleRowBytes;
-  return sw128_descriptor(addr, kBlockN * kSwizzleRowBytes, kAtomBytes);
-}
-
-// D[64 x 64] (+)= A[64 x 16] B[16 x 64], A and B K-major in shared memory.
-__device__ __forceinline__ void wgmma_m64n64k16_ss(float (&d)[32], uint64_t desc_a, uint64_t desc_b,
-                                                int accumulate) {
-  asm volatile(
-      "{\n.reg .pred p;\n"
-      "setp.ne.b32 p, %34, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
-      "{"
-      "%0, %1, %2, %3, %4, %5, %6, %7, "
-      "%8, %9, %10, %11, %12, %13, %14, %15, "
-      "%16, %17, %18, %19, %20, %21, %22, %23, "
-      "%24, %25, %26, %27, %28, %29, %30, %31"
-      "}, %32, %33, p, 1, 1, 0, 0;\n}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
-        "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),
-        "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]),
-        "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]),
-        "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
-      : "l"(desc_a), "l"(desc_b), "r"(accumulate));
-}
-
-// D[64 x 64] += A[64 x 16] B[16 x 64], A in registers, B N-major (transposed) in shared memory.
-__device__ __forceinline__ void wgmma_m64n64k16_rs(float (&d)[32], const uint32_t (&a)[4],
-                                                uint64_t desc_b) {
-  asm volatile(
-      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
-      "{"
-      "%0, %1, %2, %3, %4, %5, %6, %7, "
-      "%8, %9, %10, %11, %12, %13, %14, %15, "
-      "%16, %17, %18, %19, %20, %21, %22, %23, "
-      "%24, %25, %26, %27, %28, %29, %30, %31"
-      "}, {%32, %33, %34, %35}, %36, 1, 1, 1, 1;\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
-        "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),
-        "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]),
-        "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]),
-        "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b));
-}
-
-// D[64 x 128] += A[64 x 16] B[16 x 128], A in registers, B N-major (transposed) in shared memory.
-__device__ __forceinline__ void wgmma_m64n128k16_rs(float (&d)[64], const uint32_t (&a)[4],
-                                                uint64_t desc_b) {
-  asm volatile(
-      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
-      "{"
-      "%0, %1, %2, %3, %4, %5, %6, %7, "
-      "%8, %9, %10, %11, %12, %13, %14, %15, "
-      "%16, %17, %18, %19, %20, %21, %22, %23, "
-      "%24, %25, %26, %27, %28, %29, %30, %31, "
-      "%32, %33, %34, %35, %36, %37, %38, %39, "
-      "%40, %41, %42, %43, %44, %45, %46, %47, "
-      "%48, %49, %50, %51, %52, %53, %54, %55, "
-      "%56, %57, %58, %59, %60, %61, %62, %63"
-      "}, {%64, %65, %66, %67}, %68, 1, 1, 1, 1;\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
-        "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),
-        "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]),
-        "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]),
-        "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]),
-        "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]),
-        "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]),
-        "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
-        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]),
-        "+f"(d[63])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b));
-}
-
-template <int D>
-__device__ __forceinline__ void wgmma_pv(float (&o)[D / 2], const uint32_t (&a)[4], uint64_t desc_v) {
-  if constexpr (D == 64)
-    wgmma_m64n64k16_rs(o, a, desc_v);
-  else
-    wgmma_m64n128k16_rs(o, a, desc_v);
-}
-
-// Copies rows [row0, row0 + kRows) of one head into a swizzled tile: the
-// 16-byte chunk c (of 8 per 64-column panel) of row r lands at chunk
-// c ^ (r % 8) of that row of its panel (Swizzle<3,4,3> on byte addresses,
-// which is why the tile starts 1024-byte aligned). Rows at or past T and
-// columns at or past `cols` are zero.
-template <int kRows, int D>
-__device__ __forceinline__ void load_tile_sw128(bf16* tile, const bf16* head_base,
-                                                size_t row_stride, int row0, int T, int cols) {
-  constexpr int kChunksPerRow = D / 8;
-  for (int c = threadIdx.x; c < kRows * kChunksPerRow; c += kThreads) {
-    const int r = c / kChunksPerRow, chunk = c % kChunksPerRow, col = chunk * 8;
-    const int t = row0 + r;
-    const bool valid = t < T && col < cols;
-    const bf16* src = head_base + (valid ? size_t(t) * row_stride + col : 0);
-    bf16* dst = tile + (chunk / 8) * (kRows * kPanelCols) + r * kPanelCols + ((chunk % 8) ^ (r % 8)) * 8;
-    cp_async_16(dst, src, valid ? 16 : 0);
-  }
-}
-
-#endif  // LSGPT_SM90A_DEVICE
 
 template <int D, bool kKbar>
 __global__ void __launch_bounds__(kThreads) attention_forward_sm90_kernel(const ForwardParams p) {
@@ -221,9 +54,7 @@ __global__ void __launch_bounds__(kThreads) attention_forward_sm90_kernel(const 
   constexpr int kKeyBlocks = kBlockN / 8;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   __shared__ float warp_maxima[kThreads / kWarpSize];
-  // Swizzle atoms must start 1024-byte aligned in the shared window.
-  const uint32_t raw_addr = smem_address(smem_raw);
-  unsigned char* smem = smem_raw + ((kAtomBytes - (raw_addr % kAtomBytes)) % kAtomBytes);
+  unsigned char* smem = align_to_atom(smem_raw);
   bf16* q_tile = reinterpret_cast<bf16*>(smem);
   bf16* k_tiles = reinterpret_cast<bf16*>(smem + Shape::kQBytes);  // 2 stages
   bf16* v_tiles = reinterpret_cast<bf16*>(smem + Shape::kQBytes + 2 * Shape::kTileBytes);
@@ -294,8 +125,8 @@ __global__ void __launch_bounds__(kThreads) attention_forward_sm90_kernel(const 
       wgmma_fence();
 #pragma unroll
       for (int kc = 0; kc < D / 16; ++kc)
-        wgmma_m64n64k16_ss(s, k_major_descriptor<kBlockM>(q_addr, kc),
-                           k_major_descriptor<kBlockN>(k_addr, kc), kc > 0);
+        wgmma_ss<kBlockN>(s, k_major_descriptor<kBlockM>(q_addr, kc),
+                          k_major_descriptor<kBlockN>(k_addr, kc), kc > 0);
       wgmma_commit();
       wgmma_wait<0>();
       fence_operands(s);
@@ -342,21 +173,15 @@ __global__ void __launch_bounds__(kThreads) attention_forward_sm90_kernel(const 
       // O += P V: P as bf16 A fragments (the m64k16 A register layout is the
       // accumulator layout of two n8 blocks), V N-major from shared memory.
       uint32_t a[kBlockN / 16][4];
-#pragma unroll
-      for (int kc = 0; kc < kBlockN / 16; ++kc) {
-        a[kc][0] = pack_bf16x2(s[8 * kc + 0], s[8 * kc + 1]);
-        a[kc][1] = pack_bf16x2(s[8 * kc + 2], s[8 * kc + 3]);
-        a[kc][2] = pack_bf16x2(s[8 * kc + 4], s[8 * kc + 5]);
-        a[kc][3] = pack_bf16x2(s[8 * kc + 6], s[8 * kc + 7]);
-      }
+      a_fragments<kBlockN>(a, s);
       fence_operands(o_acc);
       if constexpr (kKbar) fence_operands(kbar_acc);
       wgmma_fence();
 #pragma unroll
       for (int kc = 0; kc < kBlockN / 16; ++kc) {
-        wgmma_pv<D>(o_acc, a[kc], n_major_descriptor(v_addr, kc));
+        wgmma_rs<D>(o_acc, a[kc], n_major_descriptor<kBlockN>(v_addr, kc));
         // kbar += P K: the K tile has V's layout, so it is read N-major too.
-        if constexpr (kKbar) wgmma_pv<D>(kbar_acc, a[kc], n_major_descriptor(k_addr, kc));
+        if constexpr (kKbar) wgmma_rs<D>(kbar_acc, a[kc], n_major_descriptor<kBlockN>(k_addr, kc));
       }
       wgmma_commit();
       wgmma_wait<0>();

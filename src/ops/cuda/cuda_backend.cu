@@ -362,6 +362,11 @@ bool cuda_attention_forward_uses_sm90(Backend& backend, const AttentionSpec& spe
   return cuda && cuda::attention_forward_uses_sm90(cuda->context(), spec);
 }
 
+bool cuda_attention_backward_uses_sm90(Backend& backend, const AttentionSpec& spec) {
+  auto* cuda = dynamic_cast<CudaBackend*>(&backend);
+  return cuda && cuda::attention_backward_uses_sm90(cuda->context(), spec);
+}
+
 const char* cuda_last_dbias_path() {
   switch (cuda::matmul_last_dbias_path()) {
     case cuda::DbiasPath::epilogue_f32: return "bgradb-f32";

@@ -22,6 +22,8 @@ void* cuda_stream_of(Backend& backend);
 // kernel: a compute capability 9.0 GPU, head dim over 32, and
 // LSGPT_ATTENTION_SM80 unset or 0. False for any other backend.
 bool cuda_attention_forward_uses_sm90(Backend& backend, const AttentionSpec& spec);
+// The same for attention_backward(spec) (attention_backward_sm90.cu).
+bool cuda_attention_backward_uses_sm90(Backend& backend, const AttentionSpec& spec);
 
 // How the CUDA backend's last matmul_backward with a bias gradient got it,
 // for tests and benchmark reports: "bgradb-f32" or "bgradb-bf16" (cuBLASLt's

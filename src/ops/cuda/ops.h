@@ -100,6 +100,9 @@ bool attention_forward_uses_sm90(CudaContext& ctx, const AttentionSpec& spec);
 void attention_backward(CudaContext& ctx, bf16* dqkv, const bf16* dout, const bf16* qkv,
                         const bf16* out, const float* lse, const bf16* kbar,
                         const AttentionSpec& spec);
+// Whether attention_backward(spec) takes the sm_90a wgmma kernel
+// (attention_backward_sm90.cu) rather than the sm_80 one.
+bool attention_backward_uses_sm90(CudaContext& ctx, const AttentionSpec& spec);
 void attention_decode(CudaContext& ctx, bf16* out, bf16* k_local, bf16* v_local,
                       bf16* k_global, bf16* v_global, const bf16* qkv, const DecodeSpec& spec);
 size_t attention_decode_workspace_bytes(const DecodeSpec& spec);

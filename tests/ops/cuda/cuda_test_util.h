@@ -5,6 +5,8 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
+#include <cstring>
 #include <limits>
 #include <memory>
 #include <string>
@@ -19,6 +21,20 @@ namespace lsgpt::cuda_test {
 
 constexpr double kBf16Tolerance = 1e-2;
 constexpr double kF32Tolerance = 1e-5;
+
+// ||a - b|| / max(||b||, 1e-3 sqrt(n)): the normwise error, against an RMS
+// floor of 1e-3 for gradients that vanish in exact arithmetic (at T = 1,
+// dq = dk = 0).
+inline double floored_error(const std::vector<float>& a, const std::vector<float>& b) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    const double d = double(a[i]) - double(b[i]);
+    num += d * d;
+    den += double(b[i]) * double(b[i]);
+  }
+  if (!std::isfinite(num)) return INFINITY;
+  return std::sqrt(num) / std::max(std::sqrt(den), 1e-3 * std::sqrt(double(a.size())));
+}
 
 inline std::unique_ptr<Backend> cuda_backend(std::string& why_not) {
   try {
@@ -63,6 +79,15 @@ inline std::vector<float> fetch(Backend& be, const Buffer& b) {
   std::vector<float> v(b.n);
   if (b.n) be.download_f32(v.data(), b.mem.get(), b.type, b.n);
   return v;
+}
+
+// Part 0 (q), 1 (k) or 2 (v) of a [B, T, 3C] tensor.
+inline std::vector<float> qkv_part(const std::vector<float>& x, int part, size_t C) {
+  const size_t rows = x.size() / (3 * C);
+  std::vector<float> p(rows * C);
+  for (size_t r = 0; r < rows; ++r)
+    std::memcpy(&p[r * C], &x[r * 3 * C + part * C], C * sizeof(float));
+  return p;
 }
 
 }  // namespace lsgpt::cuda_test

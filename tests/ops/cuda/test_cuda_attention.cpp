@@ -37,18 +37,6 @@ namespace {
 using testing::relative_error;
 using namespace cuda_test;
 
-// ||a - b|| / max(||b||, 1e-3 sqrt(n)).
-double floored_error(const std::vector<float>& a, const std::vector<float>& b) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    const double d = double(a[i]) - double(b[i]);
-    num += d * d;
-    den += double(b[i]) * double(b[i]);
-  }
-  if (!std::isfinite(num)) return INFINITY;
-  return std::sqrt(num) / std::max(std::sqrt(den), 1e-3 * std::sqrt(double(a.size())));
-}
-
 struct AttentionResult {
   std::vector<float> out, lse, max_logit, kbar, dqkv;
 };
@@ -72,15 +60,6 @@ AttentionResult run_attention(Backend& be, const AttentionSpec& spec,
   be.sync();
   return {fetch(be, out_b), fetch(be, lse_b), fetch(be, max_b), fetch(be, kbar_b),
           fetch(be, dqkv_b)};
-}
-
-// Part 0 (q), 1 (k) or 2 (v) of a [B, T, 3C] tensor.
-std::vector<float> qkv_part(const std::vector<float>& x, int part, size_t C) {
-  const size_t rows = x.size() / (3 * C);
-  std::vector<float> p(rows * C);
-  for (size_t r = 0; r < rows; ++r)
-    std::memcpy(&p[r * C], &x[r * 3 * C + part * C], C * sizeof(float));
-  return p;
 }
 
 struct Setting {

@@ -24,11 +24,10 @@
 #include "../../support/numeric.h"
 #include "core/error.h"
 #include "cuda_test_util.h"
+#include "hopper_test_util.h"
 #include "ops/backend.h"
 
 #ifdef LSGPT_HAVE_CUDA
-#include <cuda_runtime_api.h>
-
 #include "ops/cuda/cuda_backend.h"
 #endif
 
@@ -37,44 +36,6 @@ namespace {
 
 using testing::relative_error;
 using namespace cuda_test;
-
-// Sets (or, with nullptr, removes) an environment variable for one scope.
-class ScopedEnv {
- public:
-  ScopedEnv(const char* name, const char* value) : name_(name) {
-    if (const char* old = std::getenv(name)) had_ = true, old_ = old;
-    value ? ::setenv(name, value, 1) : ::unsetenv(name);
-  }
-  ~ScopedEnv() { had_ ? ::setenv(name_, old_.c_str(), 1) : ::unsetenv(name_); }
-  ScopedEnv(const ScopedEnv&) = delete;
-  ScopedEnv& operator=(const ScopedEnv&) = delete;
-
- private:
-  const char* name_;
-  bool had_ = false;
-  std::string old_;
-};
-
-constexpr const char* kForceSm80 = "LSGPT_ATTENTION_SM80";
-
-// "" on a compute capability 9.0 GPU, else why the Hopper kernel cannot run.
-std::string why_not_hopper() {
-#ifdef LSGPT_HAVE_CUDA
-  int device = 0;
-  cudaDeviceProp prop{};
-  if (cudaGetDevice(&device) != cudaSuccess || cudaGetDeviceProperties(&prop, device) != cudaSuccess)
-    return "cannot read the device properties";
-  if (prop.major == 9 && prop.minor == 0) return "";
-  return std::string(prop.name) + " has compute capability " + std::to_string(prop.major) + "." +
-         std::to_string(prop.minor);
-#else
-  return "no CUDA backend in this build";
-#endif
-}
-
-#define REQUIRE_HOPPER()                                                        \
-  if (const std::string why_ = why_not_hopper(); !why_.empty())                 \
-  GTEST_SKIP() << "not a Hopper GPU (the wgmma forward needs compute capability 9.0): " << why_
 
 struct ForwardResult {
   std::vector<float> out, lse, max_logit, kbar;

@@ -1,0 +1,130 @@
+// What the two LS flash-attention backward kernels share: their parameters,
+// the epilogues that finish one gradient row (scale, span projection, store),
+// and the Hopper kernel's entry points, which attention_backward.cu
+// dispatches to after forming delta (docs/CUDA.md, "Backward on Hopper").
+// Both kernels hold a finished row the same way: one quad of lanes per row,
+// lane `quad` holding columns 8 db + 2 quad + {0, 1} as elements 2 db + {0, 1}.
+#pragma once
+
+#include <cuda_bf16.h>
+
+#include <cstddef>
+
+#include "ops/cuda/attention_common.cuh"
+#include "ops/cuda/cuda_context.h"
+
+namespace lsgpt::cuda::attn {
+
+struct BackwardParams {
+  const __nv_bfloat16* qkv;
+  const __nv_bfloat16* dout;
+  const float* lse;
+  const float* delta;
+  const __nv_bfloat16* kbar;
+  __nv_bfloat16* dqkv;
+  int T, n_head, head_dim, C, n_local, window, n_key_blocks, n_query_blocks;
+  float scale, scale_log2;
+  SpanArgs span;
+};
+
+// Elements 2 db + {0, 1} of `row` for this lane (zero when !valid or past
+// the real head dim).
+template <int kDBlocks>
+__device__ __forceinline__ void load_row_pairs(float (&u)[2 * kDBlocks],
+                                               const __nv_bfloat16* row, bool valid, int head_dim,
+                                               int quad) {
+#pragma unroll
+  for (int db = 0; db < kDBlocks; ++db) {
+    const float2 x = valid && db * 8 < head_dim
+                         ? __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(
+                               row + db * 8 + quad * 2))
+                         : make_float2(0.f, 0.f);
+    u[2 * db] = x.x, u[2 * db + 1] = x.y;
+  }
+}
+
+template <int kDBlocks>
+__device__ __forceinline__ void store_row_pairs(__nv_bfloat16* row, const float (&g)[2 * kDBlocks],
+                                                int head_dim, int quad) {
+#pragma unroll
+  for (int db = 0; db < kDBlocks; ++db)
+    if (db * 8 < head_dim)
+      *reinterpret_cast<__nv_bfloat162*>(row + db * 8 + quad * 2) =
+          __floats2bfloat162_rn(g[2 * db], g[2 * db + 1]);
+}
+
+// Key row j's epilogue: gk (already scaled by tau) and gv projected (span:
+// dK along qbar_j / colsum_j or k_j, dV along v_j) and stored when j < T.
+// qbar holds this lane's share of P^T Q for the row and colsum its share of
+// the column sum of P (both read only in the kQbar instantiation). Every
+// lane of the warp calls it (quad shuffles).
+template <int kDBlocks, bool kSpan, bool kQbar>
+__device__ __forceinline__ void finish_key_row(const BackwardParams& p, float (&gk)[2 * kDBlocks],
+                                               float (&gv)[2 * kDBlocks],
+                                               const float (&qbar)[2 * kDBlocks], float colsum,
+                                               int j, const __nv_bfloat16* k_base,
+                                               const __nv_bfloat16* v_base, int quad) {
+  const size_t qkv_row = size_t(3) * p.C;
+  if constexpr (kSpan) {
+    if (p.span.k) {
+      float u[2 * kDBlocks];
+      if constexpr (kQbar) {
+        float total = colsum;
+        total += __shfl_xor_sync(0xffffffffu, total, 1);
+        total += __shfl_xor_sync(0xffffffffu, total, 2);
+        // A key that (almost) no query attended: below 1e-30 its column sum
+        // may be subnormal, 1/total overflows and 0 * inf (qbar flushed to
+        // zero in the bf16 product) is NaN. u = 0 leaves the row unchanged;
+        // its gradient is of the order of that sum, i.e. nothing.
+        const float inv = total > 1e-30f ? 1.0f / total : 0.f;
+#pragma unroll
+        for (int e = 0; e < 2 * kDBlocks; ++e) u[e] = qbar[e] * inv;
+      } else {
+        load_row_pairs<kDBlocks>(u, k_base + size_t(j) * qkv_row, j < p.T, p.head_dim, quad);
+      }
+      project_row(gk, u, p.span.k_par, p.span.k_perp);
+    }
+    if (p.span.v) {
+      float u[2 * kDBlocks];
+      load_row_pairs<kDBlocks>(u, v_base + size_t(j) * qkv_row, j < p.T, p.head_dim, quad);
+      project_row(gv, u, p.span.v_par, p.span.v_perp);
+    }
+  }
+  if (j < p.T) {
+    // dqkv has qkv's layout: dK sits where K does.
+    __nv_bfloat16* dk_row = p.dqkv + (k_base - p.qkv) + size_t(j) * qkv_row;
+    store_row_pairs<kDBlocks>(dk_row, gk, p.head_dim, quad);
+    store_row_pairs<kDBlocks>(dk_row + p.C, gv, p.head_dim, quad);
+  }
+}
+
+// Query row i's epilogue: g (already scaled by tau) projected (span: along
+// kbar_i or q_i) and stored when i < T. Every lane of the warp calls it.
+template <int kDBlocks, bool kSpan>
+__device__ __forceinline__ void finish_query_row(const BackwardParams& p, float (&g)[2 * kDBlocks],
+                                                 int i, int b, int h,
+                                                 const __nv_bfloat16* q_base, int quad) {
+  const size_t qkv_row = size_t(3) * p.C;
+  if constexpr (kSpan) {
+    if (p.span.q) {
+      // u = kbar_i (cross) or q_i (self).
+      const __nv_bfloat16* u_row = p.span.q_cross
+                                       ? p.kbar + (size_t(b) * p.T + i) * p.C + h * p.head_dim
+                                       : q_base + size_t(i) * qkv_row;
+      float u[2 * kDBlocks];
+      load_row_pairs<kDBlocks>(u, u_row, i < p.T, p.head_dim, quad);
+      project_row(g, u, p.span.q_par, p.span.q_perp);
+    }
+  }
+  if (i < p.T)  // dqkv has qkv's layout
+    store_row_pairs<kDBlocks>(p.dqkv + (q_base - p.qkv) + size_t(i) * qkv_row, g, p.head_dim, quad);
+}
+
+// attention_backward_sm90.cu: the wgmma (sm_90a) backward (dQ, dK, dV from
+// the same inputs, delta already formed; kSpan / kQbar as the sm_80 kernel).
+// Whether it can run here: a compute capability 9.0 GPU, a build that carries
+// its sm_90a code, and a head dim that pads to 64 or 128.
+bool sm90_backward_supported(const CudaContext& ctx, int head_dim);
+void launch_backward_sm90(CudaContext& ctx, const BackwardParams& p, int B, bool span, bool qbar);
+
+}  // namespace lsgpt::cuda::attn

@@ -1,0 +1,445 @@
+// LS flash-attention backward for Hopper (sm_90a): the contract of
+// attention_backward.cu (dQ, dK, dV from qkv, dout, the forward's lse, delta
+// and, with the span decomposition, kbar; local heads in their band, global
+// heads causal, all in one launch) with the matrix products on warpgroup MMA
+// (wgmma.mma_async m64nNk16, bf16 in, f32 accumulate). The design is the
+// sm_80 kernel's: two kinds of blocks told apart by blockIdx.x, each
+// finishing its gradient rows alone, so no atomics and bit-reproducible
+// results, at the price of computing S and dP in both kinds.
+//
+// A block is one warpgroup (4 warps).
+// - Key blocks own 64 keys (the m64 of every product) and walk the query
+//   tiles that see them. S^T = K Q^T and dP^T = V dO^T read K, V (loaded
+//   once) and the Q, dO tile from shared memory, all K-major; P^T and
+//   dS^T = P^T o (dP^T - delta) then sit in the accumulator layout, which is
+//   the A register layout, so dV += P^T dO, dK += dS^T Q (and qbar += P^T Q)
+//   take them from registers and read dO, Q N-major (the forward's P V
+//   pattern). Computing the transposed products directly is why no P or dS
+//   tile ever goes through shared memory.
+// - Query blocks own 64 queries and walk the key tiles of their band:
+//   S = Q K^T, dP = dO V^T (shared K-major operands), dQ += dS K with dS
+//   from registers and K read N-major (the forward's kbar += P K).
+// Tiles are in wgmma.cuh's 128-byte swizzle, filled by cp.async (zero fill
+// past T and the real head dim) and double-buffered as in the sm_80 kernel.
+//
+// The device code exists only in the sm_90a compilation; the compute_80 PTX
+// carries a body that traps, and the host never launches it there
+// (sm90_backward_supported checks the loaded binary).
+#include <cstdint>
+#include <type_traits>
+
+#include "ops/cuda/attention_backward.cuh"
+#include "ops/cuda/attention_common.cuh"
+#include "ops/cuda/cuda_check.h"
+#include "ops/cuda/device_utils.cuh"
+#include "ops/cuda/wgmma.cuh"
+
+namespace lsgpt::cuda::attn {
+namespace {
+
+using bf16 = __nv_bfloat16;
+
+constexpr int kKeysPerBlock = 64;     // key blocks: the m64 of their products
+constexpr int kQueriesPerBlock = 64;  // query blocks: the same
+constexpr int kKeyTile = 64;          // keys per tile in query blocks
+
+template <int D, bool kQbar>
+struct Sm90BackwardShape {
+  static_assert(D == 64 || D == 128, "the wgmma backward is built for D = 64 and 128");
+  // Queries per tile in key blocks (the n of S^T): 32 when the three D-wide
+  // accumulators dK, dV and qbar must stay in registers beside S^T and dP^T.
+  static constexpr int kQueryTile = D == 128 && kQbar ? 16 : 64;
+  static constexpr int kKeyBytes = sw128_tile_bytes<kKeysPerBlock, D>();
+  static constexpr int kQueryTileBytes = sw128_tile_bytes<kQueryTile, D>();
+  // K, V, two stages of Q and dO, two stages of lse and delta.
+  static constexpr size_t kKeyBlockSmem =
+      2 * size_t(kKeyBytes) + 4 * size_t(kQueryTileBytes) + sizeof(float) * 4 * kQueryTile;
+  static constexpr int kQBytes = sw128_tile_bytes<kQueriesPerBlock, D>();
+  static constexpr int kKeyTileBytes = sw128_tile_bytes<kKeyTile, D>();
+  // Q, dO, two stages of K and V.
+  static constexpr size_t kQueryBlockSmem = 2 * size_t(kQBytes) + 4 * size_t(kKeyTileBytes);
+  // And room to align the start to a swizzle atom.
+  static constexpr size_t kSmemBytes =
+      (kKeyBlockSmem > kQueryBlockSmem ? kKeyBlockSmem : kQueryBlockSmem) + kAtomBytes;
+};
+
+#if LSGPT_SM90A_DEVICE
+
+template <int N>
+__device__ __forceinline__ void zero(float (&d)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) d[i] = 0.f;
+}
+
+// S^T = K Q^T and dP^T = V dO^T for one query tile: m64 (keys) x kQ
+// (queries), reduced over D; both overwrite their accumulators.
+template <int D, int kQ>
+__device__ __forceinline__ void key_scores(float (&s)[kQ / 2], float (&dp)[kQ / 2], uint32_t k_addr,
+                                           uint32_t v_addr, uint32_t q_addr, uint32_t do_addr) {
+  zero(s), zero(dp);
+  fence_operands(s), fence_operands(dp);
+  wgmma_fence();
+#pragma unroll
+  for (int kc = 0; kc < D / 16; ++kc) {
+    wgmma_ss<kQ>(s, k_major_descriptor<kKeysPerBlock>(k_addr, kc),
+                 k_major_descriptor<kQ>(q_addr, kc), kc > 0);
+    wgmma_ss<kQ>(dp, k_major_descriptor<kKeysPerBlock>(v_addr, kc),
+                 k_major_descriptor<kQ>(do_addr, kc), kc > 0);
+  }
+  wgmma_commit();
+  wgmma_wait<0>();
+  fence_operands(s), fence_operands(dp);
+}
+
+// dV += P^T dO, dK += dS^T Q and (kQbar) qbar += P^T Q: the k index is the
+// tile's queries, P^T and dS^T come from registers, dO and Q are read N-major.
+template <int D, int kQ, bool kQbar>
+__device__ __forceinline__ void key_gradients(float (&dv)[D / 2], float (&dk)[D / 2],
+                                              float (&qbar)[kQbar ? D / 2 : 1],
+                                              const uint32_t (&a_p)[kQ / 16][4],
+                                              const uint32_t (&a_ds)[kQ / 16][4], uint32_t q_addr,
+                                              uint32_t do_addr) {
+  fence_operands(dv), fence_operands(dk);
+  if constexpr (kQbar) fence_operands(qbar);
+  wgmma_fence();
+#pragma unroll
+  for (int kc = 0; kc < kQ / 16; ++kc) {
+    wgmma_rs<D>(dv, a_p[kc], n_major_descriptor<kQ>(do_addr, kc));
+    wgmma_rs<D>(dk, a_ds[kc], n_major_descriptor<kQ>(q_addr, kc));
+    if constexpr (kQbar) wgmma_rs<D>(qbar, a_p[kc], n_major_descriptor<kQ>(q_addr, kc));
+  }
+  wgmma_commit();
+  wgmma_wait<0>();
+  fence_operands(dv), fence_operands(dk);
+  if constexpr (kQbar) fence_operands(qbar);
+}
+
+template <int D, bool kSpan, bool kQbar>
+__device__ void key_block(const BackwardParams& p, unsigned char* smem, int key_block_index) {
+  using Shape = Sm90BackwardShape<D, kQbar>;
+  constexpr int kQ = Shape::kQueryTile;
+  constexpr int kDBlocks = D / 8;
+  constexpr int kQTileElems = Shape::kQueryTileBytes / 2;
+  bf16* k_tile = reinterpret_cast<bf16*>(smem);
+  bf16* v_tile = reinterpret_cast<bf16*>(smem + Shape::kKeyBytes);
+  bf16* q_tiles = reinterpret_cast<bf16*>(smem + 2 * Shape::kKeyBytes);  // 2 stages
+  bf16* do_tiles = q_tiles + 2 * kQTileElems;                             // 2 stages
+  float* lse_tiles = reinterpret_cast<float*>(do_tiles + 2 * kQTileElems);  // 2 stages, log2 units
+  float* delta_tiles = lse_tiles + 2 * kQ;                                  // 2 stages
+
+  const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
+  const int group = lane >> 2, quad = lane & 3;
+  const int bh = blockIdx.y, b = bh / p.n_head, h = bh % p.n_head;
+  const int T = p.T;
+  const int k0 = key_block_index * kKeysPerBlock;
+  const size_t qkv_row = size_t(3) * p.C;
+  const bf16* q_base = p.qkv + size_t(b) * T * qkv_row + h * p.head_dim;
+  const bf16* k_base = q_base + p.C;
+  const bf16* v_base = q_base + 2 * p.C;
+  const bf16* do_base = p.dout + size_t(b) * T * p.C + h * p.head_dim;
+  const float* lse_row = p.lse + size_t(bh) * T;
+  const float* delta_row = p.delta + size_t(bh) * T;
+  const HeadMask mask{h < p.n_local, p.window};
+
+  // Local heads: only the queries of the band, [k0, k0 + 63 + window).
+  const int query_hi = mask.local ? min(T, k0 + kKeysPerBlock - 1 + p.window) : T;  // exclusive
+  const int tile_begin = k0 / kQ, tile_end = (query_hi - 1) / kQ;
+
+  auto load_query_tile = [&](int tile, int stage) {
+    const int i0 = tile * kQ;
+    load_tile_sw128<kQ, D>(q_tiles + stage * kQTileElems, q_base, qkv_row, i0, T, p.head_dim);
+    load_tile_sw128<kQ, D>(do_tiles + stage * kQTileElems, do_base, p.C, i0, T, p.head_dim);
+    for (int i = threadIdx.x; i < kQ; i += kThreads) {
+      const bool valid = i0 + i < T;
+      lse_tiles[stage * kQ + i] = valid ? lse_row[i0 + i] * kLog2e : 0.f;
+      delta_tiles[stage * kQ + i] = valid ? delta_row[i0 + i] : 0.f;
+    }
+  };
+
+  load_tile_sw128<kKeysPerBlock, D>(k_tile, k_base, qkv_row, k0, T, p.head_dim);
+  load_tile_sw128<kKeysPerBlock, D>(v_tile, v_base, qkv_row, k0, T, p.head_dim);
+  load_query_tile(tile_begin, 0);
+  cp_async_commit();
+
+  float dk[D / 2], dv[D / 2], qbar[kQbar ? D / 2 : 1];
+  zero(dk), zero(dv), zero(qbar);
+  float colsum[2] = {0.f, 0.f};
+  const int key_row = k0 + warp * 16 + group;  // and key_row + 8
+  const uint32_t k_addr = smem_address(k_tile), v_addr = smem_address(v_tile);
+
+  for (int tile = tile_begin; tile <= tile_end; ++tile) {
+    const int stage = (tile - tile_begin) & 1;
+    if (tile < tile_end) {
+      load_query_tile(tile + 1, stage ^ 1);
+      cp_async_commit();
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    fence_proxy_async_shared();  // cp.async wrote what wgmma reads next
+    __syncthreads();
+    const uint32_t q_addr = smem_address(q_tiles + stage * kQTileElems);
+    const uint32_t do_addr = smem_address(do_tiles + stage * kQTileElems);
+    const float* lse_tile = lse_tiles + stage * kQ;
+    const float* delta_tile = delta_tiles + stage * kQ;
+    const int i0 = tile * kQ;
+
+    // Masked instantiation for tiles the mask cuts or that run past T,
+    // branch-free one for the rest (as the sm_80 kernel).
+    auto step = [&](auto masked) {
+      constexpr bool kMasked = decltype(masked)::value;
+      float s[kQ / 2], dp[kQ / 2];
+      key_scores<D, kQ>(s, dp, k_addr, v_addr, q_addr, do_addr);
+      // P^T from the saved lse; dS^T = P^T o (dP^T - delta). Element 4 nb + e:
+      // key row key_row + 8 (e >> 1), query column nb * 8 + 2 quad + (e & 1).
+#pragma unroll
+      for (int nb = 0; nb < kQ / 8; ++nb)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int qi = nb * 8 + quad * 2 + (e & 1);
+          float prob = exp2f(s[4 * nb + e] * p.scale_log2 - lse_tile[qi]);
+          if (kMasked && !(i0 + qi < T && mask.visible(i0 + qi, key_row + 8 * (e >> 1))))
+            prob = 0.f;
+          if constexpr (kQbar) colsum[e >> 1] += prob;
+          s[4 * nb + e] = prob;
+          dp[4 * nb + e] = prob * (dp[4 * nb + e] - delta_tile[qi]);
+        }
+      uint32_t a_p[kQ / 16][4], a_ds[kQ / 16][4];
+      a_fragments<kQ>(a_p, s);
+      a_fragments<kQ>(a_ds, dp);
+      key_gradients<D, kQ, kQbar>(dv, dk, qbar, a_p, a_ds, q_addr, do_addr);
+    };
+    if (mask.tile_needs_mask(i0, kQ, k0, kKeysPerBlock) || i0 + kQ > T)
+      step(std::true_type{});
+    else
+      step(std::false_type{});
+    __syncthreads();  // the next iteration's prefetch overwrites this stage
+  }
+
+  // Epilogue: scale dK by tau, project (span), write rows below T.
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    float gk[2 * kDBlocks], gv[2 * kDBlocks], qbar_row[2 * kDBlocks] = {};
+#pragma unroll
+    for (int db = 0; db < kDBlocks; ++db)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        gk[2 * db + e] = dk[4 * db + 2 * r + e] * p.scale;
+        gv[2 * db + e] = dv[4 * db + 2 * r + e];
+        if constexpr (kQbar) qbar_row[2 * db + e] = qbar[4 * db + 2 * r + e];
+      }
+    finish_key_row<kDBlocks, kSpan, kQbar>(p, gk, gv, qbar_row, colsum[r], key_row + 8 * r,
+                                           k_base, v_base, quad);
+  }
+}
+
+// S = Q K^T and dP = dO V^T for one key tile: m64 (queries) x kKeyTile
+// (keys), reduced over D; both overwrite their accumulators.
+template <int D>
+__device__ __forceinline__ void query_scores(float (&s)[kKeyTile / 2], float (&dp)[kKeyTile / 2],
+                                             uint32_t q_addr, uint32_t do_addr, uint32_t k_addr,
+                                             uint32_t v_addr) {
+  zero(s), zero(dp);
+  fence_operands(s), fence_operands(dp);
+  wgmma_fence();
+#pragma unroll
+  for (int kc = 0; kc < D / 16; ++kc) {
+    wgmma_ss<kKeyTile>(s, k_major_descriptor<kQueriesPerBlock>(q_addr, kc),
+                       k_major_descriptor<kKeyTile>(k_addr, kc), kc > 0);
+    wgmma_ss<kKeyTile>(dp, k_major_descriptor<kQueriesPerBlock>(do_addr, kc),
+                       k_major_descriptor<kKeyTile>(v_addr, kc), kc > 0);
+  }
+  wgmma_commit();
+  wgmma_wait<0>();
+  fence_operands(s), fence_operands(dp);
+}
+
+// dQ += dS K: the k index is the tile's keys, dS from registers, K read N-major.
+template <int D>
+__device__ __forceinline__ void query_gradient(float (&dq)[D / 2],
+                                               const uint32_t (&a_ds)[kKeyTile / 16][4],
+                                               uint32_t k_addr) {
+  fence_operands(dq);
+  wgmma_fence();
+#pragma unroll
+  for (int kc = 0; kc < kKeyTile / 16; ++kc)
+    wgmma_rs<D>(dq, a_ds[kc], n_major_descriptor<kKeyTile>(k_addr, kc));
+  wgmma_commit();
+  wgmma_wait<0>();
+  fence_operands(dq);
+}
+
+template <int D, bool kSpan, bool kQbar>
+__device__ void query_block(const BackwardParams& p, unsigned char* smem, int query_block_index) {
+  using Shape = Sm90BackwardShape<D, kQbar>;
+  constexpr int kDBlocks = D / 8;
+  constexpr int kKeyTileElems = Shape::kKeyTileBytes / 2;
+  bf16* q_tile = reinterpret_cast<bf16*>(smem);
+  bf16* do_tile = reinterpret_cast<bf16*>(smem + Shape::kQBytes);
+  bf16* k_tiles = reinterpret_cast<bf16*>(smem + 2 * Shape::kQBytes);  // 2 stages
+  bf16* v_tiles = k_tiles + 2 * kKeyTileElems;                         // 2 stages
+
+  const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
+  const int group = lane >> 2, quad = lane & 3;
+  const int bh = blockIdx.y, b = bh / p.n_head, h = bh % p.n_head;
+  const int T = p.T;
+  const int q0 = query_block_index * kQueriesPerBlock;
+  const size_t qkv_row = size_t(3) * p.C;
+  const bf16* q_base = p.qkv + size_t(b) * T * qkv_row + h * p.head_dim;
+  const bf16* k_base = q_base + p.C;
+  const bf16* v_base = q_base + 2 * p.C;
+  const bf16* do_base = p.dout + size_t(b) * T * p.C + h * p.head_dim;
+  const HeadMask mask{h < p.n_local, p.window};
+
+  // Local heads: only the keys of the band, [q0 - window + 1, q0 + 64).
+  const int key_lo = mask.local ? max(0, q0 - p.window + 1) : 0;
+  const int key_hi = min(T, q0 + kQueriesPerBlock);  // exclusive
+  const int tile_begin = key_lo / kKeyTile, tile_end = (key_hi - 1) / kKeyTile;
+
+  load_tile_sw128<kQueriesPerBlock, D>(q_tile, q_base, qkv_row, q0, T, p.head_dim);
+  load_tile_sw128<kQueriesPerBlock, D>(do_tile, do_base, p.C, q0, T, p.head_dim);
+  load_tile_sw128<kKeyTile, D>(k_tiles, k_base, qkv_row, tile_begin * kKeyTile, T, p.head_dim);
+  load_tile_sw128<kKeyTile, D>(v_tiles, v_base, qkv_row, tile_begin * kKeyTile, T, p.head_dim);
+  cp_async_commit();
+
+  const int row_a = q0 + warp * 16 + group;  // and row_a + 8
+  float lse_log2[2], delta[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int i = row_a + 8 * r;
+    lse_log2[r] = i < T ? p.lse[size_t(bh) * T + i] * kLog2e : 0.f;
+    delta[r] = i < T ? p.delta[size_t(bh) * T + i] : 0.f;
+  }
+  float dq[D / 2];
+  zero(dq);
+  const uint32_t q_addr = smem_address(q_tile), do_addr = smem_address(do_tile);
+
+  for (int tile = tile_begin; tile <= tile_end; ++tile) {
+    const int stage = (tile - tile_begin) & 1;
+    if (tile < tile_end) {
+      const int next = (stage ^ 1) * kKeyTileElems;
+      load_tile_sw128<kKeyTile, D>(k_tiles + next, k_base, qkv_row, (tile + 1) * kKeyTile, T,
+                                   p.head_dim);
+      load_tile_sw128<kKeyTile, D>(v_tiles + next, v_base, qkv_row, (tile + 1) * kKeyTile, T,
+                                   p.head_dim);
+      cp_async_commit();
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    fence_proxy_async_shared();  // cp.async wrote what wgmma reads next
+    __syncthreads();
+    const uint32_t k_addr = smem_address(k_tiles + stage * kKeyTileElems);
+    const uint32_t v_addr = smem_address(v_tiles + stage * kKeyTileElems);
+    const int j0 = tile * kKeyTile;
+
+    // Masked instantiation for tiles the mask cuts, branch-free for the rest.
+    // Query rows past T need no mask: their dO rows are zero, so dS is too.
+    auto step = [&](auto masked) {
+      constexpr bool kMasked = decltype(masked)::value;
+      float s[kKeyTile / 2], dp[kKeyTile / 2];
+      query_scores<D>(s, dp, q_addr, do_addr, k_addr, v_addr);
+      // Element 4 nb + e: query row row_a + 8 (e >> 1), key nb * 8 + 2 quad + (e & 1).
+#pragma unroll
+      for (int nb = 0; nb < kKeyTile / 8; ++nb)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int r = e >> 1;
+          float prob = exp2f(s[4 * nb + e] * p.scale_log2 - lse_log2[r]);
+          if (kMasked && !mask.visible(row_a + 8 * r, j0 + nb * 8 + quad * 2 + (e & 1))) prob = 0.f;
+          dp[4 * nb + e] = prob * (dp[4 * nb + e] - delta[r]);
+        }
+      uint32_t a_ds[kKeyTile / 16][4];
+      a_fragments<kKeyTile>(a_ds, dp);
+      query_gradient<D>(dq, a_ds, k_addr);
+    };
+    if (mask.tile_needs_mask(q0, kQueriesPerBlock, j0, kKeyTile))
+      step(std::true_type{});
+    else
+      step(std::false_type{});
+    __syncthreads();  // the next iteration's prefetch overwrites this stage
+  }
+
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    float g[2 * kDBlocks];
+#pragma unroll
+    for (int db = 0; db < kDBlocks; ++db)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) g[2 * db + e] = dq[4 * db + 2 * r + e] * p.scale;
+    finish_query_row<kDBlocks, kSpan>(p, g, row_a + 8 * r, b, h, q_base, quad);
+  }
+}
+
+#endif  // LSGPT_SM90A_DEVICE
+
+template <int D, bool kSpan, bool kQbar>
+__global__ void __launch_bounds__(kThreads) attention_backward_sm90_kernel(const BackwardParams p) {
+#if LSGPT_SM90A_DEVICE
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  unsigned char* smem = align_to_atom(smem_raw);
+  if (int(blockIdx.x) < p.n_key_blocks)
+    key_block<D, kSpan, kQbar>(p, smem, blockIdx.x);
+  else  // the last query blocks have the most keys on global heads: start them first
+    query_block<D, kSpan, kQbar>(p, smem,
+                                 p.n_query_blocks - 1 - (int(blockIdx.x) - p.n_key_blocks));
+#else
+  __trap();  // only the sm_90a binary has this kernel; the host never launches it elsewhere
+#endif
+}
+
+// Whether the loaded binary of the kernel came from sm_90a code (the
+// compute_80 PTX, JIT-compiled on a Hopper GPU, would run the trapping body).
+template <int D>
+bool kernel_has_sm90a_code() {
+  static const bool has = [] {
+    cudaFuncAttributes attributes{};
+    CUDA_CHECK(cudaFuncGetAttributes(&attributes, attention_backward_sm90_kernel<D, false, false>));
+    return attributes.ptxVersion >= 90 && attributes.binaryVersion >= 90;
+  }();
+  return has;
+}
+
+template <int D, bool kSpan, bool kQbar>
+void launch(CudaContext& ctx, const BackwardParams& p, int B) {
+  using Shape = Sm90BackwardShape<D, kQbar>;
+  auto kernel = attention_backward_sm90_kernel<D, kSpan, kQbar>;
+  CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  int(Shape::kSmemBytes)));
+  const dim3 grid(p.n_key_blocks + p.n_query_blocks, B * p.n_head);
+  kernel<<<grid, kThreads, Shape::kSmemBytes, ctx.stream()>>>(p);
+  CUDA_CHECK_LAUNCH();
+}
+
+template <int D>
+void dispatch(CudaContext& ctx, const BackwardParams& p, int B, bool span, bool qbar) {
+  if (!span)
+    launch<D, false, false>(ctx, p, B);
+  else if (qbar)
+    launch<D, true, true>(ctx, p, B);
+  else
+    launch<D, true, false>(ctx, p, B);
+}
+
+}  // namespace
+
+bool sm90_backward_supported(const CudaContext& ctx, int head_dim) {
+  if (ctx.compute_capability() != 90) return false;
+  const int D = padded_head_dim(head_dim);
+  if (D == 64) return kernel_has_sm90a_code<64>();
+  if (D == 128) return kernel_has_sm90a_code<128>();
+  return false;
+}
+
+void launch_backward_sm90(CudaContext& ctx, const BackwardParams& p, int B, bool span, bool qbar) {
+  // This kernel's block sizes, whatever the caller counted with.
+  BackwardParams q = p;
+  q.n_key_blocks = ceil_div(p.T, kKeysPerBlock);
+  q.n_query_blocks = ceil_div(p.T, kQueriesPerBlock);
+  if (padded_head_dim(p.head_dim) == 64)
+    dispatch<64>(ctx, q, B, span, qbar);
+  else
+    dispatch<128>(ctx, q, B, span, qbar);
+}
+
+}  // namespace lsgpt::cuda::attn

@@ -1,0 +1,265 @@
+// Hopper (sm_90a) building blocks shared by the wgmma attention kernels
+// (attention_forward_sm90.cu, attention_backward_sm90.cu): warpgroup MMA
+// (wgmma.mma_async m64nNk16, bf16 in, f32 accumulate) with its fences,
+// shared-memory matrix descriptors for the 128-byte swizzle, and cp.async
+// copies of head tiles into that swizzled layout (PTX ISA, "Asynchronous
+// Warpgroup Level Matrix Multiply-Accumulate"). A warpgroup is the block's
+// 4 warps; every thread of it executes each wgmma helper.
+//
+// Accumulator layout of m64nN (as mma.sync m16n8 per warp): warp w holds
+// rows 16w + group and 16w + group + 8 (group = lane / 4); element 4j + e is
+// n8 block j, column 2 (lane % 4) + (e & 1), the second row when e >= 2. The
+// A register fragment of an m64k16 slice is the accumulator of two n8 blocks
+// rounded to bf16 pairs (a_fragments), as in FlashAttention-3.
+//
+// Tiles of rows x D (D 64 or 128) are stored as D / 64 panels of rows x 64
+// bf16, each row 128 bytes, in the 128-byte swizzle: the 16-byte chunk c of
+// row r sits at chunk c ^ (r % 8) (Swizzle<3,4,3> on byte addresses). Every
+// panel starts 1024-byte aligned (one swizzle atom, 8 rows), so the
+// descriptors' base offset is 0.
+//
+// The device code exists only in the sm_90a compilation
+// (LSGPT_SM90A_DEVICE); kernels built from it carry a trapping body in the
+// compute_80 PTX, and the host checks the loaded binary before launching.
+#pragma once
+
+#include <cuda_bf16.h>
+
+#include <cstdint>
+
+#include "ops/cuda/attention_common.cuh"
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define LSGPT_SM90A_DEVICE 1
+#else
+#define LSGPT_SM90A_DEVICE 0
+#endif
+
+namespace lsgpt::cuda::attn {
+
+constexpr int kSwizzleRowBytes = 128;
+constexpr int kAtomBytes = 8 * kSwizzleRowBytes;   // 8 rows: the swizzle period
+constexpr int kPanelCols = kSwizzleRowBytes / 2;  // bf16 columns of one panel
+
+// Bytes of a swizzled rows x D bf16 tile (a multiple of kAtomBytes).
+template <int kRows, int D>
+constexpr int sw128_tile_bytes() {
+  static_assert(kRows % 8 == 0 && D % kPanelCols == 0, "whole swizzle atoms only");
+  return kRows * D * 2;
+}
+
+#if LSGPT_SM90A_DEVICE
+
+// The first swizzle-atom-aligned byte of a dynamic shared memory window
+// (kernels reserve kAtomBytes extra for this).
+__device__ __forceinline__ unsigned char* align_to_atom(unsigned char* smem_raw) {
+  const uint32_t raw_addr = smem_address(smem_raw);
+  return smem_raw + ((kAtomBytes - (raw_addr % kAtomBytes)) % kAtomBytes);
+}
+
+// Orders this thread's earlier register and shared-memory accesses before
+// the wgmma reads that follow (accumulators rescaled, fragments packed).
+__device__ __forceinline__ void wgmma_fence() {
+  asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+}
+__device__ __forceinline__ void wgmma_commit() {
+  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+}
+template <int kPending>
+__device__ __forceinline__ void wgmma_wait() {
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(kPending) : "memory");
+}
+// Pins accumulator registers at this point of the program: the compiler may
+// not move their reads or writes across it (no data dependence ties them to
+// the fence/wait instructions otherwise).
+template <int N>
+__device__ __forceinline__ void fence_operands(float (&d)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
+// Shared memory written by ordinary stores or cp.async (generic proxy) and
+// read next by wgmma (async proxy) needs this in each writing thread before
+// the barrier.
+__device__ __forceinline__ void fence_proxy_async_shared() {
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+
+// Shared-memory matrix descriptor (PTX ISA "Matrix Descriptor Format"):
+// bits 0-13 start address >> 4, 16-29 leading-dimension byte offset >> 4,
+// 32-45 stride-dimension byte offset >> 4, 49-51 base offset (0: every
+// swizzle atom starts 1024-byte aligned), 62-63 layout (1: 128-byte swizzle).
+__device__ __forceinline__ uint64_t sw128_descriptor(uint32_t smem_addr, uint32_t leading_bytes,
+                                                     uint32_t stride_bytes) {
+  return uint64_t((smem_addr & 0x3FFFF) >> 4) | uint64_t((leading_bytes >> 4) & 0x3FFF) << 16 |
+         uint64_t((stride_bytes >> 4) & 0x3FFF) << 32 | uint64_t(1) << 62;
+}
+
+// K-major operand (kRows x D, D the reduction index), k16 step kc: the
+// 16-column slice starts 32 bytes further in its 128-byte row (the hardware
+// applies the swizzle to the address it forms); 8-row groups are an atom
+// (1024 bytes) apart; the leading offset is unused with 128-byte swizzle.
+template <int kRows>
+__device__ __forceinline__ uint64_t k_major_descriptor(uint32_t tile, int kc) {
+  const uint32_t addr = tile + (kc / 4) * (kRows * kSwizzleRowBytes) + (kc % 4) * 32;
+  return sw128_descriptor(addr, 16, kAtomBytes);
+}
+
+// N-major B operand (a kRows x D tile whose rows are the k index and whose
+// D columns, contiguous, are the n index: V in O += P V), k16 step kc = 16
+// rows further; the leading offset steps between 64-column panels, the
+// stride offset between 8-row groups.
+template <int kRows>
+__device__ __forceinline__ uint64_t n_major_descriptor(uint32_t tile, int kc) {
+  const uint32_t addr = tile + kc * 16 * kSwizzleRowBytes;
+  return sw128_descriptor(addr, kRows * kSwizzleRowBytes, kAtomBytes);
+}
+
+// D[64 x N] (+)= A[64 x 16] B[16 x N], A and B K-major in shared memory;
+// accumulate 0 overwrites D.
+template <int N>
+__device__ __forceinline__ void wgmma_ss(float (&d)[N / 2], uint64_t desc_a, uint64_t desc_b,
+                                         int accumulate);
+// D[64 x N] += A[64 x 16] B[16 x N], A in registers, B N-major (transposed)
+// in shared memory.
+template <int N>
+__device__ __forceinline__ void wgmma_rs(float (&d)[N / 2], const uint32_t (&a)[4],
+                                         uint64_t desc_b);
+
+template <>
+__device__ __forceinline__ void wgmma_ss<16>(float (&d)[8], uint64_t desc_a, uint64_t desc_b,
+                                            int accumulate) {
+  asm volatile(
+      "{\n.reg .pred p;\n"
+      "setp.ne.b32 p, %10, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n16k16.f32.bf16.bf16 "
+      "{"
+      "%0, %1, %2, %3, %4, %5, %6, %7"
+      "}, %8, %9, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]),
+        "+f"(d[6]), "+f"(d[7])
+      : "l"(desc_a), "l"(desc_b), "r"(accumulate));
+}
+
+template <>
+__device__ __forceinline__ void wgmma_ss<32>(float (&d)[16], uint64_t desc_a, uint64_t desc_b,
+                                            int accumulate) {
+  asm volatile(
+      "{\n.reg .pred p;\n"
+      "setp.ne.b32 p, %18, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 "
+      "{"
+      "%0, %1, %2, %3, %4, %5, %6, %7, "
+      "%8, %9, %10, %11, %12, %13, %14, %15"
+      "}, %16, %17, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]),
+        "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),
+        "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+      : "l"(desc_a), "l"(desc_b), "r"(accumulate));
+}
+
+template <>
+__device__ __forceinline__ void wgmma_ss<64>(float (&d)[32], uint64_t desc_a, uint64_t desc_b,
+                                            int accumulate) {
+  asm volatile(
+      "{\n.reg .pred p;\n"
+      "setp.ne.b32 p, %34, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+      "{"
+      "%0, %1, %2, %3, %4, %5, %6, %7, "
+      "%8, %9, %10, %11, %12, %13, %14, %15, "
+      "%16, %17, %18, %19, %20, %21, %22, %23, "
+      "%24, %25, %26, %27, %28, %29, %30, %31"
+      "}, %32, %33, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]),
+        "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),
+        "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]),
+        "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]),
+        "+f"(d[30]), "+f"(d[31])
+      : "l"(desc_a), "l"(desc_b), "r"(accumulate));
+}
+
+template <>
+__device__ __forceinline__ void wgmma_rs<64>(float (&d)[32], const uint32_t (&a)[4],
+                                            uint64_t desc_b) {
+  asm volatile(
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+      "{"
+      "%0, %1, %2, %3, %4, %5, %6, %7, "
+      "%8, %9, %10, %11, %12, %13, %14, %15, "
+      "%16, %17, %18, %19, %20, %21, %22, %23, "
+      "%24, %25, %26, %27, %28, %29, %30, %31"
+      "}, {%32, %33, %34, %35}, %36, 1, 1, 1, 1;\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]),
+        "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),
+        "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]),
+        "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]),
+        "+f"(d[30]), "+f"(d[31])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b));
+}
+
+template <>
+__device__ __forceinline__ void wgmma_rs<128>(float (&d)[64], const uint32_t (&a)[4],
+                                            uint64_t desc_b) {
+  asm volatile(
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
+      "{"
+      "%0, %1, %2, %3, %4, %5, %6, %7, "
+      "%8, %9, %10, %11, %12, %13, %14, %15, "
+      "%16, %17, %18, %19, %20, %21, %22, %23, "
+      "%24, %25, %26, %27, %28, %29, %30, %31, "
+      "%32, %33, %34, %35, %36, %37, %38, %39, "
+      "%40, %41, %42, %43, %44, %45, %46, %47, "
+      "%48, %49, %50, %51, %52, %53, %54, %55, "
+      "%56, %57, %58, %59, %60, %61, %62, %63"
+      "}, {%64, %65, %66, %67}, %68, 1, 1, 1, 1;\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]),
+        "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),
+        "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]),
+        "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]),
+        "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]),
+        "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]),
+        "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]),
+        "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]),
+        "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b));
+}
+
+// The A fragments (one per k16 slice) of the m64 x N accumulator s rounded
+// to bf16: slice kc is the accumulator's n8 blocks 2 kc and 2 kc + 1.
+template <int N>
+__device__ __forceinline__ void a_fragments(uint32_t (&a)[N / 16][4], const float (&s)[N / 2]) {
+#pragma unroll
+  for (int kc = 0; kc < N / 16; ++kc) {
+    a[kc][0] = pack_bf16x2(s[8 * kc + 0], s[8 * kc + 1]);
+    a[kc][1] = pack_bf16x2(s[8 * kc + 2], s[8 * kc + 3]);
+    a[kc][2] = pack_bf16x2(s[8 * kc + 4], s[8 * kc + 5]);
+    a[kc][3] = pack_bf16x2(s[8 * kc + 6], s[8 * kc + 7]);
+  }
+}
+
+// Copies rows [row0, row0 + kRows) of one head into a swizzled tile (see
+// the top of this file). Rows at or past T and columns at or past `cols`
+// (the real head dim) are zero, so masked and padded products stay finite
+// and padded columns add nothing.
+template <int kRows, int D>
+__device__ __forceinline__ void load_tile_sw128(__nv_bfloat16* tile, const __nv_bfloat16* head_base,
+                                                size_t row_stride, int row0, int T, int cols) {
+  constexpr int kChunksPerRow = D / 8;
+  for (int c = threadIdx.x; c < kRows * kChunksPerRow; c += kThreads) {
+    const int r = c / kChunksPerRow, chunk = c % kChunksPerRow, col = chunk * 8;
+    const int t = row0 + r;
+    const bool valid = t < T && col < cols;
+    const __nv_bfloat16* src = head_base + (valid ? size_t(t) * row_stride + col : 0);
+    __nv_bfloat16* dst =
+        tile + (chunk / 8) * (kRows * kPanelCols) + r * kPanelCols + ((chunk % 8) ^ (r % 8)) * 8;
+    cp_async_16(dst, src, valid ? 16 : 0);
+  }
+}
+
+#endif  // LSGPT_SM90A_DEVICE
+
+}  // namespace lsgpt::cuda::attn

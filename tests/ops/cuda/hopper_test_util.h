@@ -1,0 +1,55 @@
+// Helpers shared by the tests of the Hopper (sm_90a, wgmma) attention
+// kernels: the switch back to the sm_80 kernels (LSGPT_ATTENTION_SM80) for
+// one scope, and the skip on a GPU that is not compute capability 9.0.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <string>
+
+#ifdef LSGPT_HAVE_CUDA
+#include <cuda_runtime_api.h>
+#endif
+
+namespace lsgpt::cuda_test {
+
+// Sets (or, with nullptr, removes) an environment variable for one scope.
+class ScopedEnv {
+ public:
+  ScopedEnv(const char* name, const char* value) : name_(name) {
+    if (const char* old = std::getenv(name)) had_ = true, old_ = old;
+    value ? ::setenv(name, value, 1) : ::unsetenv(name);
+  }
+  ~ScopedEnv() { had_ ? ::setenv(name_, old_.c_str(), 1) : ::unsetenv(name_); }
+  ScopedEnv(const ScopedEnv&) = delete;
+  ScopedEnv& operator=(const ScopedEnv&) = delete;
+
+ private:
+  const char* name_;
+  bool had_ = false;
+  std::string old_;
+};
+
+constexpr const char* kForceSm80 = "LSGPT_ATTENTION_SM80";
+
+// "" on a compute capability 9.0 GPU, else why the Hopper kernels cannot run.
+inline std::string why_not_hopper() {
+#ifdef LSGPT_HAVE_CUDA
+  int device = 0;
+  cudaDeviceProp prop{};
+  if (cudaGetDevice(&device) != cudaSuccess || cudaGetDeviceProperties(&prop, device) != cudaSuccess)
+    return "cannot read the device properties";
+  if (prop.major == 9 && prop.minor == 0) return "";
+  return std::string(prop.name) + " has compute capability " + std::to_string(prop.major) + "." +
+         std::to_string(prop.minor);
+#else
+  return "no CUDA backend in this build";
+#endif
+}
+
+#define REQUIRE_HOPPER()                                                         \
+  if (const std::string why_ = ::lsgpt::cuda_test::why_not_hopper(); !why_.empty()) \
+  GTEST_SKIP() << "not a Hopper GPU (the wgmma kernels need compute capability 9.0): " << why_
+
+}  // namespace lsgpt::cuda_test

@@ -1,0 +1,241 @@
+// The Hopper (sm_90a, wgmma) LS flash-attention backward against the sm_80
+// kernel (LSGPT_ATTENTION_SM80=1 selects that one) and against the CPU
+// backend in double precision ("cpu64"), on fresh random bf16-exact inputs:
+// dQ, dK, dV, with and without the span decomposition. Both CUDA backwards
+// start from the same forward outputs (out, lse, kbar, from the sm_80
+// forward), so their comparison measures the backward alone; cpu64 runs its
+// own forward.
+//
+// Tolerances (normwise, against an RMS floor of 1e-3 where a gradient
+// vanishes in exact arithmetic, as test_cuda_attention.cpp):
+//   vs cpu64: 1e-2 (bf16 P and dS, bf16 outputs; as test_cuda_attention.cpp).
+//   vs sm_80: 2e-3. Both kernels round the same f32 quantities to bf16 (P,
+//     dS, the gradients) and differ only in the order of their f32 sums
+//     (wgmma against mma.sync), so a difference is an occasional one-ulp
+//     rounding flip (~1e-4 normwise); a layout, mask or band bug is O(1).
+//
+// Without a GPU every test skips with "no CUDA GPU: ..."; on a GPU that is
+// not compute capability 9.0 they skip with "not a Hopper GPU".
+#include <gtest/gtest.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "../../support/numeric.h"
+#include "core/error.h"
+#include "cuda_test_util.h"
+#include "hopper_test_util.h"
+#include "ops/backend.h"
+
+#ifdef LSGPT_HAVE_CUDA
+#include "ops/cuda/cuda_backend.h"
+#endif
+
+namespace lsgpt {
+namespace {
+
+using namespace cuda_test;
+
+// The forward's outputs on one backend, kept on the device for the backward.
+struct Forward {
+  Buffer qkv, dout, out, lse, max_logit, kbar;
+};
+
+Forward run_forward(Backend& be, const AttentionSpec& spec, const std::vector<float>& qkv,
+                    const std::vector<float>& dout) {
+  const size_t BT = size_t(spec.B) * spec.T, C = spec.C();
+  const DType w = be.dtype(), a = be.acc_dtype();
+  Forward f{make_buffer(be, w, BT * 3 * C, &qkv),
+            make_buffer(be, w, BT * C, &dout),
+            make_buffer(be, w, BT * C, nullptr),
+            make_buffer(be, a, size_t(spec.B) * spec.n_head * spec.T, nullptr),
+            make_buffer(be, a, spec.n_head, nullptr),
+            make_buffer(be, w, spec.span.needs_kbar() ? BT * C : 0, nullptr)};
+  be.attention_forward(f.out.mem.get(), f.lse.mem.get(), f.max_logit.mem.get(),
+                       spec.span.needs_kbar() ? f.kbar.mem.get() : nullptr, f.qkv.mem.get(), spec);
+  return f;
+}
+
+// The forward on the sm_80 kernel, so that these tests measure the wgmma
+// backward alone (test_cuda_attention_forward_sm90.cpp covers the forward).
+Forward run_forward_sm80(Backend& be, const AttentionSpec& spec, const std::vector<float>& qkv,
+                         const std::vector<float>& dout) {
+  ScopedEnv env(kForceSm80, "1");
+  return run_forward(be, spec, qkv, dout);
+}
+
+// dqkv [B, T, 3C] from the forward's outputs (a fresh NaN-poisoned buffer,
+// so an unwritten element fails).
+std::vector<float> run_backward(Backend& be, const AttentionSpec& spec, const Forward& f) {
+  Buffer dqkv = make_buffer(be, be.dtype(), f.qkv.n, nullptr);
+  be.attention_backward(dqkv.mem.get(), f.dout.mem.get(), f.qkv.mem.get(), f.out.mem.get(),
+                        f.lse.mem.get(), spec.span.needs_kbar() ? f.kbar.mem.get() : nullptr,
+                        spec);
+  be.sync();
+  return fetch(be, dqkv);
+}
+
+// Runs the backward with LSGPT_ATTENTION_SM80 unset (sm90: true) or 1, and
+// checks that the kernel asked for is the one taken.
+std::vector<float> run_backward_on(Backend& be, const AttentionSpec& spec, const Forward& f,
+                                   bool sm90) {
+  ScopedEnv env(kForceSm80, sm90 ? nullptr : "1");
+#ifdef LSGPT_HAVE_CUDA
+  if (cuda_attention_backward_uses_sm90(be, spec) != sm90)
+    fail(sm90 ? "a compute capability 9.0 GPU did not select the wgmma backward"
+              : "LSGPT_ATTENTION_SM80=1 did not select the sm_80 backward");
+#endif
+  return run_backward(be, spec, f);
+}
+
+SpanLayer span_cross() {  // cross on q (kbar) and k (qbar): both extra products
+  SpanLayer s;
+  s.q = {true, SpanBasis::cross, 1.5, 0.7};
+  s.k = {true, SpanBasis::cross, 0.5, 1.3};
+  return s;
+}
+SpanLayer span_self() {  // the kSpan instantiation without qbar, v projected too
+  SpanLayer s;
+  s.q = {true, SpanBasis::self, 2.0, 0.8};
+  s.k = {true, SpanBasis::self, 0.6, 1.1};
+  s.v = {true, SpanBasis::self, 1.7, 0.9};
+  return s;
+}
+
+struct Setting {
+  std::string name;
+  int local_heads;  // -1: all but one, -2: half
+  int window;
+  SpanLayer span;
+};
+
+struct Case {
+  Setting setting;
+  int T, D;
+};
+
+std::vector<Case> all_cases() {
+  const std::vector<Setting> settings = {
+      {"MHSA", 0, 1, {}},
+      {"LS", -1, 100, {}},         // 11 of 12 local at w = 100 (here all heads but one)
+      {"LSHalfWide", -2, 256, {}},  // half the heads local at w = 256
+      {"LSNarrow", -1, 5, {}},      // a band much narrower than a tile: every mask edge
+      {"SpanCrossLS", -1, 100, span_cross()},
+      {"SpanSelfMHSA", 0, 1, span_self()},
+  };
+  std::vector<Case> cases;
+  for (const Setting& s : settings)
+    for (int T : {1, 7, 100, 1000, 4096})
+      for (int D : {64, 128}) cases.push_back({s, T, D});
+  // Head dims padded to a kernel size: zero-filled columns must add nothing.
+  cases.push_back({settings[1], 1000, 48});
+  cases.push_back({settings[4], 100, 96});
+  return cases;
+}
+
+AttentionSpec spec_of(const Case& c) {
+  AttentionSpec spec;
+  spec.T = c.T;
+  spec.head_dim = c.D;
+  spec.n_head = c.D <= 64 ? 4 : 2;
+  spec.B = c.T >= 1000 ? 1 : 2;
+  const int L = c.setting.local_heads;
+  spec.n_local = L == -1 ? spec.n_head - 1 : L == -2 ? spec.n_head / 2 : L;
+  spec.window = c.setting.window;
+  spec.span = c.setting.span;
+  return spec;
+}
+
+class CudaAttentionBackwardSm90 : public ::testing::TestWithParam<Case> {};
+
+TEST_P(CudaAttentionBackwardSm90, MatchesSm80AndCpu64) {
+  REQUIRE_CUDA(cuda);
+  REQUIRE_HOPPER();
+  const AttentionSpec spec = spec_of(GetParam());
+  const size_t BT = size_t(spec.B) * spec.T, C = spec.C();
+  const uint64_t seed = uint64_t(spec.T) * 6151 + spec.head_dim * 37 + spec.n_local * 5 +
+                        spec.window + (spec.span.any() ? 1 : 0);
+  // Logits of a few units: softmax neither uniform nor one-hot.
+  const auto qkv = bf16_values(BT * 3 * C, seed, -2, 2);
+  const auto dout = bf16_values(BT * C, seed + 1, -1, 1);
+
+  const Forward f = run_forward_sm80(*cuda, spec, qkv, dout);
+  const std::vector<float> sm90 = run_backward_on(*cuda, spec, f, true);
+  const std::vector<float> sm80 = run_backward_on(*cuda, spec, f, false);
+  std::unique_ptr<Backend> cpu64 = make_backend("cpu64");
+  const std::vector<float> ref = run_backward(*cpu64, spec, run_forward(*cpu64, spec, qkv, dout));
+
+  const char* names[3] = {"dq", "dk", "dv"};
+  for (int part = 0; part < 3; ++part) {
+    const std::vector<float> got = qkv_part(sm90, part, C);
+    EXPECT_LE(floored_error(got, qkv_part(ref, part, C)), kBf16Tolerance)
+        << names[part] << " vs cpu64";
+    EXPECT_LE(floored_error(got, qkv_part(sm80, part, C)), 2e-3) << names[part] << " vs sm_80";
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Cases, CudaAttentionBackwardSm90, ::testing::ValuesIn(all_cases()),
+                         [](const auto& info) {
+                           return info.param.setting.name + "_T" + std::to_string(info.param.T) +
+                                  "_D" + std::to_string(info.param.D);
+                         });
+
+// Same inputs, same bits: dQ, dK, dV each finished by one block, no atomics.
+TEST(CudaAttentionBackwardSm90Dispatch, Deterministic) {
+  REQUIRE_CUDA(cuda);
+  REQUIRE_HOPPER();
+  for (int D : {64, 128}) {
+    AttentionSpec spec;
+    spec.B = 2, spec.T = 1000, spec.head_dim = D, spec.n_head = 4, spec.n_local = 3;
+    spec.window = 100;
+    spec.span = span_cross();
+    spec.span.v = {true, SpanBasis::self, 1.2, 0.9};
+    const size_t BT = size_t(spec.B) * spec.T, C = spec.C();
+    const auto qkv = bf16_values(BT * 3 * C, 71 + D, -2, 2);
+    const auto dout = bf16_values(BT * C, 72 + D, -1, 1);
+    const Forward f = run_forward_sm80(*cuda, spec, qkv, dout);
+    const std::vector<float> a = run_backward_on(*cuda, spec, f, true);
+    const std::vector<float> b = run_backward_on(*cuda, spec, f, true);
+    EXPECT_EQ(a, b) << "D " << D;
+  }
+}
+
+#ifdef LSGPT_HAVE_CUDA
+// Which kernel runs: with or without span the wgmma one, head dims up to 32
+// stay on sm_80, and LSGPT_ATTENTION_SM80 takes 0 or 1 only.
+TEST(CudaAttentionBackwardSm90Dispatch, ChoosesTheKernel) {
+  REQUIRE_CUDA(cuda);
+  REQUIRE_HOPPER();
+  AttentionSpec spec;
+  spec.B = 1, spec.T = 64, spec.head_dim = 128, spec.n_head = 2, spec.n_local = 1, spec.window = 8;
+  ScopedEnv env(kForceSm80, nullptr);
+  EXPECT_TRUE(cuda_attention_backward_uses_sm90(*cuda, spec));
+  {
+    ScopedEnv zero(kForceSm80, "0");
+    EXPECT_TRUE(cuda_attention_backward_uses_sm90(*cuda, spec));
+  }
+  {
+    ScopedEnv one(kForceSm80, "1");
+    EXPECT_FALSE(cuda_attention_backward_uses_sm90(*cuda, spec));
+  }
+  AttentionSpec span = spec;
+  span.span = span_cross();
+  EXPECT_TRUE(cuda_attention_backward_uses_sm90(*cuda, span)) << "span runs on the wgmma kernel";
+  AttentionSpec small = spec;
+  small.head_dim = 32;
+  EXPECT_FALSE(cuda_attention_backward_uses_sm90(*cuda, small));
+  ScopedEnv bad(kForceSm80, "yes");
+  try {
+    cuda_attention_backward_uses_sm90(*cuda, spec);
+    FAIL() << "LSGPT_ATTENTION_SM80=yes was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("LSGPT_ATTENTION_SM80 must be 0 or 1, got 'yes'"),
+              std::string::npos)
+        << e.what();
+  }
+}
+#endif
+
+}  // namespace
+}  // namespace lsgpt
