@@ -5,19 +5,20 @@
 // shapes or alignments for which cuBLASLt offers no fused algorithm fall back
 // to a plain product plus our own bias / GELU kernel.
 //
-// The backward's dbias comes from the weight-gradient product's BGRADB
-// epilogue (the column sums of dout, reduced over the product's k = N rows
-// while it reads dout anyway). That epilogue overwrites its output while the
+// The backward's dbias is our own ordered column sum of dout (norm.cu), a
+// separate pass. LSGPT_CUDA_DBIAS=bgradb takes it from the weight-gradient
+// product's BGRADB epilogue instead (the column sums reduced over the
+// product's k = N rows); that epilogue overwrites its output while the
 // interface accumulates, so it writes an f32 vector in scratch (or bf16 where
-// cuBLASLt takes no f32 bias type) that one small kernel adds into dbias: the
-// same bf16(dbias + sum) as before, with the rows summed in cuBLASLt's order.
-// That order is fixed by the algorithm, which is cached per shape, alignment
-// and SM count, and every cuBLASLt split-K reduction is ordered, so results
-// are bit-reproducible run to run on one GPU model. Where cuBLASLt has no
-// BGRADB algorithm, or with LSGPT_CUDA_DBIAS=column-sum, dbias is our own
-// ordered column sum (norm.cu) over a separate pass. Algorithms are cached
-// per shape, alignment and epilogue.
+// cuBLASLt takes no f32 bias type) that one small kernel adds into dbias. It
+// lost on an H200 (docs/CUDA.md): cuBLASLt 13 runs BGRADB as a separate
+// epilogue kernel (globalKernelBgradAB), slower than the column-sum pass, so
+// it is not the default. Both are bit-reproducible run to run on one GPU
+// model (algorithms are cached per shape, alignment, epilogue and SM count;
+// cuBLASLt's split-K reductions are ordered).
 #include <atomic>
+#include <cstdlib>
+#include <cstring>
 #include <map>
 #include <mutex>
 #include <tuple>
@@ -191,9 +192,18 @@ bool weight_gradient_with_bias(CudaContext& ctx, Gemm gw, bf16* dbias, int OC) {
   return false;
 }
 
+// LSGPT_CUDA_DBIAS: unset or "column-sum" (the default), or "bgradb".
+bool dbias_from_epilogue() {
+  const char* v = std::getenv("LSGPT_CUDA_DBIAS");
+  if (!v || !*v || std::strcmp(v, "column-sum") == 0) return false;
+  if (std::strcmp(v, "bgradb") == 0) return true;
+  fail("LSGPT_CUDA_DBIAS must be column-sum or bgradb, got '", v, "'");
+}
+
 }  // namespace
 
 DbiasPath matmul_last_dbias_path() { return last_dbias_path; }
+
 
 void matmul_forward(CudaContext& ctx, bf16* out, bf16* pre_gelu, const bf16* inp,
                     const bf16* weight, const bf16* bias, int N, int C, int OC) {
@@ -249,8 +259,7 @@ void matmul_backward(CudaContext& ctx, bf16* dinp, bf16* dweight, bf16* dbias, b
   Gemm gw;  // dweight[OC,C] += dout^T inp
   gw.trans_b = true, gw.m = C, gw.n = OC, gw.k = N;
   gw.a = inp, gw.lda = C, gw.b = dout, gw.ldb = OC, gw.d = dweight, gw.ldd = C, gw.beta = 1.0f;
-  if (dbias && !env_is("LSGPT_CUDA_DBIAS", "column-sum") &&
-      weight_gradient_with_bias(ctx, gw, dbias, OC))
+  if (dbias && dbias_from_epilogue() && weight_gradient_with_bias(ctx, gw, dbias, OC))
     return;
   if (dbias) {
     column_sum_accumulate(ctx, dbias, dout, N, OC);

@@ -1,6 +1,7 @@
 // Helpers shared by the tests of the Hopper (sm_90a, wgmma) attention
 // kernels: the switch back to the sm_80 kernels (LSGPT_ATTENTION_SM80) for
 // one scope, and the skip on a GPU that is not compute capability 9.0.
+// ScopedEnv also serves the other CUDA path switches (LSGPT_CUDA_DBIAS).
 #pragma once
 
 #include <gtest/gtest.h>

@@ -22,6 +22,7 @@
 #include "core/dtype.h"
 #include "core/error.h"
 #include "cuda_test_util.h"
+#include "hopper_test_util.h"  // ScopedEnv
 #include "ops/backend.h"
 #ifdef LSGPT_HAVE_CUDA
 #include "ops/cuda/cuda_backend.h"
@@ -155,24 +156,17 @@ TEST_F(CudaOps, MatmulBiasGradientEveryKernelPath) {
   }
 }
 
-// Sets an environment variable for one scope (the LSGPT_CUDA_* path switches).
-struct ScopedEnv {
-  const char* name;
-  ScopedEnv(const char* n, const char* value) : name(n) { setenv(n, value, 1); }
-  ~ScopedEnv() { unsetenv(name); }
-};
-
 bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
   return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
 }
 
 // The bias gradient from the weight-gradient product's BGRADB epilogue
-// (matmul.cu) at GPT-2 small's four bias shapes (qkv, attention projection,
-// fc through the GELU, fc_proj), accumulated over two micro-batches into a
-// random dbias: against cpu64, against the separate column-sum pass it
-// replaces (LSGPT_CUDA_DBIAS=column-sum), and against itself run again.
+// (LSGPT_CUDA_DBIAS=bgradb, matmul.cu) at GPT-2 small's four bias shapes
+// (qkv, attention projection, fc through the GELU, fc_proj), accumulated over
+// two micro-batches into a random dbias: against cpu64, against the default
+// separate column-sum pass, and against itself run again.
 TEST_F(CudaOps, MatmulBiasGradientFromTheEpilogue) {
-  unsetenv("LSGPT_CUDA_DBIAS");
+  ScopedEnv epilogue("LSGPT_CUDA_DBIAS", "bgradb");
   const int N = 512;
   struct Shape { int C, OC; bool gelu; };
   for (const Shape& shape : {Shape{768, 2304, false}, Shape{768, 768, false},
@@ -204,7 +198,7 @@ TEST_F(CudaOps, MatmulBiasGradientFromTheEpilogue) {
     EXPECT_TRUE(same_bits(fused.at("dweight"), again.at("dweight"))) << "dweight not reproducible";
     Results separate;
     {
-      ScopedEnv column_sum("LSGPT_CUDA_DBIAS", "column-sum");
+      ScopedEnv column_sum("LSGPT_CUDA_DBIAS", nullptr);  // the default
       separate = compare(t, {}, call, tol);
 #ifdef LSGPT_HAVE_CUDA
       EXPECT_STREQ(cuda_last_dbias_path(), "column-sum");
@@ -213,6 +207,27 @@ TEST_F(CudaOps, MatmulBiasGradientFromTheEpilogue) {
     // The input gradient's product is the same either way.
     EXPECT_TRUE(same_bits(fused.at("dinp"), separate.at("dinp")));
     EXPECT_LE(relative_error(fused.at("dbias"), separate.at("dbias")), kBf16Tolerance);
+  }
+}
+
+TEST_F(CudaOps, MatmulBiasGradientSwitchRefusesUnknownValues) {
+  if (!cuda_) GTEST_SKIP() << "no CUDA GPU";
+  ScopedEnv bad("LSGPT_CUDA_DBIAS", "epilogue");
+  const int N = 16, C = 32, OC = 48;
+  Tensors t{{"inp", in(size_t(N) * C, 81)},       {"weight", in(size_t(OC) * C, 82)},
+            {"dout", in(size_t(N) * OC, 83)},     {"dinp", out(size_t(N) * C)},
+            {"dweight", in(size_t(OC) * C, 84)}, {"dbias", in(OC, 85)}};
+  try {
+    run(*cuda_, t, {}, [&](Backend& be, auto& p) {
+      be.matmul_backward(p["dinp"], p["dweight"], p["dbias"], p["dout"], p["inp"], p["weight"],
+                         nullptr, nullptr, N, C, OC);
+    });
+    FAIL() << "an unknown LSGPT_CUDA_DBIAS value was accepted";
+  } catch (const std::exception& e) {
+    EXPECT_NE(std::string(e.what()).find("LSGPT_CUDA_DBIAS must be column-sum or bgradb, got "
+                                         "'epilogue'"),
+              std::string::npos)
+        << e.what();
   }
 }
 
