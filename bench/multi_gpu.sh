@@ -7,7 +7,8 @@
 # its steady-state tokens/s is the median of the per-step figures in
 # metrics.jsonl after the first WARMUP steps. Writes one JSON line per run to
 # OUT_DIR/multi_gpu.jsonl, then prints the table (bench/multi_gpu_table.py):
-# tokens/s, scaling efficiency against 1 GPU, and the lsgpt / PyTorch ratio.
+# tokens/s, scaling efficiency against 1 GPU, and the lsgpt / PyTorch ratio,
+# and bench/scaling_model.py's prediction beside it.
 #
 # Usage: bench/multi_gpu.sh BUILD_DIR OUT_DIR [STEPS] [WARMUP]
 #   BUILD_DIR: a build with the CUDA backend (-DLSGPT_CUDA=ON) holding lsgpt.
@@ -163,3 +164,11 @@ for model in "${models[@]}"; do
   done
 done
 python3 "$here/bench/multi_gpu_table.py" "$results"
+# Beside the measurement, what bench/scaling_model.py expects from the 1- and
+# 2-GPU steps (docs/DISTRIBUTED.md, "Past two GPUs").
+if [[ $device == cuda && -z ${CONFIG_DIR:-} && " ${models[*]} " == *" gpt2-small "* &&
+      " ${counts[*]} " == *" 1 "* && " ${counts[*]} " == *" 2 "* ]]; then
+  echo
+  echo "== the scaling model, calibrated on this run's 1- and 2-GPU steps"
+  python3 "$here/bench/scaling_model.py" --measured "$results" --models "${models[@]}" --gpus "${counts[@]}"
+fi

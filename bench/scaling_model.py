@@ -173,6 +173,9 @@ def main():
     shapes = {m: load_shape(m) for m in set(args.models) | {"gpt2-small"}}
     out = []
     for attn in ("ls", "mhsa"):
+        if not any(a == attn for (_, a, _) in speeds):
+            print(f"note: no {attn} rows measured: {attn} left out", file=sys.stderr)
+            continue
         ref = shapes["gpt2-small"]
         ref_t1 = speeds.get(("gpt2-small", attn, 1))
         ref_beta = None
