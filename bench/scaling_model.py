@@ -53,10 +53,11 @@ BF16 = 2  # bytes per element of the reduced gradients and gathered parameters
 # docs/DISTRIBUTED.md, two H200s on NVLink, 2026-11-30, B = 16, T = 1024.
 DOCUMENTED = {("gpt2-small", "ls", 1): 526116, ("gpt2-small", "ls", 2): 1012800,
               ("gpt2-small", "mhsa", 1): 477249, ("gpt2-small", "mhsa", 2): 915265}
-# NCCL ring bus bandwidth between H200s on NVLink 4 through NVSwitch, NVLS
-# off: ~360 GB/s (nccl-tests all_gather/reduce_scatter busbw on 8x H100/H200
-# HGX is 350-370 GB/s of the 450 GB/s one direction of NVLink 4).
-NOMINAL_GBS = 360.0
+# NCCL's bus bandwidth on NVLink 4 (H100/H200 through NVSwitch) without
+# NVLink SHARP: 450 GB/s line rate less ~20% protocol overhead = 370 GB/s, the
+# busbw of non-allreduce collectives or NCCL_ALGO=RING (NCCL's maintainer in
+# https://github.com/NVIDIA/nccl-tests/issues/212).
+NOMINAL_GBS = 370.0
 # AdamW (bf16 weight written, f32 master, moments read and written, bf16
 # gradient read: 28 bytes a parameter) plus the squared norm (2 bytes): on the
 # H100 profile of docs/BENCHMARKS.md 1.82 ms for 124.5M parameters; scaled by
