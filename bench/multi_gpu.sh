@@ -41,14 +41,13 @@ read -r -a models <<< "${MODELS:-gpt2-small gpt2-medium}"
 read -r -a counts <<< "${GPUS:-}"
 
 is_count() { [[ $1 =~ ^[1-9][0-9]*$ ]]; }
-for v in steps:"$steps" warmup:"$warmup" BATCH:"$batch" SEQ_LEN:"$seq_len" TOKENS:"$tokens"; do
-  is_count "${v#*:}" || [[ ${v%%:*} == warmup && ${v#*:} == 0 ]] ||
+for v in STEPS:"$steps" WARMUP:"$warmup" BATCH:"$batch" SEQ_LEN:"$seq_len" TOKENS:"$tokens"; do
+  is_count "${v#*:}" || [[ ${v%%:*} == WARMUP && ${v#*:} == 0 ]] ||
     die "${v%%:*} must be a positive integer, got '${v#*:}'"
 done
 ((warmup < steps)) || die "WARMUP ($warmup) must be below STEPS ($steps): no step would be timed"
 [[ $device == cuda || $device == cpu ]] || die "DEVICE must be cuda or cpu, got '$device'"
 for n in "${counts[@]}"; do is_count "$n" || die "GPUS: '$n' is not a positive integer"; done
-((${#models[@]} > 0)) || die "MODELS is empty"
 for m in "${models[@]}"; do
   for f in "$config_dir/$m.json" "$config_dir/$m-mhsa.json"; do
     [[ -f $f ]] || die "MODELS: $f not found (each model needs STEM.json and STEM-mhsa.json)"

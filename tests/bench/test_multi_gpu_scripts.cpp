@@ -68,7 +68,7 @@ TEST(MultiGpuScript, RefusesBadSettingsWithOneMessage) {
       {"DEVICE=cpu TORCH=1", build + " " + out, "TORCH=1 needs DEVICE=cuda"},
       {"BATCH=-1", build + " " + out, "BATCH must be a positive integer, got '-1'"},
       {"", build + " " + out + " 5 5", "WARMUP (5) must be below STEPS (5)"},
-      {"", build + " " + out + " ten", "steps must be a positive integer, got 'ten'"},
+      {"", build + " " + out + " ten", "STEPS must be a positive integer, got 'ten'"},
       {"", quoted(dir.path().string()) + " " + out, "lsgpt not found; build with"},
   };
   for (const auto& c : cases) {
