@@ -165,8 +165,8 @@ done
 python3 "$here/bench/multi_gpu_table.py" "$results"
 # Beside the measurement, what bench/scaling_model.py expects from the 1- and
 # 2-GPU steps (docs/DISTRIBUTED.md, "Past two GPUs").
-if [[ $device == cuda && -z ${CONFIG_DIR:-} && " ${models[*]} " == *" gpt2-small "* &&
-      " ${counts[*]} " == *" 1 "* && " ${counts[*]} " == *" 2 "* ]]; then
+if [[ $device == cuda && -z ${CONFIG_DIR:-} && " ${counts[*]} " == *" 1 "* &&
+      " ${counts[*]} " == *" 2 "* ]]; then
   echo
   echo "== the scaling model, calibrated on this run's 1- and 2-GPU steps"
   python3 "$here/bench/scaling_model.py" --measured "$results" --models "${models[@]}" --gpus "${counts[@]}"

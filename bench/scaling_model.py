@@ -215,14 +215,19 @@ def main():
         return
     print(f"B = {B}, T = {T} per GPU; beta_nominal = {args.nominal_gbs:g} GB/s")
     print("| model | attention | GPUs | predicted tok/s | efficiency (optimistic) | all-gather ms "
-          "| tail reduce ms | optimizer saved ms | measured tok/s | beta_eff GB/s | t(1) |")
+          "| tail reduce ms | optimizer saved ms | measured tok/s (efficiency) | beta_eff GB/s | t(1) |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
+    one = {(r["model"], r["attn"]): r["measured_tokens_per_s"] for r in out
+           if r["gpus"] == 1 and r["measured_tokens_per_s"]}
     for r in out:
         m = r["measured_tokens_per_s"]
+        if m is not None:
+            m = f"{m:,.0f} ({m / (r['gpus'] * one[(r['model'], r['attn'])]):.1%})" \
+                if (r["model"], r["attn"]) in one else f"{m:,.0f}"
         print(f"| {r['model']} | {r['attn'].upper()} | {r['gpus']} | {r['tokens_per_s']:,} "
               f"| {r['efficiency']:.1%} ({r['efficiency_optimistic']:.1%}) "
               f"| {r['all_gather_ms']:.2f} | {r['tail_reduce_ms']:.2f} "
-              f"| {r['optimizer_saved_ms']:.2f} | {'-' if m is None else f'{m:,.0f}'} "
+              f"| {r['optimizer_saved_ms']:.2f} | {'-' if m is None else m} "
               f"| {r['beta_eff_gbs']:.0f} | {r['source']} |")
 
 
