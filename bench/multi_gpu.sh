@@ -75,7 +75,7 @@ if [[ $device == cuda ]]; then
   name=$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | head -1)
 else
   ((${#counts[@]} > 0)) || counts=(1 2)
-  gpus=${counts[-1]} name="CPU ($(nproc) cores)"
+  gpus=${counts[-1]} name="CPU ($(getconf _NPROCESSORS_ONLN) cores)"
   torch=0
 fi
 if [[ $torch == auto ]]; then
