@@ -73,6 +73,23 @@ TEST(ModelConfig, Gpt2SmallHas124MParameters) {
   EXPECT_EQ(c.num_parameters(), make_param_layout(c).total);
 }
 
+// The larger configuration of the multi-GPU benchmark (bench/multi_gpu.sh):
+// GPT-2 medium's shape, LS with 15 of 16 heads local, and its MHSA twin.
+TEST(ModelConfig, Gpt2MediumHas355MParametersInBothAttentions) {
+  const std::string dir = std::string(LSGPT_SOURCE_DIR) + "/configs/";
+  const ModelConfig ls = ModelConfig::load(dir + "gpt2-medium.json");
+  const ModelConfig mhsa = ModelConfig::load(dir + "gpt2-medium-mhsa.json");
+  for (const ModelConfig* c : {&ls, &mhsa}) {
+    const size_t without_padding = make_param_layout(*c).total - size_t(50304 - 50257) * 1024;
+    EXPECT_EQ(without_padding, 354823168u);  // GPT-2 medium as published
+    EXPECT_EQ(c->head_dim(), 64);
+  }
+  EXPECT_EQ(ls.n_local[0], 15);
+  EXPECT_EQ(ls.n_local[23], 15);
+  EXPECT_EQ(ls.window, 100);
+  EXPECT_EQ(mhsa.n_local[0], 0);
+}
+
 TEST(ModelConfig, RefusesInvalidSettings) {
   const json base{{"n_layer", 2}, {"n_head", 4}, {"d_model", 64}};
   auto with = [&](const char* key, json value) {
