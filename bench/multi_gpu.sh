@@ -47,8 +47,17 @@ for v in STEPS:"$steps" WARMUP:"$warmup" BATCH:"$batch" SEQ_LEN:"$seq_len" TOKEN
 done
 ((warmup < steps)) || die "WARMUP ($warmup) must be below STEPS ($steps): no step would be timed"
 [[ $device == cuda || $device == cpu ]] || die "DEVICE must be cuda or cpu, got '$device'"
-for n in "${counts[@]}"; do is_count "$n" || die "GPUS: '$n' is not a positive integer"; done
+# A count or model given twice would run twice and give the table two rows for one key.
+seen=" "
+for n in "${counts[@]}"; do
+  is_count "$n" || die "GPUS: '$n' is not a positive integer"
+  [[ $seen != *" $n "* ]] || die "GPUS: $n given twice"
+  seen+="$n "
+done
+seen=" "
 for m in "${models[@]}"; do
+  [[ $seen != *" $m "* ]] || die "MODELS: $m given twice"
+  seen+="$m "
   for f in "$config_dir/$m.json" "$config_dir/$m-mhsa.json"; do
     [[ -f $f ]] || die "MODELS: $f not found (each model needs STEM.json and STEM-mhsa.json)"
   done

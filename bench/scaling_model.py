@@ -44,6 +44,7 @@ Usage: bench/scaling_model.py [--measured multi_gpu.jsonl] [--gpus 1 2 4 8]
 """
 import argparse
 import json
+import math
 import os
 import sys
 
@@ -99,8 +100,12 @@ def load_shape(model):
 
 def load_measured(path):
     """{(model, attn, gpus): tokens/s} and the B, T of the lsgpt rows."""
-    speeds, bt = {}, None
-    with open(path) as f:
+    speeds, bt, first = {}, None, {}
+    try:
+        f = open(path)
+    except OSError as e:
+        sys.exit(f"error: cannot read {path}: {e.strerror}")
+    with f:
         for number, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -108,13 +113,30 @@ def load_measured(path):
                 r = json.loads(line)
             except ValueError as e:
                 sys.exit(f"error: {path}:{number}: {e}")
+            if not isinstance(r, dict):
+                sys.exit(f"error: {path}:{number}: not a JSON object: {line.strip()}")
             if r.get("impl") != "lsgpt":
                 continue  # PyTorch rows
             try:
-                speeds[(r["model"], r["attn"], int(r["gpus"]))] = float(r["tokens_per_s"])
-                bt = (int(r["batch_per_gpu"]), int(r["seq_len"]))
+                key = (r["model"], r["attn"], r["gpus"])
+                row_bt = (r["batch_per_gpu"], r["seq_len"])
+                tps = r["tokens_per_s"]
+                for name, v in zip(("gpus", "batch_per_gpu", "seq_len"), (key[2], *row_bt)):
+                    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                        raise ValueError(f"{name} must be a whole number >= 1, not {v!r}")
+                if isinstance(tps, bool) or not isinstance(tps, (int, float)) \
+                        or not math.isfinite(tps) or tps <= 0:
+                    raise ValueError(f"tokens_per_s must be a number > 0, not {tps!r}")
             except (KeyError, ValueError) as e:
                 sys.exit(f"error: {path}:{number}: not an lsgpt row ({e!r})")
+            if key in first:
+                sys.exit(f"error: {path}:{number}: a second row for {key[0]} {key[1]} on "
+                         f"{key[2]} GPU(s) (the first is line {first[key]}): keep one of them")
+            if bt is not None and row_bt != bt:
+                sys.exit(f"error: {path}:{number}: B = {row_bt[0]}, T = {row_bt[1]}, but the rows "
+                         f"before it have B = {bt[0]}, T = {bt[1]}: one run's rows at a time")
+            first[key], bt = number, row_bt
+            speeds[key] = float(tps)
     if not speeds:
         sys.exit(f"error: {path} holds no lsgpt rows")
     return speeds, bt
@@ -149,8 +171,8 @@ def predict(shape, local, t1, t2, beta_fixed, gpus, tokens_per_step, nominal_gbs
             t_lo = t1 - (1 - 1 / n) * t_opt + e2 + (ag(n) - ag(2)) / (nominal_gbs * 1e9)
         rows.append({"gpus": n, "step_ms": round(t * 1e3, 3),
                      "tokens_per_s": round(n * tokens_per_step / t),
-                     "efficiency": round(t1 / t, 4),
-                     "efficiency_optimistic": round(t1 / t_lo, 4),
+                     "efficiency": round(t1 / t, 6),
+                     "efficiency_optimistic": round(t1 / t_lo, 6),
                      "optimizer_saved_ms": round((1 - 1 / n) * t_opt * 1e3, 3),
                      **{k: round(v, 3) for k, v in exposed.items()}})
     return beta, t_opt, rows
@@ -165,6 +187,8 @@ def main():
                     help="NCCL bus bandwidth for the optimistic bound (GB/s)")
     ap.add_argument("--json", action="store_true", help="one JSON object per line")
     args = ap.parse_args()
+    args.gpus = list(dict.fromkeys(args.gpus))  # a count or model given twice: one row
+    args.models = list(dict.fromkeys(args.models))
     if any(n < 1 for n in args.gpus):
         ap.error("--gpus: GPU counts must be >= 1")
     if args.nominal_gbs <= 0:
@@ -179,7 +203,11 @@ def main():
             continue
         ref = shapes["gpt2-small"]
         ref_t1 = speeds.get(("gpt2-small", attn, 1))
-        ref_beta = None
+        ref_s2 = speeds.get(("gpt2-small", attn, 2))
+        ref_beta = None  # gpt2-small's beta_eff, whether or not --models lists it
+        if ref_t1 is not None and ref_s2 is not None:
+            ref_beta = predict(ref, ref.n_local if attn == "ls" else 0, B * T / ref_t1,
+                               B * T * 2 / ref_s2, None, [1], B * T, args.nominal_gbs)[0]
         for model in args.models:
             shape = shapes[model]
             local = shape.n_local if attn == "ls" else 0
@@ -196,13 +224,11 @@ def main():
             t2 = B * T * 2 / s2 if s2 is not None else None
             if t2 is None and ref_beta is None:
                 sys.exit(f"error: no 2-GPU speed of {model} ({attn}) and none of gpt2-small "
-                         f"before it to calibrate on")
+                         f"(with its 1-GPU speed) to calibrate on")
             if t2 is None:
                 source += "; beta_eff of gpt2-small"
             beta, t_opt, rows = predict(shape, local, t1, t2, ref_beta, args.gpus, B * T,
                                         args.nominal_gbs)
-            if model == "gpt2-small":
-                ref_beta = beta
             for r in rows:
                 m = speeds.get((model, attn, r["gpus"]))
                 out.append({"model": model, "attn": attn, "params": shape.p_total,
@@ -217,8 +243,7 @@ def main():
     print("| model | attention | GPUs | predicted tok/s | efficiency (optimistic) | all-gather ms "
           "| tail reduce ms | optimizer saved ms | measured tok/s (efficiency) | beta_eff GB/s | t(1) |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
-    one = {(r["model"], r["attn"]): r["measured_tokens_per_s"] for r in out
-           if r["gpus"] == 1 and r["measured_tokens_per_s"]}
+    one = {(m, a): v for (m, a, n), v in speeds.items() if n == 1}
     for r in out:
         m = r["measured_tokens_per_s"]
         if m is not None:

@@ -55,6 +55,9 @@
 #   NOCLIP_LRS [3e-3 1.2e-2 2.4e-2]
 #   NOCLIP_SETTINGS [mhsa ls mhsa-qknorm mhsa-zloss mhsa-adagc ls-qknorm]
 #   STOP_AFTER [none]  SMOKE [0; 1: a tiny model for checking the script on a CPU]
+# Lists are words separated by spaces, checked for every phase asked for before
+# anything trains: known settings, positive learning rates (1.5e-3, 0.0015),
+# whole seeds, no word twice; DEVICE is cuda or cpu, SMOKE 0 or 1.
 set -euo pipefail
 die() { echo "stability-study: error: $*" >&2; exit 1; }
 if [[ $# -lt 1 ]]; then
@@ -75,6 +78,8 @@ done
 lsgpt=$(realpath -m "${LSGPT:-$repo/build-gpu/lsgpt}")
 device=${DEVICE:-cuda}
 smoke=${SMOKE:-0}
+[[ $device == cuda || $device == cpu ]] || die "DEVICE must be cuda or cpu, not '$device'"
+[[ $smoke == 0 || $smoke == 1 ]] || die "SMOKE must be 0 or 1, not '$smoke'"
 is_count() { [[ $1 =~ ^[0-9]+$ ]]; }
 for var in CONTEXT BATCH LONG_CONTEXT LONG_BATCH PROXY_STEPS DECISIVE_STEPS SMOKE_STEPS; do
   [[ -z ${!var:-} ]] || { is_count "${!var}" && ((${!var} > 0)); } ||
@@ -106,12 +111,22 @@ setting_flags() {  # setting name -> model/training flags
   esac
 }
 
-check_settings() {  # variable-name list: every name a known setting, the list not empty
-  local s
-  [[ -n $2 ]] || die "$1 is empty"
-  for s in $2; do
-    [[ $s =~ ^(mhsa|ls)(-(qknorm|zloss|adagc))?$ ]] ||
-      die "unknown setting '$s' in $1 (mhsa or ls, optionally with -qknorm, -zloss or -adagc)"
+check_list() {  # variable-name list kind: not empty (spaces alone are empty), no word twice,
+  # every word of its kind (setting, lr, seed); run names and lsgpt's flags are made of them
+  local words=() w seen=" "
+  read -r -a words <<< "$2"
+  ((${#words[@]})) || die "$1 is empty"
+  for w in "${words[@]}"; do
+    case $3 in
+      setting) [[ $w =~ ^(mhsa|ls)(-(qknorm|zloss|adagc))?$ ]] ||
+        die "unknown setting '$w' in $1 (mhsa or ls, optionally with -qknorm, -zloss or -adagc)" ;;
+      lr) [[ $w =~ ^([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?$ ]] &&
+        awk -v x="$w" 'BEGIN { exit !(x + 0 > 0) }' ||
+        die "$1: '$w' is not a positive number (a learning rate such as 1.5e-3)" ;;
+      seed) is_count "$w" || die "$1: '$w' is not a whole number" ;;
+    esac
+    [[ $seen != *" $w "* ]] || die "$1 names '$w' twice"
+    seen+="$w "
   done
 }
 
@@ -147,9 +162,9 @@ queue_phase() {  # phase -> job lines on stdout
       lrs=${NOCLIP_LRS-3e-3 1.2e-2 2.4e-2}
       settings=${NOCLIP_SETTINGS-mhsa ls mhsa-qknorm mhsa-zloss mhsa-adagc ls-qknorm} ;;
   esac
-  check_settings "${var}_SETTINGS" "$settings"
-  [[ -n $lrs ]] || die "${var}_LRS is empty"
-  [[ -n $seeds ]] || die "SEEDS is empty"
+  check_list "${var}_SETTINGS" "$settings" setting
+  check_list "${var}_LRS" "$lrs" lr
+  check_list SEEDS "$seeds" seed
   ((smoke)) && steps=${SMOKE_STEPS:-30}
   local prefix=$shape
   ((ctx != 4096)) && prefix=$shape-ctx$ctx
@@ -241,7 +256,9 @@ run_phase() {
 
 finished_runs() {  # glob under runs/ -> finished run directories, sorted
   local d
-  for d in "$out"/runs/$1; do [[ -f $d/exit_code ]] && echo "$d"; done | sort
+  # `if`, not `&&`: a last directory without exit_code must not make the status 1
+  # (under pipefail and set -e that ended the report without a word).
+  for d in "$out"/runs/$1; do if [[ -f $d/exit_code ]]; then echo "$d"; fi; done | sort
 }
 
 # `lsgpt report` over the finished runs matching a glob, with the given

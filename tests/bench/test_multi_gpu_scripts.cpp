@@ -61,6 +61,8 @@ TEST(MultiGpuScript, RefusesBadSettingsWithOneMessage) {
   } cases[] = {
       {"GPUS='1 x'", build + " " + out, "GPUS: 'x' is not a positive integer"},
       {"GPUS=0", build + " " + out, "GPUS: '0' is not a positive integer"},
+      {"GPUS='1 2 1'", build + " " + out, "GPUS: 1 given twice"},
+      {"MODELS='gpt2-small gpt2-small'", build + " " + out, "MODELS: gpt2-small given twice"},
       {"DEVICE=tpu", build + " " + out, "DEVICE must be cuda or cpu, got 'tpu'"},
       {"MODELS=nosuch", build + " " + out, "nosuch.json not found"},
       {"MODELS=default", build + " " + out, "default-mhsa.json not found"},
@@ -187,6 +189,74 @@ TEST(ScalingModel, CalibratesOnTwoGpusAndFollowsItsEquations) {
   bad = run_command(script + " --models gpt2-small --measured " + quoted(dir.file("slow.jsonl")));
   EXPECT_NE(bad.exit_code, 0);
   EXPECT_NE(bad.output.find("nothing left to calibrate"), std::string::npos) << bad.output;
+
+  // gpt2-medium alone, measured nowhere: calibrated on gpt2-small's rows
+  // although --models does not list it (it once needed gpt2-small listed first).
+  const auto medium = run_command(script + " --measured " + quoted(dir.file("m.jsonl")) +
+                                  " --models gpt2-medium --gpus 1 8 --json");
+  ASSERT_EQ(medium.exit_code, 0) << medium.output;
+  const std::vector<json> mrows = json_lines(medium.output);
+  ASSERT_EQ(mrows.size(), 2u) << medium.output;
+  EXPECT_EQ(mrows[0]["model"], "gpt2-medium");
+  EXPECT_NEAR(mrows[0]["beta_eff_gbs"].get<double>(), beta / 1e9, 0.05);
+}
+
+// Rows the two scripts refuse, each with one error line: what a damaged,
+// hand-merged or foreign multi_gpu.jsonl holds.
+TEST(MultiGpuTableAndScalingModel, RefuseDamagedRowsWithOneMessage) {
+  if (!have("python3")) GTEST_SKIP() << "python3 is needed";
+  ScratchDir dir;
+  const std::string one =
+      R"({"impl": "lsgpt", "model": "gpt2-small", "attn": "ls", "gpus": 1, "batch_per_gpu": 16, "seq_len": 1024, "tokens_per_s": 500000})";
+  const std::string two =
+      R"({"impl": "lsgpt", "model": "gpt2-small", "attn": "ls", "gpus": 2, "batch_per_gpu": 16, "seq_len": 1024, "tokens_per_s": 960000})";
+  const struct {
+    std::string name, second_line, table_message, model_message;
+  } cases[] = {
+      {"cut", R"({"impl": "lsgpt", "model": "gpt2-small", "attn": "ls", "gpus": 2, "tok)",
+       "cut.jsonl:2: not a benchmark row", "cut.jsonl:2: "},
+      {"array", "[1, 2]", "not a JSON object", "not a JSON object"},
+      {"zero", R"({"impl": "lsgpt", "model": "gpt2-small", "attn": "ls", "gpus": 2, "batch_per_gpu": 16, "seq_len": 1024, "tokens_per_s": 0})",
+       "tokens_per_s must be a number > 0, not 0", "tokens_per_s must be a number > 0, not 0"},
+      {"nan", R"({"impl": "lsgpt", "model": "gpt2-small", "attn": "ls", "gpus": 2, "batch_per_gpu": 16, "seq_len": 1024, "tokens_per_s": NaN})",
+       "tokens_per_s must be a number > 0, not nan", "tokens_per_s must be a number > 0, not nan"},
+      {"nogpus", R"({"impl": "lsgpt", "model": "gpt2-small", "attn": "ls", "gpus": 0, "batch_per_gpu": 16, "seq_len": 1024, "tokens_per_s": 1})",
+       "gpus must be a whole number >= 1, not 0", "gpus must be a whole number >= 1, not 0"},
+      {"twice", one, "a second lsgpt row for gpt2-small ls on 1 GPU (the first is line 1)",
+       "a second row for gpt2-small ls on 1 GPU(s) (the first is line 1)"},
+  };
+  const std::string table = "python3 " + quoted(kSource + "/bench/multi_gpu_table.py") + " ";
+  const std::string model =
+      "python3 " + quoted(kSource + "/bench/scaling_model.py") + " --models gpt2-small --measured ";
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.name);
+    const std::string path = dir.file(c.name + ".jsonl");
+    std::ofstream(path) << one << "\n" << c.second_line << "\n" << two << "\n";
+    for (const auto& [command, message] :
+         {std::pair{table, c.table_message}, std::pair{model, c.model_message}}) {
+      const auto r = run_command(command + quoted(path));
+      EXPECT_NE(r.exit_code, 0) << r.output;
+      EXPECT_NE(r.output.find(message), std::string::npos) << r.output;
+      EXPECT_EQ(error_lines(r.output), 1) << r.output;
+      EXPECT_EQ(r.output.find("Traceback"), std::string::npos) << r.output;
+    }
+  }
+  // Rows of two runs with other B or T: the model would use the last one's.
+  const std::string mixed = dir.file("mixed.jsonl");
+  std::ofstream(mixed)
+      << one << "\n"
+      << R"({"impl": "lsgpt", "model": "gpt2-small", "attn": "ls", "gpus": 2, "batch_per_gpu": 8, "seq_len": 1024, "tokens_per_s": 480000})"
+      << "\n";
+  auto r = run_command(model + quoted(mixed));
+  EXPECT_NE(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("B = 8, T = 1024, but the rows before it have B = 16"),
+            std::string::npos) << r.output;
+  for (const std::string& command : {table, model}) {
+    r = run_command(command + quoted(dir.file("absent.jsonl")));
+    EXPECT_NE(r.exit_code, 0) << r.output;
+    EXPECT_NE(r.output.find("error: cannot read"), std::string::npos) << r.output;
+    EXPECT_EQ(r.output.find("Traceback"), std::string::npos) << r.output;
+  }
 }
 
 }  // namespace

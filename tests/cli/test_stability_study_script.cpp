@@ -7,6 +7,7 @@
 
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <string>
 
 #include "data/data_test_support.h"
@@ -105,18 +106,33 @@ TEST(StabilityStudyScript, RunsEveryPhaseOnTheCpuAndResumes) {
   EXPECT_NE(r.out.find("gpt2-ls-zloss-lr1e-3-s1: finished earlier with other flags"),
             std::string::npos) << r.out;
 
-  // A failing lsgpt (here a learning rate it refuses) is not a result: no
+  // A failing lsgpt (here one that finds the disk full) is not a result: no
   // exit_code, the phase fails naming the run, and the report leaves it out.
-  r = run_script(dir, plus(env, " PROXY_SETTINGS=mhsa PROXY_LRS=-1"), "'" + out + "' proxy");
+  const std::string failing = dir.file("failing-lsgpt");
+  std::ofstream(failing) << "#!/bin/sh\necho 'lsgpt: error: No space left on device' >&2\nexit 1\n";
+  fs::permissions(failing, fs::perms::owner_exec, fs::perm_options::add);
+  r = run_script(dir, plus(env, " PROXY_SETTINGS=mhsa PROXY_LRS=2e-3 LSGPT=") + quoted(failing),
+                 "'" + out + "' proxy");
   EXPECT_EQ(r.exit_code, 1) << r.out;
-  EXPECT_NE(r.out.find("stability-study: error: proxy: 1 run(s) not done: proxy-mhsa-lr-1-s1"),
+  EXPECT_NE(r.out.find("stability-study: error: proxy: 1 run(s) not done: proxy-mhsa-lr2e-3-s1"),
             std::string::npos) << r.out;
-  EXPECT_FALSE(fs::exists(out + "/runs/proxy-mhsa-lr-1-s1/exit_code"));
+  EXPECT_FALSE(fs::exists(out + "/runs/proxy-mhsa-lr2e-3-s1/exit_code"));
   if (gnuplot) {
     r = run_script(dir, env, "'" + out + "' report");
     ASSERT_EQ(r.exit_code, 0) << r.out;
-    EXPECT_EQ(read_file(out + "/stability-pg-books.md").find("proxy-mhsa-lr-1-s1"),
+    EXPECT_EQ(read_file(out + "/stability-pg-books.md").find("proxy-mhsa-lr2e-3-s1"),
               std::string::npos);
+    // A report over unclipped runs alone (no proxy, decisive or long runs):
+    // it once ended without a word, with exit status 1.
+    const std::string only = dir.file("only");
+    fs::create_directories(only + "/runs");
+    fs::copy(out + "/runs/gpt2-noclip-mhsa-lr1e-3-s1", only + "/runs/gpt2-noclip-mhsa-lr1e-3-s1",
+             fs::copy_options::recursive);
+    r = run_script(dir, env, quoted(only) + " report");
+    ASSERT_EQ(r.exit_code, 0) << r.out;
+    EXPECT_NE(read_file(only + "/stability-pg-books.md").find("## Runs: gpt2-noclip"),
+              std::string::npos) << r.out;
+    EXPECT_TRUE(fs::exists(only + "/charts-gpt2-noclip-lr1e-3/loss.svg"));
   }
 
   // Settings lists are checked before anything trains, in every phase asked for.
@@ -125,6 +141,33 @@ TEST(StabilityStudyScript, RunsEveryPhaseOnTheCpuAndResumes) {
   EXPECT_NE(r.out.find("unknown setting 'ls-qk-norm' in LONG_SETTINGS"), std::string::npos)
       << r.out;
   EXPECT_EQ(r.out.find("[gpu "), std::string::npos) << r.out;
+  // Every list and switch is checked before anything trains: a learning rate
+  // or seed lsgpt would refuse, spaces alone, a word twice (two workers would
+  // share one run directory), a SMOKE that is neither 0 nor 1 (SMOKE=yes once
+  // failed as an unbound variable; SMOKE=2 would train as 1).
+  const struct {
+    const char* env;
+    const char* message;
+  } bad[] = {
+      {" NOCLIP_LRS=abc", "NOCLIP_LRS: 'abc' is not a positive number"},
+      {" NOCLIP_LRS=1e-3,3e-3", "NOCLIP_LRS: '1e-3,3e-3' is not a positive number"},
+      {" NOCLIP_LRS=-1", "NOCLIP_LRS: '-1' is not a positive number"},
+      {" NOCLIP_LRS=0", "NOCLIP_LRS: '0' is not a positive number"},
+      {" NOCLIP_LRS=' '", "NOCLIP_LRS is empty"},
+      {" NOCLIP_SETTINGS=' '", "NOCLIP_SETTINGS is empty"},
+      {" NOCLIP_LRS='1e-3 1e-3'", "NOCLIP_LRS names '1e-3' twice"},
+      {" DECISIVE_SETTINGS='mhsa mhsa'", "DECISIVE_SETTINGS names 'mhsa' twice"},
+      {" SEEDS='1 x'", "SEEDS: 'x' is not a whole number"},
+      {" SMOKE=yes", "SMOKE must be 0 or 1, not 'yes'"},
+      {" DEVICE=gpu", "DEVICE must be cuda or cpu, not 'gpu'"},
+  };
+  for (const auto& c : bad) {
+    r = run_script(dir, plus(env, c.env), quoted(dir.file("fresh")) + " noclip decisive");
+    EXPECT_EQ(r.exit_code, 1) << c.env << "\n" << r.out;
+    EXPECT_NE(r.out.find(std::string("stability-study: error: ") + c.message), std::string::npos)
+        << c.env << "\n" << r.out;
+    EXPECT_EQ(r.out.find("[gpu "), std::string::npos) << c.env << "\n" << r.out;
+  }
   r = run_script(dir, plus(env, " STOP_AFTER=1h"), "'" + out + "' proxy");
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.out.find("STOP_AFTER must be a whole number of seconds, not '1h'"),
