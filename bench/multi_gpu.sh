@@ -66,7 +66,13 @@ torch=${TORCH:-auto}
 [[ $torch == 0 || $torch == 1 || $torch == auto ]] || die "TORCH must be 0 or 1, got '$torch'"
 [[ $device == cpu && $torch == 1 ]] && die "TORCH=1 needs DEVICE=cuda (the peer runs on GPUs)"
 lsgpt="$build/lsgpt"
-[[ -x "$lsgpt" ]] || die "$lsgpt not found; build with -DLSGPT_CUDA=ON first"
+if [[ ! -x "$lsgpt" ]]; then
+  [[ $device == cpu ]] && die "$lsgpt not found; build lsgpt first"
+  die "$lsgpt not found; build with -DLSGPT_CUDA=ON first"
+fi
+# The default models are GPU-sized: on CPU ranks they would train for hours.
+[[ $device == cpu && -z ${MODELS:-} ]] &&
+  die "DEVICE=cpu needs MODELS (small configs, e.g. in CONFIG_DIR): the default models train for hours on a CPU"
 command -v mpirun >/dev/null || die "mpirun not found (apt install openmpi-bin)"
 command -v python3 >/dev/null || die "python3 not found"
 

@@ -1,4 +1,5 @@
 // lsgpt info: what a checkpoint, a config or a token file contains.
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <memory>
@@ -26,10 +27,15 @@ void print_model(const ModelConfig& c) {
               c.n_head, c.d_model, c.head_dim(), c.seq_len);
   std::printf("  vocab %d (padded to %d) | end-of-text token %d\n", c.vocab_size,
               c.padded_vocab(), c.eot_token);
-  std::printf("  attention: local heads per layer [");
-  for (size_t l = 0; l < c.n_local.size(); ++l) std::printf("%s%d", l ? ", " : "", c.n_local[l]);
-  std::printf("] of %d, window w = %d%s\n", c.n_head, c.window,
-              c.n_local.empty() || c.n_local[0] == 0 ? " (layer 0 is plain MHSA)" : "");
+  // The window means nothing without local heads: say MHSA rather than show it.
+  if (std::all_of(c.n_local.begin(), c.n_local.end(), [](int n) { return n == 0; })) {
+    std::printf("  attention: MHSA in every layer (no local heads)\n");
+  } else {
+    std::printf("  attention: local heads per layer [");
+    for (size_t l = 0; l < c.n_local.size(); ++l) std::printf("%s%d", l ? ", " : "", c.n_local[l]);
+    std::printf("] of %d, window w = %d%s\n", c.n_head, c.window,
+                c.n_local[0] == 0 ? " (layer 0 is plain MHSA)" : "");
+  }
   std::printf("  span gradient scaling: %s\n", c.span.to_string().c_str());
   char z_loss[32] = "off";
   if (c.z_loss > 0) std::snprintf(z_loss, sizeof z_loss, "%g", c.z_loss);

@@ -71,7 +71,9 @@ TEST(MultiGpuScript, RefusesBadSettingsWithOneMessage) {
       {"BATCH=-1", build + " " + out, "BATCH must be a positive integer, got '-1'"},
       {"", build + " " + out + " 5 5", "WARMUP (5) must be below STEPS (5)"},
       {"", build + " " + out + " ten", "STEPS must be a positive integer, got 'ten'"},
-      {"", quoted(dir.path().string()) + " " + out, "lsgpt not found; build with"},
+      {"", quoted(dir.path().string()) + " " + out, "lsgpt not found; build with -DLSGPT_CUDA=ON"},
+      {"DEVICE=cpu", quoted(dir.path().string()) + " " + out, "lsgpt not found; build lsgpt first"},
+      {"DEVICE=cpu", build + " " + out, "DEVICE=cpu needs MODELS"},
   };
   for (const auto& c : cases) {
     SCOPED_TRACE(c.env + " " + c.args);

@@ -142,6 +142,19 @@ TEST_F(Cli, InfoShowsTheStabilisers) {
   EXPECT_NE(js.output.find("\"z_loss\": 0.0001"), std::string::npos) << js.output;
 }
 
+// A window is only shown where some layer has local heads.
+TEST_F(Cli, InfoNamesTheAttention) {
+  const Outcome mhsa = run("info" + small_model());
+  EXPECT_NE(mhsa.output.find("attention: MHSA in every layer (no local heads)"), std::string::npos)
+      << mhsa.output;
+  EXPECT_EQ(mhsa.output.find("window"), std::string::npos) << mhsa.output;
+  const Outcome ls = run("info --n-layer 2 --n-head 4 --d-model 32 --seq-len 16 --n-local 3 "
+                         "--window 5");
+  EXPECT_NE(ls.output.find("local heads per layer [3, 3] of 4, window w = 5\n"),
+            std::string::npos)
+      << ls.output;
+}
+
 TEST_F(Cli, MissingEmptyOrTooShortData) {
   expect_refusal(run("train" + small_model()), "no training data");
   expect_refusal(run("train --train " + path("none.bin") + " --valid " + train_ + small_model()),
