@@ -163,6 +163,28 @@ class BackendOpsTest : public ::testing::TestWithParam<std::string> {
     return tolerance(a.own_precision ? type_of(*backend_, a.elem) : backend_->dtype());
   }
 
+  // AdamW's comparison (args[0] is "param", args[1] "master"): the reference
+  // starts from what the backend under test held. With master weights the
+  // update starts from the master values, not their bf16 rounding, so the
+  // reference's param starts from what the master held, and the master is
+  // compared with the reference's param. Returns {under test, reference}.
+  std::pair<Outcome, Outcome> check_adamw(std::vector<Arg> args, const OpFn& op) {
+    const bool with_master = backend_->dtype() != backend_->acc_dtype();
+    Outcome got = execute(*backend_, args, op);
+    for (Arg& a : args) a.values = got.seen[a.name];
+    if (with_master) args[0].values = got.seen["master"];
+    Outcome ref = execute(*reference_, args, op);
+    const double acc_tol = tolerance(backend_->acc_dtype());
+    EXPECT_LE(relative_error(got.result["param"], ref.result["param"]),
+              tolerance(backend_->dtype()));
+    EXPECT_LE(relative_error(got.result["m"], ref.result["m"]), acc_tol);
+    EXPECT_LE(relative_error(got.result["v"], ref.result["v"]), acc_tol);
+    if (with_master) {
+      EXPECT_LE(relative_error(got.result["master"], ref.result["param"]), acc_tol);
+    }
+    return {got, ref};
+  }
+
   // Runs op on the backend under test and on cpu64 (on the inputs as the
   // backend under test stored them) and compares every out/inout tensor.
   // Returns {under test, reference} for extra checks.
@@ -463,19 +485,7 @@ TEST_P(BackendOpsTest, AdamW) {
     be.adamw_update(p["param"], use_master ? p["master"] : nullptr, p["grad2"], p["m"], p["v"], n,
                     s);
   };
-  Outcome got = execute(*backend_, args, op);
-  // With master weights the update starts from the master values, not their
-  // bf16 rounding: the reference starts from what the master held.
-  for (Arg& a : args) a.values = got.seen[a.name];
-  if (with_master) args[0].values = got.seen["master"];
-  Outcome ref = execute(*reference_, args, op);
-  const double acc_tol = tolerance(backend_->acc_dtype());
-  EXPECT_LE(relative_error(got.result["param"], ref.result["param"]), tolerance(backend_->dtype()));
-  EXPECT_LE(relative_error(got.result["m"], ref.result["m"]), acc_tol);
-  EXPECT_LE(relative_error(got.result["v"], ref.result["v"]), acc_tol);
-  if (with_master) {
-    EXPECT_LE(relative_error(got.result["master"], ref.result["param"]), acc_tol);
-  }
+  auto [got, ref] = check_adamw(args, op);
   // Not vacuous: the parameters moved by much more than the tolerance.
   EXPECT_GT(relative_error(ref.result["param"], got.seen["param"]), 1e-3);
 }
@@ -504,17 +514,7 @@ TEST_P(BackendOpsTest, AdamWSegments) {
     be.adamw_update_segments(p["param"], use_master ? p["master"] : nullptr, p["grad"], p["m"],
                              p["v"], segments.data(), segments.size(), s);
   };
-  Outcome got = execute(*backend_, args, op);
-  for (Arg& a : args) a.values = got.seen[a.name];
-  if (with_master) args[0].values = got.seen["master"];
-  Outcome ref = execute(*reference_, args, op);
-  const double acc_tol = tolerance(backend_->acc_dtype());
-  EXPECT_LE(relative_error(got.result["param"], ref.result["param"]), tolerance(backend_->dtype()));
-  EXPECT_LE(relative_error(got.result["m"], ref.result["m"]), acc_tol);
-  EXPECT_LE(relative_error(got.result["v"], ref.result["v"]), acc_tol);
-  if (with_master) {
-    EXPECT_LE(relative_error(got.result["master"], ref.result["param"]), acc_tol);
-  }
+  auto [got, ref] = check_adamw(args, op);
   // Outside the segments nothing moved; inside, the parameters did.
   for (size_t i : {size_t(4099), size_t(4102), size_t(9000)})
     EXPECT_EQ(got.result["m"][i], got.seen["m"][i]) << i;
