@@ -12,8 +12,9 @@ Scaling efficiency at N GPUs = tokens/s at N / (N * tokens/s at 1 GPU).
 Usage: bench/multi_gpu_table.py OUT_DIR/multi_gpu.jsonl
 """
 import json
-import math
 import sys
+
+import benchmark_rows
 
 ATTN_NAMES = {"ls": "LS", "mhsa": "MHSA"}
 
@@ -21,34 +22,24 @@ ATTN_NAMES = {"ls": "LS", "mhsa": "MHSA"}
 def load(path):
     """{(impl, model, attn, gpus): tokens/s}; impl is "lsgpt" or "torch"."""
     speeds, first = {}, {}
-    try:
-        f = open(path)
-    except OSError as e:
-        sys.exit(f"error: cannot read {path}: {e.strerror}")
-    with f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                r = json.loads(line)
-                if not isinstance(r, dict):
-                    raise ValueError("not a JSON object")
-                impl = "lsgpt" if r.get("impl") == "lsgpt" else "torch"
-                attn = r["attn"] if impl == "lsgpt" else r["attention"]
-                n, tps = r["gpus"], r["tokens_per_s"]
-                if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-                    raise ValueError(f"gpus must be a whole number >= 1, not {n!r}")
-                if isinstance(tps, bool) or not isinstance(tps, (int, float)) \
-                        or not math.isfinite(tps) or tps <= 0:
-                    raise ValueError(f"tokens_per_s must be a number > 0, not {tps!r}")
-            except (ValueError, KeyError) as e:
-                sys.exit(f"error: {path}:{number}: not a benchmark row ({e!r}): {line.strip()}")
-            key = (impl, r["model"], attn, n)
-            if key in first:
-                sys.exit(f"error: {path}:{number}: a second {impl} row for {r['model']} {attn} "
-                         f"on {gpus(n)} (the first is line {first[key]}): keep one of them")
-            first[key] = number
-            speeds[key] = float(tps)
+    for number, line in benchmark_rows.lines(path):
+        try:
+            r = json.loads(line)
+            if not isinstance(r, dict):
+                raise ValueError("not a JSON object")
+            impl = "lsgpt" if r.get("impl") == "lsgpt" else "torch"
+            attn = r["attn"] if impl == "lsgpt" else r["attention"]
+            n, tps = r["gpus"], r["tokens_per_s"]
+            benchmark_rows.check_count("gpus", n)
+            benchmark_rows.check_speed(tps)
+        except (ValueError, KeyError) as e:
+            sys.exit(f"error: {path}:{number}: not a benchmark row ({e!r}): {line.strip()}")
+        key = (impl, r["model"], attn, n)
+        if key in first:
+            sys.exit(f"error: {path}:{number}: a second {impl} row for {r['model']} {attn} "
+                     f"on {gpus(n)} (the first is line {first[key]}): keep one of them")
+        first[key] = number
+        speeds[key] = float(tps)
     if not speeds:
         sys.exit(f"error: {path} holds no benchmark rows")
     return speeds

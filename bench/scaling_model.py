@@ -44,9 +44,10 @@ Usage: bench/scaling_model.py [--measured multi_gpu.jsonl] [--gpus 1 2 4 8]
 """
 import argparse
 import json
-import math
 import os
 import sys
+
+import benchmark_rows
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CONFIGS = os.path.join(HERE, "..", "configs")
@@ -101,42 +102,32 @@ def load_shape(model):
 def load_measured(path):
     """{(model, attn, gpus): tokens/s} and the B, T of the lsgpt rows."""
     speeds, bt, first = {}, None, {}
-    try:
-        f = open(path)
-    except OSError as e:
-        sys.exit(f"error: cannot read {path}: {e.strerror}")
-    with f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                r = json.loads(line)
-            except ValueError as e:
-                sys.exit(f"error: {path}:{number}: {e}")
-            if not isinstance(r, dict):
-                sys.exit(f"error: {path}:{number}: not a JSON object: {line.strip()}")
-            if r.get("impl") != "lsgpt":
-                continue  # PyTorch rows
-            try:
-                key = (r["model"], r["attn"], r["gpus"])
-                row_bt = (r["batch_per_gpu"], r["seq_len"])
-                tps = r["tokens_per_s"]
-                for name, v in zip(("gpus", "batch_per_gpu", "seq_len"), (key[2], *row_bt)):
-                    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                        raise ValueError(f"{name} must be a whole number >= 1, not {v!r}")
-                if isinstance(tps, bool) or not isinstance(tps, (int, float)) \
-                        or not math.isfinite(tps) or tps <= 0:
-                    raise ValueError(f"tokens_per_s must be a number > 0, not {tps!r}")
-            except (KeyError, ValueError) as e:
-                sys.exit(f"error: {path}:{number}: not an lsgpt row ({e!r})")
-            if key in first:
-                sys.exit(f"error: {path}:{number}: a second row for {key[0]} {key[1]} on "
-                         f"{key[2]} GPU(s) (the first is line {first[key]}): keep one of them")
-            if bt is not None and row_bt != bt:
-                sys.exit(f"error: {path}:{number}: B = {row_bt[0]}, T = {row_bt[1]}, but the rows "
-                         f"before it have B = {bt[0]}, T = {bt[1]}: one run's rows at a time")
-            first[key], bt = number, row_bt
-            speeds[key] = float(tps)
+    for number, line in benchmark_rows.lines(path):
+        try:
+            r = json.loads(line)
+        except ValueError as e:
+            sys.exit(f"error: {path}:{number}: {e}")
+        if not isinstance(r, dict):
+            sys.exit(f"error: {path}:{number}: not a JSON object: {line.strip()}")
+        if r.get("impl") != "lsgpt":
+            continue  # PyTorch rows
+        try:
+            key = (r["model"], r["attn"], r["gpus"])
+            row_bt = (r["batch_per_gpu"], r["seq_len"])
+            tps = r["tokens_per_s"]
+            for name, v in zip(("gpus", "batch_per_gpu", "seq_len"), (key[2], *row_bt)):
+                benchmark_rows.check_count(name, v)
+            benchmark_rows.check_speed(tps)
+        except (KeyError, ValueError) as e:
+            sys.exit(f"error: {path}:{number}: not an lsgpt row ({e!r})")
+        if key in first:
+            sys.exit(f"error: {path}:{number}: a second row for {key[0]} {key[1]} on "
+                     f"{key[2]} GPU(s) (the first is line {first[key]}): keep one of them")
+        if bt is not None and row_bt != bt:
+            sys.exit(f"error: {path}:{number}: B = {row_bt[0]}, T = {row_bt[1]}, but the rows "
+                     f"before it have B = {bt[0]}, T = {bt[1]}: one run's rows at a time")
+        first[key], bt = number, row_bt
+        speeds[key] = float(tps)
     if not speeds:
         sys.exit(f"error: {path} holds no lsgpt rows")
     return speeds, bt
