@@ -30,4 +30,20 @@ struct ForwardParams {
 bool sm90_forward_supported(const CudaContext& ctx, int head_dim);
 void launch_forward_sm90(CudaContext& ctx, const ForwardParams& p, int B, bool with_kbar);
 
+// attention_forward_sm90_wg2.cu: the same contract with two consumer
+// warpgroups (128 queries) per block sharing the K/V tiles; with `overlap`
+// the softmax of tile j runs while P V of tile j - 1 is on the tensor cores.
+// Runs wherever launch_forward_sm90 does (same build, same check).
+void launch_forward_sm90_wg2(CudaContext& ctx, const ForwardParams& p, int B, bool with_kbar,
+                             bool overlap);
+
+// Which Hopper forward runs: LSGPT_ATTENTION_SM90_FORWARD = base (the
+// one-warpgroup kernel, attention_forward_sm90.cu), wg2 (two warpgroups,
+// each wgmma waited for at once) or wg2_overlap (two warpgroups, softmax
+// overlapping P V). Unset or empty: base, until measurements choose; any
+// other value is an error. Read at every call (defined in attention_forward.cu)
+// so one binary can time every variant.
+enum class Sm90ForwardVariant { base, wg2, wg2_overlap };
+Sm90ForwardVariant sm90_forward_variant();
+
 }  // namespace lsgpt::cuda::attn

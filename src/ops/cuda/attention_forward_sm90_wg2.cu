@@ -1,0 +1,380 @@
+// LS flash-attention forward for Hopper (sm_90a) with two consumer
+// warpgroups per block: the contract of attention_forward_sm90.cu (local
+// heads walk only the key tiles of their band, global heads are causal; out,
+// the row log-sum-exp, one max-logit partial per 64 queries, kbar = P K in
+// the kKbar instantiation; zero fill past T and past the real head dim) and
+// its wgmma building blocks (wgmma.cuh), reorganised for throughput:
+//
+// - A block is 2 warpgroups (8 warps) owning 128 queries, 64 each, that
+//   share every K/V tile: one copy of a tile feeds twice the MMA work, and
+//   while one warpgroup runs its softmax the other's wgmma can use the
+//   tensor cores. The block walks the union of its warpgroups' bands; a
+//   warpgroup computes only on the tiles of its own band (on a local head
+//   each skips one of the block's four tiles), and one whose 64 rows are all
+//   past T computes nothing.
+// - Policy::kOverlap (FlashAttention-3's intra-warpgroup overlap): at tile
+//   j a warpgroup issues S_j = Q K_j^T, then O += P_{j-1} V_{j-1} (the
+//   previous tile's P, kept as bf16 A fragments), and waits with
+//   wgmma.wait_group 1, which leaves only the P V group pending: the
+//   softmax of S_j runs while the tensor cores do P_{j-1} V_{j-1}. Then
+//   wait_group 0, rescale O by the new max, and S_j becomes P_j. The last
+//   tile's P V goes out one iteration after the walk (the block's loop
+//   runs one step past its last tile). Tiles j and j-1 are both being read
+//   at step j, so the load of j+1 needs a third stage.
+//   Without kOverlap each tile's S, softmax, P V run in turn, every wgmma
+//   waited for at once (the one-warpgroup kernel's order), two stages.
+// - Loads: all 256 threads copy each K/V tile with cp.async, one tile
+//   ahead; each warpgroup copies its own Q tile. One __syncthreads per tile
+//   both publishes tile j and tells every thread that all wgmma reading the
+//   stage about to be refilled have completed (each warpgroup waits for its
+//   products within a step).
+//
+// Not here yet (docs/CUDA.md, "Forward on Hopper, variants"): a producer
+// warp loading with TMA on an mbarrier pipeline, setmaxnreg.
+//
+// The device code exists only in the sm_90a compilation; the compute_80 PTX
+// carries a body that traps, and the host never launches it there (the
+// dispatch checks the loaded binary, attention_forward_sm90.cu).
+#include <cstdint>
+
+#include "ops/cuda/attention_common.cuh"
+#include "ops/cuda/attention_forward.cuh"
+#include "ops/cuda/cuda_check.h"
+#include "ops/cuda/device_utils.cuh"
+#include "ops/cuda/wgmma.cuh"
+
+namespace lsgpt::cuda::attn {
+namespace {
+
+using bf16 = __nv_bfloat16;
+
+constexpr int kWarpgroups = 2;
+constexpr int kWgThreads = kThreads;  // one warpgroup: 4 warps
+constexpr int kCtaThreads = kWarpgroups * kWgThreads;
+constexpr int kWgRows = kForwardBlockM;  // a warpgroup's queries: the m64, one max-logit partial
+constexpr int kCtaRows = kWarpgroups * kWgRows;
+constexpr int kTileKeys = kForwardBlockN;
+constexpr int kKeyBlocks = kTileKeys / 8;  // n8 blocks of S
+
+// The one-warpgroup kernel's order with two warpgroups: S, softmax, P V per tile.
+struct SerialPolicy {
+  static constexpr bool kOverlap = false;
+  static constexpr int kStages = 2;
+};
+// S_j issued with P_{j-1} V_{j-1}; the softmax of S_j overlaps the latter.
+struct OverlapPolicy {
+  static constexpr bool kOverlap = true;
+  static constexpr int kStages = 3;
+};
+
+template <int D, class Policy>
+struct Wg2Shape {
+  static_assert(D == 64 || D == 128, "the wgmma forward is built for D = 64 and 128");
+  static constexpr int kTileBytes = sw128_tile_bytes<kTileKeys, D>();  // one K or V tile
+  static constexpr int kQBytes = sw128_tile_bytes<kWgRows, D>();       // one warpgroup's Q
+  // Both Q tiles, the K and V stages, and room to align the start to a swizzle atom:
+  // D 128: 32 + 2 x 3 x 16 + 1 KiB = 129 KiB with three stages (one block per
+  // multiprocessor), 97 KiB with two (two); D 64: 65 KiB or 49 KiB.
+  static constexpr size_t kSmemBytes =
+      kWarpgroups * size_t(kQBytes) + 2 * Policy::kStages * size_t(kTileBytes) + kAtomBytes;
+  static_assert(kSmemBytes <= 227 * 1024, "over the opt-in shared memory of one block");
+};
+
+#if LSGPT_SM90A_DEVICE
+
+// S = Q K^T for one 64 x 64 tile, issued and committed as one wgmma group
+// (D / 16 k-steps, the first overwriting S); the caller waits.
+template <int D>
+__device__ __forceinline__ void issue_scores(float (&s)[kTileKeys / 2], uint32_t q_addr,
+                                             uint32_t k_addr) {
+#pragma unroll
+  for (int i = 0; i < kTileKeys / 2; ++i) s[i] = 0.f;
+  fence_operands(s);
+  wgmma_fence();
+#pragma unroll
+  for (int kc = 0; kc < D / 16; ++kc)
+    wgmma_ss<kTileKeys>(s, k_major_descriptor<kWgRows>(q_addr, kc),
+                        k_major_descriptor<kTileKeys>(k_addr, kc), kc > 0);
+  wgmma_commit();
+}
+
+// O += P V (and kbar += P K: the K tile has V's layout, read N-major too),
+// P from registers; one committed group, the caller waits.
+template <int D, bool kKbar>
+__device__ __forceinline__ void issue_pv(float (&o)[D / 2], float (&kbar)[kKbar ? D / 2 : 1],
+                                         const uint32_t (&a)[kTileKeys / 16][4], uint32_t v_addr,
+                                         uint32_t k_addr) {
+  fence_operands(o);
+  if constexpr (kKbar) fence_operands(kbar);
+  wgmma_fence();
+#pragma unroll
+  for (int kc = 0; kc < kTileKeys / 16; ++kc) {
+    wgmma_rs<D>(o, a[kc], n_major_descriptor<kTileKeys>(v_addr, kc));
+    if constexpr (kKbar) wgmma_rs<D>(kbar, a[kc], n_major_descriptor<kTileKeys>(k_addr, kc));
+  }
+  wgmma_commit();
+}
+
+// Accumulator layout (wgmma.cuh): this thread holds rows row_a (elements
+// 4 nb + 0, 1) and row_a + 8 (4 nb + 2, 3), key 8 nb + 2 quad + (e & 1).
+__device__ __forceinline__ void apply_mask(float (&s)[kTileKeys / 2], const HeadMask& mask,
+                                           int row_a, int k0, int quad) {
+#pragma unroll
+  for (int nb = 0; nb < kKeyBlocks; ++nb)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int i = row_a + (e < 2 ? 0 : 8);
+      const int j = k0 + nb * 8 + quad * 2 + (e & 1);
+      if (!mask.visible(i, j)) s[4 * nb + e] = -INFINITY;
+    }
+}
+
+// Online softmax of one tile: the new row maxima, alpha = exp(old max - new
+// max) for what was accumulated before, S replaced by exp(S - max) (P) and
+// the row sums updated (this lane's share).
+__device__ __forceinline__ void softmax_step(float (&s)[kTileKeys / 2], float (&row_max)[2],
+                                             float (&row_sum)[2], float (&alpha)[2],
+                                             float scale_log2) {
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    float m = row_max[r];
+#pragma unroll
+    for (int nb = 0; nb < kKeyBlocks; ++nb)
+      m = fmaxf(m, fmaxf(s[4 * nb + 2 * r], s[4 * nb + 2 * r + 1]));
+    m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
+    m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
+    // A row that has seen only masked keys keeps max -inf; subtract 0 then.
+    const float base = m == -INFINITY ? 0.f : m * scale_log2;
+    alpha[r] = exp2f(row_max[r] * scale_log2 - base);
+    row_max[r] = m;
+    row_sum[r] *= alpha[r];
+#pragma unroll
+    for (int nb = 0; nb < kKeyBlocks; ++nb)
+#pragma unroll
+      for (int e = 2 * r; e < 2 * r + 2; ++e) {
+        s[4 * nb + e] = exp2f(s[4 * nb + e] * scale_log2 - base);
+        row_sum[r] += s[4 * nb + e];
+      }
+  }
+}
+
+template <int N>
+__device__ __forceinline__ void rescale(float (&acc)[N], const float (&alpha)[2]) {
+#pragma unroll
+  for (int db = 0; db < N / 4; ++db)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) acc[4 * db + e] *= alpha[e >> 1];
+}
+
+// Writes the two rows this thread shares (bf16 pairs, columns below the
+// real head dim), normalised by the row sums.
+template <int D>
+__device__ __forceinline__ void store_rows(bf16* dst, const float (&acc)[D / 2], int r,
+                                           float inv, int quad, int head_dim) {
+#pragma unroll
+  for (int db = 0; db < D / 8; ++db)
+    if (db * 8 < head_dim)
+      *reinterpret_cast<__nv_bfloat162*>(dst + db * 8 + quad * 2) =
+          __floats2bfloat162_rn(acc[4 * db + 2 * r] * inv, acc[4 * db + 2 * r + 1] * inv);
+}
+
+#endif  // LSGPT_SM90A_DEVICE
+
+template <int D, bool kKbar, class Policy>
+__global__ void __launch_bounds__(kCtaThreads, 1)
+    attention_forward_sm90_wg2_kernel(const ForwardParams p) {
+#if LSGPT_SM90A_DEVICE
+  using Shape = Wg2Shape<D, Policy>;
+  constexpr int kStages = Policy::kStages;
+  constexpr int kTileElems = Shape::kTileBytes / 2;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  __shared__ float warp_maxima[kCtaThreads / kWarpSize];
+  unsigned char* smem = align_to_atom(smem_raw);
+
+  // Read through a shuffle so that ptxas sees a warp-uniform value (as
+  // CUTLASS's canonical_warp_group_idx): branches on the warpgroup's band
+  // then do not count as divergent, which would serialize the wgmma pipeline.
+  const int wg = __shfl_sync(0xffffffffu, int(threadIdx.x) / kWgThreads, 0);
+  const int wg_thread = threadIdx.x % kWgThreads;
+  const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
+  const int group = lane >> 2, quad = lane & 3;
+  bf16* q_tile = reinterpret_cast<bf16*>(smem + wg * Shape::kQBytes);
+  bf16* k_tiles = reinterpret_cast<bf16*>(smem + kWarpgroups * Shape::kQBytes);
+  bf16* v_tiles = k_tiles + kStages * kTileElems;
+
+  // Later query blocks have more keys on global heads: start them first.
+  const int cta_block = gridDim.x - 1 - blockIdx.x;
+  const int bh = blockIdx.y, b = bh / p.n_head, h = bh % p.n_head;
+  const int cta_q0 = cta_block * kCtaRows, q0 = cta_q0 + wg * kWgRows;
+  const int T = p.T;
+  const size_t qkv_row = size_t(3) * p.C;
+  const bf16* q_base = p.qkv + size_t(b) * T * qkv_row + h * p.head_dim;
+  const bf16* k_base = q_base + p.C;
+  const bf16* v_base = q_base + 2 * p.C;
+  const HeadMask mask{h < p.n_local, p.window};
+
+  // The block's tiles: the union of both warpgroups' bands.
+  const int cta_begin = (mask.local ? max(0, cta_q0 - p.window + 1) : 0) / kTileKeys;
+  const int cta_end = (min(T, cta_q0 + kCtaRows) - 1) / kTileKeys;
+  // This warpgroup's; empty (begin > end) when all its rows are past T.
+  int my_begin = 1, my_end = 0;
+  if (q0 < T) {
+    my_begin = (mask.local ? max(0, q0 - p.window + 1) : 0) / kTileKeys;
+    my_end = (min(T, q0 + kWgRows) - 1) / kTileKeys;
+  }
+
+  auto load_kv = [&](int tile) {
+    const int stage = (tile - cta_begin) % kStages;
+    load_tile_sw128<kTileKeys, D, kCtaThreads>(k_tiles + stage * kTileElems, k_base, qkv_row,
+                                               tile * kTileKeys, T, p.head_dim, threadIdx.x);
+    load_tile_sw128<kTileKeys, D, kCtaThreads>(v_tiles + stage * kTileElems, v_base, qkv_row,
+                                               tile * kTileKeys, T, p.head_dim, threadIdx.x);
+  };
+  auto k_addr = [&](int tile) {
+    return smem_address(k_tiles + ((tile - cta_begin) % kStages) * kTileElems);
+  };
+  auto v_addr = [&](int tile) {
+    return smem_address(v_tiles + ((tile - cta_begin) % kStages) * kTileElems);
+  };
+  load_tile_sw128<kWgRows, D, kWgThreads>(q_tile, q_base, qkv_row, q0, T, p.head_dim, wg_thread);
+  load_kv(cta_begin);
+  cp_async_commit();
+
+  float o_acc[D / 2];
+  float kbar_acc[kKbar ? D / 2 : 1];
+#pragma unroll
+  for (int i = 0; i < D / 2; ++i) o_acc[i] = 0.f;
+#pragma unroll
+  for (int i = 0; i < (kKbar ? D / 2 : 1); ++i) kbar_acc[i] = 0.f;
+  float s[kTileKeys / 2];
+  uint32_t p_frag[kTileKeys / 16][4];  // P of the last softmaxed tile, bf16 A fragments
+  float row_max[2] = {-INFINITY, -INFINITY};  // raw q.k units
+  float row_sum[2] = {0.f, 0.f};               // this lane's share
+  const int row_a = q0 + (warp % 4) * 16 + group;
+  const uint32_t q_addr = smem_address(q_tile);
+
+  // S_t waited for, masked where the tile is cut, softmaxed; O (in flight
+  // when overlapping) rescaled only after `wait_pv`.
+  auto softmax_tile = [&](int t, auto wait_pv) {
+    fence_operands(s);
+    if (mask.tile_needs_mask(q0, kWgRows, t * kTileKeys, kTileKeys))
+      apply_mask(s, mask, row_a, t * kTileKeys, quad);
+    float alpha[2];
+    softmax_step(s, row_max, row_sum, alpha, p.scale_log2);
+    wait_pv();
+    fence_operands(o_acc);
+    rescale(o_acc, alpha);
+    if constexpr (kKbar) fence_operands(kbar_acc), rescale(kbar_acc, alpha);
+    a_fragments<kTileKeys>(p_frag, s);
+  };
+  auto finish_pv = [&] {
+    wgmma_wait<0>();
+    fence_operands(o_acc);
+    if constexpr (kKbar) fence_operands(kbar_acc);
+  };
+
+  // With overlap the walk runs one step past the last tile: that step only
+  // issues the last tile's P V.
+  const int walk_end = Policy::kOverlap ? cta_end + 1 : cta_end;
+  for (int t = cta_begin; t <= walk_end; ++t) {
+    if (t <= cta_end) {
+      cp_async_wait<0>();          // tile t, this thread's copies
+      fence_proxy_async_shared();  // cp.async wrote what wgmma reads next
+      // Everyone's copies of tile t are in; everyone finished step t - 1, so
+      // the stage of tile t + 1 - kStages is read by no wgmma any more.
+      __syncthreads();
+      if (t < cta_end) {
+        load_kv(t + 1);
+        cp_async_commit();
+      }
+    }
+    const bool has_s = t >= my_begin && t <= my_end;  // uniform in the warpgroup
+    if constexpr (Policy::kOverlap) {
+      // Each path issues and waits for its own groups: ptxas tracks the
+      // wgmma pipeline per path, and a wait that depends on which branch
+      // issued what makes it serialize every wgmma.
+      const bool has_pv = t - 1 >= my_begin && t - 1 <= my_end;
+      if (has_s && has_pv) {
+        issue_scores<D>(s, q_addr, k_addr(t));
+        issue_pv<D, kKbar>(o_acc, kbar_acc, p_frag, v_addr(t - 1), k_addr(t - 1));
+        wgmma_wait<1>();  // S_t done (groups complete in order); P V still running
+        softmax_tile(t, [] { wgmma_wait<0>(); });
+      } else if (has_s) {  // the warpgroup's first tile: nothing to overlap
+        issue_scores<D>(s, q_addr, k_addr(t));
+        wgmma_wait<0>();
+        softmax_tile(t, [] {});
+      } else if (has_pv) {  // one step past its last tile
+        issue_pv<D, kKbar>(o_acc, kbar_acc, p_frag, v_addr(t - 1), k_addr(t - 1));
+        finish_pv();
+      }
+    } else if (has_s) {
+      issue_scores<D>(s, q_addr, k_addr(t));
+      wgmma_wait<0>();
+      softmax_tile(t, [] {});
+      issue_pv<D, kKbar>(o_acc, kbar_acc, p_frag, v_addr(t), k_addr(t));
+      finish_pv();
+    }
+  }
+
+  // Epilogue: normalise, write O (and kbar), lse, and this warpgroup's max logit.
+  float wg_max = -INFINITY;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    float l = row_sum[r];
+    l += __shfl_xor_sync(0xffffffffu, l, 1);
+    l += __shfl_xor_sync(0xffffffffu, l, 2);
+    const int row = row_a + 8 * r;
+    if (row >= T) continue;
+    const float inv = 1.0f / l;
+    store_rows<D>(p.out + (size_t(b) * T + row) * p.C + h * p.head_dim, o_acc, r, inv, quad,
+                  p.head_dim);
+    if constexpr (kKbar)
+      store_rows<D>(p.kbar + (size_t(b) * T + row) * p.C + h * p.head_dim, kbar_acc, r, inv, quad,
+                    p.head_dim);
+    const float max_logit = row_max[r] * p.scale;
+    if (quad == 0) p.lse[size_t(bh) * T + row] = max_logit + logf(l);
+    wg_max = fmaxf(wg_max, max_logit);
+  }
+  wg_max = warp_max(wg_max);
+  if (lane == 0) warp_maxima[warp] = wg_max;
+  __syncthreads();
+  // One partial per 64 queries, as the other kernels: each warpgroup writes its own.
+  const int q_block = cta_block * kWarpgroups + wg;
+  if (wg_thread == 0 && q_block < p.n_query_blocks) {
+    float m = warp_maxima[wg * 4];
+    for (int w = 1; w < 4; ++w) m = fmaxf(m, warp_maxima[wg * 4 + w]);
+    p.max_partials[size_t(bh) * p.n_query_blocks + q_block] = m;
+  }
+#else
+  __trap();  // only the sm_90a binary has this kernel; the host never launches it elsewhere
+#endif
+}
+
+template <int D, bool kKbar, class Policy>
+void launch(CudaContext& ctx, const ForwardParams& p, int B) {
+  using Shape = Wg2Shape<D, Policy>;
+  auto kernel = attention_forward_sm90_wg2_kernel<D, kKbar, Policy>;
+  CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  int(Shape::kSmemBytes)));
+  const dim3 grid(ceil_div(p.T, kCtaRows), B * p.n_head);
+  kernel<<<grid, kCtaThreads, Shape::kSmemBytes, ctx.stream()>>>(p);
+  CUDA_CHECK_LAUNCH();
+}
+
+template <class Policy>
+void launch_policy(CudaContext& ctx, const ForwardParams& p, int B, bool with_kbar) {
+  if (padded_head_dim(p.head_dim) == 64)
+    with_kbar ? launch<64, true, Policy>(ctx, p, B) : launch<64, false, Policy>(ctx, p, B);
+  else
+    with_kbar ? launch<128, true, Policy>(ctx, p, B) : launch<128, false, Policy>(ctx, p, B);
+}
+
+}  // namespace
+
+void launch_forward_sm90_wg2(CudaContext& ctx, const ForwardParams& p, int B, bool with_kbar,
+                             bool overlap) {
+  overlap ? launch_policy<OverlapPolicy>(ctx, p, B, with_kbar)
+          : launch_policy<SerialPolicy>(ctx, p, B, with_kbar);
+}
+
+}  // namespace lsgpt::cuda::attn
