@@ -54,7 +54,6 @@ constexpr int kCtaThreads = kWarpgroups * kWgThreads;
 constexpr int kWgRows = kForwardBlockM;  // a warpgroup's queries: the m64, one max-logit partial
 constexpr int kCtaRows = kWarpgroups * kWgRows;
 constexpr int kTileKeys = kForwardBlockN;
-constexpr int kKeyBlocks = kTileKeys / 8;  // n8 blocks of S
 
 // The one-warpgroup kernel's order with two warpgroups: S, softmax, P V per tile.
 struct SerialPolicy {
@@ -78,9 +77,13 @@ struct Wg2Shape {
   static constexpr size_t kSmemBytes =
       kWarpgroups * size_t(kQBytes) + 2 * Policy::kStages * size_t(kTileBytes) + kAtomBytes;
   static_assert(kSmemBytes <= 227 * 1024, "over the opt-in shared memory of one block");
+  // Overlapping, step j reads tiles j (S) and j - 1 (P V) while j + 1 loads.
+  static_assert(Policy::kStages >= (Policy::kOverlap ? 3 : 2), "too few stages for the policy");
 };
 
 #if LSGPT_SM90A_DEVICE
+
+constexpr int kKeyBlocks = kTileKeys / 8;  // n8 blocks of S
 
 // S = Q K^T for one 64 x 64 tile, issued and committed as one wgmma group
 // (D / 16 k-steps, the first overwriting S); the caller waits.

@@ -1,8 +1,12 @@
-// The Hopper (sm_90a, wgmma) LS flash-attention forward against the sm_80
-// kernel it replaces (LSGPT_ATTENTION_SM80=1 selects that one) and against the
-// CPU backend in double precision ("cpu64"), on fresh random bf16-exact
-// inputs: out, the row log-sum-exp, the per-head max logit and, with the span
-// decomposition's cross basis on q, kbar = P K.
+// The Hopper (sm_90a, wgmma) LS flash-attention forward, every variant of
+// it (LSGPT_ATTENTION_SM90_FORWARD = base, wg2, wg2_overlap), against the
+// sm_80 kernel it replaces (LSGPT_ATTENTION_SM80=1 selects that one) and
+// against the CPU backend in double precision ("cpu64"), on fresh random
+// bf16-exact inputs: out, the row log-sum-exp, the per-head max logit and,
+// with the span decomposition's cross basis on q, kbar = P K. The
+// two-warpgroup variants own 128 queries a block: T 1, 7 and 100 leave the
+// second warpgroup empty or partly past T, and local heads at w 100 and 256
+// make the two warpgroups' bands differ by a tile.
 //
 // Tolerances (normwise ||a - b|| / ||b||):
 //   vs cpu64: out, kbar 1e-2, lse and max_logit 1e-5 (as
@@ -71,6 +75,8 @@ std::vector<Case> all_cases() {
   const std::vector<Setting> settings = {
       {"MHSA", 0, 1},
       {"LS", -1, 0},
+      {"LS100", -1, 100},  // all but one head local at w = 100, at every T
+      {"LSHalf256", -2, 256},
       {"LSHalfWide", -2, 70},
       {"LSLongWindow", -1, 300},  // a band over several 64-key tiles, cut mid-tile
       {"KbarLS", -1, 0, true},
@@ -99,6 +105,21 @@ AttentionSpec spec_of(const Case& c) {
   return spec;
 }
 
+// One variant's results against the sm_80 kernel's and cpu64's.
+void expect_matches(const ForwardResult& sm90, const ForwardResult& sm80, const ForwardResult& ref,
+                    const AttentionSpec& spec) {
+  EXPECT_LE(relative_error(sm90.out, ref.out), kBf16Tolerance) << "out vs cpu64";
+  EXPECT_LE(relative_error(sm90.lse, ref.lse), kF32Tolerance) << "lse vs cpu64";
+  EXPECT_LE(relative_error(sm90.max_logit, ref.max_logit), kF32Tolerance) << "max_logit vs cpu64";
+  EXPECT_LE(relative_error(sm90.out, sm80.out), 2e-3) << "out vs sm_80";
+  EXPECT_LE(relative_error(sm90.lse, sm80.lse), 1e-6) << "lse vs sm_80";
+  EXPECT_LE(relative_error(sm90.max_logit, sm80.max_logit), 1e-6) << "max_logit vs sm_80";
+  if (spec.span.needs_kbar()) {
+    EXPECT_LE(relative_error(sm90.kbar, ref.kbar), kBf16Tolerance) << "kbar vs cpu64";
+    EXPECT_LE(relative_error(sm90.kbar, sm80.kbar), 2e-3) << "kbar vs sm_80";
+  }
+}
+
 class CudaAttentionForwardSm90 : public ::testing::TestWithParam<Case> {};
 
 TEST_P(CudaAttentionForwardSm90, MatchesSm80AndCpu64) {
@@ -110,15 +131,7 @@ TEST_P(CudaAttentionForwardSm90, MatchesSm80AndCpu64) {
   // Logits of a few units: softmax neither uniform nor one-hot.
   const auto qkv = bf16_values(BT * 3 * C, seed, -2, 2);
 
-  ForwardResult sm90, sm80;
-  {
-    ScopedEnv env(kForceSm80, nullptr);
-#ifdef LSGPT_HAVE_CUDA
-    ASSERT_TRUE(cuda_attention_forward_uses_sm90(*cuda, spec))
-        << "a compute capability 9.0 GPU did not select the wgmma forward";
-#endif
-    sm90 = run_forward(*cuda, spec, qkv);
-  }
+  ForwardResult sm80;
   {
     ScopedEnv env(kForceSm80, "1");
 #ifdef LSGPT_HAVE_CUDA
@@ -129,15 +142,15 @@ TEST_P(CudaAttentionForwardSm90, MatchesSm80AndCpu64) {
   std::unique_ptr<Backend> cpu64 = make_backend("cpu64");
   const ForwardResult ref = run_forward(*cpu64, spec, qkv);
 
-  EXPECT_LE(relative_error(sm90.out, ref.out), kBf16Tolerance) << "out vs cpu64";
-  EXPECT_LE(relative_error(sm90.lse, ref.lse), kF32Tolerance) << "lse vs cpu64";
-  EXPECT_LE(relative_error(sm90.max_logit, ref.max_logit), kF32Tolerance) << "max_logit vs cpu64";
-  EXPECT_LE(relative_error(sm90.out, sm80.out), 2e-3) << "out vs sm_80";
-  EXPECT_LE(relative_error(sm90.lse, sm80.lse), 1e-6) << "lse vs sm_80";
-  EXPECT_LE(relative_error(sm90.max_logit, sm80.max_logit), 1e-6) << "max_logit vs sm_80";
-  if (spec.span.needs_kbar()) {
-    EXPECT_LE(relative_error(sm90.kbar, ref.kbar), kBf16Tolerance) << "kbar vs cpu64";
-    EXPECT_LE(relative_error(sm90.kbar, sm80.kbar), 2e-3) << "kbar vs sm_80";
+  ScopedEnv env(kForceSm80, nullptr);
+  for (const char* variant : kSm90ForwardVariants) {
+    SCOPED_TRACE(std::string(kSm90Forward) + "=" + variant);
+    ScopedEnv choose(kSm90Forward, variant);
+#ifdef LSGPT_HAVE_CUDA
+    ASSERT_TRUE(cuda_attention_forward_uses_sm90(*cuda, spec))
+        << "a compute capability 9.0 GPU did not select the wgmma forward";
+#endif
+    expect_matches(run_forward(*cuda, spec, qkv), sm80, ref, spec);
   }
 }
 
@@ -152,7 +165,10 @@ TEST(CudaAttentionForwardSm90Dispatch, Deterministic) {
   REQUIRE_CUDA(cuda);
   REQUIRE_HOPPER();
   ScopedEnv env(kForceSm80, nullptr);
+  for (const char* variant : kSm90ForwardVariants)
   for (int D : {64, 128}) {
+    SCOPED_TRACE(std::string(kSm90Forward) + "=" + variant);
+    ScopedEnv choose(kSm90Forward, variant);
     AttentionSpec spec;
     spec.B = 2, spec.T = 1000, spec.head_dim = D, spec.n_head = 4, spec.n_local = 3;
     spec.window = 100;
@@ -195,6 +211,40 @@ TEST(CudaAttentionForwardSm90Dispatch, ChoosesTheKernel) {
     EXPECT_NE(std::string(e.what()).find("LSGPT_ATTENTION_SM80 must be 0 or 1, got 'yes'"),
               std::string::npos)
         << e.what();
+  }
+}
+
+// LSGPT_ATTENTION_SM90_FORWARD takes base, wg2, wg2_overlap or nothing; any
+// other value is an error on every GPU (like LSGPT_ATTENTION_SM80), both
+// where the dispatch is asked and where the forward runs.
+TEST(CudaAttentionForwardSm90Dispatch, RefusesAnUnknownVariant) {
+  REQUIRE_CUDA(cuda);
+  AttentionSpec spec;
+  spec.B = 1, spec.T = 64, spec.head_dim = 64, spec.n_head = 2, spec.n_local = 1, spec.window = 8;
+  ScopedEnv env(kForceSm80, nullptr);
+  for (const char* variant : kSm90ForwardVariants) {
+    ScopedEnv choose(kSm90Forward, variant);
+    EXPECT_NO_THROW(cuda_attention_forward_uses_sm90(*cuda, spec)) << variant;
+  }
+  {
+    ScopedEnv empty(kSm90Forward, "");
+    EXPECT_NO_THROW(cuda_attention_forward_uses_sm90(*cuda, spec)) << "empty means base";
+  }
+  ScopedEnv bad(kSm90Forward, "fa3");
+  const std::string expected =
+      "LSGPT_ATTENTION_SM90_FORWARD must be base, wg2 or wg2_overlap, got 'fa3'";
+  try {
+    cuda_attention_forward_uses_sm90(*cuda, spec);
+    FAIL() << "LSGPT_ATTENTION_SM90_FORWARD=fa3 was accepted by the dispatch";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(expected), std::string::npos) << e.what();
+  }
+  const auto qkv = bf16_values(size_t(spec.B) * spec.T * 3 * spec.C(), 5, -2, 2);
+  try {
+    run_forward(*cuda, spec, qkv);
+    FAIL() << "LSGPT_ATTENTION_SM90_FORWARD=fa3 was accepted by attention_forward";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(expected), std::string::npos) << e.what();
   }
 }
 #endif
