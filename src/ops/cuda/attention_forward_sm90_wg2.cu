@@ -39,6 +39,7 @@
 
 #include "ops/cuda/attention_common.cuh"
 #include "ops/cuda/attention_forward.cuh"
+#include "ops/cuda/attention_forward_consumer.cuh"
 #include "ops/cuda/cuda_check.h"
 #include "ops/cuda/device_utils.cuh"
 #include "ops/cuda/wgmma.cuh"
@@ -51,9 +52,7 @@ using bf16 = __nv_bfloat16;
 constexpr int kWarpgroups = 2;
 constexpr int kWgThreads = kThreads;  // one warpgroup: 4 warps
 constexpr int kCtaThreads = kWarpgroups * kWgThreads;
-constexpr int kWgRows = kForwardBlockM;  // a warpgroup's queries: the m64, one max-logit partial
 constexpr int kCtaRows = kWarpgroups * kWgRows;
-constexpr int kTileKeys = kForwardBlockN;
 
 // The one-warpgroup kernel's order with two warpgroups: S, softmax, P V per tile.
 struct SerialPolicy {
@@ -81,107 +80,6 @@ struct Wg2Shape {
   static_assert(Policy::kStages >= (Policy::kOverlap ? 3 : 2), "too few stages for the policy");
 };
 
-#if LSGPT_SM90A_DEVICE
-
-constexpr int kKeyBlocks = kTileKeys / 8;  // n8 blocks of S
-
-// S = Q K^T for one 64 x 64 tile, issued and committed as one wgmma group
-// (D / 16 k-steps, the first overwriting S); the caller waits.
-template <int D>
-__device__ __forceinline__ void issue_scores(float (&s)[kTileKeys / 2], uint32_t q_addr,
-                                             uint32_t k_addr) {
-#pragma unroll
-  for (int i = 0; i < kTileKeys / 2; ++i) s[i] = 0.f;
-  fence_operands(s);
-  wgmma_fence();
-#pragma unroll
-  for (int kc = 0; kc < D / 16; ++kc)
-    wgmma_ss<kTileKeys>(s, k_major_descriptor<kWgRows>(q_addr, kc),
-                        k_major_descriptor<kTileKeys>(k_addr, kc), kc > 0);
-  wgmma_commit();
-}
-
-// O += P V (and kbar += P K: the K tile has V's layout, read N-major too),
-// P from registers; one committed group, the caller waits.
-template <int D, bool kKbar>
-__device__ __forceinline__ void issue_pv(float (&o)[D / 2], float (&kbar)[kKbar ? D / 2 : 1],
-                                         const uint32_t (&a)[kTileKeys / 16][4], uint32_t v_addr,
-                                         uint32_t k_addr) {
-  fence_operands(o);
-  if constexpr (kKbar) fence_operands(kbar);
-  wgmma_fence();
-#pragma unroll
-  for (int kc = 0; kc < kTileKeys / 16; ++kc) {
-    wgmma_rs<D>(o, a[kc], n_major_descriptor<kTileKeys>(v_addr, kc));
-    if constexpr (kKbar) wgmma_rs<D>(kbar, a[kc], n_major_descriptor<kTileKeys>(k_addr, kc));
-  }
-  wgmma_commit();
-}
-
-// Accumulator layout (wgmma.cuh): this thread holds rows row_a (elements
-// 4 nb + 0, 1) and row_a + 8 (4 nb + 2, 3), key 8 nb + 2 quad + (e & 1).
-__device__ __forceinline__ void apply_mask(float (&s)[kTileKeys / 2], const HeadMask& mask,
-                                           int row_a, int k0, int quad) {
-#pragma unroll
-  for (int nb = 0; nb < kKeyBlocks; ++nb)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      const int i = row_a + (e < 2 ? 0 : 8);
-      const int j = k0 + nb * 8 + quad * 2 + (e & 1);
-      if (!mask.visible(i, j)) s[4 * nb + e] = -INFINITY;
-    }
-}
-
-// Online softmax of one tile: the new row maxima, alpha = exp(old max - new
-// max) for what was accumulated before, S replaced by exp(S - max) (P) and
-// the row sums updated (this lane's share).
-__device__ __forceinline__ void softmax_step(float (&s)[kTileKeys / 2], float (&row_max)[2],
-                                             float (&row_sum)[2], float (&alpha)[2],
-                                             float scale_log2) {
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    float m = row_max[r];
-#pragma unroll
-    for (int nb = 0; nb < kKeyBlocks; ++nb)
-      m = fmaxf(m, fmaxf(s[4 * nb + 2 * r], s[4 * nb + 2 * r + 1]));
-    m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
-    m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
-    // A row that has seen only masked keys keeps max -inf; subtract 0 then.
-    const float base = m == -INFINITY ? 0.f : m * scale_log2;
-    alpha[r] = exp2f(row_max[r] * scale_log2 - base);
-    row_max[r] = m;
-    row_sum[r] *= alpha[r];
-#pragma unroll
-    for (int nb = 0; nb < kKeyBlocks; ++nb)
-#pragma unroll
-      for (int e = 2 * r; e < 2 * r + 2; ++e) {
-        s[4 * nb + e] = exp2f(s[4 * nb + e] * scale_log2 - base);
-        row_sum[r] += s[4 * nb + e];
-      }
-  }
-}
-
-template <int N>
-__device__ __forceinline__ void rescale(float (&acc)[N], const float (&alpha)[2]) {
-#pragma unroll
-  for (int db = 0; db < N / 4; ++db)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) acc[4 * db + e] *= alpha[e >> 1];
-}
-
-// Writes the two rows this thread shares (bf16 pairs, columns below the
-// real head dim), normalised by the row sums.
-template <int D>
-__device__ __forceinline__ void store_rows(bf16* dst, const float (&acc)[D / 2], int r,
-                                           float inv, int quad, int head_dim) {
-#pragma unroll
-  for (int db = 0; db < D / 8; ++db)
-    if (db * 8 < head_dim)
-      *reinterpret_cast<__nv_bfloat162*>(dst + db * 8 + quad * 2) =
-          __floats2bfloat162_rn(acc[4 * db + 2 * r] * inv, acc[4 * db + 2 * r + 1] * inv);
-}
-
-#endif  // LSGPT_SM90A_DEVICE
 
 template <int D, bool kKbar, class Policy>
 __global__ void __launch_bounds__(kCtaThreads, 1)
@@ -200,7 +98,6 @@ __global__ void __launch_bounds__(kCtaThreads, 1)
   const int wg = __shfl_sync(0xffffffffu, int(threadIdx.x) / kWgThreads, 0);
   const int wg_thread = threadIdx.x % kWgThreads;
   const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
-  const int group = lane >> 2, quad = lane & 3;
   bf16* q_tile = reinterpret_cast<bf16*>(smem + wg * Shape::kQBytes);
   bf16* k_tiles = reinterpret_cast<bf16*>(smem + kWarpgroups * Shape::kQBytes);
   bf16* v_tiles = k_tiles + kStages * kTileElems;
@@ -243,38 +140,7 @@ __global__ void __launch_bounds__(kCtaThreads, 1)
   load_kv(cta_begin);
   cp_async_commit();
 
-  float o_acc[D / 2];
-  float kbar_acc[kKbar ? D / 2 : 1];
-#pragma unroll
-  for (int i = 0; i < D / 2; ++i) o_acc[i] = 0.f;
-#pragma unroll
-  for (int i = 0; i < (kKbar ? D / 2 : 1); ++i) kbar_acc[i] = 0.f;
-  float s[kTileKeys / 2];
-  uint32_t p_frag[kTileKeys / 16][4];  // P of the last softmaxed tile, bf16 A fragments
-  float row_max[2] = {-INFINITY, -INFINITY};  // raw q.k units
-  float row_sum[2] = {0.f, 0.f};               // this lane's share
-  const int row_a = q0 + (warp % 4) * 16 + group;
-  const uint32_t q_addr = smem_address(q_tile);
-
-  // S_t waited for, masked where the tile is cut, softmaxed; O (in flight
-  // when overlapping) rescaled only after `wait_pv`.
-  auto softmax_tile = [&](int t, auto wait_pv) {
-    fence_operands(s);
-    if (mask.tile_needs_mask(q0, kWgRows, t * kTileKeys, kTileKeys))
-      apply_mask(s, mask, row_a, t * kTileKeys, quad);
-    float alpha[2];
-    softmax_step(s, row_max, row_sum, alpha, p.scale_log2);
-    wait_pv();
-    fence_operands(o_acc);
-    rescale(o_acc, alpha);
-    if constexpr (kKbar) fence_operands(kbar_acc), rescale(kbar_acc, alpha);
-    a_fragments<kTileKeys>(p_frag, s);
-  };
-  auto finish_pv = [&] {
-    wgmma_wait<0>();
-    fence_operands(o_acc);
-    if constexpr (kKbar) fence_operands(kbar_acc);
-  };
+  ConsumerWarpgroup<D, kKbar> consumer(q0, wg_thread, smem_address(q_tile), mask, p.scale_log2);
 
   // With overlap the walk runs one step past the last tile: that step only
   // issues the last tile's P V.
@@ -293,55 +159,22 @@ __global__ void __launch_bounds__(kCtaThreads, 1)
     }
     const bool has_s = t >= my_begin && t <= my_end;  // uniform in the warpgroup
     if constexpr (Policy::kOverlap) {
-      // Each path issues and waits for its own groups: ptxas tracks the
-      // wgmma pipeline per path, and a wait that depends on which branch
-      // issued what makes it serialize every wgmma.
       const bool has_pv = t - 1 >= my_begin && t - 1 <= my_end;
-      if (has_s && has_pv) {
-        issue_scores<D>(s, q_addr, k_addr(t));
-        issue_pv<D, kKbar>(o_acc, kbar_acc, p_frag, v_addr(t - 1), k_addr(t - 1));
-        wgmma_wait<1>();  // S_t done (groups complete in order); P V still running
-        softmax_tile(t, [] { wgmma_wait<0>(); });
-      } else if (has_s) {  // the warpgroup's first tile: nothing to overlap
-        issue_scores<D>(s, q_addr, k_addr(t));
-        wgmma_wait<0>();
-        softmax_tile(t, [] {});
-      } else if (has_pv) {  // one step past its last tile
-        issue_pv<D, kKbar>(o_acc, kbar_acc, p_frag, v_addr(t - 1), k_addr(t - 1));
-        finish_pv();
-      }
+      if (has_s && has_pv)
+        consumer.overlapped(t, k_addr(t), v_addr(t - 1), k_addr(t - 1));
+      else if (has_s)  // the warpgroup's first tile: nothing to overlap
+        consumer.first(t, k_addr(t));
+      else if (has_pv)  // one step past its last tile
+        consumer.last(v_addr(t - 1), k_addr(t - 1));
     } else if (has_s) {
-      issue_scores<D>(s, q_addr, k_addr(t));
-      wgmma_wait<0>();
-      softmax_tile(t, [] {});
-      issue_pv<D, kKbar>(o_acc, kbar_acc, p_frag, v_addr(t), k_addr(t));
-      finish_pv();
+      consumer.serial(t, k_addr(t), v_addr(t));
     }
   }
 
-  // Epilogue: normalise, write O (and kbar), lse, and this warpgroup's max logit.
-  float wg_max = -INFINITY;
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    float l = row_sum[r];
-    l += __shfl_xor_sync(0xffffffffu, l, 1);
-    l += __shfl_xor_sync(0xffffffffu, l, 2);
-    const int row = row_a + 8 * r;
-    if (row >= T) continue;
-    const float inv = 1.0f / l;
-    store_rows<D>(p.out + (size_t(b) * T + row) * p.C + h * p.head_dim, o_acc, r, inv, quad,
-                  p.head_dim);
-    if constexpr (kKbar)
-      store_rows<D>(p.kbar + (size_t(b) * T + row) * p.C + h * p.head_dim, kbar_acc, r, inv, quad,
-                    p.head_dim);
-    const float max_logit = row_max[r] * p.scale;
-    if (quad == 0) p.lse[size_t(bh) * T + row] = max_logit + logf(l);
-    wg_max = fmaxf(wg_max, max_logit);
-  }
-  wg_max = warp_max(wg_max);
+  // Epilogue: out (and kbar), lse, and one max-logit partial per warpgroup.
+  const float wg_max = warp_max(consumer.store(p, b, h));
   if (lane == 0) warp_maxima[warp] = wg_max;
   __syncthreads();
-  // One partial per 64 queries, as the other kernels: each warpgroup writes its own.
   const int q_block = cta_block * kWarpgroups + wg;
   if (wg_thread == 0 && q_block < p.n_query_blocks) {
     float m = warp_maxima[wg * 4];
