@@ -8,7 +8,7 @@
 // in a fixed order), and, only in the kKbar instantiation, kbar = P K
 // accumulated beside P V for the span decomposition. On a compute capability
 // 9.0 GPU the forward runs attention_forward_sm90.cu's wgmma kernel instead
-// (or a variant of it, attention_forward_sm90_wg2.cu, chosen by
+// (or a variant of it, attention_forward_sm90_wg2.cu or _ws.cu, chosen by
 // LSGPT_ATTENTION_SM90_FORWARD), unless LSGPT_ATTENTION_SM80=1 asks for this one.
 #include <cstdlib>
 #include <cstring>
@@ -272,6 +272,8 @@ void launch_sm90(CudaContext& ctx, const ForwardParams& p, int B, bool with_kbar
       return launch_forward_sm90_wg2(ctx, p, B, with_kbar, false);
     case Sm90ForwardVariant::wg2_overlap:
       return launch_forward_sm90_wg2(ctx, p, B, with_kbar, true);
+    case Sm90ForwardVariant::ws:
+      return launch_forward_sm90_ws(ctx, p, B, with_kbar);
   }
 }
 
@@ -289,7 +291,8 @@ Sm90ForwardVariant attn::sm90_forward_variant() {
   if (!v || !*v || std::strcmp(v, "base") == 0) return Sm90ForwardVariant::base;
   if (std::strcmp(v, "wg2") == 0) return Sm90ForwardVariant::wg2;
   if (std::strcmp(v, "wg2_overlap") == 0) return Sm90ForwardVariant::wg2_overlap;
-  fail("LSGPT_ATTENTION_SM90_FORWARD must be base, wg2 or wg2_overlap, got '", v, "'");
+  if (std::strcmp(v, "ws") == 0) return Sm90ForwardVariant::ws;
+  fail("LSGPT_ATTENTION_SM90_FORWARD must be base, wg2, wg2_overlap or ws, got '", v, "'");
 }
 
 bool attention_forward_uses_sm90(CudaContext& ctx, const AttentionSpec& spec) {

@@ -80,9 +80,17 @@ struct Wg2Shape {
   static_assert(Policy::kStages >= (Policy::kOverlap ? 3 : 2), "too few stages for the policy");
 };
 
+// Blocks per multiprocessor that the registers must allow: 2 caps a thread
+// at 65536 / (256 x 2) = 128 registers. Only where that costs no spill
+// (ptxas 13.0): D 64 serial without kbar (126). D 64 overlapped would spill
+// (8 bytes; 160 with kbar, and its wgmma serialized), so it stays at one
+// block of 8 warps per multiprocessor, as every D 128 instantiation.
+template <int D, bool kKbar, class Policy>
+constexpr int kMinBlocks = D == 64 && !kKbar && !Policy::kOverlap ? 2 : 1;
+
 
 template <int D, bool kKbar, class Policy>
-__global__ void __launch_bounds__(kCtaThreads, 1)
+__global__ void __launch_bounds__(kCtaThreads, (kMinBlocks<D, kKbar, Policy>))
     attention_forward_sm90_wg2_kernel(const ForwardParams p) {
 #if LSGPT_SM90A_DEVICE
   using Shape = Wg2Shape<D, Policy>;

@@ -36,7 +36,7 @@ class ScopedEnv {
 constexpr const char* kForceSm80 = "LSGPT_ATTENTION_SM80";
 // Which Hopper forward runs (attention_forward.cuh): every value it takes.
 constexpr const char* kSm90Forward = "LSGPT_ATTENTION_SM90_FORWARD";
-constexpr const char* kSm90ForwardVariants[] = {"base", "wg2", "wg2_overlap"};
+constexpr const char* kSm90ForwardVariants[] = {"base", "wg2", "wg2_overlap", "ws"};
 
 // "" on a compute capability 9.0 GPU, else why the Hopper kernels cannot run.
 inline std::string why_not_hopper() {

@@ -1,12 +1,14 @@
 // The Hopper (sm_90a, wgmma) LS flash-attention forward, every variant of
-// it (LSGPT_ATTENTION_SM90_FORWARD = base, wg2, wg2_overlap), against the
+// it (LSGPT_ATTENTION_SM90_FORWARD = base, wg2, wg2_overlap, ws), against the
 // sm_80 kernel it replaces (LSGPT_ATTENTION_SM80=1 selects that one) and
 // against the CPU backend in double precision ("cpu64"), on fresh random
 // bf16-exact inputs: out, the row log-sum-exp, the per-head max logit and,
 // with the span decomposition's cross basis on q, kbar = P K. The
 // two-warpgroup variants own 128 queries a block: T 1, 7 and 100 leave the
 // second warpgroup empty or partly past T, and local heads at w 100 and 256
-// make the two warpgroups' bands differ by a tile.
+// make the two warpgroups' bands differ by a tile. ws loads with TMA: its
+// zero fill past T and past the real head dim (48, 96) is the copy
+// engine's out-of-bounds fill, checked by the same cases.
 //
 // Tolerances (normwise ||a - b|| / ||b||):
 //   vs cpu64: out, kbar 1e-2, lse and max_logit 1e-5 (as
@@ -214,7 +216,7 @@ TEST(CudaAttentionForwardSm90Dispatch, ChoosesTheKernel) {
   }
 }
 
-// LSGPT_ATTENTION_SM90_FORWARD takes base, wg2, wg2_overlap or nothing; any
+// LSGPT_ATTENTION_SM90_FORWARD takes base, wg2, wg2_overlap, ws or nothing; any
 // other value is an error on every GPU (like LSGPT_ATTENTION_SM80), both
 // where the dispatch is asked and where the forward runs.
 TEST(CudaAttentionForwardSm90Dispatch, RefusesAnUnknownVariant) {
@@ -232,7 +234,7 @@ TEST(CudaAttentionForwardSm90Dispatch, RefusesAnUnknownVariant) {
   }
   ScopedEnv bad(kSm90Forward, "fa3");
   const std::string expected =
-      "LSGPT_ATTENTION_SM90_FORWARD must be base, wg2 or wg2_overlap, got 'fa3'";
+      "LSGPT_ATTENTION_SM90_FORWARD must be base, wg2, wg2_overlap or ws, got 'fa3'";
   try {
     cuda_attention_forward_uses_sm90(*cuda, spec);
     FAIL() << "LSGPT_ATTENTION_SM90_FORWARD=fa3 was accepted by the dispatch";
