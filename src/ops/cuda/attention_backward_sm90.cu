@@ -72,14 +72,14 @@ struct Sm90BackwardShape {
   static_assert(kSmemBytes <= 227 * 1024, "over the opt-in shared memory of one block");
 };
 
+#if LSGPT_SM90A_DEVICE
+
 // This thread's warpgroup, read through a shuffle so that ptxas sees a
 // warp-uniform value (as CUTLASS's canonical_warp_group_idx): the branches
 // on a warpgroup's band around wgmma then do not count as divergent.
 __device__ __forceinline__ int warpgroup_index() {
   return __shfl_sync(0xffffffffu, int(threadIdx.x) / kThreads, 0);
 }
-
-#if LSGPT_SM90A_DEVICE
 
 template <int N>
 __device__ __forceinline__ void zero(float (&d)[N]) {
@@ -242,11 +242,11 @@ __device__ void key_block(const BackwardParams& p, unsigned char* smem, int key_
       a_fragments<kQ>(a_ds, dp);
       key_gradients<D, kQ, kQbar>(dv, dk, qbar, a_p, a_ds, q_addr, do_addr);
     };
-    if (kWarpgroups > 1 && (tile < my_begin || tile > my_end))  // not this warpgroup's
-      ;
-    else if (mask.tile_needs_mask(i0, kQ, k0, kKeysPerBlock) || i0 + kQ > T)
+    // Only this warpgroup's tiles (a uniform branch in it).
+    const bool mine = kWarpgroups == 1 || (tile >= my_begin && tile <= my_end);
+    if (mine && (mask.tile_needs_mask(i0, kQ, k0, kKeysPerBlock) || i0 + kQ > T))
       step(std::true_type{});
-    else
+    else if (mine)
       step(std::false_type{});
     __syncthreads();  // the next iteration's prefetch overwrites this stage
   }
@@ -404,11 +404,11 @@ __device__ void query_block(const BackwardParams& p, unsigned char* smem, int qu
       a_fragments<kKeyTile>(a_ds, dp);
       query_gradient<D>(dq, a_ds, k_addr);
     };
-    if (kWarpgroups > 1 && (tile < my_begin || tile > my_end))  // not this warpgroup's
-      ;
-    else if (mask.tile_needs_mask(q0, kQueriesPerBlock, j0, kKeyTile))
+    // Only this warpgroup's tiles (a uniform branch in it).
+    const bool mine = kWarpgroups == 1 || (tile >= my_begin && tile <= my_end);
+    if (mine && mask.tile_needs_mask(q0, kQueriesPerBlock, j0, kKeyTile))
       step(std::true_type{});
-    else
+    else if (mine)
       step(std::false_type{});
     __syncthreads();  // the next iteration's prefetch overwrites this stage
   }
