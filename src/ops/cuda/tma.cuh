@@ -56,13 +56,13 @@ __device__ __forceinline__ void mbarrier_wait(uint64_t* bar, uint32_t parity) {
 // One box of a 4-d tensor map (a __grid_constant__ kernel parameter) into
 // shared memory at coordinates (c0 innermost); the copy's bytes count
 // toward `bar`'s transaction; out-of-bounds elements are written as zeros.
-__device__ __forceinline__ void tma_load_4d(void* dst, const void* tensor_map, uint64_t* bar, int c0,
-                                            int c1, int c2, int c3) {
+__device__ __forceinline__ void tma_load_4d(void* dst, const void* tensor_map, uint64_t* bar,
+                                            int c0, int c1, int c2, int c3) {
   asm volatile(
       "cp.async.bulk.tensor.4d.shared::cluster.global.mbarrier::complete_tx::bytes"
       " [%0], [%1, {%3, %4, %5, %6}], [%2];\n" ::"r"(smem_address(dst)),
-      "l"(reinterpret_cast<uint64_t>(tensor_map)), "r"(smem_address(bar)), "r"(c0), "r"(c1), "r"(c2),
-      "r"(c3)
+      "l"(reinterpret_cast<uint64_t>(tensor_map)), "r"(smem_address(bar)), "r"(c0), "r"(c1),
+      "r"(c2), "r"(c3)
       : "memory");
 }
 
@@ -78,12 +78,14 @@ __device__ __forceinline__ void named_barrier_sync() {
 // warpgroup executes it): a producer gives registers back, consumers take them.
 template <int kRegs>
 __device__ __forceinline__ void setmaxnreg_dec() {
-  static_assert(kRegs >= 24 && kRegs <= 256 && kRegs % 8 == 0, "setmaxnreg: 24..256, multiple of 8");
+  static_assert(kRegs >= 24 && kRegs <= 256 && kRegs % 8 == 0,
+                "setmaxnreg: 24..256, multiple of 8");
   asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kRegs));
 }
 template <int kRegs>
 __device__ __forceinline__ void setmaxnreg_inc() {
-  static_assert(kRegs >= 24 && kRegs <= 256 && kRegs % 8 == 0, "setmaxnreg: 24..256, multiple of 8");
+  static_assert(kRegs >= 24 && kRegs <= 256 && kRegs % 8 == 0,
+                "setmaxnreg: 24..256, multiple of 8");
   asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kRegs));
 }
 
