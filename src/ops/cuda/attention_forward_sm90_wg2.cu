@@ -29,8 +29,9 @@
 //   stage about to be refilled have completed (each warpgroup waits for its
 //   products within a step).
 //
-// Not here yet (docs/CUDA.md, "Forward on Hopper, variants"): a producer
-// warp loading with TMA on an mbarrier pipeline, setmaxnreg.
+// The steps of one warpgroup are attention_forward_consumer.cuh's; the
+// warp-specialised variant with TMA loads is attention_forward_sm90_ws.cu
+// (docs/CUDA.md, "Forward on Hopper: variants").
 //
 // The device code exists only in the sm_90a compilation; the compute_80 PTX
 // carries a body that traps, and the host never launches it there (the
@@ -87,7 +88,6 @@ struct Wg2Shape {
 // block of 8 warps per multiprocessor, as every D 128 instantiation.
 template <int D, bool kKbar, class Policy>
 constexpr int kMinBlocks = D == 64 && !kKbar && !Policy::kOverlap ? 2 : 1;
-
 
 template <int D, bool kKbar, class Policy>
 __global__ void __launch_bounds__(kCtaThreads, (kMinBlocks<D, kKbar, Policy>))
