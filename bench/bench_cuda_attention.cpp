@@ -12,8 +12,8 @@
 // (LSGPT_ATTENTION_SM80=1) and on the default one (the wgmma kernel on a
 // compute capability 9.0 GPU), one JSON line per configuration; where the
 // default is the wgmma kernel, every variant of it as well
-// (LSGPT_ATTENTION_SM90_FORWARD = base, wg2, wg2_overlap, ws: "fwd_<variant>_ms"
-// and "_tflops", "<variant>_speedup" over sm_80).
+// (LSGPT_ATTENTION_SM90_FORWARD = base, wg2, wg2_overlap, ws, ws_persistent:
+// "fwd_<variant>_ms" and "_tflops", "<variant>_speedup" over sm_80).
 // backward_kernels=1 does the same for the backward alone (delta kernel
 // included), from one forward's outputs, with the backward's variants
 // (LSGPT_ATTENTION_SM90_BACKWARD = base, wg2: "bwd_<variant>_ms", ...).
@@ -189,7 +189,8 @@ void run_config(Backend& be, const Config& c, int reps, Mode mode) {
   // 2 products forward (S, P V), 5 backward (S, dP, dV, dK, dQ), each 2 flops a multiply-add.
   const double flops_fwd = 4.0 * c.B * visible_pairs(c) * c.head_dim;
   if (mode == Mode::forward_kernels) {
-    const Variants variants{"LSGPT_ATTENTION_SM90_FORWARD", {"base", "wg2", "wg2_overlap", "ws"}};
+    const Variants variants{"LSGPT_ATTENTION_SM90_FORWARD",
+                            {"base", "wg2", "wg2_overlap", "ws", "ws_persistent"}};
     compare_kernels(be, c, spec, reps, "fwd", flops_fwd, cuda_attention_forward_uses_sm90,
                     variants, forward);
     return;

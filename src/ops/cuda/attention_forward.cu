@@ -273,7 +273,9 @@ void launch_sm90(CudaContext& ctx, const ForwardParams& p, int B, bool with_kbar
     case Sm90ForwardVariant::wg2_overlap:
       return launch_forward_sm90_wg2(ctx, p, B, with_kbar, true);
     case Sm90ForwardVariant::ws:
-      return launch_forward_sm90_ws(ctx, p, B, with_kbar);
+      return launch_forward_sm90_ws(ctx, p, B, with_kbar, false);
+    case Sm90ForwardVariant::ws_persistent:
+      return launch_forward_sm90_ws(ctx, p, B, with_kbar, true);
   }
 }
 
@@ -292,7 +294,9 @@ Sm90ForwardVariant attn::sm90_forward_variant() {
   if (std::strcmp(v, "wg2") == 0) return Sm90ForwardVariant::wg2;
   if (std::strcmp(v, "wg2_overlap") == 0) return Sm90ForwardVariant::wg2_overlap;
   if (std::strcmp(v, "ws") == 0) return Sm90ForwardVariant::ws;
-  fail("LSGPT_ATTENTION_SM90_FORWARD must be base, wg2, wg2_overlap or ws, got '", v, "'");
+  if (std::strcmp(v, "ws_persistent") == 0) return Sm90ForwardVariant::ws_persistent;
+  fail("LSGPT_ATTENTION_SM90_FORWARD must be base, wg2, wg2_overlap, ws or ws_persistent, got '",
+       v, "'");
 }
 
 bool attention_forward_uses_sm90(CudaContext& ctx, const AttentionSpec& spec) {

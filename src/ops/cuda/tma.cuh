@@ -67,7 +67,8 @@ __device__ __forceinline__ void tma_load_4d(void* dst, const void* tensor_map, u
 }
 
 // bar.sync on barrier kId (1..15; 0 is __syncthreads) by kCount threads, a
-// multiple of the warp size: syncs a subset of the block's warps.
+// multiple of the warp size: syncs a subset of the block's warps. The id is
+// a constant so that ptxas reserves only the barriers used.
 template <int kId, int kCount>
 __device__ __forceinline__ void named_barrier_sync() {
   static_assert(kId > 0 && kId < 16 && kCount % 32 == 0, "bar.sync id 1..15, whole warps");

@@ -1,5 +1,6 @@
 // The Hopper (sm_90a, wgmma) LS flash-attention forward, every variant of
-// it (LSGPT_ATTENTION_SM90_FORWARD = base, wg2, wg2_overlap, ws), against the
+// it (LSGPT_ATTENTION_SM90_FORWARD = base, wg2, wg2_overlap, ws, ws_persistent),
+// against the
 // sm_80 kernel it replaces (LSGPT_ATTENTION_SM80=1 selects that one) and
 // against the CPU backend in double precision ("cpu64"), on fresh random
 // bf16-exact inputs: out, the row log-sum-exp, the per-head max logit and,
@@ -8,7 +9,10 @@
 // second warpgroup empty or partly past T, and local heads at w 100 and 256
 // make the two warpgroups' bands differ by a tile. ws loads with TMA: its
 // zero fill past T and past the real head dim (48, 96) is the copy
-// engine's out-of-bounds fill, checked by the same cases.
+// engine's out-of-bounds fill, checked by the same cases; ws_persistent
+// walks several query blocks per block wherever there are more than the
+// GPU's multiprocessors (T 4096: 32 per (batch row, head), B = 1, 2-4
+// heads, so only on the larger cases; the Persistent test covers more).
 //
 // Tolerances (normwise ||a - b|| / ||b||):
 //   vs cpu64: out, kbar 1e-2, lse and max_logit 1e-5 (as
@@ -185,6 +189,46 @@ TEST(CudaAttentionForwardSm90Dispatch, Deterministic) {
   }
 }
 
+// ws_persistent with several query blocks per block (512 items against the
+// H200's 132 multiprocessors: the K/V ring, the two Q stages and the
+// epilogue's buffers all wrap around across items) against ws, the same
+// kernel with one item per block: the same arithmetic per item, so the same
+// bits; and against the sm_80 kernel, as the parity tests.
+TEST(CudaAttentionForwardSm90Dispatch, PersistentMatchesOneBlockPerItem) {
+  REQUIRE_CUDA(cuda);
+  REQUIRE_HOPPER();
+  ScopedEnv env(kForceSm80, nullptr);
+  for (int D : {64, 128}) {
+    SCOPED_TRACE("D " + std::to_string(D));
+    AttentionSpec spec;
+    spec.B = 8, spec.T = 2048, spec.head_dim = D, spec.n_head = 4, spec.n_local = 3;
+    spec.window = 100;
+    spec.span.q = {true, SpanBasis::cross, 1.5, 0.7};  // kbar as well
+    const auto qkv = bf16_values(size_t(spec.B) * spec.T * 3 * spec.C(), 97 + D, -2, 2);
+    ForwardResult one_per_item, persistent, sm80;
+    {
+      ScopedEnv choose(kSm90Forward, "ws");
+      one_per_item = run_forward(*cuda, spec, qkv);
+    }
+    {
+      ScopedEnv choose(kSm90Forward, "ws_persistent");
+      persistent = run_forward(*cuda, spec, qkv);
+    }
+    {
+      ScopedEnv force(kForceSm80, "1");
+      sm80 = run_forward(*cuda, spec, qkv);
+    }
+    EXPECT_EQ(persistent.out, one_per_item.out);
+    EXPECT_EQ(persistent.lse, one_per_item.lse);
+    EXPECT_EQ(persistent.max_logit, one_per_item.max_logit);
+    EXPECT_EQ(persistent.kbar, one_per_item.kbar);
+    EXPECT_LE(relative_error(persistent.out, sm80.out), 2e-3) << "out vs sm_80";
+    EXPECT_LE(relative_error(persistent.lse, sm80.lse), 1e-6) << "lse vs sm_80";
+    EXPECT_LE(relative_error(persistent.max_logit, sm80.max_logit), 1e-6) << "max_logit vs sm_80";
+    EXPECT_LE(relative_error(persistent.kbar, sm80.kbar), 2e-3) << "kbar vs sm_80";
+  }
+}
+
 #ifdef LSGPT_HAVE_CUDA
 // Which kernel runs: with or without kbar (span) the wgmma one, head dims up
 // to 32 stay on sm_80, and LSGPT_ATTENTION_SM80 takes 0 or 1 only.
@@ -216,7 +260,8 @@ TEST(CudaAttentionForwardSm90Dispatch, ChoosesTheKernel) {
   }
 }
 
-// LSGPT_ATTENTION_SM90_FORWARD takes base, wg2, wg2_overlap, ws or nothing; any
+// LSGPT_ATTENTION_SM90_FORWARD takes base, wg2, wg2_overlap, ws, ws_persistent or
+// nothing; any
 // other value is an error on every GPU (like LSGPT_ATTENTION_SM80), both
 // where the dispatch is asked and where the forward runs.
 TEST(CudaAttentionForwardSm90Dispatch, RefusesAnUnknownVariant) {
@@ -234,7 +279,8 @@ TEST(CudaAttentionForwardSm90Dispatch, RefusesAnUnknownVariant) {
   }
   ScopedEnv bad(kSm90Forward, "fa3");
   const std::string expected =
-      "LSGPT_ATTENTION_SM90_FORWARD must be base, wg2, wg2_overlap or ws, got 'fa3'";
+      "LSGPT_ATTENTION_SM90_FORWARD must be base, wg2, wg2_overlap, ws or ws_persistent, got "
+      "'fa3'";
   try {
     cuda_attention_forward_uses_sm90(*cuda, spec);
     FAIL() << "LSGPT_ATTENTION_SM90_FORWARD=fa3 was accepted by the dispatch";
