@@ -38,19 +38,32 @@ __device__ __forceinline__ void mbarrier_arrive_expect_tx(uint64_t* bar, uint32_
 __device__ __forceinline__ void mbarrier_arrive(uint64_t* bar) {
   asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smem_address(bar)) : "memory");
 }
-// Returns once the phase of `bar` with this parity has completed.
-__device__ __forceinline__ void mbarrier_wait(uint64_t* bar, uint32_t parity) {
+// Whether the phase of `bar` with this parity has completed (the hardware
+// may suspend the thread a while before answering no).
+__device__ __forceinline__ bool mbarrier_try_wait(uint64_t* bar, uint32_t parity) {
+  uint32_t done;
   asm volatile(
       "{\n"
-      ".reg .pred done;\n"
-      "WAIT:\n"
-      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
-      "@done bra DONE;\n"
-      "bra WAIT;\n"
-      "DONE:\n"
-      "}\n" ::"r"(smem_address(bar)),
-      "r"(parity)
+      ".reg .pred p;\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+      "selp.u32 %0, 1, 0, p;\n"
+      "}\n"
+      : "=r"(done)
+      : "r"(smem_address(bar)), "r"(parity)
       : "memory");
+  return done != 0;
+}
+
+// Tries before a wait counts as lost: far beyond any real wait (each try
+// suspends the thread for a while), so a missing arrival or a transaction
+// count that never completes (a bug) traps, which the host sees as a launch
+// failure, instead of hanging the process.
+constexpr uint32_t kMbarrierMaxTries = 1u << 26;
+
+// Returns once the phase of `bar` with this parity has completed.
+__device__ __forceinline__ void mbarrier_wait(uint64_t* bar, uint32_t parity) {
+  for (uint32_t tries = 1; !mbarrier_try_wait(bar, parity); ++tries)
+    if (tries == kMbarrierMaxTries) __trap();
 }
 
 // One box of a 4-d tensor map (a __grid_constant__ kernel parameter) into
