@@ -10,9 +10,13 @@
 // local at w=100, and half the heads local at w=256.
 // forward_kernels=1 times the forward alone on the sm_80 kernel
 // (LSGPT_ATTENTION_SM80=1) and on the default one (the wgmma kernel on a
-// compute capability 9.0 GPU), one JSON line per configuration.
+// compute capability 9.0 GPU), one JSON line per configuration; where the
+// default is the wgmma kernel, every variant of it as well
+// (LSGPT_ATTENTION_SM90_FORWARD = base, wg2, wg2_overlap, ws, ws_persistent:
+// "fwd_<variant>_ms" and "_tflops", "<variant>_speedup" over sm_80).
 // backward_kernels=1 does the same for the backward alone (delta kernel
-// included), from one forward's outputs.
+// included), from one forward's outputs, with the backward's variants
+// (LSGPT_ATTENTION_SM90_BACKWARD = base, wg2: "bwd_<variant>_ms", ...).
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
@@ -51,6 +55,8 @@ double visible_pairs(const Config& c) {
 }
 
 #ifdef LSGPT_HAVE_CUDA
+constexpr const char* kSm80Env = "LSGPT_ATTENTION_SM80";
+
 void check(cudaError_t e, const char* what) {
   if (e != cudaSuccess) fail(what, ": ", cudaGetErrorString(e));
 }
@@ -84,26 +90,69 @@ double median_ms(Backend& be, int reps, Fn fn) {
 // One direction's time on the sm_80 kernel and on the default kernel
 // (`prefix` "fwd" or "bwd"; `flops` its canonical matrix-product count;
 // `uses_sm90` says which kernel the default is).
+// Sets (or, with nullptr, removes) an environment variable for one scope.
+class ScopedEnv {
+ public:
+  ScopedEnv(const char* name, const char* value) : name_(name) {
+    if (const char* old = std::getenv(name)) had_ = true, old_ = old;
+    value ? ::setenv(name, value, 1) : ::unsetenv(name);
+  }
+  ~ScopedEnv() { had_ ? ::setenv(name_, old_.c_str(), 1) : ::unsetenv(name_); }
+  ScopedEnv(const ScopedEnv&) = delete;
+  ScopedEnv& operator=(const ScopedEnv&) = delete;
+
+ private:
+  const char* name_;
+  bool had_ = false;
+  std::string old_;
+};
+
+// The variants of a Hopper kernel: the switch that picks one and its values.
+struct Variants {
+  const char* env;
+  std::vector<const char*> names;
+};
+
+// One direction's time on the sm_80 kernel and on the default kernel
+// (`prefix` "fwd" or "bwd"; `flops` its canonical matrix-product count;
+// `uses_sm90` says which kernel the default is) and, when that is the wgmma
+// kernel, on each of `variants`.
 template <typename Fn>
 void compare_kernels(Backend& be, const Config& c, const AttentionSpec& spec, int reps,
                      const char* prefix, double flops,
-                     bool (*uses_sm90)(Backend&, const AttentionSpec&), Fn run) {
-  const char* old = std::getenv("LSGPT_ATTENTION_SM80");
-  const std::string keep = old ? old : "";
-  ::setenv("LSGPT_ATTENTION_SM80", "1", 1);
-  const double sm80 = median_ms(be, reps, run);
-  ::setenv("LSGPT_ATTENTION_SM80", "0", 1);
-  const bool sm90 = uses_sm90(be, spec);
-  const double dflt = median_ms(be, reps, run);
-  old ? ::setenv("LSGPT_ATTENTION_SM80", keep.c_str(), 1) : ::unsetenv("LSGPT_ATTENTION_SM80");
+                     bool (*uses_sm90)(Backend&, const AttentionSpec&), const Variants& variants,
+                     Fn run) {
+  double sm80 = 0, dflt = 0;
+  bool sm90 = false;
+  {
+    ScopedEnv force(kSm80Env, "1");
+    sm80 = median_ms(be, reps, run);
+  }
+  ScopedEnv force(kSm80Env, "0");
+  {
+    ScopedEnv unset(variants.env, nullptr);
+    sm90 = uses_sm90(be, spec);
+    dflt = median_ms(be, reps, run);
+  }
+  std::string per_variant;
+  if (sm90)
+    for (const char* name : variants.names) {
+      ScopedEnv choose(variants.env, name);
+      const double ms = median_ms(be, reps, run);
+      char buf[256];
+      std::snprintf(buf, sizeof buf,
+                    ", \"%s_%s_ms\": %.4f, \"%s_%s_tflops\": %.1f, \"%s_speedup\": %.3f", prefix,
+                    name, ms, prefix, name, flops / ms * 1e-9, name, sm80 / ms);
+      per_variant += buf;
+    }
   std::printf(
       "{\"label\": \"%s\", \"B\": %d, \"T\": %d, \"heads\": %d, \"head_dim\": %d, \"local\": %d, "
       "\"window\": %d, \"span\": %s, \"default_kernel\": \"%s\", \"%s_sm80_ms\": %.4f, "
       "\"%s_default_ms\": %.4f, \"%s_sm80_tflops\": %.1f, \"%s_default_tflops\": %.1f, "
-      "\"speedup\": %.3f}\n",
+      "\"speedup\": %.3f%s}\n",
       c.label, c.B, c.T, c.heads, c.head_dim, c.local, c.window, c.span ? "true" : "false",
       sm90 ? "sm90_wgmma" : "sm80", prefix, sm80, prefix, dflt, prefix, flops / sm80 * 1e-9,
-      prefix, flops / dflt * 1e-9, sm80 / dflt);
+      prefix, flops / dflt * 1e-9, sm80 / dflt, per_variant.c_str());
   std::fflush(stdout);
 }
 #endif
@@ -140,14 +189,17 @@ void run_config(Backend& be, const Config& c, int reps, Mode mode) {
   // 2 products forward (S, P V), 5 backward (S, dP, dV, dK, dQ), each 2 flops a multiply-add.
   const double flops_fwd = 4.0 * c.B * visible_pairs(c) * c.head_dim;
   if (mode == Mode::forward_kernels) {
+    const Variants variants{"LSGPT_ATTENTION_SM90_FORWARD",
+                            {"base", "wg2", "wg2_overlap", "ws", "ws_persistent"}};
     compare_kernels(be, c, spec, reps, "fwd", flops_fwd, cuda_attention_forward_uses_sm90,
-                    forward);
+                    variants, forward);
     return;
   }
   if (mode == Mode::backward_kernels) {
     forward();  // out, lse and kbar for the backward
+    const Variants variants{"LSGPT_ATTENTION_SM90_BACKWARD", {"base", "wg2"}};
     compare_kernels(be, c, spec, reps, "bwd", 2.5 * flops_fwd, cuda_attention_backward_uses_sm90,
-                    backward);
+                    variants, backward);
     return;
   }
   const double fwd = median_ms(be, reps, forward);

@@ -3,8 +3,8 @@
 # with the CUDA backend (sm_90a + compute_80 PTX), runs the whole test suite
 # (the GPU tests skip nowhere here), checks the attention kernels against a
 # float64 PyTorch reference (tools/attention_reference.py) and runs
-# compute-sanitizer memcheck and racecheck on them and on the other CUDA ops
-# (CudaOps.*). One log per step in OUT_DIR; a summary at the end; non-zero
+# compute-sanitizer memcheck, racecheck and synccheck on them and on the
+# other CUDA ops (CudaOps.*). One log per step in OUT_DIR; a summary at the end; non-zero
 # exit if any step failed.
 #
 # Usage: scripts/gpu-verify.sh OUT_DIR [BUILD_DIR]      (default build-gpu)
@@ -33,7 +33,7 @@ sanitize() {  # the attention kernels on shapes that cover every mask edge, and 
   # racecheck reports WAR hazards inside cuBLASLt's own Hopper kernels (nvjet_*,
   # closed source), and its kernel-name filters crash the sanitizer on them
   # (H100, 2026-11-23), so it skips the tests that run cuBLASLt.
-  [[ $tool == racecheck ]] && filter+=':-CudaOps.Matmul*:*EngineTest*'
+  [[ $tool == racecheck || $tool == synccheck ]] && filter+=':-CudaOps.Matmul*:*EngineTest*'
   compute-sanitizer --tool "$tool" --error-exitcode 1 "$build/lsgpt_tests" --gtest_filter="$filter"
 }
 reference() {
@@ -46,6 +46,9 @@ if step build build.log build_all; then
   step torch-reference attention-reference.log reference
   step memcheck memcheck.log sanitize memcheck
   step racecheck racecheck.log sanitize racecheck
+  # Barrier use (named barriers, divergent __syncthreads) in the multi-warpgroup
+  # attention variants (their tests run every variant).
+  step synccheck synccheck.log sanitize synccheck
 fi
 printf '%s\n' "${status[@]}" | tee "$out/summary.txt"
 ! grep -q FAILED "$out/summary.txt"

@@ -124,7 +124,17 @@ __device__ __forceinline__ void finish_query_row(const BackwardParams& p, float 
 // the same inputs, delta already formed; kSpan / kQbar as the sm_80 kernel).
 // Whether it can run here: a compute capability 9.0 GPU, a build that carries
 // its sm_90a code, and a head dim that pads to 64 or 128.
+// `wg2`: blocks of two warpgroups (128 keys or 128 queries) sharing the
+// tiles they walk, instead of one.
 bool sm90_backward_supported(const CudaContext& ctx, int head_dim);
-void launch_backward_sm90(CudaContext& ctx, const BackwardParams& p, int B, bool span, bool qbar);
+void launch_backward_sm90(CudaContext& ctx, const BackwardParams& p, int B, bool span, bool qbar,
+                          bool wg2);
+
+// Which Hopper backward runs: LSGPT_ATTENTION_SM90_BACKWARD = base (one
+// warpgroup a block) or wg2. Unset or empty: base, until measurements
+// choose; any other value is an error. Read at every call (defined in
+// attention_backward.cu) so one binary can time both.
+enum class Sm90BackwardVariant { base, wg2 };
+Sm90BackwardVariant sm90_backward_variant();
 
 }  // namespace lsgpt::cuda::attn

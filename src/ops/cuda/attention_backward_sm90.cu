@@ -39,31 +39,47 @@ namespace {
 
 using bf16 = __nv_bfloat16;
 
-constexpr int kKeysPerBlock = 64;     // key blocks: the m64 of their products
-constexpr int kQueriesPerBlock = 64;  // query blocks: the same
+constexpr int kKeysPerBlock = 64;     // keys per warpgroup in key blocks: the m64 of their products
+constexpr int kQueriesPerBlock = 64;  // queries per warpgroup in query blocks: the same
 constexpr int kKeyTile = 64;          // keys per tile in query blocks
 
-template <int D, bool kQbar>
+// kWarpgroups per block (1: the base kernel; 2: the wg2 variant). Each
+// warpgroup owns its 64 keys (key blocks) or 64 queries (query blocks), with
+// its own K/V or Q/dO tile; the tiles the block walks (Q/dO or K/V) are
+// shared, copied by all its threads.
+template <int D, bool kQbar, int kWarpgroups>
 struct Sm90BackwardShape {
   static_assert(D == 64 || D == 128, "the wgmma backward is built for D = 64 and 128");
+  static_assert(kWarpgroups == 1 || kWarpgroups == 2, "one or two warpgroups a block");
+  static constexpr int kBlockThreads = kWarpgroups * kThreads;
   // Queries per tile in key blocks (the n of S^T): 32 when the three D-wide
   // accumulators dK, dV and qbar must stay in registers beside S^T and dP^T.
   static constexpr int kQueryTile = D == 128 && kQbar ? 16 : 64;
   static constexpr int kKeyBytes = sw128_tile_bytes<kKeysPerBlock, D>();
   static constexpr int kQueryTileBytes = sw128_tile_bytes<kQueryTile, D>();
-  // K, V, two stages of Q and dO, two stages of lse and delta.
-  static constexpr size_t kKeyBlockSmem =
-      2 * size_t(kKeyBytes) + 4 * size_t(kQueryTileBytes) + sizeof(float) * 4 * kQueryTile;
+  // K, V (each warpgroup's), two stages of Q and dO, two stages of lse and delta.
+  static constexpr size_t kKeyBlockSmem = 2 * kWarpgroups * size_t(kKeyBytes) +
+                                          4 * size_t(kQueryTileBytes) +
+                                          sizeof(float) * 4 * kQueryTile;
   static constexpr int kQBytes = sw128_tile_bytes<kQueriesPerBlock, D>();
   static constexpr int kKeyTileBytes = sw128_tile_bytes<kKeyTile, D>();
-  // Q, dO, two stages of K and V.
-  static constexpr size_t kQueryBlockSmem = 2 * size_t(kQBytes) + 4 * size_t(kKeyTileBytes);
+  // Q, dO (each warpgroup's), two stages of K and V.
+  static constexpr size_t kQueryBlockSmem =
+      2 * kWarpgroups * size_t(kQBytes) + 4 * size_t(kKeyTileBytes);
   // And room to align the start to a swizzle atom.
   static constexpr size_t kSmemBytes =
       (kKeyBlockSmem > kQueryBlockSmem ? kKeyBlockSmem : kQueryBlockSmem) + kAtomBytes;
+  static_assert(kSmemBytes <= 227 * 1024, "over the opt-in shared memory of one block");
 };
 
 #if LSGPT_SM90A_DEVICE
+
+// This thread's warpgroup, read through a shuffle so that ptxas sees a
+// warp-uniform value (as CUTLASS's canonical_warp_group_idx): the branches
+// on a warpgroup's band around wgmma then do not count as divergent.
+__device__ __forceinline__ int warpgroup_index() {
+  return __shfl_sync(0xffffffffu, int(threadIdx.x) / kThreads, 0);
+}
 
 template <int N>
 __device__ __forceinline__ void zero(float (&d)[N]) {
@@ -114,24 +130,31 @@ __device__ __forceinline__ void key_gradients(float (&dv)[D / 2], float (&dk)[D 
   if constexpr (kQbar) fence_operands(qbar);
 }
 
-template <int D, bool kSpan, bool kQbar>
+template <int D, bool kSpan, bool kQbar, int kWarpgroups>
 __device__ void key_block(const BackwardParams& p, unsigned char* smem, int key_block_index) {
-  using Shape = Sm90BackwardShape<D, kQbar>;
+  using Shape = Sm90BackwardShape<D, kQbar, kWarpgroups>;
   constexpr int kQ = Shape::kQueryTile;
   constexpr int kDBlocks = D / 8;
   constexpr int kQTileElems = Shape::kQueryTileBytes / 2;
-  bf16* k_tile = reinterpret_cast<bf16*>(smem);
-  bf16* v_tile = reinterpret_cast<bf16*>(smem + Shape::kKeyBytes);
-  bf16* q_tiles = reinterpret_cast<bf16*>(smem + 2 * Shape::kKeyBytes);  // 2 stages
+  constexpr int kBlockThreads = Shape::kBlockThreads;
+  // One warpgroup: constants, so the base kernel's code is what it was.
+  const int wg = kWarpgroups == 1 ? 0 : warpgroup_index();
+  const int wg_thread = kWarpgroups == 1 ? int(threadIdx.x) : int(threadIdx.x) % kThreads;
+  // This warpgroup's K and V; the block's Q, dO stages after all of them.
+  bf16* k_tile = reinterpret_cast<bf16*>(smem + 2 * wg * Shape::kKeyBytes);
+  bf16* v_tile = reinterpret_cast<bf16*>(smem + (2 * wg + 1) * Shape::kKeyBytes);
+  bf16* q_tiles =
+      reinterpret_cast<bf16*>(smem + 2 * kWarpgroups * Shape::kKeyBytes);  // 2 stages
   bf16* do_tiles = q_tiles + 2 * kQTileElems;                             // 2 stages
   float* lse_tiles = reinterpret_cast<float*>(do_tiles + 2 * kQTileElems);  // 2 stages, log2 units
   float* delta_tiles = lse_tiles + 2 * kQ;                                  // 2 stages
 
-  const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
+  const int lane = threadIdx.x % kWarpSize, warp = wg_thread / kWarpSize;
   const int group = lane >> 2, quad = lane & 3;
   const int bh = blockIdx.y, b = bh / p.n_head, h = bh % p.n_head;
   const int T = p.T;
-  const int k0 = key_block_index * kKeysPerBlock;
+  const int block_k0 = key_block_index * kWarpgroups * kKeysPerBlock;
+  const int k0 = block_k0 + wg * kKeysPerBlock;  // this warpgroup's keys
   const size_t qkv_row = size_t(3) * p.C;
   const bf16* q_base = p.qkv + size_t(b) * T * qkv_row + h * p.head_dim;
   const bf16* k_base = q_base + p.C;
@@ -141,23 +164,33 @@ __device__ void key_block(const BackwardParams& p, unsigned char* smem, int key_
   const float* delta_row = p.delta + size_t(bh) * T;
   const HeadMask mask{h < p.n_local, p.window};
 
-  // Local heads: only the queries of the band, [k0, k0 + 63 + window).
-  const int query_hi = mask.local ? min(T, k0 + kKeysPerBlock - 1 + p.window) : T;  // exclusive
-  const int tile_begin = k0 / kQ, tile_end = (query_hi - 1) / kQ;
+  // Local heads: only the queries of the band, [k0, k0 + 63 + window). The
+  // block walks the union of its warpgroups' bands; a warpgroup computes on
+  // its own tiles only, and one whose keys are all past T on none.
+  const int block_query_hi =
+      mask.local ? min(T, block_k0 + kWarpgroups * kKeysPerBlock - 1 + p.window) : T;  // exclusive
+  const int tile_begin = block_k0 / kQ, tile_end = (block_query_hi - 1) / kQ;
+  int my_begin = 1, my_end = 0;
+  if (k0 < T) {
+    const int query_hi = mask.local ? min(T, k0 + kKeysPerBlock - 1 + p.window) : T;
+    my_begin = k0 / kQ, my_end = (query_hi - 1) / kQ;
+  }
 
   auto load_query_tile = [&](int tile, int stage) {
     const int i0 = tile * kQ;
-    load_tile_sw128<kQ, D>(q_tiles + stage * kQTileElems, q_base, qkv_row, i0, T, p.head_dim);
-    load_tile_sw128<kQ, D>(do_tiles + stage * kQTileElems, do_base, p.C, i0, T, p.head_dim);
-    for (int i = threadIdx.x; i < kQ; i += kThreads) {
+    load_tile_sw128<kQ, D, kBlockThreads>(q_tiles + stage * kQTileElems, q_base, qkv_row, i0, T,
+                                          p.head_dim, threadIdx.x);
+    load_tile_sw128<kQ, D, kBlockThreads>(do_tiles + stage * kQTileElems, do_base, p.C, i0, T,
+                                          p.head_dim, threadIdx.x);
+    for (int i = threadIdx.x; i < kQ; i += kBlockThreads) {
       const bool valid = i0 + i < T;
       lse_tiles[stage * kQ + i] = valid ? lse_row[i0 + i] * kLog2e : 0.f;
       delta_tiles[stage * kQ + i] = valid ? delta_row[i0 + i] : 0.f;
     }
   };
 
-  load_tile_sw128<kKeysPerBlock, D>(k_tile, k_base, qkv_row, k0, T, p.head_dim);
-  load_tile_sw128<kKeysPerBlock, D>(v_tile, v_base, qkv_row, k0, T, p.head_dim);
+  load_tile_sw128<kKeysPerBlock, D>(k_tile, k_base, qkv_row, k0, T, p.head_dim, wg_thread);
+  load_tile_sw128<kKeysPerBlock, D>(v_tile, v_base, qkv_row, k0, T, p.head_dim, wg_thread);
   load_query_tile(tile_begin, 0);
   cp_async_commit();
 
@@ -209,9 +242,11 @@ __device__ void key_block(const BackwardParams& p, unsigned char* smem, int key_
       a_fragments<kQ>(a_ds, dp);
       key_gradients<D, kQ, kQbar>(dv, dk, qbar, a_p, a_ds, q_addr, do_addr);
     };
-    if (mask.tile_needs_mask(i0, kQ, k0, kKeysPerBlock) || i0 + kQ > T)
+    // Only this warpgroup's tiles (a uniform branch in it).
+    const bool mine = kWarpgroups == 1 || (tile >= my_begin && tile <= my_end);
+    if (mine && (mask.tile_needs_mask(i0, kQ, k0, kKeysPerBlock) || i0 + kQ > T))
       step(std::true_type{});
-    else
+    else if (mine)
       step(std::false_type{});
     __syncthreads();  // the next iteration's prefetch overwrites this stage
   }
@@ -269,21 +304,28 @@ __device__ __forceinline__ void query_gradient(float (&dq)[D / 2],
   fence_operands(dq);
 }
 
-template <int D, bool kSpan, bool kQbar>
+template <int D, bool kSpan, bool kQbar, int kWarpgroups>
 __device__ void query_block(const BackwardParams& p, unsigned char* smem, int query_block_index) {
-  using Shape = Sm90BackwardShape<D, kQbar>;
+  using Shape = Sm90BackwardShape<D, kQbar, kWarpgroups>;
   constexpr int kDBlocks = D / 8;
   constexpr int kKeyTileElems = Shape::kKeyTileBytes / 2;
-  bf16* q_tile = reinterpret_cast<bf16*>(smem);
-  bf16* do_tile = reinterpret_cast<bf16*>(smem + Shape::kQBytes);
-  bf16* k_tiles = reinterpret_cast<bf16*>(smem + 2 * Shape::kQBytes);  // 2 stages
+  constexpr int kBlockThreads = Shape::kBlockThreads;
+  // One warpgroup: constants, so the base kernel's code is what it was.
+  const int wg = kWarpgroups == 1 ? 0 : warpgroup_index();
+  const int wg_thread = kWarpgroups == 1 ? int(threadIdx.x) : int(threadIdx.x) % kThreads;
+  // This warpgroup's Q and dO; the block's K, V stages after all of them.
+  bf16* q_tile = reinterpret_cast<bf16*>(smem + 2 * wg * Shape::kQBytes);
+  bf16* do_tile = reinterpret_cast<bf16*>(smem + (2 * wg + 1) * Shape::kQBytes);
+  bf16* k_tiles =
+      reinterpret_cast<bf16*>(smem + 2 * kWarpgroups * Shape::kQBytes);  // 2 stages
   bf16* v_tiles = k_tiles + 2 * kKeyTileElems;                         // 2 stages
 
-  const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
+  const int lane = threadIdx.x % kWarpSize, warp = wg_thread / kWarpSize;
   const int group = lane >> 2, quad = lane & 3;
   const int bh = blockIdx.y, b = bh / p.n_head, h = bh % p.n_head;
   const int T = p.T;
-  const int q0 = query_block_index * kQueriesPerBlock;
+  const int block_q0 = query_block_index * kWarpgroups * kQueriesPerBlock;
+  const int q0 = block_q0 + wg * kQueriesPerBlock;  // this warpgroup's queries
   const size_t qkv_row = size_t(3) * p.C;
   const bf16* q_base = p.qkv + size_t(b) * T * qkv_row + h * p.head_dim;
   const bf16* k_base = q_base + p.C;
@@ -291,15 +333,28 @@ __device__ void query_block(const BackwardParams& p, unsigned char* smem, int qu
   const bf16* do_base = p.dout + size_t(b) * T * p.C + h * p.head_dim;
   const HeadMask mask{h < p.n_local, p.window};
 
-  // Local heads: only the keys of the band, [q0 - window + 1, q0 + 64).
-  const int key_lo = mask.local ? max(0, q0 - p.window + 1) : 0;
-  const int key_hi = min(T, q0 + kQueriesPerBlock);  // exclusive
-  const int tile_begin = key_lo / kKeyTile, tile_end = (key_hi - 1) / kKeyTile;
+  // Local heads: only the keys of the band, [q0 - window + 1, q0 + 64). The
+  // block walks the union of its warpgroups' bands; a warpgroup computes on
+  // its own tiles only, and one whose queries are all past T on none.
+  const int block_key_lo = mask.local ? max(0, block_q0 - p.window + 1) : 0;
+  const int block_key_hi = min(T, block_q0 + kWarpgroups * kQueriesPerBlock);  // exclusive
+  const int tile_begin = block_key_lo / kKeyTile, tile_end = (block_key_hi - 1) / kKeyTile;
+  int my_begin = 1, my_end = 0;
+  if (q0 < T) {
+    my_begin = (mask.local ? max(0, q0 - p.window + 1) : 0) / kKeyTile;
+    my_end = (min(T, q0 + kQueriesPerBlock) - 1) / kKeyTile;
+  }
+  auto load_key_tile = [&](int tile, int stage) {
+    const int elems = stage * kKeyTileElems, j0 = tile * kKeyTile;
+    load_tile_sw128<kKeyTile, D, kBlockThreads>(k_tiles + elems, k_base, qkv_row, j0, T,
+                                                p.head_dim, threadIdx.x);
+    load_tile_sw128<kKeyTile, D, kBlockThreads>(v_tiles + elems, v_base, qkv_row, j0, T,
+                                                p.head_dim, threadIdx.x);
+  };
 
-  load_tile_sw128<kQueriesPerBlock, D>(q_tile, q_base, qkv_row, q0, T, p.head_dim);
-  load_tile_sw128<kQueriesPerBlock, D>(do_tile, do_base, p.C, q0, T, p.head_dim);
-  load_tile_sw128<kKeyTile, D>(k_tiles, k_base, qkv_row, tile_begin * kKeyTile, T, p.head_dim);
-  load_tile_sw128<kKeyTile, D>(v_tiles, v_base, qkv_row, tile_begin * kKeyTile, T, p.head_dim);
+  load_tile_sw128<kQueriesPerBlock, D>(q_tile, q_base, qkv_row, q0, T, p.head_dim, wg_thread);
+  load_tile_sw128<kQueriesPerBlock, D>(do_tile, do_base, p.C, q0, T, p.head_dim, wg_thread);
+  load_key_tile(tile_begin, 0);
   cp_async_commit();
 
   const int row_a = q0 + warp * 16 + group;  // and row_a + 8
@@ -317,11 +372,7 @@ __device__ void query_block(const BackwardParams& p, unsigned char* smem, int qu
   for (int tile = tile_begin; tile <= tile_end; ++tile) {
     const int stage = (tile - tile_begin) & 1;
     if (tile < tile_end) {
-      const int next = (stage ^ 1) * kKeyTileElems;
-      load_tile_sw128<kKeyTile, D>(k_tiles + next, k_base, qkv_row, (tile + 1) * kKeyTile, T,
-                                   p.head_dim);
-      load_tile_sw128<kKeyTile, D>(v_tiles + next, v_base, qkv_row, (tile + 1) * kKeyTile, T,
-                                   p.head_dim);
+      load_key_tile(tile + 1, stage ^ 1);
       cp_async_commit();
       cp_async_wait<1>();
     } else {
@@ -353,9 +404,11 @@ __device__ void query_block(const BackwardParams& p, unsigned char* smem, int qu
       a_fragments<kKeyTile>(a_ds, dp);
       query_gradient<D>(dq, a_ds, k_addr);
     };
-    if (mask.tile_needs_mask(q0, kQueriesPerBlock, j0, kKeyTile))
+    // Only this warpgroup's tiles (a uniform branch in it).
+    const bool mine = kWarpgroups == 1 || (tile >= my_begin && tile <= my_end);
+    if (mine && mask.tile_needs_mask(q0, kQueriesPerBlock, j0, kKeyTile))
       step(std::true_type{});
-    else
+    else if (mine)
       step(std::false_type{});
     __syncthreads();  // the next iteration's prefetch overwrites this stage
   }
@@ -373,16 +426,17 @@ __device__ void query_block(const BackwardParams& p, unsigned char* smem, int qu
 
 #endif  // LSGPT_SM90A_DEVICE
 
-template <int D, bool kSpan, bool kQbar>
-__global__ void __launch_bounds__(kThreads) attention_backward_sm90_kernel(const BackwardParams p) {
+template <int D, bool kSpan, bool kQbar, int kWarpgroups>
+__global__ void __launch_bounds__(kWarpgroups* kThreads)
+    attention_backward_sm90_kernel(const BackwardParams p) {
 #if LSGPT_SM90A_DEVICE
   extern __shared__ __align__(16) unsigned char smem_raw[];
   unsigned char* smem = align_to_atom(smem_raw);
   if (int(blockIdx.x) < p.n_key_blocks)
-    key_block<D, kSpan, kQbar>(p, smem, blockIdx.x);
+    key_block<D, kSpan, kQbar, kWarpgroups>(p, smem, blockIdx.x);
   else  // the last query blocks have the most keys on global heads: start them first
-    query_block<D, kSpan, kQbar>(p, smem,
-                                 p.n_query_blocks - 1 - (int(blockIdx.x) - p.n_key_blocks));
+    query_block<D, kSpan, kQbar, kWarpgroups>(
+        p, smem, p.n_query_blocks - 1 - (int(blockIdx.x) - p.n_key_blocks));
 #else
   __trap();  // only the sm_90a binary has this kernel; the host never launches it elsewhere
 #endif
@@ -394,31 +448,44 @@ template <int D>
 bool kernel_has_sm90a_code() {
   static const bool has = [] {
     cudaFuncAttributes attributes{};
-    CUDA_CHECK(cudaFuncGetAttributes(&attributes, attention_backward_sm90_kernel<D, false, false>));
+    CUDA_CHECK(
+        cudaFuncGetAttributes(&attributes, attention_backward_sm90_kernel<D, false, false, 1>));
     return attributes.ptxVersion >= 90 && attributes.binaryVersion >= 90;
   }();
   return has;
 }
 
-template <int D, bool kSpan, bool kQbar>
+template <int D, bool kSpan, bool kQbar, int kWarpgroups>
 void launch(CudaContext& ctx, const BackwardParams& p, int B) {
-  using Shape = Sm90BackwardShape<D, kQbar>;
-  auto kernel = attention_backward_sm90_kernel<D, kSpan, kQbar>;
+  using Shape = Sm90BackwardShape<D, kQbar, kWarpgroups>;
+  auto kernel = attention_backward_sm90_kernel<D, kSpan, kQbar, kWarpgroups>;
   CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                   int(Shape::kSmemBytes)));
-  const dim3 grid(p.n_key_blocks + p.n_query_blocks, B * p.n_head);
-  kernel<<<grid, kThreads, Shape::kSmemBytes, ctx.stream()>>>(p);
+  // This kernel's block sizes, whatever the caller counted with.
+  BackwardParams q = p;
+  q.n_key_blocks = ceil_div(p.T, kWarpgroups * kKeysPerBlock);
+  q.n_query_blocks = ceil_div(p.T, kWarpgroups * kQueriesPerBlock);
+  const dim3 grid(q.n_key_blocks + q.n_query_blocks, B * p.n_head);
+  kernel<<<grid, Shape::kBlockThreads, Shape::kSmemBytes, ctx.stream()>>>(q);
   CUDA_CHECK_LAUNCH();
 }
 
-template <int D>
+template <int D, int kWarpgroups>
 void dispatch(CudaContext& ctx, const BackwardParams& p, int B, bool span, bool qbar) {
   if (!span)
-    launch<D, false, false>(ctx, p, B);
+    launch<D, false, false, kWarpgroups>(ctx, p, B);
   else if (qbar)
-    launch<D, true, true>(ctx, p, B);
+    launch<D, true, true, kWarpgroups>(ctx, p, B);
   else
-    launch<D, true, false>(ctx, p, B);
+    launch<D, true, false, kWarpgroups>(ctx, p, B);
+}
+
+template <int kWarpgroups>
+void dispatch_head_dim(CudaContext& ctx, const BackwardParams& p, int B, bool span, bool qbar) {
+  if (padded_head_dim(p.head_dim) == 64)
+    dispatch<64, kWarpgroups>(ctx, p, B, span, qbar);
+  else
+    dispatch<128, kWarpgroups>(ctx, p, B, span, qbar);
 }
 
 }  // namespace
@@ -431,15 +498,9 @@ bool sm90_backward_supported(const CudaContext& ctx, int head_dim) {
   return false;
 }
 
-void launch_backward_sm90(CudaContext& ctx, const BackwardParams& p, int B, bool span, bool qbar) {
-  // This kernel's block sizes, whatever the caller counted with.
-  BackwardParams q = p;
-  q.n_key_blocks = ceil_div(p.T, kKeysPerBlock);
-  q.n_query_blocks = ceil_div(p.T, kQueriesPerBlock);
-  if (padded_head_dim(p.head_dim) == 64)
-    dispatch<64>(ctx, q, B, span, qbar);
-  else
-    dispatch<128>(ctx, q, B, span, qbar);
+void launch_backward_sm90(CudaContext& ctx, const BackwardParams& p, int B, bool span, bool qbar,
+                          bool wg2) {
+  wg2 ? dispatch_head_dim<2>(ctx, p, B, span, qbar) : dispatch_head_dim<1>(ctx, p, B, span, qbar);
 }
 
 }  // namespace lsgpt::cuda::attn

@@ -13,9 +13,10 @@
 // double-buffered as in the sm_80 kernel. The wgmma, descriptor and tile
 // helpers live in wgmma.cuh (the backward uses them too).
 //
-// Not here yet (docs/CUDA.md, "Forward on Hopper"): TMA loads on an mbarrier
-// pipeline, producer/consumer warp specialisation, two consumer warpgroups,
-// and overlap of the softmax with the next tile's Q K^T.
+// This is the `base` variant of LSGPT_ATTENTION_SM90_FORWARD (the default).
+// Two consumer warpgroups, the softmax overlapped with P V, and TMA loads by
+// a producer warpgroup are the variants in attention_forward_sm90_wg2.cu and
+// attention_forward_sm90_ws.cu (docs/CUDA.md, "Forward on Hopper: variants").
 //
 // The device code exists only in the sm_90a compilation; the compute_80 PTX
 // carries a body that traps, and the host never launches it there

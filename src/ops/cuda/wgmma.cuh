@@ -244,12 +244,15 @@ __device__ __forceinline__ void a_fragments(uint32_t (&a)[N / 16][4], const floa
 // Copies rows [row0, row0 + kRows) of one head into a swizzled tile (see
 // the top of this file). Rows at or past T and columns at or past `cols`
 // (the real head dim) are zero, so masked and padded products stay finite
-// and padded columns add nothing.
-template <int kRows, int D>
+// and padded columns add nothing. kLoaders threads share the copy, `thread`
+// being this one's index among them: the block's 128 by default; one
+// warpgroup's, or all 256 of a two-warpgroup block, in the wg2 variants.
+template <int kRows, int D, int kLoaders = kThreads>
 __device__ __forceinline__ void load_tile_sw128(__nv_bfloat16* tile, const __nv_bfloat16* head_base,
-                                                size_t row_stride, int row0, int T, int cols) {
+                                                size_t row_stride, int row0, int T, int cols,
+                                                int thread = threadIdx.x) {
   constexpr int kChunksPerRow = D / 8;
-  for (int c = threadIdx.x; c < kRows * kChunksPerRow; c += kThreads) {
+  for (int c = thread; c < kRows * kChunksPerRow; c += kLoaders) {
     const int r = c / kChunksPerRow, chunk = c % kChunksPerRow, col = chunk * 8;
     const int t = row0 + r;
     const bool valid = t < T && col < cols;

@@ -1,6 +1,7 @@
 // Helpers shared by the tests of the Hopper (sm_90a, wgmma) attention
 // kernels: the switch back to the sm_80 kernels (LSGPT_ATTENTION_SM80) for
-// one scope, and the skip on a GPU that is not compute capability 9.0.
+// one scope, the variant switches (LSGPT_ATTENTION_SM90_FORWARD, _BACKWARD),
+// and the skip on a GPU that is not compute capability 9.0.
 // ScopedEnv also serves the other CUDA path switches (LSGPT_CUDA_DBIAS).
 #pragma once
 
@@ -33,6 +34,13 @@ class ScopedEnv {
 };
 
 constexpr const char* kForceSm80 = "LSGPT_ATTENTION_SM80";
+// Which Hopper forward runs (attention_forward.cuh): every value it takes.
+constexpr const char* kSm90Forward = "LSGPT_ATTENTION_SM90_FORWARD";
+constexpr const char* kSm90ForwardVariants[] = {"base", "wg2", "wg2_overlap", "ws",
+                                                 "ws_persistent"};
+// The same for the Hopper backward (attention_backward.cuh).
+constexpr const char* kSm90Backward = "LSGPT_ATTENTION_SM90_BACKWARD";
+constexpr const char* kSm90BackwardVariants[] = {"base", "wg2"};
 
 // "" on a compute capability 9.0 GPU, else why the Hopper kernels cannot run.
 inline std::string why_not_hopper() {

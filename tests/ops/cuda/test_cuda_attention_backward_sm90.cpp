@@ -1,7 +1,11 @@
-// The Hopper (sm_90a, wgmma) LS flash-attention backward against the sm_80
-// kernel (LSGPT_ATTENTION_SM80=1 selects that one) and against the CPU
-// backend in double precision ("cpu64"), on fresh random bf16-exact inputs:
-// dQ, dK, dV, with and without the span decomposition. Both CUDA backwards
+// The Hopper (sm_90a, wgmma) LS flash-attention backward, each variant
+// (LSGPT_ATTENTION_SM90_BACKWARD = base: one warpgroup a block, wg2: two,
+// 128 keys or queries a block), against the sm_80 kernel
+// (LSGPT_ATTENTION_SM80=1 selects that one) and against the CPU backend in
+// double precision ("cpu64"), on fresh random bf16-exact inputs: dQ, dK, dV,
+// with and without the span decomposition. At T 1, 7 and 100 wg2's second
+// warpgroup is empty or partly past T; local heads make the two warpgroups'
+// bands differ. Both CUDA backwards
 // start from the same forward outputs (out, lse, kbar, from the sm_80
 // forward), so their comparison measures the backward alone; cpu64 runs its
 // own forward.
@@ -161,17 +165,21 @@ TEST_P(CudaAttentionBackwardSm90, MatchesSm80AndCpu64) {
   const auto dout = bf16_values(BT * C, seed + 1, -1, 1);
 
   const Forward f = run_forward_sm80(*cuda, spec, qkv, dout);
-  const std::vector<float> sm90 = run_backward_on(*cuda, spec, f, true);
   const std::vector<float> sm80 = run_backward_on(*cuda, spec, f, false);
   std::unique_ptr<Backend> cpu64 = make_backend("cpu64");
   const std::vector<float> ref = run_backward(*cpu64, spec, run_forward(*cpu64, spec, qkv, dout));
 
-  const char* names[3] = {"dq", "dk", "dv"};
-  for (int part = 0; part < 3; ++part) {
-    const std::vector<float> got = qkv_part(sm90, part, C);
-    EXPECT_LE(floored_error(got, qkv_part(ref, part, C)), kBf16Tolerance)
-        << names[part] << " vs cpu64";
-    EXPECT_LE(floored_error(got, qkv_part(sm80, part, C)), 2e-3) << names[part] << " vs sm_80";
+  for (const char* variant : kSm90BackwardVariants) {
+    SCOPED_TRACE(std::string(kSm90Backward) + "=" + variant);
+    ScopedEnv choose(kSm90Backward, variant);
+    const std::vector<float> sm90 = run_backward_on(*cuda, spec, f, true);
+    const char* names[3] = {"dq", "dk", "dv"};
+    for (int part = 0; part < 3; ++part) {
+      const std::vector<float> got = qkv_part(sm90, part, C);
+      EXPECT_LE(floored_error(got, qkv_part(ref, part, C)), kBf16Tolerance)
+          << names[part] << " vs cpu64";
+      EXPECT_LE(floored_error(got, qkv_part(sm80, part, C)), 2e-3) << names[part] << " vs sm_80";
+    }
   }
 }
 
@@ -185,7 +193,10 @@ INSTANTIATE_TEST_SUITE_P(Cases, CudaAttentionBackwardSm90, ::testing::ValuesIn(a
 TEST(CudaAttentionBackwardSm90Dispatch, Deterministic) {
   REQUIRE_CUDA(cuda);
   REQUIRE_HOPPER();
+  for (const char* variant : kSm90BackwardVariants)
   for (int D : {64, 128}) {
+    SCOPED_TRACE(std::string(kSm90Backward) + "=" + variant);
+    ScopedEnv choose(kSm90Backward, variant);
     AttentionSpec spec;
     spec.B = 2, spec.T = 1000, spec.head_dim = D, spec.n_head = 4, spec.n_local = 3;
     spec.window = 100;
@@ -233,6 +244,41 @@ TEST(CudaAttentionBackwardSm90Dispatch, ChoosesTheKernel) {
     EXPECT_NE(std::string(e.what()).find("LSGPT_ATTENTION_SM80 must be 0 or 1, got 'yes'"),
               std::string::npos)
         << e.what();
+  }
+}
+
+// LSGPT_ATTENTION_SM90_BACKWARD takes base, wg2 or nothing; any other value
+// is an error on every GPU, where the dispatch is asked and where the
+// backward runs.
+TEST(CudaAttentionBackwardSm90Dispatch, RefusesAnUnknownVariant) {
+  REQUIRE_CUDA(cuda);
+  AttentionSpec spec;
+  spec.B = 1, spec.T = 64, spec.head_dim = 64, spec.n_head = 2, spec.n_local = 1, spec.window = 8;
+  ScopedEnv env(kForceSm80, nullptr);
+  for (const char* variant : kSm90BackwardVariants) {
+    ScopedEnv choose(kSm90Backward, variant);
+    EXPECT_NO_THROW(cuda_attention_backward_uses_sm90(*cuda, spec)) << variant;
+  }
+  {
+    ScopedEnv empty(kSm90Backward, "");
+    EXPECT_NO_THROW(cuda_attention_backward_uses_sm90(*cuda, spec)) << "empty means base";
+  }
+  const size_t BT = size_t(spec.B) * spec.T, C = spec.C();
+  const Forward f = run_forward_sm80(*cuda, spec, bf16_values(BT * 3 * C, 3, -2, 2),
+                                     bf16_values(BT * C, 4, -1, 1));
+  ScopedEnv bad(kSm90Backward, "ws");
+  const std::string expected = "LSGPT_ATTENTION_SM90_BACKWARD must be base or wg2, got 'ws'";
+  try {
+    cuda_attention_backward_uses_sm90(*cuda, spec);
+    FAIL() << "LSGPT_ATTENTION_SM90_BACKWARD=ws was accepted by the dispatch";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(expected), std::string::npos) << e.what();
+  }
+  try {
+    run_backward(*cuda, spec, f);
+    FAIL() << "LSGPT_ATTENTION_SM90_BACKWARD=ws was accepted by attention_backward";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(expected), std::string::npos) << e.what();
   }
 }
 #endif

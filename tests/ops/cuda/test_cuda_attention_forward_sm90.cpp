@@ -1,8 +1,18 @@
-// The Hopper (sm_90a, wgmma) LS flash-attention forward against the sm_80
-// kernel it replaces (LSGPT_ATTENTION_SM80=1 selects that one) and against the
-// CPU backend in double precision ("cpu64"), on fresh random bf16-exact
-// inputs: out, the row log-sum-exp, the per-head max logit and, with the span
-// decomposition's cross basis on q, kbar = P K.
+// The Hopper (sm_90a, wgmma) LS flash-attention forward, every variant of
+// it (LSGPT_ATTENTION_SM90_FORWARD = base, wg2, wg2_overlap, ws, ws_persistent),
+// against the
+// sm_80 kernel it replaces (LSGPT_ATTENTION_SM80=1 selects that one) and
+// against the CPU backend in double precision ("cpu64"), on fresh random
+// bf16-exact inputs: out, the row log-sum-exp, the per-head max logit and,
+// with the span decomposition's cross basis on q, kbar = P K. The
+// two-warpgroup variants own 128 queries a block: T 1, 7 and 100 leave the
+// second warpgroup empty or partly past T, and local heads at w 100 and 256
+// make the two warpgroups' bands differ by a tile. ws loads with TMA: its
+// zero fill past T and past the real head dim (48, 96) is the copy
+// engine's out-of-bounds fill, checked by the same cases; ws_persistent
+// walks several query blocks per block wherever there are more than the
+// GPU's multiprocessors (T 4096: 32 per (batch row, head), B = 1, 2-4
+// heads, so only on the larger cases; the Persistent test covers more).
 //
 // Tolerances (normwise ||a - b|| / ||b||):
 //   vs cpu64: out, kbar 1e-2, lse and max_logit 1e-5 (as
@@ -71,6 +81,8 @@ std::vector<Case> all_cases() {
   const std::vector<Setting> settings = {
       {"MHSA", 0, 1},
       {"LS", -1, 0},
+      {"LS100", -1, 100},  // all but one head local at w = 100, at every T
+      {"LSHalf256", -2, 256},
       {"LSHalfWide", -2, 70},
       {"LSLongWindow", -1, 300},  // a band over several 64-key tiles, cut mid-tile
       {"KbarLS", -1, 0, true},
@@ -99,6 +111,21 @@ AttentionSpec spec_of(const Case& c) {
   return spec;
 }
 
+// One variant's results against the sm_80 kernel's and cpu64's.
+void expect_matches(const ForwardResult& sm90, const ForwardResult& sm80, const ForwardResult& ref,
+                    const AttentionSpec& spec) {
+  EXPECT_LE(relative_error(sm90.out, ref.out), kBf16Tolerance) << "out vs cpu64";
+  EXPECT_LE(relative_error(sm90.lse, ref.lse), kF32Tolerance) << "lse vs cpu64";
+  EXPECT_LE(relative_error(sm90.max_logit, ref.max_logit), kF32Tolerance) << "max_logit vs cpu64";
+  EXPECT_LE(relative_error(sm90.out, sm80.out), 2e-3) << "out vs sm_80";
+  EXPECT_LE(relative_error(sm90.lse, sm80.lse), 1e-6) << "lse vs sm_80";
+  EXPECT_LE(relative_error(sm90.max_logit, sm80.max_logit), 1e-6) << "max_logit vs sm_80";
+  if (spec.span.needs_kbar()) {
+    EXPECT_LE(relative_error(sm90.kbar, ref.kbar), kBf16Tolerance) << "kbar vs cpu64";
+    EXPECT_LE(relative_error(sm90.kbar, sm80.kbar), 2e-3) << "kbar vs sm_80";
+  }
+}
+
 class CudaAttentionForwardSm90 : public ::testing::TestWithParam<Case> {};
 
 TEST_P(CudaAttentionForwardSm90, MatchesSm80AndCpu64) {
@@ -110,15 +137,7 @@ TEST_P(CudaAttentionForwardSm90, MatchesSm80AndCpu64) {
   // Logits of a few units: softmax neither uniform nor one-hot.
   const auto qkv = bf16_values(BT * 3 * C, seed, -2, 2);
 
-  ForwardResult sm90, sm80;
-  {
-    ScopedEnv env(kForceSm80, nullptr);
-#ifdef LSGPT_HAVE_CUDA
-    ASSERT_TRUE(cuda_attention_forward_uses_sm90(*cuda, spec))
-        << "a compute capability 9.0 GPU did not select the wgmma forward";
-#endif
-    sm90 = run_forward(*cuda, spec, qkv);
-  }
+  ForwardResult sm80;
   {
     ScopedEnv env(kForceSm80, "1");
 #ifdef LSGPT_HAVE_CUDA
@@ -129,15 +148,15 @@ TEST_P(CudaAttentionForwardSm90, MatchesSm80AndCpu64) {
   std::unique_ptr<Backend> cpu64 = make_backend("cpu64");
   const ForwardResult ref = run_forward(*cpu64, spec, qkv);
 
-  EXPECT_LE(relative_error(sm90.out, ref.out), kBf16Tolerance) << "out vs cpu64";
-  EXPECT_LE(relative_error(sm90.lse, ref.lse), kF32Tolerance) << "lse vs cpu64";
-  EXPECT_LE(relative_error(sm90.max_logit, ref.max_logit), kF32Tolerance) << "max_logit vs cpu64";
-  EXPECT_LE(relative_error(sm90.out, sm80.out), 2e-3) << "out vs sm_80";
-  EXPECT_LE(relative_error(sm90.lse, sm80.lse), 1e-6) << "lse vs sm_80";
-  EXPECT_LE(relative_error(sm90.max_logit, sm80.max_logit), 1e-6) << "max_logit vs sm_80";
-  if (spec.span.needs_kbar()) {
-    EXPECT_LE(relative_error(sm90.kbar, ref.kbar), kBf16Tolerance) << "kbar vs cpu64";
-    EXPECT_LE(relative_error(sm90.kbar, sm80.kbar), 2e-3) << "kbar vs sm_80";
+  ScopedEnv env(kForceSm80, nullptr);
+  for (const char* variant : kSm90ForwardVariants) {
+    SCOPED_TRACE(std::string(kSm90Forward) + "=" + variant);
+    ScopedEnv choose(kSm90Forward, variant);
+#ifdef LSGPT_HAVE_CUDA
+    ASSERT_TRUE(cuda_attention_forward_uses_sm90(*cuda, spec))
+        << "a compute capability 9.0 GPU did not select the wgmma forward";
+#endif
+    expect_matches(run_forward(*cuda, spec, qkv), sm80, ref, spec);
   }
 }
 
@@ -152,7 +171,10 @@ TEST(CudaAttentionForwardSm90Dispatch, Deterministic) {
   REQUIRE_CUDA(cuda);
   REQUIRE_HOPPER();
   ScopedEnv env(kForceSm80, nullptr);
+  for (const char* variant : kSm90ForwardVariants)
   for (int D : {64, 128}) {
+    SCOPED_TRACE(std::string(kSm90Forward) + "=" + variant);
+    ScopedEnv choose(kSm90Forward, variant);
     AttentionSpec spec;
     spec.B = 2, spec.T = 1000, spec.head_dim = D, spec.n_head = 4, spec.n_local = 3;
     spec.window = 100;
@@ -164,6 +186,46 @@ TEST(CudaAttentionForwardSm90Dispatch, Deterministic) {
     EXPECT_EQ(a.lse, b.lse);
     EXPECT_EQ(a.max_logit, b.max_logit);
     EXPECT_EQ(a.kbar, b.kbar);
+  }
+}
+
+// ws_persistent with several query blocks per block (512 items against the
+// H200's 132 multiprocessors: the K/V ring, the two Q stages and the
+// epilogue's buffers all wrap around across items) against ws, the same
+// kernel with one item per block: the same arithmetic per item, so the same
+// bits; and against the sm_80 kernel, as the parity tests.
+TEST(CudaAttentionForwardSm90Dispatch, PersistentMatchesOneBlockPerItem) {
+  REQUIRE_CUDA(cuda);
+  REQUIRE_HOPPER();
+  ScopedEnv env(kForceSm80, nullptr);
+  for (int D : {64, 128}) {
+    SCOPED_TRACE("D " + std::to_string(D));
+    AttentionSpec spec;
+    spec.B = 8, spec.T = 2048, spec.head_dim = D, spec.n_head = 4, spec.n_local = 3;
+    spec.window = 100;
+    spec.span.q = {true, SpanBasis::cross, 1.5, 0.7};  // kbar as well
+    const auto qkv = bf16_values(size_t(spec.B) * spec.T * 3 * spec.C(), 97 + D, -2, 2);
+    ForwardResult one_per_item, persistent, sm80;
+    {
+      ScopedEnv choose(kSm90Forward, "ws");
+      one_per_item = run_forward(*cuda, spec, qkv);
+    }
+    {
+      ScopedEnv choose(kSm90Forward, "ws_persistent");
+      persistent = run_forward(*cuda, spec, qkv);
+    }
+    {
+      ScopedEnv force(kForceSm80, "1");
+      sm80 = run_forward(*cuda, spec, qkv);
+    }
+    EXPECT_EQ(persistent.out, one_per_item.out);
+    EXPECT_EQ(persistent.lse, one_per_item.lse);
+    EXPECT_EQ(persistent.max_logit, one_per_item.max_logit);
+    EXPECT_EQ(persistent.kbar, one_per_item.kbar);
+    EXPECT_LE(relative_error(persistent.out, sm80.out), 2e-3) << "out vs sm_80";
+    EXPECT_LE(relative_error(persistent.lse, sm80.lse), 1e-6) << "lse vs sm_80";
+    EXPECT_LE(relative_error(persistent.max_logit, sm80.max_logit), 1e-6) << "max_logit vs sm_80";
+    EXPECT_LE(relative_error(persistent.kbar, sm80.kbar), 2e-3) << "kbar vs sm_80";
   }
 }
 
@@ -195,6 +257,42 @@ TEST(CudaAttentionForwardSm90Dispatch, ChoosesTheKernel) {
     EXPECT_NE(std::string(e.what()).find("LSGPT_ATTENTION_SM80 must be 0 or 1, got 'yes'"),
               std::string::npos)
         << e.what();
+  }
+}
+
+// LSGPT_ATTENTION_SM90_FORWARD takes base, wg2, wg2_overlap, ws, ws_persistent or
+// nothing; any
+// other value is an error on every GPU (like LSGPT_ATTENTION_SM80), both
+// where the dispatch is asked and where the forward runs.
+TEST(CudaAttentionForwardSm90Dispatch, RefusesAnUnknownVariant) {
+  REQUIRE_CUDA(cuda);
+  AttentionSpec spec;
+  spec.B = 1, spec.T = 64, spec.head_dim = 64, spec.n_head = 2, spec.n_local = 1, spec.window = 8;
+  ScopedEnv env(kForceSm80, nullptr);
+  for (const char* variant : kSm90ForwardVariants) {
+    ScopedEnv choose(kSm90Forward, variant);
+    EXPECT_NO_THROW(cuda_attention_forward_uses_sm90(*cuda, spec)) << variant;
+  }
+  {
+    ScopedEnv empty(kSm90Forward, "");
+    EXPECT_NO_THROW(cuda_attention_forward_uses_sm90(*cuda, spec)) << "empty means base";
+  }
+  ScopedEnv bad(kSm90Forward, "fa3");
+  const std::string expected =
+      "LSGPT_ATTENTION_SM90_FORWARD must be base, wg2, wg2_overlap, ws or ws_persistent, got "
+      "'fa3'";
+  try {
+    cuda_attention_forward_uses_sm90(*cuda, spec);
+    FAIL() << "LSGPT_ATTENTION_SM90_FORWARD=fa3 was accepted by the dispatch";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(expected), std::string::npos) << e.what();
+  }
+  const auto qkv = bf16_values(size_t(spec.B) * spec.T * 3 * spec.C(), 5, -2, 2);
+  try {
+    run_forward(*cuda, spec, qkv);
+    FAIL() << "LSGPT_ATTENTION_SM90_FORWARD=fa3 was accepted by attention_forward";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(expected), std::string::npos) << e.what();
   }
 }
 #endif

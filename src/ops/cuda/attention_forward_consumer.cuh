@@ -1,0 +1,237 @@
+// One consumer warpgroup of the multi-warpgroup Hopper forwards
+// (attention_forward_sm90_wg2.cu, attention_forward_sm90_ws.cu): 64 queries
+// whose Q tile sits in shared memory, the online-softmax state and the O
+// (and kbar) accumulators in registers, and the steps that advance them one
+// 64-key tile at a time with wgmma. Where the K/V tiles come from, and when
+// a stage may be refilled, is the kernel's business; these steps only read
+// the shared tiles they are given and return with every wgmma they issued
+// complete, so the caller may release those tiles afterwards.
+//
+// Two orders:
+// - serial(t): S_t = Q K_t^T, wait, softmax, O += P_t V_t, wait (the
+//   one-warpgroup kernel's order);
+// - FlashAttention-3's intra-warpgroup overlap: first(t) for the
+//   warpgroup's first tile (S_t, wait, softmax: P_t kept as bf16 A
+//   fragments), overlapped(t) for each next one (issue S_t, issue
+//   O += P_{t-1} V_{t-1}, wgmma.wait_group 1, which leaves only the P V group
+//   pending, softmax of S_t while the tensor cores run P V, wait_group 0,
+//   rescale O), and last() one step after the last tile (its P V).
+// Each step issues and waits for its own groups in straight-line code:
+// ptxas follows the wgmma pipeline per path, and waits that depend on which
+// branch issued what make it serialize every wgmma (C7514/C7518 in
+// -Xptxas -v).
+//
+// Accumulator layout (wgmma.cuh): warp w of the warpgroup holds rows
+// 16 w + group and 16 w + group + 8; element 4 j + e is n8 block j, column
+// 2 quad + (e & 1), the second row when e >= 2.
+#pragma once
+
+#include <cuda_bf16.h>
+
+#include <cstdint>
+
+#include "ops/cuda/attention_common.cuh"
+#include "ops/cuda/attention_forward.cuh"
+#include "ops/cuda/device_utils.cuh"
+#include "ops/cuda/wgmma.cuh"
+
+namespace lsgpt::cuda::attn {
+
+constexpr int kWgRows = kForwardBlockM;    // a warpgroup's queries: the m64, one max-logit partial
+constexpr int kTileKeys = kForwardBlockN;  // keys per K/V tile
+
+#if LSGPT_SM90A_DEVICE
+
+template <int D, bool kKbar>
+struct ConsumerWarpgroup {
+  static constexpr int kKeyBlocks = kTileKeys / 8;  // n8 blocks of S
+
+  // Where this warpgroup is: its first query, its thread's row_a (row_a + 8
+  // is the other), its quad, its Q tile, its head's mask.
+  int q0, row_a, quad;
+  uint32_t q_addr;
+  HeadMask mask;
+  float scale_log2;
+
+  float o[D / 2];
+  float kbar[kKbar ? D / 2 : 1];
+  float s[kTileKeys / 2];
+  uint32_t p_frag[kTileKeys / 16][4];  // P of the last softmaxed tile, bf16 A fragments
+  float row_max[2];                    // raw q.k units
+  float row_sum[2];                    // this lane's share
+
+  // `wg_thread`: this thread's index in the warpgroup.
+  __device__ __forceinline__ ConsumerWarpgroup(int q0_, int wg_thread, uint32_t q_addr_,
+                                               HeadMask mask_, float scale_log2_)
+      : q0(q0_),
+        row_a(q0_ + (wg_thread / kWarpSize) * 16 + (wg_thread % kWarpSize) / 4),
+        quad(wg_thread % 4),
+        q_addr(q_addr_),
+        mask(mask_),
+        scale_log2(scale_log2_) {
+#pragma unroll
+    for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
+#pragma unroll
+    for (int i = 0; i < (kKbar ? D / 2 : 1); ++i) kbar[i] = 0.f;
+    row_max[0] = row_max[1] = -INFINITY;
+    row_sum[0] = row_sum[1] = 0.f;
+  }
+
+  __device__ __forceinline__ void serial(int t, uint32_t k_addr, uint32_t v_addr) {
+    issue_scores(k_addr);
+    wgmma_wait<0>();
+    softmax_tile(t, [] {});
+    issue_pv(v_addr, k_addr);
+    finish_pv();
+  }
+  __device__ __forceinline__ void first(int t, uint32_t k_addr) {
+    issue_scores(k_addr);
+    wgmma_wait<0>();
+    softmax_tile(t, [] {});
+  }
+  // Tile t, with the previous tile's P V (v_prev, k_prev: its tiles).
+  __device__ __forceinline__ void overlapped(int t, uint32_t k_addr, uint32_t v_prev,
+                                             uint32_t k_prev) {
+    issue_scores(k_addr);
+    issue_pv(v_prev, k_prev);
+    wgmma_wait<1>();  // S_t done (groups complete in order); P V still running
+    softmax_tile(t, [] { wgmma_wait<0>(); });
+  }
+  __device__ __forceinline__ void last(uint32_t v_prev, uint32_t k_prev) {
+    issue_pv(v_prev, k_prev);
+    finish_pv();
+  }
+
+  // Normalises and writes this thread's rows of out (and kbar) and lse;
+  // returns the largest logit among them (-inf if none is below T).
+  __device__ __forceinline__ float store(const ForwardParams& p, int b, int h) const {
+    const int T = p.T, bh = b * p.n_head + h;
+    float max_logit = -INFINITY;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      float l = row_sum[r];
+      l += __shfl_xor_sync(0xffffffffu, l, 1);
+      l += __shfl_xor_sync(0xffffffffu, l, 2);
+      const int row = row_a + 8 * r;
+      if (row >= T) continue;
+      const float inv = 1.0f / l;
+      const size_t offset = (size_t(b) * T + row) * p.C + h * p.head_dim;
+      store_row(p.out + offset, o, r, inv, p.head_dim);
+      if constexpr (kKbar) store_row(p.kbar + offset, kbar, r, inv, p.head_dim);
+      const float m = row_max[r] * p.scale;
+      if (quad == 0) p.lse[size_t(bh) * T + row] = m + logf(l);
+      max_logit = fmaxf(max_logit, m);
+    }
+    return max_logit;
+  }
+
+ private:
+  // S = Q K^T: one committed group of D / 16 k-steps, the first overwriting S.
+  __device__ __forceinline__ void issue_scores(uint32_t k_addr) {
+#pragma unroll
+    for (int i = 0; i < kTileKeys / 2; ++i) s[i] = 0.f;
+    fence_operands(s);
+    wgmma_fence();
+#pragma unroll
+    for (int kc = 0; kc < D / 16; ++kc)
+      wgmma_ss<kTileKeys>(s, k_major_descriptor<kWgRows>(q_addr, kc),
+                          k_major_descriptor<kTileKeys>(k_addr, kc), kc > 0);
+    wgmma_commit();
+  }
+
+  // O += P V (and kbar += P K: the K tile has V's layout, read N-major too),
+  // P from registers; one committed group.
+  __device__ __forceinline__ void issue_pv(uint32_t v_addr, uint32_t k_addr) {
+    fence_operands(o);
+    if constexpr (kKbar) fence_operands(kbar);
+    wgmma_fence();
+#pragma unroll
+    for (int kc = 0; kc < kTileKeys / 16; ++kc) {
+      wgmma_rs<D>(o, p_frag[kc], n_major_descriptor<kTileKeys>(v_addr, kc));
+      if constexpr (kKbar) wgmma_rs<D>(kbar, p_frag[kc], n_major_descriptor<kTileKeys>(k_addr, kc));
+    }
+    wgmma_commit();
+  }
+
+  __device__ __forceinline__ void finish_pv() {
+    wgmma_wait<0>();
+    fence_operands(o);
+    if constexpr (kKbar) fence_operands(kbar);
+  }
+
+  // S_t (complete) masked where the tile is cut, softmaxed into P; O (in
+  // flight when overlapping) rescaled only after `wait_pv`; P packed last,
+  // since the P V in flight reads the old fragments.
+  template <typename WaitPv>
+  __device__ __forceinline__ void softmax_tile(int t, WaitPv wait_pv) {
+    fence_operands(s);
+    if (mask.tile_needs_mask(q0, kWgRows, t * kTileKeys, kTileKeys)) apply_mask(t * kTileKeys);
+    float alpha[2];
+    softmax_step(alpha);
+    wait_pv();
+    fence_operands(o);
+    rescale(o, alpha);
+    if constexpr (kKbar) {
+      fence_operands(kbar);
+      rescale(kbar, alpha);
+    }
+    a_fragments<kTileKeys>(p_frag, s);
+  }
+
+  __device__ __forceinline__ void apply_mask(int k0) {
+#pragma unroll
+    for (int nb = 0; nb < kKeyBlocks; ++nb)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int i = row_a + (e < 2 ? 0 : 8);
+        const int j = k0 + nb * 8 + quad * 2 + (e & 1);
+        if (!mask.visible(i, j)) s[4 * nb + e] = -INFINITY;
+      }
+  }
+
+  // Online softmax: the new row maxima, alpha = exp(old max - new max) for
+  // what was accumulated before, S replaced by exp(S - max), row sums updated.
+  __device__ __forceinline__ void softmax_step(float (&alpha)[2]) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      float m = row_max[r];
+#pragma unroll
+      for (int nb = 0; nb < kKeyBlocks; ++nb)
+        m = fmaxf(m, fmaxf(s[4 * nb + 2 * r], s[4 * nb + 2 * r + 1]));
+      m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
+      m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
+      // A row that has seen only masked keys keeps max -inf; subtract 0 then.
+      const float base = m == -INFINITY ? 0.f : m * scale_log2;
+      alpha[r] = exp2f(row_max[r] * scale_log2 - base);
+      row_max[r] = m;
+      row_sum[r] *= alpha[r];
+#pragma unroll
+      for (int nb = 0; nb < kKeyBlocks; ++nb)
+#pragma unroll
+        for (int e = 2 * r; e < 2 * r + 2; ++e) {
+          s[4 * nb + e] = exp2f(s[4 * nb + e] * scale_log2 - base);
+          row_sum[r] += s[4 * nb + e];
+        }
+    }
+  }
+
+  template <int N>
+  __device__ __forceinline__ static void rescale(float (&acc)[N], const float (&alpha)[2]) {
+#pragma unroll
+    for (int i = 0; i < N; ++i) acc[i] *= alpha[(i & 3) >> 1];
+  }
+
+  // Row r of this thread's pair as bf16 pairs, columns below the real head dim.
+  __device__ __forceinline__ void store_row(__nv_bfloat16* dst, const float (&acc)[D / 2], int r,
+                                            float inv, int head_dim) const {
+#pragma unroll
+    for (int db = 0; db < D / 8; ++db)
+      if (db * 8 < head_dim)
+        *reinterpret_cast<__nv_bfloat162*>(dst + db * 8 + quad * 2) =
+            __floats2bfloat162_rn(acc[4 * db + 2 * r] * inv, acc[4 * db + 2 * r + 1] * inv);
+  }
+};
+
+#endif  // LSGPT_SM90A_DEVICE
+
+}  // namespace lsgpt::cuda::attn

@@ -1,0 +1,362 @@
+// LS flash-attention forward for Hopper (sm_90a), warp-specialised: the
+// contract of attention_forward_sm90.cu (local heads walk only their band,
+// global heads are causal; out, lse, one max-logit partial per 64 queries,
+// kbar = P K in the kKbar instantiation; zero fill past T and past the real
+// head dim) with FlashAttention-3's division of labour:
+//
+// - A block is 3 warpgroups. Warpgroup 0 is the producer: one thread loads
+//   both Q tiles (into one of two Q stages) and then each K/V tile with TMA
+//   (cp.async.bulk.tensor, 128-byte swizzle done by the copy engine, zeros
+//   out of bounds) into a ring of kStages stages, each with a `full` and an
+//   `empty` mbarrier (tma.cuh). It gives its registers back
+//   (setmaxnreg.dec to 24).
+// - Warpgroups 1 and 2 are consumers of 64 queries each (128 a block),
+//   sharing the K/V tiles (setmaxnreg.inc to 240). Each runs the overlapped
+//   order of attention_forward_consumer.cuh (S_j issued with P_{j-1} V_{j-1},
+//   the softmax of S_j while the latter runs) and, after each step, arrives
+//   on the `empty` barrier of the tile it has finished with. They never wait
+//   for each other: only the producer couples them, through the ring.
+// - Work items are blocks of 128 queries of one (batch row, head), heaviest
+//   first. `ws` launches one block per item; `ws_persistent` one per
+//   multiprocessor, each taking every gridDim.x-th item: the ring and the Q
+//   stages run on across items, so the producer loads the next item's tiles
+//   while the consumers finish the current one and write its outputs (a
+//   local head's item walks only about 4 tiles, so a block per item spends
+//   much of its life filling and draining the pipeline).
+//
+// The tile loads need a tensor map of qkv, made on the host for each call
+// (cuTensorMapEncodeTiled through the runtime's driver entry point): a 4-d
+// view (head column, head slot of q|k|v, t, batch row) whose out-of-bounds
+// elements past the real head dim and past T read as zeros. A box is one
+// 64-column panel of 64 rows: the swizzled panel layout of wgmma.cuh.
+//
+// The device code exists only in the sm_90a compilation; the compute_80 PTX
+// carries a body that traps, and the host never launches it there (the
+// dispatch checks the loaded binary, attention_forward_sm90.cu).
+#include <cuda.h>
+#include <cudaTypedefs.h>
+
+#include <algorithm>
+#include <cstdint>
+
+#include "core/error.h"
+#include "ops/cuda/attention_common.cuh"
+#include "ops/cuda/attention_forward.cuh"
+#include "ops/cuda/attention_forward_consumer.cuh"
+#include "ops/cuda/cuda_check.h"
+#include "ops/cuda/device_utils.cuh"
+#include "ops/cuda/tma.cuh"
+#include "ops/cuda/wgmma.cuh"
+
+namespace lsgpt::cuda::attn {
+namespace {
+
+using bf16 = __nv_bfloat16;
+
+constexpr int kConsumers = 2;  // consumer warpgroups
+constexpr int kConsumerThreads = kConsumers * kThreads;
+constexpr int kBlockThreads = kThreads + kConsumerThreads;  // the producer warpgroup first
+constexpr int kCtaRows = kConsumers * kWgRows;
+// FlashAttention-3's split for two consumer warpgroups; the register file
+// (64 Ki 32-bit registers) holds it at one block per multiprocessor.
+constexpr int kProducerRegs = 24;
+constexpr int kConsumerRegs = 240;
+static_assert(kProducerRegs * kThreads + kConsumerRegs * kConsumerThreads <= 64 * 1024,
+              "over the register file");
+
+// Stages of the K/V ring: consumers read two tiles at a step (S_j, P_{j-1}
+// V_{j-1}); the rest let the producer run ahead. Q is double-buffered so
+// the producer can load the next work item's while the consumers finish
+// the current one.
+struct WsPolicy {
+  static constexpr int kStages = 4;
+  static constexpr int kQStages = 2;
+};
+
+template <int D, class Policy>
+struct WsShape {
+  static_assert(D == 64 || D == 128, "the wgmma forward is built for D = 64 and 128");
+  static_assert(Policy::kStages >= 3, "two tiles in use and one loading");
+  static_assert(Policy::kQStages == 2, "the epilogue's scratch alternates with the Q stage");
+  static_assert(kWgRows == kTileKeys, "Q and K/V tiles share the box shape");
+  static constexpr int kTileBytes = sw128_tile_bytes<kTileKeys, D>();  // one K or V tile
+  static constexpr int kQBytes = sw128_tile_bytes<kWgRows, D>();       // one consumer's Q
+  static constexpr int kQStageBytes = kConsumers * kQBytes;           // both consumers' Q
+  // Two Q stages, the K and V stages, and room to align the start to a
+  // swizzle atom: D 128 with 4 stages 64 + 128 + 1 KiB = 193 KiB, D 64
+  // 97 KiB; one block per multiprocessor either way (384 threads at up to
+  // 240 registers).
+  static constexpr size_t kSmemBytes = Policy::kQStages * size_t(kQStageBytes) +
+                                       2 * Policy::kStages * size_t(kTileBytes) + kAtomBytes;
+  static_assert(kSmemBytes <= 227 * 1024, "over the opt-in shared memory of one block");
+};
+
+#if LSGPT_SM90A_DEVICE
+
+// One work item: a block of 128 queries of one (batch row, head), and the
+// key tiles it walks (the union of both consumers' bands). Items are
+// numbered so that the first ones carry the most keys (the last query
+// blocks; global heads' grow with the query position): a block takes items
+// blockIdx.x, blockIdx.x + gridDim.x, ... (one item per block when the grid
+// has one block per item).
+struct WorkItem {
+  int cta_block, b, h, cta_q0, tile_begin, tile_end;
+  HeadMask mask;
+
+  __device__ __forceinline__ WorkItem(const ForwardParams& p, int n_bh, int item) {
+    const int n_cta_blocks = (p.T + kCtaRows - 1) / kCtaRows;
+    cta_block = n_cta_blocks - 1 - item / n_bh;
+    const int bh = item % n_bh;
+    b = bh / p.n_head, h = bh % p.n_head;
+    cta_q0 = cta_block * kCtaRows;
+    mask = HeadMask{h < p.n_local, p.window};
+    tile_begin = (mask.local ? max(0, cta_q0 - p.window + 1) : 0) / kTileKeys;
+    tile_end = (min(p.T, cta_q0 + kCtaRows) - 1) / kTileKeys;
+  }
+  __device__ __forceinline__ int tiles() const { return tile_end - tile_begin + 1; }
+};
+
+// Shared-memory pipeline state: the K/V ring (`full`: the producer's
+// arrive.expect_tx, completed by the copies; `empty`: one arrival per
+// consumer thread) and the same pair for the Q stages.
+template <int kStages, int kQStages>
+struct Barriers {
+  uint64_t full[kStages], empty[kStages];
+  uint64_t q_full[kQStages], q_empty[kQStages];
+
+  __device__ __forceinline__ void init() {
+    for (int s = 0; s < kStages; ++s)
+      mbarrier_init(&full[s], 1), mbarrier_init(&empty[s], kConsumerThreads);
+    for (int s = 0; s < kQStages; ++s)
+      mbarrier_init(&q_full[s], 1), mbarrier_init(&q_empty[s], kConsumerThreads);
+    fence_mbarrier_init();
+  }
+};
+
+// The producer's thread: for each work item of the block, both Q tiles into
+// the item's Q stage, then every K/V tile of the item's walk into the ring.
+// `it` counts K/V tiles over all the block's items: tile `it` goes to stage
+// it % kStages, its (it / kStages)-th use; a stage is refilled once all
+// consumer threads have released its previous use (the Q stages likewise,
+// by item count).
+template <int D, class Policy>
+__device__ __forceinline__ void produce(const CUtensorMap* map, const ForwardParams& p, int n_bh,
+                                        int n_items, unsigned char* q_stages,
+                                        unsigned char* k_tiles, unsigned char* v_tiles,
+                                        Barriers<Policy::kStages, Policy::kQStages>& bars) {
+  using Shape = WsShape<D, Policy>;
+  constexpr int kStages = Policy::kStages, kQStages = Policy::kQStages;
+  constexpr int kPanels = D / kPanelCols;
+  constexpr int kPanelBytes = kTileKeys * kSwizzleRowBytes;  // one TMA box: 64 rows of a panel
+  int it = 0, k = 0;
+  for (int item = blockIdx.x; item < n_items; item += gridDim.x, ++k) {
+    const WorkItem w(p, n_bh, item);
+    const int qs = k % kQStages;
+    if (k >= kQStages) mbarrier_wait(&bars.q_empty[qs], (k / kQStages - 1) & 1);
+    mbarrier_arrive_expect_tx(&bars.q_full[qs], Shape::kQStageBytes);
+    for (int c = 0; c < kConsumers; ++c)
+      for (int panel = 0; panel < kPanels; ++panel)
+        tma_load_4d(q_stages + qs * Shape::kQStageBytes + c * Shape::kQBytes + panel * kPanelBytes,
+                    map, &bars.q_full[qs], panel * kPanelCols, w.h, w.cta_q0 + c * kWgRows, w.b);
+    for (int t = w.tile_begin; t <= w.tile_end; ++t, ++it) {
+      const int stage = it % kStages;
+      if (it >= kStages) mbarrier_wait(&bars.empty[stage], (it / kStages - 1) & 1);
+      mbarrier_arrive_expect_tx(&bars.full[stage], 2 * Shape::kTileBytes);
+      for (int panel = 0; panel < kPanels; ++panel) {
+        const int offset = stage * Shape::kTileBytes + panel * kPanelBytes;
+        tma_load_4d(k_tiles + offset, map, &bars.full[stage], panel * kPanelCols,
+                    p.n_head + w.h, t * kTileKeys, w.b);
+        tma_load_4d(v_tiles + offset, map, &bars.full[stage], panel * kPanelCols,
+                    2 * p.n_head + w.h, t * kTileKeys, w.b);
+      }
+    }
+  }
+}
+
+// One consumer warpgroup's share of one work item: its 64 queries over the
+// item's walk (tiles from ring position `it`), then out, lse, kbar and its
+// max-logit partial. `warp_maxima` is this item's scratch (8 floats).
+template <int D, bool kKbar, class Policy>
+__device__ __forceinline__ void consume(const ForwardParams& p, const WorkItem& w, int it, int qs,
+                                        int q_phase, int wg, unsigned char* q_stages,
+                                        unsigned char* k_tiles, unsigned char* v_tiles,
+                                        Barriers<Policy::kStages, Policy::kQStages>& bars,
+                                        float* warp_maxima) {
+  using Shape = WsShape<D, Policy>;
+  constexpr int kStages = Policy::kStages;
+  const int wg_thread = threadIdx.x % kThreads, T = p.T;
+  const int q0 = w.cta_q0 + wg * kWgRows;
+  // This consumer's tiles; empty (begin > end) when all its rows are past T.
+  int my_begin = 1, my_end = 0;
+  if (q0 < T) {
+    my_begin = (w.mask.local ? max(0, q0 - p.window + 1) : 0) / kTileKeys;
+    my_end = (min(T, q0 + kWgRows) - 1) / kTileKeys;
+  }
+  // Ring position of tile t of this item.
+  auto k_addr = [&](int t) {
+    return smem_address(k_tiles + ((it + t - w.tile_begin) % kStages) * Shape::kTileBytes);
+  };
+  auto v_addr = [&](int t) {
+    return smem_address(v_tiles + ((it + t - w.tile_begin) % kStages) * Shape::kTileBytes);
+  };
+  ConsumerWarpgroup<D, kKbar> consumer(
+      q0, wg_thread, smem_address(q_stages + qs * Shape::kQStageBytes + wg * Shape::kQBytes),
+      w.mask, p.scale_log2);
+  mbarrier_wait(&bars.q_full[qs], q_phase);
+
+  // One step past the last tile: that step only issues the last tile's P V.
+  // Every consumer thread waits for every tile of the item and releases
+  // each, used or not, so the ring's phases stay in step.
+  for (int t = w.tile_begin; t <= w.tile_end + 1; ++t) {
+    const int i = it + t - w.tile_begin;  // ring position
+    if (t <= w.tile_end) mbarrier_wait(&bars.full[i % kStages], (i / kStages) & 1);
+    const bool has_s = t >= my_begin && t <= my_end;  // uniform in the warpgroup
+    const bool has_pv = t - 1 >= my_begin && t - 1 <= my_end;
+    if (has_s && has_pv)
+      consumer.overlapped(t, k_addr(t), v_addr(t - 1), k_addr(t - 1));
+    else if (has_s)  // the consumer's first tile: nothing to overlap
+      consumer.first(t, k_addr(t));
+    else if (has_pv)  // one step past its last tile
+      consumer.last(v_addr(t - 1), k_addr(t - 1));
+    // Every wgmma of this step has completed: tile t - 1 is read no more.
+    if (t > w.tile_begin) mbarrier_arrive(&bars.empty[(i - 1) % kStages]);
+  }
+  mbarrier_arrive(&bars.q_empty[qs]);  // Q is read by S only, all complete
+
+  // Epilogue: out (and kbar), lse, and this consumer's max-logit partial.
+  const int lane = threadIdx.x % kWarpSize, warp = wg_thread / kWarpSize;
+  const float wg_max = warp_max(consumer.store(p, w.b, w.h));
+  if (lane == 0) warp_maxima[wg * 4 + warp] = wg_max;
+  // This warpgroup's 4 warps (barriers 1 and 2; wg is warp-uniform).
+  wg == 0 ? named_barrier_sync<1, kThreads>() : named_barrier_sync<2, kThreads>();
+  const int q_block = w.cta_block * kConsumers + wg;
+  if (wg_thread == 0 && q_block < p.n_query_blocks) {
+    float m = warp_maxima[wg * 4];
+    for (int x = 1; x < 4; ++x) m = fmaxf(m, warp_maxima[wg * 4 + x]);
+    const int bh = w.b * p.n_head + w.h;
+    p.max_partials[size_t(bh) * p.n_query_blocks + q_block] = m;
+  }
+}
+
+#endif  // LSGPT_SM90A_DEVICE
+
+// n_bh = B * n_head; n_items = ceil(T / 128) * n_bh.
+template <int D, bool kKbar, class Policy>
+__global__ void __launch_bounds__(kBlockThreads, 1)
+    attention_forward_sm90_ws_kernel(const __grid_constant__ CUtensorMap qkv_map,
+                                     const ForwardParams p, int n_bh, int n_items) {
+#if LSGPT_SM90A_DEVICE
+  using Shape = WsShape<D, Policy>;
+  constexpr int kQStages = Policy::kQStages;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  __shared__ Barriers<Policy::kStages, kQStages> bars;
+  // The epilogue's per-warp maxima, one buffer per item parity: a warpgroup
+  // writes and reads only its own 4 entries, around its own named barrier,
+  // and a warp that runs ahead into the next item's epilogue (it can, when
+  // its warpgroup has no tile there and no wgmma holds its warps together)
+  // writes the other buffer; two items ahead it would first have to pass
+  // the next item's barrier, which waits for the reading warp.
+  __shared__ float warp_maxima[kQStages][kConsumerThreads / kWarpSize];
+  unsigned char* smem = align_to_atom(smem_raw);
+  unsigned char* q_stages = smem;
+  unsigned char* k_tiles = smem + kQStages * Shape::kQStageBytes;
+  unsigned char* v_tiles = k_tiles + Policy::kStages * Shape::kTileBytes;
+
+  // 0: the producer, 1 and 2: consumers. Read through a shuffle so that
+  // ptxas sees a warp-uniform value (as CUTLASS's canonical_warp_group_idx):
+  // branches on it do not count as divergent around the wgmma pipeline.
+  const int role = __shfl_sync(0xffffffffu, int(threadIdx.x) / kThreads, 0);
+  if (threadIdx.x == 0) bars.init();
+  __syncthreads();  // the last block-wide barrier: the roles part here
+
+  if (role == 0) {
+    setmaxnreg_dec<kProducerRegs>();
+    if (threadIdx.x == 0)
+      produce<D, Policy>(&qkv_map, p, n_bh, n_items, q_stages, k_tiles, v_tiles, bars);
+    return;
+  }
+  setmaxnreg_inc<kConsumerRegs>();
+  const int wg = role - 1;
+  int it = 0, k = 0;
+  for (int item = blockIdx.x; item < n_items; item += gridDim.x, ++k) {
+    const WorkItem w(p, n_bh, item);
+    const int qs = k % kQStages;
+    consume<D, kKbar, Policy>(p, w, it, qs, (k / kQStages) & 1, wg, q_stages, k_tiles, v_tiles,
+                              bars, warp_maxima[qs]);
+    it += w.tiles();
+  }
+#else
+  __trap();  // only the sm_90a binary has this kernel; the host never launches it elsewhere
+#endif
+}
+
+// cuTensorMapEncodeTiled from the driver, found once through the runtime
+// (no link against libcuda).
+PFN_cuTensorMapEncodeTiled_v12000 encode_tiled() {
+  static const PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
+    void* f = nullptr;
+    cudaDriverEntryPointQueryResult status{};
+    CUDA_CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000,
+                                                cudaEnableDefault, &status));
+    if (status != cudaDriverEntryPointSuccess || !f)
+      fail("cuda attention_forward: the driver has no cuTensorMapEncodeTiled (status ", int(status),
+           ")");
+    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(f);
+  }();
+  return fn;
+}
+
+// qkv [B, T, 3C] as (head column < head_dim, head slot < 3 n_head, t < T,
+// batch row < B): slot h is q's head h, n_head + h k's, 2 n_head + h v's. A
+// box is 64 columns (one 128-byte swizzled panel) by 64 rows.
+CUtensorMap qkv_tensor_map(const ForwardParams& p, int B) {
+  const cuuint64_t dims[4] = {cuuint64_t(p.head_dim), cuuint64_t(3) * p.n_head, cuuint64_t(p.T),
+                              cuuint64_t(B)};
+  const cuuint64_t row_bytes = cuuint64_t(3) * p.C * sizeof(bf16);
+  const cuuint64_t strides[3] = {cuuint64_t(p.head_dim) * sizeof(bf16), row_bytes,
+                                 row_bytes * cuuint64_t(p.T)};
+  const cuuint32_t box[4] = {kPanelCols, 1, kTileKeys, 1};
+  const cuuint32_t element_strides[4] = {1, 1, 1, 1};
+  CUtensorMap map;
+  const CUresult r = encode_tiled()(
+      &map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 4, const_cast<bf16*>(p.qkv), dims, strides, box,
+      element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+      CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  if (r != CUDA_SUCCESS)
+    fail("cuda attention_forward: cuTensorMapEncodeTiled failed (CUresult ", int(r),
+         ") for qkv, T ", p.T, ", C ", p.C, ", head_dim ", p.head_dim);
+  return map;
+}
+
+// One block per work item, or (persistent) one per multiprocessor, each
+// taking every gridDim.x-th item.
+template <int D, bool kKbar>
+void launch(CudaContext& ctx, const CUtensorMap& map, const ForwardParams& p, int B,
+            bool persistent) {
+  using Shape = WsShape<D, WsPolicy>;
+  auto kernel = attention_forward_sm90_ws_kernel<D, kKbar, WsPolicy>;
+  CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  int(Shape::kSmemBytes)));
+  const int n_bh = B * p.n_head;
+  const long long items = (long long)ceil_div(p.T, kCtaRows) * n_bh;
+  LSGPT_CHECK(items <= 0x7fffffff, "attention_forward: too many query blocks for one launch");
+  const int n_items = int(items);
+  const int blocks = persistent ? std::min(n_items, std::max(1, ctx.sm_count())) : n_items;
+  kernel<<<blocks, kBlockThreads, Shape::kSmemBytes, ctx.stream()>>>(map, p, n_bh, n_items);
+  CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace
+
+void launch_forward_sm90_ws(CudaContext& ctx, const ForwardParams& p, int B, bool with_kbar,
+                            bool persistent) {
+  const CUtensorMap map = qkv_tensor_map(p, B);
+  if (padded_head_dim(p.head_dim) == 64)
+    with_kbar ? launch<64, true>(ctx, map, p, B, persistent)
+              : launch<64, false>(ctx, map, p, B, persistent);
+  else
+    with_kbar ? launch<128, true>(ctx, map, p, B, persistent)
+              : launch<128, false>(ctx, map, p, B, persistent);
+}
+
+}  // namespace lsgpt::cuda::attn

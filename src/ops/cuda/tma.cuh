@@ -1,0 +1,108 @@
+// Hopper (sm_90a) building blocks of warp-specialised kernels: TMA tile
+// loads (cp.async.bulk.tensor) that complete on an mbarrier, the mbarrier
+// operations of a producer/consumer pipeline, named barriers for a subset
+// of the block's warps, and setmaxnreg (PTX ISA: "Tensor Copy", "mbarrier",
+// "bar", "setmaxnreg"). Used by attention_forward_sm90_ws.cu.
+//
+// Pipeline protocol (as CUTLASS's PipelineTmaAsync): stage s has a `full`
+// barrier (1 arrival: the producer's arrive.expect_tx with the bytes its TMA
+// copies will deliver) and an `empty` barrier (one arrival per consumer
+// thread once it no longer reads the stage). The n-th use of a stage (n = 0,
+// 1, ...) is phase n of its barriers: consumers wait on `full` for parity
+// n & 1; the producer, before the n-th refill (n >= 1), waits on `empty` for
+// parity (n - 1) & 1.
+#pragma once
+
+#include <cstdint>
+
+#include "ops/cuda/wgmma.cuh"
+
+namespace lsgpt::cuda::attn {
+
+#if LSGPT_SM90A_DEVICE
+
+__device__ __forceinline__ void mbarrier_init(uint64_t* bar, int arrivals) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_address(bar)), "r"(arrivals)
+               : "memory");
+}
+// Makes initialised barriers visible to the async proxy (the TMA unit
+// completes transactions on them); a block barrier must follow.
+__device__ __forceinline__ void fence_mbarrier_init() {
+  asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+}
+__device__ __forceinline__ void mbarrier_arrive_expect_tx(uint64_t* bar, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(smem_address(bar)),
+               "r"(bytes)
+               : "memory");
+}
+__device__ __forceinline__ void mbarrier_arrive(uint64_t* bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smem_address(bar)) : "memory");
+}
+// Whether the phase of `bar` with this parity has completed (the hardware
+// may suspend the thread a while before answering no).
+__device__ __forceinline__ bool mbarrier_try_wait(uint64_t* bar, uint32_t parity) {
+  uint32_t done;
+  asm volatile(
+      "{\n"
+      ".reg .pred p;\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+      "selp.u32 %0, 1, 0, p;\n"
+      "}\n"
+      : "=r"(done)
+      : "r"(smem_address(bar)), "r"(parity)
+      : "memory");
+  return done != 0;
+}
+
+// Tries before a wait counts as lost: far beyond any real wait (each try
+// suspends the thread for a while), so a missing arrival or a transaction
+// count that never completes (a bug) traps, which the host sees as a launch
+// failure, instead of hanging the process.
+constexpr uint32_t kMbarrierMaxTries = 1u << 26;
+
+// Returns once the phase of `bar` with this parity has completed.
+__device__ __forceinline__ void mbarrier_wait(uint64_t* bar, uint32_t parity) {
+  for (uint32_t tries = 1; !mbarrier_try_wait(bar, parity); ++tries)
+    if (tries == kMbarrierMaxTries) __trap();
+}
+
+// One box of a 4-d tensor map (a __grid_constant__ kernel parameter) into
+// shared memory at coordinates (c0 innermost); the copy's bytes count
+// toward `bar`'s transaction; out-of-bounds elements are written as zeros.
+__device__ __forceinline__ void tma_load_4d(void* dst, const void* tensor_map, uint64_t* bar,
+                                            int c0, int c1, int c2, int c3) {
+  asm volatile(
+      "cp.async.bulk.tensor.4d.shared::cluster.global.mbarrier::complete_tx::bytes"
+      " [%0], [%1, {%3, %4, %5, %6}], [%2];\n" ::"r"(smem_address(dst)),
+      "l"(reinterpret_cast<uint64_t>(tensor_map)), "r"(smem_address(bar)), "r"(c0), "r"(c1),
+      "r"(c2), "r"(c3)
+      : "memory");
+}
+
+// bar.sync on barrier kId (1..15; 0 is __syncthreads) by kCount threads, a
+// multiple of the warp size: syncs a subset of the block's warps. The id is
+// a constant so that ptxas reserves only the barriers used.
+template <int kId, int kCount>
+__device__ __forceinline__ void named_barrier_sync() {
+  static_assert(kId > 0 && kId < 16 && kCount % 32 == 0, "bar.sync id 1..15, whole warps");
+  asm volatile("bar.sync %0, %1;\n" ::"n"(kId), "n"(kCount) : "memory");
+}
+
+// The warpgroup's registers per thread from here on (every thread of the
+// warpgroup executes it): a producer gives registers back, consumers take them.
+template <int kRegs>
+__device__ __forceinline__ void setmaxnreg_dec() {
+  static_assert(kRegs >= 24 && kRegs <= 256 && kRegs % 8 == 0,
+                "setmaxnreg: 24..256, multiple of 8");
+  asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kRegs));
+}
+template <int kRegs>
+__device__ __forceinline__ void setmaxnreg_inc() {
+  static_assert(kRegs >= 24 && kRegs <= 256 && kRegs % 8 == 0,
+                "setmaxnreg: 24..256, multiple of 8");
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kRegs));
+}
+
+#endif  // LSGPT_SM90A_DEVICE
+
+}  // namespace lsgpt::cuda::attn
