@@ -2,9 +2,11 @@
 """Turns the JSON lines of `bench_cuda_attention forward_kernels=1` or
 `backward_kernels=1` into one Markdown table: per configuration the sm_80
 kernel's time and each Hopper variant's (ms and TFLOP/s), the fastest
-variant marked, and the speedup of the fastest over `base` (the current
-default). Lines without per-variant fields (not a Hopper GPU) show only
-sm_80 and default.
+variant marked, the speedup of the fastest over `base`, and the default's
+time (LSGPT_ATTENTION_SM90_* unset: the kernel attention_sm90_choice.h picks
+by shape) as a share of the fastest's: 1.00 when the choice is right.
+Lines without per-variant fields (not a Hopper GPU) show only sm_80 and the
+default.
 
 Usage: bench/attention_variants_summary.py RESULTS.jsonl [-o OUT.md]
 """
@@ -49,7 +51,7 @@ def table(rows):
             if name not in names:
                 names.append(name)
     head = ["config", "D", "T", "sm80 ms"] + [f"{n} ms (TFLOP/s)" for n in names]
-    head += ["fastest", "fastest / base"]
+    head += ["fastest", "fastest / base", "default ms", "fastest / default"]
     out = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for row in rows:
         sm80 = row[prefix + "_sm80_ms"]
@@ -67,6 +69,9 @@ def table(rows):
         cells.append(best or "-")
         base = present.get("base")
         cells.append(f"{base / present[best]:.2f}x" if best and base else "-")
+        default = row.get(prefix + "_default_ms")
+        cells.append(f"{default:.3f}" if default is not None else "-")
+        cells.append(f"{present[best] / default:.2f}" if best and default else "-")
         out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out) + "\n"
 

@@ -10,9 +10,10 @@
 // local at w=100, and half the heads local at w=256.
 // forward_kernels=1 times the forward alone on the sm_80 kernel
 // (LSGPT_ATTENTION_SM80=1) and on the default one (the wgmma kernel on a
-// compute capability 9.0 GPU), one JSON line per configuration; where the
-// default is the wgmma kernel, every variant of it as well
-// (LSGPT_ATTENTION_SM90_FORWARD = base, wg2, wg2_overlap, ws, ws_persistent:
+// compute capability 9.0 GPU, the variant attention_sm90_choice.h picks for
+// the shape), one JSON line per configuration; where the default is a
+// wgmma kernel, every variant forced as well
+// (LSGPT_ATTENTION_SM90_FORWARD = base, ws, ws_persistent:
 // "fwd_<variant>_ms" and "_tflops", "<variant>_speedup" over sm_80).
 // backward_kernels=1 does the same for the backward alone (delta kernel
 // included), from one forward's outputs, with the backward's variants
@@ -190,7 +191,7 @@ void run_config(Backend& be, const Config& c, int reps, Mode mode) {
   const double flops_fwd = 4.0 * c.B * visible_pairs(c) * c.head_dim;
   if (mode == Mode::forward_kernels) {
     const Variants variants{"LSGPT_ATTENTION_SM90_FORWARD",
-                            {"base", "wg2", "wg2_overlap", "ws", "ws_persistent"}};
+                            {"base", "ws", "ws_persistent"}};
     compare_kernels(be, c, spec, reps, "fwd", flops_fwd, cuda_attention_forward_uses_sm90,
                     variants, forward);
     return;

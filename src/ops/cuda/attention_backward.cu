@@ -11,7 +11,8 @@
 // instantiation) or k, dV along v. With it off none of this code exists.
 // On a compute capability 9.0 GPU the same contract runs on
 // attention_backward_sm90.cu's wgmma kernel instead (after the same delta
-// kernel; one or two warpgroups a block, LSGPT_ATTENTION_SM90_BACKWARD),
+// kernel; one or two warpgroups a block, chosen by shape in
+// attention_sm90_choice.h or by LSGPT_ATTENTION_SM90_BACKWARD),
 // unless LSGPT_ATTENTION_SM80=1 asks for this one.
 #include <cstdlib>
 #include <cstring>
@@ -383,18 +384,19 @@ void dispatch_backward(CudaContext& ctx, const BackwardParams& p, int B, bool sp
 
 bool use_sm90(const CudaContext& ctx, const AttentionSpec& spec) {
   // Both switches are checked on every GPU: a bad value is an error anywhere.
-  sm90_backward_variant();
+  sm90_backward_override();
   const bool forced = sm80_forced();
   return !forced && sm90_backward_supported(ctx, spec.head_dim);
 }
 
 }  // namespace
 
-Sm90BackwardVariant attn::sm90_backward_variant() {
+std::optional<Sm90BackwardVariant> attn::sm90_backward_override() {
   const char* v = std::getenv("LSGPT_ATTENTION_SM90_BACKWARD");
-  if (!v || !*v || std::strcmp(v, "base") == 0) return Sm90BackwardVariant::base;
+  if (!v || !*v || std::strcmp(v, "auto") == 0) return std::nullopt;
+  if (std::strcmp(v, "base") == 0) return Sm90BackwardVariant::base;
   if (std::strcmp(v, "wg2") == 0) return Sm90BackwardVariant::wg2;
-  fail("LSGPT_ATTENTION_SM90_BACKWARD must be base or wg2, got '", v, "'");
+  fail("LSGPT_ATTENTION_SM90_BACKWARD must be auto, base or wg2, got '", v, "'");
 }
 
 bool attention_backward_uses_sm90(CudaContext& ctx, const AttentionSpec& spec) {
@@ -434,8 +436,10 @@ void attention_backward(CudaContext& ctx, bf16* dqkv, const bf16* dout, const bf
   const bool span = spec.span.any();
   const bool qbar = spec.span.k.enabled && spec.span.k.basis == SpanBasis::cross;
   if (use_sm90(ctx, spec)) {
-    launch_backward_sm90(ctx, p, spec.B, span, qbar,
-                         sm90_backward_variant() == Sm90BackwardVariant::wg2);
+    const AttentionShape shape{spec.B, spec.T, spec.n_head, spec.n_local, spec.window, D};
+    const Sm90BackwardVariant variant =
+        sm90_backward_override().value_or(choose_sm90_backward(shape, ctx.sm_count()));
+    launch_backward_sm90(ctx, p, spec.B, span, qbar, variant == Sm90BackwardVariant::wg2);
     return;
   }
   switch (padded_head_dim(D)) {

@@ -9,8 +9,10 @@
 #include <cuda_bf16.h>
 
 #include <cstddef>
+#include <optional>
 
 #include "ops/cuda/attention_common.cuh"
+#include "ops/cuda/attention_sm90_choice.h"
 #include "ops/cuda/cuda_context.h"
 
 namespace lsgpt::cuda::attn {
@@ -130,11 +132,11 @@ bool sm90_backward_supported(const CudaContext& ctx, int head_dim);
 void launch_backward_sm90(CudaContext& ctx, const BackwardParams& p, int B, bool span, bool qbar,
                           bool wg2);
 
-// Which Hopper backward runs: LSGPT_ATTENTION_SM90_BACKWARD = base (one
-// warpgroup a block) or wg2. Unset or empty: base, until measurements
-// choose; any other value is an error. Read at every call (defined in
-// attention_backward.cu) so one binary can time both.
-enum class Sm90BackwardVariant { base, wg2 };
-Sm90BackwardVariant sm90_backward_variant();
+// Which Hopper backward runs: LSGPT_ATTENTION_SM90_BACKWARD = auto (also
+// unset or empty: choose_sm90_backward picks by shape), base (one warpgroup
+// a block) or wg2 to force one; any other value is an error. nullopt means
+// auto. Read at every call (defined in attention_backward.cu) so one binary
+// can time both.
+std::optional<Sm90BackwardVariant> sm90_backward_override();
 
 }  // namespace lsgpt::cuda::attn

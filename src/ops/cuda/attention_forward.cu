@@ -8,8 +8,9 @@
 // in a fixed order), and, only in the kKbar instantiation, kbar = P K
 // accumulated beside P V for the span decomposition. On a compute capability
 // 9.0 GPU the forward runs attention_forward_sm90.cu's wgmma kernel instead
-// (or a variant of it, attention_forward_sm90_wg2.cu or _ws.cu, chosen by
-// LSGPT_ATTENTION_SM90_FORWARD), unless LSGPT_ATTENTION_SM80=1 asks for this one.
+// or the warp-specialised attention_forward_sm90_ws.cu, chosen by shape
+// (attention_sm90_choice.h) or by LSGPT_ATTENTION_SM90_FORWARD, unless
+// LSGPT_ATTENTION_SM80=1 asks for this one.
 #include <cstdlib>
 #include <cstring>
 #include <type_traits>
@@ -259,23 +260,22 @@ void launch_forward(CudaContext& ctx, const ForwardParams& p, int B) {
 
 bool use_sm90(const CudaContext& ctx, const AttentionSpec& spec) {
   // Both switches are checked on every GPU: a bad value is an error anywhere.
-  sm90_forward_variant();
+  sm90_forward_override();
   const bool forced = sm80_forced();
   return !forced && sm90_forward_supported(ctx, spec.head_dim);
 }
 
-void launch_sm90(CudaContext& ctx, const ForwardParams& p, int B, bool with_kbar) {
-  switch (sm90_forward_variant()) {
+void launch_sm90(CudaContext& ctx, const ForwardParams& p, const AttentionSpec& spec,
+                 bool with_kbar) {
+  const AttentionShape shape{spec.B, spec.T, spec.n_head, spec.n_local, spec.window,
+                             spec.head_dim};
+  switch (sm90_forward_override().value_or(choose_sm90_forward(shape))) {
     case Sm90ForwardVariant::base:
-      return launch_forward_sm90(ctx, p, B, with_kbar);
-    case Sm90ForwardVariant::wg2:
-      return launch_forward_sm90_wg2(ctx, p, B, with_kbar, false);
-    case Sm90ForwardVariant::wg2_overlap:
-      return launch_forward_sm90_wg2(ctx, p, B, with_kbar, true);
+      return launch_forward_sm90(ctx, p, spec.B, with_kbar);
     case Sm90ForwardVariant::ws:
-      return launch_forward_sm90_ws(ctx, p, B, with_kbar, false);
+      return launch_forward_sm90_ws(ctx, p, spec.B, with_kbar, false);
     case Sm90ForwardVariant::ws_persistent:
-      return launch_forward_sm90_ws(ctx, p, B, with_kbar, true);
+      return launch_forward_sm90_ws(ctx, p, spec.B, with_kbar, true);
   }
 }
 
@@ -288,15 +288,13 @@ bool attn::sm80_forced() {
   fail("LSGPT_ATTENTION_SM80 must be 0 or 1, got '", v, "'");
 }
 
-Sm90ForwardVariant attn::sm90_forward_variant() {
+std::optional<Sm90ForwardVariant> attn::sm90_forward_override() {
   const char* v = std::getenv("LSGPT_ATTENTION_SM90_FORWARD");
-  if (!v || !*v || std::strcmp(v, "base") == 0) return Sm90ForwardVariant::base;
-  if (std::strcmp(v, "wg2") == 0) return Sm90ForwardVariant::wg2;
-  if (std::strcmp(v, "wg2_overlap") == 0) return Sm90ForwardVariant::wg2_overlap;
+  if (!v || !*v || std::strcmp(v, "auto") == 0) return std::nullopt;
+  if (std::strcmp(v, "base") == 0) return Sm90ForwardVariant::base;
   if (std::strcmp(v, "ws") == 0) return Sm90ForwardVariant::ws;
   if (std::strcmp(v, "ws_persistent") == 0) return Sm90ForwardVariant::ws_persistent;
-  fail("LSGPT_ATTENTION_SM90_FORWARD must be base, wg2, wg2_overlap, ws or ws_persistent, got '",
-       v, "'");
+  fail("LSGPT_ATTENTION_SM90_FORWARD must be auto, base, ws or ws_persistent, got '", v, "'");
 }
 
 bool attention_forward_uses_sm90(CudaContext& ctx, const AttentionSpec& spec) {
@@ -324,7 +322,7 @@ void attention_forward(CudaContext& ctx, bf16* out, float* lse, float* max_logit
       ctx.scratch(sizeof(float) * (size_t(spec.B) * spec.n_head * p.n_query_blocks + 1)));
   // With no rows (B or T zero) the reduction below writes -inf.
   if (spec.B > 0 && spec.T > 0 && use_sm90(ctx, spec)) {
-    launch_sm90(ctx, p, spec.B, with_kbar);
+    launch_sm90(ctx, p, spec, with_kbar);
   } else if (spec.B > 0 && spec.T > 0) {
     switch (padded_head_dim(spec.head_dim)) {
       case 32:

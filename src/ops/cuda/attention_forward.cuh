@@ -6,6 +6,9 @@
 
 #include <cuda_bf16.h>
 
+#include <optional>
+
+#include "ops/cuda/attention_sm90_choice.h"
 #include "ops/cuda/cuda_context.h"
 
 namespace lsgpt::cuda::attn {
@@ -30,29 +33,19 @@ struct ForwardParams {
 bool sm90_forward_supported(const CudaContext& ctx, int head_dim);
 void launch_forward_sm90(CudaContext& ctx, const ForwardParams& p, int B, bool with_kbar);
 
-// attention_forward_sm90_wg2.cu: the same contract with two consumer
-// warpgroups (128 queries) per block sharing the K/V tiles; with `overlap`
-// the softmax of tile j runs while P V of tile j - 1 is on the tensor cores.
-// Runs wherever launch_forward_sm90 does (same build, same check).
-void launch_forward_sm90_wg2(CudaContext& ctx, const ForwardParams& p, int B, bool with_kbar,
-                             bool overlap);
-
 // attention_forward_sm90_ws.cu: warp-specialised, a producer warpgroup
 // loading with TMA into a ring of mbarrier-guarded stages and two consumer
-// warpgroups in wg2_overlap's order; `persistent`: one block per
-// multiprocessor walking many query blocks, else one block per query block.
+// warpgroups (128 queries) with the softmax of tile j overlapping P V of tile
+// j - 1; `persistent`: one block per multiprocessor walking many query
+// blocks, else one block per query block.
 void launch_forward_sm90_ws(CudaContext& ctx, const ForwardParams& p, int B, bool with_kbar,
                             bool persistent);
 
-// Which Hopper forward runs: LSGPT_ATTENTION_SM90_FORWARD = base (the
-// one-warpgroup kernel, attention_forward_sm90.cu), wg2 (two warpgroups,
-// each wgmma waited for at once), wg2_overlap (two warpgroups, softmax
-// overlapping P V), ws (wg2_overlap's consumers fed by a TMA producer) or
-// ws_persistent (ws with one block per multiprocessor). Unset or empty:
-// base, until measurements choose; any other value is an error. Read at
+// Which Hopper forward runs: LSGPT_ATTENTION_SM90_FORWARD = auto (also unset
+// or empty: choose_sm90_forward picks by shape), base, ws or ws_persistent
+// to force one; any other value is an error. nullopt means auto. Read at
 // every call (defined in attention_forward.cu) so one binary can time every
 // variant.
-enum class Sm90ForwardVariant { base, wg2, wg2_overlap, ws, ws_persistent };
-Sm90ForwardVariant sm90_forward_variant();
+std::optional<Sm90ForwardVariant> sm90_forward_override();
 
 }  // namespace lsgpt::cuda::attn

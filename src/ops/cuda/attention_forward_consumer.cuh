@@ -1,5 +1,5 @@
-// One consumer warpgroup of the multi-warpgroup Hopper forwards
-// (attention_forward_sm90_wg2.cu, attention_forward_sm90_ws.cu): 64 queries
+// One consumer warpgroup of the warp-specialised Hopper forward
+// (attention_forward_sm90_ws.cu): 64 queries
 // whose Q tile sits in shared memory, the online-softmax state and the O
 // (and kbar) accumulators in registers, and the steps that advance them one
 // 64-key tile at a time with wgmma. Where the K/V tiles come from, and when
@@ -7,15 +7,13 @@
 // the shared tiles they are given and return with every wgmma they issued
 // complete, so the caller may release those tiles afterwards.
 //
-// Two orders:
-// - serial(t): S_t = Q K_t^T, wait, softmax, O += P_t V_t, wait (the
-//   one-warpgroup kernel's order);
-// - FlashAttention-3's intra-warpgroup overlap: first(t) for the
-//   warpgroup's first tile (S_t, wait, softmax: P_t kept as bf16 A
-//   fragments), overlapped(t) for each next one (issue S_t, issue
-//   O += P_{t-1} V_{t-1}, wgmma.wait_group 1, which leaves only the P V group
-//   pending, softmax of S_t while the tensor cores run P V, wait_group 0,
-//   rescale O), and last() one step after the last tile (its P V).
+// The order is FlashAttention-3's intra-warpgroup overlap: first(t) for the
+// warpgroup's first tile (S_t, wait, softmax: P_t kept as bf16 A
+// fragments), overlapped(t) for each next one (issue S_t, issue
+// O += P_{t-1} V_{t-1}, wgmma.wait_group 1, which leaves only the P V group
+// pending, softmax of S_t while the tensor cores run P V, wait_group 0,
+// rescale O), and last() one step after the last tile (its P V). (The
+// serial order, S then wait then P V then wait, lost: docs/CUDA.md.)
 // Each step issues and waits for its own groups in straight-line code:
 // ptxas follows the wgmma pipeline per path, and waits that depend on which
 // branch issued what make it serialize every wgmma (C7514/C7518 in
@@ -77,13 +75,6 @@ struct ConsumerWarpgroup {
     row_sum[0] = row_sum[1] = 0.f;
   }
 
-  __device__ __forceinline__ void serial(int t, uint32_t k_addr, uint32_t v_addr) {
-    issue_scores(k_addr);
-    wgmma_wait<0>();
-    softmax_tile(t, [] {});
-    issue_pv(v_addr, k_addr);
-    finish_pv();
-  }
   __device__ __forceinline__ void first(int t, uint32_t k_addr) {
     issue_scores(k_addr);
     wgmma_wait<0>();

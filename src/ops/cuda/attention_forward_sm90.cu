@@ -13,10 +13,11 @@
 // double-buffered as in the sm_80 kernel. The wgmma, descriptor and tile
 // helpers live in wgmma.cuh (the backward uses them too).
 //
-// This is the `base` variant of LSGPT_ATTENTION_SM90_FORWARD (the default).
-// Two consumer warpgroups, the softmax overlapped with P V, and TMA loads by
-// a producer warpgroup are the variants in attention_forward_sm90_wg2.cu and
-// attention_forward_sm90_ws.cu (docs/CUDA.md, "Forward on Hopper: variants").
+// This is the `base` variant of LSGPT_ATTENTION_SM90_FORWARD, chosen for
+// D 64 when short band rows carry much of the work (attention_sm90_choice.h).
+// Two consumer warpgroups with the softmax overlapped with P V, fed by TMA
+// from a producer warpgroup, are attention_forward_sm90_ws.cu (docs/CUDA.md,
+// "Forward on Hopper: variants").
 //
 // The device code exists only in the sm_90a compilation; the compute_80 PTX
 // carries a body that traps, and the host never launches it there

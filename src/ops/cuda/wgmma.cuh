@@ -246,7 +246,7 @@ __device__ __forceinline__ void a_fragments(uint32_t (&a)[N / 16][4], const floa
 // (the real head dim) are zero, so masked and padded products stay finite
 // and padded columns add nothing. kLoaders threads share the copy, `thread`
 // being this one's index among them: the block's 128 by default; one
-// warpgroup's, or all 256 of a two-warpgroup block, in the wg2 variants.
+// warpgroup's, or all 256 of a two-warpgroup block, in the backward's wg2.
 template <int kRows, int D, int kLoaders = kThreads>
 __device__ __forceinline__ void load_tile_sw128(__nv_bfloat16* tile, const __nv_bfloat16* head_base,
                                                 size_t row_stride, int row0, int T, int cols,

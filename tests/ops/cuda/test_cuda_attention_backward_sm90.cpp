@@ -247,7 +247,7 @@ TEST(CudaAttentionBackwardSm90Dispatch, ChoosesTheKernel) {
   }
 }
 
-// LSGPT_ATTENTION_SM90_BACKWARD takes base, wg2 or nothing; any other value
+// LSGPT_ATTENTION_SM90_BACKWARD takes auto, base, wg2 or nothing; any other value
 // is an error on every GPU, where the dispatch is asked and where the
 // backward runs.
 TEST(CudaAttentionBackwardSm90Dispatch, RefusesAnUnknownVariant) {
@@ -261,13 +261,17 @@ TEST(CudaAttentionBackwardSm90Dispatch, RefusesAnUnknownVariant) {
   }
   {
     ScopedEnv empty(kSm90Backward, "");
-    EXPECT_NO_THROW(cuda_attention_backward_uses_sm90(*cuda, spec)) << "empty means base";
+    EXPECT_NO_THROW(cuda_attention_backward_uses_sm90(*cuda, spec)) << "empty means auto";
+  }
+  {
+    ScopedEnv choose(kSm90Backward, "auto");
+    EXPECT_NO_THROW(cuda_attention_backward_uses_sm90(*cuda, spec));
   }
   const size_t BT = size_t(spec.B) * spec.T, C = spec.C();
   const Forward f = run_forward_sm80(*cuda, spec, bf16_values(BT * 3 * C, 3, -2, 2),
                                      bf16_values(BT * C, 4, -1, 1));
   ScopedEnv bad(kSm90Backward, "ws");
-  const std::string expected = "LSGPT_ATTENTION_SM90_BACKWARD must be base or wg2, got 'ws'";
+  const std::string expected = "LSGPT_ATTENTION_SM90_BACKWARD must be auto, base or wg2, got 'ws'";
   try {
     cuda_attention_backward_uses_sm90(*cuda, spec);
     FAIL() << "LSGPT_ATTENTION_SM90_BACKWARD=ws was accepted by the dispatch";

@@ -1,11 +1,10 @@
 // The Hopper (sm_90a, wgmma) LS flash-attention forward, every variant of
-// it (LSGPT_ATTENTION_SM90_FORWARD = base, wg2, wg2_overlap, ws, ws_persistent),
-// against the
+// it (LSGPT_ATTENTION_SM90_FORWARD = base, ws, ws_persistent), against the
 // sm_80 kernel it replaces (LSGPT_ATTENTION_SM80=1 selects that one) and
 // against the CPU backend in double precision ("cpu64"), on fresh random
 // bf16-exact inputs: out, the row log-sum-exp, the per-head max logit and,
 // with the span decomposition's cross basis on q, kbar = P K. The
-// two-warpgroup variants own 128 queries a block: T 1, 7 and 100 leave the
+// warp-specialised variants own 128 queries a block: T 1, 7 and 100 leave the
 // second warpgroup empty or partly past T, and local heads at w 100 and 256
 // make the two warpgroups' bands differ by a tile. ws loads with TMA: its
 // zero fill past T and past the real head dim (48, 96) is the copy
@@ -260,9 +259,8 @@ TEST(CudaAttentionForwardSm90Dispatch, ChoosesTheKernel) {
   }
 }
 
-// LSGPT_ATTENTION_SM90_FORWARD takes base, wg2, wg2_overlap, ws, ws_persistent or
-// nothing; any
-// other value is an error on every GPU (like LSGPT_ATTENTION_SM80), both
+// LSGPT_ATTENTION_SM90_FORWARD takes auto, base, ws, ws_persistent or
+// nothing; any other value is an error on every GPU (like LSGPT_ATTENTION_SM80), both
 // where the dispatch is asked and where the forward runs.
 TEST(CudaAttentionForwardSm90Dispatch, RefusesAnUnknownVariant) {
   REQUIRE_CUDA(cuda);
@@ -275,12 +273,15 @@ TEST(CudaAttentionForwardSm90Dispatch, RefusesAnUnknownVariant) {
   }
   {
     ScopedEnv empty(kSm90Forward, "");
-    EXPECT_NO_THROW(cuda_attention_forward_uses_sm90(*cuda, spec)) << "empty means base";
+    EXPECT_NO_THROW(cuda_attention_forward_uses_sm90(*cuda, spec)) << "empty means auto";
+  }
+  {
+    ScopedEnv choose(kSm90Forward, "auto");
+    EXPECT_NO_THROW(cuda_attention_forward_uses_sm90(*cuda, spec));
   }
   ScopedEnv bad(kSm90Forward, "fa3");
   const std::string expected =
-      "LSGPT_ATTENTION_SM90_FORWARD must be base, wg2, wg2_overlap, ws or ws_persistent, got "
-      "'fa3'";
+      "LSGPT_ATTENTION_SM90_FORWARD must be auto, base, ws or ws_persistent, got 'fa3'";
   try {
     cuda_attention_forward_uses_sm90(*cuda, spec);
     FAIL() << "LSGPT_ATTENTION_SM90_FORWARD=fa3 was accepted by the dispatch";

@@ -1,0 +1,65 @@
+// Which Hopper (sm_90a) attention kernel runs for a shape. Host-only, so the
+// choice is tested without a GPU.
+//
+// The rules come from bench_cuda_attention forward_kernels=1 and
+// backward_kernels=1 on an NVIDIA H200, 2026-11-30 (docs/BENCHMARKS.md
+// "Hopper attention variants"; the reasoning in docs/CUDA.md "Choosing a
+// Hopper kernel"). They pick the fastest measured variant, or one within 2%
+// of it, for every measured shape (MHSA, LS 11/12 w 100, LS 1/2 w 256; D 64
+// and 128; T 1k, 4k, 16k).
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+
+namespace lsgpt::cuda::attn {
+
+// base: one warpgroup, 64 queries a block, cp.async (attention_forward_sm90.cu).
+// ws: a TMA producer warpgroup and two consumer warpgroups (128 queries),
+// one block per query block; ws_persistent: the same, one block per
+// multiprocessor walking the query blocks (attention_forward_sm90_ws.cu).
+enum class Sm90ForwardVariant { base, ws, ws_persistent };
+// base: one warpgroup a block; wg2: two (128 keys or queries a block).
+enum class Sm90BackwardVariant { base, wg2 };
+
+// The sizes the choice depends on. window counts the keys a local head sees.
+struct AttentionShape {
+  int B = 0, T = 0, n_head = 0, n_local = 0, window = 1, head_dim = 0;
+};
+
+// The share of the score work (query-key pairs) that falls in local heads,
+// in [0, 1]; 0 with no heads or no rows.
+inline double local_work_share(const AttentionShape& s) {
+  const double T = s.T, w = std::min(s.window, s.T);
+  const double global_pairs = T * (T + 1) / 2;
+  const double local_pairs = w * (w + 1) / 2 + (T - w) * w;
+  const double local = s.n_local * local_pairs;
+  const double total = local + (s.n_head - s.n_local) * global_pairs;
+  return total > 0 ? local / total : 0.0;
+}
+
+// D 128: the TMA pipeline wins everywhere (1.1-1.9x over base); persistent
+// blocks win only while there are few, short items (T <= 1024). D 64: when a
+// quarter or more of the work is in short band rows, base's smaller blocks
+// win (the pipeline has too few tiles a row to fill); otherwise
+// ws_persistent up to T 4096 and ws beyond, where one global head's long
+// rows make a persistent block's share uneven.
+inline Sm90ForwardVariant choose_sm90_forward(const AttentionShape& s) {
+  if (s.head_dim > 64)
+    return s.T <= 1024 ? Sm90ForwardVariant::ws_persistent : Sm90ForwardVariant::ws;
+  if (local_work_share(s) >= 0.25) return Sm90ForwardVariant::base;
+  return s.T <= 4096 ? Sm90ForwardVariant::ws_persistent : Sm90ForwardVariant::ws;
+}
+
+// wg2 halves the number of blocks; it wins (3-7%) at D 128 only while the
+// global heads alone still give every multiprocessor two blocks, since the
+// global heads carry most of the work. At D 64 base won every shape.
+inline Sm90BackwardVariant choose_sm90_backward(const AttentionShape& s, int sm_count) {
+  if (s.head_dim <= 64) return Sm90BackwardVariant::base;
+  const int64_t global_blocks =
+      int64_t(s.B) * (s.n_head - s.n_local) * ((int64_t(s.T) + 127) / 128);
+  return global_blocks >= 2 * int64_t(sm_count) ? Sm90BackwardVariant::wg2
+                                                : Sm90BackwardVariant::base;
+}
+
+}  // namespace lsgpt::cuda::attn

@@ -1,0 +1,104 @@
+// The Hopper attention kernel choice (attention_sm90_choice.h), host-only so
+// it runs without a GPU: every shape of bench_cuda_attention's grid maps to
+// the variant measured fastest there (or within 2% of it) on an H200,
+// 2026-11-30 (docs/BENCHMARKS.md, "Hopper attention variants"), and the
+// edge shapes stay defined.
+#include <gtest/gtest.h>
+
+#include <string>
+
+#include "ops/cuda/attention_sm90_choice.h"
+
+namespace lsgpt::cuda::attn {
+namespace {
+
+constexpr int kH200Sms = 132;
+
+// bench_cuda_attention's grid: width 2048, 16384 tokens a batch.
+AttentionShape grid_shape(const char* setting, int T, int D) {
+  const int H = 2048 / D;
+  AttentionShape s{16384 / T, T, H, 0, 1, D};
+  if (std::string(setting) == "ls_11of12_w100") s.n_local = (11 * H) / 12, s.window = 100;
+  if (std::string(setting) == "ls_half_w256") s.n_local = H / 2, s.window = 256;
+  return s;
+}
+
+using F = Sm90ForwardVariant;
+using Bw = Sm90BackwardVariant;
+
+struct Measured {
+  const char* setting;
+  int D, T;
+  F forward;
+  Bw backward;
+};
+
+// The measured winners (ws_persistent stands for ws at D 64 MHSA T 16k,
+// 1.2% slower; base for ws_persistent at D 64 half T 1k, 1.8%; ws_persistent
+// for ws at D 128 LS T 1k, 1.8%).
+constexpr Measured kMeasured[] = {
+    {"mhsa", 64, 1024, F::ws_persistent, Bw::base},
+    {"ls_11of12_w100", 64, 1024, F::base, Bw::base},
+    {"ls_half_w256", 64, 1024, F::base, Bw::base},
+    {"mhsa", 64, 4096, F::ws_persistent, Bw::base},
+    {"ls_11of12_w100", 64, 4096, F::base, Bw::base},
+    {"ls_half_w256", 64, 4096, F::ws_persistent, Bw::base},
+    {"mhsa", 64, 16384, F::ws, Bw::base},
+    {"ls_11of12_w100", 64, 16384, F::ws, Bw::base},
+    {"ls_half_w256", 64, 16384, F::ws, Bw::base},
+    {"mhsa", 128, 1024, F::ws_persistent, Bw::wg2},
+    {"ls_11of12_w100", 128, 1024, F::ws_persistent, Bw::base},
+    {"ls_half_w256", 128, 1024, F::ws_persistent, Bw::wg2},
+    {"mhsa", 128, 4096, F::ws, Bw::wg2},
+    {"ls_11of12_w100", 128, 4096, F::ws, Bw::base},
+    {"ls_half_w256", 128, 4096, F::ws, Bw::wg2},
+    {"mhsa", 128, 16384, F::ws, Bw::wg2},
+    {"ls_11of12_w100", 128, 16384, F::ws, Bw::base},
+    {"ls_half_w256", 128, 16384, F::ws, Bw::wg2},
+};
+
+TEST(AttentionSm90Choice, PicksTheMeasuredWinnerOnTheBenchmarkGrid) {
+  for (const Measured& m : kMeasured) {
+    SCOPED_TRACE(std::string(m.setting) + " D " + std::to_string(m.D) + " T " +
+                 std::to_string(m.T));
+    const AttentionShape s = grid_shape(m.setting, m.T, m.D);
+    EXPECT_EQ(int(choose_sm90_forward(s)), int(m.forward));
+    EXPECT_EQ(int(choose_sm90_backward(s, kH200Sms)), int(m.backward));
+  }
+}
+
+TEST(AttentionSm90Choice, LocalWorkShare) {
+  AttentionShape s{1, 1000, 4, 0, 100, 64};
+  EXPECT_EQ(local_work_share(s), 0.0);  // MHSA
+  s.n_local = 4;
+  EXPECT_EQ(local_work_share(s), 1.0);  // every head local
+  s.n_local = 2, s.window = 1000;       // a window as long as T is causal
+  EXPECT_DOUBLE_EQ(local_work_share(s), 0.5);
+  s.window = 5000;  // longer than T: the same
+  EXPECT_DOUBLE_EQ(local_work_share(s), 0.5);
+  s.window = 1;  // one key a row against T (T + 1) / 2
+  EXPECT_DOUBLE_EQ(local_work_share(s), 1000.0 / (1000.0 + 1000.0 * 1001.0 / 2));
+  EXPECT_EQ(local_work_share({1, 0, 4, 2, 100, 64}), 0.0);  // no rows
+  EXPECT_EQ(local_work_share({1, 100, 0, 0, 100, 64}), 0.0);  // no heads
+}
+
+// GPT-2 small's training shape (B 16, T 1024, 12 heads of 64): LS 11/12 keeps
+// base (two thirds of the work is band rows), MHSA takes ws_persistent.
+TEST(AttentionSm90Choice, Gpt2Small) {
+  EXPECT_EQ(int(choose_sm90_forward({16, 1024, 12, 11, 100, 64})), int(F::base));
+  EXPECT_EQ(int(choose_sm90_forward({16, 1024, 12, 0, 1, 64})), int(F::ws_persistent));
+  EXPECT_EQ(int(choose_sm90_backward({16, 1024, 12, 0, 1, 64}, kH200Sms)), int(Bw::base));
+}
+
+// wg2 needs two blocks a multiprocessor from the global heads alone: the
+// GPU's size moves the boundary, and all-local heads never take it.
+TEST(AttentionSm90Choice, BackwardDependsOnTheGlobalHeadsAndTheGpu) {
+  const AttentionShape s{2, 4096, 16, 14, 100, 128};  // 2 * 2 * 32 = 128 global blocks
+  EXPECT_EQ(int(choose_sm90_backward(s, 64)), int(Bw::wg2));
+  EXPECT_EQ(int(choose_sm90_backward(s, 65)), int(Bw::base));
+  EXPECT_EQ(int(choose_sm90_backward({64, 4096, 16, 16, 100, 128}, kH200Sms)), int(Bw::base));
+  EXPECT_EQ(int(choose_sm90_backward({0, 0, 16, 0, 1, 128}, kH200Sms)), int(Bw::base));
+}
+
+}  // namespace
+}  // namespace lsgpt::cuda::attn
