@@ -14,6 +14,7 @@
 // kernel; one or two warpgroups a block, chosen by shape in
 // attention_sm90_choice.h or by LSGPT_ATTENTION_SM90_BACKWARD),
 // unless LSGPT_ATTENTION_SM80=1 asks for this one.
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <type_traits>
@@ -49,21 +50,42 @@ struct BackwardShape {
       kKeyBlockSmem > kQueryBlockSmem ? kKeyBlockSmem : kQueryBlockSmem;
 };
 
+// delta_i = dO_i . O_i, one row (b, h, t) per group of kDeltaLanesPerRow lanes,
+// kVec elements per load (8: 16-byte loads, 2 where out is only 4-byte
+// aligned). Rows run t-fastest so a warp's delta writes are contiguous; its
+// reads are whole 16-byte pieces of D-wide rows either way.
+constexpr int kDeltaLanesPerRow = 8;
+template <int kVec>
 __global__ void attention_delta_kernel(float* delta, const bf16* dout, const bf16* out, int rows,
                                        int T, int n_head, int D) {
-  const int lane = threadIdx.x % kWarpSize;
-  const int row = blockIdx.x * (blockDim.x / kWarpSize) + threadIdx.x / kWarpSize;  // (b, t, h)
-  if (row >= rows) return;
-  const int h = row % n_head, bt = row / n_head, b = bt / T, t = bt % T;
-  const size_t offset = size_t(bt) * n_head * D + size_t(h) * D;
+  const int sub = threadIdx.x % kDeltaLanesPerRow;
+  const long long row = (blockIdx.x * (long long)blockDim.x + threadIdx.x) / kDeltaLanesPerRow;
+  // Lanes past the last row stay for the shuffles below (they need the whole warp).
+  const bool valid = row < rows;
+  const int t = int(row % T), bh = int(row / T), h = bh % n_head, b = bh / n_head;
+  const size_t offset = (size_t(b) * T + t) * n_head * D + size_t(h) * D;
   float acc = 0.f;
-  for (int d = lane * 2; d < D; d += 2 * kWarpSize) {
-    const float2 g = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(dout + offset + d));
-    const float2 o = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(out + offset + d));
-    acc += g.x * o.x + g.y * o.y;
+  for (int d = sub * kVec; valid && d < D; d += kDeltaLanesPerRow * kVec) {
+    const bf16* g = dout + offset + d;
+    const bf16* o = out + offset + d;
+    if constexpr (kVec == 8) {
+      const uint4 gv = *reinterpret_cast<const uint4*>(g), ov = *reinterpret_cast<const uint4*>(o);
+      const __nv_bfloat162* g2 = reinterpret_cast<const __nv_bfloat162*>(&gv);
+      const __nv_bfloat162* o2 = reinterpret_cast<const __nv_bfloat162*>(&ov);
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        const float2 gf = __bfloat1622float2(g2[k]), of = __bfloat1622float2(o2[k]);
+        acc += gf.x * of.x + gf.y * of.y;
+      }
+    } else {
+      const float2 gf = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(g));
+      const float2 of = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(o));
+      acc += gf.x * of.x + gf.y * of.y;
+    }
   }
-  acc = warp_sum(acc);
-  if (lane == 0) delta[(size_t(b) * n_head + h) * T + t] = acc;
+#pragma unroll
+  for (int m = kDeltaLanesPerRow / 2; m > 0; m /= 2) acc += __shfl_xor_sync(0xffffffffu, acc, m);
+  if (valid && sub == 0) delta[row] = acc;
 }
 
 // Rows (group, group + 8) of a warp's 16, as (element index in 0..3) -> row.
@@ -420,8 +442,13 @@ void attention_backward(CudaContext& ctx, bf16* dqkv, const bf16* dout, const bf
   const int D = spec.head_dim;
   const size_t rows = size_t(spec.B) * spec.T * spec.n_head;
   float* delta = static_cast<float*>(ctx.scratch(sizeof(float) * rows));
-  attention_delta_kernel<<<ceil_div((long long)rows, 8), 256, 0, ctx.stream()>>>(
-      delta, dout, out, int(rows), spec.T, spec.n_head, D);
+  const unsigned delta_blocks = unsigned(ceil_div((long long)rows * kDeltaLanesPerRow, 256));
+  if (reinterpret_cast<uintptr_t>(out) % 16 == 0)  // dout is checked 16-byte aligned above
+    attention_delta_kernel<8><<<delta_blocks, 256, 0, ctx.stream()>>>(delta, dout, out, int(rows),
+                                                                       spec.T, spec.n_head, D);
+  else
+    attention_delta_kernel<2><<<delta_blocks, 256, 0, ctx.stream()>>>(delta, dout, out, int(rows),
+                                                                       spec.T, spec.n_head, D);
   CUDA_CHECK_LAUNCH();
 
   BackwardParams p;

@@ -41,22 +41,25 @@ struct AttentionResult {
   std::vector<float> out, lse, max_logit, kbar, dqkv;
 };
 
+// `out_offset`: out starts that many elements into its buffer (and `out`
+// is returned with them in front), to test an out that is not 16-byte aligned.
 AttentionResult run_attention(Backend& be, const AttentionSpec& spec,
-                              const std::vector<float>& qkv, const std::vector<float>& dout) {
+                              const std::vector<float>& qkv, const std::vector<float>& dout,
+                              size_t out_offset = 0) {
   const size_t BT = size_t(spec.B) * spec.T, C = spec.C();
   const DType w = be.dtype(), a = be.acc_dtype();
   Buffer qkv_b = make_buffer(be, w, BT * 3 * C, &qkv);
   Buffer dout_b = make_buffer(be, w, BT * C, &dout);
-  Buffer out_b = make_buffer(be, w, BT * C, nullptr);
+  Buffer out_b = make_buffer(be, w, BT * C + out_offset, nullptr);
+  void* out = static_cast<char*>(out_b.mem.get()) + out_offset * dtype_size(w);
   Buffer lse_b = make_buffer(be, a, size_t(spec.B) * spec.n_head * spec.T, nullptr);
   Buffer max_b = make_buffer(be, a, spec.n_head, nullptr);
   Buffer kbar_b = make_buffer(be, w, spec.span.needs_kbar() ? BT * C : 0, nullptr);
   Buffer dqkv_b = make_buffer(be, w, BT * 3 * C, nullptr);
   void* kbar = spec.span.needs_kbar() ? kbar_b.mem.get() : nullptr;
-  be.attention_forward(out_b.mem.get(), lse_b.mem.get(), max_b.mem.get(), kbar, qkv_b.mem.get(),
-                       spec);
-  be.attention_backward(dqkv_b.mem.get(), dout_b.mem.get(), qkv_b.mem.get(), out_b.mem.get(),
-                        lse_b.mem.get(), kbar, spec);
+  be.attention_forward(out, lse_b.mem.get(), max_b.mem.get(), kbar, qkv_b.mem.get(), spec);
+  be.attention_backward(dqkv_b.mem.get(), dout_b.mem.get(), qkv_b.mem.get(), out, lse_b.mem.get(),
+                        kbar, spec);
   be.sync();
   return {fetch(be, out_b), fetch(be, lse_b), fetch(be, max_b), fetch(be, kbar_b),
           fetch(be, dqkv_b)};
@@ -206,6 +209,27 @@ TEST(CudaAttention, SpanWithUnitAlphasIsCanonical) {
     unit.span.q.alpha_par = 2.0;
     const AttentionResult c = run_attention(*cuda, unit, qkv, dout);
     EXPECT_GT(relative_error(c.dqkv, a.dqkv), 1e-3);
+  }
+}
+
+// The backward's delta kernel reads out with 16-byte loads where out is
+// 16-byte aligned and with 4-byte loads where it is only 4-byte aligned (the
+// attention ops' stated requirement). Both give the same gradient up to the
+// order of delta's f32 sums.
+TEST(CudaAttention, BackwardWithOutOnlyFourByteAligned) {
+  REQUIRE_CUDA(cuda);
+  for (int D : {64, 128}) {
+    const AttentionSpec spec = long_ls_spec(D);
+    const size_t BT = size_t(spec.B) * spec.T, C = spec.C();
+    const auto qkv = bf16_values(BT * 3 * C, 35, -2, 2);
+    const auto dout = bf16_values(BT * C, 36, -1, 1);
+    const AttentionResult aligned = run_attention(*cuda, spec, qkv, dout);
+    const AttentionResult shifted = run_attention(*cuda, spec, qkv, dout, 2);  // 4 bytes in
+    EXPECT_EQ(std::vector<float>(shifted.out.begin() + 2, shifted.out.end()), aligned.out);
+    EXPECT_LE(relative_error(shifted.dqkv, aligned.dqkv), 1e-3);
+    double norm2 = 0;
+    for (float g : aligned.dqkv) norm2 += double(g) * g;
+    EXPECT_GT(norm2, 1.0) << "a vanishing gradient would make the comparison empty";
   }
 }
 
