@@ -11,7 +11,8 @@
 // instantiation) or k, dV along v. With it off none of this code exists.
 // On a compute capability 9.0 GPU the same contract runs on
 // attention_backward_sm90.cu's wgmma kernel instead (after the same delta
-// kernel; one or two warpgroups a block, LSGPT_ATTENTION_SM90_BACKWARD),
+// kernel; one or two warpgroups a block, or the one-pass variant of
+// attention_backward_sm90_one_pass.cu: LSGPT_ATTENTION_SM90_BACKWARD),
 // unless LSGPT_ATTENTION_SM80=1 asks for this one.
 #include <cstdlib>
 #include <cstring>
@@ -394,7 +395,8 @@ Sm90BackwardVariant attn::sm90_backward_variant() {
   const char* v = std::getenv("LSGPT_ATTENTION_SM90_BACKWARD");
   if (!v || !*v || std::strcmp(v, "base") == 0) return Sm90BackwardVariant::base;
   if (std::strcmp(v, "wg2") == 0) return Sm90BackwardVariant::wg2;
-  fail("LSGPT_ATTENTION_SM90_BACKWARD must be base or wg2, got '", v, "'");
+  if (std::strcmp(v, "one_pass") == 0) return Sm90BackwardVariant::one_pass;
+  fail("LSGPT_ATTENTION_SM90_BACKWARD must be base, wg2 or one_pass, got '", v, "'");
 }
 
 bool attention_backward_uses_sm90(CudaContext& ctx, const AttentionSpec& spec) {
@@ -417,7 +419,15 @@ void attention_backward(CudaContext& ctx, bf16* dqkv, const bf16* dout, const bf
   if (spec.B == 0 || spec.T == 0 || spec.n_head == 0) return;
   const int D = spec.head_dim;
   const size_t rows = size_t(spec.B) * spec.T * spec.n_head;
-  float* delta = static_cast<float*>(ctx.scratch(sizeof(float) * rows));
+  const bool sm90 = use_sm90(ctx, spec);
+  const Sm90BackwardVariant variant = sm90_backward_variant();
+  const bool one_pass = sm90 && variant == Sm90BackwardVariant::one_pass;
+  // one_pass sums dQ in fp32 next to delta.
+  const size_t dq_floats = one_pass ? one_pass_dq_floats(spec.B, spec.T, spec.n_head, D) : 0;
+  ScratchCarver carver(ctx.scratch(ScratchCarver::round(sizeof(float) * rows) +
+                                   ScratchCarver::round(sizeof(float) * dq_floats)));
+  float* delta = carver.take<float>(rows);
+  float* dq_accum = carver.take<float>(dq_floats);
   attention_delta_kernel<<<ceil_div((long long)rows, 8), 256, 0, ctx.stream()>>>(
       delta, dout, out, int(rows), spec.T, spec.n_head, D);
   CUDA_CHECK_LAUNCH();
@@ -433,9 +443,12 @@ void attention_backward(CudaContext& ctx, bf16* dqkv, const bf16* dout, const bf
   p.span = make_span_args(spec.span);
   const bool span = spec.span.any();
   const bool qbar = spec.span.k.enabled && spec.span.k.basis == SpanBasis::cross;
-  if (use_sm90(ctx, spec)) {
-    launch_backward_sm90(ctx, p, spec.B, span, qbar,
-                         sm90_backward_variant() == Sm90BackwardVariant::wg2);
+  if (one_pass) {
+    launch_backward_sm90_one_pass(ctx, p, spec.B, span, qbar, dq_accum);
+    return;
+  }
+  if (sm90) {
+    launch_backward_sm90(ctx, p, spec.B, span, qbar, variant == Sm90BackwardVariant::wg2);
     return;
   }
   switch (padded_head_dim(D)) {
