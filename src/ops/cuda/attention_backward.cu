@@ -12,7 +12,8 @@
 // On a compute capability 9.0 GPU the same contract runs on
 // attention_backward_sm90.cu's wgmma kernel instead (after the same delta
 // kernel; one or two warpgroups a block, chosen by shape in
-// attention_sm90_choice.h or by LSGPT_ATTENTION_SM90_BACKWARD),
+// attention_sm90_choice.h or by LSGPT_ATTENTION_SM90_BACKWARD, or the
+// one-pass variant of attention_backward_sm90_one_pass.cu),
 // unless LSGPT_ATTENTION_SM80=1 asks for this one.
 #include <cstdint>
 #include <cstdlib>
@@ -418,7 +419,8 @@ std::optional<Sm90BackwardVariant> attn::sm90_backward_override() {
   if (!v || !*v || std::strcmp(v, "auto") == 0) return std::nullopt;
   if (std::strcmp(v, "base") == 0) return Sm90BackwardVariant::base;
   if (std::strcmp(v, "wg2") == 0) return Sm90BackwardVariant::wg2;
-  fail("LSGPT_ATTENTION_SM90_BACKWARD must be auto, base or wg2, got '", v, "'");
+  if (std::strcmp(v, "one_pass") == 0) return Sm90BackwardVariant::one_pass;
+  fail("LSGPT_ATTENTION_SM90_BACKWARD must be auto, base, wg2 or one_pass, got '", v, "'");
 }
 
 bool attention_backward_uses_sm90(CudaContext& ctx, const AttentionSpec& spec) {
@@ -441,7 +443,18 @@ void attention_backward(CudaContext& ctx, bf16* dqkv, const bf16* dout, const bf
   if (spec.B == 0 || spec.T == 0 || spec.n_head == 0) return;
   const int D = spec.head_dim;
   const size_t rows = size_t(spec.B) * spec.T * spec.n_head;
-  float* delta = static_cast<float*>(ctx.scratch(sizeof(float) * rows));
+  const bool sm90 = use_sm90(ctx, spec);
+  const AttentionShape shape{spec.B, spec.T, spec.n_head, spec.n_local, spec.window, D};
+  const Sm90BackwardVariant variant =
+      sm90 ? sm90_backward_override().value_or(choose_sm90_backward(shape, ctx.sm_count()))
+           : Sm90BackwardVariant::base;
+  const bool one_pass = sm90 && variant == Sm90BackwardVariant::one_pass;
+  // one_pass sums dQ in fp32 next to delta.
+  const size_t dq_floats = one_pass ? one_pass_dq_floats(spec.B, spec.T, spec.n_head, D) : 0;
+  ScratchCarver carver(ctx.scratch(ScratchCarver::round(sizeof(float) * rows) +
+                                   ScratchCarver::round(sizeof(float) * dq_floats)));
+  float* delta = carver.take<float>(rows);
+  float* dq_accum = carver.take<float>(dq_floats);
   const unsigned delta_blocks = unsigned(ceil_div((long long)rows * kDeltaLanesPerRow, 256));
   if (reinterpret_cast<uintptr_t>(out) % 16 == 0)  // dout is checked 16-byte aligned above
     attention_delta_kernel<8><<<delta_blocks, 256, 0, ctx.stream()>>>(delta, dout, out, int(rows),
@@ -462,10 +475,11 @@ void attention_backward(CudaContext& ctx, bf16* dqkv, const bf16* dout, const bf
   p.span = make_span_args(spec.span);
   const bool span = spec.span.any();
   const bool qbar = spec.span.k.enabled && spec.span.k.basis == SpanBasis::cross;
-  if (use_sm90(ctx, spec)) {
-    const AttentionShape shape{spec.B, spec.T, spec.n_head, spec.n_local, spec.window, D};
-    const Sm90BackwardVariant variant =
-        sm90_backward_override().value_or(choose_sm90_backward(shape, ctx.sm_count()));
+  if (one_pass) {
+    launch_backward_sm90_one_pass(ctx, p, spec.B, span, qbar, dq_accum);
+    return;
+  }
+  if (sm90) {
     launch_backward_sm90(ctx, p, spec.B, span, qbar, variant == Sm90BackwardVariant::wg2);
     return;
   }

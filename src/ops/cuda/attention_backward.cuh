@@ -132,11 +132,19 @@ bool sm90_backward_supported(const CudaContext& ctx, int head_dim);
 void launch_backward_sm90(CudaContext& ctx, const BackwardParams& p, int B, bool span, bool qbar,
                           bool wg2);
 
+// attention_backward_sm90_one_pass.cu: the one-pass variant (key blocks
+// only, dQ summed by float atomics into dq_accum, then written to dqkv; not
+// bit-reproducible). dq_accum holds one_pass_dq_floats(...) floats (any
+// contents: zeroed on the stream first).
+size_t one_pass_dq_floats(int B, int T, int n_head, int head_dim);
+void launch_backward_sm90_one_pass(CudaContext& ctx, const BackwardParams& p, int B, bool span,
+                                   bool qbar, float* dq_accum);
+
 // Which Hopper backward runs: LSGPT_ATTENTION_SM90_BACKWARD = auto (also
 // unset or empty: choose_sm90_backward picks by shape), base (one warpgroup
-// a block) or wg2 to force one; any other value is an error. nullopt means
-// auto. Read at every call (defined in attention_backward.cu) so one binary
-// can time both.
+// a block), wg2 or one_pass to force one; any other value is an error.
+// nullopt means auto. Read at every call (defined in attention_backward.cu)
+// so one binary can time them all.
 std::optional<Sm90BackwardVariant> sm90_backward_override();
 
 }  // namespace lsgpt::cuda::attn

@@ -29,6 +29,7 @@
 #include <type_traits>
 
 #include "ops/cuda/attention_backward.cuh"
+#include "ops/cuda/attention_backward_sm90.cuh"
 #include "ops/cuda/attention_common.cuh"
 #include "ops/cuda/cuda_check.h"
 #include "ops/cuda/device_utils.cuh"
@@ -81,60 +82,10 @@ __device__ __forceinline__ int warpgroup_index() {
   return __shfl_sync(0xffffffffu, int(threadIdx.x) / kThreads, 0);
 }
 
-template <int N>
-__device__ __forceinline__ void zero(float (&d)[N]) {
-#pragma unroll
-  for (int i = 0; i < N; ++i) d[i] = 0.f;
-}
-
-// S^T = K Q^T and dP^T = V dO^T for one query tile: m64 (keys) x kQ
-// (queries), reduced over D; both overwrite their accumulators.
-template <int D, int kQ>
-__device__ __forceinline__ void key_scores(float (&s)[kQ / 2], float (&dp)[kQ / 2], uint32_t k_addr,
-                                           uint32_t v_addr, uint32_t q_addr, uint32_t do_addr) {
-  zero(s), zero(dp);
-  fence_operands(s), fence_operands(dp);
-  wgmma_fence();
-#pragma unroll
-  for (int kc = 0; kc < D / 16; ++kc) {
-    wgmma_ss<kQ>(s, k_major_descriptor<kKeysPerBlock>(k_addr, kc),
-                 k_major_descriptor<kQ>(q_addr, kc), kc > 0);
-    wgmma_ss<kQ>(dp, k_major_descriptor<kKeysPerBlock>(v_addr, kc),
-                 k_major_descriptor<kQ>(do_addr, kc), kc > 0);
-  }
-  wgmma_commit();
-  wgmma_wait<0>();
-  fence_operands(s), fence_operands(dp);
-}
-
-// dV += P^T dO, dK += dS^T Q and (kQbar) qbar += P^T Q: the k index is the
-// tile's queries, P^T and dS^T come from registers, dO and Q are read N-major.
-template <int D, int kQ, bool kQbar>
-__device__ __forceinline__ void key_gradients(float (&dv)[D / 2], float (&dk)[D / 2],
-                                              float (&qbar)[kQbar ? D / 2 : 1],
-                                              const uint32_t (&a_p)[kQ / 16][4],
-                                              const uint32_t (&a_ds)[kQ / 16][4], uint32_t q_addr,
-                                              uint32_t do_addr) {
-  fence_operands(dv), fence_operands(dk);
-  if constexpr (kQbar) fence_operands(qbar);
-  wgmma_fence();
-#pragma unroll
-  for (int kc = 0; kc < kQ / 16; ++kc) {
-    wgmma_rs<D>(dv, a_p[kc], n_major_descriptor<kQ>(do_addr, kc));
-    wgmma_rs<D>(dk, a_ds[kc], n_major_descriptor<kQ>(q_addr, kc));
-    if constexpr (kQbar) wgmma_rs<D>(qbar, a_p[kc], n_major_descriptor<kQ>(q_addr, kc));
-  }
-  wgmma_commit();
-  wgmma_wait<0>();
-  fence_operands(dv), fence_operands(dk);
-  if constexpr (kQbar) fence_operands(qbar);
-}
-
 template <int D, bool kSpan, bool kQbar, int kWarpgroups>
 __device__ void key_block(const BackwardParams& p, unsigned char* smem, int key_block_index) {
   using Shape = Sm90BackwardShape<D, kQbar, kWarpgroups>;
   constexpr int kQ = Shape::kQueryTile;
-  constexpr int kDBlocks = D / 8;
   constexpr int kQTileElems = Shape::kQueryTileBytes / 2;
   constexpr int kBlockThreads = Shape::kBlockThreads;
   // One warpgroup: constants, so the base kernel's code is what it was.
@@ -202,15 +153,7 @@ __device__ void key_block(const BackwardParams& p, unsigned char* smem, int key_
 
   for (int tile = tile_begin; tile <= tile_end; ++tile) {
     const int stage = (tile - tile_begin) & 1;
-    if (tile < tile_end) {
-      load_query_tile(tile + 1, stage ^ 1);
-      cp_async_commit();
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
-    fence_proxy_async_shared();  // cp.async wrote what wgmma reads next
-    __syncthreads();
+    prefetch_then_wait(tile < tile_end, [&] { load_query_tile(tile + 1, stage ^ 1); });
     const uint32_t q_addr = smem_address(q_tiles + stage * kQTileElems);
     const uint32_t do_addr = smem_address(do_tiles + stage * kQTileElems);
     const float* lse_tile = lse_tiles + stage * kQ;
@@ -222,21 +165,9 @@ __device__ void key_block(const BackwardParams& p, unsigned char* smem, int key_
     auto step = [&](auto masked) {
       constexpr bool kMasked = decltype(masked)::value;
       float s[kQ / 2], dp[kQ / 2];
-      key_scores<D, kQ>(s, dp, k_addr, v_addr, q_addr, do_addr);
-      // P^T from the saved lse; dS^T = P^T o (dP^T - delta). Element 4 nb + e:
-      // key row key_row + 8 (e >> 1), query column nb * 8 + 2 quad + (e & 1).
-#pragma unroll
-      for (int nb = 0; nb < kQ / 8; ++nb)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int qi = nb * 8 + quad * 2 + (e & 1);
-          float prob = exp2f(s[4 * nb + e] * p.scale_log2 - lse_tile[qi]);
-          if (kMasked && !(i0 + qi < T && mask.visible(i0 + qi, key_row + 8 * (e >> 1))))
-            prob = 0.f;
-          if constexpr (kQbar) colsum[e >> 1] += prob;
-          s[4 * nb + e] = prob;
-          dp[4 * nb + e] = prob * (dp[4 * nb + e] - delta_tile[qi]);
-        }
+      score_pair<D, kKeysPerBlock, kQ>(s, dp, k_addr, q_addr, v_addr, do_addr);
+      key_softmax<kQ, kMasked, kQbar>(s, dp, colsum, lse_tile, delta_tile, p.scale_log2, i0, T,
+                                      mask, key_row, quad);
       uint32_t a_p[kQ / 16][4], a_ds[kQ / 16][4];
       a_fragments<kQ>(a_p, s);
       a_fragments<kQ>(a_ds, dp);
@@ -251,42 +182,7 @@ __device__ void key_block(const BackwardParams& p, unsigned char* smem, int key_
     __syncthreads();  // the next iteration's prefetch overwrites this stage
   }
 
-  // Epilogue: scale dK by tau, project (span), write rows below T.
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    float gk[2 * kDBlocks], gv[2 * kDBlocks], qbar_row[2 * kDBlocks] = {};
-#pragma unroll
-    for (int db = 0; db < kDBlocks; ++db)
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        gk[2 * db + e] = dk[4 * db + 2 * r + e] * p.scale;
-        gv[2 * db + e] = dv[4 * db + 2 * r + e];
-        if constexpr (kQbar) qbar_row[2 * db + e] = qbar[4 * db + 2 * r + e];
-      }
-    finish_key_row<kDBlocks, kSpan, kQbar>(p, gk, gv, qbar_row, colsum[r], key_row + 8 * r,
-                                           k_base, v_base, quad);
-  }
-}
-
-// S = Q K^T and dP = dO V^T for one key tile: m64 (queries) x kKeyTile
-// (keys), reduced over D; both overwrite their accumulators.
-template <int D>
-__device__ __forceinline__ void query_scores(float (&s)[kKeyTile / 2], float (&dp)[kKeyTile / 2],
-                                             uint32_t q_addr, uint32_t do_addr, uint32_t k_addr,
-                                             uint32_t v_addr) {
-  zero(s), zero(dp);
-  fence_operands(s), fence_operands(dp);
-  wgmma_fence();
-#pragma unroll
-  for (int kc = 0; kc < D / 16; ++kc) {
-    wgmma_ss<kKeyTile>(s, k_major_descriptor<kQueriesPerBlock>(q_addr, kc),
-                       k_major_descriptor<kKeyTile>(k_addr, kc), kc > 0);
-    wgmma_ss<kKeyTile>(dp, k_major_descriptor<kQueriesPerBlock>(do_addr, kc),
-                       k_major_descriptor<kKeyTile>(v_addr, kc), kc > 0);
-  }
-  wgmma_commit();
-  wgmma_wait<0>();
-  fence_operands(s), fence_operands(dp);
+  finish_key_rows<D, kSpan, kQbar>(p, dk, dv, qbar, colsum, key_row, k_base, v_base, quad);
 }
 
 // dQ += dS K: the k index is the tile's keys, dS from registers, K read N-major.
@@ -371,15 +267,7 @@ __device__ void query_block(const BackwardParams& p, unsigned char* smem, int qu
 
   for (int tile = tile_begin; tile <= tile_end; ++tile) {
     const int stage = (tile - tile_begin) & 1;
-    if (tile < tile_end) {
-      load_key_tile(tile + 1, stage ^ 1);
-      cp_async_commit();
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
-    fence_proxy_async_shared();  // cp.async wrote what wgmma reads next
-    __syncthreads();
+    prefetch_then_wait(tile < tile_end, [&] { load_key_tile(tile + 1, stage ^ 1); });
     const uint32_t k_addr = smem_address(k_tiles + stage * kKeyTileElems);
     const uint32_t v_addr = smem_address(v_tiles + stage * kKeyTileElems);
     const int j0 = tile * kKeyTile;
@@ -389,7 +277,7 @@ __device__ void query_block(const BackwardParams& p, unsigned char* smem, int qu
     auto step = [&](auto masked) {
       constexpr bool kMasked = decltype(masked)::value;
       float s[kKeyTile / 2], dp[kKeyTile / 2];
-      query_scores<D>(s, dp, q_addr, do_addr, k_addr, v_addr);
+      score_pair<D, kQueriesPerBlock, kKeyTile>(s, dp, q_addr, k_addr, do_addr, v_addr);
       // Element 4 nb + e: query row row_a + 8 (e >> 1), key nb * 8 + 2 quad + (e & 1).
 #pragma unroll
       for (int nb = 0; nb < kKeyTile / 8; ++nb)

@@ -100,17 +100,11 @@ __global__ void __launch_bounds__(kThreads) attention_forward_sm90_kernel(const 
 
   for (int tile = tile_begin; tile <= tile_end; ++tile) {
     const int stage = (tile - tile_begin) & 1;
-    if (tile < tile_end) {
-      const int next = (stage ^ 1) * kTileElems;
-      load_tile_sw128<kBlockN, D>(k_tiles + next, k_base, qkv_row, (tile + 1) * kBlockN, T, p.head_dim);
-      load_tile_sw128<kBlockN, D>(v_tiles + next, v_base, qkv_row, (tile + 1) * kBlockN, T, p.head_dim);
-      cp_async_commit();
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
-    fence_proxy_async_shared();  // cp.async wrote what wgmma reads next
-    __syncthreads();
+    prefetch_then_wait(tile < tile_end, [&] {
+      const int next = (stage ^ 1) * kTileElems, j0 = (tile + 1) * kBlockN;
+      load_tile_sw128<kBlockN, D>(k_tiles + next, k_base, qkv_row, j0, T, p.head_dim);
+      load_tile_sw128<kBlockN, D>(v_tiles + next, v_base, qkv_row, j0, T, p.head_dim);
+    });
     const uint32_t k_addr = smem_address(k_tiles + stage * kTileElems);
     const uint32_t v_addr = smem_address(v_tiles + stage * kTileElems);
     const int k0 = tile * kBlockN;

@@ -19,8 +19,9 @@ namespace lsgpt::cuda::attn {
 // one block per query block; ws_persistent: the same, one block per
 // multiprocessor walking the query blocks (attention_forward_sm90_ws.cu).
 enum class Sm90ForwardVariant { base, ws, ws_persistent };
-// base: one warpgroup a block; wg2: two (128 keys or queries a block).
-enum class Sm90BackwardVariant { base, wg2 };
+// base: one warpgroup a block; wg2: two (128 keys or queries a block);
+// one_pass: key blocks only, dQ summed by float atomics (not bit-reproducible).
+enum class Sm90BackwardVariant { base, wg2, one_pass };
 
 // The sizes the choice depends on. window counts the keys a local head sees.
 struct AttentionShape {

@@ -28,6 +28,7 @@
 #include <cstdint>
 
 #include "ops/cuda/attention_common.cuh"
+#include "ops/cuda/device_utils.cuh"
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define LSGPT_SM90A_DEVICE 1
@@ -82,6 +83,24 @@ __device__ __forceinline__ void fence_operands(float (&d)[N]) {
 // the barrier.
 __device__ __forceinline__ void fence_proxy_async_shared() {
   asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+
+// One step of a double-buffered tile walk: starts the copy of the next tile
+// into the other stage (when there is one: has_next, prefetch_next issues
+// its cp.async copies), then waits for this tile's copies and makes every
+// thread's visible to wgmma. The caller's barrier at the end of the step
+// keeps the next prefetch off the stage still being read.
+template <typename Prefetch>
+__device__ __forceinline__ void prefetch_then_wait(bool has_next, Prefetch&& prefetch_next) {
+  if (has_next) {
+    prefetch_next();
+    cp_async_commit();
+    cp_async_wait<1>();
+  } else {
+    cp_async_wait<0>();
+  }
+  fence_proxy_async_shared();  // cp.async wrote what wgmma reads next
+  __syncthreads();
 }
 
 // Shared-memory matrix descriptor (PTX ISA "Matrix Descriptor Format"):
@@ -228,6 +247,29 @@ __device__ __forceinline__ void wgmma_rs<128>(float (&d)[64], const uint32_t (&a
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b));
 }
 
+// D[64 x 64] (+)= A[64 x 16] B[16 x 64], A K-major and B N-major
+// (transposed) in shared memory; accumulate 0 overwrites D.
+__device__ __forceinline__ void wgmma_ss_n_major_b64(float (&d)[32], uint64_t desc_a,
+                                                     uint64_t desc_b, int accumulate) {
+  asm volatile(
+      "{\n.reg .pred p;\n"
+      "setp.ne.b32 p, %34, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+      "{"
+      "%0, %1, %2, %3, %4, %5, %6, %7, "
+      "%8, %9, %10, %11, %12, %13, %14, %15, "
+      "%16, %17, %18, %19, %20, %21, %22, %23, "
+      "%24, %25, %26, %27, %28, %29, %30, %31"
+      "}, %32, %33, p, 1, 1, 0, 1;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]),
+        "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),
+        "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]),
+        "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]),
+        "+f"(d[30]), "+f"(d[31])
+      : "l"(desc_a), "l"(desc_b), "r"(accumulate));
+}
+
 // The A fragments (one per k16 slice) of the m64 x N accumulator s rounded
 // to bf16: slice kc is the accumulator's n8 blocks 2 kc and 2 kc + 1.
 template <int N>
@@ -238,6 +280,30 @@ __device__ __forceinline__ void a_fragments(uint32_t (&a)[N / 16][4], const floa
     a[kc][1] = pack_bf16x2(s[8 * kc + 2], s[8 * kc + 3]);
     a[kc][2] = pack_bf16x2(s[8 * kc + 4], s[8 * kc + 5]);
     a[kc][3] = pack_bf16x2(s[8 * kc + 6], s[8 * kc + 7]);
+  }
+}
+
+// Stores the transpose of an m64 x N accumulator, already in A fragments
+// (a_fragments), as bf16 into a swizzled tile of N rows x 64 columns (one
+// panel): accumulator element (m, n) lands at tile row n, column m. Each
+// fragment register is an 8 x 8 block (rows 16 w + 8 (j & 1), columns
+// 16 kc + 8 (j >> 1) for register j), which stmatrix .trans writes as 8 rows
+// of 16 bytes; lane 8 j + i names row i of block j. Every thread of the
+// warpgroup calls it.
+template <int N>
+__device__ __forceinline__ void store_transposed_sw128(uint32_t tile,
+                                                       const uint32_t (&a)[N / 16][4]) {
+  const int lane = threadIdx.x % kWarpSize, warp = (threadIdx.x / kWarpSize) % 4;
+  const int j = lane >> 3, i = lane & 7;
+  const int chunk = 2 * warp + (j & 1);  // the 8 columns m of block j
+#pragma unroll
+  for (int kc = 0; kc < N / 16; ++kc) {
+    const int row = 16 * kc + 8 * (j >> 1) + i;  // row % 8 == i
+    const uint32_t addr = tile + row * kSwizzleRowBytes + ((chunk ^ i) * 16);
+    asm volatile("stmatrix.sync.aligned.m8n8.x4.trans.shared.b16 [%0], {%1, %2, %3, %4};\n" ::"r"(
+                     addr),
+                 "r"(a[kc][0]), "r"(a[kc][1]), "r"(a[kc][2]), "r"(a[kc][3])
+                 : "memory");
   }
 }
 
