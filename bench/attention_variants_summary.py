@@ -13,6 +13,7 @@ Usage: bench/attention_variants_summary.py RESULTS.jsonl [-o OUT.md]
 import argparse
 import json
 import re
+import signal
 import sys
 
 
@@ -77,6 +78,8 @@ def table(rows):
 
 
 def main():
+    # A reader that stops early (| head) ends the script quietly, as any Unix filter.
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("results")
     parser.add_argument("-o", "--output")

@@ -12,6 +12,7 @@ Scaling efficiency at N GPUs = tokens/s at N / (N * tokens/s at 1 GPU).
 Usage: bench/multi_gpu_table.py OUT_DIR/multi_gpu.jsonl
 """
 import json
+import signal
 import sys
 
 import benchmark_rows
@@ -102,6 +103,8 @@ def targets(speeds):
 
 
 def main():
+    # A reader that stops early (| head) ends the script quietly, as any Unix filter.
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     if len(sys.argv) != 2:
         sys.exit("usage: multi_gpu_table.py MULTI_GPU_JSONL")
     speeds = load(sys.argv[1])

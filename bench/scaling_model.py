@@ -45,6 +45,7 @@ Usage: bench/scaling_model.py [--measured multi_gpu.jsonl] [--gpus 1 2 4 8]
 import argparse
 import json
 import os
+import signal
 import sys
 
 import benchmark_rows
@@ -170,6 +171,8 @@ def predict(shape, local, t1, t2, beta_fixed, gpus, tokens_per_step, nominal_gbs
 
 
 def main():
+    # A reader that stops early (| head) ends the script quietly, as any Unix filter.
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--measured", help="multi_gpu.jsonl of bench/multi_gpu.sh")
     ap.add_argument("--gpus", type=int, nargs="+", default=[1, 2, 4, 8])

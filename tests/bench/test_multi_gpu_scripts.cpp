@@ -261,5 +261,18 @@ TEST(MultiGpuTableAndScalingModel, RefuseDamagedRowsWithOneMessage) {
   }
 }
 
+// A reader that stops early (| head -1) while the script still writes (600
+// GPU counts: more than a pipe buffer) ends it quietly, with no BrokenPipe
+// traceback.
+TEST(ScalingModel, QuietWhenTheReaderStopsEarly) {
+  std::string counts;
+  for (int n = 1; n <= 600; ++n) counts += " " + std::to_string(n);
+  const auto r = run_command("(python3 " + quoted(kSource + "/bench/scaling_model.py") + " --gpus" +
+                             counts + " | head -1) 2>&1");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("B = 16, T = 1024 per GPU"), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("Traceback"), std::string::npos) << r.output;
+}
+
 }  // namespace
 }  // namespace lsgpt
