@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "core/dtype.h"
+#include "core/env_switch.h"
 #include "core/error.h"
 #include "ops/backend.h"
 
@@ -88,26 +89,6 @@ double median_ms(Backend& be, int reps, Fn fn) {
 #endif
 
 #ifdef LSGPT_HAVE_CUDA
-// One direction's time on the sm_80 kernel and on the default kernel
-// (`prefix` "fwd" or "bwd"; `flops` its canonical matrix-product count;
-// `uses_sm90` says which kernel the default is).
-// Sets (or, with nullptr, removes) an environment variable for one scope.
-class ScopedEnv {
- public:
-  ScopedEnv(const char* name, const char* value) : name_(name) {
-    if (const char* old = std::getenv(name)) had_ = true, old_ = old;
-    value ? ::setenv(name, value, 1) : ::unsetenv(name);
-  }
-  ~ScopedEnv() { had_ ? ::setenv(name_, old_.c_str(), 1) : ::unsetenv(name_); }
-  ScopedEnv(const ScopedEnv&) = delete;
-  ScopedEnv& operator=(const ScopedEnv&) = delete;
-
- private:
-  const char* name_;
-  bool had_ = false;
-  std::string old_;
-};
-
 // The variants of a Hopper kernel: the switch that picks one and its values.
 struct Variants {
   const char* env;

@@ -16,10 +16,9 @@
 // one-pass variant of attention_backward_sm90_one_pass.cu),
 // unless LSGPT_ATTENTION_SM80=1 asks for this one.
 #include <cstdint>
-#include <cstdlib>
-#include <cstring>
 #include <type_traits>
 
+#include "core/env_switch.h"
 #include "ops/cuda/attention_backward.cuh"
 #include "ops/cuda/attention_common.cuh"
 #include "ops/cuda/cuda_check.h"
@@ -415,12 +414,12 @@ bool use_sm90(const CudaContext& ctx, const AttentionSpec& spec) {
 }  // namespace
 
 std::optional<Sm90BackwardVariant> attn::sm90_backward_override() {
-  const char* v = std::getenv("LSGPT_ATTENTION_SM90_BACKWARD");
-  if (!v || !*v || std::strcmp(v, "auto") == 0) return std::nullopt;
-  if (std::strcmp(v, "base") == 0) return Sm90BackwardVariant::base;
-  if (std::strcmp(v, "wg2") == 0) return Sm90BackwardVariant::wg2;
-  if (std::strcmp(v, "one_pass") == 0) return Sm90BackwardVariant::one_pass;
-  fail("LSGPT_ATTENTION_SM90_BACKWARD must be auto, base, wg2 or one_pass, got '", v, "'");
+  constexpr Sm90BackwardVariant kForced[] = {Sm90BackwardVariant::base, Sm90BackwardVariant::wg2,
+                                             Sm90BackwardVariant::one_pass};
+  const int i =
+      env_switch("LSGPT_ATTENTION_SM90_BACKWARD", {"auto", "base", "wg2", "one_pass"});
+  if (i == 0) return std::nullopt;
+  return kForced[i - 1];
 }
 
 bool attention_backward_uses_sm90(CudaContext& ctx, const AttentionSpec& spec) {

@@ -11,10 +11,9 @@
 // or the warp-specialised attention_forward_sm90_ws.cu, chosen by shape
 // (attention_sm90_choice.h) or by LSGPT_ATTENTION_SM90_FORWARD, unless
 // LSGPT_ATTENTION_SM80=1 asks for this one.
-#include <cstdlib>
-#include <cstring>
 #include <type_traits>
 
+#include "core/env_switch.h"
 #include "ops/cuda/attention_common.cuh"
 #include "ops/cuda/attention_forward.cuh"
 #include "ops/cuda/cuda_check.h"
@@ -281,20 +280,15 @@ void launch_sm90(CudaContext& ctx, const ForwardParams& p, const AttentionSpec& 
 
 }  // namespace
 
-bool attn::sm80_forced() {
-  const char* v = std::getenv("LSGPT_ATTENTION_SM80");
-  if (!v || !*v || std::strcmp(v, "0") == 0) return false;
-  if (std::strcmp(v, "1") == 0) return true;
-  fail("LSGPT_ATTENTION_SM80 must be 0 or 1, got '", v, "'");
-}
+bool attn::sm80_forced() { return env_switch("LSGPT_ATTENTION_SM80", {"0", "1"}) == 1; }
 
 std::optional<Sm90ForwardVariant> attn::sm90_forward_override() {
-  const char* v = std::getenv("LSGPT_ATTENTION_SM90_FORWARD");
-  if (!v || !*v || std::strcmp(v, "auto") == 0) return std::nullopt;
-  if (std::strcmp(v, "base") == 0) return Sm90ForwardVariant::base;
-  if (std::strcmp(v, "ws") == 0) return Sm90ForwardVariant::ws;
-  if (std::strcmp(v, "ws_persistent") == 0) return Sm90ForwardVariant::ws_persistent;
-  fail("LSGPT_ATTENTION_SM90_FORWARD must be auto, base, ws or ws_persistent, got '", v, "'");
+  constexpr Sm90ForwardVariant kForced[] = {Sm90ForwardVariant::base, Sm90ForwardVariant::ws,
+                                            Sm90ForwardVariant::ws_persistent};
+  const int i =
+      env_switch("LSGPT_ATTENTION_SM90_FORWARD", {"auto", "base", "ws", "ws_persistent"});
+  if (i == 0) return std::nullopt;
+  return kForced[i - 1];
 }
 
 bool attention_forward_uses_sm90(CudaContext& ctx, const AttentionSpec& spec) {

@@ -17,12 +17,11 @@
 // model (algorithms are cached per shape, alignment, epilogue and SM count;
 // cuBLASLt's split-K reductions are ordered).
 #include <atomic>
-#include <cstdlib>
-#include <cstring>
 #include <map>
 #include <mutex>
 #include <tuple>
 
+#include "core/env_switch.h"
 #include "ops/cuda/cuda_check.h"
 #include "ops/cuda/device_utils.cuh"
 #include "ops/cuda/ops.h"
@@ -194,10 +193,7 @@ bool weight_gradient_with_bias(CudaContext& ctx, Gemm gw, bf16* dbias, int OC) {
 
 // LSGPT_CUDA_DBIAS: unset or "column-sum" (the default), or "bgradb".
 bool dbias_from_epilogue() {
-  const char* v = std::getenv("LSGPT_CUDA_DBIAS");
-  if (!v || !*v || std::strcmp(v, "column-sum") == 0) return false;
-  if (std::strcmp(v, "bgradb") == 0) return true;
-  fail("LSGPT_CUDA_DBIAS must be column-sum or bgradb, got '", v, "'");
+  return env_switch("LSGPT_CUDA_DBIAS", {"column-sum", "bgradb"}) == 1;
 }
 
 }  // namespace

@@ -2,13 +2,15 @@
 // kernels: the switch back to the sm_80 kernels (LSGPT_ATTENTION_SM80) for
 // one scope, the variant switches (LSGPT_ATTENTION_SM90_FORWARD, _BACKWARD),
 // and the skip on a GPU that is not compute capability 9.0.
-// ScopedEnv also serves the other CUDA path switches (LSGPT_CUDA_DBIAS).
+// ScopedEnv (core/env_switch.h) also serves the other CUDA path switches
+// (LSGPT_CUDA_DBIAS).
 #pragma once
 
 #include <gtest/gtest.h>
 
-#include <cstdlib>
 #include <string>
+
+#include "core/env_switch.h"
 
 #ifdef LSGPT_HAVE_CUDA
 #include <cuda_runtime_api.h>
@@ -16,22 +18,7 @@
 
 namespace lsgpt::cuda_test {
 
-// Sets (or, with nullptr, removes) an environment variable for one scope.
-class ScopedEnv {
- public:
-  ScopedEnv(const char* name, const char* value) : name_(name) {
-    if (const char* old = std::getenv(name)) had_ = true, old_ = old;
-    value ? ::setenv(name, value, 1) : ::unsetenv(name);
-  }
-  ~ScopedEnv() { had_ ? ::setenv(name_, old_.c_str(), 1) : ::unsetenv(name_); }
-  ScopedEnv(const ScopedEnv&) = delete;
-  ScopedEnv& operator=(const ScopedEnv&) = delete;
-
- private:
-  const char* name_;
-  bool had_ = false;
-  std::string old_;
-};
+using ::lsgpt::ScopedEnv;
 
 constexpr const char* kForceSm80 = "LSGPT_ATTENTION_SM80";
 // Which Hopper forward runs (attention_forward.cuh): every kernel it can

@@ -1,0 +1,50 @@
+// env_switch: unset and empty give the default, each listed word its index,
+// anything else one message naming every word.
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <string>
+
+#include "core/env_switch.h"
+#include "core/error.h"
+
+namespace lsgpt {
+namespace {
+
+constexpr const char* kName = "LSGPT_TEST_ENV_SWITCH";
+
+std::string message_for(const char* value, std::initializer_list<const char*> values) {
+  ::setenv(kName, value, 1);
+  try {
+    env_switch(kName, values);
+  } catch (const Error& e) {
+    ::unsetenv(kName);
+    return e.what();
+  }
+  ::unsetenv(kName);
+  return "accepted";
+}
+
+TEST(EnvSwitch, DefaultAndListedWords) {
+  ::unsetenv(kName);
+  EXPECT_EQ(env_switch(kName, {"auto", "base", "ws"}), 0);
+  ::setenv(kName, "", 1);
+  EXPECT_EQ(env_switch(kName, {"auto", "base", "ws"}), 0);
+  ::setenv(kName, "ws", 1);
+  EXPECT_EQ(env_switch(kName, {"auto", "base", "ws"}), 2);
+  ::setenv(kName, "auto", 1);
+  EXPECT_EQ(env_switch(kName, {"auto", "base", "ws"}), 0);
+  ::unsetenv(kName);
+}
+
+TEST(EnvSwitch, AnyOtherValueNamesEveryWord) {
+  EXPECT_EQ(message_for("fa3", {"auto", "base", "ws", "ws_persistent"}),
+            "LSGPT_TEST_ENV_SWITCH must be auto, base, ws or ws_persistent, got 'fa3'");
+  EXPECT_EQ(message_for("yes", {"0", "1"}), "LSGPT_TEST_ENV_SWITCH must be 0 or 1, got 'yes'");
+  EXPECT_EQ(message_for("WS", {"ws"}), "LSGPT_TEST_ENV_SWITCH must be ws, got 'WS'");
+  EXPECT_EQ(message_for("bas", {"auto", "base"}),
+            "LSGPT_TEST_ENV_SWITCH must be auto or base, got 'bas'");
+}
+
+}  // namespace
+}  // namespace lsgpt
