@@ -75,13 +75,6 @@ struct Sm90BackwardShape {
 
 #if LSGPT_SM90A_DEVICE
 
-// This thread's warpgroup, read through a shuffle so that ptxas sees a
-// warp-uniform value (as CUTLASS's canonical_warp_group_idx): the branches
-// on a warpgroup's band around wgmma then do not count as divergent.
-__device__ __forceinline__ int warpgroup_index() {
-  return __shfl_sync(0xffffffffu, int(threadIdx.x) / kThreads, 0);
-}
-
 template <int D, bool kSpan, bool kQbar, int kWarpgroups>
 __device__ void key_block(const BackwardParams& p, unsigned char* smem, int key_block_index) {
   using Shape = Sm90BackwardShape<D, kQbar, kWarpgroups>;

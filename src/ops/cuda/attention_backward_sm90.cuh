@@ -1,5 +1,6 @@
 // Device code shared by the Hopper backwards (attention_backward_sm90.cu:
-// base and wg2, attention_backward_sm90_one_pass.cu): the paired S / dP
+// base and wg2, attention_backward_sm90_one_pass.cu,
+// attention_backward_sm90_one_pass_wg2.cu): the paired S / dP
 // products, a key block's softmax step, its dV / dK (/ qbar) products and its
 // row epilogue. Keeping them in one place keeps the variants' numbers equal
 // where their algorithms are (the same products in the same order).
@@ -15,6 +16,13 @@
 namespace lsgpt::cuda::attn {
 
 #if LSGPT_SM90A_DEVICE
+
+// This thread's warpgroup, read through a shuffle so that ptxas sees a
+// warp-uniform value (as CUTLASS's canonical_warp_group_idx): the branches
+// on a warpgroup's band around wgmma then do not count as divergent.
+__device__ __forceinline__ int warpgroup_index() {
+  return __shfl_sync(0xffffffffu, int(threadIdx.x) / kThreads, 0);
+}
 
 template <int N>
 __device__ __forceinline__ void zero(float (&d)[N]) {
