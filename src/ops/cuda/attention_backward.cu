@@ -13,7 +13,8 @@
 // attention_backward_sm90.cu's wgmma kernel instead (after the same delta
 // kernel; one or two warpgroups a block, chosen by shape in
 // attention_sm90_choice.h or by LSGPT_ATTENTION_SM90_BACKWARD, or the
-// one-pass variant of attention_backward_sm90_one_pass.cu),
+// one-pass variants of attention_backward_sm90_one_pass.cu and
+// attention_backward_sm90_one_pass_wg2.cu),
 // unless LSGPT_ATTENTION_SM80=1 asks for this one.
 #include <cstdint>
 #include <type_traits>
@@ -415,9 +416,10 @@ bool use_sm90(const CudaContext& ctx, const AttentionSpec& spec) {
 
 std::optional<Sm90BackwardVariant> attn::sm90_backward_override() {
   constexpr Sm90BackwardVariant kForced[] = {Sm90BackwardVariant::base, Sm90BackwardVariant::wg2,
-                                             Sm90BackwardVariant::one_pass};
-  const int i =
-      env_switch("LSGPT_ATTENTION_SM90_BACKWARD", {"auto", "base", "wg2", "one_pass"});
+                                             Sm90BackwardVariant::one_pass,
+                                             Sm90BackwardVariant::one_pass_wg2};
+  const int i = env_switch("LSGPT_ATTENTION_SM90_BACKWARD",
+                           {"auto", "base", "wg2", "one_pass", "one_pass_wg2"});
   if (i == 0) return std::nullopt;
   return kForced[i - 1];
 }
@@ -447,8 +449,9 @@ void attention_backward(CudaContext& ctx, bf16* dqkv, const bf16* dout, const bf
   const Sm90BackwardVariant variant =
       sm90 ? sm90_backward_override().value_or(choose_sm90_backward(shape, ctx.sm_count()))
            : Sm90BackwardVariant::base;
-  const bool one_pass = sm90 && variant == Sm90BackwardVariant::one_pass;
-  // one_pass sums dQ in fp32 next to delta.
+  const bool one_pass = sm90 && (variant == Sm90BackwardVariant::one_pass ||
+                                 variant == Sm90BackwardVariant::one_pass_wg2);
+  // Both one_pass variants sum dQ in fp32 next to delta.
   const size_t dq_floats = one_pass ? one_pass_dq_floats(spec.B, spec.T, spec.n_head, D) : 0;
   ScratchCarver carver(ctx.scratch(ScratchCarver::round(sizeof(float) * rows) +
                                    ScratchCarver::round(sizeof(float) * dq_floats)));
@@ -475,7 +478,10 @@ void attention_backward(CudaContext& ctx, bf16* dqkv, const bf16* dout, const bf
   const bool span = spec.span.any();
   const bool qbar = spec.span.k.enabled && spec.span.k.basis == SpanBasis::cross;
   if (one_pass) {
-    launch_backward_sm90_one_pass(ctx, p, spec.B, span, qbar, dq_accum);
+    if (variant == Sm90BackwardVariant::one_pass_wg2)
+      launch_backward_sm90_one_pass_wg2(ctx, p, spec.B, span, qbar, dq_accum);
+    else
+      launch_backward_sm90_one_pass(ctx, p, spec.B, span, qbar, dq_accum);
     return;
   }
   if (sm90) {

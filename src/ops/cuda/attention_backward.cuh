@@ -139,10 +139,20 @@ void launch_backward_sm90(CudaContext& ctx, const BackwardParams& p, int B, bool
 size_t one_pass_dq_floats(int B, int T, int n_head, int head_dim);
 void launch_backward_sm90_one_pass(CudaContext& ctx, const BackwardParams& p, int B, bool span,
                                    bool qbar, float* dq_accum);
+// Its last step, shared with one_pass_wg2: dQ rows of dqkv from the sums in
+// dq_accum (scaled, projected with span on q).
+void finish_one_pass_dq(CudaContext& ctx, const BackwardParams& p, int B, bool span,
+                        const float* dq_accum);
+// attention_backward_sm90_one_pass_wg2.cu: one_pass with two warpgroups (128
+// keys) a block and one dQ product over both, so one float atomic per dQ
+// element per 128 keys instead of per 64. The same dq_accum contract.
+void launch_backward_sm90_one_pass_wg2(CudaContext& ctx, const BackwardParams& p, int B,
+                                       bool span, bool qbar, float* dq_accum);
 
 // Which Hopper backward runs: LSGPT_ATTENTION_SM90_BACKWARD = auto (also
 // unset or empty: choose_sm90_backward picks by shape), base (one warpgroup
-// a block), wg2 or one_pass to force one; any other value is an error.
+// a block), wg2, one_pass or one_pass_wg2 to force one; any other value is
+// an error.
 // nullopt means auto. Read at every call (defined in attention_backward.cu)
 // so one binary can time them all.
 std::optional<Sm90BackwardVariant> sm90_backward_override();

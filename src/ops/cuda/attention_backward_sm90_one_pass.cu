@@ -252,6 +252,13 @@ __global__ void __launch_bounds__(kThreads)
   finish_query_row<kDBlocks, kSpan>(p, g, i, b, h, q_base, quad);
 }
 
+template <int D, bool kSpan>
+void launch_finish_dq(CudaContext& ctx, const BackwardParams& p, int B, const float* dq_accum) {
+  const dim3 finish_grid(ceil_div(p.T, kFinishRowsPerBlock), B * p.n_head);
+  finish_dq_kernel<D, kSpan><<<finish_grid, kThreads, 0, ctx.stream()>>>(p, dq_accum);
+  CUDA_CHECK_LAUNCH();
+}
+
 template <int D, bool kSpan, bool kQbar>
 void launch(CudaContext& ctx, const BackwardParams& p, int B, float* dq_accum) {
   using Shape = OnePassShape<D, kQbar>;
@@ -265,9 +272,7 @@ void launch(CudaContext& ctx, const BackwardParams& p, int B, float* dq_accum) {
   const dim3 grid(ceil_div(p.T, kKeysPerBlock), B * p.n_head);
   kernel<<<grid, kThreads, Shape::kSmemBytes, ctx.stream()>>>(p, dq_accum);
   CUDA_CHECK_LAUNCH();
-  const dim3 finish_grid(ceil_div(p.T, kFinishRowsPerBlock), B * p.n_head);
-  finish_dq_kernel<D, kSpan><<<finish_grid, kThreads, 0, ctx.stream()>>>(p, dq_accum);
-  CUDA_CHECK_LAUNCH();
+  launch_finish_dq<D, kSpan>(ctx, p, B, dq_accum);
 }
 
 template <int D>
@@ -285,6 +290,17 @@ void dispatch(CudaContext& ctx, const BackwardParams& p, int B, bool span, bool 
 
 size_t one_pass_dq_floats(int B, int T, int n_head, int head_dim) {
   return size_t(B) * n_head * T * padded_head_dim(head_dim);
+}
+
+void finish_one_pass_dq(CudaContext& ctx, const BackwardParams& p, int B, bool span,
+                        const float* dq_accum) {
+  const bool d64 = padded_head_dim(p.head_dim) == 64;
+  if (d64)
+    span ? launch_finish_dq<64, true>(ctx, p, B, dq_accum)
+         : launch_finish_dq<64, false>(ctx, p, B, dq_accum);
+  else
+    span ? launch_finish_dq<128, true>(ctx, p, B, dq_accum)
+         : launch_finish_dq<128, false>(ctx, p, B, dq_accum);
 }
 
 void launch_backward_sm90_one_pass(CudaContext& ctx, const BackwardParams& p, int B, bool span,

@@ -20,8 +20,10 @@ namespace lsgpt::cuda::attn {
 // multiprocessor walking the query blocks (attention_forward_sm90_ws.cu).
 enum class Sm90ForwardVariant { base, ws, ws_persistent };
 // base: one warpgroup a block; wg2: two (128 keys or queries a block);
-// one_pass: key blocks only, dQ summed by float atomics (not bit-reproducible).
-enum class Sm90BackwardVariant { base, wg2, one_pass };
+// one_pass: key blocks only, dQ summed by float atomics (not bit-reproducible);
+// one_pass_wg2: the same with two warpgroups (128 keys) a block sharing one
+// dQ product, half the atomics.
+enum class Sm90BackwardVariant { base, wg2, one_pass, one_pass_wg2 };
 
 // The sizes the choice depends on. window counts the keys a local head sees.
 struct AttentionShape {

@@ -1,0 +1,325 @@
+// One-pass LS flash-attention backward for Hopper with two warpgroups a
+// block (sm_90a; LSGPT_ATTENTION_SM90_BACKWARD=one_pass_wg2, not the
+// default). attention_backward_sm90_one_pass.cu's algorithm, with the change
+// FlashAttention-3 makes to cut its dQ atomics: a block owns 128 keys, 64 per
+// warpgroup (each with its own K and V tiles, as wg2 in
+// attention_backward_sm90.cu), and walks the union of its warpgroups' bands
+// with every Q, dO, lse and delta tile shared (copied by all 256 threads,
+// double-buffered by cp.async).
+//
+// Per query tile each warpgroup forms S^T, dP^T, dV, dK (and qbar) for its 64
+// keys exactly as one_pass, and stores its dS^T fragments transposed
+// (stmatrix .trans) into its own dS tile (the tile's queries x its 64 keys).
+// A warpgroup the tile does not concern (its keys past T, or the tile outside
+// its band) runs the masked step all the same: every P and dS of it is zero,
+// so its dS tile adds nothing, and it costs no time, since the other
+// warpgroup computes on the tile and both meet at the next barrier. Then the
+// block forms the tile's dQ partial over all 128 keys as ONE product per
+// output element, so one float atomic per dQ element per 128 keys instead of
+// per 64 (half one_pass's atomic traffic on global heads, where every key
+// block adds into every later query row).
+//
+// The product is dQ^T = K^T dS^T (m = head dim, n = queries, k = keys: K read
+// M-major from its tile, dS K-major from the dS tiles; four k16 steps for
+// each warpgroup's keys, accumulated in one set of registers). The
+// transposed form is what lets two warpgroups split it along whole wgmma
+// shapes: at D 128 warpgroup w takes the 64-row panel w of D for all the
+// tile's queries (m64 n64, or m64 n16 with the 16-query tiles of qbar); at
+// D 64 it takes all of D for half the tile's queries (m64 n32). The plain
+// dQ = dS K form would need m32 slices (not a wgmma shape) or N-major K
+// slices of 32 columns, half a 128-byte swizzle atom. The price: the
+// accumulator holds dQ^T, whose adjacent elements are not adjacent in a dQ
+// row, so the adds are scalar red.global.add.f32 (one_pass's are v2).
+//
+// Barriers per tile: the prefetch's (the Q, dO stage has landed), one after
+// both dS tiles are stored (the product reads the other warpgroup's), one at
+// the end (the next tile's dS stores and prefetch overwrite what this one
+// read; each warpgroup waited for its own product before it). A warpgroup
+// with nothing to compute still reaches all three.
+//
+// The rest is one_pass's: dq_accum summed by red.global.add and finished by
+// its finish kernel (finish_one_pass_dq); dK and dV bit-reproducible, dQ not.
+// docs/CUDA.md, "Backward on Hopper: one pass, two warpgroups".
+//
+// The device code exists only in the sm_90a compilation; the compute_80 PTX
+// carries a body that traps, and the host launches it only where
+// sm90_backward_supported says the sm_90a code is loaded.
+#include <cstdint>
+#include <type_traits>
+
+#include "ops/cuda/attention_backward.cuh"
+#include "ops/cuda/attention_backward_sm90.cuh"
+#include "ops/cuda/attention_common.cuh"
+#include "ops/cuda/cuda_check.h"
+#include "ops/cuda/device_utils.cuh"
+#include "ops/cuda/wgmma.cuh"
+
+namespace lsgpt::cuda::attn {
+namespace {
+
+using bf16 = __nv_bfloat16;
+
+constexpr int kWarpgroups = 2;
+constexpr int kBlockThreads = kWarpgroups * kThreads;
+constexpr int kKeysPerWarpgroup = 64;  // the m64 of the key-side products
+constexpr int kKeysPerBlock = kWarpgroups * kKeysPerWarpgroup;
+
+template <int D, bool kQbar>
+struct OnePassWg2Shape {
+  static_assert(D == 64 || D == 128, "the wgmma backward is built for D = 64 and 128");
+  // Queries per tile (the n of S^T), as one_pass: 16 when dK, dV and qbar
+  // must all stay in registers.
+  static constexpr int kQueryTile = D == 128 && kQbar ? 16 : 64;
+  // A warpgroup's slice of dQ^T: the n of its product (see the top).
+  static constexpr int kSliceQueries = D == 128 ? kQueryTile : kQueryTile / 2;
+  static constexpr int kKeyBytes = sw128_tile_bytes<kKeysPerWarpgroup, D>();
+  static constexpr int kQueryTileBytes = sw128_tile_bytes<kQueryTile, D>();
+  static constexpr int kDsBytes = sw128_tile_bytes<kQueryTile, kKeysPerWarpgroup>();
+  // Each warpgroup's K, V and dS; two stages of Q and dO, two of lse and
+  // delta; room to align the start to a swizzle atom.
+  static constexpr size_t kSmemBytes = kWarpgroups * (2 * size_t(kKeyBytes) + kDsBytes) +
+                                       4 * size_t(kQueryTileBytes) +
+                                       sizeof(float) * 4 * kQueryTile + kAtomBytes;
+  static_assert(kSmemBytes <= 227 * 1024, "over the opt-in shared memory of one block");
+};
+
+#if LSGPT_SM90A_DEVICE
+
+// *addr += x when `valid`, as a reduction (no return value, so no round
+// trip); predicated rather than branched, so that no divergent code sits
+// between the warpgroup's wgmma.
+__device__ __forceinline__ void red_add(float* addr, float x, bool valid) {
+  asm volatile(
+      "{\n.reg .pred p;\n"
+      "setp.ne.b32 p, %2, 0;\n"
+      "@p red.global.add.f32 [%0], %1;\n}\n" ::"l"(addr),
+      "f"(x), "r"(int(valid))
+      : "memory");
+}
+
+// x, through an empty asm the compiler must assume changes it (and may not
+// move out of a loop).
+__device__ __forceinline__ uint32_t opaque(uint32_t x) {
+  asm volatile("" : "+r"(x));
+  return x;
+}
+
+// The block's dQ += dS K for the tile's kQ queries (from query i0), this
+// warpgroup's slice of it, added into dq_tile (row i0 of the head's fp32
+// rows, D floats each). key_tiles and ds_tiles: the first warpgroup's K and
+// dS tiles (the second's follow as the block's shared memory lays them out).
+template <int D, bool kQbar>
+__device__ __forceinline__ void add_query_gradient(float* dq_tile, uint32_t ds_tiles,
+                                                   uint32_t key_tiles, int wg, int i0, int T) {
+  using Shape = OnePassWg2Shape<D, kQbar>;
+  constexpr int kN = Shape::kSliceQueries;
+  const int lane = threadIdx.x % kWarpSize, warp = (threadIdx.x / kWarpSize) % 4;
+  const int group = lane >> 2, quad = lane & 3;
+  const int d0 = D == 128 ? wg * kPanelCols : 0;  // the slice's first column of D
+  const int q0 = D == 128 ? 0 : wg * kN;          // and its first query of the tile
+  float acc[kN / 2];
+  zero(acc);
+  fence_operands(acc);
+  wgmma_fence();
+#pragma unroll
+  for (int j = 0; j < kWarpgroups; ++j) {
+    // K^T: the panel of D holding the slice's columns; dS^T: the slice's rows.
+    const uint32_t k_panel = key_tiles + j * 2 * Shape::kKeyBytes +
+                             (d0 / kPanelCols) * kKeysPerWarpgroup * kSwizzleRowBytes;
+    const uint32_t ds_rows = ds_tiles + j * Shape::kDsBytes + q0 * kSwizzleRowBytes;
+#pragma unroll
+    for (int kc = 0; kc < kKeysPerWarpgroup / 16; ++kc)
+      wgmma_ss_m_major_a<kN>(acc, n_major_descriptor<kKeysPerWarpgroup>(k_panel, kc),
+                             k_major_descriptor<Shape::kQueryTile>(ds_rows, kc), j > 0 || kc > 0);
+  }
+  wgmma_commit();
+  wgmma_wait<0>();
+  fence_operands(acc);
+  // Element 4 nb + e: column d0 + 16 warp + group + 8 (e >> 1) of D, query
+  // q0 + 2 quad + nb * 8 + (e & 1) of the tile. One base address and
+  // constant offsets, so that no per-element addresses take registers.
+  const int q_thread = q0 + 2 * quad;
+  float* base = dq_tile + size_t(q_thread) * D + d0 + 16 * warp + group;
+  const int rows_left = T - i0 - q_thread;  // this thread's queries below T
+#pragma unroll
+  for (int nb = 0; nb < kN / 8; ++nb)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int q = nb * 8 + (e & 1);
+      red_add(base + q * D + 8 * (e >> 1), acc[4 * nb + e], q < rows_left);
+    }
+}
+
+template <int D, bool kSpan, bool kQbar>
+__device__ void one_pass_wg2_key_block(const BackwardParams& p, float* dq_accum,
+                                       unsigned char* smem) {
+  using Shape = OnePassWg2Shape<D, kQbar>;
+  constexpr int kQ = Shape::kQueryTile;
+  constexpr int kQTileElems = Shape::kQueryTileBytes / 2;
+  const int wg = warpgroup_index();
+  const int wg_thread = int(threadIdx.x) % kThreads;
+  // Each warpgroup's K and V, then each one's dS, then the block's stages.
+  bf16* k_tile = reinterpret_cast<bf16*>(smem + 2 * wg * Shape::kKeyBytes);
+  bf16* v_tile = reinterpret_cast<bf16*>(smem + (2 * wg + 1) * Shape::kKeyBytes);
+  unsigned char* ds_tiles = smem + kWarpgroups * 2 * Shape::kKeyBytes;
+  bf16* q_tiles = reinterpret_cast<bf16*>(ds_tiles + kWarpgroups * Shape::kDsBytes);  // 2 stages
+  bf16* do_tiles = q_tiles + 2 * kQTileElems;                                          // 2 stages
+  float* lse_tiles = reinterpret_cast<float*>(do_tiles + 2 * kQTileElems);  // 2 stages, log2 units
+  float* delta_tiles = lse_tiles + 2 * kQ;                                  // 2 stages
+
+  const int lane = threadIdx.x % kWarpSize, warp = wg_thread / kWarpSize;
+  const int group = lane >> 2, quad = lane & 3;
+  const int bh = blockIdx.y, b = bh / p.n_head, h = bh % p.n_head;
+  const int T = p.T;
+  const int block_k0 = blockIdx.x * kKeysPerBlock;
+  const int k0 = block_k0 + wg * kKeysPerWarpgroup;  // this warpgroup's keys
+  const size_t qkv_row = size_t(3) * p.C;
+  const bf16* q_base = p.qkv + size_t(b) * T * qkv_row + h * p.head_dim;
+  const bf16* k_base = q_base + p.C;
+  const bf16* v_base = q_base + 2 * p.C;
+  const bf16* do_base = p.dout + size_t(b) * T * p.C + h * p.head_dim;
+  const float* lse_row = p.lse + size_t(bh) * T;
+  const float* delta_row = p.delta + size_t(bh) * T;
+  float* dq_head = dq_accum + size_t(bh) * T * D;
+  const HeadMask mask{h < p.n_local, p.window};
+
+  // Local heads: only the queries of the band, [k0, k0 + 63 + window). The
+  // block walks the union of its warpgroups' bands (as wg2); a warpgroup
+  // takes the branch-free step on its own tiles only (none when its keys are
+  // all past T) and the masked one, all zeros, on the others.
+  const int block_query_hi =
+      mask.local ? min(T, block_k0 + kKeysPerBlock - 1 + p.window) : T;  // exclusive
+  const int tile_begin = block_k0 / kQ, tile_end = (block_query_hi - 1) / kQ;
+  int my_begin = 1, my_end = 0;
+  if (k0 < T) {
+    const int query_hi = mask.local ? min(T, k0 + kKeysPerWarpgroup - 1 + p.window) : T;
+    my_begin = k0 / kQ, my_end = (query_hi - 1) / kQ;
+  }
+
+  auto load_query_tile = [&](int tile, int stage) {
+    const int i0 = tile * kQ;
+    load_tile_sw128<kQ, D, kBlockThreads>(q_tiles + stage * kQTileElems, q_base, qkv_row, i0, T,
+                                          p.head_dim, threadIdx.x);
+    load_tile_sw128<kQ, D, kBlockThreads>(do_tiles + stage * kQTileElems, do_base, p.C, i0, T,
+                                          p.head_dim, threadIdx.x);
+    for (int i = threadIdx.x; i < kQ; i += kBlockThreads) {
+      const bool valid = i0 + i < T;
+      lse_tiles[stage * kQ + i] = valid ? lse_row[i0 + i] * kLog2e : 0.f;
+      delta_tiles[stage * kQ + i] = valid ? delta_row[i0 + i] : 0.f;
+    }
+  };
+
+  // Rows past T are zero-filled: a warpgroup past T adds zeros to dQ.
+  load_tile_sw128<kKeysPerWarpgroup, D>(k_tile, k_base, qkv_row, k0, T, p.head_dim, wg_thread);
+  load_tile_sw128<kKeysPerWarpgroup, D>(v_tile, v_base, qkv_row, k0, T, p.head_dim, wg_thread);
+  load_query_tile(tile_begin, 0);
+  cp_async_commit();
+
+  float dk[D / 2], dv[D / 2], qbar[kQbar ? D / 2 : 1];
+  zero(dk), zero(dv), zero(qbar);
+  float colsum[2] = {0.f, 0.f};
+  const int key_row = k0 + warp * 16 + group;  // and key_row + 8
+  const uint32_t key_tiles_addr = smem_address(smem);
+  const uint32_t k_offset = smem_address(k_tile) - key_tiles_addr;
+  const uint32_t v_offset = smem_address(v_tile) - key_tiles_addr;
+  const uint32_t ds_tiles_offset = smem_address(ds_tiles) - key_tiles_addr;
+
+  for (int tile = tile_begin; tile <= tile_end; ++tile) {
+    const int stage = (tile - tile_begin) & 1;
+    prefetch_then_wait(tile < tile_end, [&] { load_query_tile(tile + 1, stage ^ 1); });
+    const uint32_t q_addr = smem_address(q_tiles + stage * kQTileElems);
+    const uint32_t do_addr = smem_address(do_tiles + stage * kQTileElems);
+    const float* lse_tile = lse_tiles + stage * kQ;
+    const float* delta_tile = delta_tiles + stage * kQ;
+    const int i0 = tile * kQ;
+    // Every tile address from one value the compiler cannot see through, so
+    // that it rebuilds the loop-invariant wgmma descriptors of K and V in
+    // each iteration instead of holding them (registers D 128 cannot spare).
+    const uint32_t smem_base = opaque(key_tiles_addr);
+    const uint32_t k_addr = smem_base + k_offset, v_addr = smem_base + v_offset;
+    const uint32_t ds_tiles_addr = smem_base + ds_tiles_offset;
+    const uint32_t ds_addr = ds_tiles_addr + wg * Shape::kDsBytes;
+
+    // Masked instantiation for tiles the mask cuts or that run past T,
+    // branch-free one for the rest. The branches are uniform in a
+    // warpgroup and hold no barrier.
+    auto step = [&](auto masked) {
+      constexpr bool kMasked = decltype(masked)::value;
+      float s[kQ / 2], dp[kQ / 2];
+      score_pair<D, kKeysPerWarpgroup, kQ>(s, dp, k_addr, q_addr, v_addr, do_addr);
+      key_softmax<kQ, kMasked, kQbar>(s, dp, colsum, lse_tile, delta_tile, p.scale_log2, i0, T,
+                                      mask, key_row, quad);
+      uint32_t a_p[kQ / 16][4], a_ds[kQ / 16][4];
+      a_fragments<kQ>(a_p, s);
+      a_fragments<kQ>(a_ds, dp);
+      // The previous tile's dQ product, the last reader of the dS tiles, was
+      // waited for before the previous iteration's closing barrier.
+      store_transposed_sw128<kQ>(ds_addr, a_ds);
+      key_gradients<D, kQ, kQbar>(dv, dk, qbar, a_p, a_ds, q_addr, do_addr);
+    };
+    const bool mine = tile >= my_begin && tile <= my_end;
+    if (!mine || mask.tile_needs_mask(i0, kQ, k0, kKeysPerWarpgroup) || i0 + kQ > T)
+      step(std::true_type{});
+    else
+      step(std::false_type{});
+    fence_proxy_async_shared();  // stmatrix wrote the dS tiles that wgmma reads next
+    __syncthreads();             // and the product reads both warpgroups' tiles
+    add_query_gradient<D, kQbar>(dq_head + size_t(i0) * D, ds_tiles_addr, smem_base, wg, i0, T);
+    __syncthreads();  // the next iteration's prefetch and dS stores overwrite this one's tiles
+  }
+
+  finish_key_rows<D, kSpan, kQbar>(p, dk, dv, qbar, colsum, key_row, k_base, v_base, quad);
+}
+
+#endif  // LSGPT_SM90A_DEVICE
+
+template <int D, bool kSpan, bool kQbar>
+__global__ void __launch_bounds__(kBlockThreads)
+    attention_backward_one_pass_wg2_kernel(const BackwardParams p, float* dq_accum) {
+#if LSGPT_SM90A_DEVICE
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  one_pass_wg2_key_block<D, kSpan, kQbar>(p, dq_accum, align_to_atom(smem_raw));
+#else
+  (void)p, (void)dq_accum;
+  __trap();  // only the sm_90a binary has this kernel; the host never launches it elsewhere
+#endif
+}
+
+template <int D, bool kSpan, bool kQbar>
+void launch(CudaContext& ctx, const BackwardParams& p, int B, float* dq_accum) {
+  using Shape = OnePassWg2Shape<D, kQbar>;
+  const size_t dq_bytes = sizeof(float) * size_t(B) * p.n_head * p.T * D;
+  CUDA_CHECK(cudaMemsetAsync(dq_accum, 0, dq_bytes, ctx.stream()));
+  auto kernel = attention_backward_one_pass_wg2_kernel<D, kSpan, kQbar>;
+  CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  int(Shape::kSmemBytes)));
+  // Block x = 0 holds the first keys, which the most queries see on global
+  // heads: the longest blocks start first.
+  const dim3 grid(ceil_div(p.T, kKeysPerBlock), B * p.n_head);
+  kernel<<<grid, kBlockThreads, Shape::kSmemBytes, ctx.stream()>>>(p, dq_accum);
+  CUDA_CHECK_LAUNCH();
+  finish_one_pass_dq(ctx, p, B, kSpan, dq_accum);
+}
+
+template <int D>
+void dispatch(CudaContext& ctx, const BackwardParams& p, int B, bool span, bool qbar,
+              float* dq_accum) {
+  if (!span)
+    launch<D, false, false>(ctx, p, B, dq_accum);
+  else if (qbar)
+    launch<D, true, true>(ctx, p, B, dq_accum);
+  else
+    launch<D, true, false>(ctx, p, B, dq_accum);
+}
+
+}  // namespace
+
+void launch_backward_sm90_one_pass_wg2(CudaContext& ctx, const BackwardParams& p, int B,
+                                       bool span, bool qbar, float* dq_accum) {
+  if (padded_head_dim(p.head_dim) == 64)
+    dispatch<64>(ctx, p, B, span, qbar, dq_accum);
+  else
+    dispatch<128>(ctx, p, B, span, qbar, dq_accum);
+}
+
+}  // namespace lsgpt::cuda::attn
