@@ -17,7 +17,8 @@
 // "fwd_<variant>_ms" and "_tflops", "<variant>_speedup" over sm_80).
 // backward_kernels=1 does the same for the backward alone (delta kernel
 // included), from one forward's outputs, with the backward's variants
-// (LSGPT_ATTENTION_SM90_BACKWARD = base, wg2, one_pass: "bwd_<variant>_ms", ...).
+// (LSGPT_ATTENTION_SM90_BACKWARD = base, wg2, one_pass, one_pass_wg2:
+// "bwd_<variant>_ms", ...).
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
@@ -179,7 +180,8 @@ void run_config(Backend& be, const Config& c, int reps, Mode mode) {
   }
   if (mode == Mode::backward_kernels) {
     forward();  // out, lse and kbar for the backward
-    const Variants variants{"LSGPT_ATTENTION_SM90_BACKWARD", {"base", "wg2", "one_pass"}};
+    const Variants variants{"LSGPT_ATTENTION_SM90_BACKWARD",
+                            {"base", "wg2", "one_pass", "one_pass_wg2"}};
     compare_kernels(be, c, spec, reps, "bwd", 2.5 * flops_fwd, cuda_attention_backward_uses_sm90,
                     variants, backward);
     return;

@@ -27,7 +27,7 @@ constexpr const char* kSm90Forward = "LSGPT_ATTENTION_SM90_FORWARD";
 constexpr const char* kSm90ForwardVariants[] = {"base", "ws", "ws_persistent"};
 // The same for the Hopper backward (attention_backward.cuh).
 constexpr const char* kSm90Backward = "LSGPT_ATTENTION_SM90_BACKWARD";
-constexpr const char* kSm90BackwardVariants[] = {"base", "wg2", "one_pass"};
+constexpr const char* kSm90BackwardVariants[] = {"base", "wg2", "one_pass", "one_pass_wg2"};
 
 // "" on a compute capability 9.0 GPU, else why the Hopper kernels cannot run.
 inline std::string why_not_hopper() {

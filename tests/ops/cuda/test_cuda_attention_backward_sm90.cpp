@@ -1,12 +1,13 @@
 // The Hopper (sm_90a, wgmma) LS flash-attention backward, each variant
 // (LSGPT_ATTENTION_SM90_BACKWARD = base: one warpgroup a block, wg2: two,
-// 128 keys or queries a block, one_pass: key blocks only, dQ by atomics),
+// 128 keys or queries a block, one_pass: key blocks only, dQ by atomics,
+// one_pass_wg2: the same with two warpgroups, 128 keys, a block),
 // against the sm_80 kernel
 // (LSGPT_ATTENTION_SM80=1 selects that one) and against the CPU backend in
 // double precision ("cpu64"), on fresh random bf16-exact inputs: dQ, dK, dV,
-// with and without the span decomposition. At T 1, 7 and 100 wg2's second
-// warpgroup is empty or partly past T; local heads make the two warpgroups'
-// bands differ. Both CUDA backwards
+// with and without the span decomposition. At T 1, 7 and 100 the second
+// warpgroup of wg2 and one_pass_wg2 is empty or partly past T; local heads
+// make the two warpgroups' bands differ. Both CUDA backwards
 // start from the same forward outputs (out, lse, kbar, from the sm_80
 // forward), so their comparison measures the backward alone; cpu64 runs its
 // own forward.
@@ -19,7 +20,8 @@
 //     (wgmma against mma.sync), so a difference is an occasional one-ulp
 //     rounding flip (~1e-4 normwise); a layout, mask or band bug is O(1).
 //     one_pass too: its dQ is the same f32 sum of the same bf16 dS K
-//     products, only split by key block and added by atomics.
+//     products, only split by key block and added by atomics (one_pass_wg2:
+//     by blocks of 128 keys, as dQ^T = K^T dS^T).
 //
 // Without a GPU every test skips with "no CUDA GPU: ..."; on a GPU that is
 // not compute capability 9.0 they skip with "not a Hopper GPU".
@@ -112,7 +114,7 @@ SpanLayer span_self() {  // the kSpan instantiation without qbar, v projected to
 
 struct Setting {
   std::string name;
-  int local_heads;  // -1: all but one, -2: half
+  int local_heads;  // -1: all but one, -2: half, -3: all
   int window;
   SpanLayer span;
 };
@@ -128,6 +130,7 @@ std::vector<Case> all_cases() {
       {"LS", -1, 100, {}},         // 11 of 12 local at w = 100 (here all heads but one)
       {"LSHalfWide", -2, 256, {}},  // half the heads local at w = 256
       {"LSNarrow", -1, 5, {}},      // a band much narrower than a tile: every mask edge
+      {"AllLocal", -3, 200, {}},    // every head local; bands end mid-block of 128 keys
       {"SpanCrossLS", -1, 100, span_cross()},
       {"SpanSelfMHSA", 0, 1, span_self()},
   };
@@ -148,7 +151,7 @@ AttentionSpec spec_of(const Case& c) {
   spec.n_head = c.D <= 64 ? 4 : 2;
   spec.B = c.T >= 1000 ? 1 : 2;
   const int L = c.setting.local_heads;
-  spec.n_local = L == -1 ? spec.n_head - 1 : L == -2 ? spec.n_head / 2 : L;
+  spec.n_local = L == -1 ? spec.n_head - 1 : L == -2 ? spec.n_head / 2 : L == -3 ? spec.n_head : L;
   spec.window = c.setting.window;
   spec.span = c.setting.span;
   return spec;
@@ -193,8 +196,9 @@ INSTANTIATE_TEST_SUITE_P(Cases, CudaAttentionBackwardSm90, ::testing::ValuesIn(a
                          });
 
 // Same inputs, same bits: dQ, dK, dV each finished by one block, no atomics.
-// one_pass sums dQ by float atomics in a varying order: there only dK and dV
-// must repeat bit for bit, dQ within rounding (2e-3, as against sm_80).
+// one_pass and one_pass_wg2 sum dQ by float atomics in a varying order: there
+// only dK and dV must repeat bit for bit, dQ within rounding (2e-3, as
+// against sm_80).
 TEST(CudaAttentionBackwardSm90Dispatch, Deterministic) {
   REQUIRE_CUDA(cuda);
   REQUIRE_HOPPER();
@@ -213,7 +217,7 @@ TEST(CudaAttentionBackwardSm90Dispatch, Deterministic) {
     const Forward f = run_forward_sm80(*cuda, spec, qkv, dout);
     const std::vector<float> a = run_backward_on(*cuda, spec, f, true);
     const std::vector<float> b = run_backward_on(*cuda, spec, f, true);
-    if (std::string(variant) != "one_pass") {
+    if (std::string(variant).rfind("one_pass", 0) != 0) {
       EXPECT_EQ(a, b) << "D " << D;
       continue;
     }
@@ -221,6 +225,43 @@ TEST(CudaAttentionBackwardSm90Dispatch, Deterministic) {
     EXPECT_EQ(qkv_part(a, 1, C), qkv_part(b, 1, C)) << "dk, D " << D;
     EXPECT_EQ(qkv_part(a, 2, C), qkv_part(b, 2, C)) << "dv, D " << D;
   }
+}
+
+// one_pass_wg2 forms dK, dV (and qbar) with one_pass's products in one_pass's
+// order; the tiles it walks beyond a warpgroup's band take the masked step,
+// which adds exact zeros. So its dK and dV equal one_pass's bit for bit, and
+// a tile skipped or walked twice, or a warpgroup's keys crossed, shows here
+// exactly; dQ (other sums of the same products) within rounding.
+TEST(CudaAttentionBackwardSm90Dispatch, OnePassWg2MatchesOnePass) {
+  REQUIRE_CUDA(cuda);
+  REQUIRE_HOPPER();
+  const SpanLayer spans[] = {SpanLayer{}, span_self(), span_cross()};
+  for (int D : {64, 128})
+    for (int T : {7, 200, 1000})
+      for (const SpanLayer& span : spans) {
+        AttentionSpec spec;
+        spec.B = 2, spec.T = T, spec.head_dim = D, spec.n_head = 3, spec.n_local = 2;
+        spec.window = 70;
+        spec.span = span;
+        SCOPED_TRACE("D " + std::to_string(D) + ", T " + std::to_string(T) + ", span " +
+                     std::to_string(span.any()));
+        const size_t BT = size_t(spec.B) * spec.T, C = spec.C();
+        const auto qkv = bf16_values(BT * 3 * C, 91 + D + T, -2, 2);
+        const auto dout = bf16_values(BT * C, 92 + D + T, -1, 1);
+        const Forward f = run_forward_sm80(*cuda, spec, qkv, dout);
+        std::vector<float> one, two;
+        {
+          ScopedEnv choose(kSm90Backward, "one_pass");
+          one = run_backward_on(*cuda, spec, f, true);
+        }
+        {
+          ScopedEnv choose(kSm90Backward, "one_pass_wg2");
+          two = run_backward_on(*cuda, spec, f, true);
+        }
+        EXPECT_LE(floored_error(qkv_part(two, 0, C), qkv_part(one, 0, C)), 2e-3) << "dq";
+        EXPECT_EQ(qkv_part(two, 1, C), qkv_part(one, 1, C)) << "dk";
+        EXPECT_EQ(qkv_part(two, 2, C), qkv_part(one, 2, C)) << "dv";
+      }
 }
 
 #ifdef LSGPT_HAVE_CUDA
@@ -258,7 +299,8 @@ TEST(CudaAttentionBackwardSm90Dispatch, ChoosesTheKernel) {
   }
 }
 
-// LSGPT_ATTENTION_SM90_BACKWARD takes auto, base, wg2, one_pass or nothing;
+// LSGPT_ATTENTION_SM90_BACKWARD takes auto, base, wg2, one_pass, one_pass_wg2
+// or nothing;
 // any other value is an error on every GPU, where the dispatch is asked and
 // where the backward runs.
 TEST(CudaAttentionBackwardSm90Dispatch, RefusesAnUnknownVariant) {
@@ -283,7 +325,7 @@ TEST(CudaAttentionBackwardSm90Dispatch, RefusesAnUnknownVariant) {
                                      bf16_values(BT * C, 4, -1, 1));
   ScopedEnv bad(kSm90Backward, "ws");
   const std::string expected =
-      "LSGPT_ATTENTION_SM90_BACKWARD must be auto, base, wg2 or one_pass, got 'ws'";
+      "LSGPT_ATTENTION_SM90_BACKWARD must be auto, base, wg2, one_pass or one_pass_wg2, got 'ws'";
   try {
     cuda_attention_backward_uses_sm90(*cuda, spec);
     FAIL() << "LSGPT_ATTENTION_SM90_BACKWARD=ws was accepted by the dispatch";
