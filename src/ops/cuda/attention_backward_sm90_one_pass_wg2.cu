@@ -72,6 +72,7 @@ struct OnePassWg2Shape {
   static constexpr int kQueryTile = D == 128 && kQbar ? 16 : 64;
   // A warpgroup's slice of dQ^T: the n of its product (see the top).
   static constexpr int kSliceQueries = D == 128 ? kQueryTile : kQueryTile / 2;
+  static_assert(kSliceQueries % 16 == 0, "the n of the slice's wgmma: 16, 32 or 64");
   static constexpr int kKeyBytes = sw128_tile_bytes<kKeysPerWarpgroup, D>();
   static constexpr int kQueryTileBytes = sw128_tile_bytes<kQueryTile, D>();
   static constexpr int kDsBytes = sw128_tile_bytes<kQueryTile, kKeysPerWarpgroup>();
