@@ -139,10 +139,13 @@ void launch_backward_sm90(CudaContext& ctx, const BackwardParams& p, int B, bool
 size_t one_pass_dq_floats(int B, int T, int n_head, int head_dim);
 void launch_backward_sm90_one_pass(CudaContext& ctx, const BackwardParams& p, int B, bool span,
                                    bool qbar, float* dq_accum);
-// Its last step, shared with one_pass_wg2: dQ rows of dqkv from the sums in
-// dq_accum (scaled, projected with span on q).
-void finish_one_pass_dq(CudaContext& ctx, const BackwardParams& p, int B, bool span,
-                        const float* dq_accum);
+// Its host side, shared with one_pass_wg2: zeroes dq_accum, runs `kernel`
+// (one block of `block_threads` per keys_per_block keys of each batch row
+// and head, smem_bytes of dynamic shared memory), then forms the dQ rows of
+// dqkv from the sums (scaled, projected with span on q).
+using OnePassKernel = void (*)(BackwardParams, float*);
+void run_one_pass(CudaContext& ctx, const BackwardParams& p, int B, bool span, float* dq_accum,
+                  OnePassKernel kernel, int block_threads, int keys_per_block, size_t smem_bytes);
 // attention_backward_sm90_one_pass_wg2.cu: one_pass with two warpgroups (128
 // keys) a block and one dQ product over both, so one float atomic per dQ
 // element per 128 keys instead of per 64. The same dq_accum contract.

@@ -79,19 +79,13 @@ template <int D, bool kSpan, bool kQbar, int kWarpgroups>
 __device__ void key_block(const BackwardParams& p, unsigned char* smem, int key_block_index) {
   using Shape = Sm90BackwardShape<D, kQbar, kWarpgroups>;
   constexpr int kQ = Shape::kQueryTile;
-  constexpr int kQTileElems = Shape::kQueryTileBytes / 2;
-  constexpr int kBlockThreads = Shape::kBlockThreads;
   // One warpgroup: constants, so the base kernel's code is what it was.
   const int wg = kWarpgroups == 1 ? 0 : warpgroup_index();
   const int wg_thread = kWarpgroups == 1 ? int(threadIdx.x) : int(threadIdx.x) % kThreads;
   // This warpgroup's K and V; the block's Q, dO stages after all of them.
   bf16* k_tile = reinterpret_cast<bf16*>(smem + 2 * wg * Shape::kKeyBytes);
   bf16* v_tile = reinterpret_cast<bf16*>(smem + (2 * wg + 1) * Shape::kKeyBytes);
-  bf16* q_tiles =
-      reinterpret_cast<bf16*>(smem + 2 * kWarpgroups * Shape::kKeyBytes);  // 2 stages
-  bf16* do_tiles = q_tiles + 2 * kQTileElems;                             // 2 stages
-  float* lse_tiles = reinterpret_cast<float*>(do_tiles + 2 * kQTileElems);  // 2 stages, log2 units
-  float* delta_tiles = lse_tiles + 2 * kQ;                                  // 2 stages
+  const QueryStages<kQ, D, Shape::kBlockThreads> stages(smem + 2 * kWarpgroups * Shape::kKeyBytes);
 
   const int lane = threadIdx.x % kWarpSize, warp = wg_thread / kWarpSize;
   const int group = lane >> 2, quad = lane & 3;
@@ -99,75 +93,41 @@ __device__ void key_block(const BackwardParams& p, unsigned char* smem, int key_
   const int T = p.T;
   const int block_k0 = key_block_index * kWarpgroups * kKeysPerBlock;
   const int k0 = block_k0 + wg * kKeysPerBlock;  // this warpgroup's keys
-  const size_t qkv_row = size_t(3) * p.C;
-  const bf16* q_base = p.qkv + size_t(b) * T * qkv_row + h * p.head_dim;
-  const bf16* k_base = q_base + p.C;
-  const bf16* v_base = q_base + 2 * p.C;
-  const bf16* do_base = p.dout + size_t(b) * T * p.C + h * p.head_dim;
-  const float* lse_row = p.lse + size_t(bh) * T;
-  const float* delta_row = p.delta + size_t(bh) * T;
+  const HeadRows rows = head_rows(p, bh, b, h);
   const HeadMask mask{h < p.n_local, p.window};
 
-  // Local heads: only the queries of the band, [k0, k0 + 63 + window). The
-  // block walks the union of its warpgroups' bands; a warpgroup computes on
-  // its own tiles only, and one whose keys are all past T on none.
-  const int block_query_hi =
-      mask.local ? min(T, block_k0 + kWarpgroups * kKeysPerBlock - 1 + p.window) : T;  // exclusive
-  const int tile_begin = block_k0 / kQ, tile_end = (block_query_hi - 1) / kQ;
-  int my_begin = 1, my_end = 0;
-  if (k0 < T) {
-    const int query_hi = mask.local ? min(T, k0 + kKeysPerBlock - 1 + p.window) : T;
-    my_begin = k0 / kQ, my_end = (query_hi - 1) / kQ;
-  }
+  // The block walks the union of its warpgroups' bands; a warpgroup
+  // computes on its own tiles only, and one whose keys are all past T on
+  // none.
+  const QueryTileRange tiles =
+      query_tiles_seeing<kQ>(mask, block_k0, kWarpgroups * kKeysPerBlock, T);
+  const QueryTileRange my_tiles =
+      k0 < T ? query_tiles_seeing<kQ>(mask, k0, kKeysPerBlock, T) : QueryTileRange{1, 0};
 
-  auto load_query_tile = [&](int tile, int stage) {
-    const int i0 = tile * kQ;
-    load_tile_sw128<kQ, D, kBlockThreads>(q_tiles + stage * kQTileElems, q_base, qkv_row, i0, T,
-                                          p.head_dim, threadIdx.x);
-    load_tile_sw128<kQ, D, kBlockThreads>(do_tiles + stage * kQTileElems, do_base, p.C, i0, T,
-                                          p.head_dim, threadIdx.x);
-    for (int i = threadIdx.x; i < kQ; i += kBlockThreads) {
-      const bool valid = i0 + i < T;
-      lse_tiles[stage * kQ + i] = valid ? lse_row[i0 + i] * kLog2e : 0.f;
-      delta_tiles[stage * kQ + i] = valid ? delta_row[i0 + i] : 0.f;
-    }
-  };
-
-  load_tile_sw128<kKeysPerBlock, D>(k_tile, k_base, qkv_row, k0, T, p.head_dim, wg_thread);
-  load_tile_sw128<kKeysPerBlock, D>(v_tile, v_base, qkv_row, k0, T, p.head_dim, wg_thread);
-  load_query_tile(tile_begin, 0);
+  load_key_tiles<kKeysPerBlock, D>(k_tile, v_tile, p, rows, k0, wg_thread);
+  stages.load(p, rows, tiles.first, 0);
   cp_async_commit();
 
-  float dk[D / 2], dv[D / 2], qbar[kQbar ? D / 2 : 1];
-  zero(dk), zero(dv), zero(qbar);
-  float colsum[2] = {0.f, 0.f};
+  float dk[D / 2] = {}, dv[D / 2] = {}, qbar[kQbar ? D / 2 : 1] = {}, colsum[2] = {};
   const int key_row = k0 + warp * 16 + group;  // and key_row + 8
   const uint32_t k_addr = smem_address(k_tile), v_addr = smem_address(v_tile);
 
-  for (int tile = tile_begin; tile <= tile_end; ++tile) {
-    const int stage = (tile - tile_begin) & 1;
-    prefetch_then_wait(tile < tile_end, [&] { load_query_tile(tile + 1, stage ^ 1); });
-    const uint32_t q_addr = smem_address(q_tiles + stage * kQTileElems);
-    const uint32_t do_addr = smem_address(do_tiles + stage * kQTileElems);
-    const float* lse_tile = lse_tiles + stage * kQ;
-    const float* delta_tile = delta_tiles + stage * kQ;
+  for (int tile = tiles.first; tile <= tiles.last; ++tile) {
+    const int stage = (tile - tiles.first) & 1;
+    prefetch_then_wait(tile < tiles.last, [&] { stages.load(p, rows, tile + 1, stage ^ 1); });
+    const QueryTile query_tile = stages.tile(stage);
     const int i0 = tile * kQ;
 
     // Masked instantiation for tiles the mask cuts or that run past T,
-    // branch-free one for the rest (as the sm_80 kernel).
+    // branch-free one for the rest.
     auto step = [&](auto masked) {
-      constexpr bool kMasked = decltype(masked)::value;
-      float s[kQ / 2], dp[kQ / 2];
-      score_pair<D, kKeysPerBlock, kQ>(s, dp, k_addr, q_addr, v_addr, do_addr);
-      key_softmax<kQ, kMasked, kQbar>(s, dp, colsum, lse_tile, delta_tile, p.scale_log2, i0, T,
-                                      mask, key_row, quad);
       uint32_t a_p[kQ / 16][4], a_ds[kQ / 16][4];
-      a_fragments<kQ>(a_p, s);
-      a_fragments<kQ>(a_ds, dp);
-      key_gradients<D, kQ, kQbar>(dv, dk, qbar, a_p, a_ds, q_addr, do_addr);
+      key_tile_fragments<D, kKeysPerBlock, kQ, decltype(masked)::value, kQbar>(
+          a_p, a_ds, colsum, k_addr, v_addr, query_tile, p, i0, mask, key_row, quad);
+      key_gradients<D, kQ, kQbar>(dv, dk, qbar, a_p, a_ds, query_tile.q_addr, query_tile.do_addr);
     };
     // Only this warpgroup's tiles (a uniform branch in it).
-    const bool mine = kWarpgroups == 1 || (tile >= my_begin && tile <= my_end);
+    const bool mine = kWarpgroups == 1 || (tile >= my_tiles.first && tile <= my_tiles.last);
     if (mine && (mask.tile_needs_mask(i0, kQ, k0, kKeysPerBlock) || i0 + kQ > T))
       step(std::true_type{});
     else if (mine)
@@ -175,7 +135,8 @@ __device__ void key_block(const BackwardParams& p, unsigned char* smem, int key_
     __syncthreads();  // the next iteration's prefetch overwrites this stage
   }
 
-  finish_key_rows<D, kSpan, kQbar>(p, dk, dv, qbar, colsum, key_row, k_base, v_base, quad);
+  finish_key_rows<D, kSpan, kQbar>(p, dk, dv, qbar, colsum, key_row, rows.k_base, rows.v_base,
+                                   quad);
 }
 
 // dQ += dS K: the k index is the tile's keys, dS from registers, K read N-major.
@@ -351,24 +312,6 @@ void launch(CudaContext& ctx, const BackwardParams& p, int B) {
   CUDA_CHECK_LAUNCH();
 }
 
-template <int D, int kWarpgroups>
-void dispatch(CudaContext& ctx, const BackwardParams& p, int B, bool span, bool qbar) {
-  if (!span)
-    launch<D, false, false, kWarpgroups>(ctx, p, B);
-  else if (qbar)
-    launch<D, true, true, kWarpgroups>(ctx, p, B);
-  else
-    launch<D, true, false, kWarpgroups>(ctx, p, B);
-}
-
-template <int kWarpgroups>
-void dispatch_head_dim(CudaContext& ctx, const BackwardParams& p, int B, bool span, bool qbar) {
-  if (padded_head_dim(p.head_dim) == 64)
-    dispatch<64, kWarpgroups>(ctx, p, B, span, qbar);
-  else
-    dispatch<128, kWarpgroups>(ctx, p, B, span, qbar);
-}
-
 }  // namespace
 
 bool sm90_backward_supported(const CudaContext& ctx, int head_dim) {
@@ -381,7 +324,14 @@ bool sm90_backward_supported(const CudaContext& ctx, int head_dim) {
 
 void launch_backward_sm90(CudaContext& ctx, const BackwardParams& p, int B, bool span, bool qbar,
                           bool wg2) {
-  wg2 ? dispatch_head_dim<2>(ctx, p, B, span, qbar) : dispatch_head_dim<1>(ctx, p, B, span, qbar);
+  auto with_warpgroups = [&](auto warpgroups) {
+    dispatch_backward(p, span, qbar, [&](auto d, auto span_c, auto qbar_c) {
+      launch<decltype(d)::value, decltype(span_c)::value, decltype(qbar_c)::value,
+             decltype(warpgroups)::value>(ctx, p, B);
+    });
+  };
+  wg2 ? with_warpgroups(std::integral_constant<int, 2>{})
+      : with_warpgroups(std::integral_constant<int, 1>{});
 }
 
 }  // namespace lsgpt::cuda::attn

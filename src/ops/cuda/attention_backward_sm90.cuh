@@ -1,13 +1,16 @@
 // Device code shared by the Hopper backwards (attention_backward_sm90.cu:
 // base and wg2, attention_backward_sm90_one_pass.cu,
-// attention_backward_sm90_one_pass_wg2.cu): the paired S / dP
+// attention_backward_sm90_one_pass_wg2.cu): a head's input rows, the query
+// tiles a key block walks and their double-buffered stages, the paired S / dP
 // products, a key block's softmax step, its dV / dK (/ qbar) products and its
-// row epilogue. Keeping them in one place keeps the variants' numbers equal
-// where their algorithms are (the same products in the same order).
+// row epilogue; and the host's choice of kernel instance. Keeping them in
+// one place keeps the variants' numbers equal where their algorithms are (the
+// same products in the same order).
 // Layouts are wgmma.cuh's (accumulator = A register layout, 128-byte swizzle).
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #include "ops/cuda/attention_backward.cuh"
 #include "ops/cuda/attention_common.cuh"
@@ -29,6 +32,98 @@ __device__ __forceinline__ void zero(float (&d)[N]) {
 #pragma unroll
   for (int i = 0; i < N; ++i) d[i] = 0.f;
 }
+
+// Where one (batch row, head) starts in each input: its Q, K, V columns of
+// qkv (rows qkv_row elements apart), its dO columns (rows C apart), its lse
+// and delta (one float a query). bh = b * n_head + h, as the grid's y.
+struct HeadRows {
+  size_t qkv_row;
+  const __nv_bfloat16 *q_base, *k_base, *v_base, *do_base;
+  const float *lse_row, *delta_row;
+};
+
+__device__ __forceinline__ HeadRows head_rows(const BackwardParams& p, int bh, int b, int h) {
+  HeadRows r;
+  r.qkv_row = size_t(3) * p.C;
+  r.q_base = p.qkv + size_t(b) * p.T * r.qkv_row + h * p.head_dim;
+  r.k_base = r.q_base + p.C;
+  r.v_base = r.q_base + 2 * p.C;
+  r.do_base = p.dout + size_t(b) * p.T * p.C + h * p.head_dim;
+  r.lse_row = p.lse + size_t(bh) * p.T;
+  r.delta_row = p.delta + size_t(bh) * p.T;
+  return r;
+}
+
+// The tiles of kQ queries that see keys [k0, k0 + n_keys), first and last
+// (inclusive): from the keys' own tile up to T on global heads, only the
+// band [k0, k0 + n_keys - 1 + window) on local heads.
+struct QueryTileRange {
+  int first, last;
+};
+
+template <int kQ>
+__device__ __forceinline__ QueryTileRange query_tiles_seeing(const HeadMask& mask, int k0,
+                                                             int n_keys, int T) {
+  const int query_hi = mask.local ? min(T, k0 + n_keys - 1 + mask.window) : T;  // exclusive
+  return {k0 / kQ, (query_hi - 1) / kQ};
+}
+
+// A warpgroup's K and V rows [k0, k0 + kKeys) into its swizzled tiles (zero
+// past T), copied by its kThreads threads (`thread` is this one's index).
+template <int kKeys, int D>
+__device__ __forceinline__ void load_key_tiles(__nv_bfloat16* k_tile, __nv_bfloat16* v_tile,
+                                               const BackwardParams& p, const HeadRows& rows,
+                                               int k0, int thread) {
+  load_tile_sw128<kKeys, D>(k_tile, rows.k_base, rows.qkv_row, k0, p.T, p.head_dim, thread);
+  load_tile_sw128<kKeys, D>(v_tile, rows.v_base, rows.qkv_row, k0, p.T, p.head_dim, thread);
+}
+
+// One stage of a key block's query side as the products read it: the Q
+// and dO tiles' shared addresses, the lse (log2 units) and delta of its
+// queries.
+struct QueryTile {
+  uint32_t q_addr, do_addr;
+  const float *lse, *delta;
+};
+
+// A key block's double-buffered query side in shared memory, from `smem`:
+// two stages each of the Q and dO tiles (kQ x D, swizzled), then of lse (log2
+// units) and delta (kQ floats each).
+template <int kQ, int D, int kLoaders>
+struct QueryStages {
+  static constexpr int kTileElems = sw128_tile_bytes<kQ, D>() / 2;
+
+  __nv_bfloat16 *q_tiles, *do_tiles;
+  float *lse_tiles, *delta_tiles;
+
+  __device__ __forceinline__ explicit QueryStages(unsigned char* smem)
+      : q_tiles(reinterpret_cast<__nv_bfloat16*>(smem)),
+        do_tiles(q_tiles + 2 * kTileElems),
+        lse_tiles(reinterpret_cast<float*>(do_tiles + 2 * kTileElems)),
+        delta_tiles(lse_tiles + 2 * kQ) {}
+
+  // Starts the copy of query tile `tile` into `stage`, shared by the
+  // block's kLoaders threads: Q and dO by cp.async, lse and delta by plain
+  // stores; all zero past T.
+  __device__ __forceinline__ void load(const BackwardParams& p, const HeadRows& rows, int tile,
+                                       int stage) const {
+    const int i0 = tile * kQ;
+    load_tile_sw128<kQ, D, kLoaders>(q_tiles + stage * kTileElems, rows.q_base, rows.qkv_row, i0,
+                                     p.T, p.head_dim, threadIdx.x);
+    load_tile_sw128<kQ, D, kLoaders>(do_tiles + stage * kTileElems, rows.do_base, p.C, i0, p.T,
+                                     p.head_dim, threadIdx.x);
+    for (int i = threadIdx.x; i < kQ; i += kLoaders) {
+      const bool valid = i0 + i < p.T;
+      lse_tiles[stage * kQ + i] = valid ? rows.lse_row[i0 + i] * kLog2e : 0.f;
+      delta_tiles[stage * kQ + i] = valid ? rows.delta_row[i0 + i] : 0.f;
+    }
+  }
+
+  __device__ __forceinline__ QueryTile tile(int stage) const {
+    return {smem_address(q_tiles + stage * kTileElems), smem_address(do_tiles + stage * kTileElems),
+            lse_tiles + stage * kQ, delta_tiles + stage * kQ};
+  }
+};
 
 // s = A_s B_s^T and dp = A_dp B_dp^T for one tile pair: m64 x kN, reduced
 // over D, every operand K-major in shared memory (A tiles kARows rows, B tiles
@@ -99,6 +194,41 @@ __device__ __forceinline__ void key_gradients(float (&dv)[D / 2], float (&dk)[D 
   if constexpr (kQbar) fence_operands(qbar);
 }
 
+// A key block's step on the query tile at i0 up to its dV / dK products: S^T
+// and dP^T of its kKeys keys (K, V tiles at k_addr, v_addr), the softmax step
+// (kMasked, kQbar as key_softmax), and P^T, dS^T as bf16 A fragments.
+template <int D, int kKeys, int kQ, bool kMasked, bool kQbar>
+__device__ __forceinline__ void key_tile_fragments(uint32_t (&a_p)[kQ / 16][4],
+                                                   uint32_t (&a_ds)[kQ / 16][4], float (&colsum)[2],
+                                                   uint32_t k_addr, uint32_t v_addr,
+                                                   const QueryTile& tile, const BackwardParams& p,
+                                                   int i0, HeadMask mask, int key_row, int quad) {
+  float s[kQ / 2], dp[kQ / 2];
+  score_pair<D, kKeys, kQ>(s, dp, k_addr, tile.q_addr, v_addr, tile.do_addr);
+  key_softmax<kQ, kMasked, kQbar>(s, dp, colsum, tile.lse, tile.delta, p.scale_log2, i0, p.T, mask,
+                                  key_row, quad);
+  a_fragments<kQ>(a_p, s);
+  a_fragments<kQ>(a_ds, dp);
+}
+
+// The one-pass variants' step on the query tile at i0: key_tile_fragments,
+// then dS^T stored transposed into the dS tile at ds_addr (the tile's queries
+// as rows, for the dQ product), then the dV / dK (/ qbar) products. The
+// caller makes sure the previous reader of the dS tile is done.
+template <int D, int kKeys, int kQ, bool kMasked, bool kQbar>
+__device__ __forceinline__ void one_pass_key_step(float (&dv)[D / 2], float (&dk)[D / 2],
+                                                  float (&qbar)[kQbar ? D / 2 : 1],
+                                                  float (&colsum)[2], uint32_t k_addr,
+                                                  uint32_t v_addr, uint32_t ds_addr,
+                                                  const QueryTile& tile, const BackwardParams& p,
+                                                  int i0, HeadMask mask, int key_row, int quad) {
+  uint32_t a_p[kQ / 16][4], a_ds[kQ / 16][4];
+  key_tile_fragments<D, kKeys, kQ, kMasked, kQbar>(a_p, a_ds, colsum, k_addr, v_addr, tile, p, i0,
+                                                   mask, key_row, quad);
+  store_transposed_sw128<kQ>(ds_addr, a_ds);
+  key_gradients<D, kQ, kQbar>(dv, dk, qbar, a_p, a_ds, tile.q_addr, tile.do_addr);
+}
+
 // A key block's epilogue for this thread's rows key_row and key_row + 8:
 // dK scaled by tau, then finish_key_row (span projections, stores below T).
 template <int D, bool kSpan, bool kQbar>
@@ -126,5 +256,24 @@ __device__ __forceinline__ void finish_key_rows(const BackwardParams& p, const f
 }
 
 #endif  // LSGPT_SM90A_DEVICE
+
+// Host: calls launch(d, span, qbar), as std::integral_constant arguments,
+// for the kernel instance that serves p's head dim (padded to 64 or 128)
+// and the span and qbar flags (qbar only with span, as the sm_80 kernel).
+template <typename Launch>
+void dispatch_backward(const BackwardParams& p, bool span, bool qbar, Launch&& launch) {
+  auto with_flags = [&](auto d) {
+    if (!span)
+      launch(d, std::false_type{}, std::false_type{});
+    else if (qbar)
+      launch(d, std::true_type{}, std::true_type{});
+    else
+      launch(d, std::true_type{}, std::false_type{});
+  };
+  if (padded_head_dim(p.head_dim) == 64)
+    with_flags(std::integral_constant<int, 64>{});
+  else
+    with_flags(std::integral_constant<int, 128>{});
+}
 
 }  // namespace lsgpt::cuda::attn

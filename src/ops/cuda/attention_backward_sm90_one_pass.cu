@@ -100,8 +100,9 @@ __device__ __forceinline__ void add_query_gradient(float* dq_tile, uint32_t ds_a
     wgmma_fence();
 #pragma unroll
     for (int kc = 0; kc < kKeysPerBlock / 16; ++kc)
-      wgmma_ss_n_major_b64(acc, k_major_descriptor<kDsRows>(ds_addr, kc),
-                           n_major_descriptor<kKeysPerBlock>(k_panel, kc), kc > 0);
+      wgmma_ss<kPanelCols, Major::K, Major::MN>(acc, k_major_descriptor<kDsRows>(ds_addr, kc),
+                                                n_major_descriptor<kKeysPerBlock>(k_panel, kc),
+                                                kc > 0);
     wgmma_commit();
     wgmma_wait<0>();
     fence_operands(acc);
@@ -124,86 +125,48 @@ __device__ void one_pass_key_block(const BackwardParams& p, float* dq_accum,
                                    unsigned char* smem) {
   using Shape = OnePassShape<D, kQbar>;
   constexpr int kQ = Shape::kQueryTile;
-  constexpr int kQTileElems = Shape::kQueryTileBytes / 2;
   bf16* k_tile = reinterpret_cast<bf16*>(smem);
   bf16* v_tile = reinterpret_cast<bf16*>(smem + Shape::kKeyBytes);
   unsigned char* ds_tile = smem + 2 * Shape::kKeyBytes;
-  bf16* q_tiles = reinterpret_cast<bf16*>(ds_tile + Shape::kDsBytes);       // 2 stages
-  bf16* do_tiles = q_tiles + 2 * kQTileElems;                               // 2 stages
-  float* lse_tiles = reinterpret_cast<float*>(do_tiles + 2 * kQTileElems);  // 2 stages, log2 units
-  float* delta_tiles = lse_tiles + 2 * kQ;                                  // 2 stages
+  const QueryStages<kQ, D, kThreads> stages(ds_tile + Shape::kDsBytes);
 
   const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
   const int group = lane >> 2, quad = lane & 3;
   const int bh = blockIdx.y, b = bh / p.n_head, h = bh % p.n_head;
   const int T = p.T;
   const int k0 = blockIdx.x * kKeysPerBlock;
-  const size_t qkv_row = size_t(3) * p.C;
-  const bf16* q_base = p.qkv + size_t(b) * T * qkv_row + h * p.head_dim;
-  const bf16* k_base = q_base + p.C;
-  const bf16* v_base = q_base + 2 * p.C;
-  const bf16* do_base = p.dout + size_t(b) * T * p.C + h * p.head_dim;
-  const float* lse_row = p.lse + size_t(bh) * T;
-  const float* delta_row = p.delta + size_t(bh) * T;
+  const HeadRows rows = head_rows(p, bh, b, h);
   float* dq_head = dq_accum + size_t(bh) * T * D;
   const HeadMask mask{h < p.n_local, p.window};
+  const QueryTileRange tiles = query_tiles_seeing<kQ>(mask, k0, kKeysPerBlock, T);
 
-  // Local heads: only the queries of the band, [k0, k0 + 63 + window).
-  const int query_hi = mask.local ? min(T, k0 + kKeysPerBlock - 1 + p.window) : T;  // exclusive
-  const int tile_begin = k0 / kQ, tile_end = (query_hi - 1) / kQ;
-
-  auto load_query_tile = [&](int tile, int stage) {
-    const int i0 = tile * kQ;
-    load_tile_sw128<kQ, D>(q_tiles + stage * kQTileElems, q_base, qkv_row, i0, T, p.head_dim);
-    load_tile_sw128<kQ, D>(do_tiles + stage * kQTileElems, do_base, p.C, i0, T, p.head_dim);
-    for (int i = threadIdx.x; i < kQ; i += kThreads) {
-      const bool valid = i0 + i < T;
-      lse_tiles[stage * kQ + i] = valid ? lse_row[i0 + i] * kLog2e : 0.f;
-      delta_tiles[stage * kQ + i] = valid ? delta_row[i0 + i] : 0.f;
-    }
-  };
-
-  load_tile_sw128<kKeysPerBlock, D>(k_tile, k_base, qkv_row, k0, T, p.head_dim);
-  load_tile_sw128<kKeysPerBlock, D>(v_tile, v_base, qkv_row, k0, T, p.head_dim);
-  load_query_tile(tile_begin, 0);
+  load_key_tiles<kKeysPerBlock, D>(k_tile, v_tile, p, rows, k0, threadIdx.x);
+  stages.load(p, rows, tiles.first, 0);
   cp_async_commit();
 
-  float dk[D / 2], dv[D / 2], qbar[kQbar ? D / 2 : 1];
-  zero(dk), zero(dv), zero(qbar);
-  float colsum[2] = {0.f, 0.f};
+  float dk[D / 2] = {}, dv[D / 2] = {}, qbar[kQbar ? D / 2 : 1] = {}, colsum[2] = {};
   const int key_row = k0 + warp * 16 + group;  // and key_row + 8
   const uint32_t k_addr = smem_address(k_tile), v_addr = smem_address(v_tile);
   const uint32_t ds_addr = smem_address(ds_tile);
 
-  for (int tile = tile_begin; tile <= tile_end; ++tile) {
-    const int stage = (tile - tile_begin) & 1;
-    prefetch_then_wait(tile < tile_end, [&] { load_query_tile(tile + 1, stage ^ 1); });
-    const uint32_t q_addr = smem_address(q_tiles + stage * kQTileElems);
-    const uint32_t do_addr = smem_address(do_tiles + stage * kQTileElems);
-    const float* lse_tile = lse_tiles + stage * kQ;
-    const float* delta_tile = delta_tiles + stage * kQ;
+  for (int tile = tiles.first; tile <= tiles.last; ++tile) {
+    const int stage = (tile - tiles.first) & 1;
+    prefetch_then_wait(tile < tiles.last, [&] { stages.load(p, rows, tile + 1, stage ^ 1); });
+    const QueryTile query_tile = stages.tile(stage);
     const int i0 = tile * kQ;
 
     // Masked instantiation for tiles the mask cuts or that run past T,
-    // branch-free one for the rest (as the base kernel). The branch is
-    // uniform over the block, so both paths reach the barrier inside.
+    // branch-free one for the rest. The previous tile's dQ product, the last
+    // reader of the dS tile, was waited for before the previous iteration's
+    // closing barrier.
     auto step = [&](auto masked) {
-      constexpr bool kMasked = decltype(masked)::value;
-      float s[kQ / 2], dp[kQ / 2];
-      score_pair<D, kKeysPerBlock, kQ>(s, dp, k_addr, q_addr, v_addr, do_addr);
-      key_softmax<kQ, kMasked, kQbar>(s, dp, colsum, lse_tile, delta_tile, p.scale_log2, i0, T,
-                                      mask, key_row, quad);
-      uint32_t a_p[kQ / 16][4], a_ds[kQ / 16][4];
-      a_fragments<kQ>(a_p, s);
-      a_fragments<kQ>(a_ds, dp);
-      // The previous tile's dQ product, the last reader of the dS tile, was
-      // waited for before the previous iteration's closing barrier.
-      store_transposed_sw128<kQ>(ds_addr, a_ds);
-      key_gradients<D, kQ, kQbar>(dv, dk, qbar, a_p, a_ds, q_addr, do_addr);
+      one_pass_key_step<D, kKeysPerBlock, kQ, decltype(masked)::value, kQbar>(
+          dv, dk, qbar, colsum, k_addr, v_addr, ds_addr, query_tile, p, i0, mask, key_row, quad);
       fence_proxy_async_shared();  // stmatrix wrote the dS tile that wgmma reads next
       __syncthreads();
       add_query_gradient<D, kQ>(dq_head + size_t(i0) * D, ds_addr, k_addr, i0, T);
     };
+    // Uniform over the block, so both paths reach the barrier inside.
     if (mask.tile_needs_mask(i0, kQ, k0, kKeysPerBlock) || i0 + kQ > T)
       step(std::true_type{});
     else
@@ -211,7 +174,8 @@ __device__ void one_pass_key_block(const BackwardParams& p, float* dq_accum,
     __syncthreads();  // the next iteration's prefetch and dS store overwrite this stage's tiles
   }
 
-  finish_key_rows<D, kSpan, kQbar>(p, dk, dv, qbar, colsum, key_row, k_base, v_base, quad);
+  finish_key_rows<D, kSpan, kQbar>(p, dk, dv, qbar, colsum, key_row, rows.k_base, rows.v_base,
+                                   quad);
 }
 
 #endif  // LSGPT_SM90A_DEVICE
@@ -259,43 +223,24 @@ void launch_finish_dq(CudaContext& ctx, const BackwardParams& p, int B, const fl
   CUDA_CHECK_LAUNCH();
 }
 
-template <int D, bool kSpan, bool kQbar>
-void launch(CudaContext& ctx, const BackwardParams& p, int B, float* dq_accum) {
-  using Shape = OnePassShape<D, kQbar>;
-  const size_t dq_bytes = sizeof(float) * size_t(B) * p.n_head * p.T * D;
-  CUDA_CHECK(cudaMemsetAsync(dq_accum, 0, dq_bytes, ctx.stream()));
-  auto kernel = attention_backward_one_pass_kernel<D, kSpan, kQbar>;
-  CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                  int(Shape::kSmemBytes)));
-  // Block x = 0 holds the first keys, which the most queries see on global
-  // heads: the longest blocks start first.
-  const dim3 grid(ceil_div(p.T, kKeysPerBlock), B * p.n_head);
-  kernel<<<grid, kThreads, Shape::kSmemBytes, ctx.stream()>>>(p, dq_accum);
-  CUDA_CHECK_LAUNCH();
-  launch_finish_dq<D, kSpan>(ctx, p, B, dq_accum);
-}
-
-template <int D>
-void dispatch(CudaContext& ctx, const BackwardParams& p, int B, bool span, bool qbar,
-              float* dq_accum) {
-  if (!span)
-    launch<D, false, false>(ctx, p, B, dq_accum);
-  else if (qbar)
-    launch<D, true, true>(ctx, p, B, dq_accum);
-  else
-    launch<D, true, false>(ctx, p, B, dq_accum);
-}
-
 }  // namespace
 
 size_t one_pass_dq_floats(int B, int T, int n_head, int head_dim) {
   return size_t(B) * n_head * T * padded_head_dim(head_dim);
 }
 
-void finish_one_pass_dq(CudaContext& ctx, const BackwardParams& p, int B, bool span,
-                        const float* dq_accum) {
-  const bool d64 = padded_head_dim(p.head_dim) == 64;
-  if (d64)
+void run_one_pass(CudaContext& ctx, const BackwardParams& p, int B, bool span, float* dq_accum,
+                  OnePassKernel kernel, int block_threads, int keys_per_block, size_t smem_bytes) {
+  const size_t dq_bytes = sizeof(float) * one_pass_dq_floats(B, p.T, p.n_head, p.head_dim);
+  CUDA_CHECK(cudaMemsetAsync(dq_accum, 0, dq_bytes, ctx.stream()));
+  CUDA_CHECK(
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem_bytes)));
+  // Block x = 0 holds the first keys, which the most queries see on global
+  // heads: the longest blocks start first.
+  const dim3 grid(ceil_div(p.T, keys_per_block), B * p.n_head);
+  kernel<<<grid, block_threads, smem_bytes, ctx.stream()>>>(p, dq_accum);
+  CUDA_CHECK_LAUNCH();
+  if (padded_head_dim(p.head_dim) == 64)
     span ? launch_finish_dq<64, true>(ctx, p, B, dq_accum)
          : launch_finish_dq<64, false>(ctx, p, B, dq_accum);
   else
@@ -305,10 +250,13 @@ void finish_one_pass_dq(CudaContext& ctx, const BackwardParams& p, int B, bool s
 
 void launch_backward_sm90_one_pass(CudaContext& ctx, const BackwardParams& p, int B, bool span,
                                    bool qbar, float* dq_accum) {
-  if (padded_head_dim(p.head_dim) == 64)
-    dispatch<64>(ctx, p, B, span, qbar, dq_accum);
-  else
-    dispatch<128>(ctx, p, B, span, qbar, dq_accum);
+  dispatch_backward(p, span, qbar, [&](auto d, auto span_c, auto qbar_c) {
+    constexpr int D = decltype(d)::value;
+    constexpr bool kQbar = decltype(qbar_c)::value;
+    run_one_pass(ctx, p, B, span, dq_accum,
+                 attention_backward_one_pass_kernel<D, decltype(span_c)::value, kQbar>, kThreads,
+                 kKeysPerBlock, OnePassShape<D, kQbar>::kSmemBytes);
+  });
 }
 
 }  // namespace lsgpt::cuda::attn

@@ -38,7 +38,7 @@
 // with nothing to compute still reaches all three.
 //
 // The rest is one_pass's: dq_accum summed by red.global.add and finished by
-// its finish kernel (finish_one_pass_dq); dK and dV bit-reproducible, dQ not.
+// its finish kernel (run_one_pass); dK and dV bit-reproducible, dQ not.
 // docs/CUDA.md, "Backward on Hopper: one pass, two warpgroups".
 //
 // The device code exists only in the sm_90a compilation; the compute_80 PTX
@@ -130,8 +130,9 @@ __device__ __forceinline__ void add_query_gradient(float* dq_tile, uint32_t ds_t
     const uint32_t ds_rows = ds_tiles + j * Shape::kDsBytes + q0 * kSwizzleRowBytes;
 #pragma unroll
     for (int kc = 0; kc < kKeysPerWarpgroup / 16; ++kc)
-      wgmma_ss_m_major_a<kN>(acc, n_major_descriptor<kKeysPerWarpgroup>(k_panel, kc),
-                             k_major_descriptor<Shape::kQueryTile>(ds_rows, kc), j > 0 || kc > 0);
+      wgmma_ss<kN, Major::MN, Major::K>(acc, n_major_descriptor<kKeysPerWarpgroup>(k_panel, kc),
+                                        k_major_descriptor<Shape::kQueryTile>(ds_rows, kc),
+                                        j > 0 || kc > 0);
   }
   wgmma_commit();
   wgmma_wait<0>();
@@ -156,17 +157,13 @@ __device__ void one_pass_wg2_key_block(const BackwardParams& p, float* dq_accum,
                                        unsigned char* smem) {
   using Shape = OnePassWg2Shape<D, kQbar>;
   constexpr int kQ = Shape::kQueryTile;
-  constexpr int kQTileElems = Shape::kQueryTileBytes / 2;
   const int wg = warpgroup_index();
   const int wg_thread = int(threadIdx.x) % kThreads;
   // Each warpgroup's K and V, then each one's dS, then the block's stages.
   bf16* k_tile = reinterpret_cast<bf16*>(smem + 2 * wg * Shape::kKeyBytes);
   bf16* v_tile = reinterpret_cast<bf16*>(smem + (2 * wg + 1) * Shape::kKeyBytes);
   unsigned char* ds_tiles = smem + kWarpgroups * 2 * Shape::kKeyBytes;
-  bf16* q_tiles = reinterpret_cast<bf16*>(ds_tiles + kWarpgroups * Shape::kDsBytes);  // 2 stages
-  bf16* do_tiles = q_tiles + 2 * kQTileElems;                                          // 2 stages
-  float* lse_tiles = reinterpret_cast<float*>(do_tiles + 2 * kQTileElems);  // 2 stages, log2 units
-  float* delta_tiles = lse_tiles + 2 * kQ;                                  // 2 stages
+  const QueryStages<kQ, D, kBlockThreads> stages(ds_tiles + kWarpgroups * Shape::kDsBytes);
 
   const int lane = threadIdx.x % kWarpSize, warp = wg_thread / kWarpSize;
   const int group = lane >> 2, quad = lane & 3;
@@ -174,64 +171,33 @@ __device__ void one_pass_wg2_key_block(const BackwardParams& p, float* dq_accum,
   const int T = p.T;
   const int block_k0 = blockIdx.x * kKeysPerBlock;
   const int k0 = block_k0 + wg * kKeysPerWarpgroup;  // this warpgroup's keys
-  const size_t qkv_row = size_t(3) * p.C;
-  const bf16* q_base = p.qkv + size_t(b) * T * qkv_row + h * p.head_dim;
-  const bf16* k_base = q_base + p.C;
-  const bf16* v_base = q_base + 2 * p.C;
-  const bf16* do_base = p.dout + size_t(b) * T * p.C + h * p.head_dim;
-  const float* lse_row = p.lse + size_t(bh) * T;
-  const float* delta_row = p.delta + size_t(bh) * T;
+  const HeadRows rows = head_rows(p, bh, b, h);
   float* dq_head = dq_accum + size_t(bh) * T * D;
   const HeadMask mask{h < p.n_local, p.window};
 
-  // Local heads: only the queries of the band, [k0, k0 + 63 + window). The
-  // block walks the union of its warpgroups' bands (as wg2); a warpgroup
-  // takes the branch-free step on its own tiles only (none when its keys are
-  // all past T) and the masked one, all zeros, on the others.
-  const int block_query_hi =
-      mask.local ? min(T, block_k0 + kKeysPerBlock - 1 + p.window) : T;  // exclusive
-  const int tile_begin = block_k0 / kQ, tile_end = (block_query_hi - 1) / kQ;
-  int my_begin = 1, my_end = 0;
-  if (k0 < T) {
-    const int query_hi = mask.local ? min(T, k0 + kKeysPerWarpgroup - 1 + p.window) : T;
-    my_begin = k0 / kQ, my_end = (query_hi - 1) / kQ;
-  }
-
-  auto load_query_tile = [&](int tile, int stage) {
-    const int i0 = tile * kQ;
-    load_tile_sw128<kQ, D, kBlockThreads>(q_tiles + stage * kQTileElems, q_base, qkv_row, i0, T,
-                                          p.head_dim, threadIdx.x);
-    load_tile_sw128<kQ, D, kBlockThreads>(do_tiles + stage * kQTileElems, do_base, p.C, i0, T,
-                                          p.head_dim, threadIdx.x);
-    for (int i = threadIdx.x; i < kQ; i += kBlockThreads) {
-      const bool valid = i0 + i < T;
-      lse_tiles[stage * kQ + i] = valid ? lse_row[i0 + i] * kLog2e : 0.f;
-      delta_tiles[stage * kQ + i] = valid ? delta_row[i0 + i] : 0.f;
-    }
-  };
+  // The block walks the union of its warpgroups' bands (as wg2); a
+  // warpgroup takes the branch-free step on its own tiles only (none when
+  // its keys are all past T) and the masked one, all zeros, on the others.
+  const QueryTileRange tiles = query_tiles_seeing<kQ>(mask, block_k0, kKeysPerBlock, T);
+  const QueryTileRange my_tiles =
+      k0 < T ? query_tiles_seeing<kQ>(mask, k0, kKeysPerWarpgroup, T) : QueryTileRange{1, 0};
 
   // Rows past T are zero-filled: a warpgroup past T adds zeros to dQ.
-  load_tile_sw128<kKeysPerWarpgroup, D>(k_tile, k_base, qkv_row, k0, T, p.head_dim, wg_thread);
-  load_tile_sw128<kKeysPerWarpgroup, D>(v_tile, v_base, qkv_row, k0, T, p.head_dim, wg_thread);
-  load_query_tile(tile_begin, 0);
+  load_key_tiles<kKeysPerWarpgroup, D>(k_tile, v_tile, p, rows, k0, wg_thread);
+  stages.load(p, rows, tiles.first, 0);
   cp_async_commit();
 
-  float dk[D / 2], dv[D / 2], qbar[kQbar ? D / 2 : 1];
-  zero(dk), zero(dv), zero(qbar);
-  float colsum[2] = {0.f, 0.f};
+  float dk[D / 2] = {}, dv[D / 2] = {}, qbar[kQbar ? D / 2 : 1] = {}, colsum[2] = {};
   const int key_row = k0 + warp * 16 + group;  // and key_row + 8
   const uint32_t key_tiles_addr = smem_address(smem);
   const uint32_t k_offset = smem_address(k_tile) - key_tiles_addr;
   const uint32_t v_offset = smem_address(v_tile) - key_tiles_addr;
   const uint32_t ds_tiles_offset = smem_address(ds_tiles) - key_tiles_addr;
 
-  for (int tile = tile_begin; tile <= tile_end; ++tile) {
-    const int stage = (tile - tile_begin) & 1;
-    prefetch_then_wait(tile < tile_end, [&] { load_query_tile(tile + 1, stage ^ 1); });
-    const uint32_t q_addr = smem_address(q_tiles + stage * kQTileElems);
-    const uint32_t do_addr = smem_address(do_tiles + stage * kQTileElems);
-    const float* lse_tile = lse_tiles + stage * kQ;
-    const float* delta_tile = delta_tiles + stage * kQ;
+  for (int tile = tiles.first; tile <= tiles.last; ++tile) {
+    const int stage = (tile - tiles.first) & 1;
+    prefetch_then_wait(tile < tiles.last, [&] { stages.load(p, rows, tile + 1, stage ^ 1); });
+    const QueryTile query_tile = stages.tile(stage);
     const int i0 = tile * kQ;
     // Every tile address from one value the compiler cannot see through, so
     // that it rebuilds the loop-invariant wgmma descriptors of K and V in
@@ -242,23 +208,16 @@ __device__ void one_pass_wg2_key_block(const BackwardParams& p, float* dq_accum,
     const uint32_t ds_addr = ds_tiles_addr + wg * Shape::kDsBytes;
 
     // Masked instantiation for tiles the mask cuts or that run past T,
-    // branch-free one for the rest. The branches are uniform in a
-    // warpgroup and hold no barrier.
+    // branch-free one for the rest. The previous tile's dQ product, the last
+    // reader of the dS tiles, was waited for before the previous iteration's
+    // closing barrier.
     auto step = [&](auto masked) {
-      constexpr bool kMasked = decltype(masked)::value;
-      float s[kQ / 2], dp[kQ / 2];
-      score_pair<D, kKeysPerWarpgroup, kQ>(s, dp, k_addr, q_addr, v_addr, do_addr);
-      key_softmax<kQ, kMasked, kQbar>(s, dp, colsum, lse_tile, delta_tile, p.scale_log2, i0, T,
-                                      mask, key_row, quad);
-      uint32_t a_p[kQ / 16][4], a_ds[kQ / 16][4];
-      a_fragments<kQ>(a_p, s);
-      a_fragments<kQ>(a_ds, dp);
-      // The previous tile's dQ product, the last reader of the dS tiles, was
-      // waited for before the previous iteration's closing barrier.
-      store_transposed_sw128<kQ>(ds_addr, a_ds);
-      key_gradients<D, kQ, kQbar>(dv, dk, qbar, a_p, a_ds, q_addr, do_addr);
+      one_pass_key_step<D, kKeysPerWarpgroup, kQ, decltype(masked)::value, kQbar>(
+          dv, dk, qbar, colsum, k_addr, v_addr, ds_addr, query_tile, p, i0, mask, key_row, quad);
     };
-    const bool mine = tile >= my_begin && tile <= my_end;
+    // Uniform in a warpgroup, and no barrier inside: a warpgroup off its own
+    // tiles takes the masked step, all zeros.
+    const bool mine = tile >= my_tiles.first && tile <= my_tiles.last;
     if (!mine || mask.tile_needs_mask(i0, kQ, k0, kKeysPerWarpgroup) || i0 + kQ > T)
       step(std::true_type{});
     else
@@ -269,7 +228,8 @@ __device__ void one_pass_wg2_key_block(const BackwardParams& p, float* dq_accum,
     __syncthreads();  // the next iteration's prefetch and dS stores overwrite this one's tiles
   }
 
-  finish_key_rows<D, kSpan, kQbar>(p, dk, dv, qbar, colsum, key_row, k_base, v_base, quad);
+  finish_key_rows<D, kSpan, kQbar>(p, dk, dv, qbar, colsum, key_row, rows.k_base, rows.v_base,
+                                   quad);
 }
 
 #endif  // LSGPT_SM90A_DEVICE
@@ -286,41 +246,17 @@ __global__ void __launch_bounds__(kBlockThreads)
 #endif
 }
 
-template <int D, bool kSpan, bool kQbar>
-void launch(CudaContext& ctx, const BackwardParams& p, int B, float* dq_accum) {
-  using Shape = OnePassWg2Shape<D, kQbar>;
-  const size_t dq_bytes = sizeof(float) * size_t(B) * p.n_head * p.T * D;
-  CUDA_CHECK(cudaMemsetAsync(dq_accum, 0, dq_bytes, ctx.stream()));
-  auto kernel = attention_backward_one_pass_wg2_kernel<D, kSpan, kQbar>;
-  CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                  int(Shape::kSmemBytes)));
-  // Block x = 0 holds the first keys, which the most queries see on global
-  // heads: the longest blocks start first.
-  const dim3 grid(ceil_div(p.T, kKeysPerBlock), B * p.n_head);
-  kernel<<<grid, kBlockThreads, Shape::kSmemBytes, ctx.stream()>>>(p, dq_accum);
-  CUDA_CHECK_LAUNCH();
-  finish_one_pass_dq(ctx, p, B, kSpan, dq_accum);
-}
-
-template <int D>
-void dispatch(CudaContext& ctx, const BackwardParams& p, int B, bool span, bool qbar,
-              float* dq_accum) {
-  if (!span)
-    launch<D, false, false>(ctx, p, B, dq_accum);
-  else if (qbar)
-    launch<D, true, true>(ctx, p, B, dq_accum);
-  else
-    launch<D, true, false>(ctx, p, B, dq_accum);
-}
-
 }  // namespace
 
 void launch_backward_sm90_one_pass_wg2(CudaContext& ctx, const BackwardParams& p, int B,
                                        bool span, bool qbar, float* dq_accum) {
-  if (padded_head_dim(p.head_dim) == 64)
-    dispatch<64>(ctx, p, B, span, qbar, dq_accum);
-  else
-    dispatch<128>(ctx, p, B, span, qbar, dq_accum);
+  dispatch_backward(p, span, qbar, [&](auto d, auto span_c, auto qbar_c) {
+    constexpr int D = decltype(d)::value;
+    constexpr bool kQbar = decltype(qbar_c)::value;
+    run_one_pass(ctx, p, B, span, dq_accum,
+                 attention_backward_one_pass_wg2_kernel<D, decltype(span_c)::value, kQbar>,
+                 kBlockThreads, kKeysPerBlock, OnePassWg2Shape<D, kQbar>::kSmemBytes);
+  });
 }
 
 }  // namespace lsgpt::cuda::attn
