@@ -266,7 +266,7 @@ TEST(MultiGpuTableAndScalingModel, RefuseDamagedRowsWithOneMessage) {
 // traceback.
 TEST(ScalingModel, QuietWhenTheReaderStopsEarly) {
   std::string counts;
-  for (int n = 1; n <= 600; ++n) counts += " " + std::to_string(n);
+  for (int n = 1; n <= 600; ++n) counts.append(" ").append(std::to_string(n));
   const auto r = run_command("(python3 " + quoted(kSource + "/bench/scaling_model.py") + " --gpus" +
                              counts + " | head -1) 2>&1");
   EXPECT_EQ(r.exit_code, 0) << r.output;
