@@ -2,7 +2,6 @@
 // anything else one message naming every word.
 #include <gtest/gtest.h>
 
-#include <cstdlib>
 #include <string>
 
 #include "core/env_switch.h"
@@ -14,27 +13,26 @@ namespace {
 constexpr const char* kName = "LSGPT_TEST_ENV_SWITCH";
 
 std::string message_for(const char* value, std::initializer_list<const char*> values) {
-  ::setenv(kName, value, 1);
+  ScopedEnv set(kName, value);
   try {
     env_switch(kName, values);
   } catch (const Error& e) {
-    ::unsetenv(kName);
     return e.what();
   }
-  ::unsetenv(kName);
   return "accepted";
 }
 
+// The index env_switch gives with kName set to `value` (nullptr: unset).
+int index_for(const char* value) {
+  ScopedEnv set(kName, value);
+  return env_switch(kName, {"auto", "base", "ws"});
+}
+
 TEST(EnvSwitch, DefaultAndListedWords) {
-  ::unsetenv(kName);
-  EXPECT_EQ(env_switch(kName, {"auto", "base", "ws"}), 0);
-  ::setenv(kName, "", 1);
-  EXPECT_EQ(env_switch(kName, {"auto", "base", "ws"}), 0);
-  ::setenv(kName, "ws", 1);
-  EXPECT_EQ(env_switch(kName, {"auto", "base", "ws"}), 2);
-  ::setenv(kName, "auto", 1);
-  EXPECT_EQ(env_switch(kName, {"auto", "base", "ws"}), 0);
-  ::unsetenv(kName);
+  EXPECT_EQ(index_for(nullptr), 0);
+  EXPECT_EQ(index_for(""), 0);
+  EXPECT_EQ(index_for("ws"), 2);
+  EXPECT_EQ(index_for("auto"), 0);
 }
 
 TEST(EnvSwitch, AnyOtherValueNamesEveryWord) {

@@ -240,12 +240,11 @@ void run_one_pass(CudaContext& ctx, const BackwardParams& p, int B, bool span, f
   const dim3 grid(ceil_div(p.T, keys_per_block), B * p.n_head);
   kernel<<<grid, block_threads, smem_bytes, ctx.stream()>>>(p, dq_accum);
   CUDA_CHECK_LAUNCH();
-  if (padded_head_dim(p.head_dim) == 64)
-    span ? launch_finish_dq<64, true>(ctx, p, B, dq_accum)
-         : launch_finish_dq<64, false>(ctx, p, B, dq_accum);
-  else
-    span ? launch_finish_dq<128, true>(ctx, p, B, dq_accum)
-         : launch_finish_dq<128, false>(ctx, p, B, dq_accum);
+  // The finishing kernel depends on the head dim and span only (qbar is the
+  // key side's).
+  dispatch_backward(p, span, false, [&](auto d, auto span_c, auto) {
+    launch_finish_dq<decltype(d)::value, decltype(span_c)::value>(ctx, p, B, dq_accum);
+  });
 }
 
 void launch_backward_sm90_one_pass(CudaContext& ctx, const BackwardParams& p, int B, bool span,
