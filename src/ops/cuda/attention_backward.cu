@@ -427,7 +427,7 @@ std::optional<Sm90BackwardVariant> attn::sm90_backward_override() {
 
 bool attn::sm90_backward_global_first() {
   return env_switch("LSGPT_ATTENTION_SM90_BACKWARD_ORDER",
-                    {"auto", "batch_major", "global_first"}) == 2;
+                    {"auto", "batch_major", "global_first"}) != 1;
 }
 
 bool attention_backward_uses_sm90(CudaContext& ctx, const AttentionSpec& spec) {

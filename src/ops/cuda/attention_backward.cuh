@@ -165,9 +165,10 @@ std::optional<Sm90BackwardVariant> sm90_backward_override();
 
 // The order in which the two-pass Hopper backward (base, wg2) starts its
 // blocks: LSGPT_ATTENTION_SM90_BACKWARD_ORDER = auto (also unset or empty:
-// batch-major, as measured so far), batch_major, or global_first (every
-// global head's blocks before any local head's; being measured); anything
-// else is an error. True for global_first.
+// global_first, measured faster on every LS shape and even on MHSA),
+// batch_major (the grid's old order, kept for comparison), or global_first
+// (every global head's blocks before any local head's); anything else is an
+// error. True for auto and global_first.
 bool sm90_backward_global_first();
 
 }  // namespace lsgpt::cuda::attn
