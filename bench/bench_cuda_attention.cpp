@@ -90,10 +90,20 @@ double median_ms(Backend& be, int reps, Fn fn) {
 #endif
 
 #ifdef LSGPT_HAVE_CUDA
-// The variants of a Hopper kernel: the switch that picks one and its values.
+// One more run of a variant with a second switch set, reported as `label`.
+struct ExtraRun {
+  const char* label;
+  const char* variant;
+  const char* env;
+  const char* value;
+};
+
+// The variants of a Hopper kernel: the switch that picks one and its values,
+// and runs of some of them with another switch set.
 struct Variants {
   const char* env;
   std::vector<const char*> names;
+  std::vector<ExtraRun> extras = {};
 };
 
 // One direction's time on the sm_80 kernel and on the default kernel
@@ -118,16 +128,24 @@ void compare_kernels(Backend& be, const Config& c, const AttentionSpec& spec, in
     dflt = median_ms(be, reps, run);
   }
   std::string per_variant;
-  if (sm90)
+  auto report = [&](const char* name, double ms) {
+    char buf[256];
+    std::snprintf(buf, sizeof buf,
+                  ", \"%s_%s_ms\": %.4f, \"%s_%s_tflops\": %.1f, \"%s_speedup\": %.3f", prefix,
+                  name, ms, prefix, name, flops / ms * 1e-9, name, sm80 / ms);
+    per_variant += buf;
+  };
+  if (sm90) {
     for (const char* name : variants.names) {
       ScopedEnv choose(variants.env, name);
-      const double ms = median_ms(be, reps, run);
-      char buf[256];
-      std::snprintf(buf, sizeof buf,
-                    ", \"%s_%s_ms\": %.4f, \"%s_%s_tflops\": %.1f, \"%s_speedup\": %.3f", prefix,
-                    name, ms, prefix, name, flops / ms * 1e-9, name, sm80 / ms);
-      per_variant += buf;
+      report(name, median_ms(be, reps, run));
     }
+    for (const ExtraRun& extra : variants.extras) {
+      ScopedEnv choose(variants.env, extra.variant);
+      ScopedEnv set(extra.env, extra.value);
+      report(extra.label, median_ms(be, reps, run));
+    }
+  }
   std::printf(
       "{\"label\": \"%s\", \"B\": %d, \"T\": %d, \"heads\": %d, \"head_dim\": %d, \"local\": %d, "
       "\"window\": %d, \"span\": %s, \"default_kernel\": \"%s\", \"%s_sm80_ms\": %.4f, "
@@ -180,8 +198,13 @@ void run_config(Backend& be, const Config& c, int reps, Mode mode) {
   }
   if (mode == Mode::backward_kernels) {
     forward();  // out, lse and kbar for the backward
+    // The two-pass kernels also in the old batch-major block order, so the
+    // default (global heads first) keeps being checked against it.
+    constexpr const char* kOrder = "LSGPT_ATTENTION_SM90_BACKWARD_ORDER";
     const Variants variants{"LSGPT_ATTENTION_SM90_BACKWARD",
-                            {"base", "wg2", "one_pass", "one_pass_wg2"}};
+                            {"base", "wg2", "one_pass", "one_pass_wg2"},
+                            {{"base_batch_major", "base", kOrder, "batch_major"},
+                             {"wg2_batch_major", "wg2", kOrder, "batch_major"}}};
     compare_kernels(be, c, spec, reps, "bwd", 2.5 * flops_fwd, cuda_attention_backward_uses_sm90,
                     variants, backward);
     return;

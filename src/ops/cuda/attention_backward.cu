@@ -406,8 +406,9 @@ void dispatch_backward(CudaContext& ctx, const BackwardParams& p, int B, bool sp
 }
 
 bool use_sm90(const CudaContext& ctx, const AttentionSpec& spec) {
-  // Both switches are checked on every GPU: a bad value is an error anywhere.
+  // The switches are checked on every GPU: a bad value is an error anywhere.
   sm90_backward_override();
+  sm90_backward_global_first();
   const bool forced = sm80_forced();
   return !forced && sm90_backward_supported(ctx, spec.head_dim);
 }
@@ -422,6 +423,11 @@ std::optional<Sm90BackwardVariant> attn::sm90_backward_override() {
                            {"auto", "base", "wg2", "one_pass", "one_pass_wg2"});
   if (i == 0) return std::nullopt;
   return kForced[i - 1];
+}
+
+bool attn::sm90_backward_global_first() {
+  return env_switch("LSGPT_ATTENTION_SM90_BACKWARD_ORDER",
+                    {"auto", "batch_major", "global_first"}) != 1;
 }
 
 bool attention_backward_uses_sm90(CudaContext& ctx, const AttentionSpec& spec) {

@@ -25,6 +25,9 @@ struct BackwardParams {
   const __nv_bfloat16* kbar;
   __nv_bfloat16* dqkv;
   int T, n_head, head_dim, C, n_local, window, n_key_blocks, n_query_blocks;
+  // The Hopper two-pass kernel's block order (attention_backward_sm90.cu,
+  // block_head): batch-major, or global heads first. Unused elsewhere.
+  bool global_first = false;
   float scale, scale_log2;
   SpanArgs span;
 };
@@ -159,5 +162,13 @@ void launch_backward_sm90_one_pass_wg2(CudaContext& ctx, const BackwardParams& p
 // nullopt means auto. Read at every call (defined in attention_backward.cu)
 // so one binary can time them all.
 std::optional<Sm90BackwardVariant> sm90_backward_override();
+
+// The order in which the two-pass Hopper backward (base, wg2) starts its
+// blocks: LSGPT_ATTENTION_SM90_BACKWARD_ORDER = auto (also unset or empty:
+// global_first, measured faster on every LS shape and even on MHSA),
+// batch_major (the grid's old order, kept for comparison), or global_first
+// (every global head's blocks before any local head's); anything else is an
+// error. True for auto and global_first.
+bool sm90_backward_global_first();
 
 }  // namespace lsgpt::cuda::attn

@@ -75,6 +75,28 @@ struct Sm90BackwardShape {
 
 #if LSGPT_SM90A_DEVICE
 
+// Which (batch row, head) a thread block works on. Blocks start in grid
+// order, x fastest. Batch-major, the grid is (block, head, batch row): every
+// head of batch row 0 first, as the kernel first ran. With global_first (the
+// default) it
+// is (block, batch row, head slot), the global heads' slots first, so every
+// global head's long causal walks start before the local heads' short bands,
+// which then fill in behind them, instead of the last batch row's global
+// heads starting last and running alone at the end.
+struct BlockHead {
+  int b, h, bh;
+};
+
+__device__ __forceinline__ BlockHead block_head(const BackwardParams& p) {
+  if (!p.global_first) {
+    const int h = blockIdx.y, b = blockIdx.z;
+    return {b, h, b * p.n_head + h};
+  }
+  const int b = blockIdx.y, slot = blockIdx.z, n_global = p.n_head - p.n_local;
+  const int h = slot < n_global ? p.n_local + slot : slot - n_global;
+  return {b, h, b * p.n_head + h};
+}
+
 template <int D, bool kSpan, bool kQbar, int kWarpgroups>
 __device__ void key_block(const BackwardParams& p, unsigned char* smem, int key_block_index) {
   using Shape = Sm90BackwardShape<D, kQbar, kWarpgroups>;
@@ -89,7 +111,8 @@ __device__ void key_block(const BackwardParams& p, unsigned char* smem, int key_
 
   const int lane = threadIdx.x % kWarpSize, warp = wg_thread / kWarpSize;
   const int group = lane >> 2, quad = lane & 3;
-  const int bh = blockIdx.y, b = bh / p.n_head, h = bh % p.n_head;
+  const BlockHead head = block_head(p);
+  const int bh = head.bh, b = head.b, h = head.h;
   const int T = p.T;
   const int block_k0 = key_block_index * kWarpgroups * kKeysPerBlock;
   const int k0 = block_k0 + wg * kKeysPerBlock;  // this warpgroup's keys
@@ -172,7 +195,8 @@ __device__ void query_block(const BackwardParams& p, unsigned char* smem, int qu
 
   const int lane = threadIdx.x % kWarpSize, warp = wg_thread / kWarpSize;
   const int group = lane >> 2, quad = lane & 3;
-  const int bh = blockIdx.y, b = bh / p.n_head, h = bh % p.n_head;
+  const BlockHead head = block_head(p);
+  const int bh = head.bh, b = head.b, h = head.h;
   const int T = p.T;
   const int block_q0 = query_block_index * kWarpgroups * kQueriesPerBlock;
   const int q0 = block_q0 + wg * kQueriesPerBlock;  // this warpgroup's queries
@@ -307,7 +331,9 @@ void launch(CudaContext& ctx, const BackwardParams& p, int B) {
   BackwardParams q = p;
   q.n_key_blocks = ceil_div(p.T, kWarpgroups * kKeysPerBlock);
   q.n_query_blocks = ceil_div(p.T, kWarpgroups * kQueriesPerBlock);
-  const dim3 grid(q.n_key_blocks + q.n_query_blocks, B * p.n_head);
+  q.global_first = sm90_backward_global_first();
+  const unsigned blocks = q.n_key_blocks + q.n_query_blocks;
+  const dim3 grid = q.global_first ? dim3(blocks, B, p.n_head) : dim3(blocks, p.n_head, B);
   kernel<<<grid, Shape::kBlockThreads, Shape::kSmemBytes, ctx.stream()>>>(q);
   CUDA_CHECK_LAUNCH();
 }

@@ -28,6 +28,8 @@ constexpr const char* kSm90ForwardVariants[] = {"base", "ws", "ws_persistent"};
 // The same for the Hopper backward (attention_backward.cuh).
 constexpr const char* kSm90Backward = "LSGPT_ATTENTION_SM90_BACKWARD";
 constexpr const char* kSm90BackwardVariants[] = {"base", "wg2", "one_pass", "one_pass_wg2"};
+// The order the two-pass Hopper backward starts its blocks in.
+constexpr const char* kSm90BackwardOrder = "LSGPT_ATTENTION_SM90_BACKWARD_ORDER";
 
 // "" on a compute capability 9.0 GPU, else why the Hopper kernels cannot run.
 inline std::string why_not_hopper() {

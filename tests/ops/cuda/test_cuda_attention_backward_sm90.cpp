@@ -299,6 +299,24 @@ TEST(CudaAttentionBackwardSm90Dispatch, ChoosesTheKernel) {
   }
 }
 
+// Both places that read the backward's switches refuse a bad value with
+// `expected` in the message: the dispatch query and the backward itself.
+void expect_backward_refuses(Backend& cuda, const AttentionSpec& spec, const Forward& f,
+                             const std::string& expected) {
+  try {
+    cuda_attention_backward_uses_sm90(cuda, spec);
+    ADD_FAILURE() << "accepted by the dispatch: " << expected;
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(expected), std::string::npos) << e.what();
+  }
+  try {
+    run_backward(cuda, spec, f);
+    ADD_FAILURE() << "accepted by attention_backward: " << expected;
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(expected), std::string::npos) << e.what();
+  }
+}
+
 // LSGPT_ATTENTION_SM90_BACKWARD takes auto, base, wg2, one_pass, one_pass_wg2
 // or nothing;
 // any other value is an error on every GPU, where the dispatch is asked and
@@ -324,20 +342,60 @@ TEST(CudaAttentionBackwardSm90Dispatch, RefusesAnUnknownVariant) {
   const Forward f = run_forward_sm80(*cuda, spec, bf16_values(BT * 3 * C, 3, -2, 2),
                                      bf16_values(BT * C, 4, -1, 1));
   ScopedEnv bad(kSm90Backward, "ws");
-  const std::string expected =
-      "LSGPT_ATTENTION_SM90_BACKWARD must be auto, base, wg2, one_pass or one_pass_wg2, got 'ws'";
-  try {
-    cuda_attention_backward_uses_sm90(*cuda, spec);
-    FAIL() << "LSGPT_ATTENTION_SM90_BACKWARD=ws was accepted by the dispatch";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find(expected), std::string::npos) << e.what();
+  expect_backward_refuses(
+      *cuda, spec, f,
+      "LSGPT_ATTENTION_SM90_BACKWARD must be auto, base, wg2, one_pass or one_pass_wg2, got 'ws'");
+}
+
+// LSGPT_ATTENTION_SM90_BACKWARD_ORDER takes auto, batch_major, global_first
+// or nothing; anything else is an error wherever the switches are read.
+TEST(CudaAttentionBackwardSm90Dispatch, RefusesAnUnknownOrder) {
+  REQUIRE_CUDA(cuda);
+  AttentionSpec spec;
+  spec.B = 1, spec.T = 64, spec.head_dim = 64, spec.n_head = 2, spec.n_local = 1, spec.window = 8;
+  ScopedEnv env(kForceSm80, nullptr);
+  for (const char* order : {"", "auto", "batch_major", "global_first"}) {
+    ScopedEnv choose(kSm90BackwardOrder, order);
+    EXPECT_NO_THROW(cuda_attention_backward_uses_sm90(*cuda, spec)) << order;
   }
-  try {
-    run_backward(*cuda, spec, f);
-    FAIL() << "LSGPT_ATTENTION_SM90_BACKWARD=ws was accepted by attention_backward";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find(expected), std::string::npos) << e.what();
-  }
+  const size_t BT = size_t(spec.B) * spec.T, C = spec.C();
+  const Forward f = run_forward_sm80(*cuda, spec, bf16_values(BT * 3 * C, 5, -2, 2),
+                                     bf16_values(BT * C, 6, -1, 1));
+  ScopedEnv bad(kSm90BackwardOrder, "heads_first");
+  expect_backward_refuses(*cuda, spec, f,
+                          "LSGPT_ATTENTION_SM90_BACKWARD_ORDER must be auto, batch_major or "
+                          "global_first, got 'heads_first'");
+}
+
+// The block order changes when a gradient row is computed, never how: base
+// and wg2 give the same bits in either order, with local and global heads
+// mixed (the global ones last, as the model has them), all global, and
+// with the span decomposition.
+TEST(CudaAttentionBackwardSm90Dispatch, GlobalFirstOrderMatchesBatchMajor) {
+  REQUIRE_CUDA(cuda);
+  REQUIRE_HOPPER();
+  const SpanLayer spans[] = {SpanLayer{}, span_cross()};
+  for (const char* variant : {"base", "wg2"})
+    for (int D : {64, 128})
+      for (int n_local : {0, 3})
+        for (const SpanLayer& span : spans) {
+          AttentionSpec spec;
+          spec.B = 3, spec.T = 300, spec.head_dim = D, spec.n_head = 4, spec.n_local = n_local;
+          spec.window = 100, spec.span = span;
+          SCOPED_TRACE(std::string(variant) + ", D " + std::to_string(D) + ", local " +
+                       std::to_string(n_local) + ", span " + std::to_string(span.any()));
+          const size_t BT = size_t(spec.B) * spec.T, C = spec.C();
+          const Forward f = run_forward_sm80(*cuda, spec, bf16_values(BT * 3 * C, 95 + D, -2, 2),
+                                             bf16_values(BT * C, 96 + D, -1, 1));
+          ScopedEnv choose(kSm90Backward, variant);
+          std::vector<float> batch_major;
+          {
+            ScopedEnv order(kSm90BackwardOrder, "batch_major");
+            batch_major = run_backward_on(*cuda, spec, f, true);
+          }
+          ScopedEnv order(kSm90BackwardOrder, "global_first");
+          EXPECT_EQ(run_backward_on(*cuda, spec, f, true), batch_major);
+        }
 }
 #endif
 
