@@ -146,64 +146,48 @@ __global__ void layernorm_forward_vec_kernel(bf16* __restrict__ out, float* mean
   }
 }
 
-// The backward's row parts: with kParams, a block walks kFusedPartRows rows
-// (warp w takes rows w, w + kRowsPerBlock, ...) and also sums the part's
-// weight and bias gradients, each lane in registers for its own columns,
-// since it holds the same pieces of every row: dout and inp are then read
-// once for all three gradients, where the separate column-sum kernel reads
-// them again. Without kParams a block takes kRowsPerBlock rows, one a warp.
-constexpr int kFusedPartRows = 32;  // 512 parts at 16k rows: about 4 waves of blocks
-constexpr int kMaxFusedPieces = 4;  // C <= 1024: the lane's sums stay in registers
+// The backward. Without kParams a block takes kRowsPerBlock rows, one a
+// warp, and the parameter gradients come from the column-sum kernel below,
+// which reads dout and inp again. With kParams (up to kMaxFusedPieces a
+// lane) a block of kFusedWarps walks one part of kFusedPartRows rows (warp
+// w takes rows w, w + kFusedWarps, ...) and also sums the part's weight and
+// bias gradients: a lane holds the same columns of every row, so it adds
+// them into its warp's row of shared-memory sums, and the block adds the
+// warps' rows in order at the end (reproducible, no atomics). Shared memory
+// rather than registers keeps three or four blocks on a multiprocessor,
+// which a latency-bound row walk needs; dinp's old value is loaded with the
+// row so one memory latency, not two, lies on each row's path.
+constexpr int kFusedWarps = 4;
+constexpr int kFusedPartRows = 32;  // 512 parts at 16k rows
+constexpr int kMaxFusedPieces = 4;  // C <= 1024: 32 KiB of sums a block
 
-// Adds the block's per-warp sums of each column in warp order and writes
-// partials[blockIdx.x, c] for c < C (lane l of a warp owns columns
-// 8 (32 k + l) .. + 7). Every thread of the block calls it.
-template <int kPieces>
-__device__ __forceinline__ void store_piece_partials(float* partials,
-                                                     const float (&acc)[kPieces][kPieceElems],
-                                                     int C) {
-  constexpr int kCols = kPieces * kWarpSize * kPieceElems;
-  __shared__ float sums[kRowsPerBlock][kCols];
-  const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
-  __syncthreads();  // a previous call's readers are done with sums
-#pragma unroll
-  for (int k = 0; k < kPieces; ++k)
-#pragma unroll
-    for (int j = 0; j < kPieceElems; ++j)
-      sums[warp][(k * kWarpSize + lane) * kPieceElems + j] = acc[k][j];
-  __syncthreads();
-  for (int c = threadIdx.x; c < C; c += kRowsPerBlock * kWarpSize) {
-    float total = 0.0f;
-#pragma unroll
-    for (int w = 0; w < kRowsPerBlock; ++w) total += sums[w][c];
-    partials[size_t(blockIdx.x) * C + c] = total;
-  }
-}
-
-// The fused kernel up to 3 pieces a lane fits two blocks a multiprocessor
-// (128 registers); at 4 it would spill there, so it takes one (167).
 template <int kPieces, bool kParams>
-__global__ void __launch_bounds__(kRowsPerBlock* kWarpSize, kParams && kPieces < 4 ? 2 : 1)
-    layernorm_backward_vec_kernel(bf16* __restrict__ dinp,
-                                              float* __restrict__ dweight_partials,
-                                              float* __restrict__ dbias_partials,
-                                              const bf16* __restrict__ dout,
-                                              const bf16* __restrict__ inp,
-                                              const bf16* __restrict__ weight,
-                                              const float* mean_in, const float* rstd_in, int N,
-                                              int C) {
+__global__ void __launch_bounds__((kParams ? kFusedWarps : kRowsPerBlock) * kWarpSize)
+    layernorm_backward_vec_kernel(bf16* __restrict__ dinp, float* __restrict__ dweight_partials,
+                                  float* __restrict__ dbias_partials,
+                                  const bf16* __restrict__ dout, const bf16* __restrict__ inp,
+                                  const bf16* __restrict__ weight, const float* mean_in,
+                                  const float* rstd_in, int N, int C) {
+  constexpr int kWarps = kParams ? kFusedWarps : kRowsPerBlock;
   constexpr int kRows = kParams ? kFusedPartRows : kRowsPerBlock;
-  constexpr int kSums = kParams ? kPieces : 1;
+  // sums[warp][j][p]: column 8 p + j, so a warp's lanes touch consecutive words (no bank conflicts).
+  constexpr int kSumWarps = kParams ? kWarps : 1, kSumPieces = kParams ? kPieces * kWarpSize : 1;
+  __shared__ float sums_w[kSumWarps][kPieceElems][kSumPieces];
+  __shared__ float sums_b[kSumWarps][kPieceElems][kSumPieces];
   const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
   const int pieces = C / kPieceElems;
   const Bf16x8* w = reinterpret_cast<const Bf16x8*>(weight);
-  float acc_w[kSums][kPieceElems] = {}, acc_b[kSums][kPieceElems] = {};
+  if constexpr (kParams)
+    for (int p = lane; p < kSumPieces; p += kWarpSize)
+#pragma unroll
+      for (int j = 0; j < kPieceElems; ++j) sums_w[warp][j][p] = sums_b[warp][j][p] = 0.0f;
   const int row_end = min(N, (int(blockIdx.x) + 1) * kRows);
-  for (int row = blockIdx.x * kRows + warp; row < row_end; row += kRowsPerBlock) {
+  for (int row = blockIdx.x * kRows + warp; row < row_end; row += kWarps) {
     const Bf16x8* x = reinterpret_cast<const Bf16x8*>(inp + size_t(row) * C);
     const Bf16x8* g = reinterpret_cast<const Bf16x8*>(dout + size_t(row) * C);
+    Bf16x8* dx = reinterpret_cast<Bf16x8*>(dinp + size_t(row) * C);
     const float mean = mean_in[row], rstd = rstd_in[row];
-    Bf16x8 xv[kPieces], gv[kPieces];
+    Bf16x8 xv[kPieces], gv[kPieces], dxv[kPieces];
     float sum_dnorm = 0.0f, sum_dnorm_norm = 0.0f;
 #pragma unroll
     for (int k = 0; k < kPieces; ++k) {
@@ -211,6 +195,7 @@ __global__ void __launch_bounds__(kRowsPerBlock* kWarpSize, kParams && kPieces <
       if (p < pieces) {
         xv[k] = x[p];
         gv[k] = g[p];
+        dxv[k] = dx[p];
         const Bf16x8 wv = w[p];
 #pragma unroll
         for (int j = 0; j < kPieceElems; ++j) {
@@ -222,13 +207,12 @@ __global__ void __launch_bounds__(kRowsPerBlock* kWarpSize, kParams && kPieces <
     }
     const float mean_dnorm = warp_sum(sum_dnorm) / C;
     const float mean_dnorm_norm = warp_sum(sum_dnorm_norm) / C;
-    Bf16x8* dx = reinterpret_cast<Bf16x8*>(dinp + size_t(row) * C);
 #pragma unroll
     for (int k = 0; k < kPieces; ++k) {
       const int p = k * kWarpSize + lane;
       if (p < pieces) {
         const Bf16x8 wv = w[p];
-        Bf16x8 acc = dx[p];
+        Bf16x8 acc = dxv[k];
 #pragma unroll
         for (int j = 0; j < kPieceElems; ++j) {
           const float n = (f(xv[k].v[j]) - mean) * rstd;
@@ -236,8 +220,8 @@ __global__ void __launch_bounds__(kRowsPerBlock* kWarpSize, kParams && kPieces <
           acc.v[j] =
               __float2bfloat16(f(acc.v[j]) + rstd * (dn - mean_dnorm - n * mean_dnorm_norm));
           if constexpr (kParams) {
-            acc_w[k][j] += f(gv[k].v[j]) * n;
-            acc_b[k][j] += f(gv[k].v[j]);
+            sums_w[warp][j][p] += f(gv[k].v[j]) * n;
+            sums_b[warp][j][p] += f(gv[k].v[j]);
           }
         }
         dx[p] = acc;
@@ -245,8 +229,16 @@ __global__ void __launch_bounds__(kRowsPerBlock* kWarpSize, kParams && kPieces <
     }
   }
   if constexpr (kParams) {
-    store_piece_partials<kPieces>(dweight_partials, acc_w, C);
-    store_piece_partials<kPieces>(dbias_partials, acc_b, C);
+    __syncthreads();
+    for (int c = threadIdx.x; c < C; c += kWarps * kWarpSize) {
+      float total_w = 0.0f, total_b = 0.0f;
+#pragma unroll
+      for (int v = 0; v < kWarps; ++v)
+        total_w += sums_w[v][c % kPieceElems][c / kPieceElems],
+            total_b += sums_b[v][c % kPieceElems][c / kPieceElems];
+      dweight_partials[size_t(blockIdx.x) * C + c] = total_w;
+      dbias_partials[size_t(blockIdx.x) * C + c] = total_b;
+    }
   }
 }
 
@@ -315,7 +307,7 @@ void layernorm_backward_fused(CudaContext& ctx, int pieces, bf16* dinp, bf16* dw
   float* dbias_partials = carve.take<float>(size_t(parts) * C);
   static constexpr auto kernels =
       backward_kernels<true>(std::make_integer_sequence<int, kMaxFusedPieces>());
-  kernels[pieces - 1]<<<parts, kRowsPerBlock * kWarpSize, 0, ctx.stream()>>>(
+  kernels[pieces - 1]<<<parts, kFusedWarps * kWarpSize, 0, ctx.stream()>>>(
       dinp, dweight_partials, dbias_partials, dout, inp, weight, mean, rstd, N, C);
   CUDA_CHECK_LAUNCH();
   reduce_partials_accumulate(ctx, dweight, dweight_partials, parts, C);
