@@ -146,54 +146,98 @@ __global__ void layernorm_forward_vec_kernel(bf16* __restrict__ out, float* mean
   }
 }
 
-template <int kPieces>
-__global__ void layernorm_backward_input_vec_kernel(bf16* __restrict__ dinp,
-                                                    const bf16* __restrict__ dout,
-                                                    const bf16* __restrict__ inp,
-                                                    const bf16* __restrict__ weight,
-                                                    const float* mean_in, const float* rstd_in,
-                                                    int N, int C) {
-  const int lane = threadIdx.x % kWarpSize;
-  const int row = blockIdx.x * kRowsPerBlock + threadIdx.x / kWarpSize;
-  if (row >= N) return;
+// The backward. Without kParams a block takes kRowsPerBlock rows, one a
+// warp, and the parameter gradients come from the column-sum kernel below,
+// which reads dout and inp again. With kParams (up to kMaxFusedPieces a
+// lane) a block of kFusedWarps walks one part of kFusedPartRows rows (warp
+// w takes rows w, w + kFusedWarps, ...) and also sums the part's weight and
+// bias gradients: a lane holds the same columns of every row, so it adds
+// them into its warp's row of shared-memory sums, and the block adds the
+// warps' rows in order at the end (reproducible, no atomics). Shared memory
+// rather than registers keeps three or four blocks on a multiprocessor,
+// which a latency-bound row walk needs; dinp's old value is loaded with the
+// row so one memory latency, not two, lies on each row's path.
+constexpr int kFusedWarps = 4;
+constexpr int kFusedPartRows = 32;  // 512 parts at 16k rows
+constexpr int kMaxFusedPieces = 4;  // C <= 1024: 32 KiB of sums a block
+
+template <int kPieces, bool kParams>
+__global__ void __launch_bounds__((kParams ? kFusedWarps : kRowsPerBlock) * kWarpSize)
+    layernorm_backward_vec_kernel(bf16* __restrict__ dinp, float* __restrict__ dweight_partials,
+                                  float* __restrict__ dbias_partials,
+                                  const bf16* __restrict__ dout, const bf16* __restrict__ inp,
+                                  const bf16* __restrict__ weight, const float* mean_in,
+                                  const float* rstd_in, int N, int C) {
+  constexpr int kWarps = kParams ? kFusedWarps : kRowsPerBlock;
+  constexpr int kRows = kParams ? kFusedPartRows : kRowsPerBlock;
+  // sums[warp][j][p]: column 8 p + j, so a warp's lanes touch consecutive words (no bank conflicts).
+  constexpr int kSumWarps = kParams ? kWarps : 1, kSumPieces = kParams ? kPieces * kWarpSize : 1;
+  __shared__ float sums_w[kSumWarps][kPieceElems][kSumPieces];
+  __shared__ float sums_b[kSumWarps][kPieceElems][kSumPieces];
+  const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
   const int pieces = C / kPieceElems;
-  const Bf16x8* x = reinterpret_cast<const Bf16x8*>(inp + size_t(row) * C);
-  const Bf16x8* g = reinterpret_cast<const Bf16x8*>(dout + size_t(row) * C);
   const Bf16x8* w = reinterpret_cast<const Bf16x8*>(weight);
-  const float mean = mean_in[row], rstd = rstd_in[row];
-  Bf16x8 xv[kPieces], gv[kPieces];
-  float sum_dnorm = 0.0f, sum_dnorm_norm = 0.0f;
+  if constexpr (kParams)
+    for (int p = lane; p < kSumPieces; p += kWarpSize)
 #pragma unroll
-  for (int k = 0; k < kPieces; ++k) {
-    const int p = k * kWarpSize + lane;
-    if (p < pieces) {
-      xv[k] = x[p];
-      gv[k] = g[p];
-      const Bf16x8 wv = w[p];
+      for (int j = 0; j < kPieceElems; ++j) sums_w[warp][j][p] = sums_b[warp][j][p] = 0.0f;
+  const int row_end = min(N, (int(blockIdx.x) + 1) * kRows);
+  for (int row = blockIdx.x * kRows + warp; row < row_end; row += kWarps) {
+    const Bf16x8* x = reinterpret_cast<const Bf16x8*>(inp + size_t(row) * C);
+    const Bf16x8* g = reinterpret_cast<const Bf16x8*>(dout + size_t(row) * C);
+    Bf16x8* dx = reinterpret_cast<Bf16x8*>(dinp + size_t(row) * C);
+    const float mean = mean_in[row], rstd = rstd_in[row];
+    Bf16x8 xv[kPieces], gv[kPieces], dxv[kPieces];
+    float sum_dnorm = 0.0f, sum_dnorm_norm = 0.0f;
 #pragma unroll
-      for (int j = 0; j < kPieceElems; ++j) {
-        const float dn = f(gv[k].v[j]) * f(wv.v[j]);
-        sum_dnorm += dn;
-        sum_dnorm_norm += dn * (f(xv[k].v[j]) - mean) * rstd;
+    for (int k = 0; k < kPieces; ++k) {
+      const int p = k * kWarpSize + lane;
+      if (p < pieces) {
+        xv[k] = x[p];
+        gv[k] = g[p];
+        dxv[k] = dx[p];
+        const Bf16x8 wv = w[p];
+#pragma unroll
+        for (int j = 0; j < kPieceElems; ++j) {
+          const float dn = f(gv[k].v[j]) * f(wv.v[j]);
+          sum_dnorm += dn;
+          sum_dnorm_norm += dn * (f(xv[k].v[j]) - mean) * rstd;
+        }
+      }
+    }
+    const float mean_dnorm = warp_sum(sum_dnorm) / C;
+    const float mean_dnorm_norm = warp_sum(sum_dnorm_norm) / C;
+#pragma unroll
+    for (int k = 0; k < kPieces; ++k) {
+      const int p = k * kWarpSize + lane;
+      if (p < pieces) {
+        const Bf16x8 wv = w[p];
+        Bf16x8 acc = dxv[k];
+#pragma unroll
+        for (int j = 0; j < kPieceElems; ++j) {
+          const float n = (f(xv[k].v[j]) - mean) * rstd;
+          const float dn = f(gv[k].v[j]) * f(wv.v[j]);
+          acc.v[j] =
+              __float2bfloat16(f(acc.v[j]) + rstd * (dn - mean_dnorm - n * mean_dnorm_norm));
+          if constexpr (kParams) {
+            sums_w[warp][j][p] += f(gv[k].v[j]) * n;
+            sums_b[warp][j][p] += f(gv[k].v[j]);
+          }
+        }
+        dx[p] = acc;
       }
     }
   }
-  const float mean_dnorm = warp_sum(sum_dnorm) / C;
-  const float mean_dnorm_norm = warp_sum(sum_dnorm_norm) / C;
-  Bf16x8* dx = reinterpret_cast<Bf16x8*>(dinp + size_t(row) * C);
+  if constexpr (kParams) {
+    __syncthreads();
+    for (int c = threadIdx.x; c < C; c += kWarps * kWarpSize) {
+      float total_w = 0.0f, total_b = 0.0f;
 #pragma unroll
-  for (int k = 0; k < kPieces; ++k) {
-    const int p = k * kWarpSize + lane;
-    if (p < pieces) {
-      const Bf16x8 wv = w[p];
-      Bf16x8 acc = dx[p];
-#pragma unroll
-      for (int j = 0; j < kPieceElems; ++j) {
-        const float n = (f(xv[k].v[j]) - mean) * rstd;
-        const float dn = f(gv[k].v[j]) * f(wv.v[j]);
-        acc.v[j] = __float2bfloat16(f(acc.v[j]) + rstd * (dn - mean_dnorm - n * mean_dnorm_norm));
-      }
-      dx[p] = acc;
+      for (int v = 0; v < kWarps; ++v)
+        total_w += sums_w[v][c % kPieceElems][c / kPieceElems],
+            total_b += sums_b[v][c % kPieceElems][c / kPieceElems];
+      dweight_partials[size_t(blockIdx.x) * C + c] = total_w;
+      dbias_partials[size_t(blockIdx.x) * C + c] = total_b;
     }
   }
 }
@@ -210,16 +254,16 @@ int pieces_per_lane(int C, std::initializer_list<const void*> rows) {
 
 using ForwardKernel = void (*)(bf16*, float*, float*, const bf16*, const bf16*, const bf16*, int,
                                int, const bf16*);
-using BackwardInputKernel = void (*)(bf16*, const bf16*, const bf16*, const bf16*, const float*,
-                                     const float*, int, int);
+using BackwardKernel = void (*)(bf16*, float*, float*, const bf16*, const bf16*, const bf16*,
+                                const float*, const float*, int, int);
 template <int... K>
 constexpr std::array<ForwardKernel, sizeof...(K)> forward_kernels(std::integer_sequence<int, K...>) {
   return {layernorm_forward_vec_kernel<K + 1>...};
 }
-template <int... K>
-constexpr std::array<BackwardInputKernel, sizeof...(K)> backward_input_kernels(
+template <bool kParams, int... K>
+constexpr std::array<BackwardKernel, sizeof...(K)> backward_kernels(
     std::integer_sequence<int, K...>) {
-  return {layernorm_backward_input_vec_kernel<K + 1>...};
+  return {layernorm_backward_vec_kernel<K + 1, kParams>...};
 }
 
 // Per row block: sum of dout * norm (weight grad) and of dout (bias grad). A
@@ -250,6 +294,24 @@ __global__ void layernorm_param_partials_kernel(float* dweight_partials, float* 
     }
   store_column_partials(dweight_partials, acc_w, part, c0, C);
   store_column_partials(dbias_partials, acc_b, part, c0, C);
+}
+
+// The fused path: dinp and the parameter gradients' row-part sums in one
+// kernel (kPieces <= kMaxFusedPieces), then the ordered sums over the parts.
+void layernorm_backward_fused(CudaContext& ctx, int pieces, bf16* dinp, bf16* dweight,
+                              bf16* dbias, const bf16* dout, const bf16* inp, const bf16* weight,
+                              const float* mean, const float* rstd, int N, int C) {
+  const int parts = ceil_div(N, kFusedPartRows);
+  ScratchCarver carve(ctx.scratch(2 * ScratchCarver::round(sizeof(float) * size_t(parts) * C)));
+  float* dweight_partials = carve.take<float>(size_t(parts) * C);
+  float* dbias_partials = carve.take<float>(size_t(parts) * C);
+  static constexpr auto kernels =
+      backward_kernels<true>(std::make_integer_sequence<int, kMaxFusedPieces>());
+  kernels[pieces - 1]<<<parts, kFusedWarps * kWarpSize, 0, ctx.stream()>>>(
+      dinp, dweight_partials, dbias_partials, dout, inp, weight, mean, rstd, N, C);
+  CUDA_CHECK_LAUNCH();
+  reduce_partials_accumulate(ctx, dweight, dweight_partials, parts, C);
+  reduce_partials_accumulate(ctx, dbias, dbias_partials, parts, C);
 }
 
 }  // namespace
@@ -290,12 +352,17 @@ void layernorm_backward(CudaContext& ctx, bf16* dinp, bf16* dweight, bf16* dbias
                         const bf16* dout, const bf16* inp, const bf16* weight, const float* mean,
                         const float* rstd, int N, int C) {
   if (N == 0 || C == 0) return;
+  const int k = pieces_per_lane(C, {dinp, dout, inp, weight});
+  if (k >= 1 && k <= kMaxFusedPieces) {
+    layernorm_backward_fused(ctx, k, dinp, dweight, dbias, dout, inp, weight, mean, rstd, N, C);
+    return;
+  }
   const int blocks = ceil_div(N, kRowsPerBlock), threads = kRowsPerBlock * kWarpSize;
-  if (const int k = pieces_per_lane(C, {dinp, dout, inp, weight})) {
+  if (k != 0) {
     static constexpr auto kernels =
-        backward_input_kernels(std::make_integer_sequence<int, kMaxPiecesPerLane>());
-    kernels[k - 1]<<<blocks, threads, 0, ctx.stream()>>>(dinp, dout, inp, weight, mean, rstd, N,
-                                                        C);
+        backward_kernels<false>(std::make_integer_sequence<int, kMaxPiecesPerLane>());
+    kernels[k - 1]<<<blocks, threads, 0, ctx.stream()>>>(dinp, nullptr, nullptr, dout, inp,
+                                                        weight, mean, rstd, N, C);
   } else {
     layernorm_backward_input_kernel<<<blocks, threads, 0, ctx.stream()>>>(dinp, dout, inp, weight,
                                                                           mean, rstd, N, C);

@@ -333,9 +333,6 @@ void CudaOps::check_softmax_cross_entropy(int V, int Vp) {
   }
 }
 
-// Widths that take each path of the CUDA LayerNorm: 16-byte pieces held in
-// registers with whole (768: 3 per lane) and partial (1600: 7, 200 pieces)
-// warps, and the scalar kernels for C % 8 != 0 (100) and C > 2048 (2056).
 // z-loss fused into the classifier at GPT-2's padded vocabulary: the
 // gradient, the cross-entropy and log Z against cpu64, bit-reproducible.
 TEST_F(CudaOps, SoftmaxCrossEntropyZLossGpt2Vocabulary) {
@@ -384,9 +381,15 @@ TEST_F(CudaOps, QkNormGpt2Shape) {
        {"dk_gain", kBf16Tolerance}});
 }
 
+// Widths that take each path of the CUDA LayerNorm: 16-byte pieces held in
+// registers with whole (768: 3 per lane; 1024: 4) and partial (1600: 7, 200
+// pieces) warps, the backward's fused parameter sums up to 4 pieces a lane,
+// and the scalar kernels for C % 8 != 0 (100) and C > 2048 (2056). 700 rows:
+// the fused backward's last 32-row part is short, and not every warp of a
+// part has the same number of rows.
 TEST_F(CudaOps, LayerNormEveryKernelPath) {
-  const int N = 512;
-  for (const int C : {768, 1600, 100, 2056}) {
+  const int N = 700;
+  for (const int C : {768, 1024, 1600, 100, 2056}) {
     SCOPED_TRACE("C = " + std::to_string(C));
     Tensor x = in(size_t(N) * C, 31);
     for (float& v : x.init) v = from_bf16(to_bf16(v * 3 + 1));
