@@ -1,19 +1,9 @@
 // Fused softmax + cross-entropy over the padded vocabulary, one block per row,
-// in place: the bf16 logits are overwritten by dloss * (softmax - onehot), so
-// no f32 copy of the [N, Vp] logits ever exists. Padded columns [V, Vp) get
-// gradient 0.
+// in place: the bf16 logits are read twice (max/sum, then the gradient) and
+// overwritten by dloss * (softmax - onehot), so no f32 copy of the [N, Vp]
+// logits ever exists. Padded columns [V, Vp) get gradient 0.
 // z-loss (PaLM) is fused: with z_coef > 0 the softmax term of the gradient is
 // scaled by 1 + 2 z_coef log Z, and lse (when given) receives log Z per row.
-//
-// Two kernels. With the gradient and Vp <= 65536 (GPT-2's 50,304), the row
-// stays in registers between the reduction and the gradient: the logits are
-// read from memory once and written once, with one exp per element (the
-// row-in-registers kernel below). Otherwise the streaming kernel reads the
-// row twice (max/sum, then the gradient), two exps per element.
-#include <cuda_fp16.h>
-
-#include <algorithm>
-
 #include "ops/cuda/cuda_check.h"
 #include "ops/cuda/device_utils.cuh"
 #include "ops/cuda/ops.h"
@@ -104,98 +94,6 @@ __global__ void softmax_cross_entropy_kernel(float* losses, bf16* logits, const 
   }
 }
 
-// Row in registers: each thread holds up to kRowPieces 16-byte pieces (8
-// columns each) of its row, at columns (threadIdx.x + k blockDim.x) * 8, so
-// 1024 threads cover 65,536 columns. A thread first finds the max m_t of its
-// own values, then replaces each logit by e = exp(x - m_t) <= 1 (the one exp
-// per element) kept as fp16 times 2^15: 11 bits, like the float it came from
-// to within bf16's output rounding, and normal down to e = 2^-29, below which
-// a gradient entry is under 2e-9 of dloss. The block combines the threads'
-// (m_t, sum e) as the streaming kernel does; the gradient is then
-// e * exp(m_t - M) (1 + 2 z log Z) / Z * dloss, minus dloss at the target.
-constexpr int kRowThreads = 1024;
-constexpr int kRowPieces = 8;
-constexpr int kRowColumns = kRowThreads * kRowPieces * 8;
-constexpr float kExpStoreScale = 32768.0f;
-
-__global__ void __launch_bounds__(kRowThreads, 1)
-    softmax_cross_entropy_row_in_registers_kernel(float* losses, bf16* logits,
-                                                  const int32_t* targets, int V, int Vp,
-                                                  float dloss, float z_coef, float* lse_out) {
-  __shared__ MaxSum warp_parts[kRowThreads / kWarpSize];
-  __shared__ MaxSum row_total;
-  const int row = blockIdx.x;
-  bf16* x = logits + size_t(row) * Vp;
-  const int target = targets[row];
-  auto column = [&](int k) { return (threadIdx.x + k * blockDim.x) * 8; };
-
-  uint4 piece[kRowPieces];
-  float m = -INFINITY;
-#pragma unroll
-  for (int k = 0; k < kRowPieces; ++k) {
-    if (column(k) >= Vp) break;
-    piece[k] = *reinterpret_cast<const uint4*>(x + column(k));
-    const bf16* v = reinterpret_cast<const bf16*>(&piece[k]);
-#pragma unroll
-    for (int j = 0; j < 8; ++j)
-      if (column(k) + j < V) m = fmaxf(m, __bfloat162float(v[j]));
-  }
-  float sum = 0.0f;
-#pragma unroll
-  for (int k = 0; k < kRowPieces; ++k) {
-    if (column(k) >= Vp) break;
-    const bf16* v = reinterpret_cast<const bf16*>(&piece[k]);
-    __half* e = reinterpret_cast<__half*>(&piece[k]);
-#pragma unroll
-    for (int j = 0; j < 8; ++j) {
-      const float p = column(k) + j < V ? __expf(__bfloat162float(v[j]) - m) : 0.0f;
-      sum += p;
-      e[j] = __float2half_rn(p * kExpStoreScale);
-    }
-  }
-
-  MaxSum acc{m, sum};
-#pragma unroll
-  for (int offset = 16; offset > 0; offset >>= 1) {
-    MaxSum other{__shfl_xor_sync(0xffffffffu, acc.max, offset),
-                 __shfl_xor_sync(0xffffffffu, acc.sum, offset)};
-    acc = combine(acc, other);
-  }
-  if (threadIdx.x % kWarpSize == 0) warp_parts[threadIdx.x / kWarpSize] = acc;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    MaxSum total = warp_parts[0];
-    for (int w = 1; w < int(blockDim.x / kWarpSize); ++w) total = combine(total, warp_parts[w]);
-    row_total = total;
-    const float lse = total.max + logf(total.sum);
-    float loss = 0.0f;
-    if (target >= 0) loss = target < V ? lse - __bfloat162float(x[target]) : NAN;
-    losses[row] = loss;
-    if (lse_out) lse_out[row] = target >= 0 ? lse : 0.0f;
-  }
-  __syncthreads();
-  const float log_z = row_total.max + logf(row_total.sum);
-  const float scale = target >= 0 ? dloss : 0.0f;
-  // A thread without a vocabulary column has m = -inf and writes only zeros.
-  const float factor = m == -INFINITY ? 0.0f
-                                      : scale * __expf(m - row_total.max) *
-                                            (1.0f + 2.0f * z_coef * log_z) /
-                                            (row_total.sum * kExpStoreScale);
-#pragma unroll
-  for (int k = 0; k < kRowPieces; ++k) {
-    if (column(k) >= Vp) break;
-    const __half* e = reinterpret_cast<const __half*>(&piece[k]);
-    Bf16x8 g;
-#pragma unroll
-    for (int j = 0; j < 8; ++j) {
-      const int col = column(k) + j;
-      g.v[j] = __float2bfloat16(col < V ? __half2float(e[j]) * factor - (col == target) * scale
-                                        : 0.0f);
-    }
-    *reinterpret_cast<Bf16x8*>(x + column(k)) = g;
-  }
-}
-
 }  // namespace
 
 void softmax_cross_entropy(CudaContext& ctx, float* losses, bf16* logits, const int32_t* targets,
@@ -203,12 +101,7 @@ void softmax_cross_entropy(CudaContext& ctx, float* losses, bf16* logits, const 
                            float* lse) {
   if (N == 0) return;
   LSGPT_CHECK(V > 0 && V <= Vp, "classifier: need 0 < V <= Vp");
-  const bool vector = Vp % 8 == 0 && aligned16(logits);
-  if (compute_grad && vector && Vp <= kRowColumns) {
-    const int threads = std::min(kRowThreads, ceil_div(Vp / 8, kWarpSize) * kWarpSize);
-    softmax_cross_entropy_row_in_registers_kernel<<<N, threads, 0, ctx.stream()>>>(
-        losses, logits, targets, V, Vp, dloss, z_coef, lse);
-  } else if (vector)
+  if (Vp % 8 == 0 && aligned16(logits))
     softmax_cross_entropy_kernel<true><<<N, kThreads, 0, ctx.stream()>>>(
         losses, logits, targets, V, Vp, dloss, compute_grad, z_coef, lse);
   else
