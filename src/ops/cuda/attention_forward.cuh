@@ -8,8 +8,11 @@
 
 #include <optional>
 
+#include "ops/cuda/attention_common.cuh"
 #include "ops/cuda/attention_sm90_choice.h"
+#include "ops/cuda/cuda_check.h"
 #include "ops/cuda/cuda_context.h"
+#include "ops/cuda/device_utils.cuh"
 
 namespace lsgpt::cuda::attn {
 
@@ -25,6 +28,102 @@ struct ForwardParams {
   int T, n_head, head_dim, C, n_local, window, n_query_blocks;
   float scale, scale_log2;
 };
+
+// What a block of one warpgroup (the sm_80 and the base Hopper kernel) works
+// on: 64 queries of one (batch row, head) and the key tiles of their band.
+struct ForwardBlock {
+  int q_block, bh, b, h, q0;
+  size_t qkv_row;  // elements between tokens in qkv
+  const __nv_bfloat16 *q_base, *k_base, *v_base;
+  HeadMask mask;
+  int tile_begin, tile_end;  // inclusive
+
+  __device__ __forceinline__ explicit ForwardBlock(const ForwardParams& p)
+      // Later query blocks have more keys on global heads: start them first.
+      : q_block(p.n_query_blocks - 1 - blockIdx.x),
+        bh(blockIdx.y),
+        b(bh / p.n_head),
+        h(bh % p.n_head),
+        q0(q_block * kForwardBlockM),
+        qkv_row(size_t(3) * p.C),
+        q_base(p.qkv + size_t(b) * p.T * qkv_row + h * p.head_dim),
+        k_base(q_base + p.C),
+        v_base(q_base + 2 * p.C),
+        mask{h < p.n_local, p.window} {
+    const int key_lo = mask.local ? max(0, q0 - p.window + 1) : 0;
+    const int key_hi = min(p.T, q0 + kForwardBlockM);  // exclusive
+    tile_begin = key_lo / kForwardBlockN, tile_end = (key_hi - 1) / kForwardBlockN;
+  }
+};
+
+// Row r (0: row_a, 1: row_a + 8) of this thread's m16n8-layout accumulator,
+// times inv, as bf16 pairs at dst; acc(db, e) is element e of n8 block db.
+// Only the columns below the real head dim.
+template <int D, typename Acc>
+__device__ __forceinline__ void store_acc_row(__nv_bfloat16* dst, Acc acc, int r, int quad,
+                                              float inv, int head_dim) {
+#pragma unroll
+  for (int db = 0; db < D / 8; ++db) {
+    const int col = db * 8 + quad * 2;
+    if (db * 8 < head_dim)
+      *reinterpret_cast<__nv_bfloat162*>(dst + col) =
+          __floats2bfloat162_rn(acc(db, 2 * r) * inv, acc(db, 2 * r + 1) * inv);
+  }
+}
+
+// The epilogue of a ForwardBlock kernel: normalises and writes this thread's
+// rows of out (and kbar) and lse; returns the largest logit among them.
+template <int D, bool kKbar, typename OAcc, typename KbarAcc>
+__device__ __forceinline__ float store_rows(const ForwardParams& p, const ForwardBlock& blk,
+                                           int row_a, int quad, const float (&row_max)[2],
+                                           const float (&row_sum)[2], OAcc o_acc,
+                                           KbarAcc kbar_acc) {
+  const int T = p.T;
+  float block_max = -INFINITY;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    float l = row_sum[r];
+    l += __shfl_xor_sync(0xffffffffu, l, 1);
+    l += __shfl_xor_sync(0xffffffffu, l, 2);
+    const int row = r == 0 ? row_a : row_a + 8;
+    if (row >= T) continue;
+    const float inv = 1.0f / l;
+    const size_t offset = (size_t(blk.b) * T + row) * p.C + blk.h * p.head_dim;
+    store_acc_row<D>(p.out + offset, o_acc, r, quad, inv, p.head_dim);
+    if constexpr (kKbar) store_acc_row<D>(p.kbar + offset, kbar_acc, r, quad, inv, p.head_dim);
+    const float max_logit = row_max[r] * p.scale;
+    if (quad == 0) p.lse[size_t(blk.bh) * T + row] = max_logit + logf(l);
+    block_max = fmaxf(block_max, max_logit);
+  }
+  return block_max;
+}
+
+// The block's max-logit partial, from each thread's largest logit, for a
+// block of one warpgroup (the sm_80 and the base Hopper kernel).
+// `warp_maxima`: shared, one float per warp.
+__device__ __forceinline__ void write_max_partial(const ForwardParams& p, int bh, int q_block,
+                                                  float thread_max, float* warp_maxima) {
+  const float warp_best = warp_max(thread_max);
+  if (threadIdx.x % kWarpSize == 0) warp_maxima[threadIdx.x / kWarpSize] = warp_best;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    float m = warp_maxima[0];
+    for (int w = 1; w < kThreads / kWarpSize; ++w) m = fmaxf(m, warp_maxima[w]);
+    p.max_partials[size_t(bh) * p.n_query_blocks + q_block] = m;
+  }
+}
+
+// Launches a ForwardBlock kernel: one block per (query block, batch row and
+// head).
+template <typename Kernel>
+void launch_forward_blocks(CudaContext& ctx, Kernel kernel, size_t smem_bytes,
+                           const ForwardParams& p, int B) {
+  CUDA_CHECK(
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem_bytes)));
+  const dim3 grid(p.n_query_blocks, B * p.n_head);
+  kernel<<<grid, kThreads, smem_bytes, ctx.stream()>>>(p);
+  CUDA_CHECK_LAUNCH();
+}
 
 // attention_forward_sm90.cu: the wgmma (sm_90a) forward, kbar = P K too when
 // with_kbar (span decomposition).
