@@ -64,6 +64,8 @@ __global__ void __launch_bounds__(kThreads)
 
   float o_acc[kDBlocks][4] = {};
   float kbar_acc[kKbar ? kDBlocks : 1][4] = {};
+  auto o_at = [&](int db, int e) -> float& { return o_acc[db][e]; };
+  auto kbar_at = [&](int db, int e) -> float& { return kbar_acc[db][e]; };
   uint32_t q_frag[Shape::kQInRegisters ? D / 16 : 1][4];
   float row_max[2] = {-INFINITY, -INFINITY};  // raw q.k units
   float row_sum[2] = {0.f, 0.f};               // this lane's share
@@ -117,43 +119,9 @@ __global__ void __launch_bounds__(kThreads)
           mma_bf16(s[nb + 1], a, bfrag[2], bfrag[3]);
         }
       }
-      if constexpr (kMasked) {
-#pragma unroll
-        for (int nb = 0; nb < kKeyBlocks; ++nb)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const int i = e < 2 ? row_a : row_b;
-            const int j = k0 + nb * 8 + quad * 2 + (e & 1);
-            if (!blk.mask.visible(i, j)) s[nb][e] = -INFINITY;
-          }
-      }
-
-      // Online softmax: rescale what was accumulated by exp(old max - new max).
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        float m = row_max[r];
-#pragma unroll
-        for (int nb = 0; nb < kKeyBlocks; ++nb) m = fmaxf(m, fmaxf(s[nb][2 * r], s[nb][2 * r + 1]));
-        m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
-        m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
-        // A row that has seen only masked keys keeps max -inf; subtract 0 then.
-        const float base = m == -INFINITY ? 0.f : m * p.scale_log2;
-        const float alpha = exp2f(row_max[r] * p.scale_log2 - base);
-        row_max[r] = m;
-        row_sum[r] *= alpha;
-#pragma unroll
-        for (int db = 0; db < kDBlocks; ++db) {
-          o_acc[db][2 * r] *= alpha, o_acc[db][2 * r + 1] *= alpha;
-          if constexpr (kKbar) kbar_acc[db][2 * r] *= alpha, kbar_acc[db][2 * r + 1] *= alpha;
-        }
-#pragma unroll
-        for (int nb = 0; nb < kKeyBlocks; ++nb)
-#pragma unroll
-          for (int e = 2 * r; e < 2 * r + 2; ++e) {
-            s[nb][e] = exp2f(s[nb][e] * p.scale_log2 - base);
-            row_sum[r] += s[nb][e];
-          }
-      }
+      auto s_at = [&](int nb, int e) -> float& { return s[nb][e]; };
+      if constexpr (kMasked) mask_scores(s_at, blk.mask, row_a, row_b, quad, k0);
+      online_softmax<D, kKbar>(s_at, o_at, kbar_at, row_max, row_sum, p.scale_log2);
 
       // O += P V (and kbar += P K), P as bf16 A fragments straight from registers.
 #pragma unroll
@@ -184,9 +152,8 @@ __global__ void __launch_bounds__(kThreads)
   }
 
   // Epilogue: normalise, write O (and kbar), lse, and this block's max logit.
-  const float block_max = store_rows<D, kKbar>(
-      p, blk, row_a, quad, row_max, row_sum, [&](int db, int e) { return o_acc[db][e]; },
-      [&](int db, int e) { return kbar_acc[db][e]; });
+  const float block_max =
+      store_rows<D, kKbar>(p, blk, row_a, quad, row_max, row_sum, o_at, kbar_at);
   write_max_partial(p, blk.bh, blk.q_block, block_max, warp_maxima);
 }
 

@@ -1,6 +1,7 @@
-// What the two LS flash-attention forward kernels share: their parameters,
-// the query block size (both write one max-logit partial per 64 queries, so
-// one reduction serves both), and the Hopper kernel's entry points, which
+// What the LS flash-attention forward kernels share: their parameters, the
+// query block size (all write one max-logit partial per 64 queries, so one
+// reduction serves all), the steps the two one-warpgroup kernels (sm_80 and
+// the base Hopper one) take alike, and the Hopper kernels' entry points, which
 // attention_forward.cu dispatches to (docs/CUDA.md, "Forward on Hopper").
 #pragma once
 
@@ -56,9 +57,60 @@ struct ForwardBlock {
   }
 };
 
-// Row r (0: row_a, 1: row_a + 8) of this thread's m16n8-layout accumulator,
-// times inv, as bf16 pairs at dst; acc(db, e) is element e of n8 block db.
-// Only the columns below the real head dim.
+// The helpers below read this thread's tiles in the m16n8 accumulator layout
+// through accessors, since the kernels keep them differently: s(nb, e) is
+// element e of S's n8 block nb, o(db, e) and kbar(db, e) likewise for O and
+// kbar; e < 2 is row row_a, else row_b = row_a + 8.
+
+// S set to -inf where the LS mask hides the key (the tile starts at key k0).
+template <typename S>
+__device__ __forceinline__ void mask_scores(S s, const HeadMask& mask, int row_a, int row_b,
+                                            int quad, int k0) {
+#pragma unroll
+  for (int nb = 0; nb < kForwardBlockN / 8; ++nb)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int i = e < 2 ? row_a : row_b;
+      const int j = k0 + nb * 8 + quad * 2 + (e & 1);
+      if (!mask.visible(i, j)) s(nb, e) = -INFINITY;
+    }
+}
+
+// Online softmax of one S tile: O (and kbar) rescaled by exp(old max - new
+// max), S replaced by exp(S - max), row sums updated.
+template <int D, bool kKbar, typename S, typename O, typename Kbar>
+__device__ __forceinline__ void online_softmax(S s, O o, Kbar kbar, float (&row_max)[2],
+                                               float (&row_sum)[2], float scale_log2) {
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    float m = row_max[r];
+#pragma unroll
+    for (int nb = 0; nb < kForwardBlockN / 8; ++nb)
+      m = fmaxf(m, fmaxf(s(nb, 2 * r), s(nb, 2 * r + 1)));
+    m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
+    m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
+    // A row that has seen only masked keys keeps max -inf; subtract 0 then.
+    const float base = m == -INFINITY ? 0.f : m * scale_log2;
+    const float alpha = exp2f(row_max[r] * scale_log2 - base);
+    row_max[r] = m;
+    row_sum[r] *= alpha;
+#pragma unroll
+    for (int db = 0; db < D / 8; ++db) {
+      o(db, 2 * r) *= alpha, o(db, 2 * r + 1) *= alpha;
+      if constexpr (kKbar) kbar(db, 2 * r) *= alpha, kbar(db, 2 * r + 1) *= alpha;
+    }
+#pragma unroll
+    for (int nb = 0; nb < kForwardBlockN / 8; ++nb)
+#pragma unroll
+      for (int e = 2 * r; e < 2 * r + 2; ++e) {
+        s(nb, e) = exp2f(s(nb, e) * scale_log2 - base);
+        row_sum[r] += s(nb, e);
+      }
+  }
+}
+
+// Row r (0: row_a, 1: row_b) of an accumulator, times inv, as bf16 pairs at
+// dst; only the columns below the real head dim.
 template <int D, typename Acc>
 __device__ __forceinline__ void store_acc_row(__nv_bfloat16* dst, Acc acc, int r, int quad,
                                               float inv, int head_dim) {
@@ -73,11 +125,10 @@ __device__ __forceinline__ void store_acc_row(__nv_bfloat16* dst, Acc acc, int r
 
 // The epilogue of a ForwardBlock kernel: normalises and writes this thread's
 // rows of out (and kbar) and lse; returns the largest logit among them.
-template <int D, bool kKbar, typename OAcc, typename KbarAcc>
+template <int D, bool kKbar, typename O, typename Kbar>
 __device__ __forceinline__ float store_rows(const ForwardParams& p, const ForwardBlock& blk,
                                            int row_a, int quad, const float (&row_max)[2],
-                                           const float (&row_sum)[2], OAcc o_acc,
-                                           KbarAcc kbar_acc) {
+                                           const float (&row_sum)[2], O o, Kbar kbar) {
   const int T = p.T;
   float block_max = -INFINITY;
 #pragma unroll
@@ -89,8 +140,8 @@ __device__ __forceinline__ float store_rows(const ForwardParams& p, const Forwar
     if (row >= T) continue;
     const float inv = 1.0f / l;
     const size_t offset = (size_t(blk.b) * T + row) * p.C + blk.h * p.head_dim;
-    store_acc_row<D>(p.out + offset, o_acc, r, quad, inv, p.head_dim);
-    if constexpr (kKbar) store_acc_row<D>(p.kbar + offset, kbar_acc, r, quad, inv, p.head_dim);
+    store_acc_row<D>(p.out + offset, o, r, quad, inv, p.head_dim);
+    if constexpr (kKbar) store_acc_row<D>(p.kbar + offset, kbar, r, quad, inv, p.head_dim);
     const float max_logit = row_max[r] * p.scale;
     if (quad == 0) p.lse[size_t(blk.bh) * T + row] = max_logit + logf(l);
     block_max = fmaxf(block_max, max_logit);

@@ -52,8 +52,6 @@ template <int D, bool kKbar>
 __global__ void __launch_bounds__(kThreads) attention_forward_sm90_kernel(const ForwardParams p) {
 #if LSGPT_SM90A_DEVICE
   using Shape = Sm90Shape<D>;
-  constexpr int kDBlocks = D / 8;  // n8 column blocks of O
-  constexpr int kKeyBlocks = kBlockN / 8;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   __shared__ float warp_maxima[kThreads / kWarpSize];
   unsigned char* smem = align_to_atom(smem_raw);
@@ -83,6 +81,8 @@ __global__ void __launch_bounds__(kThreads) attention_forward_sm90_kernel(const 
   for (int i = 0; i < D / 2; ++i) o_acc[i] = 0.f;
 #pragma unroll
   for (int i = 0; i < (kKbar ? D / 2 : 1); ++i) kbar_acc[i] = 0.f;
+  auto o_at = [&](int db, int e) -> float& { return o_acc[4 * db + e]; };
+  auto kbar_at = [&](int db, int e) -> float& { return kbar_acc[4 * db + e]; };
   float row_max[2] = {-INFINITY, -INFINITY};  // raw q.k units
   float row_sum[2] = {0.f, 0.f};               // this lane's share
   const int row_a = blk.q0 + warp * 16 + group, row_b = row_a + 8;
@@ -117,44 +117,9 @@ __global__ void __launch_bounds__(kThreads) attention_forward_sm90_kernel(const 
       wgmma_wait<0>();
       fence_operands(s);
 
-      if constexpr (kMasked) {
-#pragma unroll
-        for (int nb = 0; nb < kKeyBlocks; ++nb)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const int i = e < 2 ? row_a : row_b;
-            const int j = k0 + nb * 8 + quad * 2 + (e & 1);
-            if (!blk.mask.visible(i, j)) s[4 * nb + e] = -INFINITY;
-          }
-      }
-
-      // Online softmax: rescale what was accumulated by exp(old max - new max).
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        float m = row_max[r];
-#pragma unroll
-        for (int nb = 0; nb < kKeyBlocks; ++nb)
-          m = fmaxf(m, fmaxf(s[4 * nb + 2 * r], s[4 * nb + 2 * r + 1]));
-        m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
-        m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
-        // A row that has seen only masked keys keeps max -inf; subtract 0 then.
-        const float base = m == -INFINITY ? 0.f : m * p.scale_log2;
-        const float alpha = exp2f(row_max[r] * p.scale_log2 - base);
-        row_max[r] = m;
-        row_sum[r] *= alpha;
-#pragma unroll
-        for (int db = 0; db < kDBlocks; ++db) {
-          o_acc[4 * db + 2 * r] *= alpha, o_acc[4 * db + 2 * r + 1] *= alpha;
-          if constexpr (kKbar) kbar_acc[4 * db + 2 * r] *= alpha, kbar_acc[4 * db + 2 * r + 1] *= alpha;
-        }
-#pragma unroll
-        for (int nb = 0; nb < kKeyBlocks; ++nb)
-#pragma unroll
-          for (int e = 2 * r; e < 2 * r + 2; ++e) {
-            s[4 * nb + e] = exp2f(s[4 * nb + e] * p.scale_log2 - base);
-            row_sum[r] += s[4 * nb + e];
-          }
-      }
+      auto s_at = [&](int nb, int e) -> float& { return s[4 * nb + e]; };
+      if constexpr (kMasked) mask_scores(s_at, blk.mask, row_a, row_b, quad, k0);
+      online_softmax<D, kKbar>(s_at, o_at, kbar_at, row_max, row_sum, p.scale_log2);
 
       // O += P V: P as bf16 A fragments (the m64k16 A register layout is the
       // accumulator layout of two n8 blocks), V N-major from shared memory.
@@ -182,9 +147,8 @@ __global__ void __launch_bounds__(kThreads) attention_forward_sm90_kernel(const 
   }
 
   // Epilogue: normalise, write O (and kbar), lse, and this block's max logit.
-  const float block_max = store_rows<D, kKbar>(
-      p, blk, row_a, quad, row_max, row_sum, [&](int db, int e) { return o_acc[4 * db + e]; },
-      [&](int db, int e) { return kbar_acc[4 * db + e]; });
+  const float block_max =
+      store_rows<D, kKbar>(p, blk, row_a, quad, row_max, row_sum, o_at, kbar_at);
   write_max_partial(p, blk.bh, blk.q_block, block_max, warp_maxima);
 #else
   __trap();  // only the sm_90a binary has this kernel; the host never launches it elsewhere
