@@ -76,10 +76,11 @@ __device__ __forceinline__ void mask_scores(S s, const HeadMask& mask, int row_a
     }
 }
 
-// Online softmax of one S tile: O (and kbar) rescaled by exp(old max - new
-// max), S replaced by exp(S - max), row sums updated.
-template <int D, bool kKbar, typename S, typename O, typename Kbar>
-__device__ __forceinline__ void online_softmax(S s, O o, Kbar kbar, float (&row_max)[2],
+// Online softmax of one S tile: new row maxima, S replaced by exp(S - max),
+// row sums rescaled and updated; on_alpha(r, alpha) gets row r's
+// alpha = exp(old max - new max), for what was accumulated before.
+template <typename S, typename OnAlpha>
+__device__ __forceinline__ void online_softmax(S s, OnAlpha on_alpha, float (&row_max)[2],
                                                float (&row_sum)[2], float scale_log2) {
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
@@ -94,11 +95,7 @@ __device__ __forceinline__ void online_softmax(S s, O o, Kbar kbar, float (&row_
     const float alpha = exp2f(row_max[r] * scale_log2 - base);
     row_max[r] = m;
     row_sum[r] *= alpha;
-#pragma unroll
-    for (int db = 0; db < D / 8; ++db) {
-      o(db, 2 * r) *= alpha, o(db, 2 * r + 1) *= alpha;
-      if constexpr (kKbar) kbar(db, 2 * r) *= alpha, kbar(db, 2 * r + 1) *= alpha;
-    }
+    on_alpha(r, alpha);
 #pragma unroll
     for (int nb = 0; nb < kForwardBlockN / 8; ++nb)
 #pragma unroll
@@ -106,6 +103,16 @@ __device__ __forceinline__ void online_softmax(S s, O o, Kbar kbar, float (&row_
         s(nb, e) = exp2f(s(nb, e) * scale_log2 - base);
         row_sum[r] += s(nb, e);
       }
+  }
+}
+
+// Row r (0: row_a, 1: row_b) of O and, when kKbar, of kbar times alpha.
+template <int D, bool kKbar, typename O, typename Kbar>
+__device__ __forceinline__ void rescale_row(O o, Kbar kbar, int r, float alpha) {
+#pragma unroll
+  for (int db = 0; db < D / 8; ++db) {
+    o(db, 2 * r) *= alpha, o(db, 2 * r + 1) *= alpha;
+    if constexpr (kKbar) kbar(db, 2 * r) *= alpha, kbar(db, 2 * r + 1) *= alpha;
   }
 }
 

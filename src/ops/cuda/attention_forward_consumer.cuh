@@ -180,30 +180,11 @@ struct ConsumerWarpgroup {
       }
   }
 
-  // Online softmax: the new row maxima, alpha = exp(old max - new max) for
-  // what was accumulated before, S replaced by exp(S - max), row sums updated.
+  // The forward's online softmax (attention_forward.cuh); alpha is kept, since
+  // O may be rescaled only once the P V in flight is done.
   __device__ __forceinline__ void softmax_step(float (&alpha)[2]) {
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      float m = row_max[r];
-#pragma unroll
-      for (int nb = 0; nb < kKeyBlocks; ++nb)
-        m = fmaxf(m, fmaxf(s[4 * nb + 2 * r], s[4 * nb + 2 * r + 1]));
-      m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
-      m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
-      // A row that has seen only masked keys keeps max -inf; subtract 0 then.
-      const float base = m == -INFINITY ? 0.f : m * scale_log2;
-      alpha[r] = exp2f(row_max[r] * scale_log2 - base);
-      row_max[r] = m;
-      row_sum[r] *= alpha[r];
-#pragma unroll
-      for (int nb = 0; nb < kKeyBlocks; ++nb)
-#pragma unroll
-        for (int e = 2 * r; e < 2 * r + 2; ++e) {
-          s[4 * nb + e] = exp2f(s[4 * nb + e] * scale_log2 - base);
-          row_sum[r] += s[4 * nb + e];
-        }
-    }
+    online_softmax([this](int nb, int e) -> float& { return s[4 * nb + e]; },
+                   [&](int r, float a) { alpha[r] = a; }, row_max, row_sum, scale_log2);
   }
 
   template <int N>

@@ -119,7 +119,9 @@ __global__ void __launch_bounds__(kThreads) attention_forward_sm90_kernel(const 
 
       auto s_at = [&](int nb, int e) -> float& { return s[4 * nb + e]; };
       if constexpr (kMasked) mask_scores(s_at, blk.mask, row_a, row_b, quad, k0);
-      online_softmax<D, kKbar>(s_at, o_at, kbar_at, row_max, row_sum, p.scale_log2);
+      online_softmax(
+          s_at, [&](int r, float alpha) { rescale_row<D, kKbar>(o_at, kbar_at, r, alpha); },
+          row_max, row_sum, p.scale_log2);
 
       // O += P V: P as bf16 A fragments (the m64k16 A register layout is the
       // accumulator layout of two n8 blocks), V N-major from shared memory.
