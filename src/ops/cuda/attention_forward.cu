@@ -155,7 +155,8 @@ __global__ void __launch_bounds__(kThreads)
 
   // Epilogue: normalise, write O (and kbar), lse, and this block's max logit.
   const float block_max =
-      store_rows<D, kKbar>(p, blk, row_a, quad, row_max, row_sum, o_at, kbar_at);
+      store_rows<D, kKbar>(p, blk.b, blk.h, blk.bh, row_a, quad, row_max, row_sum, o_at,
+                           kbar_at);
   write_max_partial(p, blk.bh, blk.q_block, block_max, warp_maxima);
 }
 

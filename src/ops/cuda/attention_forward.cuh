@@ -130,10 +130,13 @@ __device__ __forceinline__ void store_acc_row(__nv_bfloat16* dst, Acc acc, int r
   }
 }
 
-// The epilogue of a ForwardBlock kernel: normalises and writes this thread's
-// rows of out (and kbar) and lse; returns the largest logit among them.
+// The epilogue of every forward kernel: normalises and writes this thread's
+// rows of out (and kbar) and lse for batch row b, head h; returns the largest
+// logit among them (-inf if none is below T). bh = b * n_head + h comes from
+// the caller: the one-warpgroup kernels take it from blockIdx, and rebuilt
+// here it changed their code.
 template <int D, bool kKbar, typename O, typename Kbar>
-__device__ __forceinline__ float store_rows(const ForwardParams& p, const ForwardBlock& blk,
+__device__ __forceinline__ float store_rows(const ForwardParams& p, int b, int h, int bh,
                                            int row_a, int quad, const float (&row_max)[2],
                                            const float (&row_sum)[2], O o, Kbar kbar) {
   const int T = p.T;
@@ -143,14 +146,14 @@ __device__ __forceinline__ float store_rows(const ForwardParams& p, const Forwar
     float l = row_sum[r];
     l += __shfl_xor_sync(0xffffffffu, l, 1);
     l += __shfl_xor_sync(0xffffffffu, l, 2);
-    const int row = r == 0 ? row_a : row_a + 8;
+    const int row = row_a + 8 * r;
     if (row >= T) continue;
     const float inv = 1.0f / l;
-    const size_t offset = (size_t(blk.b) * T + row) * p.C + blk.h * p.head_dim;
+    const size_t offset = (size_t(b) * T + row) * p.C + h * p.head_dim;
     store_acc_row<D>(p.out + offset, o, r, quad, inv, p.head_dim);
     if constexpr (kKbar) store_acc_row<D>(p.kbar + offset, kbar, r, quad, inv, p.head_dim);
     const float max_logit = row_max[r] * p.scale;
-    if (quad == 0) p.lse[size_t(blk.bh) * T + row] = max_logit + logf(l);
+    if (quad == 0) p.lse[size_t(bh) * T + row] = max_logit + logf(l);
     block_max = fmaxf(block_max, max_logit);
   }
   return block_max;
