@@ -157,7 +157,7 @@ __global__ void __launch_bounds__(kThreads)
   const float block_max =
       store_rows<D, kKbar>(p, blk.b, blk.h, blk.bh, row_a, quad, row_max, row_sum, o_at,
                            kbar_at);
-  write_max_partial(p, blk.bh, blk.q_block, block_max, warp_maxima);
+  write_max_partial(p, blk, block_max, warp_maxima);
 }
 
 // max_logit[h] = max over batch rows and query blocks of the partials.

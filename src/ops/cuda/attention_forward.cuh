@@ -160,9 +160,8 @@ __device__ __forceinline__ float store_rows(const ForwardParams& p, int b, int h
 }
 
 // The block's max-logit partial, from each thread's largest logit, for a
-// block of one warpgroup (the sm_80 and the base Hopper kernel).
-// `warp_maxima`: shared, one float per warp.
-__device__ __forceinline__ void write_max_partial(const ForwardParams& p, int bh, int q_block,
+// ForwardBlock kernel. `warp_maxima`: shared, one float per warp.
+__device__ __forceinline__ void write_max_partial(const ForwardParams& p, const ForwardBlock& blk,
                                                   float thread_max, float* warp_maxima) {
   const float warp_best = warp_max(thread_max);
   if (threadIdx.x % kWarpSize == 0) warp_maxima[threadIdx.x / kWarpSize] = warp_best;
@@ -170,7 +169,7 @@ __device__ __forceinline__ void write_max_partial(const ForwardParams& p, int bh
   if (threadIdx.x == 0) {
     float m = warp_maxima[0];
     for (int w = 1; w < kThreads / kWarpSize; ++w) m = fmaxf(m, warp_maxima[w]);
-    p.max_partials[size_t(bh) * p.n_query_blocks + q_block] = m;
+    p.max_partials[size_t(blk.bh) * p.n_query_blocks + blk.q_block] = m;
   }
 }
 

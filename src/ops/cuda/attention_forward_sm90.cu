@@ -152,7 +152,7 @@ __global__ void __launch_bounds__(kThreads) attention_forward_sm90_kernel(const 
   const float block_max =
       store_rows<D, kKbar>(p, blk.b, blk.h, blk.bh, row_a, quad, row_max, row_sum, o_at,
                            kbar_at);
-  write_max_partial(p, blk.bh, blk.q_block, block_max, warp_maxima);
+  write_max_partial(p, blk, block_max, warp_maxima);
 #else
   __trap();  // only the sm_90a binary has this kernel; the host never launches it elsewhere
 #endif
