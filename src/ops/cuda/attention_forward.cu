@@ -52,39 +52,33 @@ __global__ void __launch_bounds__(kThreads)
 
   const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
   const int group = lane >> 2, quad = lane & 3;
-  // Later query blocks have more keys on global heads: start them first.
-  const int q_block = p.n_query_blocks - 1 - blockIdx.x;
-  const int bh = blockIdx.y, b = bh / p.n_head, h = bh % p.n_head;
-  const int q0 = q_block * kBlockM;
+  const ForwardBlock blk(p);
   const int T = p.T;
-  const size_t qkv_row = size_t(3) * p.C;
-  const bf16* q_base = p.qkv + size_t(b) * T * qkv_row + h * p.head_dim;
-  const bf16* k_base = q_base + p.C;
-  const bf16* v_base = q_base + 2 * p.C;
-  const HeadMask mask{h < p.n_local, p.window};
 
-  const int key_lo = mask.local ? max(0, q0 - p.window + 1) : 0;
-  const int key_hi = min(T, q0 + kBlockM);  // exclusive
-  const int tile_begin = key_lo / kBlockN, tile_end = (key_hi - 1) / kBlockN;
-
-  load_tile_async<kBlockM, D, kStride>(q_tile, q_base, qkv_row, q0, T, p.head_dim);
-  load_tile_async<kBlockN, D, kStride>(k_tiles, k_base, qkv_row, tile_begin * kBlockN, T, p.head_dim);
-  load_tile_async<kBlockN, D, kStride>(v_tiles, v_base, qkv_row, tile_begin * kBlockN, T, p.head_dim);
+  load_tile_async<kBlockM, D, kStride>(q_tile, blk.q_base, blk.qkv_row, blk.q0, T, p.head_dim);
+  load_tile_async<kBlockN, D, kStride>(k_tiles, blk.k_base, blk.qkv_row, blk.tile_begin * kBlockN,
+                                       T, p.head_dim);
+  load_tile_async<kBlockN, D, kStride>(v_tiles, blk.v_base, blk.qkv_row, blk.tile_begin * kBlockN,
+                                       T, p.head_dim);
   cp_async_commit();
 
   float o_acc[kDBlocks][4] = {};
   float kbar_acc[kKbar ? kDBlocks : 1][4] = {};
+  auto o_at = [&](int db, int e) -> float& { return o_acc[db][e]; };
+  auto kbar_at = [&](int db, int e) -> float& { return kbar_acc[db][e]; };
   uint32_t q_frag[Shape::kQInRegisters ? D / 16 : 1][4];
   float row_max[2] = {-INFINITY, -INFINITY};  // raw q.k units
   float row_sum[2] = {0.f, 0.f};               // this lane's share
-  const int row_a = q0 + warp * 16 + group, row_b = row_a + 8;
+  const int row_a = blk.q0 + warp * 16 + group, row_b = row_a + 8;
 
-  for (int tile = tile_begin; tile <= tile_end; ++tile) {
-    const int stage = (tile - tile_begin) & 1;
-    if (tile < tile_end) {
+  for (int tile = blk.tile_begin; tile <= blk.tile_end; ++tile) {
+    const int stage = (tile - blk.tile_begin) & 1;
+    if (tile < blk.tile_end) {
       const int next = (stage ^ 1) * Shape::kTile;
-      load_tile_async<kBlockN, D, kStride>(k_tiles + next, k_base, qkv_row, (tile + 1) * kBlockN, T, p.head_dim);
-      load_tile_async<kBlockN, D, kStride>(v_tiles + next, v_base, qkv_row, (tile + 1) * kBlockN, T, p.head_dim);
+      load_tile_async<kBlockN, D, kStride>(k_tiles + next, blk.k_base, blk.qkv_row,
+                                           (tile + 1) * kBlockN, T, p.head_dim);
+      load_tile_async<kBlockN, D, kStride>(v_tiles + next, blk.v_base, blk.qkv_row,
+                                           (tile + 1) * kBlockN, T, p.head_dim);
       cp_async_commit();
       cp_async_wait<1>();
     } else {
@@ -92,7 +86,7 @@ __global__ void __launch_bounds__(kThreads)
     }
     __syncthreads();
     if constexpr (Shape::kQInRegisters) {
-      if (tile == tile_begin) {
+      if (tile == blk.tile_begin) {
 #pragma unroll
         for (int kc = 0; kc < D / 16; ++kc) load_a<kStride>(q_frag[kc], q_tile, warp * 16, kc * 16, lane);
       }
@@ -125,43 +119,11 @@ __global__ void __launch_bounds__(kThreads)
           mma_bf16(s[nb + 1], a, bfrag[2], bfrag[3]);
         }
       }
-      if constexpr (kMasked) {
-#pragma unroll
-        for (int nb = 0; nb < kKeyBlocks; ++nb)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const int i = e < 2 ? row_a : row_b;
-            const int j = k0 + nb * 8 + quad * 2 + (e & 1);
-            if (!mask.visible(i, j)) s[nb][e] = -INFINITY;
-          }
-      }
-
-      // Online softmax: rescale what was accumulated by exp(old max - new max).
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        float m = row_max[r];
-#pragma unroll
-        for (int nb = 0; nb < kKeyBlocks; ++nb) m = fmaxf(m, fmaxf(s[nb][2 * r], s[nb][2 * r + 1]));
-        m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
-        m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
-        // A row that has seen only masked keys keeps max -inf; subtract 0 then.
-        const float base = m == -INFINITY ? 0.f : m * p.scale_log2;
-        const float alpha = exp2f(row_max[r] * p.scale_log2 - base);
-        row_max[r] = m;
-        row_sum[r] *= alpha;
-#pragma unroll
-        for (int db = 0; db < kDBlocks; ++db) {
-          o_acc[db][2 * r] *= alpha, o_acc[db][2 * r + 1] *= alpha;
-          if constexpr (kKbar) kbar_acc[db][2 * r] *= alpha, kbar_acc[db][2 * r + 1] *= alpha;
-        }
-#pragma unroll
-        for (int nb = 0; nb < kKeyBlocks; ++nb)
-#pragma unroll
-          for (int e = 2 * r; e < 2 * r + 2; ++e) {
-            s[nb][e] = exp2f(s[nb][e] * p.scale_log2 - base);
-            row_sum[r] += s[nb][e];
-          }
-      }
+      auto s_at = [&](int nb, int e) -> float& { return s[nb][e]; };
+      if constexpr (kMasked) mask_scores(s_at, blk.mask, row_a, row_b, quad, k0);
+      online_softmax(
+          s_at, [&](int r, float alpha) { rescale_row<D, kKbar>(o_at, kbar_at, r, alpha); },
+          row_max, row_sum, p.scale_log2);
 
       // O += P V (and kbar += P K), P as bf16 A fragments straight from registers.
 #pragma unroll
@@ -184,7 +146,7 @@ __global__ void __launch_bounds__(kThreads)
         }
       }
     };
-    if (mask.tile_needs_mask(q0, kBlockM, k0, kBlockN))
+    if (blk.mask.tile_needs_mask(blk.q0, kBlockM, k0, kBlockN))
       attend(std::true_type{});
     else
       attend(std::false_type{});
@@ -192,45 +154,10 @@ __global__ void __launch_bounds__(kThreads)
   }
 
   // Epilogue: normalise, write O (and kbar), lse, and this block's max logit.
-  float block_max = -INFINITY;
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    float l = row_sum[r];
-    l += __shfl_xor_sync(0xffffffffu, l, 1);
-    l += __shfl_xor_sync(0xffffffffu, l, 2);
-    const int row = r == 0 ? row_a : row_b;
-    if (row >= T) continue;
-    const float inv = 1.0f / l;
-    bf16* out_row = p.out + (size_t(b) * T + row) * p.C + h * p.head_dim;
-#pragma unroll
-    for (int db = 0; db < kDBlocks; ++db) {
-      const int col = db * 8 + quad * 2;
-      if (db * 8 < p.head_dim)
-        *reinterpret_cast<__nv_bfloat162*>(out_row + col) =
-          __floats2bfloat162_rn(o_acc[db][2 * r] * inv, o_acc[db][2 * r + 1] * inv);
-    }
-    if constexpr (kKbar) {
-      bf16* kbar_row = p.kbar + (size_t(b) * T + row) * p.C + h * p.head_dim;
-#pragma unroll
-      for (int db = 0; db < kDBlocks; ++db) {
-        const int col = db * 8 + quad * 2;
-        if (db * 8 < p.head_dim)
-          *reinterpret_cast<__nv_bfloat162*>(kbar_row + col) =
-            __floats2bfloat162_rn(kbar_acc[db][2 * r] * inv, kbar_acc[db][2 * r + 1] * inv);
-      }
-    }
-    const float max_logit = row_max[r] * p.scale;
-    if (quad == 0) p.lse[size_t(bh) * T + row] = max_logit + logf(l);
-    block_max = fmaxf(block_max, max_logit);
-  }
-  block_max = warp_max(block_max);
-  if (lane == 0) warp_maxima[warp] = block_max;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    float m = warp_maxima[0];
-    for (int w = 1; w < kThreads / kWarpSize; ++w) m = fmaxf(m, warp_maxima[w]);
-    p.max_partials[size_t(bh) * p.n_query_blocks + q_block] = m;
-  }
+  const float block_max =
+      store_rows<D, kKbar>(p, blk.b, blk.h, blk.bh, row_a, quad, row_max, row_sum, o_at,
+                           kbar_at);
+  write_max_partial(p, blk, block_max, warp_maxima);
 }
 
 // max_logit[h] = max over batch rows and query blocks of the partials.
@@ -248,13 +175,8 @@ __global__ void max_logit_reduce_kernel(float* max_logit, const float* partials,
 
 template <int D, bool kKbar>
 void launch_forward(CudaContext& ctx, const ForwardParams& p, int B) {
-  using Shape = ForwardShape<D, kKbar>;
-  auto kernel = attention_forward_kernel<D, kKbar>;
-  CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                  int(Shape::kSmemBytes)));
-  const dim3 grid(p.n_query_blocks, B * p.n_head);
-  kernel<<<grid, kThreads, Shape::kSmemBytes, ctx.stream()>>>(p);
-  CUDA_CHECK_LAUNCH();
+  launch_forward_blocks(ctx, attention_forward_kernel<D, kKbar>, ForwardShape<D, kKbar>::kSmemBytes,
+                        p, B);
 }
 
 bool use_sm90(const CudaContext& ctx, const AttentionSpec& spec) {

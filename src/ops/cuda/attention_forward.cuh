@@ -1,6 +1,7 @@
-// What the two LS flash-attention forward kernels share: their parameters,
-// the query block size (both write one max-logit partial per 64 queries, so
-// one reduction serves both), and the Hopper kernel's entry points, which
+// What the LS flash-attention forward kernels share: their parameters, the
+// query block size (all write one max-logit partial per 64 queries, so one
+// reduction serves all), the steps the two one-warpgroup kernels (sm_80 and
+// the base Hopper one) take alike, and the Hopper kernels' entry points, which
 // attention_forward.cu dispatches to (docs/CUDA.md, "Forward on Hopper").
 #pragma once
 
@@ -8,8 +9,11 @@
 
 #include <optional>
 
+#include "ops/cuda/attention_common.cuh"
 #include "ops/cuda/attention_sm90_choice.h"
+#include "ops/cuda/cuda_check.h"
 #include "ops/cuda/cuda_context.h"
+#include "ops/cuda/device_utils.cuh"
 
 namespace lsgpt::cuda::attn {
 
@@ -25,6 +29,161 @@ struct ForwardParams {
   int T, n_head, head_dim, C, n_local, window, n_query_blocks;
   float scale, scale_log2;
 };
+
+// What a block of one warpgroup (the sm_80 and the base Hopper kernel) works
+// on: 64 queries of one (batch row, head) and the key tiles of their band.
+struct ForwardBlock {
+  int q_block, bh, b, h, q0;
+  size_t qkv_row;  // elements between tokens in qkv
+  const __nv_bfloat16 *q_base, *k_base, *v_base;
+  HeadMask mask;
+  int tile_begin, tile_end;  // inclusive
+
+  __device__ __forceinline__ explicit ForwardBlock(const ForwardParams& p)
+      // Later query blocks have more keys on global heads: start them first.
+      : q_block(p.n_query_blocks - 1 - blockIdx.x),
+        bh(blockIdx.y),
+        b(bh / p.n_head),
+        h(bh % p.n_head),
+        q0(q_block * kForwardBlockM),
+        qkv_row(size_t(3) * p.C),
+        q_base(p.qkv + size_t(b) * p.T * qkv_row + h * p.head_dim),
+        k_base(q_base + p.C),
+        v_base(q_base + 2 * p.C),
+        mask{h < p.n_local, p.window} {
+    const int key_lo = mask.local ? max(0, q0 - p.window + 1) : 0;
+    const int key_hi = min(p.T, q0 + kForwardBlockM);  // exclusive
+    tile_begin = key_lo / kForwardBlockN, tile_end = (key_hi - 1) / kForwardBlockN;
+  }
+};
+
+// The helpers below read this thread's tiles in the m16n8 accumulator layout
+// through accessors, since the kernels keep them differently: s(nb, e) is
+// element e of S's n8 block nb, o(db, e) and kbar(db, e) likewise for O and
+// kbar; e < 2 is row row_a, else row_b = row_a + 8.
+
+// S set to -inf where the LS mask hides the key (the tile starts at key k0).
+template <typename S>
+__device__ __forceinline__ void mask_scores(S s, const HeadMask& mask, int row_a, int row_b,
+                                            int quad, int k0) {
+#pragma unroll
+  for (int nb = 0; nb < kForwardBlockN / 8; ++nb)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int i = e < 2 ? row_a : row_b;
+      const int j = k0 + nb * 8 + quad * 2 + (e & 1);
+      if (!mask.visible(i, j)) s(nb, e) = -INFINITY;
+    }
+}
+
+// Online softmax of one S tile: new row maxima, S replaced by exp(S - max),
+// row sums rescaled and updated; on_alpha(r, alpha) gets row r's
+// alpha = exp(old max - new max), for what was accumulated before.
+template <typename S, typename OnAlpha>
+__device__ __forceinline__ void online_softmax(S s, OnAlpha on_alpha, float (&row_max)[2],
+                                               float (&row_sum)[2], float scale_log2) {
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    float m = row_max[r];
+#pragma unroll
+    for (int nb = 0; nb < kForwardBlockN / 8; ++nb)
+      m = fmaxf(m, fmaxf(s(nb, 2 * r), s(nb, 2 * r + 1)));
+    m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
+    m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
+    // A row that has seen only masked keys keeps max -inf; subtract 0 then.
+    const float base = m == -INFINITY ? 0.f : m * scale_log2;
+    const float alpha = exp2f(row_max[r] * scale_log2 - base);
+    row_max[r] = m;
+    row_sum[r] *= alpha;
+    on_alpha(r, alpha);
+#pragma unroll
+    for (int nb = 0; nb < kForwardBlockN / 8; ++nb)
+#pragma unroll
+      for (int e = 2 * r; e < 2 * r + 2; ++e) {
+        s(nb, e) = exp2f(s(nb, e) * scale_log2 - base);
+        row_sum[r] += s(nb, e);
+      }
+  }
+}
+
+// Row r (0: row_a, 1: row_b) of O and, when kKbar, of kbar times alpha.
+template <int D, bool kKbar, typename O, typename Kbar>
+__device__ __forceinline__ void rescale_row(O o, Kbar kbar, int r, float alpha) {
+#pragma unroll
+  for (int db = 0; db < D / 8; ++db) {
+    o(db, 2 * r) *= alpha, o(db, 2 * r + 1) *= alpha;
+    if constexpr (kKbar) kbar(db, 2 * r) *= alpha, kbar(db, 2 * r + 1) *= alpha;
+  }
+}
+
+// Row r (0: row_a, 1: row_b) of an accumulator, times inv, as bf16 pairs at
+// dst; only the columns below the real head dim.
+template <int D, typename Acc>
+__device__ __forceinline__ void store_acc_row(__nv_bfloat16* dst, Acc acc, int r, int quad,
+                                              float inv, int head_dim) {
+#pragma unroll
+  for (int db = 0; db < D / 8; ++db) {
+    const int col = db * 8 + quad * 2;
+    if (db * 8 < head_dim)
+      *reinterpret_cast<__nv_bfloat162*>(dst + col) =
+          __floats2bfloat162_rn(acc(db, 2 * r) * inv, acc(db, 2 * r + 1) * inv);
+  }
+}
+
+// The epilogue of every forward kernel: normalises and writes this thread's
+// rows of out (and kbar) and lse for batch row b, head h; returns the largest
+// logit among them (-inf if none is below T). bh = b * n_head + h comes from
+// the caller: the one-warpgroup kernels take it from blockIdx, and rebuilt
+// here it changed their code.
+template <int D, bool kKbar, typename O, typename Kbar>
+__device__ __forceinline__ float store_rows(const ForwardParams& p, int b, int h, int bh,
+                                           int row_a, int quad, const float (&row_max)[2],
+                                           const float (&row_sum)[2], O o, Kbar kbar) {
+  const int T = p.T;
+  float block_max = -INFINITY;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    float l = row_sum[r];
+    l += __shfl_xor_sync(0xffffffffu, l, 1);
+    l += __shfl_xor_sync(0xffffffffu, l, 2);
+    const int row = row_a + 8 * r;
+    if (row >= T) continue;
+    const float inv = 1.0f / l;
+    const size_t offset = (size_t(b) * T + row) * p.C + h * p.head_dim;
+    store_acc_row<D>(p.out + offset, o, r, quad, inv, p.head_dim);
+    if constexpr (kKbar) store_acc_row<D>(p.kbar + offset, kbar, r, quad, inv, p.head_dim);
+    const float max_logit = row_max[r] * p.scale;
+    if (quad == 0) p.lse[size_t(bh) * T + row] = max_logit + logf(l);
+    block_max = fmaxf(block_max, max_logit);
+  }
+  return block_max;
+}
+
+// The block's max-logit partial, from each thread's largest logit, for a
+// ForwardBlock kernel. `warp_maxima`: shared, one float per warp.
+__device__ __forceinline__ void write_max_partial(const ForwardParams& p, const ForwardBlock& blk,
+                                                  float thread_max, float* warp_maxima) {
+  const float warp_best = warp_max(thread_max);
+  if (threadIdx.x % kWarpSize == 0) warp_maxima[threadIdx.x / kWarpSize] = warp_best;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    float m = warp_maxima[0];
+    for (int w = 1; w < kThreads / kWarpSize; ++w) m = fmaxf(m, warp_maxima[w]);
+    p.max_partials[size_t(blk.bh) * p.n_query_blocks + blk.q_block] = m;
+  }
+}
+
+// Launches a ForwardBlock kernel: one block per (query block, batch row and
+// head).
+template <typename Kernel>
+void launch_forward_blocks(CudaContext& ctx, Kernel kernel, size_t smem_bytes,
+                           const ForwardParams& p, int B) {
+  CUDA_CHECK(
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem_bytes)));
+  const dim3 grid(p.n_query_blocks, B * p.n_head);
+  kernel<<<grid, kThreads, smem_bytes, ctx.stream()>>>(p);
+  CUDA_CHECK_LAUNCH();
+}
 
 // attention_forward_sm90.cu: the wgmma (sm_90a) forward, kbar = P K too when
 // with_kbar (span decomposition).

@@ -96,24 +96,9 @@ struct ConsumerWarpgroup {
   // Normalises and writes this thread's rows of out (and kbar) and lse;
   // returns the largest logit among them (-inf if none is below T).
   __device__ __forceinline__ float store(const ForwardParams& p, int b, int h) const {
-    const int T = p.T, bh = b * p.n_head + h;
-    float max_logit = -INFINITY;
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      float l = row_sum[r];
-      l += __shfl_xor_sync(0xffffffffu, l, 1);
-      l += __shfl_xor_sync(0xffffffffu, l, 2);
-      const int row = row_a + 8 * r;
-      if (row >= T) continue;
-      const float inv = 1.0f / l;
-      const size_t offset = (size_t(b) * T + row) * p.C + h * p.head_dim;
-      store_row(p.out + offset, o, r, inv, p.head_dim);
-      if constexpr (kKbar) store_row(p.kbar + offset, kbar, r, inv, p.head_dim);
-      const float m = row_max[r] * p.scale;
-      if (quad == 0) p.lse[size_t(bh) * T + row] = m + logf(l);
-      max_logit = fmaxf(max_logit, m);
-    }
-    return max_logit;
+    return store_rows<D, kKbar>(p, b, h, b * p.n_head + h, row_a, quad, row_max, row_sum,
+                                [this](int db, int e) { return o[4 * db + e]; },
+                                [this](int db, int e) { return kbar[4 * db + e]; });
   }
 
  private:
@@ -180,46 +165,17 @@ struct ConsumerWarpgroup {
       }
   }
 
-  // Online softmax: the new row maxima, alpha = exp(old max - new max) for
-  // what was accumulated before, S replaced by exp(S - max), row sums updated.
+  // The forward's online softmax (attention_forward.cuh); alpha is kept, since
+  // O may be rescaled only once the P V in flight is done.
   __device__ __forceinline__ void softmax_step(float (&alpha)[2]) {
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      float m = row_max[r];
-#pragma unroll
-      for (int nb = 0; nb < kKeyBlocks; ++nb)
-        m = fmaxf(m, fmaxf(s[4 * nb + 2 * r], s[4 * nb + 2 * r + 1]));
-      m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
-      m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
-      // A row that has seen only masked keys keeps max -inf; subtract 0 then.
-      const float base = m == -INFINITY ? 0.f : m * scale_log2;
-      alpha[r] = exp2f(row_max[r] * scale_log2 - base);
-      row_max[r] = m;
-      row_sum[r] *= alpha[r];
-#pragma unroll
-      for (int nb = 0; nb < kKeyBlocks; ++nb)
-#pragma unroll
-        for (int e = 2 * r; e < 2 * r + 2; ++e) {
-          s[4 * nb + e] = exp2f(s[4 * nb + e] * scale_log2 - base);
-          row_sum[r] += s[4 * nb + e];
-        }
-    }
+    online_softmax([this](int nb, int e) -> float& { return s[4 * nb + e]; },
+                   [&](int r, float a) { alpha[r] = a; }, row_max, row_sum, scale_log2);
   }
 
   template <int N>
   __device__ __forceinline__ static void rescale(float (&acc)[N], const float (&alpha)[2]) {
 #pragma unroll
     for (int i = 0; i < N; ++i) acc[i] *= alpha[(i & 3) >> 1];
-  }
-
-  // Row r of this thread's pair as bf16 pairs, columns below the real head dim.
-  __device__ __forceinline__ void store_row(__nv_bfloat16* dst, const float (&acc)[D / 2], int r,
-                                            float inv, int head_dim) const {
-#pragma unroll
-    for (int db = 0; db < D / 8; ++db)
-      if (db * 8 < head_dim)
-        *reinterpret_cast<__nv_bfloat162*>(dst + db * 8 + quad * 2) =
-            __floats2bfloat162_rn(acc[4 * db + 2 * r] * inv, acc[4 * db + 2 * r + 1] * inv);
   }
 };
 

@@ -52,8 +52,6 @@ template <int D, bool kKbar>
 __global__ void __launch_bounds__(kThreads) attention_forward_sm90_kernel(const ForwardParams p) {
 #if LSGPT_SM90A_DEVICE
   using Shape = Sm90Shape<D>;
-  constexpr int kDBlocks = D / 8;  // n8 column blocks of O
-  constexpr int kKeyBlocks = kBlockN / 8;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   __shared__ float warp_maxima[kThreads / kWarpSize];
   unsigned char* smem = align_to_atom(smem_raw);
@@ -64,24 +62,14 @@ __global__ void __launch_bounds__(kThreads) attention_forward_sm90_kernel(const 
 
   const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
   const int group = lane >> 2, quad = lane & 3;
-  // Later query blocks have more keys on global heads: start them first.
-  const int q_block = p.n_query_blocks - 1 - blockIdx.x;
-  const int bh = blockIdx.y, b = bh / p.n_head, h = bh % p.n_head;
-  const int q0 = q_block * kBlockM;
+  const ForwardBlock blk(p);
   const int T = p.T;
-  const size_t qkv_row = size_t(3) * p.C;
-  const bf16* q_base = p.qkv + size_t(b) * T * qkv_row + h * p.head_dim;
-  const bf16* k_base = q_base + p.C;
-  const bf16* v_base = q_base + 2 * p.C;
-  const HeadMask mask{h < p.n_local, p.window};
 
-  const int key_lo = mask.local ? max(0, q0 - p.window + 1) : 0;
-  const int key_hi = min(T, q0 + kBlockM);  // exclusive
-  const int tile_begin = key_lo / kBlockN, tile_end = (key_hi - 1) / kBlockN;
-
-  load_tile_sw128<kBlockM, D>(q_tile, q_base, qkv_row, q0, T, p.head_dim);
-  load_tile_sw128<kBlockN, D>(k_tiles, k_base, qkv_row, tile_begin * kBlockN, T, p.head_dim);
-  load_tile_sw128<kBlockN, D>(v_tiles, v_base, qkv_row, tile_begin * kBlockN, T, p.head_dim);
+  load_tile_sw128<kBlockM, D>(q_tile, blk.q_base, blk.qkv_row, blk.q0, T, p.head_dim);
+  load_tile_sw128<kBlockN, D>(k_tiles, blk.k_base, blk.qkv_row, blk.tile_begin * kBlockN,
+                              T, p.head_dim);
+  load_tile_sw128<kBlockN, D>(v_tiles, blk.v_base, blk.qkv_row, blk.tile_begin * kBlockN,
+                              T, p.head_dim);
   cp_async_commit();
 
   // Accumulator layout of m64nN (as mma.sync m16n8 per warp): warp w holds
@@ -93,17 +81,19 @@ __global__ void __launch_bounds__(kThreads) attention_forward_sm90_kernel(const 
   for (int i = 0; i < D / 2; ++i) o_acc[i] = 0.f;
 #pragma unroll
   for (int i = 0; i < (kKbar ? D / 2 : 1); ++i) kbar_acc[i] = 0.f;
+  auto o_at = [&](int db, int e) -> float& { return o_acc[4 * db + e]; };
+  auto kbar_at = [&](int db, int e) -> float& { return kbar_acc[4 * db + e]; };
   float row_max[2] = {-INFINITY, -INFINITY};  // raw q.k units
   float row_sum[2] = {0.f, 0.f};               // this lane's share
-  const int row_a = q0 + warp * 16 + group, row_b = row_a + 8;
+  const int row_a = blk.q0 + warp * 16 + group, row_b = row_a + 8;
   const uint32_t q_addr = smem_address(q_tile);
 
-  for (int tile = tile_begin; tile <= tile_end; ++tile) {
-    const int stage = (tile - tile_begin) & 1;
-    prefetch_then_wait(tile < tile_end, [&] {
+  for (int tile = blk.tile_begin; tile <= blk.tile_end; ++tile) {
+    const int stage = (tile - blk.tile_begin) & 1;
+    prefetch_then_wait(tile < blk.tile_end, [&] {
       const int next = (stage ^ 1) * kTileElems, j0 = (tile + 1) * kBlockN;
-      load_tile_sw128<kBlockN, D>(k_tiles + next, k_base, qkv_row, j0, T, p.head_dim);
-      load_tile_sw128<kBlockN, D>(v_tiles + next, v_base, qkv_row, j0, T, p.head_dim);
+      load_tile_sw128<kBlockN, D>(k_tiles + next, blk.k_base, blk.qkv_row, j0, T, p.head_dim);
+      load_tile_sw128<kBlockN, D>(v_tiles + next, blk.v_base, blk.qkv_row, j0, T, p.head_dim);
     });
     const uint32_t k_addr = smem_address(k_tiles + stage * kTileElems);
     const uint32_t v_addr = smem_address(v_tiles + stage * kTileElems);
@@ -127,44 +117,11 @@ __global__ void __launch_bounds__(kThreads) attention_forward_sm90_kernel(const 
       wgmma_wait<0>();
       fence_operands(s);
 
-      if constexpr (kMasked) {
-#pragma unroll
-        for (int nb = 0; nb < kKeyBlocks; ++nb)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const int i = e < 2 ? row_a : row_b;
-            const int j = k0 + nb * 8 + quad * 2 + (e & 1);
-            if (!mask.visible(i, j)) s[4 * nb + e] = -INFINITY;
-          }
-      }
-
-      // Online softmax: rescale what was accumulated by exp(old max - new max).
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        float m = row_max[r];
-#pragma unroll
-        for (int nb = 0; nb < kKeyBlocks; ++nb)
-          m = fmaxf(m, fmaxf(s[4 * nb + 2 * r], s[4 * nb + 2 * r + 1]));
-        m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
-        m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
-        // A row that has seen only masked keys keeps max -inf; subtract 0 then.
-        const float base = m == -INFINITY ? 0.f : m * p.scale_log2;
-        const float alpha = exp2f(row_max[r] * p.scale_log2 - base);
-        row_max[r] = m;
-        row_sum[r] *= alpha;
-#pragma unroll
-        for (int db = 0; db < kDBlocks; ++db) {
-          o_acc[4 * db + 2 * r] *= alpha, o_acc[4 * db + 2 * r + 1] *= alpha;
-          if constexpr (kKbar) kbar_acc[4 * db + 2 * r] *= alpha, kbar_acc[4 * db + 2 * r + 1] *= alpha;
-        }
-#pragma unroll
-        for (int nb = 0; nb < kKeyBlocks; ++nb)
-#pragma unroll
-          for (int e = 2 * r; e < 2 * r + 2; ++e) {
-            s[4 * nb + e] = exp2f(s[4 * nb + e] * p.scale_log2 - base);
-            row_sum[r] += s[4 * nb + e];
-          }
-      }
+      auto s_at = [&](int nb, int e) -> float& { return s[4 * nb + e]; };
+      if constexpr (kMasked) mask_scores(s_at, blk.mask, row_a, row_b, quad, k0);
+      online_softmax(
+          s_at, [&](int r, float alpha) { rescale_row<D, kKbar>(o_at, kbar_at, r, alpha); },
+          row_max, row_sum, p.scale_log2);
 
       // O += P V: P as bf16 A fragments (the m64k16 A register layout is the
       // accumulator layout of two n8 blocks), V N-major from shared memory.
@@ -184,7 +141,7 @@ __global__ void __launch_bounds__(kThreads) attention_forward_sm90_kernel(const 
       fence_operands(o_acc);
       if constexpr (kKbar) fence_operands(kbar_acc);
     };
-    if (mask.tile_needs_mask(q0, kBlockM, k0, kBlockN))
+    if (blk.mask.tile_needs_mask(blk.q0, kBlockM, k0, kBlockN))
       attend(std::true_type{});
     else
       attend(std::false_type{});
@@ -192,45 +149,10 @@ __global__ void __launch_bounds__(kThreads) attention_forward_sm90_kernel(const 
   }
 
   // Epilogue: normalise, write O (and kbar), lse, and this block's max logit.
-  float block_max = -INFINITY;
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    float l = row_sum[r];
-    l += __shfl_xor_sync(0xffffffffu, l, 1);
-    l += __shfl_xor_sync(0xffffffffu, l, 2);
-    const int row = r == 0 ? row_a : row_b;
-    if (row >= T) continue;
-    const float inv = 1.0f / l;
-    bf16* out_row = p.out + (size_t(b) * T + row) * p.C + h * p.head_dim;
-#pragma unroll
-    for (int db = 0; db < kDBlocks; ++db) {
-      const int col = db * 8 + quad * 2;
-      if (db * 8 < p.head_dim)
-        *reinterpret_cast<__nv_bfloat162*>(out_row + col) =
-            __floats2bfloat162_rn(o_acc[4 * db + 2 * r] * inv, o_acc[4 * db + 2 * r + 1] * inv);
-    }
-    if constexpr (kKbar) {
-      bf16* kbar_row = p.kbar + (size_t(b) * T + row) * p.C + h * p.head_dim;
-#pragma unroll
-      for (int db = 0; db < kDBlocks; ++db) {
-        const int col = db * 8 + quad * 2;
-        if (db * 8 < p.head_dim)
-          *reinterpret_cast<__nv_bfloat162*>(kbar_row + col) = __floats2bfloat162_rn(
-              kbar_acc[4 * db + 2 * r] * inv, kbar_acc[4 * db + 2 * r + 1] * inv);
-      }
-    }
-    const float max_logit = row_max[r] * p.scale;
-    if (quad == 0) p.lse[size_t(bh) * T + row] = max_logit + logf(l);
-    block_max = fmaxf(block_max, max_logit);
-  }
-  block_max = warp_max(block_max);
-  if (lane == 0) warp_maxima[warp] = block_max;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    float m = warp_maxima[0];
-    for (int w = 1; w < kThreads / kWarpSize; ++w) m = fmaxf(m, warp_maxima[w]);
-    p.max_partials[size_t(bh) * p.n_query_blocks + q_block] = m;
-  }
+  const float block_max =
+      store_rows<D, kKbar>(p, blk.b, blk.h, blk.bh, row_a, quad, row_max, row_sum, o_at,
+                           kbar_at);
+  write_max_partial(p, blk, block_max, warp_maxima);
 #else
   __trap();  // only the sm_90a binary has this kernel; the host never launches it elsewhere
 #endif
@@ -250,13 +172,8 @@ bool kernel_has_sm90a_code() {
 
 template <int D, bool kKbar>
 void launch(CudaContext& ctx, const ForwardParams& p, int B) {
-  using Shape = Sm90Shape<D>;
-  auto kernel = attention_forward_sm90_kernel<D, kKbar>;
-  CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                  int(Shape::kSmemBytes)));
-  const dim3 grid(p.n_query_blocks, B * p.n_head);
-  kernel<<<grid, kThreads, Shape::kSmemBytes, ctx.stream()>>>(p);
-  CUDA_CHECK_LAUNCH();
+  launch_forward_blocks(ctx, attention_forward_sm90_kernel<D, kKbar>, Sm90Shape<D>::kSmemBytes, p,
+                        B);
 }
 
 }  // namespace

@@ -1,7 +1,8 @@
 // Helpers shared by the tests of the Hopper (sm_90a, wgmma) attention
 // kernels: the switch back to the sm_80 kernels (LSGPT_ATTENTION_SM80) for
 // one scope, the variant switches (LSGPT_ATTENTION_SM90_FORWARD, _BACKWARD),
-// and the skip on a GPU that is not compute capability 9.0.
+// the skip on a GPU that is not compute capability 9.0, the parity cases'
+// shapes, and the checks that a switch takes its values and refuses others.
 // ScopedEnv (core/env_switch.h) also serves the other CUDA path switches
 // (LSGPT_CUDA_DBIAS).
 #pragma once
@@ -9,8 +10,11 @@
 #include <gtest/gtest.h>
 
 #include <string>
+#include <vector>
 
 #include "core/env_switch.h"
+#include "core/error.h"
+#include "ops/attention_spec.h"
 
 #ifdef LSGPT_HAVE_CUDA
 #include <cuda_runtime_api.h>
@@ -44,6 +48,108 @@ inline std::string why_not_hopper() {
 #else
   return "no CUDA backend in this build";
 #endif
+}
+
+// One parity case: a setting (heads, window, span) at sequence length T and
+// head dim D.
+template <typename Setting>
+struct ParityCase {
+  Setting setting;
+  int T, D;
+};
+
+// Every setting at T 1, 7 (a block partly past T), 100, 1000 and 4096, head
+// dims 64 and 128, and two head dims padded to a kernel size (zero-filled
+// columns must add nothing): `at48` at T 1000, `at96` at T 100.
+template <typename Setting>
+std::vector<ParityCase<Setting>> parity_cases(const std::vector<Setting>& settings,
+                                              const Setting& at48, const Setting& at96) {
+  std::vector<ParityCase<Setting>> cases;
+  for (const Setting& s : settings)
+    for (int T : {1, 7, 100, 1000, 4096})
+      for (int D : {64, 128}) cases.push_back({s, T, D});
+  cases.push_back({at48, 1000, 48});
+  cases.push_back({at96, 100, 96});
+  return cases;
+}
+
+// The test name of a parity case.
+template <typename Setting>
+std::string parity_case_name(const ParityCase<Setting>& c) {
+  return c.setting.name + "_T" + std::to_string(c.T) + "_D" + std::to_string(c.D);
+}
+
+// A parity case's shape: 4 heads at D 64, 2 above; B 1 from T 1000, else 2;
+// local_heads -1: all but one, -2: half, -3: all, else that many.
+inline AttentionSpec parity_spec(int T, int D, int local_heads, int window) {
+  AttentionSpec spec;
+  spec.T = T;
+  spec.head_dim = D;
+  spec.n_head = D <= 64 ? 4 : 2;
+  spec.B = T >= 1000 ? 1 : 2;
+  const int L = local_heads;
+  spec.n_local = L == -1 ? spec.n_head - 1 : L == -2 ? spec.n_head / 2 : L == -3 ? spec.n_head : L;
+  spec.window = window;
+  return spec;
+}
+
+// The dispatch tests' shape: one local head of two at w 8, T 64.
+inline AttentionSpec dispatch_spec(int head_dim) {
+  AttentionSpec spec;
+  spec.B = 1, spec.T = 64, spec.head_dim = head_dim, spec.n_head = 2, spec.n_local = 1;
+  spec.window = 8;
+  return spec;
+}
+
+// `call` throws an Error whose message holds `expected`; `what` names the
+// call in the failure.
+template <typename Call>
+void expect_refusal(Call call, const std::string& expected, const std::string& what) {
+  try {
+    call();
+    ADD_FAILURE() << "accepted by " << what << ": " << expected;
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(expected), std::string::npos) << e.what();
+  }
+}
+
+// The variant switch `name` takes each of `variants`, "" (auto) and "auto":
+// `uses_sm90`, the dispatch query, does not throw under any of them.
+template <typename UsesSm90, size_t N>
+void expect_variants_accepted(const char* name, const char* const (&variants)[N],
+                              UsesSm90 uses_sm90) {
+  for (const char* variant : variants) {
+    ScopedEnv choose(name, variant);
+    EXPECT_NO_THROW(uses_sm90()) << variant;
+  }
+  {
+    ScopedEnv empty(name, "");
+    EXPECT_NO_THROW(uses_sm90()) << "empty means auto";
+  }
+  ScopedEnv choose(name, "auto");
+  EXPECT_NO_THROW(uses_sm90());
+}
+
+// Which kernel the dispatch query `uses_sm90(spec)` picks on a Hopper GPU:
+// the wgmma one with LSGPT_ATTENTION_SM80 unset or 0, also for `with_span`
+// (the span decomposition), the sm_80 one for head dims up to 32; and
+// LSGPT_ATTENTION_SM80 takes 0 or 1 only.
+template <typename UsesSm90>
+void expect_dispatch_choices(UsesSm90 uses_sm90, const AttentionSpec& spec,
+                             const AttentionSpec& with_span) {
+  ScopedEnv env(kForceSm80, nullptr);
+  EXPECT_TRUE(uses_sm90(spec));
+  {
+    ScopedEnv zero(kForceSm80, "0");
+    EXPECT_TRUE(uses_sm90(spec));
+  }
+  EXPECT_TRUE(uses_sm90(with_span)) << "span runs on the wgmma kernel";
+  AttentionSpec small = spec;
+  small.head_dim = 32;
+  EXPECT_FALSE(uses_sm90(small));
+  ScopedEnv bad(kForceSm80, "yes");
+  expect_refusal([&] { uses_sm90(spec); }, "LSGPT_ATTENTION_SM80 must be 0 or 1, got 'yes'",
+                 "the dispatch");
 }
 
 #define REQUIRE_HOPPER()                                                         \

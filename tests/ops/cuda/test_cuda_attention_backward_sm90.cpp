@@ -119,10 +119,7 @@ struct Setting {
   SpanLayer span;
 };
 
-struct Case {
-  Setting setting;
-  int T, D;
-};
+using Case = ParityCase<Setting>;
 
 std::vector<Case> all_cases() {
   const std::vector<Setting> settings = {
@@ -134,25 +131,11 @@ std::vector<Case> all_cases() {
       {"SpanCrossLS", -1, 100, span_cross()},
       {"SpanSelfMHSA", 0, 1, span_self()},
   };
-  std::vector<Case> cases;
-  for (const Setting& s : settings)
-    for (int T : {1, 7, 100, 1000, 4096})
-      for (int D : {64, 128}) cases.push_back({s, T, D});
-  // Head dims padded to a kernel size: zero-filled columns must add nothing.
-  cases.push_back({settings[1], 1000, 48});
-  cases.push_back({settings[4], 100, 96});
-  return cases;
+  return parity_cases(settings, settings[1], settings[4]);
 }
 
 AttentionSpec spec_of(const Case& c) {
-  AttentionSpec spec;
-  spec.T = c.T;
-  spec.head_dim = c.D;
-  spec.n_head = c.D <= 64 ? 4 : 2;
-  spec.B = c.T >= 1000 ? 1 : 2;
-  const int L = c.setting.local_heads;
-  spec.n_local = L == -1 ? spec.n_head - 1 : L == -2 ? spec.n_head / 2 : L == -3 ? spec.n_head : L;
-  spec.window = c.setting.window;
+  AttentionSpec spec = parity_spec(c.T, c.D, c.setting.local_heads, c.setting.window);
   spec.span = c.setting.span;
   return spec;
 }
@@ -190,10 +173,7 @@ TEST_P(CudaAttentionBackwardSm90, MatchesSm80AndCpu64) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Cases, CudaAttentionBackwardSm90, ::testing::ValuesIn(all_cases()),
-                         [](const auto& info) {
-                           return info.param.setting.name + "_T" + std::to_string(info.param.T) +
-                                  "_D" + std::to_string(info.param.D);
-                         });
+                         [](const auto& info) { return parity_case_name(info.param); });
 
 // Same inputs, same bits: dQ, dK, dV each finished by one block, no atomics.
 // one_pass and one_pass_wg2 sum dQ by float atomics in a varying order: there
@@ -270,51 +250,23 @@ TEST(CudaAttentionBackwardSm90Dispatch, OnePassWg2MatchesOnePass) {
 TEST(CudaAttentionBackwardSm90Dispatch, ChoosesTheKernel) {
   REQUIRE_CUDA(cuda);
   REQUIRE_HOPPER();
-  AttentionSpec spec;
-  spec.B = 1, spec.T = 64, spec.head_dim = 128, spec.n_head = 2, spec.n_local = 1, spec.window = 8;
-  ScopedEnv env(kForceSm80, nullptr);
-  EXPECT_TRUE(cuda_attention_backward_uses_sm90(*cuda, spec));
-  {
-    ScopedEnv zero(kForceSm80, "0");
-    EXPECT_TRUE(cuda_attention_backward_uses_sm90(*cuda, spec));
-  }
-  {
-    ScopedEnv one(kForceSm80, "1");
-    EXPECT_FALSE(cuda_attention_backward_uses_sm90(*cuda, spec));
-  }
+  const AttentionSpec spec = dispatch_spec(128);
   AttentionSpec span = spec;
   span.span = span_cross();
-  EXPECT_TRUE(cuda_attention_backward_uses_sm90(*cuda, span)) << "span runs on the wgmma kernel";
-  AttentionSpec small = spec;
-  small.head_dim = 32;
-  EXPECT_FALSE(cuda_attention_backward_uses_sm90(*cuda, small));
-  ScopedEnv bad(kForceSm80, "yes");
-  try {
-    cuda_attention_backward_uses_sm90(*cuda, spec);
-    FAIL() << "LSGPT_ATTENTION_SM80=yes was accepted";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("LSGPT_ATTENTION_SM80 must be 0 or 1, got 'yes'"),
-              std::string::npos)
-        << e.what();
-  }
+  auto uses_sm90 = [&](const AttentionSpec& s) {
+    return cuda_attention_backward_uses_sm90(*cuda, s);
+  };
+  expect_dispatch_choices(uses_sm90, spec, span);
+  ScopedEnv one(kForceSm80, "1");
+  EXPECT_FALSE(uses_sm90(spec));
 }
 
 // Both places that read the backward's switches refuse a bad value with
 // `expected` in the message: the dispatch query and the backward itself.
 void expect_backward_refuses(Backend& cuda, const AttentionSpec& spec, const Forward& f,
                              const std::string& expected) {
-  try {
-    cuda_attention_backward_uses_sm90(cuda, spec);
-    ADD_FAILURE() << "accepted by the dispatch: " << expected;
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find(expected), std::string::npos) << e.what();
-  }
-  try {
-    run_backward(cuda, spec, f);
-    ADD_FAILURE() << "accepted by attention_backward: " << expected;
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find(expected), std::string::npos) << e.what();
-  }
+  expect_refusal([&] { cuda_attention_backward_uses_sm90(cuda, spec); }, expected, "the dispatch");
+  expect_refusal([&] { run_backward(cuda, spec, f); }, expected, "attention_backward");
 }
 
 // LSGPT_ATTENTION_SM90_BACKWARD takes auto, base, wg2, one_pass, one_pass_wg2
@@ -323,21 +275,10 @@ void expect_backward_refuses(Backend& cuda, const AttentionSpec& spec, const For
 // where the backward runs.
 TEST(CudaAttentionBackwardSm90Dispatch, RefusesAnUnknownVariant) {
   REQUIRE_CUDA(cuda);
-  AttentionSpec spec;
-  spec.B = 1, spec.T = 64, spec.head_dim = 64, spec.n_head = 2, spec.n_local = 1, spec.window = 8;
+  const AttentionSpec spec = dispatch_spec(64);
   ScopedEnv env(kForceSm80, nullptr);
-  for (const char* variant : kSm90BackwardVariants) {
-    ScopedEnv choose(kSm90Backward, variant);
-    EXPECT_NO_THROW(cuda_attention_backward_uses_sm90(*cuda, spec)) << variant;
-  }
-  {
-    ScopedEnv empty(kSm90Backward, "");
-    EXPECT_NO_THROW(cuda_attention_backward_uses_sm90(*cuda, spec)) << "empty means auto";
-  }
-  {
-    ScopedEnv choose(kSm90Backward, "auto");
-    EXPECT_NO_THROW(cuda_attention_backward_uses_sm90(*cuda, spec));
-  }
+  expect_variants_accepted(kSm90Backward, kSm90BackwardVariants,
+                           [&] { cuda_attention_backward_uses_sm90(*cuda, spec); });
   const size_t BT = size_t(spec.B) * spec.T, C = spec.C();
   const Forward f = run_forward_sm80(*cuda, spec, bf16_values(BT * 3 * C, 3, -2, 2),
                                      bf16_values(BT * C, 4, -1, 1));
@@ -351,13 +292,11 @@ TEST(CudaAttentionBackwardSm90Dispatch, RefusesAnUnknownVariant) {
 // or nothing; anything else is an error wherever the switches are read.
 TEST(CudaAttentionBackwardSm90Dispatch, RefusesAnUnknownOrder) {
   REQUIRE_CUDA(cuda);
-  AttentionSpec spec;
-  spec.B = 1, spec.T = 64, spec.head_dim = 64, spec.n_head = 2, spec.n_local = 1, spec.window = 8;
+  const AttentionSpec spec = dispatch_spec(64);
   ScopedEnv env(kForceSm80, nullptr);
-  for (const char* order : {"", "auto", "batch_major", "global_first"}) {
-    ScopedEnv choose(kSm90BackwardOrder, order);
-    EXPECT_NO_THROW(cuda_attention_backward_uses_sm90(*cuda, spec)) << order;
-  }
+  constexpr const char* kOrders[] = {"batch_major", "global_first"};
+  expect_variants_accepted(kSm90BackwardOrder, kOrders,
+                           [&] { cuda_attention_backward_uses_sm90(*cuda, spec); });
   const size_t BT = size_t(spec.B) * spec.T, C = spec.C();
   const Forward f = run_forward_sm80(*cuda, spec, bf16_values(BT * 3 * C, 5, -2, 2),
                                      bf16_values(BT * C, 6, -1, 1));

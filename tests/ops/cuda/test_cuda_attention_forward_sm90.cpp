@@ -71,10 +71,7 @@ struct Setting {
   bool kbar = false;
 };
 
-struct Case {
-  Setting setting;
-  int T, D;
-};
+using Case = ParityCase<Setting>;
 
 std::vector<Case> all_cases() {
   const std::vector<Setting> settings = {
@@ -87,25 +84,12 @@ std::vector<Case> all_cases() {
       {"KbarLS", -1, 0, true},
       {"KbarMHSA", 0, 1, true},
   };
-  std::vector<Case> cases;
-  for (const Setting& s : settings)
-    for (int T : {1, 7, 100, 1000, 4096})
-      for (int D : {64, 128}) cases.push_back({s, T, D});
-  // Head dims padded to a kernel size: zero-filled columns must add nothing.
-  cases.push_back({settings[1], 1000, 48});
-  cases.push_back({settings[2], 100, 96});
-  return cases;
+  return parity_cases(settings, settings[1], settings[2]);
 }
 
 AttentionSpec spec_of(const Case& c) {
-  AttentionSpec spec;
-  spec.T = c.T;
-  spec.head_dim = c.D;
-  spec.n_head = c.D <= 64 ? 4 : 2;
-  spec.B = c.T >= 1000 ? 1 : 2;
-  const int L = c.setting.local_heads;
-  spec.n_local = L == -1 ? spec.n_head - 1 : L == -2 ? spec.n_head / 2 : L;
-  spec.window = c.setting.window ? c.setting.window : (c.T >= 1000 ? 100 : 5);
+  const int window = c.setting.window ? c.setting.window : (c.T >= 1000 ? 100 : 5);
+  AttentionSpec spec = parity_spec(c.T, c.D, c.setting.local_heads, window);
   if (c.setting.kbar) spec.span.q = {true, SpanBasis::cross, 1.5, 0.7};  // the forward needs kbar
   return spec;
 }
@@ -160,10 +144,7 @@ TEST_P(CudaAttentionForwardSm90, MatchesSm80AndCpu64) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Cases, CudaAttentionForwardSm90, ::testing::ValuesIn(all_cases()),
-                         [](const auto& info) {
-                           return info.param.setting.name + "_T" + std::to_string(info.param.T) +
-                                  "_D" + std::to_string(info.param.D);
-                         });
+                         [](const auto& info) { return parity_case_name(info.param); });
 
 // Same inputs, same bits: no atomics in the new kernel either.
 TEST(CudaAttentionForwardSm90Dispatch, Deterministic) {
@@ -234,29 +215,12 @@ TEST(CudaAttentionForwardSm90Dispatch, PersistentMatchesOneBlockPerItem) {
 TEST(CudaAttentionForwardSm90Dispatch, ChoosesTheKernel) {
   REQUIRE_CUDA(cuda);
   REQUIRE_HOPPER();
-  AttentionSpec spec;
-  spec.B = 1, spec.T = 64, spec.head_dim = 64, spec.n_head = 2, spec.n_local = 1, spec.window = 8;
-  ScopedEnv env(kForceSm80, nullptr);
-  EXPECT_TRUE(cuda_attention_forward_uses_sm90(*cuda, spec));
-  {
-    ScopedEnv zero(kForceSm80, "0");
-    EXPECT_TRUE(cuda_attention_forward_uses_sm90(*cuda, spec));
-  }
+  const AttentionSpec spec = dispatch_spec(64);
   AttentionSpec span = spec;
-  span.span.q = {true, SpanBasis::cross, 1.5, 0.7};
-  EXPECT_TRUE(cuda_attention_forward_uses_sm90(*cuda, span)) << "kbar runs on the wgmma kernel";
-  AttentionSpec small = spec;
-  small.head_dim = 32;
-  EXPECT_FALSE(cuda_attention_forward_uses_sm90(*cuda, small));
-  ScopedEnv bad(kForceSm80, "yes");
-  try {
-    cuda_attention_forward_uses_sm90(*cuda, spec);
-    FAIL() << "LSGPT_ATTENTION_SM80=yes was accepted";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("LSGPT_ATTENTION_SM80 must be 0 or 1, got 'yes'"),
-              std::string::npos)
-        << e.what();
-  }
+  span.span.q = {true, SpanBasis::cross, 1.5, 0.7};  // kbar as well
+  expect_dispatch_choices(
+      [&](const AttentionSpec& s) { return cuda_attention_forward_uses_sm90(*cuda, s); }, spec,
+      span);
 }
 
 // LSGPT_ATTENTION_SM90_FORWARD takes auto, base, ws, ws_persistent or
@@ -264,37 +228,16 @@ TEST(CudaAttentionForwardSm90Dispatch, ChoosesTheKernel) {
 // where the dispatch is asked and where the forward runs.
 TEST(CudaAttentionForwardSm90Dispatch, RefusesAnUnknownVariant) {
   REQUIRE_CUDA(cuda);
-  AttentionSpec spec;
-  spec.B = 1, spec.T = 64, spec.head_dim = 64, spec.n_head = 2, spec.n_local = 1, spec.window = 8;
+  const AttentionSpec spec = dispatch_spec(64);
   ScopedEnv env(kForceSm80, nullptr);
-  for (const char* variant : kSm90ForwardVariants) {
-    ScopedEnv choose(kSm90Forward, variant);
-    EXPECT_NO_THROW(cuda_attention_forward_uses_sm90(*cuda, spec)) << variant;
-  }
-  {
-    ScopedEnv empty(kSm90Forward, "");
-    EXPECT_NO_THROW(cuda_attention_forward_uses_sm90(*cuda, spec)) << "empty means auto";
-  }
-  {
-    ScopedEnv choose(kSm90Forward, "auto");
-    EXPECT_NO_THROW(cuda_attention_forward_uses_sm90(*cuda, spec));
-  }
+  auto dispatch = [&] { cuda_attention_forward_uses_sm90(*cuda, spec); };
+  expect_variants_accepted(kSm90Forward, kSm90ForwardVariants, dispatch);
   ScopedEnv bad(kSm90Forward, "fa3");
   const std::string expected =
       "LSGPT_ATTENTION_SM90_FORWARD must be auto, base, ws or ws_persistent, got 'fa3'";
-  try {
-    cuda_attention_forward_uses_sm90(*cuda, spec);
-    FAIL() << "LSGPT_ATTENTION_SM90_FORWARD=fa3 was accepted by the dispatch";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find(expected), std::string::npos) << e.what();
-  }
+  expect_refusal(dispatch, expected, "the dispatch");
   const auto qkv = bf16_values(size_t(spec.B) * spec.T * 3 * spec.C(), 5, -2, 2);
-  try {
-    run_forward(*cuda, spec, qkv);
-    FAIL() << "LSGPT_ATTENTION_SM90_FORWARD=fa3 was accepted by attention_forward";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find(expected), std::string::npos) << e.what();
-  }
+  expect_refusal([&] { run_forward(*cuda, spec, qkv); }, expected, "attention_forward");
 }
 #endif
 
