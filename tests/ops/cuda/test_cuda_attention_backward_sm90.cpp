@@ -261,49 +261,36 @@ TEST(CudaAttentionBackwardSm90Dispatch, ChoosesTheKernel) {
   EXPECT_FALSE(uses_sm90(spec));
 }
 
-// Both places that read the backward's switches refuse a bad value with
-// `expected` in the message: the dispatch query and the backward itself.
-void expect_backward_refuses(Backend& cuda, const AttentionSpec& spec, const Forward& f,
-                             const std::string& expected) {
+// A backward switch: each of `accepted` (and unset, empty, auto) is taken
+// where the dispatch is asked; `bad` is an error with `expected` in the
+// message on every GPU, both there and where the backward runs.
+template <size_t N>
+void check_backward_switch(Backend& cuda, const char* name, const char* const (&accepted)[N],
+                           const char* bad, const std::string& expected) {
+  const AttentionSpec spec = dispatch_spec(64);
+  ScopedEnv env(kForceSm80, nullptr);
+  expect_variants_accepted(name, accepted, [&] { cuda_attention_backward_uses_sm90(cuda, spec); });
+  const size_t BT = size_t(spec.B) * spec.T, C = spec.C();
+  const Forward f = run_forward_sm80(cuda, spec, bf16_values(BT * 3 * C, 3, -2, 2),
+                                     bf16_values(BT * C, 4, -1, 1));
+  ScopedEnv set_bad(name, bad);
   expect_refusal([&] { cuda_attention_backward_uses_sm90(cuda, spec); }, expected, "the dispatch");
   expect_refusal([&] { run_backward(cuda, spec, f); }, expected, "attention_backward");
 }
 
-// LSGPT_ATTENTION_SM90_BACKWARD takes auto, base, wg2, one_pass, one_pass_wg2
-// or nothing;
-// any other value is an error on every GPU, where the dispatch is asked and
-// where the backward runs.
 TEST(CudaAttentionBackwardSm90Dispatch, RefusesAnUnknownVariant) {
   REQUIRE_CUDA(cuda);
-  const AttentionSpec spec = dispatch_spec(64);
-  ScopedEnv env(kForceSm80, nullptr);
-  expect_variants_accepted(kSm90Backward, kSm90BackwardVariants,
-                           [&] { cuda_attention_backward_uses_sm90(*cuda, spec); });
-  const size_t BT = size_t(spec.B) * spec.T, C = spec.C();
-  const Forward f = run_forward_sm80(*cuda, spec, bf16_values(BT * 3 * C, 3, -2, 2),
-                                     bf16_values(BT * C, 4, -1, 1));
-  ScopedEnv bad(kSm90Backward, "ws");
-  expect_backward_refuses(
-      *cuda, spec, f,
+  check_backward_switch(
+      *cuda, kSm90Backward, kSm90BackwardVariants, "ws",
       "LSGPT_ATTENTION_SM90_BACKWARD must be auto, base, wg2, one_pass or one_pass_wg2, got 'ws'");
 }
 
-// LSGPT_ATTENTION_SM90_BACKWARD_ORDER takes auto, batch_major, global_first
-// or nothing; anything else is an error wherever the switches are read.
 TEST(CudaAttentionBackwardSm90Dispatch, RefusesAnUnknownOrder) {
   REQUIRE_CUDA(cuda);
-  const AttentionSpec spec = dispatch_spec(64);
-  ScopedEnv env(kForceSm80, nullptr);
   constexpr const char* kOrders[] = {"batch_major", "global_first"};
-  expect_variants_accepted(kSm90BackwardOrder, kOrders,
-                           [&] { cuda_attention_backward_uses_sm90(*cuda, spec); });
-  const size_t BT = size_t(spec.B) * spec.T, C = spec.C();
-  const Forward f = run_forward_sm80(*cuda, spec, bf16_values(BT * 3 * C, 5, -2, 2),
-                                     bf16_values(BT * C, 6, -1, 1));
-  ScopedEnv bad(kSm90BackwardOrder, "heads_first");
-  expect_backward_refuses(*cuda, spec, f,
-                          "LSGPT_ATTENTION_SM90_BACKWARD_ORDER must be auto, batch_major or "
-                          "global_first, got 'heads_first'");
+  check_backward_switch(*cuda, kSm90BackwardOrder, kOrders, "heads_first",
+                        "LSGPT_ATTENTION_SM90_BACKWARD_ORDER must be auto, batch_major or "
+                        "global_first, got 'heads_first'");
 }
 
 // The block order changes when a gradient row is computed, never how: base
