@@ -78,11 +78,10 @@ struct Sm90BackwardShape {
 // Which (batch row, head) a thread block works on. Blocks start in grid
 // order, x fastest. Batch-major, the grid is (block, head, batch row): every
 // head of batch row 0 first, as the kernel first ran. With global_first (the
-// default) it
-// is (block, batch row, head slot), the global heads' slots first, so every
-// global head's long causal walks start before the local heads' short bands,
-// which then fill in behind them, instead of the last batch row's global
-// heads starting last and running alone at the end.
+// default) it is (block, batch row, head slot), the global heads' slots
+// first, so every global head's long causal walks start before the local
+// heads' short bands, which then fill in behind them, instead of the last
+// batch row's global heads starting last and running alone at the end.
 struct BlockHead {
   int b, h, bh;
 };

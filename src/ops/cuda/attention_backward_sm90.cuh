@@ -35,7 +35,7 @@ __device__ __forceinline__ void zero(float (&d)[N]) {
 
 // Where one (batch row, head) starts in each input: its Q, K, V columns of
 // qkv (rows qkv_row elements apart), its dO columns (rows C apart), its lse
-// and delta (one float a query). bh = b * n_head + h, as the grid's y.
+// and delta (one float a query). bh = b * n_head + h.
 struct HeadRows {
   size_t qkv_row;
   const __nv_bfloat16 *q_base, *k_base, *v_base, *do_base;

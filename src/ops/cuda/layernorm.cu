@@ -301,17 +301,13 @@ __global__ void layernorm_param_partials_kernel(float* dweight_partials, float* 
 void layernorm_backward_fused(CudaContext& ctx, int pieces, bf16* dinp, bf16* dweight,
                               bf16* dbias, const bf16* dout, const bf16* inp, const bf16* weight,
                               const float* mean, const float* rstd, int N, int C) {
-  const int parts = ceil_div(N, kFusedPartRows);
-  ScratchCarver carve(ctx.scratch(2 * ScratchCarver::round(sizeof(float) * size_t(parts) * C)));
-  float* dweight_partials = carve.take<float>(size_t(parts) * C);
-  float* dbias_partials = carve.take<float>(size_t(parts) * C);
+  const PartialSumPair partials(ctx, ceil_div(N, kFusedPartRows), C);  // weight, bias
   static constexpr auto kernels =
       backward_kernels<true>(std::make_integer_sequence<int, kMaxFusedPieces>());
-  kernels[pieces - 1]<<<parts, kFusedWarps * kWarpSize, 0, ctx.stream()>>>(
-      dinp, dweight_partials, dbias_partials, dout, inp, weight, mean, rstd, N, C);
+  kernels[pieces - 1]<<<partials.parts, kFusedWarps * kWarpSize, 0, ctx.stream()>>>(
+      dinp, partials.first, partials.second, dout, inp, weight, mean, rstd, N, C);
   CUDA_CHECK_LAUNCH();
-  reduce_partials_accumulate(ctx, dweight, dweight_partials, parts, C);
-  reduce_partials_accumulate(ctx, dbias, dbias_partials, parts, C);
+  partials.accumulate(ctx, dweight, dbias);
 }
 
 }  // namespace
@@ -368,22 +364,19 @@ void layernorm_backward(CudaContext& ctx, bf16* dinp, bf16* dweight, bf16* dbias
                                                                           mean, rstd, N, C);
   }
   CUDA_CHECK_LAUNCH();
-  const int parts = ceil_div(N, kPartRows);
-  ScratchCarver carve(ctx.scratch(2 * ScratchCarver::round(sizeof(float) * size_t(parts) * C)));
-  float* dweight_partials = carve.take<float>(size_t(parts) * C);
-  float* dbias_partials = carve.take<float>(size_t(parts) * C);
+  const PartialSumPair partials(ctx, ceil_div(N, kPartRows), C);  // weight, bias
+  const int parts = partials.parts;
   const dim3 part_threads(kWarpSize, kPartRowThreads);
   if (C % 8 == 0 && aligned16(dout) && aligned16(inp))
     layernorm_param_partials_kernel<8><<<dim3(ceil_div(C, 8 * kWarpSize), parts), part_threads,
-                                         0, ctx.stream()>>>(dweight_partials, dbias_partials, dout,
+                                         0, ctx.stream()>>>(partials.first, partials.second, dout,
                                                          inp, mean, rstd, N, C);
   else
     layernorm_param_partials_kernel<1><<<dim3(ceil_div(C, kWarpSize), parts), part_threads,
-                                         0, ctx.stream()>>>(dweight_partials, dbias_partials, dout,
+                                         0, ctx.stream()>>>(partials.first, partials.second, dout,
                                                          inp, mean, rstd, N, C);
   CUDA_CHECK_LAUNCH();
-  reduce_partials_accumulate(ctx, dweight, dweight_partials, parts, C);
-  reduce_partials_accumulate(ctx, dbias, dbias_partials, parts, C);
+  partials.accumulate(ctx, dweight, dbias);
 }
 
 }  // namespace lsgpt::cuda

@@ -95,6 +95,19 @@ void reduce_partials_accumulate(CudaContext& ctx, bf16* dst, const float* partia
   CUDA_CHECK_LAUNCH();
 }
 
+PartialSumPair::PartialSumPair(CudaContext& ctx, int parts_, int cols_)
+    : parts(parts_), cols(cols_) {
+  const size_t count = size_t(parts) * cols;
+  ScratchCarver carve(ctx.scratch(2 * ScratchCarver::round(sizeof(float) * count)));
+  first = carve.take<float>(count);
+  second = carve.take<float>(count);
+}
+
+void PartialSumPair::accumulate(CudaContext& ctx, bf16* first_dst, bf16* second_dst) const {
+  reduce_partials_accumulate(ctx, first_dst, first, parts, cols);
+  reduce_partials_accumulate(ctx, second_dst, second, parts, cols);
+}
+
 void column_sum_accumulate(CudaContext& ctx, bf16* dst, const bf16* src, int rows, int cols) {
   if (rows == 0 || cols == 0) return;
   const int parts = ceil_div(rows, kPartRows);

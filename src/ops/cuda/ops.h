@@ -68,6 +68,17 @@ void column_sum_accumulate(CudaContext& ctx, bf16* dst, const bf16* src, int row
 // Adds f32 partial sums [parts, cols] into dst[c] (bf16), parts summed in order.
 void reduce_partials_accumulate(CudaContext& ctx, bf16* dst, const float* partials, int parts,
                                 int cols);
+// Two [parts, cols] f32 buffers of row-part sums in the context's scratch
+// (valid until its next scratch() call), for the ops with two parameter
+// gradients (LayerNorm's weight and bias, QK-norm's two gains);
+// accumulate() adds each buffer's ordered sum over the parts into its bf16
+// gradient, as reduce_partials_accumulate.
+struct PartialSumPair {
+  float *first, *second;
+  int parts, cols;
+  PartialSumPair(CudaContext& ctx, int parts, int cols);
+  void accumulate(CudaContext& ctx, bf16* first_dst, bf16* second_dst) const;
+};
 double sum_squares(CudaContext& ctx, const bf16* x, size_t n);
 
 // classifier.cu

@@ -107,16 +107,12 @@ void qk_norm_backward(CudaContext& ctx, bf16* dqkv, bf16* dq_gain, bf16* dk_gain
                       const bf16* dout, const bf16* qkv, const bf16* q_gain, const bf16* k_gain,
                       const float* rstd, int N, int n_head, int D) {
   if (N == 0 || n_head == 0 || D == 0) return;
-  const int parts = ceil_div(N, kPartRows);
-  ScratchCarver carve(ctx.scratch(2 * ScratchCarver::round(sizeof(float) * size_t(parts) * D)));
-  float* partials_q = carve.take<float>(size_t(parts) * D);
-  float* partials_k = carve.take<float>(size_t(parts) * D);
-  qk_norm_gain_partials_kernel<<<dim3(ceil_div(D, kWarpSize), parts),
+  const PartialSumPair partials(ctx, ceil_div(N, kPartRows), D);  // q gain, k gain
+  qk_norm_gain_partials_kernel<<<dim3(ceil_div(D, kWarpSize), partials.parts),
                                  dim3(kWarpSize, kPartRowThreads), 0, ctx.stream()>>>(
-      partials_q, partials_k, dout, qkv, rstd, N, n_head, D);
+      partials.first, partials.second, dout, qkv, rstd, N, n_head, D);
   CUDA_CHECK_LAUNCH();
-  reduce_partials_accumulate(ctx, dq_gain, partials_q, parts, D);
-  reduce_partials_accumulate(ctx, dk_gain, partials_k, parts, D);
+  partials.accumulate(ctx, dq_gain, dk_gain);
   const long long vectors = (long long)N * 3 * n_head;
   qk_norm_backward_input_kernel<<<ceil_div(vectors, kWarpsPerBlock), kWarpsPerBlock * kWarpSize,
                                   0, ctx.stream()>>>(dqkv, dout, qkv, q_gain, k_gain, rstd, N,
