@@ -17,7 +17,7 @@
 // "fwd_<variant>_ms" and "_tflops", "<variant>_speedup" over sm_80).
 // backward_kernels=1 does the same for the backward alone (delta kernel
 // included), from one forward's outputs, with the backward's variants
-// (LSGPT_ATTENTION_SM90_BACKWARD = base, wg2, one_pass, one_pass_wg2:
+// (LSGPT_ATTENTION_SM90_BACKWARD = base, wg2, ws, one_pass, one_pass_wg2:
 // "bwd_<variant>_ms", ...).
 #include <algorithm>
 #include <cstdio>
@@ -202,7 +202,7 @@ void run_config(Backend& be, const Config& c, int reps, Mode mode) {
     // default (global heads first) keeps being checked against it.
     constexpr const char* kOrder = "LSGPT_ATTENTION_SM90_BACKWARD_ORDER";
     const Variants variants{"LSGPT_ATTENTION_SM90_BACKWARD",
-                            {"base", "wg2", "one_pass", "one_pass_wg2"},
+                            {"base", "wg2", "ws", "one_pass", "one_pass_wg2"},
                             {{"base_batch_major", "base", kOrder, "batch_major"},
                              {"wg2_batch_major", "wg2", kOrder, "batch_major"}}};
     compare_kernels(be, c, spec, reps, "bwd", 2.5 * flops_fwd, cuda_attention_backward_uses_sm90,

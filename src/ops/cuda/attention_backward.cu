@@ -12,7 +12,8 @@
 // On a compute capability 9.0 GPU the same contract runs on
 // attention_backward_sm90.cu's wgmma kernel instead (after the same delta
 // kernel; one or two warpgroups a block, chosen by shape in
-// attention_sm90_choice.h or by LSGPT_ATTENTION_SM90_BACKWARD, or the
+// attention_sm90_choice.h or by LSGPT_ATTENTION_SM90_BACKWARD, the
+// warp-specialised TMA kernel of attention_backward_sm90_ws.cu, or the
 // one-pass variants of attention_backward_sm90_one_pass.cu and
 // attention_backward_sm90_one_pass_wg2.cu),
 // unless LSGPT_ATTENTION_SM80=1 asks for this one.
@@ -417,10 +418,10 @@ bool use_sm90(const CudaContext& ctx, const AttentionSpec& spec) {
 
 std::optional<Sm90BackwardVariant> attn::sm90_backward_override() {
   constexpr Sm90BackwardVariant kForced[] = {Sm90BackwardVariant::base, Sm90BackwardVariant::wg2,
-                                             Sm90BackwardVariant::one_pass,
+                                             Sm90BackwardVariant::ws, Sm90BackwardVariant::one_pass,
                                              Sm90BackwardVariant::one_pass_wg2};
   const int i = env_switch("LSGPT_ATTENTION_SM90_BACKWARD",
-                           {"auto", "base", "wg2", "one_pass", "one_pass_wg2"});
+                           {"auto", "base", "wg2", "ws", "one_pass", "one_pass_wg2"});
   if (i == 0) return std::nullopt;
   return kForced[i - 1];
 }
@@ -451,7 +452,8 @@ void attention_backward(CudaContext& ctx, bf16* dqkv, const bf16* dout, const bf
   const int D = spec.head_dim;
   const size_t rows = size_t(spec.B) * spec.T * spec.n_head;
   const bool sm90 = use_sm90(ctx, spec);
-  const AttentionShape shape{spec.B, spec.T, spec.n_head, spec.n_local, spec.window, D};
+  const bool qbar = spec.span.k.enabled && spec.span.k.basis == SpanBasis::cross;
+  const AttentionShape shape{spec.B, spec.T, spec.n_head, spec.n_local, spec.window, D, qbar};
   const Sm90BackwardVariant variant =
       sm90 ? sm90_backward_override().value_or(choose_sm90_backward(shape, ctx.sm_count()))
            : Sm90BackwardVariant::base;
@@ -482,12 +484,15 @@ void attention_backward(CudaContext& ctx, bf16* dqkv, const bf16* dout, const bf
   p.scale_log2 = p.scale * kLog2e;
   p.span = make_span_args(spec.span);
   const bool span = spec.span.any();
-  const bool qbar = spec.span.k.enabled && spec.span.k.basis == SpanBasis::cross;
   if (one_pass) {
     if (variant == Sm90BackwardVariant::one_pass_wg2)
       launch_backward_sm90_one_pass_wg2(ctx, p, spec.B, span, qbar, dq_accum);
     else
       launch_backward_sm90_one_pass(ctx, p, spec.B, span, qbar, dq_accum);
+    return;
+  }
+  if (sm90 && variant == Sm90BackwardVariant::ws) {
+    launch_backward_sm90_ws(ctx, p, spec.B, span, qbar);
     return;
   }
   if (sm90) {

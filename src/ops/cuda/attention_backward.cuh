@@ -135,6 +135,13 @@ bool sm90_backward_supported(const CudaContext& ctx, int head_dim);
 void launch_backward_sm90(CudaContext& ctx, const BackwardParams& p, int B, bool span, bool qbar,
                           bool wg2);
 
+// attention_backward_sm90_ws.cu: the same two-pass algorithm and bits as
+// launch_backward_sm90's one-warpgroup kernel, warp-specialised: a TMA
+// producer warp a consumer warpgroup, two consumers a block, one block a
+// multiprocessor walking key and query blocks (global heads first).
+void launch_backward_sm90_ws(CudaContext& ctx, const BackwardParams& p, int B, bool span,
+                             bool qbar);
+
 // attention_backward_sm90_one_pass.cu: the one-pass variant (key blocks
 // only, dQ summed by float atomics into dq_accum, then written to dqkv; not
 // bit-reproducible). dq_accum holds one_pass_dq_floats(...) floats (any
@@ -157,8 +164,8 @@ void launch_backward_sm90_one_pass_wg2(CudaContext& ctx, const BackwardParams& p
 
 // Which Hopper backward runs: LSGPT_ATTENTION_SM90_BACKWARD = auto (also
 // unset or empty: choose_sm90_backward picks by shape), base (one warpgroup
-// a block), wg2, one_pass or one_pass_wg2 to force one; any other value is
-// an error.
+// a block), wg2, ws, one_pass or one_pass_wg2 to force one; any other value
+// is an error.
 // nullopt means auto. Read at every call (defined in attention_backward.cu)
 // so one binary can time them all.
 std::optional<Sm90BackwardVariant> sm90_backward_override();

@@ -42,7 +42,7 @@ using bf16 = __nv_bfloat16;
 
 constexpr int kKeysPerBlock = 64;     // keys per warpgroup in key blocks: the m64 of their products
 constexpr int kQueriesPerBlock = 64;  // queries per warpgroup in query blocks: the same
-constexpr int kKeyTile = 64;          // keys per tile in query blocks
+constexpr int kKeyTile = kQueryBlockKeyTile;  // keys per tile in query blocks
 
 // kWarpgroups per block (1: the base kernel; 2: the wg2 variant). Each
 // warpgroup owns its 64 keys (key blocks) or 64 queries (query blocks), with
@@ -53,9 +53,7 @@ struct Sm90BackwardShape {
   static_assert(D == 64 || D == 128, "the wgmma backward is built for D = 64 and 128");
   static_assert(kWarpgroups == 1 || kWarpgroups == 2, "one or two warpgroups a block");
   static constexpr int kBlockThreads = kWarpgroups * kThreads;
-  // Queries per tile in key blocks (the n of S^T): 32 when the three D-wide
-  // accumulators dK, dV and qbar must stay in registers beside S^T and dP^T.
-  static constexpr int kQueryTile = D == 128 && kQbar ? 16 : 64;
+  static constexpr int kQueryTile = kKeyBlockQueryTile<D, kQbar>;
   static constexpr int kKeyBytes = sw128_tile_bytes<kKeysPerBlock, D>();
   static constexpr int kQueryTileBytes = sw128_tile_bytes<kQueryTile, D>();
   // K, V (each warpgroup's), two stages of Q and dO, two stages of lse and delta.
@@ -161,25 +159,9 @@ __device__ void key_block(const BackwardParams& p, unsigned char* smem, int key_
                                    quad);
 }
 
-// dQ += dS K: the k index is the tile's keys, dS from registers, K read N-major.
-template <int D>
-__device__ __forceinline__ void query_gradient(float (&dq)[D / 2],
-                                               const uint32_t (&a_ds)[kKeyTile / 16][4],
-                                               uint32_t k_addr) {
-  fence_operands(dq);
-  wgmma_fence();
-#pragma unroll
-  for (int kc = 0; kc < kKeyTile / 16; ++kc)
-    wgmma_rs<D>(dq, a_ds[kc], n_major_descriptor<kKeyTile>(k_addr, kc));
-  wgmma_commit();
-  wgmma_wait<0>();
-  fence_operands(dq);
-}
-
 template <int D, bool kSpan, bool kQbar, int kWarpgroups>
 __device__ void query_block(const BackwardParams& p, unsigned char* smem, int query_block_index) {
   using Shape = Sm90BackwardShape<D, kQbar, kWarpgroups>;
-  constexpr int kDBlocks = D / 8;
   constexpr int kKeyTileElems = Shape::kKeyTileBytes / 2;
   constexpr int kBlockThreads = Shape::kBlockThreads;
   // One warpgroup: constants, so the base kernel's code is what it was.
@@ -232,12 +214,7 @@ __device__ void query_block(const BackwardParams& p, unsigned char* smem, int qu
 
   const int row_a = q0 + warp * 16 + group;  // and row_a + 8
   float lse_log2[2], delta[2];
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const int i = row_a + 8 * r;
-    lse_log2[r] = i < T ? p.lse[size_t(bh) * T + i] * kLog2e : 0.f;
-    delta[r] = i < T ? p.delta[size_t(bh) * T + i] : 0.f;
-  }
+  load_query_stats(lse_log2, delta, p, bh, row_a);
   float dq[D / 2];
   zero(dq);
   const uint32_t q_addr = smem_address(q_tile), do_addr = smem_address(do_tile);
@@ -250,24 +227,9 @@ __device__ void query_block(const BackwardParams& p, unsigned char* smem, int qu
     const int j0 = tile * kKeyTile;
 
     // Masked instantiation for tiles the mask cuts, branch-free for the rest.
-    // Query rows past T need no mask: their dO rows are zero, so dS is too.
     auto step = [&](auto masked) {
-      constexpr bool kMasked = decltype(masked)::value;
-      float s[kKeyTile / 2], dp[kKeyTile / 2];
-      score_pair<D, kQueriesPerBlock, kKeyTile>(s, dp, q_addr, k_addr, do_addr, v_addr);
-      // Element 4 nb + e: query row row_a + 8 (e >> 1), key nb * 8 + 2 quad + (e & 1).
-#pragma unroll
-      for (int nb = 0; nb < kKeyTile / 8; ++nb)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int r = e >> 1;
-          float prob = exp2f(s[4 * nb + e] * p.scale_log2 - lse_log2[r]);
-          if (kMasked && !mask.visible(row_a + 8 * r, j0 + nb * 8 + quad * 2 + (e & 1))) prob = 0.f;
-          dp[4 * nb + e] = prob * (dp[4 * nb + e] - delta[r]);
-        }
-      uint32_t a_ds[kKeyTile / 16][4];
-      a_fragments<kKeyTile>(a_ds, dp);
-      query_gradient<D>(dq, a_ds, k_addr);
+      query_tile_step<D, decltype(masked)::value>(dq, q_addr, k_addr, do_addr, v_addr, p, j0,
+                                                  lse_log2, delta, mask, row_a, quad);
     };
     // Only this warpgroup's tiles (a uniform branch in it).
     const bool mine = kWarpgroups == 1 || (tile >= my_begin && tile <= my_end);
@@ -278,15 +240,7 @@ __device__ void query_block(const BackwardParams& p, unsigned char* smem, int qu
     __syncthreads();  // the next iteration's prefetch overwrites this stage
   }
 
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    float g[2 * kDBlocks];
-#pragma unroll
-    for (int db = 0; db < kDBlocks; ++db)
-#pragma unroll
-      for (int e = 0; e < 2; ++e) g[2 * db + e] = dq[4 * db + 2 * r + e] * p.scale;
-    finish_query_row<kDBlocks, kSpan>(p, g, row_a + 8 * r, b, h, q_base, quad);
-  }
+  finish_query_rows<D, kSpan>(p, dq, row_a, b, h, q_base, quad);
 }
 
 #endif  // LSGPT_SM90A_DEVICE

@@ -18,6 +18,13 @@
 
 namespace lsgpt::cuda::attn {
 
+// Keys per tile in query blocks (every Hopper backward that has them).
+constexpr int kQueryBlockKeyTile = 64;
+// Queries per tile in key blocks (the n of S^T): 16 when the three D-wide
+// accumulators dK, dV and qbar must stay in registers beside S^T and dP^T.
+template <int D, bool kQbar>
+constexpr int kKeyBlockQueryTile = D == 128 && kQbar ? 16 : 64;
+
 #if LSGPT_SM90A_DEVICE
 
 // This thread's warpgroup, read through a shuffle so that ptxas sees a
@@ -227,6 +234,82 @@ __device__ __forceinline__ void one_pass_key_step(float (&dv)[D / 2], float (&dk
                                                    mask, key_row, quad);
   store_transposed_sw128<kQ>(ds_addr, a_ds);
   key_gradients<D, kQ, kQbar>(dv, dk, qbar, a_p, a_ds, tile.q_addr, tile.do_addr);
+}
+
+// dQ += dS K: the k index is the tile's keys, dS from registers, K read N-major.
+template <int D>
+__device__ __forceinline__ void query_gradient(float (&dq)[D / 2],
+                                               const uint32_t (&a_ds)[kQueryBlockKeyTile / 16][4],
+                                               uint32_t k_addr) {
+  fence_operands(dq);
+  wgmma_fence();
+#pragma unroll
+  for (int kc = 0; kc < kQueryBlockKeyTile / 16; ++kc)
+    wgmma_rs<D>(dq, a_ds[kc], n_major_descriptor<kQueryBlockKeyTile>(k_addr, kc));
+  wgmma_commit();
+  wgmma_wait<0>();
+  fence_operands(dq);
+}
+
+// A query block's step on the key tile at j0 (K, V tiles at k_addr, v_addr;
+// its 64 queries' Q, dO at q_addr, do_addr): S = Q K^T and dP = dO V^T,
+// dS = P o (dP - delta) from the saved lse (log2 units), then dQ += dS K.
+// This thread's rows are row_a and row_a + 8 (lse_log2, delta). kMasked
+// zeroes P where the mask hides a key; query rows past T need no mask:
+// their dO rows are zero, so dS is too.
+template <int D, bool kMasked>
+__device__ __forceinline__ void query_tile_step(float (&dq)[D / 2], uint32_t q_addr,
+                                                uint32_t k_addr, uint32_t do_addr,
+                                                uint32_t v_addr, const BackwardParams& p, int j0,
+                                                const float (&lse_log2)[2],
+                                                const float (&delta)[2], HeadMask mask, int row_a,
+                                                int quad) {
+  constexpr int kKeys = kQueryBlockKeyTile;
+  float s[kKeys / 2], dp[kKeys / 2];
+  score_pair<D, 64, kKeys>(s, dp, q_addr, k_addr, do_addr, v_addr);
+  // Element 4 nb + e: query row row_a + 8 (e >> 1), key nb * 8 + 2 quad + (e & 1).
+#pragma unroll
+  for (int nb = 0; nb < kKeys / 8; ++nb)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int r = e >> 1;
+      float prob = exp2f(s[4 * nb + e] * p.scale_log2 - lse_log2[r]);
+      if (kMasked && !mask.visible(row_a + 8 * r, j0 + nb * 8 + quad * 2 + (e & 1))) prob = 0.f;
+      dp[4 * nb + e] = prob * (dp[4 * nb + e] - delta[r]);
+    }
+  uint32_t a_ds[kKeys / 16][4];
+  a_fragments<kKeys>(a_ds, dp);
+  query_gradient<D>(dq, a_ds, k_addr);
+}
+
+// A query block's lse (log2 units) and delta for this thread's rows row_a
+// and row_a + 8 of head bh (zero past T).
+__device__ __forceinline__ void load_query_stats(float (&lse_log2)[2], float (&delta)[2],
+                                                 const BackwardParams& p, int bh, int row_a) {
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int i = row_a + 8 * r;
+    lse_log2[r] = i < p.T ? p.lse[size_t(bh) * p.T + i] * kLog2e : 0.f;
+    delta[r] = i < p.T ? p.delta[size_t(bh) * p.T + i] : 0.f;
+  }
+}
+
+// A query block's epilogue for this thread's rows row_a and row_a + 8: dQ
+// scaled by tau, then finish_query_row (span projection, stores below T).
+template <int D, bool kSpan>
+__device__ __forceinline__ void finish_query_rows(const BackwardParams& p, const float (&dq)[D / 2],
+                                                  int row_a, int b, int h,
+                                                  const __nv_bfloat16* q_base, int quad) {
+  constexpr int kDBlocks = D / 8;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    float g[2 * kDBlocks];
+#pragma unroll
+    for (int db = 0; db < kDBlocks; ++db)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) g[2 * db + e] = dq[4 * db + 2 * r + e] * p.scale;
+    finish_query_row<kDBlocks, kSpan>(p, g, row_a + 8 * r, b, h, q_base, quad);
+  }
 }
 
 // A key block's epilogue for this thread's rows key_row and key_row + 8:

@@ -55,7 +55,7 @@ struct OnePassShape {
   // Queries per tile (the n of S^T), as the base kernel: 16 when the three
   // D-wide accumulators dK, dV and qbar must stay in registers. The dQ
   // product still has 64 rows then; the 48 past the tile are not added.
-  static constexpr int kQueryTile = D == 128 && kQbar ? 16 : 64;
+  static constexpr int kQueryTile = kKeyBlockQueryTile<D, kQbar>;
   static constexpr int kKeyBytes = sw128_tile_bytes<kKeysPerBlock, D>();
   static constexpr int kQueryTileBytes = sw128_tile_bytes<kQueryTile, D>();
   static constexpr int kDsBytes = sw128_tile_bytes<kDsRows, kKeysPerBlock>();

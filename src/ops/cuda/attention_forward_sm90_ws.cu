@@ -25,16 +25,15 @@
 //   much of its life filling and draining the pipeline).
 //
 // The tile loads need a tensor map of qkv, made on the host for each call
-// (cuTensorMapEncodeTiled through the runtime's driver entry point): a 4-d
-// view (head column, head slot of q|k|v, t, batch row) whose out-of-bounds
-// elements past the real head dim and past T read as zeros. A box is one
-// 64-column panel of 64 rows: the swizzled panel layout of wgmma.cuh.
+// (tma_map.h): a 4-d view (head column, head slot of q|k|v, t, batch row)
+// whose out-of-bounds elements past the real head dim and past T read as
+// zeros. A box is one 64-column panel of 64 rows: the swizzled panel layout
+// of wgmma.cuh.
 //
 // The device code exists only in the sm_90a compilation; the compute_80 PTX
 // carries a body that traps, and the host never launches it there (the
 // dispatch checks the loaded binary, attention_forward_sm90.cu).
 #include <cuda.h>
-#include <cudaTypedefs.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -46,6 +45,7 @@
 #include "ops/cuda/cuda_check.h"
 #include "ops/cuda/device_utils.cuh"
 #include "ops/cuda/tma.cuh"
+#include "ops/cuda/tma_map.h"
 #include "ops/cuda/wgmma.cuh"
 
 namespace lsgpt::cuda::attn {
@@ -290,42 +290,11 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
 #endif
 }
 
-// cuTensorMapEncodeTiled from the driver, found once through the runtime
-// (no link against libcuda).
-PFN_cuTensorMapEncodeTiled_v12000 encode_tiled() {
-  static const PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
-    void* f = nullptr;
-    cudaDriverEntryPointQueryResult status{};
-    CUDA_CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000,
-                                                cudaEnableDefault, &status));
-    if (status != cudaDriverEntryPointSuccess || !f)
-      fail("cuda attention_forward: the driver has no cuTensorMapEncodeTiled (status ", int(status),
-           ")");
-    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(f);
-  }();
-  return fn;
-}
-
-// qkv [B, T, 3C] as (head column < head_dim, head slot < 3 n_head, t < T,
-// batch row < B): slot h is q's head h, n_head + h k's, 2 n_head + h v's. A
-// box is 64 columns (one 128-byte swizzled panel) by 64 rows.
+// qkv [B, T, 3C] as (head column, head slot, t, batch row): slot h is q's
+// head h, n_head + h k's, 2 n_head + h v's; a box is one panel of 64 rows.
 CUtensorMap qkv_tensor_map(const ForwardParams& p, int B) {
-  const cuuint64_t dims[4] = {cuuint64_t(p.head_dim), cuuint64_t(3) * p.n_head, cuuint64_t(p.T),
-                              cuuint64_t(B)};
-  const cuuint64_t row_bytes = cuuint64_t(3) * p.C * sizeof(bf16);
-  const cuuint64_t strides[3] = {cuuint64_t(p.head_dim) * sizeof(bf16), row_bytes,
-                                 row_bytes * cuuint64_t(p.T)};
-  const cuuint32_t box[4] = {kPanelCols, 1, kTileKeys, 1};
-  const cuuint32_t element_strides[4] = {1, 1, 1, 1};
-  CUtensorMap map;
-  const CUresult r = encode_tiled()(
-      &map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 4, const_cast<bf16*>(p.qkv), dims, strides, box,
-      element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
-      CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-  if (r != CUDA_SUCCESS)
-    fail("cuda attention_forward: cuTensorMapEncodeTiled failed (CUresult ", int(r),
-         ") for qkv, T ", p.T, ", C ", p.C, ", head_dim ", p.head_dim);
-  return map;
+  return head_tensor_map(p.qkv, p.head_dim, 3 * p.n_head, size_t(3) * p.C, p.T, B, kTileKeys,
+                         "qkv (attention_forward)");
 }
 
 // One block per work item, or (persistent) one per multiprocessor, each

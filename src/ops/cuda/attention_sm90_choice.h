@@ -22,12 +22,16 @@ enum class Sm90ForwardVariant { base, ws, ws_persistent };
 // base: one warpgroup a block; wg2: two (128 keys or queries a block);
 // one_pass: key blocks only, dQ summed by float atomics (not bit-reproducible);
 // one_pass_wg2: the same with two warpgroups (128 keys) a block sharing one
-// dQ product, half the atomics.
-enum class Sm90BackwardVariant { base, wg2, one_pass, one_pass_wg2 };
+// dQ product, half the atomics. ws: base's two passes and bits, warp-
+// specialised (TMA producer warps, two consumer warpgroups, persistent).
+enum class Sm90BackwardVariant { base, wg2, ws, one_pass, one_pass_wg2 };
 
-// The sizes the choice depends on. window counts the keys a local head sees.
+// The sizes the choice depends on. window counts the keys a local head sees;
+// span_qbar: the span decomposition's cross basis on k (qbar accumulated in
+// key blocks beside dK and dV).
 struct AttentionShape {
   int B = 0, T = 0, n_head = 0, n_local = 0, window = 1, head_dim = 0;
+  bool span_qbar = false;
 };
 
 // The share of the score work (query-key pairs) that falls in local heads,
@@ -54,11 +58,14 @@ inline Sm90ForwardVariant choose_sm90_forward(const AttentionShape& s) {
   return s.T <= 4096 ? Sm90ForwardVariant::ws_persistent : Sm90ForwardVariant::ws;
 }
 
-// wg2 halves the number of blocks; it wins (3-7%) at D 128 only while the
-// global heads alone still give every multiprocessor two blocks, since the
-// global heads carry most of the work. At D 64 base won every shape.
+// ws (TMA producers, two consumer warpgroups, persistent) was the fastest at
+// every shape of the grid (1.02-1.43x base, H200, 2026-11-30) but one: D 128
+// with qbar, where its accumulators leave room for one consumer a block
+// only. There, as before ws existed: wg2 halves the number of blocks and
+// wins (3-7%) only while the global heads alone still give every
+// multiprocessor two blocks, since the global heads carry most of the work.
 inline Sm90BackwardVariant choose_sm90_backward(const AttentionShape& s, int sm_count) {
-  if (s.head_dim <= 64) return Sm90BackwardVariant::base;
+  if (s.head_dim <= 64 || !s.span_qbar) return Sm90BackwardVariant::ws;
   const int64_t global_blocks =
       int64_t(s.B) * (s.n_head - s.n_local) * ((int64_t(s.T) + 127) / 128);
   return global_blocks >= 2 * int64_t(sm_count) ? Sm90BackwardVariant::wg2

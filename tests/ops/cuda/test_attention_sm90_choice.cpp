@@ -35,26 +35,26 @@ struct Measured {
 
 // The measured winners (ws_persistent stands for ws at D 64 MHSA T 16k,
 // 1.2% slower; base for ws_persistent at D 64 half T 1k, 1.8%; ws_persistent
-// for ws at D 128 LS T 1k, 1.8%).
+// for ws at D 128 LS T 1k, 1.8%). The backward's ws won at every shape.
 constexpr Measured kMeasured[] = {
-    {"mhsa", 64, 1024, F::ws_persistent, Bw::base},
-    {"ls_11of12_w100", 64, 1024, F::base, Bw::base},
-    {"ls_half_w256", 64, 1024, F::base, Bw::base},
-    {"mhsa", 64, 4096, F::ws_persistent, Bw::base},
-    {"ls_11of12_w100", 64, 4096, F::base, Bw::base},
-    {"ls_half_w256", 64, 4096, F::ws_persistent, Bw::base},
-    {"mhsa", 64, 16384, F::ws, Bw::base},
-    {"ls_11of12_w100", 64, 16384, F::ws, Bw::base},
-    {"ls_half_w256", 64, 16384, F::ws, Bw::base},
-    {"mhsa", 128, 1024, F::ws_persistent, Bw::wg2},
-    {"ls_11of12_w100", 128, 1024, F::ws_persistent, Bw::base},
-    {"ls_half_w256", 128, 1024, F::ws_persistent, Bw::wg2},
-    {"mhsa", 128, 4096, F::ws, Bw::wg2},
-    {"ls_11of12_w100", 128, 4096, F::ws, Bw::base},
-    {"ls_half_w256", 128, 4096, F::ws, Bw::wg2},
-    {"mhsa", 128, 16384, F::ws, Bw::wg2},
-    {"ls_11of12_w100", 128, 16384, F::ws, Bw::base},
-    {"ls_half_w256", 128, 16384, F::ws, Bw::wg2},
+    {"mhsa", 64, 1024, F::ws_persistent, Bw::ws},
+    {"ls_11of12_w100", 64, 1024, F::base, Bw::ws},
+    {"ls_half_w256", 64, 1024, F::base, Bw::ws},
+    {"mhsa", 64, 4096, F::ws_persistent, Bw::ws},
+    {"ls_11of12_w100", 64, 4096, F::base, Bw::ws},
+    {"ls_half_w256", 64, 4096, F::ws_persistent, Bw::ws},
+    {"mhsa", 64, 16384, F::ws, Bw::ws},
+    {"ls_11of12_w100", 64, 16384, F::ws, Bw::ws},
+    {"ls_half_w256", 64, 16384, F::ws, Bw::ws},
+    {"mhsa", 128, 1024, F::ws_persistent, Bw::ws},
+    {"ls_11of12_w100", 128, 1024, F::ws_persistent, Bw::ws},
+    {"ls_half_w256", 128, 1024, F::ws_persistent, Bw::ws},
+    {"mhsa", 128, 4096, F::ws, Bw::ws},
+    {"ls_11of12_w100", 128, 4096, F::ws, Bw::ws},
+    {"ls_half_w256", 128, 4096, F::ws, Bw::ws},
+    {"mhsa", 128, 16384, F::ws, Bw::ws},
+    {"ls_11of12_w100", 128, 16384, F::ws, Bw::ws},
+    {"ls_half_w256", 128, 16384, F::ws, Bw::ws},
 };
 
 TEST(AttentionSm90Choice, PicksTheMeasuredWinnerOnTheBenchmarkGrid) {
@@ -83,21 +83,30 @@ TEST(AttentionSm90Choice, LocalWorkShare) {
 }
 
 // GPT-2 small's training shape (B 16, T 1024, 12 heads of 64): LS 11/12 keeps
-// base (two thirds of the work is band rows), MHSA takes ws_persistent.
+// base forward (two thirds of the work is band rows), MHSA takes
+// ws_persistent; the backward is ws for both, with or without qbar at D 64.
 TEST(AttentionSm90Choice, Gpt2Small) {
   EXPECT_EQ(int(choose_sm90_forward({16, 1024, 12, 11, 100, 64})), int(F::base));
   EXPECT_EQ(int(choose_sm90_forward({16, 1024, 12, 0, 1, 64})), int(F::ws_persistent));
-  EXPECT_EQ(int(choose_sm90_backward({16, 1024, 12, 0, 1, 64}, kH200Sms)), int(Bw::base));
+  EXPECT_EQ(int(choose_sm90_backward({16, 1024, 12, 0, 1, 64}, kH200Sms)), int(Bw::ws));
+  EXPECT_EQ(int(choose_sm90_backward({16, 1024, 12, 11, 100, 64, true}, kH200Sms)), int(Bw::ws));
 }
 
-// wg2 needs two blocks a multiprocessor from the global heads alone: the
-// GPU's size moves the boundary, and all-local heads never take it.
-TEST(AttentionSm90Choice, BackwardDependsOnTheGlobalHeadsAndTheGpu) {
-  const AttentionShape s{2, 4096, 16, 14, 100, 128};  // 2 * 2 * 32 = 128 global blocks
+// D 128 with qbar (the span's cross basis on k) leaves ws one consumer a
+// block: there wg2 needs two blocks a multiprocessor from the global heads
+// alone, the GPU's size moves the boundary, and all-local heads never take
+// it. Without qbar the same shapes take ws.
+TEST(AttentionSm90Choice, BackwardDependsOnQbarTheGlobalHeadsAndTheGpu) {
+  const AttentionShape s{2, 4096, 16, 14, 100, 128, true};  // 2 * 2 * 32 = 128 global blocks
   EXPECT_EQ(int(choose_sm90_backward(s, 64)), int(Bw::wg2));
   EXPECT_EQ(int(choose_sm90_backward(s, 65)), int(Bw::base));
-  EXPECT_EQ(int(choose_sm90_backward({64, 4096, 16, 16, 100, 128}, kH200Sms)), int(Bw::base));
-  EXPECT_EQ(int(choose_sm90_backward({0, 0, 16, 0, 1, 128}, kH200Sms)), int(Bw::base));
+  EXPECT_EQ(int(choose_sm90_backward({64, 4096, 16, 16, 100, 128, true}, kH200Sms)),
+            int(Bw::base));
+  EXPECT_EQ(int(choose_sm90_backward({0, 0, 16, 0, 1, 128, true}, kH200Sms)), int(Bw::base));
+  AttentionShape no_qbar = s;
+  no_qbar.span_qbar = false;
+  EXPECT_EQ(int(choose_sm90_backward(no_qbar, 64)), int(Bw::ws));
+  EXPECT_EQ(int(choose_sm90_backward({0, 0, 16, 0, 1, 128}, kH200Sms)), int(Bw::ws));
 }
 
 }  // namespace

@@ -1,6 +1,7 @@
 // The Hopper (sm_90a, wgmma) LS flash-attention backward, each variant
 // (LSGPT_ATTENTION_SM90_BACKWARD = base: one warpgroup a block, wg2: two,
-// 128 keys or queries a block, one_pass: key blocks only, dQ by atomics,
+// 128 keys or queries a block, ws: base's blocks fed by TMA producer warps,
+// persistent, one_pass: key blocks only, dQ by atomics,
 // one_pass_wg2: the same with two warpgroups, 128 keys, a block),
 // against the sm_80 kernel
 // (LSGPT_ATTENTION_SM80=1 selects that one) and against the CPU backend in
@@ -244,6 +245,50 @@ TEST(CudaAttentionBackwardSm90Dispatch, OnePassWg2MatchesOnePass) {
       }
 }
 
+// ws runs base's key and query blocks (the same products in the same order)
+// with its tiles loaded by TMA instead of cp.async, from persistent blocks
+// in another order: the same bits as base, for every mask, span setting,
+// head dim (48 and 96 padded: columns past the real head dim zero-filled
+// by the copy engine), T past and within a block, B > 1 (the TMA
+// coordinates of the batch row) and more items than the grid has
+// consumers (the ring's phases over many items).
+TEST(CudaAttentionBackwardSm90Dispatch, WsMatchesBase) {
+  REQUIRE_CUDA(cuda);
+  REQUIRE_HOPPER();
+  const SpanLayer spans[] = {SpanLayer{}, span_self(), span_cross()};
+  struct Shape {
+    int B, T, D, n_head, n_local, window;
+  };
+  const Shape shapes[] = {{2, 7, 64, 3, 2, 70},     {3, 300, 64, 4, 3, 100},
+                          {1, 1000, 128, 4, 3, 100}, {2, 200, 128, 3, 0, 1},
+                          {2, 1000, 48, 3, 2, 256},  {1, 100, 96, 2, 1, 5},
+                          {4, 4096, 64, 4, 3, 100},  {1, 129, 128, 2, 2, 1000}};
+  for (const Shape& sh : shapes)
+    for (const SpanLayer& span : spans) {
+      AttentionSpec spec;
+      spec.B = sh.B, spec.T = sh.T, spec.head_dim = sh.D, spec.n_head = sh.n_head;
+      spec.n_local = sh.n_local, spec.window = sh.window, spec.span = span;
+      SCOPED_TRACE("B " + std::to_string(sh.B) + ", T " + std::to_string(sh.T) + ", D " +
+                   std::to_string(sh.D) + ", local " + std::to_string(sh.n_local) + "/" +
+                   std::to_string(sh.n_head) + ", w " + std::to_string(sh.window) + ", span " +
+                   std::to_string(span.any()) + (span.any() && span.k.basis == SpanBasis::cross
+                                                     ? " cross" : ""));
+      const size_t BT = size_t(spec.B) * spec.T, C = spec.C();
+      const Forward f = run_forward_sm80(*cuda, spec, bf16_values(BT * 3 * C, 97 + sh.T, -2, 2),
+                                         bf16_values(BT * C, 98 + sh.T, -1, 1));
+      std::vector<float> base;
+      {
+        ScopedEnv choose(kSm90Backward, "base");
+        base = run_backward_on(*cuda, spec, f, true);
+      }
+      ScopedEnv choose(kSm90Backward, "ws");
+      const std::vector<float> ws = run_backward_on(*cuda, spec, f, true);
+      const char* names[3] = {"dq", "dk", "dv"};
+      for (int part = 0; part < 3; ++part)
+        EXPECT_EQ(qkv_part(ws, part, C), qkv_part(base, part, C)) << names[part];
+    }
+}
+
 #ifdef LSGPT_HAVE_CUDA
 // Which kernel runs: with or without span the wgmma one, head dims up to 32
 // stay on sm_80, and LSGPT_ATTENTION_SM80 takes 0 or 1 only.
@@ -281,8 +326,9 @@ void check_backward_switch(Backend& cuda, const char* name, const char* const (&
 TEST(CudaAttentionBackwardSm90Dispatch, RefusesAnUnknownVariant) {
   REQUIRE_CUDA(cuda);
   check_backward_switch(
-      *cuda, kSm90Backward, kSm90BackwardVariants, "ws",
-      "LSGPT_ATTENTION_SM90_BACKWARD must be auto, base, wg2, one_pass or one_pass_wg2, got 'ws'");
+      *cuda, kSm90Backward, kSm90BackwardVariants, "ws_persistent",
+      "LSGPT_ATTENTION_SM90_BACKWARD must be auto, base, wg2, ws, one_pass or one_pass_wg2, got "
+      "'ws_persistent'");
 }
 
 TEST(CudaAttentionBackwardSm90Dispatch, RefusesAnUnknownOrder) {
