@@ -5,7 +5,7 @@
 // same bits as `base`), with the tile loads moved off the computing warps
 // as in FlashAttention-3:
 //
-// - A block is 1 + kConsumers warpgroups, one per multiprocessor
+// - A block is 1 + kConsumers warpgroups (3 or 4), one per multiprocessor
 //   (persistent). Warpgroup 0 gives its registers back (setmaxnreg.dec);
 //   its warp c is consumer c's producer: lane 0 loads tiles with TMA
 //   (cp.async.bulk.tensor, 128-byte swizzle, zeros past T and past the real
@@ -45,21 +45,24 @@ namespace lsgpt::cuda::attn {
 namespace {
 
 constexpr int kRows = 64;  // keys of a key block, queries of a query block: the m64 of every product
-constexpr int kProducerRegs = 40;
 
-// Two consumers (as FlashAttention-3's backward) with 232 registers each,
-// the ring as deep as shared memory allows at one block per multiprocessor:
-// D 64 (16 KiB a pair) 2 fixed slots and 3 stages, 160 KiB; D 128 (32 KiB)
-// 1 and 2, 192 KiB. D 128 with qbar (three D-wide accumulators) needs
-// base's ~250 registers: one consumer then, with 256 and a deeper ring
-// (at 232 it spilled, and compute-sanitizer's instrumentation found no
-// registers left and stopped the kernel).
+// Consumers a block and the registers each gets, and the ring as deep as
+// shared memory allows at one block per multiprocessor. D 64: three
+// consumers at 160 registers and the producers at 32, the whole register
+// file (base's key and query blocks fit 160; three were 1.03-1.28x faster
+// than two on the H200, 2026-11-30), one fixed slot and 3 stages each,
+// 192 KiB; with qbar (dK, dV and qbar accumulators) two
+// at 232, 2 slots and 3 stages. D 128 (32 KiB a pair): two at 232, 1 and
+// 2, 192 KiB; with qbar base's ~250 registers leave room for one consumer,
+// at 256 (at 232 it spilled, and compute-sanitizer's instrumentation found
+// no registers left and stopped the kernel), 2 and 3.
 template <int D, bool kQbar>
 struct WsBackwardPolicy {
-  static constexpr int kConsumers = D == 128 && kQbar ? 1 : 2;
-  static constexpr int kConsumerRegs = kConsumers == 1 ? 256 : 232;
+  static constexpr int kConsumers = D == 64 ? (kQbar ? 2 : 3) : (kQbar ? 1 : 2);
+  static constexpr int kProducerRegs = kConsumers == 3 ? 32 : 40;
+  static constexpr int kConsumerRegs = kConsumers == 3 ? 160 : kConsumers == 2 ? 232 : 256;
   static constexpr int kStages = D == 64 || kConsumers == 1 ? 3 : 2;
-  static constexpr int kFixedStages = D == 64 || kConsumers == 1 ? 2 : 1;
+  static constexpr int kFixedStages = kConsumers == 3 || (D == 128 && kConsumers == 2) ? 1 : 2;
 };
 
 template <int D, bool kQbar, class Policy>
@@ -75,7 +78,7 @@ struct WsBackwardShape {
   static constexpr int kConsumerBytes = (Policy::kFixedStages + Policy::kStages) * kPairBytes;
   static constexpr size_t kSmemBytes = size_t(kConsumers) * kConsumerBytes + kAtomBytes;
   static_assert(kSmemBytes <= 227 * 1024, "over the opt-in shared memory of one block");
-  static_assert(kProducerRegs * kThreads + Policy::kConsumerRegs * kConsumers * kThreads <=
+  static_assert(Policy::kProducerRegs * kThreads + Policy::kConsumerRegs * kConsumers * kThreads <=
                     64 * 1024,
                 "over the register file");
 };
@@ -343,7 +346,7 @@ __global__ void __launch_bounds__(WsBackwardShape<D, kQbar, Policy>::kBlockThrea
 
   const int n_streams = int(gridDim.x) * kConsumers;
   if (role == 0) {
-    setmaxnreg_dec<kProducerRegs>();
+    setmaxnreg_dec<Policy::kProducerRegs>();
     const int warp = threadIdx.x / kWarpSize;
     if (warp < kConsumers) {
       const WsMaps maps{&qkv_map, &dout_map, &q_walk_map, &do_walk_map};

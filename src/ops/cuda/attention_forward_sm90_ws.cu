@@ -4,21 +4,23 @@
 // kbar = P K in the kKbar instantiation; zero fill past T and past the real
 // head dim) with FlashAttention-3's division of labour:
 //
-// - A block is 3 warpgroups. Warpgroup 0 is the producer: one thread loads
-//   both Q tiles (into one of two Q stages) and then each K/V tile with TMA
+// - A block is 1 + kConsumers warpgroups. Warpgroup 0 is the producer: one
+//   thread loads every consumer's Q tile (into one of two Q stages) and then each K/V tile with TMA
 //   (cp.async.bulk.tensor, 128-byte swizzle done by the copy engine, zeros
 //   out of bounds) into a ring of kStages stages, each with a `full` and an
 //   `empty` mbarrier (tma.cuh). It gives its registers back
 //   (setmaxnreg.dec to 24).
-// - Warpgroups 1 and 2 are consumers of 64 queries each (128 a block),
-//   sharing the K/V tiles (setmaxnreg.inc to 240). Each runs the overlapped
+// - Warpgroups 1 .. kConsumers are consumers of 64 queries each, sharing
+//   the K/V tiles: two at D 128 (128 queries a block, setmaxnreg.inc to
+//   240), three at D 64 (192 queries, 160 registers each, as
+//   FlashAttention-3's D 64 forward). Each runs the overlapped
 //   order of attention_forward_consumer.cuh (S_j issued with P_{j-1} V_{j-1},
 //   the softmax of S_j while the latter runs) and, after each step, arrives
 //   on the `empty` barrier of the tile it has finished with. They never wait
 //   for each other: only the producer couples them, through the ring.
-// - Work items are blocks of 128 queries of one (batch row, head), heaviest
-//   first. `ws` launches one block per item; `ws_persistent` one per
-//   multiprocessor, each taking every gridDim.x-th item: the ring and the Q
+// - Work items are blocks of 64 kConsumers queries of one (batch row,
+//   head), heaviest first. `ws` launches one block per item;
+//   `ws_persistent` one per multiprocessor, each taking every gridDim.x-th item: the ring and the Q
 //   stages run on across items, so the producer loads the next item's tiles
 //   while the consumers finish the current one and write its outputs (a
 //   local head's item walks only about 4 tiles, so a block per item spends
@@ -53,24 +55,25 @@ namespace {
 
 using bf16 = __nv_bfloat16;
 
-constexpr int kConsumers = 2;  // consumer warpgroups
-constexpr int kConsumerThreads = kConsumers * kThreads;
-constexpr int kBlockThreads = kThreads + kConsumerThreads;  // the producer warpgroup first
-constexpr int kCtaRows = kConsumers * kWgRows;
-// FlashAttention-3's split for two consumer warpgroups; the register file
-// (64 Ki 32-bit registers) holds it at one block per multiprocessor.
-constexpr int kProducerRegs = 24;
-constexpr int kConsumerRegs = 240;
-static_assert(kProducerRegs * kThreads + kConsumerRegs * kConsumerThreads <= 64 * 1024,
-              "over the register file");
-
 // Stages of the K/V ring: consumers read two tiles at a step (S_j, P_{j-1}
 // V_{j-1}); the rest let the producer run ahead. Q is double-buffered so
 // the producer can load the next work item's while the consumers finish
-// the current one.
+// the current one. Two consumers at 240 registers and the producer at 24 is
+// FlashAttention-3's split; three (192 queries a block, as its D 64
+// forward) fit at 160, D 64 only.
+template <int kConsumers_>
 struct WsPolicy {
+  static constexpr int kConsumers = kConsumers_;
   static constexpr int kStages = 4;
   static constexpr int kQStages = 2;
+  static constexpr int kProducerRegs = 24;
+  static constexpr int kConsumerRegs = kConsumers == 2 ? 240 : 160;
+  static constexpr int kConsumerThreads = kConsumers * kThreads;
+  static constexpr int kBlockThreads = kThreads + kConsumerThreads;  // the producer warpgroup first
+  static constexpr int kCtaRows = kConsumers * kWgRows;
+  static_assert(kConsumers == 2 || kConsumers == 3, "two or three consumer warpgroups");
+  static_assert(kProducerRegs * kThreads + kConsumerRegs * kConsumerThreads <= 64 * 1024,
+                "over the register file");
 };
 
 template <int D, class Policy>
@@ -81,7 +84,7 @@ struct WsShape {
   static_assert(kWgRows == kTileKeys, "Q and K/V tiles share the box shape");
   static constexpr int kTileBytes = sw128_tile_bytes<kTileKeys, D>();  // one K or V tile
   static constexpr int kQBytes = sw128_tile_bytes<kWgRows, D>();       // one consumer's Q
-  static constexpr int kQStageBytes = kConsumers * kQBytes;           // both consumers' Q
+  static constexpr int kQStageBytes = Policy::kConsumers * kQBytes;   // every consumer's Q
   // Two Q stages, the K and V stages, and room to align the start to a
   // swizzle atom: D 128 with 4 stages 64 + 128 + 1 KiB = 193 KiB, D 64
   // 97 KiB; one block per multiprocessor either way (384 threads at up to
@@ -93,12 +96,13 @@ struct WsShape {
 
 #if LSGPT_SM90A_DEVICE
 
-// One work item: a block of 128 queries of one (batch row, head), and the
-// key tiles it walks (the union of both consumers' bands). Items are
+// One work item: a block of kCtaRows queries (64 a consumer) of one (batch
+// row, head), and the key tiles it walks (the union of the consumers' bands). Items are
 // numbered so that the first ones carry the most keys (the last query
 // blocks; global heads' grow with the query position): a block takes items
 // blockIdx.x, blockIdx.x + gridDim.x, ... (one item per block when the grid
 // has one block per item).
+template <int kCtaRows>
 struct WorkItem {
   int cta_block, b, h, cta_q0, tile_begin, tile_end;
   HeadMask mask;
@@ -119,7 +123,7 @@ struct WorkItem {
 // Shared-memory pipeline state: the K/V ring (`full`: the producer's
 // arrive.expect_tx, completed by the copies; `empty`: one arrival per
 // consumer thread) and the same pair for the Q stages.
-template <int kStages, int kQStages>
+template <int kStages, int kQStages, int kConsumerThreads>
 struct Barriers {
   uint64_t full[kStages], empty[kStages];
   uint64_t q_full[kQStages], q_empty[kQStages];
@@ -143,18 +147,18 @@ template <int D, class Policy>
 __device__ __forceinline__ void produce(const CUtensorMap* map, const ForwardParams& p, int n_bh,
                                         int n_items, unsigned char* q_stages,
                                         unsigned char* k_tiles, unsigned char* v_tiles,
-                                        Barriers<Policy::kStages, Policy::kQStages>& bars) {
+                                        Barriers<Policy::kStages, Policy::kQStages, Policy::kConsumerThreads>& bars) {
   using Shape = WsShape<D, Policy>;
   constexpr int kStages = Policy::kStages, kQStages = Policy::kQStages;
   constexpr int kPanels = D / kPanelCols;
   constexpr int kPanelBytes = kTileKeys * kSwizzleRowBytes;  // one TMA box: 64 rows of a panel
   int it = 0, k = 0;
   for (int item = blockIdx.x; item < n_items; item += gridDim.x, ++k) {
-    const WorkItem w(p, n_bh, item);
+    const WorkItem<Policy::kCtaRows> w(p, n_bh, item);
     const int qs = k % kQStages;
     if (k >= kQStages) mbarrier_wait(&bars.q_empty[qs], (k / kQStages - 1) & 1);
     mbarrier_arrive_expect_tx(&bars.q_full[qs], Shape::kQStageBytes);
-    for (int c = 0; c < kConsumers; ++c)
+    for (int c = 0; c < Policy::kConsumers; ++c)
       for (int panel = 0; panel < kPanels; ++panel)
         tma_load_4d(q_stages + qs * Shape::kQStageBytes + c * Shape::kQBytes + panel * kPanelBytes,
                     map, &bars.q_full[qs], panel * kPanelCols, w.h, w.cta_q0 + c * kWgRows, w.b);
@@ -173,14 +177,26 @@ __device__ __forceinline__ void produce(const CUtensorMap* map, const ForwardPar
   }
 }
 
+// Syncs the 4 warps of consumer warpgroup wg (named barrier 1 + wg; wg is
+// warp-uniform).
+__device__ __forceinline__ void consumer_barrier(int wg) {
+  if (wg == 0)
+    named_barrier_sync<1, kThreads>();
+  else if (wg == 1)
+    named_barrier_sync<2, kThreads>();
+  else
+    named_barrier_sync<3, kThreads>();
+}
+
 // One consumer warpgroup's share of one work item: its 64 queries over the
 // item's walk (tiles from ring position `it`), then out, lse, kbar and its
 // max-logit partial. `warp_maxima` is this item's scratch (8 floats).
 template <int D, bool kKbar, class Policy>
-__device__ __forceinline__ void consume(const ForwardParams& p, const WorkItem& w, int it, int qs,
+__device__ __forceinline__ void consume(const ForwardParams& p,
+                                        const WorkItem<Policy::kCtaRows>& w, int it, int qs,
                                         int q_phase, int wg, unsigned char* q_stages,
                                         unsigned char* k_tiles, unsigned char* v_tiles,
-                                        Barriers<Policy::kStages, Policy::kQStages>& bars,
+                                        Barriers<Policy::kStages, Policy::kQStages, Policy::kConsumerThreads>& bars,
                                         float* warp_maxima) {
   using Shape = WsShape<D, Policy>;
   constexpr int kStages = Policy::kStages;
@@ -227,9 +243,9 @@ __device__ __forceinline__ void consume(const ForwardParams& p, const WorkItem& 
   const int lane = threadIdx.x % kWarpSize, warp = wg_thread / kWarpSize;
   const float wg_max = warp_max(consumer.store(p, w.b, w.h));
   if (lane == 0) warp_maxima[wg * 4 + warp] = wg_max;
-  // This warpgroup's 4 warps (barriers 1 and 2; wg is warp-uniform).
-  wg == 0 ? named_barrier_sync<1, kThreads>() : named_barrier_sync<2, kThreads>();
-  const int q_block = w.cta_block * kConsumers + wg;
+  // This warpgroup's 4 warps (named barrier 1 + wg; wg is warp-uniform).
+  consumer_barrier(wg);
+  const int q_block = w.cta_block * Policy::kConsumers + wg;
   if (wg_thread == 0 && q_block < p.n_query_blocks) {
     float m = warp_maxima[wg * 4];
     for (int x = 1; x < 4; ++x) m = fmaxf(m, warp_maxima[wg * 4 + x]);
@@ -242,27 +258,27 @@ __device__ __forceinline__ void consume(const ForwardParams& p, const WorkItem& 
 
 // n_bh = B * n_head; n_items = ceil(T / 128) * n_bh.
 template <int D, bool kKbar, class Policy>
-__global__ void __launch_bounds__(kBlockThreads, 1)
+__global__ void __launch_bounds__(Policy::kBlockThreads, 1)
     attention_forward_sm90_ws_kernel(const __grid_constant__ CUtensorMap qkv_map,
                                      const ForwardParams p, int n_bh, int n_items) {
 #if LSGPT_SM90A_DEVICE
   using Shape = WsShape<D, Policy>;
   constexpr int kQStages = Policy::kQStages;
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  __shared__ Barriers<Policy::kStages, kQStages> bars;
+  __shared__ Barriers<Policy::kStages, kQStages, Policy::kConsumerThreads> bars;
   // The epilogue's per-warp maxima, one buffer per item parity: a warpgroup
   // writes and reads only its own 4 entries, around its own named barrier,
   // and a warp that runs ahead into the next item's epilogue (it can, when
   // its warpgroup has no tile there and no wgmma holds its warps together)
   // writes the other buffer; two items ahead it would first have to pass
   // the next item's barrier, which waits for the reading warp.
-  __shared__ float warp_maxima[kQStages][kConsumerThreads / kWarpSize];
+  __shared__ float warp_maxima[kQStages][Policy::kConsumerThreads / kWarpSize];
   unsigned char* smem = align_to_atom(smem_raw);
   unsigned char* q_stages = smem;
   unsigned char* k_tiles = smem + kQStages * Shape::kQStageBytes;
   unsigned char* v_tiles = k_tiles + Policy::kStages * Shape::kTileBytes;
 
-  // 0: the producer, 1 and 2: consumers. Read through a shuffle so that
+  // 0: the producer, 1 .. kConsumers: consumers. Read through a shuffle so that
   // ptxas sees a warp-uniform value (as CUTLASS's canonical_warp_group_idx):
   // branches on it do not count as divergent around the wgmma pipeline.
   const int role = __shfl_sync(0xffffffffu, int(threadIdx.x) / kThreads, 0);
@@ -270,16 +286,16 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
   __syncthreads();  // the last block-wide barrier: the roles part here
 
   if (role == 0) {
-    setmaxnreg_dec<kProducerRegs>();
+    setmaxnreg_dec<Policy::kProducerRegs>();
     if (threadIdx.x == 0)
       produce<D, Policy>(&qkv_map, p, n_bh, n_items, q_stages, k_tiles, v_tiles, bars);
     return;
   }
-  setmaxnreg_inc<kConsumerRegs>();
+  setmaxnreg_inc<Policy::kConsumerRegs>();
   const int wg = role - 1;
   int it = 0, k = 0;
   for (int item = blockIdx.x; item < n_items; item += gridDim.x, ++k) {
-    const WorkItem w(p, n_bh, item);
+    const WorkItem<Policy::kCtaRows> w(p, n_bh, item);
     const int qs = k % kQStages;
     consume<D, kKbar, Policy>(p, w, it, qs, (k / kQStages) & 1, wg, q_stages, k_tiles, v_tiles,
                               bars, warp_maxima[qs]);
@@ -299,20 +315,29 @@ CUtensorMap qkv_tensor_map(const ForwardParams& p, int B) {
 
 // One block per work item, or (persistent) one per multiprocessor, each
 // taking every gridDim.x-th item.
-template <int D, bool kKbar>
-void launch(CudaContext& ctx, const CUtensorMap& map, const ForwardParams& p, int B,
-            bool persistent) {
-  using Shape = WsShape<D, WsPolicy>;
-  auto kernel = attention_forward_sm90_ws_kernel<D, kKbar, WsPolicy>;
+template <int D, bool kKbar, class Policy>
+void launch_policy(CudaContext& ctx, const CUtensorMap& map, const ForwardParams& p, int B,
+                   bool persistent) {
+  using Shape = WsShape<D, Policy>;
+  auto kernel = attention_forward_sm90_ws_kernel<D, kKbar, Policy>;
   CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                   int(Shape::kSmemBytes)));
   const int n_bh = B * p.n_head;
-  const long long items = (long long)ceil_div(p.T, kCtaRows) * n_bh;
+  const long long items = (long long)ceil_div(p.T, Policy::kCtaRows) * n_bh;
   LSGPT_CHECK(items <= 0x7fffffff, "attention_forward: too many query blocks for one launch");
   const int n_items = int(items);
   const int blocks = persistent ? std::min(n_items, std::max(1, ctx.sm_count())) : n_items;
-  kernel<<<blocks, kBlockThreads, Shape::kSmemBytes, ctx.stream()>>>(map, p, n_bh, n_items);
+  kernel<<<blocks, Policy::kBlockThreads, Shape::kSmemBytes, ctx.stream()>>>(map, p, n_bh,
+                                                                             n_items);
   CUDA_CHECK_LAUNCH();
+}
+
+// D 64: three consumers (192 queries a block), 1.03-1.16x faster than two
+// on the H200's grid (2026-11-30); D 128's O and kbar need two's registers.
+template <int D, bool kKbar>
+void launch(CudaContext& ctx, const CUtensorMap& map, const ForwardParams& p, int B,
+            bool persistent) {
+  launch_policy<D, kKbar, WsPolicy<D == 64 ? 3 : 2>>(ctx, map, p, B, persistent);
 }
 
 }  // namespace

@@ -2,7 +2,8 @@
 // choice is tested without a GPU.
 //
 // The rules come from bench_cuda_attention forward_kernels=1 and
-// backward_kernels=1 on an NVIDIA H200, 2026-11-30 (docs/BENCHMARKS.md
+// backward_kernels=1 on an NVIDIA H200, 2026-11-30 (the ws kernels' policies
+// as they are now) (docs/BENCHMARKS.md
 // "Hopper attention variants"; the reasoning in docs/CUDA.md "Choosing a
 // Hopper kernel"). They pick the fastest measured variant, or one within 2%
 // of it, for every measured shape (MHSA, LS 11/12 w 100, LS 1/2 w 256; D 64
@@ -15,8 +16,8 @@
 namespace lsgpt::cuda::attn {
 
 // base: one warpgroup, 64 queries a block, cp.async (attention_forward_sm90.cu).
-// ws: a TMA producer warpgroup and two consumer warpgroups (128 queries),
-// one block per query block; ws_persistent: the same, one block per
+// ws: a TMA producer warpgroup and three (D 64) or two (D 128) consumer
+// warpgroups of 64 queries, one block per query block; ws_persistent: the same, one block per
 // multiprocessor walking the query blocks (attention_forward_sm90_ws.cu).
 enum class Sm90ForwardVariant { base, ws, ws_persistent };
 // base: one warpgroup a block; wg2: two (128 keys or queries a block);
@@ -46,16 +47,19 @@ inline double local_work_share(const AttentionShape& s) {
 }
 
 // D 128: the TMA pipeline wins everywhere (1.1-1.9x over base); persistent
-// blocks win only while there are few, short items (T <= 1024). D 64: when a
-// quarter or more of the work is in short band rows, base's smaller blocks
-// win (the pipeline has too few tiles a row to fill); otherwise
-// ws_persistent up to T 4096 and ws beyond, where one global head's long
-// rows make a persistent block's share uneven.
+// blocks win only while there are few, short items (T <= 1024). D 64 (three
+// consumers, 192 queries a block): base's smaller blocks win only when short
+// band rows carry half the work or more (LS 11/12 at T 1k); ws_persistent
+// up to T 1024, and up to T 4096 without local work to speak of (MHSA);
+// otherwise ws, where one global head's long rows make a persistent
+// block's share uneven.
 inline Sm90ForwardVariant choose_sm90_forward(const AttentionShape& s) {
   if (s.head_dim > 64)
     return s.T <= 1024 ? Sm90ForwardVariant::ws_persistent : Sm90ForwardVariant::ws;
-  if (local_work_share(s) >= 0.25) return Sm90ForwardVariant::base;
-  return s.T <= 4096 ? Sm90ForwardVariant::ws_persistent : Sm90ForwardVariant::ws;
+  const double local = local_work_share(s);
+  if (local >= 0.5) return Sm90ForwardVariant::base;
+  if (s.T <= 1024 || (s.T <= 4096 && local < 0.1)) return Sm90ForwardVariant::ws_persistent;
+  return Sm90ForwardVariant::ws;
 }
 
 // ws (TMA producers, two consumer warpgroups, persistent) was the fastest at
