@@ -49,7 +49,7 @@ constexpr int kRows = 64;  // keys of a key block, queries of a query block: the
 // Consumers a block and the registers each gets, and the ring as deep as
 // shared memory allows at one block per multiprocessor. D 64: three
 // consumers at 160 registers and the producers at 32, the whole register
-// file (base's key and query blocks fit 160; three were 1.03-1.28x faster
+// file (base's key and query blocks fit 160; three were 1.02-1.28x faster
 // than two on the H200, 2026-11-30), one fixed slot and 3 stages each,
 // 192 KiB; with qbar (dK, dV and qbar accumulators) two
 // at 232, 2 slots and 3 stages. D 128 (32 KiB a pair): two at 232, 1 and
