@@ -114,8 +114,8 @@ int main(int argc, char** argv) {
                            C);
   };
   auto ln_bwd = [&] {
-    cpu::layernorm_backward(dinp.data(), dlnw.data(), dlnb.data(), dout.data(), x.data(),
-                            lnw.data(), mean.data(), rstd.data(), N, C);
+    cpu::layernorm_backward<float>(dinp.data(), dlnw.data(), dlnb.data(), nullptr, dout.data(),
+                                   x.data(), lnw.data(), mean.data(), rstd.data(), N, C);
   };
   const double ln_ms = time_ms(ln_fwd) + time_ms(ln_bwd);
   report("layernorm fwd", time_ms(ln_fwd));

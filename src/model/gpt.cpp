@@ -295,10 +295,19 @@ void GPT::backward(int B, int T) {
                       param(layout_.wte), nullptr, nullptr, N, C, Vp);
   const void* last_residual =
       cfg_.n_layer ? a.layers.back().residual3.get() : a.encoded.get();
+  // A projection that adds into the residual stream has as output gradient
+  // dresidual once the LayerNorm backward above it has added in, so that
+  // LayerNorm backward sums the projection's bias gradient (dinp_colsum),
+  // sparing matmul_backward a pass over dresidual: fc_proj_b of the last
+  // layer at ln_f, of layer l - 1 at layer l's ln_1, attn_proj_b at ln_2.
+  // All come before their layer's ready() call.
+  auto fc_proj_bias_grad = [&](int l) {
+    return l >= 0 ? grad(layout_.layers[l].fc_proj_b) : nullptr;
+  };
   be_.zero(a.dresidual.get(), size_t(N) * C * es_);
   be_.layernorm_backward(a.dresidual.get(), grad(layout_.lnf_w), grad(layout_.lnf_b),
-                         a.dlnf.get(), last_residual, param(layout_.lnf_w), a.lnf_mean.get(),
-                         a.lnf_rstd.get(), N, C);
+                         fc_proj_bias_grad(cfg_.n_layer - 1), a.dlnf.get(), last_residual,
+                         param(layout_.lnf_w), a.lnf_mean.get(), a.lnf_rstd.get(), N, C);
   // The layout is wte, wpe, the layers' tensors layer by layer, then ln_f:
   // a layer's range runs to the next layer's first tensor, so tensors added
   // to a layer later are covered too.
@@ -318,17 +327,16 @@ void GPT::backward(int B, int T) {
     // residual3 = residual2 + the MLP's projection: dresidual flows to both
     // unchanged. The GELU between fc and fc_proj is differentiated inside
     // fc_proj's backward (dfch is the gradient of the pre-activation fch).
-    be_.matmul_backward(a.dfch.get(), grad(p.fc_proj_w), grad(p.fc_proj_b), a.dresidual.get(),
+    be_.matmul_backward(a.dfch.get(), grad(p.fc_proj_w), nullptr, a.dresidual.get(),
                         L.fch_gelu.get(), param(p.fc_proj_w), nullptr, L.fch.get(), N, 4 * C, C);
     be_.matmul_backward(a.dln.get(), grad(p.fc_w), grad(p.fc_b), a.dfch.get(), L.ln2.get(),
                         param(p.fc_w), nullptr, nullptr, N, C, 4 * C);
-    be_.layernorm_backward(a.dresidual.get(), grad(p.ln2_w), grad(p.ln2_b), a.dln.get(),
-                           L.residual2.get(), param(p.ln2_w), L.ln2_mean.get(),
-                           L.ln2_rstd.get(), N, C);
+    be_.layernorm_backward(a.dresidual.get(), grad(p.ln2_w), grad(p.ln2_b),
+                           grad(p.attn_proj_b), a.dln.get(), L.residual2.get(), param(p.ln2_w),
+                           L.ln2_mean.get(), L.ln2_rstd.get(), N, C);
     // residual2 = residual + the attention's projection.
-    be_.matmul_backward(a.datty.get(), grad(p.attn_proj_w), grad(p.attn_proj_b),
-                        a.dresidual.get(), L.atty.get(), param(p.attn_proj_w), nullptr, nullptr, N,
-                        C, C);
+    be_.matmul_backward(a.datty.get(), grad(p.attn_proj_w), nullptr, a.dresidual.get(),
+                        L.atty.get(), param(p.attn_proj_w), nullptr, nullptr, N, C, C);
     be_.attention_backward(a.dqkv.get(), a.datty.get(), L.attention_input().get(), L.atty.get(),
                            L.lse.get(), L.kbar.get(), spec);
     // The span decomposition above acted on dQ/dK of the normalised q and k;
@@ -339,8 +347,9 @@ void GPT::backward(int B, int T) {
                            cfg_.n_head, cfg_.head_dim());
     be_.matmul_backward(a.dln.get(), grad(p.qkv_w), grad(p.qkv_b), a.dqkv.get(), L.ln1.get(),
                         param(p.qkv_w), nullptr, nullptr, N, C, 3 * C);
-    be_.layernorm_backward(a.dresidual.get(), grad(p.ln1_w), grad(p.ln1_b), a.dln.get(),
-                           residual, param(p.ln1_w), L.ln1_mean.get(), L.ln1_rstd.get(), N, C);
+    be_.layernorm_backward(a.dresidual.get(), grad(p.ln1_w), grad(p.ln1_b),
+                           fc_proj_bias_grad(l - 1), a.dln.get(), residual, param(p.ln1_w),
+                           L.ln1_mean.get(), L.ln1_rstd.get(), N, C);
     ready(layer_begin(l), layer_begin(l + 1));
   }
   be_.embedding_backward(grad(layout_.wte), grad(layout_.wpe), a.dresidual.get(),

@@ -104,9 +104,14 @@ class Backend {
                                      const void* delta, const void* weight, const void* bias,
                                      int N, int C) = 0;
   // dinp += (accumulates: the residual stream), dweight += , dbias += .
-  virtual void layernorm_backward(void* dinp, void* dweight, void* dbias, const void* dout,
-                                  const void* inp, const void* weight, const void* mean,
-                                  const void* rstd, int N, int C) = 0;
+  // dinp_colsum [C] may be null; otherwise dinp_colsum[c] += the sum over the
+  // N rows of dinp[:, c] as this call leaves it (old + new, in dtype()). The
+  // residual stream's gradient is the output gradient of the projection that
+  // added into it, so that sum is the projection's bias gradient: taking it
+  // here saves matmul_backward a pass over dinp (GPT::backward).
+  virtual void layernorm_backward(void* dinp, void* dweight, void* dbias, void* dinp_colsum,
+                                  const void* dout, const void* inp, const void* weight,
+                                  const void* mean, const void* rstd, int N, int C) = 0;
 
   // ---- matmul: out[N,OC] = inp[N,C] @ weight[OC,C]^T + bias ----
   // bias may be null. With pre_gelu non-null the GELU (tanh form) is fused:

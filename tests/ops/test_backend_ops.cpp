@@ -241,23 +241,44 @@ TEST_P(BackendOpsTest, EmbeddingBackward) {
 
 // ---------------------------------------------------------------- layernorm
 
-TEST_P(BackendOpsTest, LayerNormForwardAndBackward) {
-  const int N = 10, C = 96;
-  Arg inp = input("inp", Elem::work, size_t(N) * C, 3);
+// Forward then backward; with colsum the backward also sums dinp's columns
+// into dinp_colsum (random, so writing instead of adding fails), without it
+// passes null there.
+void check_layernorm(BackendOpsTest& t, int N, int C, bool colsum, uint64_t salt) {
+  Arg inp = input("inp", Elem::work, size_t(N) * C, salt);
   for (auto& x : inp.values) x += 2.0f;  // a row mean far from zero
   Arg mean = output("mean", Elem::acc, N), rstd = output("rstd", Elem::acc, N);
   mean.own_precision = rstd.own_precision = true;
-  check("layernorm",
-        {inp, input("weight", Elem::work, C, 3, 0.5, 1.5), input("bias", Elem::work, C, 3),
-         input("dout", Elem::work, size_t(N) * C, 3), output("out", Elem::work, size_t(N) * C),
-         mean, rstd, inout("dinp", Elem::work, size_t(N) * C, 3),
-         inout("dweight", Elem::work, C, 3), inout("dbias", Elem::work, C, 3)},
-        [&](Backend& be, Pointers& p) {
-          be.layernorm_forward(p["out"], p["mean"], p["rstd"], p["inp"], p["weight"], p["bias"], N,
-                               C);
-          be.layernorm_backward(p["dinp"], p["dweight"], p["dbias"], p["dout"], p["inp"],
-                                p["weight"], p["mean"], p["rstd"], N, C);
-        });
+  std::vector<Arg> args{inp,
+                        input("weight", Elem::work, C, salt, 0.5, 1.5),
+                        input("bias", Elem::work, C, salt),
+                        input("dout", Elem::work, size_t(N) * C, salt),
+                        output("out", Elem::work, size_t(N) * C),
+                        mean,
+                        rstd,
+                        inout("dinp", Elem::work, size_t(N) * C, salt),
+                        inout("dweight", Elem::work, C, salt),
+                        inout("dbias", Elem::work, C, salt)};
+  if (colsum) args.push_back(inout("dinp_colsum", Elem::work, C, salt));
+  const std::string what = "layernorm N " + std::to_string(N) + " C " + std::to_string(C) +
+                           (colsum ? " +dinp_colsum" : "");
+  t.check(what, args, [&](Backend& be, Pointers& p) {
+    be.layernorm_forward(p["out"], p["mean"], p["rstd"], p["inp"], p["weight"], p["bias"], N, C);
+    be.layernorm_backward(p["dinp"], p["dweight"], p["dbias"], colsum ? p["dinp_colsum"] : nullptr,
+                          p["dout"], p["inp"], p["weight"], p["mean"], p["rstd"], N, C);
+  });
+}
+
+// On CUDA, C = 96 takes the fused backward (one 16-byte piece a lane), 100
+// the scalar kernels (C % 8 != 0) and 1032 the vectorised two-kernel path
+// (five pieces a lane, more than the fused kernel takes); dinp's column sums
+// come from the fused kernel in the first, from a column-sum pass otherwise.
+TEST_P(BackendOpsTest, LayerNormForwardAndBackward) {
+  check_layernorm(*this, 10, 96, false, 3);
+  check_layernorm(*this, 10, 96, true, 13);
+  check_layernorm(*this, 37, 96, true, 23);  // two 32-row parts, the last short
+  check_layernorm(*this, 37, 100, true, 33);
+  check_layernorm(*this, 9, 1032, true, 43);
 }
 
 // ---------------------------------------------------------------- matmul

@@ -118,12 +118,12 @@ void CpuBackend<T>::layernorm_forward(void* out, void* mean, void* rstd, const v
 }
 
 template <typename T>
-void CpuBackend<T>::layernorm_backward(void* dinp, void* dweight, void* dbias, const void* dout,
-                                       const void* inp, const void* weight, const void* mean,
-                                       const void* rstd, int N, int C) {
-  cpu::layernorm_backward(typed<T>(dinp), typed<T>(dweight), typed<T>(dbias), typed<T>(dout),
-                          typed<T>(inp), typed<T>(weight), typed<T>(mean), typed<T>(rstd), N,
-                          C);
+void CpuBackend<T>::layernorm_backward(void* dinp, void* dweight, void* dbias, void* dinp_colsum,
+                                       const void* dout, const void* inp, const void* weight,
+                                       const void* mean, const void* rstd, int N, int C) {
+  cpu::layernorm_backward(typed<T>(dinp), typed<T>(dweight), typed<T>(dbias),
+                          typed<T>(dinp_colsum), typed<T>(dout), typed<T>(inp), typed<T>(weight),
+                          typed<T>(mean), typed<T>(rstd), N, C);
 }
 
 template <typename T>

@@ -34,9 +34,9 @@ class CpuBackend final : public Backend {
                          const void* bias, int N, int C) override;
   void add_layernorm_forward(void* residual, void* out, void* mean, void* rstd, const void* delta,
                              const void* weight, const void* bias, int N, int C) override;
-  void layernorm_backward(void* dinp, void* dweight, void* dbias, const void* dout,
-                          const void* inp, const void* weight, const void* mean,
-                          const void* rstd, int N, int C) override;
+  void layernorm_backward(void* dinp, void* dweight, void* dbias, void* dinp_colsum,
+                          const void* dout, const void* inp, const void* weight,
+                          const void* mean, const void* rstd, int N, int C) override;
   void matmul_forward(void* out, void* pre_gelu, const void* inp, const void* weight,
                       const void* bias, int N, int C, int OC) override;
   void matmul_backward(void* dinp, void* dweight, void* dbias, void* dout, const void* inp,

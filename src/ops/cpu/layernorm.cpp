@@ -1,9 +1,9 @@
 // LayerNorm over the last axis, eps 1e-5, with mean and 1/std saved for the
 // backward. Rows are independent, so the forward and dinp run one row per
-// iteration; dweight and dbias are sums over rows, so the backward splits
-// them by channel block instead: each element is owned by one thread and sums
-// its rows in a fixed order, which keeps the result bit-reproducible without
-// per-thread partial buffers.
+// iteration; dweight, dbias and dinp_colsum are sums over rows, so the
+// backward splits them by channel block instead: each element is owned by one
+// thread and sums its rows in a fixed order, which keeps the result
+// bit-reproducible without per-thread partial buffers.
 #include "ops/cpu/layernorm.h"
 
 #include <algorithm>
@@ -42,8 +42,8 @@ void layernorm_forward(T* out, T* mean, T* rstd, const T* inp, const T* weight, 
 }
 
 template <typename T>
-void layernorm_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp, const T* weight,
-                        const T* mean, const T* rstd, int N, int C) {
+void layernorm_backward(T* dinp, T* dweight, T* dbias, T* dinp_colsum, const T* dout,
+                        const T* inp, const T* weight, const T* mean, const T* rstd, int N, int C) {
   constexpr int kBlock = 64;
   const int n_blocks = (C + kBlock - 1) / kBlock;
 #pragma omp parallel if (size_t(N) * C >= kParallelMin)
@@ -69,6 +69,10 @@ void layernorm_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* i
         di[c] += s * (weight[c] * d[c] - g_mean - xhat * gx_mean);
       }
     }
+    // The column sums of dinp read rows other threads wrote above.
+    if (dinp_colsum) {
+#pragma omp barrier
+    }
 #pragma omp for schedule(static)
     for (int blk = 0; blk < n_blocks; ++blk) {
       const int c0 = blk * kBlock, c1 = std::min(C, c0 + kBlock);
@@ -81,6 +85,11 @@ void layernorm_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* i
           dweight[c] += (x[c] - m) * s * d[c];
           dbias[c] += d[c];
         }
+        if (dinp_colsum) {
+          const T* di = dinp + size_t(n) * C;
+#pragma omp simd
+          for (int c = c0; c < c1; ++c) dinp_colsum[c] += di[c];
+        }
       }
     }
   }
@@ -90,9 +99,11 @@ template void layernorm_forward<float>(float*, float*, float*, const float*, con
                                        const float*, int, int);
 template void layernorm_forward<double>(double*, double*, double*, const double*, const double*,
                                         const double*, int, int);
-template void layernorm_backward<float>(float*, float*, float*, const float*, const float*,
-                                        const float*, const float*, const float*, int, int);
-template void layernorm_backward<double>(double*, double*, double*, const double*, const double*,
-                                         const double*, const double*, const double*, int, int);
+template void layernorm_backward<float>(float*, float*, float*, float*, const float*,
+                                        const float*, const float*, const float*, const float*,
+                                        int, int);
+template void layernorm_backward<double>(double*, double*, double*, double*, const double*,
+                                         const double*, const double*, const double*,
+                                         const double*, int, int);
 
 }  // namespace lsgpt::cpu

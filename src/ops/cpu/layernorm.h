@@ -10,7 +10,7 @@ template <typename T>
 void layernorm_forward(T* out, T* mean, T* rstd, const T* inp, const T* weight, const T* bias,
                        int N, int C);
 template <typename T>
-void layernorm_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp, const T* weight,
-                        const T* mean, const T* rstd, int N, int C);
+void layernorm_backward(T* dinp, T* dweight, T* dbias, T* dinp_colsum, const T* dout,
+                        const T* inp, const T* weight, const T* mean, const T* rstd, int N, int C);
 
 }  // namespace lsgpt::cpu

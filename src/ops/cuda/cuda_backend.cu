@@ -212,12 +212,12 @@ class CudaBackend final : public Backend {
                                 as<float>(rstd), as<bf16>(delta), as<bf16>(weight),
                                 as<bf16>(bias), N, C);
   }
-  void layernorm_backward(void* dinp, void* dweight, void* dbias, const void* dout,
-                          const void* inp, const void* weight, const void* mean, const void* rstd,
-                          int N, int C) override {
+  void layernorm_backward(void* dinp, void* dweight, void* dbias, void* dinp_colsum,
+                          const void* dout, const void* inp, const void* weight, const void* mean,
+                          const void* rstd, int N, int C) override {
     cuda::layernorm_backward(ctx_, as<bf16>(dinp), as<bf16>(dweight), as<bf16>(dbias),
-                             as<bf16>(dout), as<bf16>(inp), as<bf16>(weight), as<float>(mean),
-                             as<float>(rstd), N, C);
+                             as<bf16>(dinp_colsum), as<bf16>(dout), as<bf16>(inp),
+                             as<bf16>(weight), as<float>(mean), as<float>(rstd), N, C);
   }
   void matmul_forward(void* out, void* pre_gelu, const void* inp, const void* weight,
                       const void* bias, int N, int C, int OC) override {

@@ -3,8 +3,10 @@
 // keeps its pieces of the row in registers, so each row is read from memory
 // once with full-width loads; the scalar kernels are the fallback for other
 // shapes. The backward adds into dinp (the residual stream) and computes the
-// weight and bias gradients as ordered column sums over fixed row blocks
-// rather than with atomics, so gradient accumulation is reproducible.
+// weight and bias gradients (and, when asked, the column sums of dinp: the
+// bias gradient of the projection below) as ordered column sums over fixed
+// row blocks rather than with atomics, so gradient accumulation is
+// reproducible.
 #include "ops/cuda/cuda_check.h"
 #include "ops/cuda/device_utils.cuh"
 #include "ops/cuda/ops.h"
@@ -156,31 +158,42 @@ __global__ void layernorm_forward_vec_kernel(bf16* __restrict__ out, float* mean
 // warps' rows in order at the end (reproducible, no atomics). Shared memory
 // rather than registers keeps three or four blocks on a multiprocessor,
 // which a latency-bound row walk needs; dinp's old value is loaded with the
-// row so one memory latency, not two, lies on each row's path.
+// row so one memory latency, not two, lies on each row's path. With
+// kDinpSums (kParams only) a third set of sums takes the column sums of the
+// dinp values as stored (old + new, rounded to bf16): the values a separate
+// column-sum pass over dinp would read, one more shared-memory add each.
 constexpr int kFusedWarps = 4;
 constexpr int kFusedPartRows = 32;  // 512 parts at 16k rows
-constexpr int kMaxFusedPieces = 4;  // C <= 1024: 32 KiB of sums a block
+// C <= 1024: 32 KiB of sums a block, 48 KiB (the static limit) with dinp's.
+constexpr int kMaxFusedPieces = 4;
 
-template <int kPieces, bool kParams>
+template <int kPieces, bool kParams, bool kDinpSums>
 __global__ void __launch_bounds__((kParams ? kFusedWarps : kRowsPerBlock) * kWarpSize)
     layernorm_backward_vec_kernel(bf16* __restrict__ dinp, float* __restrict__ dweight_partials,
                                   float* __restrict__ dbias_partials,
+                                  float* __restrict__ dinp_partials,
                                   const bf16* __restrict__ dout, const bf16* __restrict__ inp,
                                   const bf16* __restrict__ weight, const float* mean_in,
                                   const float* rstd_in, int N, int C) {
+  static_assert(kParams || !kDinpSums, "dinp's sums ride on the fused parameter sums");
   constexpr int kWarps = kParams ? kFusedWarps : kRowsPerBlock;
   constexpr int kRows = kParams ? kFusedPartRows : kRowsPerBlock;
   // sums[warp][j][p]: column 8 p + j, so a warp's lanes touch consecutive words (no bank conflicts).
   constexpr int kSumWarps = kParams ? kWarps : 1, kSumPieces = kParams ? kPieces * kWarpSize : 1;
+  constexpr int kXWarps = kDinpSums ? kSumWarps : 1, kXPieces = kDinpSums ? kSumPieces : 1;
   __shared__ float sums_w[kSumWarps][kPieceElems][kSumPieces];
   __shared__ float sums_b[kSumWarps][kPieceElems][kSumPieces];
+  __shared__ float sums_x[kXWarps][kPieceElems][kXPieces];
   const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
   const int pieces = C / kPieceElems;
   const Bf16x8* w = reinterpret_cast<const Bf16x8*>(weight);
   if constexpr (kParams)
     for (int p = lane; p < kSumPieces; p += kWarpSize)
 #pragma unroll
-      for (int j = 0; j < kPieceElems; ++j) sums_w[warp][j][p] = sums_b[warp][j][p] = 0.0f;
+      for (int j = 0; j < kPieceElems; ++j) {
+        sums_w[warp][j][p] = sums_b[warp][j][p] = 0.0f;
+        if constexpr (kDinpSums) sums_x[warp][j][p] = 0.0f;
+      }
   const int row_end = min(N, (int(blockIdx.x) + 1) * kRows);
   for (int row = blockIdx.x * kRows + warp; row < row_end; row += kWarps) {
     const Bf16x8* x = reinterpret_cast<const Bf16x8*>(inp + size_t(row) * C);
@@ -223,6 +236,7 @@ __global__ void __launch_bounds__((kParams ? kFusedWarps : kRowsPerBlock) * kWar
             sums_w[warp][j][p] += f(gv[k].v[j]) * n;
             sums_b[warp][j][p] += f(gv[k].v[j]);
           }
+          if constexpr (kDinpSums) sums_x[warp][j][p] += f(acc.v[j]);
         }
         dx[p] = acc;
       }
@@ -231,13 +245,17 @@ __global__ void __launch_bounds__((kParams ? kFusedWarps : kRowsPerBlock) * kWar
   if constexpr (kParams) {
     __syncthreads();
     for (int c = threadIdx.x; c < C; c += kWarps * kWarpSize) {
-      float total_w = 0.0f, total_b = 0.0f;
+      const int j = c % kPieceElems, p = c / kPieceElems;
+      float total_w = 0.0f, total_b = 0.0f, total_x = 0.0f;
 #pragma unroll
-      for (int v = 0; v < kWarps; ++v)
-        total_w += sums_w[v][c % kPieceElems][c / kPieceElems],
-            total_b += sums_b[v][c % kPieceElems][c / kPieceElems];
+      for (int v = 0; v < kWarps; ++v) {
+        total_w += sums_w[v][j][p];
+        total_b += sums_b[v][j][p];
+        if constexpr (kDinpSums) total_x += sums_x[v][j][p];
+      }
       dweight_partials[size_t(blockIdx.x) * C + c] = total_w;
       dbias_partials[size_t(blockIdx.x) * C + c] = total_b;
+      if constexpr (kDinpSums) dinp_partials[size_t(blockIdx.x) * C + c] = total_x;
     }
   }
 }
@@ -254,16 +272,16 @@ int pieces_per_lane(int C, std::initializer_list<const void*> rows) {
 
 using ForwardKernel = void (*)(bf16*, float*, float*, const bf16*, const bf16*, const bf16*, int,
                                int, const bf16*);
-using BackwardKernel = void (*)(bf16*, float*, float*, const bf16*, const bf16*, const bf16*,
-                                const float*, const float*, int, int);
+using BackwardKernel = void (*)(bf16*, float*, float*, float*, const bf16*, const bf16*,
+                                const bf16*, const float*, const float*, int, int);
 template <int... K>
 constexpr std::array<ForwardKernel, sizeof...(K)> forward_kernels(std::integer_sequence<int, K...>) {
   return {layernorm_forward_vec_kernel<K + 1>...};
 }
-template <bool kParams, int... K>
+template <bool kParams, bool kDinpSums, int... K>
 constexpr std::array<BackwardKernel, sizeof...(K)> backward_kernels(
     std::integer_sequence<int, K...>) {
-  return {layernorm_backward_vec_kernel<K + 1, kParams>...};
+  return {layernorm_backward_vec_kernel<K + 1, kParams, kDinpSums>...};
 }
 
 // Per row block: sum of dout * norm (weight grad) and of dout (bias grad). A
@@ -296,18 +314,23 @@ __global__ void layernorm_param_partials_kernel(float* dweight_partials, float* 
   store_column_partials(dbias_partials, acc_b, part, c0, C);
 }
 
-// The fused path: dinp and the parameter gradients' row-part sums in one
-// kernel (kPieces <= kMaxFusedPieces), then the ordered sums over the parts.
+// The fused path: dinp and the gradients' row-part sums (weight, bias, and
+// dinp's own with dinp_colsum) in one kernel (kPieces <= kMaxFusedPieces),
+// then the ordered sums over the parts.
 void layernorm_backward_fused(CudaContext& ctx, int pieces, bf16* dinp, bf16* dweight,
-                              bf16* dbias, const bf16* dout, const bf16* inp, const bf16* weight,
-                              const float* mean, const float* rstd, int N, int C) {
-  const PartialSumPair partials(ctx, ceil_div(N, kFusedPartRows), C);  // weight, bias
+                              bf16* dbias, bf16* dinp_colsum, const bf16* dout, const bf16* inp,
+                              const bf16* weight, const float* mean, const float* rstd, int N,
+                              int C) {
+  const PartialSums partials(ctx, ceil_div(N, kFusedPartRows), C, dinp_colsum != nullptr);
   static constexpr auto kernels =
-      backward_kernels<true>(std::make_integer_sequence<int, kMaxFusedPieces>());
-  kernels[pieces - 1]<<<partials.parts, kFusedWarps * kWarpSize, 0, ctx.stream()>>>(
-      dinp, partials.first, partials.second, dout, inp, weight, mean, rstd, N, C);
+      backward_kernels<true, false>(std::make_integer_sequence<int, kMaxFusedPieces>());
+  static constexpr auto kernels_dinp_sums =
+      backward_kernels<true, true>(std::make_integer_sequence<int, kMaxFusedPieces>());
+  const BackwardKernel kernel = (dinp_colsum ? kernels_dinp_sums : kernels)[pieces - 1];
+  kernel<<<partials.parts, kFusedWarps * kWarpSize, 0, ctx.stream()>>>(
+      dinp, partials.first, partials.second, partials.third, dout, inp, weight, mean, rstd, N, C);
   CUDA_CHECK_LAUNCH();
-  partials.accumulate(ctx, dweight, dbias);
+  partials.accumulate(ctx, dweight, dbias, dinp_colsum);
 }
 
 }  // namespace
@@ -344,27 +367,31 @@ void add_layernorm_forward(CudaContext& ctx, bf16* residual, bf16* out, float* m
   CUDA_CHECK_LAUNCH();
 }
 
+// Beyond the fused kernel's widths (or without 16-byte pieces) the parameter
+// sums are a second kernel, and dinp's column sums, if asked for, one more
+// pass over dinp: the pass matmul_backward's bias gradient would have made.
 void layernorm_backward(CudaContext& ctx, bf16* dinp, bf16* dweight, bf16* dbias,
-                        const bf16* dout, const bf16* inp, const bf16* weight, const float* mean,
-                        const float* rstd, int N, int C) {
+                        bf16* dinp_colsum, const bf16* dout, const bf16* inp, const bf16* weight,
+                        const float* mean, const float* rstd, int N, int C) {
   if (N == 0 || C == 0) return;
   const int k = pieces_per_lane(C, {dinp, dout, inp, weight});
   if (k >= 1 && k <= kMaxFusedPieces) {
-    layernorm_backward_fused(ctx, k, dinp, dweight, dbias, dout, inp, weight, mean, rstd, N, C);
+    layernorm_backward_fused(ctx, k, dinp, dweight, dbias, dinp_colsum, dout, inp, weight, mean,
+                             rstd, N, C);
     return;
   }
   const int blocks = ceil_div(N, kRowsPerBlock), threads = kRowsPerBlock * kWarpSize;
   if (k != 0) {
     static constexpr auto kernels =
-        backward_kernels<false>(std::make_integer_sequence<int, kMaxPiecesPerLane>());
-    kernels[k - 1]<<<blocks, threads, 0, ctx.stream()>>>(dinp, nullptr, nullptr, dout, inp,
-                                                        weight, mean, rstd, N, C);
+        backward_kernels<false, false>(std::make_integer_sequence<int, kMaxPiecesPerLane>());
+    kernels[k - 1]<<<blocks, threads, 0, ctx.stream()>>>(dinp, nullptr, nullptr, nullptr, dout,
+                                                        inp, weight, mean, rstd, N, C);
   } else {
     layernorm_backward_input_kernel<<<blocks, threads, 0, ctx.stream()>>>(dinp, dout, inp, weight,
                                                                           mean, rstd, N, C);
   }
   CUDA_CHECK_LAUNCH();
-  const PartialSumPair partials(ctx, ceil_div(N, kPartRows), C);  // weight, bias
+  const PartialSums partials(ctx, ceil_div(N, kPartRows), C);  // weight, bias
   const int parts = partials.parts;
   const dim3 part_threads(kWarpSize, kPartRowThreads);
   if (C % 8 == 0 && aligned16(dout) && aligned16(inp))
@@ -377,6 +404,8 @@ void layernorm_backward(CudaContext& ctx, bf16* dinp, bf16* dweight, bf16* dbias
                                                          inp, mean, rstd, N, C);
   CUDA_CHECK_LAUNCH();
   partials.accumulate(ctx, dweight, dbias);
+  // After the partials' reduction: the column sum takes the scratch they live in.
+  if (dinp_colsum) column_sum_accumulate(ctx, dinp_colsum, dinp, N, C);
 }
 
 }  // namespace lsgpt::cuda

@@ -95,17 +95,21 @@ void reduce_partials_accumulate(CudaContext& ctx, bf16* dst, const float* partia
   CUDA_CHECK_LAUNCH();
 }
 
-PartialSumPair::PartialSumPair(CudaContext& ctx, int parts_, int cols_)
+PartialSums::PartialSums(CudaContext& ctx, int parts_, int cols_, bool with_third)
     : parts(parts_), cols(cols_) {
   const size_t count = size_t(parts) * cols;
-  ScratchCarver carve(ctx.scratch(2 * ScratchCarver::round(sizeof(float) * count)));
+  const int buffers = with_third ? 3 : 2;
+  ScratchCarver carve(ctx.scratch(buffers * ScratchCarver::round(sizeof(float) * count)));
   first = carve.take<float>(count);
   second = carve.take<float>(count);
+  if (with_third) third = carve.take<float>(count);
 }
 
-void PartialSumPair::accumulate(CudaContext& ctx, bf16* first_dst, bf16* second_dst) const {
+void PartialSums::accumulate(CudaContext& ctx, bf16* first_dst, bf16* second_dst,
+                             bf16* third_dst) const {
   reduce_partials_accumulate(ctx, first_dst, first, parts, cols);
   reduce_partials_accumulate(ctx, second_dst, second, parts, cols);
+  if (third) reduce_partials_accumulate(ctx, third_dst, third, parts, cols);
 }
 
 void column_sum_accumulate(CudaContext& ctx, bf16* dst, const bf16* src, int rows, int cols) {

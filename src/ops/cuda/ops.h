@@ -35,8 +35,8 @@ void layernorm_forward(CudaContext& ctx, bf16* out, float* mean, float* rstd, co
 void add_layernorm_forward(CudaContext& ctx, bf16* residual, bf16* out, float* mean, float* rstd,
                            const bf16* delta, const bf16* weight, const bf16* bias, int N, int C);
 void layernorm_backward(CudaContext& ctx, bf16* dinp, bf16* dweight, bf16* dbias,
-                        const bf16* dout, const bf16* inp, const bf16* weight, const float* mean,
-                        const float* rstd, int N, int C);
+                        bf16* dinp_colsum, const bf16* dout, const bf16* inp, const bf16* weight,
+                        const float* mean, const float* rstd, int N, int C);
 
 // matmul.cu
 void matmul_forward(CudaContext& ctx, bf16* out, bf16* pre_gelu, const bf16* inp,
@@ -70,14 +70,17 @@ void reduce_partials_accumulate(CudaContext& ctx, bf16* dst, const float* partia
                                 int cols);
 // Two [parts, cols] f32 buffers of row-part sums in the context's scratch
 // (valid until its next scratch() call), for the ops with two parameter
-// gradients (LayerNorm's weight and bias, QK-norm's two gains);
-// accumulate() adds each buffer's ordered sum over the parts into its bf16
-// gradient, as reduce_partials_accumulate.
-struct PartialSumPair {
-  float *first, *second;
+// gradients (LayerNorm's weight and bias, QK-norm's two gains), and with
+// with_third a third one from the same allocation (the fused LayerNorm
+// backward's dinp column sums), else third is null. accumulate() adds each
+// buffer's ordered sum over the parts into its bf16 gradient, as
+// reduce_partials_accumulate.
+struct PartialSums {
+  float *first, *second, *third = nullptr;
   int parts, cols;
-  PartialSumPair(CudaContext& ctx, int parts, int cols);
-  void accumulate(CudaContext& ctx, bf16* first_dst, bf16* second_dst) const;
+  PartialSums(CudaContext& ctx, int parts, int cols, bool with_third = false);
+  void accumulate(CudaContext& ctx, bf16* first_dst, bf16* second_dst,
+                  bf16* third_dst = nullptr) const;
 };
 double sum_squares(CudaContext& ctx, const bf16* x, size_t n);
 

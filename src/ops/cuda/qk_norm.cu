@@ -107,7 +107,7 @@ void qk_norm_backward(CudaContext& ctx, bf16* dqkv, bf16* dq_gain, bf16* dk_gain
                       const bf16* dout, const bf16* qkv, const bf16* q_gain, const bf16* k_gain,
                       const float* rstd, int N, int n_head, int D) {
   if (N == 0 || n_head == 0 || D == 0) return;
-  const PartialSumPair partials(ctx, ceil_div(N, kPartRows), D);  // q gain, k gain
+  const PartialSums partials(ctx, ceil_div(N, kPartRows), D);  // q gain, k gain
   qk_norm_gain_partials_kernel<<<dim3(ceil_div(D, kWarpSize), partials.parts),
                                  dim3(kWarpSize, kPartRowThreads), 0, ctx.stream()>>>(
       partials.first, partials.second, dout, qkv, rstd, N, n_head, D);

@@ -1,11 +1,13 @@
 // LayerNorm: forward (output, mean, rstd) against a double reference, every
 // gradient (input, weight, bias) by finite differences, the += conventions
-// (dinp accumulates: it is the residual stream), float/double agreement and
-// bit-reproducibility across thread counts.
+// (dinp accumulates: it is the residual stream), the column sums of dinp
+// (the projection bias gradient the backward can add up), float/double
+// agreement and bit-reproducibility across thread counts.
 #include <gtest/gtest.h>
 #include <omp.h>
 
 #include <cmath>
+#include <string>
 #include <vector>
 
 #include "ops/cpu/layernorm.h"
@@ -94,8 +96,8 @@ TEST(CpuLayerNorm, BackwardMatchesFiniteDifferencesAndAccumulates) {
   const auto dw0 = random_vector<double>(C, 9);
   const auto db0 = random_vector<double>(C, 10);
   auto dx = dx0, dw = dw0, db = db0;
-  cpu::layernorm_backward(dx.data(), dw.data(), db.data(), R.data(), x.data(), w.data(),
-                          mean.data(), rstd.data(), N, C);
+  cpu::layernorm_backward<double>(dx.data(), dw.data(), db.data(), nullptr, R.data(), x.data(),
+                                  w.data(), mean.data(), rstd.data(), N, C);
   auto minus = [](std::vector<double> a, const std::vector<double>& b) {
     for (size_t i = 0; i < a.size(); ++i) a[i] -= b[i];
     return a;
@@ -121,13 +123,51 @@ TEST(CpuLayerNorm, BackwardFloatAgreesWithDouble) {
       db32(db.begin(), db.end());
   cpu::layernorm_forward(out32.data(), mean32.data(), rstd32.data(), x32.data(), w32.data(),
                          b32.data(), N, C);
-  cpu::layernorm_backward(dx.data(), dw.data(), db.data(), dout.data(), x.data(), w.data(),
-                          mean.data(), rstd.data(), N, C);
-  cpu::layernorm_backward(dx32.data(), dw32.data(), db32.data(), d32.data(), x32.data(), w32.data(),
-                          mean32.data(), rstd32.data(), N, C);
+  cpu::layernorm_backward<double>(dx.data(), dw.data(), db.data(), nullptr, dout.data(), x.data(),
+                                  w.data(), mean.data(), rstd.data(), N, C);
+  cpu::layernorm_backward<float>(dx32.data(), dw32.data(), db32.data(), nullptr, d32.data(),
+                                 x32.data(), w32.data(), mean32.data(), rstd32.data(), N, C);
   EXPECT_LT(relative_error(dx32, dx), 1e-5);
   EXPECT_LT(relative_error(dw32, dw), 1e-5);
   EXPECT_LT(relative_error(db32, db), 1e-6);
+}
+
+// dinp_colsum += the column sums of dinp as the call leaves it (old + new),
+// with dinp, dweight and dbias the same bits as without it. 37 x 67 runs
+// serially; 517 x 67 is above the parallel threshold, where the sums read
+// rows other threads wrote. Neither N nor C is a multiple of a block size.
+TEST(CpuLayerNorm, BackwardSumsTheColumnsOfDinp) {
+  for (const int N : {37, 517}) {
+    SCOPED_TRACE("N = " + std::to_string(N));
+    const int C = 67;
+    const auto x = offset_input(size_t(N) * C, 25);
+    const auto w = random_vector<double>(C, 26, 0.5, 1.5);
+    const auto b = random_vector<double>(C, 27);
+    const auto dout = random_vector<double>(x.size(), 28);
+    std::vector<double> out(x.size()), mean(N), rstd(N);
+    cpu::layernorm_forward(out.data(), mean.data(), rstd.data(), x.data(), w.data(), b.data(), N,
+                           C);
+    const auto dx0 = random_vector<double>(x.size(), 29);
+    const auto dw0 = random_vector<double>(C, 30), db0 = random_vector<double>(C, 31);
+    const auto sum0 = random_vector<double>(C, 32);
+    auto dx = dx0, dw = dw0, db = db0, sum = sum0;
+    cpu::layernorm_backward(dx.data(), dw.data(), db.data(), sum.data(), dout.data(), x.data(),
+                            w.data(), mean.data(), rstd.data(), N, C);
+    auto dx_ref = dx0, dw_ref = dw0, db_ref = db0;
+    cpu::layernorm_backward<double>(dx_ref.data(), dw_ref.data(), db_ref.data(), nullptr,
+                                    dout.data(), x.data(), w.data(), mean.data(), rstd.data(), N,
+                                    C);
+    EXPECT_EQ(dx, dx_ref);
+    EXPECT_EQ(dw, dw_ref);
+    EXPECT_EQ(db, db_ref);
+    std::vector<double> expect(C);
+    for (int c = 0; c < C; ++c) {
+      long double total = sum0[c];
+      for (int n = 0; n < N; ++n) total += dx_ref[size_t(n) * C + c];
+      expect[c] = double(total);
+    }
+    EXPECT_LT(relative_error(sum, expect), 1e-13);
+  }
 }
 
 TEST(CpuLayerNorm, IsBitIdenticalAcrossRunsAndThreadCounts) {
@@ -142,12 +182,14 @@ TEST(CpuLayerNorm, IsBitIdenticalAcrossRunsAndThreadCounts) {
     std::vector<float> out(x.size()), mean(N), rstd(N);
     auto dx = random_vector<float>(x.size(), 22);
     auto dw = random_vector<float>(C, 23), db = random_vector<float>(C, 24);
+    auto sum = random_vector<float>(C, 33);
     cpu::layernorm_forward(out.data(), mean.data(), rstd.data(), x.data(), w.data(), b.data(), N,
                            C);
-    cpu::layernorm_backward(dx.data(), dw.data(), db.data(), dout.data(), x.data(), w.data(),
-                            mean.data(), rstd.data(), N, C);
+    cpu::layernorm_backward(dx.data(), dw.data(), db.data(), sum.data(), dout.data(), x.data(),
+                            w.data(), mean.data(), rstd.data(), N, C);
     omp_set_num_threads(keep);
-    for (auto* v : {&mean, &rstd, &dx, &dw, &db}) out.insert(out.end(), v->begin(), v->end());
+    for (auto* v : {&mean, &rstd, &dx, &dw, &db, &sum})
+      out.insert(out.end(), v->begin(), v->end());
     return out;
   };
   const auto first = run(2);

@@ -384,36 +384,54 @@ TEST_F(CudaOps, QkNormGpt2Shape) {
 // pieces) warps, the backward's fused parameter sums up to 4 pieces a lane,
 // and the scalar kernels for C % 8 != 0 (100) and C > 2048 (2056). 700 rows:
 // the fused backward's last 32-row part is short, and not every warp of a
-// part has the same number of rows.
+// part has the same number of rows. Each width runs without and with
+// dinp_colsum (the fused kernel's third sums at 768 and 1024, a column-sum
+// pass over dinp at the others): null leaves it alone, and asking for it
+// changes no bit of dinp, dweight or dbias.
 TEST_F(CudaOps, LayerNormEveryKernelPath) {
   const int N = 700;
   for (const int C : {768, 1024, 1600, 100, 2056}) {
-    SCOPED_TRACE("C = " + std::to_string(C));
     Tensor x = in(size_t(N) * C, 31);
     for (float& v : x.init) v = from_bf16(to_bf16(v * 3 + 1));
-    Tensors t{{"inp", x},
-              {"weight", in(C, 32, 0.5, 1.5)},
-              {"bias", in(C, 33)},
-              {"out", out(size_t(N) * C)},
-              {"mean", out(N, true)},
-              {"rstd", out(N, true)},
-              {"dout", in(size_t(N) * C, 34)},
-              {"dinp", in(size_t(N) * C, 35)},
-              {"dweight", in(C, 36)},
-              {"dbias", in(C, 37)}};
-    compare(t, {},
-            [&](Backend& be, auto& p) {
-              be.layernorm_forward(p["out"], p["mean"], p["rstd"], p["inp"], p["weight"],
-                                   p["bias"], N, C);
-              be.layernorm_backward(p["dinp"], p["dweight"], p["dbias"], p["dout"], p["inp"],
-                                    p["weight"], p["mean"], p["rstd"], N, C);
-            },
-            {{"out", kBf16Tolerance},
-             {"mean", kF32Tolerance},
-             {"rstd", kF32Tolerance},
-             {"dinp", kBf16Tolerance},
-             {"dweight", kBf16Tolerance},
-             {"dbias", kBf16Tolerance}});
+    const Tensors t{{"inp", x},
+                    {"weight", in(C, 32, 0.5, 1.5)},
+                    {"bias", in(C, 33)},
+                    {"out", out(size_t(N) * C)},
+                    {"mean", out(N, true)},
+                    {"rstd", out(N, true)},
+                    {"dout", in(size_t(N) * C, 34)},
+                    {"dinp", in(size_t(N) * C, 35)},
+                    {"dweight", in(C, 36)},
+                    {"dbias", in(C, 37)},
+                    {"dinp_colsum", in(C, 38)}};
+    Results without;
+    for (const bool colsum : {false, true}) {
+      SCOPED_TRACE("C = " + std::to_string(C) + (colsum ? " with" : " without") +
+                   " dinp_colsum");
+      const Results got = compare(
+          t, {},
+          [&](Backend& be, auto& p) {
+            be.layernorm_forward(p["out"], p["mean"], p["rstd"], p["inp"], p["weight"],
+                                 p["bias"], N, C);
+            be.layernorm_backward(p["dinp"], p["dweight"], p["dbias"],
+                                  colsum ? p["dinp_colsum"] : nullptr, p["dout"], p["inp"],
+                                  p["weight"], p["mean"], p["rstd"], N, C);
+          },
+          {{"out", kBf16Tolerance},
+           {"mean", kF32Tolerance},
+           {"rstd", kF32Tolerance},
+           {"dinp", kBf16Tolerance},
+           {"dweight", kBf16Tolerance},
+           {"dbias", kBf16Tolerance},
+           {"dinp_colsum", kBf16Tolerance}});
+      if (!colsum) {
+        EXPECT_EQ(got.at("dinp_colsum"), t.at("dinp_colsum").init);
+        without = got;
+        continue;
+      }
+      for (const char* name : {"dinp", "dweight", "dbias"})
+        EXPECT_EQ(got.at(name), without.at(name)) << name;
+    }
   }
 }
 
