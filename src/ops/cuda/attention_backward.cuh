@@ -137,8 +137,9 @@ void launch_backward_sm90(CudaContext& ctx, const BackwardParams& p, int B, bool
 
 // attention_backward_sm90_ws.cu: the same two-pass algorithm and bits as
 // launch_backward_sm90's one-warpgroup kernel, warp-specialised: a TMA
-// producer warp a consumer warpgroup, two consumers a block, one block a
-// multiprocessor walking key and query blocks (global heads first).
+// producer warp a consumer warpgroup, three consumers a block at D 64 and
+// two at D 128 (one with qbar), one block a multiprocessor walking key and
+// query blocks (global heads first).
 void launch_backward_sm90_ws(CudaContext& ctx, const BackwardParams& p, int B, bool span,
                              bool qbar);
 

@@ -15,7 +15,7 @@
 //
 // This is the `base` variant of LSGPT_ATTENTION_SM90_FORWARD, chosen for
 // D 64 when short band rows carry much of the work (attention_sm90_choice.h).
-// Two consumer warpgroups with the softmax overlapped with P V, fed by TMA
+// Two or three consumer warpgroups with the softmax overlapped with P V, fed by TMA
 // from a producer warpgroup, are attention_forward_sm90_ws.cu (docs/CUDA.md,
 // "Forward on Hopper: variants").
 //

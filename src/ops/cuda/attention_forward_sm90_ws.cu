@@ -72,8 +72,9 @@ struct WsPolicy {
   static constexpr int kBlockThreads = kThreads + kConsumerThreads;  // the producer warpgroup first
   static constexpr int kCtaRows = kConsumers * kWgRows;
   static_assert(kConsumers == 2 || kConsumers == 3, "two or three consumer warpgroups");
-  static_assert(kProducerRegs * kThreads + kConsumerRegs * kConsumerThreads <= 64 * 1024,
-                "over the register file");
+  static_assert(kProducerRegs * kThreads + kConsumerRegs * kConsumerThreads <=
+                    launch_register_pool(kBlockThreads),
+                "setmaxnreg would wait for registers the launch did not allocate");
 };
 
 template <int D, class Policy>
@@ -86,9 +87,10 @@ struct WsShape {
   static constexpr int kQBytes = sw128_tile_bytes<kWgRows, D>();       // one consumer's Q
   static constexpr int kQStageBytes = Policy::kConsumers * kQBytes;   // every consumer's Q
   // Two Q stages, the K and V stages, and room to align the start to a
-  // swizzle atom: D 128 with 4 stages 64 + 128 + 1 KiB = 193 KiB, D 64
-  // 97 KiB; one block per multiprocessor either way (384 threads at up to
-  // 240 registers).
+  // swizzle atom: D 128 (two consumers) with 4 stages 64 + 128 + 1 KiB =
+  // 193 KiB, D 64 (three) 48 + 64 + 1 = 113 KiB; one block per
+  // multiprocessor either way (384 threads at up to 240 registers, or 512
+  // at 160).
   static constexpr size_t kSmemBytes = Policy::kQStages * size_t(kQStageBytes) +
                                        2 * Policy::kStages * size_t(kTileBytes) + kAtomBytes;
   static_assert(kSmemBytes <= 227 * 1024, "over the opt-in shared memory of one block");
@@ -190,7 +192,7 @@ __device__ __forceinline__ void consumer_barrier(int wg) {
 
 // One consumer warpgroup's share of one work item: its 64 queries over the
 // item's walk (tiles from ring position `it`), then out, lse, kbar and its
-// max-logit partial. `warp_maxima` is this item's scratch (8 floats).
+// max-logit partial. `warp_maxima` is this item's scratch (4 floats a consumer).
 template <int D, bool kKbar, class Policy>
 __device__ __forceinline__ void consume(const ForwardParams& p,
                                         const WorkItem<Policy::kCtaRows>& w, int it, int qs,
@@ -256,7 +258,7 @@ __device__ __forceinline__ void consume(const ForwardParams& p,
 
 #endif  // LSGPT_SM90A_DEVICE
 
-// n_bh = B * n_head; n_items = ceil(T / 128) * n_bh.
+// n_bh = B * n_head; n_items = ceil(T / kCtaRows) * n_bh.
 template <int D, bool kKbar, class Policy>
 __global__ void __launch_bounds__(Policy::kBlockThreads, 1)
     attention_forward_sm90_ws_kernel(const __grid_constant__ CUtensorMap qkv_map,

@@ -24,7 +24,8 @@ enum class Sm90ForwardVariant { base, ws, ws_persistent };
 // one_pass: key blocks only, dQ summed by float atomics (not bit-reproducible);
 // one_pass_wg2: the same with two warpgroups (128 keys) a block sharing one
 // dQ product, half the atomics. ws: base's two passes and bits, warp-
-// specialised (TMA producer warps, two consumer warpgroups, persistent).
+// specialised (TMA producer warps, three consumer warpgroups at D 64 and
+// two at D 128, persistent).
 enum class Sm90BackwardVariant { base, wg2, ws, one_pass, one_pass_wg2 };
 
 // The sizes the choice depends on. window counts the keys a local head sees;
@@ -62,7 +63,7 @@ inline Sm90ForwardVariant choose_sm90_forward(const AttentionShape& s) {
   return Sm90ForwardVariant::ws;
 }
 
-// ws (TMA producers, two consumer warpgroups, persistent) was the fastest at
+// ws (TMA producers, two or three consumer warpgroups, persistent) was the fastest at
 // every shape of the grid (1.02-1.43x base, H200, 2026-11-30) but one: D 128
 // with qbar, where its accumulators leave room for one consumer a block
 // only. There, as before ws existed: wg2 halves the number of blocks and

@@ -2,11 +2,13 @@
 // loads (cp.async.bulk.tensor) that complete on an mbarrier, the mbarrier
 // operations of a producer/consumer pipeline, named barriers for a subset
 // of the block's warps, and setmaxnreg (PTX ISA: "Tensor Copy", "mbarrier",
-// "bar", "setmaxnreg"). Used by attention_forward_sm90_ws.cu.
+// "bar", "setmaxnreg"). Used by attention_forward_sm90_ws.cu and
+// attention_backward_sm90_ws.cu.
 //
 // Pipeline protocol (as CUTLASS's PipelineTmaAsync): stage s has a `full`
-// barrier (1 arrival: the producer's arrive.expect_tx with the bytes its TMA
-// copies will deliver) and an `empty` barrier (one arrival per consumer
+// barrier (the producer's arrive.expect_tx with the bytes its TMA copies
+// will deliver; in the backward also the other 31 lanes of the producer
+// warp, after their plain stores into the stage) and an `empty` barrier (one arrival per consumer
 // thread once it no longer reads the stage). The n-th use of a stage (n = 0,
 // 1, ...) is phase n of its barriers: consumers wait on `full` for parity
 // n & 1; the producer, before the n-th refill (n >= 1), waits on `empty` for
@@ -90,6 +92,20 @@ __device__ __forceinline__ void named_barrier_sync() {
 
 // The warpgroup's registers per thread from here on (every thread of the
 // warpgroup executes it): a producer gives registers back, consumers take them.
+#endif  // LSGPT_SM90A_DEVICE
+
+// Registers a block of `threads` threads holds from its launch under
+// __launch_bounds__(threads, 1): ptxas's per-thread count (the register
+// file over the threads, at most 255) in the hardware's 8-register steps.
+// setmaxnreg only moves registers within this pool: a policy that asks
+// its warpgroups for more would make setmaxnreg.inc wait forever.
+constexpr int launch_register_pool(int threads) {
+  const int per_thread = (64 * 1024 / threads) / 8 * 8;
+  return (per_thread > 256 ? 256 : per_thread) * threads;
+}
+
+#if LSGPT_SM90A_DEVICE
+
 template <int kRegs>
 __device__ __forceinline__ void setmaxnreg_dec() {
   static_assert(kRegs >= 24 && kRegs <= 256 && kRegs % 8 == 0,

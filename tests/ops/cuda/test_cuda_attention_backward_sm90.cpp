@@ -247,11 +247,12 @@ TEST(CudaAttentionBackwardSm90Dispatch, OnePassWg2MatchesOnePass) {
 
 // ws runs base's key and query blocks (the same products in the same order)
 // with its tiles loaded by TMA instead of cp.async, from persistent blocks
-// in another order: the same bits as base, for every mask, span setting,
-// head dim (48 and 96 padded: columns past the real head dim zero-filled
-// by the copy engine), T past and within a block, B > 1 (the TMA
-// coordinates of the batch row) and more items than the grid has
-// consumers (the ring's phases over many items).
+// in another order: the same bits as base, for every mask (a local window
+// of 1 among them), span setting, head dim (48 and 96 padded: columns past
+// the real head dim zero-filled by the copy engine), T past and within a
+// block, B > 1 (the TMA coordinates of the batch row), and at D 64 and 128
+// more items than the grid has consumers on a 132-multiprocessor GPU (the
+// ring's and the fixed slots' phases carried across items).
 TEST(CudaAttentionBackwardSm90Dispatch, WsMatchesBase) {
   REQUIRE_CUDA(cuda);
   REQUIRE_HOPPER();
@@ -262,7 +263,8 @@ TEST(CudaAttentionBackwardSm90Dispatch, WsMatchesBase) {
   const Shape shapes[] = {{2, 7, 64, 3, 2, 70},     {3, 300, 64, 4, 3, 100},
                           {1, 1000, 128, 4, 3, 100}, {2, 200, 128, 3, 0, 1},
                           {2, 1000, 48, 3, 2, 256},  {1, 100, 96, 2, 1, 5},
-                          {4, 4096, 64, 4, 3, 100},  {1, 129, 128, 2, 2, 1000}};
+                          {4, 4096, 64, 4, 3, 100},  {1, 129, 128, 2, 2, 1000},
+                          {4, 4096, 128, 4, 3, 100}, {2, 300, 64, 3, 2, 1}};
   for (const Shape& sh : shapes)
     for (const SpanLayer& span : spans) {
       AttentionSpec spec;

@@ -4,9 +4,10 @@
 // against the CPU backend in double precision ("cpu64"), on fresh random
 // bf16-exact inputs: out, the row log-sum-exp, the per-head max logit and,
 // with the span decomposition's cross basis on q, kbar = P K. The
-// warp-specialised variants own 128 queries a block: T 1, 7 and 100 leave the
-// second warpgroup empty or partly past T, and local heads at w 100 and 256
-// make the two warpgroups' bands differ by a tile. ws loads with TMA: its
+// warp-specialised variants own 128 queries a block at D 128 and 192 at D 64
+// (two or three consumer warpgroups): T 1, 7 and 100 leave the later
+// warpgroups empty or partly past T, and local heads at w 100 and 256 make
+// the warpgroups' bands differ by a tile. ws loads with TMA: its
 // zero fill past T and past the real head dim (48, 96) is the copy
 // engine's out-of-bounds fill, checked by the same cases; ws_persistent
 // walks several query blocks per block wherever there are more than the
@@ -169,8 +170,8 @@ TEST(CudaAttentionForwardSm90Dispatch, Deterministic) {
   }
 }
 
-// ws_persistent with several query blocks per block (512 items against the
-// H200's 132 multiprocessors: the K/V ring, the two Q stages and the
+// ws_persistent with several query blocks per block (512 items at D 128 and
+// 352 at D 64, against the H200's 132 multiprocessors: the K/V ring, the two Q stages and the
 // epilogue's buffers all wrap around across items) against ws, the same
 // kernel with one item per block: the same arithmetic per item, so the same
 // bits; and against the sm_80 kernel, as the parity tests.
