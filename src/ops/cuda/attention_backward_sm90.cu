@@ -138,20 +138,11 @@ __device__ void key_block(const BackwardParams& p, unsigned char* smem, int key_
     const QueryTile query_tile = stages.tile(stage);
     const int i0 = tile * kQ;
 
-    // Masked instantiation for tiles the mask cuts or that run past T,
-    // branch-free one for the rest.
-    auto step = [&](auto masked) {
-      uint32_t a_p[kQ / 16][4], a_ds[kQ / 16][4];
-      key_tile_fragments<D, kKeysPerBlock, kQ, decltype(masked)::value, kQbar>(
-          a_p, a_ds, colsum, k_addr, v_addr, query_tile, p, i0, mask, key_row, quad);
-      key_gradients<D, kQ, kQbar>(dv, dk, qbar, a_p, a_ds, query_tile.q_addr, query_tile.do_addr);
-    };
     // Only this warpgroup's tiles (a uniform branch in it).
     const bool mine = kWarpgroups == 1 || (tile >= my_tiles.first && tile <= my_tiles.last);
-    if (mine && (mask.tile_needs_mask(i0, kQ, k0, kKeysPerBlock) || i0 + kQ > T))
-      step(std::true_type{});
-    else if (mine)
-      step(std::false_type{});
+    if (mine)
+      key_tile_step<D, kKeysPerBlock, kQ, kQbar>(dv, dk, qbar, colsum, k_addr, v_addr, query_tile,
+                                                 p, i0, k0, mask, key_row, quad);
     __syncthreads();  // the next iteration's prefetch overwrites this stage
   }
 

@@ -218,6 +218,28 @@ __device__ __forceinline__ void key_tile_fragments(uint32_t (&a_p)[kQ / 16][4],
   a_fragments<kQ>(a_ds, dp);
 }
 
+// A key block's whole step on the query tile at i0 (its kKeys keys from
+// k0): key_tile_fragments then key_gradients, in the masked instantiation
+// for tiles the mask cuts or that run past T, branch-free for the rest.
+template <int D, int kKeys, int kQ, bool kQbar>
+__device__ __forceinline__ void key_tile_step(float (&dv)[D / 2], float (&dk)[D / 2],
+                                              float (&qbar)[kQbar ? D / 2 : 1],
+                                              float (&colsum)[2], uint32_t k_addr,
+                                              uint32_t v_addr, const QueryTile& tile,
+                                              const BackwardParams& p, int i0, int k0,
+                                              HeadMask mask, int key_row, int quad) {
+  auto step = [&](auto masked) {
+    uint32_t a_p[kQ / 16][4], a_ds[kQ / 16][4];
+    key_tile_fragments<D, kKeys, kQ, decltype(masked)::value, kQbar>(
+        a_p, a_ds, colsum, k_addr, v_addr, tile, p, i0, mask, key_row, quad);
+    key_gradients<D, kQ, kQbar>(dv, dk, qbar, a_p, a_ds, tile.q_addr, tile.do_addr);
+  };
+  if (mask.tile_needs_mask(i0, kQ, k0, kKeys) || i0 + kQ > p.T)
+    step(std::true_type{});
+  else
+    step(std::false_type{});
+}
+
 // The one-pass variants' step on the query tile at i0: key_tile_fragments,
 // then dS^T stored transposed into the dS tile at ds_addr (the tile's queries
 // as rows, for the dQ product), then the dV / dK (/ qbar) products. The

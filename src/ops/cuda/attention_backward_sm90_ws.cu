@@ -237,16 +237,8 @@ __device__ __forceinline__ void consume_key_block(const BackwardParams& p, const
     const uint32_t q_addr = smem_address(ring + s * Shape::kPairBytes);
     const QueryTile query_tile{q_addr, q_addr + Shape::kTileBytes, pipe.lse[s], pipe.delta[s]};
     const int i0 = tile * kQ;
-    auto step = [&](auto masked) {
-      uint32_t a_p[kQ / 16][4], a_ds[kQ / 16][4];
-      key_tile_fragments<D, kRows, kQ, decltype(masked)::value, kQbar>(
-          a_p, a_ds, colsum, k_addr, v_addr, query_tile, p, i0, mask, key_row, quad);
-      key_gradients<D, kQ, kQbar>(dv, dk, qbar, a_p, a_ds, query_tile.q_addr, query_tile.do_addr);
-    };
-    if (mask.tile_needs_mask(i0, kQ, k0, kRows) || i0 + kQ > p.T)
-      step(std::true_type{});
-    else
-      step(std::false_type{});
+    key_tile_step<D, kRows, kQ, kQbar>(dv, dk, qbar, colsum, k_addr, v_addr, query_tile, p, i0,
+                                       k0, mask, key_row, quad);
     mbarrier_arrive(&pipe.empty[s]);  // its products have completed (wgmma_wait<0>)
   }
   mbarrier_arrive(fixed_empty);  // K, V read no more: the next item's pair may load
