@@ -283,12 +283,7 @@ __device__ void query_block(const BackwardParams& p, unsigned char* smem_raw, in
 
   const int row_a = q0 + warp * 16 + group;  // and row_a + 8
   float lse_log2[2], delta[2];
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const int i = row_a + 8 * r;
-    lse_log2[r] = i < T ? p.lse[size_t(bh) * T + i] * kLog2e : 0.f;
-    delta[r] = i < T ? p.delta[size_t(bh) * T + i] : 0.f;
-  }
+  load_query_stats(lse_log2, delta, p, bh, row_a);
   float dq[kDBlocks][4] = {};
   uint32_t q_frag[D / 16][4], do_frag[D / 16][4];
 
@@ -364,15 +359,8 @@ __device__ void query_block(const BackwardParams& p, unsigned char* smem_raw, in
     __syncthreads();
   }
 
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    float g[2 * kDBlocks];
-#pragma unroll
-    for (int db = 0; db < kDBlocks; ++db)
-#pragma unroll
-      for (int e = 0; e < 2; ++e) g[2 * db + e] = dq[db][2 * r + e] * p.scale;
-    finish_query_row<kDBlocks, kSpan>(p, g, row_a + 8 * r, b, h, q_base, quad);
-  }
+  finish_query_rows<kDBlocks, kSpan>(
+      p, [&](int db, int i) { return dq[db][i]; }, row_a, b, h, q_base, quad);
 }
 
 template <int D, bool kSpan, bool kQbar>

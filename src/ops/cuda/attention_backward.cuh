@@ -125,6 +125,37 @@ __device__ __forceinline__ void finish_query_row(const BackwardParams& p, float 
     store_row_pairs<kDBlocks>(p.dqkv + (q_base - p.qkv) + size_t(i) * qkv_row, g, p.head_dim, quad);
 }
 
+// A query block's lse (log2 units) and delta for this thread's rows row_a
+// and row_a + 8 of head bh (zero past T).
+__device__ __forceinline__ void load_query_stats(float (&lse_log2)[2], float (&delta)[2],
+                                                 const BackwardParams& p, int bh, int row_a) {
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int i = row_a + 8 * r;
+    lse_log2[r] = i < p.T ? p.lse[size_t(bh) * p.T + i] * kLog2e : 0.f;
+    delta[r] = i < p.T ? p.delta[size_t(bh) * p.T + i] : 0.f;
+  }
+}
+
+// A query block's epilogue for this thread's rows row_a and row_a + 8: dQ
+// scaled by tau, then finish_query_row. dq_at(db, i) is element i of the
+// thread's n8 block db in the accumulator layout (i = 2 r + e: row r, column
+// 2 quad + e), however the kernel stores its accumulators.
+template <int kDBlocks, bool kSpan, typename DqAt>
+__device__ __forceinline__ void finish_query_rows(const BackwardParams& p, DqAt dq_at, int row_a,
+                                                  int b, int h, const __nv_bfloat16* q_base,
+                                                  int quad) {
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    float g[2 * kDBlocks];
+#pragma unroll
+    for (int db = 0; db < kDBlocks; ++db)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) g[2 * db + e] = dq_at(db, 2 * r + e) * p.scale;
+    finish_query_row<kDBlocks, kSpan>(p, g, row_a + 8 * r, b, h, q_base, quad);
+  }
+}
+
 // attention_backward_sm90.cu: the wgmma (sm_90a) backward (dQ, dK, dV from
 // the same inputs, delta already formed; kSpan / kQbar as the sm_80 kernel).
 // Whether it can run here: a compute capability 9.0 GPU, a build that carries

@@ -217,21 +217,16 @@ __device__ void query_block(const BackwardParams& p, unsigned char* smem, int qu
     const uint32_t v_addr = smem_address(v_tiles + stage * kKeyTileElems);
     const int j0 = tile * kKeyTile;
 
-    // Masked instantiation for tiles the mask cuts, branch-free for the rest.
-    auto step = [&](auto masked) {
-      query_tile_step<D, decltype(masked)::value>(dq, q_addr, k_addr, do_addr, v_addr, p, j0,
-                                                  lse_log2, delta, mask, row_a, quad);
-    };
     // Only this warpgroup's tiles (a uniform branch in it).
     const bool mine = kWarpgroups == 1 || (tile >= my_begin && tile <= my_end);
-    if (mine && mask.tile_needs_mask(q0, kQueriesPerBlock, j0, kKeyTile))
-      step(std::true_type{});
-    else if (mine)
-      step(std::false_type{});
+    if (mine)
+      query_tile_step<D>(dq, q_addr, k_addr, do_addr, v_addr, p, q0, j0, lse_log2, delta, mask,
+                         row_a, quad);
     __syncthreads();  // the next iteration's prefetch overwrites this stage
   }
 
-  finish_query_rows<D, kSpan>(p, dq, row_a, b, h, q_base, quad);
+  finish_query_rows<D / 8, kSpan>(
+      p, [&](int db, int i) { return dq[4 * db + i]; }, row_a, b, h, q_base, quad);
 }
 
 #endif  // LSGPT_SM90A_DEVICE

@@ -274,64 +274,43 @@ __device__ __forceinline__ void query_gradient(float (&dq)[D / 2],
 }
 
 // A query block's step on the key tile at j0 (K, V tiles at k_addr, v_addr;
-// its 64 queries' Q, dO at q_addr, do_addr): S = Q K^T and dP = dO V^T,
-// dS = P o (dP - delta) from the saved lse (log2 units), then dQ += dS K.
-// This thread's rows are row_a and row_a + 8 (lse_log2, delta). kMasked
-// zeroes P where the mask hides a key; query rows past T need no mask:
+// its 64 queries from q0, Q and dO at q_addr, do_addr): S = Q K^T and
+// dP = dO V^T, dS = P o (dP - delta) from the saved lse (log2 units), then
+// dQ += dS K. This thread's rows are row_a and row_a + 8 (lse_log2, delta).
+// The masked instantiation, zeroing P where the mask hides a key, for tiles
+// the mask cuts; branch-free for the rest. Query rows past T need no mask:
 // their dO rows are zero, so dS is too.
-template <int D, bool kMasked>
+template <int D>
 __device__ __forceinline__ void query_tile_step(float (&dq)[D / 2], uint32_t q_addr,
                                                 uint32_t k_addr, uint32_t do_addr,
-                                                uint32_t v_addr, const BackwardParams& p, int j0,
-                                                const float (&lse_log2)[2],
+                                                uint32_t v_addr, const BackwardParams& p, int q0,
+                                                int j0, const float (&lse_log2)[2],
                                                 const float (&delta)[2], HeadMask mask, int row_a,
                                                 int quad) {
   constexpr int kKeys = kQueryBlockKeyTile;
-  float s[kKeys / 2], dp[kKeys / 2];
-  score_pair<D, 64, kKeys>(s, dp, q_addr, k_addr, do_addr, v_addr);
-  // Element 4 nb + e: query row row_a + 8 (e >> 1), key nb * 8 + 2 quad + (e & 1).
+  auto step = [&](auto masked) {
+    constexpr bool kMasked = decltype(masked)::value;
+    float s[kKeys / 2], dp[kKeys / 2];
+    score_pair<D, 64, kKeys>(s, dp, q_addr, k_addr, do_addr, v_addr);
+    // Element 4 nb + e: query row row_a + 8 (e >> 1), key nb * 8 + 2 quad + (e & 1).
 #pragma unroll
-  for (int nb = 0; nb < kKeys / 8; ++nb)
+    for (int nb = 0; nb < kKeys / 8; ++nb)
 #pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      const int r = e >> 1;
-      float prob = exp2f(s[4 * nb + e] * p.scale_log2 - lse_log2[r]);
-      if (kMasked && !mask.visible(row_a + 8 * r, j0 + nb * 8 + quad * 2 + (e & 1))) prob = 0.f;
-      dp[4 * nb + e] = prob * (dp[4 * nb + e] - delta[r]);
-    }
-  uint32_t a_ds[kKeys / 16][4];
-  a_fragments<kKeys>(a_ds, dp);
-  query_gradient<D>(dq, a_ds, k_addr);
-}
-
-// A query block's lse (log2 units) and delta for this thread's rows row_a
-// and row_a + 8 of head bh (zero past T).
-__device__ __forceinline__ void load_query_stats(float (&lse_log2)[2], float (&delta)[2],
-                                                 const BackwardParams& p, int bh, int row_a) {
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const int i = row_a + 8 * r;
-    lse_log2[r] = i < p.T ? p.lse[size_t(bh) * p.T + i] * kLog2e : 0.f;
-    delta[r] = i < p.T ? p.delta[size_t(bh) * p.T + i] : 0.f;
-  }
-}
-
-// A query block's epilogue for this thread's rows row_a and row_a + 8: dQ
-// scaled by tau, then finish_query_row (span projection, stores below T).
-template <int D, bool kSpan>
-__device__ __forceinline__ void finish_query_rows(const BackwardParams& p, const float (&dq)[D / 2],
-                                                  int row_a, int b, int h,
-                                                  const __nv_bfloat16* q_base, int quad) {
-  constexpr int kDBlocks = D / 8;
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    float g[2 * kDBlocks];
-#pragma unroll
-    for (int db = 0; db < kDBlocks; ++db)
-#pragma unroll
-      for (int e = 0; e < 2; ++e) g[2 * db + e] = dq[4 * db + 2 * r + e] * p.scale;
-    finish_query_row<kDBlocks, kSpan>(p, g, row_a + 8 * r, b, h, q_base, quad);
-  }
+      for (int e = 0; e < 4; ++e) {
+        const int r = e >> 1;
+        float prob = exp2f(s[4 * nb + e] * p.scale_log2 - lse_log2[r]);
+        if (kMasked && !mask.visible(row_a + 8 * r, j0 + nb * 8 + quad * 2 + (e & 1)))
+          prob = 0.f;
+        dp[4 * nb + e] = prob * (dp[4 * nb + e] - delta[r]);
+      }
+    uint32_t a_ds[kKeys / 16][4];
+    a_fragments<kKeys>(a_ds, dp);
+    query_gradient<D>(dq, a_ds, k_addr);
+  };
+  if (mask.tile_needs_mask(q0, 64, j0, kKeys))
+    step(std::true_type{});
+  else
+    step(std::false_type{});
 }
 
 // A key block's epilogue for this thread's rows key_row and key_row + 8:

@@ -273,17 +273,14 @@ __device__ __forceinline__ void consume_query_block(const BackwardParams& p,
     const uint32_t k_addr = smem_address(ring + s * Shape::kPairBytes);
     const uint32_t v_addr = k_addr + Shape::kTileBytes;
     const int j0 = tile * kQueryBlockKeyTile;
-    if (mask.tile_needs_mask(q0, kRows, j0, kQueryBlockKeyTile))
-      query_tile_step<D, true>(dq, q_addr, k_addr, do_addr, v_addr, p, j0, lse_log2, delta, mask,
-                               row_a, quad);
-    else
-      query_tile_step<D, false>(dq, q_addr, k_addr, do_addr, v_addr, p, j0, lse_log2, delta, mask,
-                                row_a, quad);
+    query_tile_step<D>(dq, q_addr, k_addr, do_addr, v_addr, p, q0, j0, lse_log2, delta, mask,
+                       row_a, quad);
     mbarrier_arrive(&pipe.empty[s]);
   }
   mbarrier_arrive(fixed_empty);  // Q, dO read no more: the next item's pair may load
   const __nv_bfloat16* q_base = p.qkv + size_t(w.b) * p.T * 3 * p.C + w.h * p.head_dim;
-  finish_query_rows<D, kSpan>(p, dq, row_a, w.b, w.h, q_base, quad);
+  finish_query_rows<D / 8, kSpan>(
+      p, [&](int db, int i) { return dq[4 * db + i]; }, row_a, w.b, w.h, q_base, quad);
 }
 
 // One consumer warpgroup: its items in order, each after its fixed pair

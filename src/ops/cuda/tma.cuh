@@ -8,11 +8,11 @@
 // Pipeline protocol (as CUTLASS's PipelineTmaAsync): stage s has a `full`
 // barrier (the producer's arrive.expect_tx with the bytes its TMA copies
 // will deliver; in the backward also the other 31 lanes of the producer
-// warp, after their plain stores into the stage) and an `empty` barrier (one arrival per consumer
-// thread once it no longer reads the stage). The n-th use of a stage (n = 0,
-// 1, ...) is phase n of its barriers: consumers wait on `full` for parity
-// n & 1; the producer, before the n-th refill (n >= 1), waits on `empty` for
-// parity (n - 1) & 1.
+// warp, after their plain stores into the stage) and an `empty` barrier
+// (one arrival per consumer thread once it no longer reads the stage). The
+// n-th use of a stage (n = 0, 1, ...) is phase n of its barriers: consumers
+// wait on `full` for parity n & 1; the producer, before the n-th refill
+// (n >= 1), waits on `empty` for parity (n - 1) & 1.
 #pragma once
 
 #include <cstdint>
@@ -90,8 +90,6 @@ __device__ __forceinline__ void named_barrier_sync() {
   asm volatile("bar.sync %0, %1;\n" ::"n"(kId), "n"(kCount) : "memory");
 }
 
-// The warpgroup's registers per thread from here on (every thread of the
-// warpgroup executes it): a producer gives registers back, consumers take them.
 #endif  // LSGPT_SM90A_DEVICE
 
 // Registers a block of `threads` threads holds from its launch under
@@ -106,6 +104,8 @@ constexpr int launch_register_pool(int threads) {
 
 #if LSGPT_SM90A_DEVICE
 
+// The warpgroup's registers per thread from here on (every thread of the
+// warpgroup executes it): a producer gives registers back, consumers take them.
 template <int kRegs>
 __device__ __forceinline__ void setmaxnreg_dec() {
   static_assert(kRegs >= 24 && kRegs <= 256 && kRegs % 8 == 0,
