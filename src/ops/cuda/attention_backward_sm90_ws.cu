@@ -44,7 +44,8 @@
 namespace lsgpt::cuda::attn {
 namespace {
 
-constexpr int kRows = 64;  // keys of a key block, queries of a query block: the m64 of every product
+// Keys of a key block, queries of a query block: the m64 of every product.
+constexpr int kRows = 64;
 
 // Consumers a block and the registers each gets, and the ring as deep as
 // shared memory allows at one block per multiprocessor. D 64: three
@@ -65,6 +66,17 @@ struct WsBackwardPolicy {
   static constexpr int kFixedStages = kConsumers == 3 || (D == 128 && kConsumers == 2) ? 1 : 2;
 };
 
+// One consumer's pipeline state: the ring (`full`: the producer warp's 32
+// lanes, one with the TMA byte count; `empty`: the consumer's threads), the
+// fixed slots (`fixed_full`: the TMA bytes; `fixed_empty`: the consumer's
+// threads), and the ring stages' lse (log2 units) and delta rows.
+template <class Policy>
+struct ConsumerPipe {
+  uint64_t full[Policy::kStages], empty[Policy::kStages];
+  uint64_t fixed_full[Policy::kFixedStages], fixed_empty[Policy::kFixedStages];
+  float lse[Policy::kStages][kRows], delta[Policy::kStages][kRows];
+};
+
 template <int D, bool kQbar, class Policy>
 struct WsBackwardShape {
   static_assert(D == 64 || D == 128, "the wgmma backward is built for D = 64 and 128");
@@ -77,8 +89,8 @@ struct WsBackwardShape {
   static constexpr int kPairBytes = 2 * kTileBytes;
   static constexpr int kConsumerBytes = (Policy::kFixedStages + Policy::kStages) * kPairBytes;
   static constexpr size_t kSmemBytes = size_t(kConsumers) * kConsumerBytes + kAtomBytes;
-  // With the static pipes (about 1.6 KiB a consumer) beside it.
-  static_assert(kSmemBytes + 2 * 1024 * kConsumers <= 227 * 1024,
+  // With the static pipes beside it.
+  static_assert(kSmemBytes + sizeof(ConsumerPipe<Policy>) * kConsumers <= 227 * 1024,
                 "over the opt-in shared memory of one block");
   static_assert(Policy::kProducerRegs * kThreads + Policy::kConsumerRegs * kConsumers * kThreads <=
                     launch_register_pool(kBlockThreads),
@@ -111,7 +123,8 @@ struct BackwardItem {
 // The tiles an item walks, first and last (inclusive): query tiles of kQ
 // rows seeing a key block's keys, or key tiles of 64 in a query block's band.
 template <int kQ>
-__device__ __forceinline__ QueryTileRange item_walk(const BackwardParams& p, const BackwardItem& w) {
+__device__ __forceinline__ QueryTileRange item_walk(const BackwardParams& p,
+                                                    const BackwardItem& w) {
   const HeadMask mask{w.h < p.n_local, p.window};
   const int r0 = w.block * kRows;
   if (w.key) return query_tiles_seeing<kQ>(mask, r0, kRows, p.T);
@@ -119,23 +132,14 @@ __device__ __forceinline__ QueryTileRange item_walk(const BackwardParams& p, con
   return {key_lo / kQueryBlockKeyTile, (min(p.T, r0 + kRows) - 1) / kQueryBlockKeyTile};
 }
 
-// One consumer's pipeline state: the ring (`full`: the producer warp's 32
-// lanes, one with the TMA byte count; `empty`: the consumer's threads), the
-// fixed slots (`fixed_full`: the TMA bytes; `fixed_empty`: the consumer's
-// threads), and the ring stages' lse (log2 units) and delta rows.
+// The arrival counts of a consumer's barriers (ConsumerPipe).
 template <class Policy>
-struct ConsumerPipe {
-  uint64_t full[Policy::kStages], empty[Policy::kStages];
-  uint64_t fixed_full[Policy::kFixedStages], fixed_empty[Policy::kFixedStages];
-  float lse[Policy::kStages][kRows], delta[Policy::kStages][kRows];
-
-  __device__ __forceinline__ void init() {
-    for (int s = 0; s < Policy::kStages; ++s)
-      mbarrier_init(&full[s], kWarpSize), mbarrier_init(&empty[s], kThreads);
-    for (int s = 0; s < Policy::kFixedStages; ++s)
-      mbarrier_init(&fixed_full[s], 1), mbarrier_init(&fixed_empty[s], kThreads);
-  }
-};
+__device__ __forceinline__ void init_pipe(ConsumerPipe<Policy>& pipe) {
+  for (int s = 0; s < Policy::kStages; ++s)
+    mbarrier_init(&pipe.full[s], kWarpSize), mbarrier_init(&pipe.empty[s], kThreads);
+  for (int s = 0; s < Policy::kFixedStages; ++s)
+    mbarrier_init(&pipe.fixed_full[s], 1), mbarrier_init(&pipe.fixed_empty[s], kThreads);
+}
 
 // The tensor maps (tma_map.h) the producer loads from: qkv and dout with
 // 64-row boxes, and with kQ-row boxes for the tiles a key block walks (the
@@ -161,7 +165,8 @@ __device__ __forceinline__ void load_tile(unsigned char* dst, const CUtensorMap*
 // for the fixed slots.
 template <int D, bool kQbar, class Policy>
 __device__ void produce(const WsMaps& maps, const BackwardParams& p, int B, int n_items,
-                        int stream, int n_streams, unsigned char* smem, ConsumerPipe<Policy>& pipe) {
+                        int stream, int n_streams, unsigned char* smem,
+                        ConsumerPipe<Policy>& pipe) {
   using Shape = WsBackwardShape<D, kQbar, Policy>;
   constexpr int kQ = Shape::kQ, kStages = Policy::kStages, kFixed = Policy::kFixedStages;
   const int lane = threadIdx.x % kWarpSize;
@@ -330,7 +335,7 @@ __global__ void __launch_bounds__(WsBackwardShape<D, kQbar, Policy>::kBlockThrea
   // that ptxas sees a warp-uniform value (as the forward's ws kernel).
   const int role = __shfl_sync(0xffffffffu, int(threadIdx.x) / kThreads, 0);
   if (threadIdx.x == 0) {
-    for (int c = 0; c < kConsumers; ++c) pipes[c].init();
+    for (int c = 0; c < kConsumers; ++c) init_pipe(pipes[c]);
     fence_mbarrier_init();
   }
   __syncthreads();  // the last block-wide barrier: the roles part here

@@ -195,8 +195,8 @@ void launch_forward_sm90(CudaContext& ctx, const ForwardParams& p, int B, bool w
 // attention_forward_sm90_ws.cu: warp-specialised, a producer warpgroup
 // loading with TMA into a ring of mbarrier-guarded stages and two (D 128)
 // or three (D 64) consumer warpgroups of 64 queries with the softmax of
-// tile j overlapping P V of tile j - 1; `persistent`: one block per multiprocessor walking many query
-// blocks, else one block per query block.
+// tile j overlapping P V of tile j - 1; `persistent`: one block per
+// multiprocessor walking many query blocks, else one block per query block.
 void launch_forward_sm90_ws(CudaContext& ctx, const ForwardParams& p, int B, bool with_kbar,
                             bool persistent);
 

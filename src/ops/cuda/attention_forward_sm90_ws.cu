@@ -5,9 +5,9 @@
 // head dim) with FlashAttention-3's division of labour:
 //
 // - A block is 1 + kConsumers warpgroups. Warpgroup 0 is the producer: one
-//   thread loads every consumer's Q tile (into one of two Q stages) and then each K/V tile with TMA
-//   (cp.async.bulk.tensor, 128-byte swizzle done by the copy engine, zeros
-//   out of bounds) into a ring of kStages stages, each with a `full` and an
+//   thread loads every consumer's Q tile (into one of two Q stages) and then
+//   each K/V tile with TMA (cp.async.bulk.tensor, 128-byte swizzle done by
+//   the copy engine, zeros out of bounds) into a ring of kStages stages, each with a `full` and an
 //   `empty` mbarrier (tma.cuh). It gives its registers back
 //   (setmaxnreg.dec to 24).
 // - Warpgroups 1 .. kConsumers are consumers of 64 queries each, sharing
@@ -20,11 +20,12 @@
 //   for each other: only the producer couples them, through the ring.
 // - Work items are blocks of 64 kConsumers queries of one (batch row,
 //   head), heaviest first. `ws` launches one block per item;
-//   `ws_persistent` one per multiprocessor, each taking every gridDim.x-th item: the ring and the Q
-//   stages run on across items, so the producer loads the next item's tiles
-//   while the consumers finish the current one and write its outputs (a
-//   local head's item walks only about 4 tiles, so a block per item spends
-//   much of its life filling and draining the pipeline).
+//   `ws_persistent` one per multiprocessor, each taking every gridDim.x-th
+//   item: the ring and the Q stages run on across items, so the producer
+//   loads the next item's tiles while the consumers finish the current one
+//   and write its outputs (a local head's item walks only about 4 tiles, so
+//   a block per item spends much of its life filling and draining the
+//   pipeline).
 //
 // The tile loads need a tensor map of qkv, made on the host for each call
 // (tma_map.h): a 4-d view (head column, head slot of q|k|v, t, batch row)
@@ -99,8 +100,8 @@ struct WsShape {
 #if LSGPT_SM90A_DEVICE
 
 // One work item: a block of kCtaRows queries (64 a consumer) of one (batch
-// row, head), and the key tiles it walks (the union of the consumers' bands). Items are
-// numbered so that the first ones carry the most keys (the last query
+// row, head), and the key tiles it walks (the union of the consumers'
+// bands). Items are numbered so that the first ones carry the most keys (the last query
 // blocks; global heads' grow with the query position): a block takes items
 // blockIdx.x, blockIdx.x + gridDim.x, ... (one item per block when the grid
 // has one block per item).
@@ -125,8 +126,10 @@ struct WorkItem {
 // Shared-memory pipeline state: the K/V ring (`full`: the producer's
 // arrive.expect_tx, completed by the copies; `empty`: one arrival per
 // consumer thread) and the same pair for the Q stages.
-template <int kStages, int kQStages, int kConsumerThreads>
+template <class Policy>
 struct Barriers {
+  static constexpr int kStages = Policy::kStages, kQStages = Policy::kQStages;
+  static constexpr int kConsumerThreads = Policy::kConsumerThreads;
   uint64_t full[kStages], empty[kStages];
   uint64_t q_full[kQStages], q_empty[kQStages];
 
@@ -149,7 +152,7 @@ template <int D, class Policy>
 __device__ __forceinline__ void produce(const CUtensorMap* map, const ForwardParams& p, int n_bh,
                                         int n_items, unsigned char* q_stages,
                                         unsigned char* k_tiles, unsigned char* v_tiles,
-                                        Barriers<Policy::kStages, Policy::kQStages, Policy::kConsumerThreads>& bars) {
+                                        Barriers<Policy>& bars) {
   using Shape = WsShape<D, Policy>;
   constexpr int kStages = Policy::kStages, kQStages = Policy::kQStages;
   constexpr int kPanels = D / kPanelCols;
@@ -198,7 +201,7 @@ __device__ __forceinline__ void consume(const ForwardParams& p,
                                         const WorkItem<Policy::kCtaRows>& w, int it, int qs,
                                         int q_phase, int wg, unsigned char* q_stages,
                                         unsigned char* k_tiles, unsigned char* v_tiles,
-                                        Barriers<Policy::kStages, Policy::kQStages, Policy::kConsumerThreads>& bars,
+                                        Barriers<Policy>& bars,
                                         float* warp_maxima) {
   using Shape = WsShape<D, Policy>;
   constexpr int kStages = Policy::kStages;
@@ -267,7 +270,7 @@ __global__ void __launch_bounds__(Policy::kBlockThreads, 1)
   using Shape = WsShape<D, Policy>;
   constexpr int kQStages = Policy::kQStages;
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  __shared__ Barriers<Policy::kStages, kQStages, Policy::kConsumerThreads> bars;
+  __shared__ Barriers<Policy> bars;
   // The epilogue's per-warp maxima, one buffer per item parity: a warpgroup
   // writes and reads only its own 4 entries, around its own named barrier,
   // and a warp that runs ahead into the next item's epilogue (it can, when
