@@ -43,6 +43,7 @@ Result measure(const Case& c, const std::string& device, int steps, int warmup) 
   GPT model(cfg, *backend);
   model.init_random(1);
   model.init_optimizer();
+  model.set_step_graphs(GPT::step_graphs_wanted());
   std::mt19937 rng(7);
   std::vector<int32_t> in(size_t(c.B) * c.T), tg(size_t(c.B) * c.T);
   AdamWSettings s;

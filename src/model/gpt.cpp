@@ -4,6 +4,7 @@
 #include <cmath>
 #include <limits>
 
+#include "core/env_switch.h"
 #include "core/error.h"
 #include "core/rng.h"
 #include "model/grad_norms.h"
@@ -21,8 +22,9 @@ inline void* at(void* base, size_t elements, size_t elem_bytes) {
 struct LayerActs {
   // residual2 and residual3 first receive the attention's and the MLP's
   // output projections, to which the forward then adds the residual stream.
-  DeviceBuffer ln1, ln1_mean, ln1_rstd, qkv, atty, lse, kbar, max_logit, residual2, ln2,
-      ln2_mean, ln2_rstd, fch, fch_gelu, residual3;
+  DeviceBuffer ln1, ln1_mean, ln1_rstd, qkv, atty, lse, kbar, residual2, ln2, ln2_mean,
+      ln2_rstd, fch, fch_gelu, residual3;
+  void* max_logit = nullptr;  // [n_head] (acc), this layer's row of Activations::max_logits
   // With QK-norm: the attention's input (qkv with q and k normalised) and the
   // norm's statistics [N, 2, n_head]; qkv keeps the projection's output.
   DeviceBuffer qkv_normed, qk_rstd;
@@ -33,6 +35,9 @@ struct GPT::Activations {
   int B = 0, T = 0;
   DeviceBuffer tokens, targets, encoded, lnf, lnf_mean, lnf_rstd, logits, losses;
   DeviceBuffer log_z;  // [N] (acc), with z-loss only
+  // [n_layer, n_head] (acc): one buffer, so the host reads every layer's
+  // maxima in one copy (one wait for the GPU, not one per layer).
+  DeviceBuffer max_logits;
   std::vector<LayerActs> layers;
   // Backward scratch, shared by all layers.
   DeviceBuffer dresidual, dln, datty, dqkv, dfch, dlnf;
@@ -128,13 +133,14 @@ void GPT::ensure_activations(int B, int T) {
   a->targets = DeviceBuffer(be_, N * sizeof(int32_t));
   a->encoded = act(N * C);
   a->layers.resize(cfg_.n_layer);
+  a->max_logits = stat(size_t(std::max(cfg_.n_layer, 1)) * H);
   for (int l = 0; l < cfg_.n_layer; ++l) {
     LayerActs& L = a->layers[l];
     L.ln1 = act(N * C), L.ln1_mean = stat(N), L.ln1_rstd = stat(N);
     L.qkv = act(N * 3 * C), L.atty = act(N * C), L.lse = stat(size_t(B) * H * T);
     if (cfg_.qk_norm) L.qkv_normed = act(N * 3 * C), L.qk_rstd = stat(N * 2 * H);
     if (cfg_.span_layer(l).needs_kbar()) L.kbar = act(N * C);
-    L.max_logit = stat(H);
+    L.max_logit = at(a->max_logits.get(), size_t(l) * H, acc_);
     L.residual2 = act(N * C);
     L.ln2 = act(N * C), L.ln2_mean = stat(N), L.ln2_rstd = stat(N);
     L.fch = act(N * 4 * C), L.fch_gelu = act(N * 4 * C);
@@ -146,16 +152,27 @@ void GPT::ensure_activations(int B, int T) {
   a->dresidual = act(N * C), a->dln = act(N * C), a->datty = act(N * C);
   a->dqkv = act(N * 3 * C), a->dfch = act(N * 4 * C), a->dlnf = act(N * C);
   acts_ = std::move(a);
+  ++acts_generation_;
 }
 
 void GPT::forward(const int32_t* inputs, int B, int T) {
   ensure_activations(B, T);
-  Activations& a = *acts_;
-  const int N = B * T, C = cfg_.d_model, Vp = cfg_.padded_vocab();
+  upload_inputs(inputs, B, T);
+  enqueue_forward(B, T);
+  fold_max_logits();
+}
+
+void GPT::upload_inputs(const int32_t* inputs, int B, int T) {
+  const int N = B * T;
   for (int i = 0; i < N; ++i)
     if (inputs[i] < 0 || inputs[i] >= cfg_.vocab_size)
       fail("input token ", inputs[i], " is outside the vocabulary of ", cfg_.vocab_size);
-  be_.upload(a.tokens.get(), inputs, size_t(N) * sizeof(int32_t));
+  be_.upload(acts_->tokens.get(), inputs, size_t(N) * sizeof(int32_t));
+}
+
+void GPT::enqueue_forward(int B, int T) {
+  Activations& a = *acts_;
+  const int N = B * T, C = cfg_.d_model, Vp = cfg_.padded_vocab();
   be_.embedding_forward(a.encoded.get(), a.tokens.as<int32_t>(), param(layout_.wte),
                         param(layout_.wpe), B, T, C, 0);
   // Each residual add runs fused with the LayerNorm after it
@@ -188,7 +205,7 @@ void GPT::forward(const int32_t* inputs, int B, int T) {
     be_.matmul_forward(L.qkv.get(), nullptr, L.ln1.get(), param(p.qkv_w), param(p.qkv_b), N, C,
                        3 * C);
     if (cfg_.qk_norm) qk_norm_forward(L.qkv_normed.get(), L.qk_rstd.get(), L.qkv.get(), l, N);
-    be_.attention_forward(L.atty.get(), L.lse.get(), L.max_logit.get(), L.kbar.get(),
+    be_.attention_forward(L.atty.get(), L.lse.get(), L.max_logit, L.kbar.get(),
                           L.attention_input().get(), spec);
     be_.matmul_forward(L.residual2.get(), nullptr, L.atty.get(), param(p.attn_proj_w),
                        param(p.attn_proj_b), N, C, C);
@@ -208,7 +225,6 @@ void GPT::forward(const int32_t* inputs, int B, int T) {
   be_.matmul_forward(a.logits.get(), nullptr, a.lnf.get(), param(layout_.wte), nullptr, N, C,
                      Vp);
   last_B_ = B, last_T_ = T;
-  fold_max_logits();
 }
 
 void GPT::qk_norm_forward(void* out, void* rstd, const void* qkv, int layer, int N) {
@@ -218,21 +234,20 @@ void GPT::qk_norm_forward(void* out, void* rstd, const void* qkv, int layer, int
 }
 
 void GPT::fold_max_logits() {
-  std::vector<float> head(cfg_.n_head);
-  for (int l = 0; l < cfg_.n_layer; ++l) {
-    be_.download_f32(head.data(), acts_->layers[l].max_logit.get(), be_.acc_dtype(),
-                     head.size());
-    for (int h = 0; h < cfg_.n_head; ++h)
-      max_logits_[l][h] = std::max(max_logits_[l][h], head[h]);
-  }
+  const size_t H = cfg_.n_head;
+  std::vector<float> all(size_t(cfg_.n_layer) * H);
+  if (all.empty()) return;
+  be_.download_f32(all.data(), acts_->max_logits.get(), be_.acc_dtype(), all.size());
+  for (int l = 0; l < cfg_.n_layer; ++l)
+    for (size_t h = 0; h < H; ++h)
+      max_logits_[l][h] = std::max(max_logits_[l][h], all[l * H + h]);
 }
 
 void GPT::reset_max_logits() {
   for (auto& layer : max_logits_) std::fill(layer.begin(), layer.end(), -INFINITY);
 }
 
-double GPT::loss_from_targets(const int32_t* targets, int B, int T, double weight, bool grad) {
-  Activations& a = *acts_;
+long GPT::upload_targets(const int32_t* targets, int B, int T) {
   const int N = B * T;
   long count = 0;
   for (int i = 0; i < N; ++i) {
@@ -241,10 +256,20 @@ double GPT::loss_from_targets(const int32_t* targets, int B, int T, double weigh
     count += targets[i] >= 0;
   }
   if (count == 0) fail("batch has no targets to predict");
-  be_.upload(a.targets.get(), targets, size_t(N) * sizeof(int32_t));
-  be_.softmax_cross_entropy(a.losses.get(), a.logits.get(), a.targets.as<int32_t>(), N,
+  be_.upload(acts_->targets.get(), targets, size_t(N) * sizeof(int32_t));
+  return count;
+}
+
+void GPT::enqueue_loss(long count, int B, int T, double weight, bool grad) {
+  Activations& a = *acts_;
+  be_.softmax_cross_entropy(a.losses.get(), a.logits.get(), a.targets.as<int32_t>(), B * T,
                             cfg_.vocab_size, cfg_.padded_vocab(), weight / double(count), grad,
                             cfg_.z_loss, a.log_z.get());
+}
+
+double GPT::read_loss(const int32_t* targets, long count, int B, int T) {
+  Activations& a = *acts_;
+  const int N = B * T;
   const std::vector<double> losses = download_stats(a.losses.get(), N);
   double sum = 0;
   for (int i = 0; i < N; ++i)
@@ -275,16 +300,92 @@ std::vector<double> GPT::download_stats(const void* src, int n) const {
 }
 
 double GPT::evaluate(const int32_t* inputs, const int32_t* targets, int B, int T) {
-  forward(inputs, B, T);
-  return loss_from_targets(targets, B, T, 1.0, false);
+  ensure_activations(B, T);
+  const long count = upload_targets(targets, B, T);
+  upload_inputs(inputs, B, T);
+  enqueue_forward(B, T);
+  enqueue_loss(count, B, T, 1.0, false);
+  fold_max_logits();
+  return read_loss(targets, count, B, T);
 }
 
+// The whole step is enqueued before the host reads anything back (the
+// maxima, the losses), so the GPU does not drain and wait for the host
+// between the forward, the classifier and the backward.
 double GPT::forward_backward(const int32_t* inputs, const int32_t* targets, int B, int T,
                              double weight) {
-  forward(inputs, B, T);
-  const double loss = loss_from_targets(targets, B, T, weight, true);
+  ensure_activations(B, T);
+  const long count = upload_targets(targets, B, T);
+  upload_inputs(inputs, B, T);
+  run_step(count, B, T, weight);
+  last_B_ = B, last_T_ = T;
+  fold_max_logits();
+  return read_loss(targets, count, B, T);
+}
+
+void GPT::enqueue_step(long count, int B, int T, double weight) {
+  enqueue_forward(B, T);
+  enqueue_loss(count, B, T, weight, true);
   backward(B, T);
-  return loss;
+}
+
+// A captured step stays valid while everything its kernels were given is:
+// the shape, the loss scale (a kernel argument), the activation buffers and
+// the backend's scratch. Parameters, gradients and the token buffers never
+// move.
+struct GPT::StepGraph {
+  int B = 0, T = 0;
+  double dloss = 0;
+  uint64_t acts_generation = 0, backend_generation = 0;
+  int eager_runs = 0;
+  std::unique_ptr<CapturedWork> work;
+  bool matches(const StepGraph& o) const {
+    return B == o.B && T == o.T && dloss == o.dloss && acts_generation == o.acts_generation &&
+           backend_generation == o.backend_generation;
+  }
+};
+
+bool GPT::step_graphs_wanted() { return env_switch("LSGPT_STEP_GRAPHS", {"on", "off"}) == 0; }
+
+void GPT::set_step_graphs(bool on) {
+  step_graphs_ = on;
+  if (!on) step_graph_.reset();
+}
+
+void GPT::run_step(long count, int B, int T, double weight) {
+  last_step_replayed_ = false;
+  if (!step_graphs_ || grad_ready_) return enqueue_step(count, B, T, weight);
+  StepGraph key;
+  key.B = B, key.T = T, key.dloss = weight / double(count);
+  key.acts_generation = acts_generation_, key.backend_generation = be_.capture_generation();
+  if (!step_graph_ || !step_graph_->matches(key))
+    step_graph_ = std::make_unique<StepGraph>(std::move(key));
+  StepGraph& g = *step_graph_;
+  // The first step of a shape runs eagerly: it grows the scratch to the
+  // size the step needs, which a capture may not do; the key then takes the
+  // scratch as it left it.
+  if (!g.work && g.eager_runs++ == 0) {
+    enqueue_step(count, B, T, weight);
+    g.backend_generation = be_.capture_generation();
+    return;
+  }
+  if (!g.work) {
+    // A backend that cannot capture, or a step that cannot be captured (one
+    // that waits for the device), runs eagerly from now on; a real fault
+    // shows again in that eager run.
+    try {
+      g.work = be_.capture([&] { enqueue_step(count, B, T, weight); });
+      if (!g.work) step_graph_error_ = "the " + be_.name() + " backend does not capture work";
+    } catch (const Error& e) {
+      step_graph_error_ = e.what();
+    }
+    if (!g.work) {
+      set_step_graphs(false);
+      return enqueue_step(count, B, T, weight);
+    }
+  }
+  g.work->replay();
+  last_step_replayed_ = true;
 }
 
 void GPT::backward(int B, int T) {

@@ -9,6 +9,7 @@
 #include <functional>
 #include <memory>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "model/config.h"
@@ -79,6 +80,22 @@ class GPT {
   // to the first, so their reduction can start while the rest of the pass runs.
   using GradReadyHook = std::function<void(size_t begin, size_t end)>;
   void set_grad_ready_hook(GradReadyHook hook) { grad_ready_ = std::move(hook); }
+  // Training steps replayed from a captured graph, on backends that capture
+  // (CUDA): forward_backward's kernels (forward, classifier, backward) are
+  // captured on its second call with the same B, T, loss scale and memory,
+  // and replayed after, so the GPU runs the step's ~370 kernels without
+  // waiting for the host to launch each. Off by default: a captured step
+  // keeps the kernels chosen at capture (LSGPT_* switches read then); a
+  // grad-ready hook runs the step eagerly.
+  void set_step_graphs(bool on);
+  // What the trainer and bench_train pass to set_step_graphs: on, unless
+  // LSGPT_STEP_GRAPHS=off (any other value than on/off is an error).
+  static bool step_graphs_wanted();
+  // Whether the last forward_backward ran from a captured graph.
+  bool last_step_replayed() const { return last_step_replayed_; }
+  // Why the step could not be captured ("" if it was, or was never tried);
+  // set_step_graphs is off from then on.
+  const std::string& step_graph_error() const { return step_graph_error_; }
 
   // Largest pre-softmax attention logit per [layer][head] over the forward
   // passes since the last reset (the paper's logit-explosion signal).
@@ -142,9 +159,25 @@ class GPT {
  private:
   struct Activations;
   void ensure_activations(int B, int T);
-  void forward(const int32_t* inputs, int B, int T);
-  double loss_from_targets(const int32_t* targets, int B, int T, double weight, bool grad);
+  void forward(const int32_t* inputs, int B, int T);  // upload, enqueue_forward, fold_max_logits
+  // Checks the input tokens [B*T] and copies them to the device.
+  void upload_inputs(const int32_t* inputs, int B, int T);
+  // The forward's kernels up to the logits, no host read-back; activations
+  // allocated, inputs uploaded.
+  void enqueue_forward(int B, int T);
+  // Checks targets [B*T] (< vocab_size, at least one >= 0) and copies them to
+  // the device; returns how many are >= 0.
+  long upload_targets(const int32_t* targets, int B, int T);
+  // The classifier over the uploaded targets, with the logits' gradient
+  // (scaled by weight / count) written in place when grad.
+  void enqueue_loss(long count, int B, int T, double weight, bool grad);
+  // Waits for the classifier; the mean loss over the count targets >= 0.
+  double read_loss(const int32_t* targets, long count, int B, int T);
   void backward(int B, int T);
+  // The step's kernels after the uploads: forward, classifier, backward.
+  void enqueue_step(long count, int B, int T, double weight);
+  // enqueue_step, or the captured graph of it (set_step_graphs).
+  void run_step(long count, int B, int T, double weight);
   void* param(int index) const;
   void* grad(int index) const;
   void fold_max_logits();
@@ -164,6 +197,11 @@ class GPT {
   bool has_master_;
   DeviceBuffer params_, grads_, master_, m_, v_;
   std::unique_ptr<Activations> acts_;
+  uint64_t acts_generation_ = 0;  // counts the activation reallocations
+  struct StepGraph;
+  bool step_graphs_ = false, last_step_replayed_ = false;
+  std::string step_graph_error_;
+  std::unique_ptr<StepGraph> step_graph_;
   std::vector<std::vector<float>> max_logits_;
   int last_B_ = 0, last_T_ = 0;
   double last_z_loss_ = 0;

@@ -221,6 +221,10 @@ class Backend {
   virtual std::unique_ptr<CapturedWork> capture(const std::function<void()>& work) {
     return nullptr;
   }
+  // Changes whenever device memory that captured work may use (the
+  // backend's scratch) is reallocated: work captured under an older value
+  // must be captured again.
+  virtual uint64_t capture_generation() const { return 0; }
 
   // ---- optimizer ----
   // sum of x^2 in double precision (NaN/inf propagate). Waits for the result.

@@ -204,6 +204,7 @@ TrainResult train_model(const TrainOptions& options_given) {
   // model's own optimizer.
   const bool parallel = world > 1 || backend->dtype() == backend->acc_dtype();
   GPT model(mc, *backend, parallel ? plan_shards(make_param_layout(mc).total, world).padded() : 0);
+  model.set_step_graphs(GPT::step_graphs_wanted());
   long step = 0;
   json state = json::object();
   if (resuming) {

@@ -111,6 +111,7 @@ void* CudaContext::scratch(size_t bytes) {
   const size_t grown = std::max(bytes, size_t(1) << 20);
   scratch_ = device_alloc(grown);
   scratch_bytes_ = grown;
+  ++scratch_generation_;
   return scratch_;
 }
 
@@ -276,6 +277,7 @@ class CudaBackend final : public Backend {
     cuda::sample_tokens(ctx_, tokens, as<bf16>(logits), params, B, V, Vp, advance, next_input);
   }
   std::unique_ptr<CapturedWork> capture(const std::function<void()>& work) override;
+  uint64_t capture_generation() const override { return ctx_.scratch_generation(); }
   void softmax_cross_entropy(void* losses, void* logits, const int32_t* targets, int N, int V,
                              int Vp, double dloss, bool compute_grad, double z_coef,
                              void* lse) override {

@@ -8,6 +8,7 @@
 #include <cuda_runtime_api.h>
 
 #include <cstddef>
+#include <cstdint>
 
 namespace lsgpt::cuda {
 
@@ -38,6 +39,8 @@ class CudaContext {
   // Ops on the one stream run in order, so reusing it across ops is safe;
   // growing it first waits for the stream so no queued kernel loses it.
   void* scratch(size_t bytes);
+  // Counts the scratch reallocations (captured graphs hold its address).
+  uint64_t scratch_generation() const { return scratch_generation_; }
 
  private:
   static constexpr size_t kWorkspaceBytes = size_t(32) << 20;
@@ -46,6 +49,7 @@ class CudaContext {
   void* workspace_ = nullptr;
   void* scratch_ = nullptr;
   size_t scratch_bytes_ = 0;
+  uint64_t scratch_generation_ = 0;
   int sm_count_ = 0;
   int compute_capability_ = 0;
 };

@@ -32,17 +32,29 @@ __global__ void column_partials_kernel(float* partials, const bf16* src, int row
   store_column_partials(partials, acc, part, c0, cols);
 }
 
+// Up to three part-sum buffers of one shape, reduced by one launch
+// (blockIdx.y picks the buffer): the LayerNorm backward's gain, bias and
+// input-column sums, which were three launches of a few microseconds each.
+struct PartialReduction {
+  const float* partials[3];
+  bf16* dst[3];
+};
+
 // A column's parts are summed by kReduceRows threads, thread y taking parts
 // y, y + kReduceRows, ..., and their totals added in y order: a fixed order,
-// so the same bits every run, with eight times the loads in flight of one
-// thread a column (which left a GPU nearly idle for hundreds of parts).
-constexpr int kReduceRows = 8;
+// so the same bits every run. 32 threads a column with eight loads each in
+// flight: 512 parts (a GPT-2 small LayerNorm) are two rounds of loads, where
+// 8 threads a column needed eight and left most of the GPU idle.
+constexpr int kReduceRows = 32;
 
-__global__ void reduce_partials_kernel(bf16* dst, const float* partials, int parts, int cols) {
-  __shared__ float sums[kReduceRows][kWarpSize];
+__global__ void __launch_bounds__(kWarpSize* kReduceRows)
+    reduce_partials_kernel(PartialReduction r, int parts, int cols) {
+  __shared__ float sums[kReduceRows][kWarpSize + 1];
+  const float* partials = r.partials[blockIdx.y];
   const int c = blockIdx.x * kWarpSize + threadIdx.x;
   float total = 0.0f;
   if (c < cols)
+#pragma unroll 8
     for (int p = threadIdx.y; p < parts; p += kReduceRows) total += partials[size_t(p) * cols + c];
   sums[threadIdx.y][threadIdx.x] = total;
   __syncthreads();
@@ -50,7 +62,16 @@ __global__ void reduce_partials_kernel(bf16* dst, const float* partials, int par
   total = 0.0f;
 #pragma unroll
   for (int y = 0; y < kReduceRows; ++y) total += sums[y][threadIdx.x];
+  bf16* dst = r.dst[blockIdx.y];
   dst[c] = __float2bfloat16(__bfloat162float(dst[c]) + total);
+}
+
+void launch_reduce_partials(CudaContext& ctx, const PartialReduction& r, int buffers, int parts,
+                            int cols) {
+  if (cols == 0) return;
+  reduce_partials_kernel<<<dim3(ceil_div(cols, kWarpSize), buffers), dim3(kWarpSize, kReduceRows),
+                           0, ctx.stream()>>>(r, parts, cols);
+  CUDA_CHECK_LAUNCH();
 }
 
 constexpr int kSquareBlocks = 512;
@@ -89,10 +110,7 @@ __global__ void sum_squares_kernel(double* partials, const bf16* x, size_t n) {
 
 void reduce_partials_accumulate(CudaContext& ctx, bf16* dst, const float* partials, int parts,
                                 int cols) {
-  if (cols == 0) return;
-  reduce_partials_kernel<<<ceil_div(cols, kWarpSize), dim3(kWarpSize, kReduceRows), 0,
-                           ctx.stream()>>>(dst, partials, parts, cols);
-  CUDA_CHECK_LAUNCH();
+  launch_reduce_partials(ctx, PartialReduction{{partials}, {dst}}, 1, parts, cols);
 }
 
 PartialSums::PartialSums(CudaContext& ctx, int parts_, int cols_, bool with_third)
@@ -107,9 +125,9 @@ PartialSums::PartialSums(CudaContext& ctx, int parts_, int cols_, bool with_thir
 
 void PartialSums::accumulate(CudaContext& ctx, bf16* first_dst, bf16* second_dst,
                              bf16* third_dst) const {
-  reduce_partials_accumulate(ctx, first_dst, first, parts, cols);
-  reduce_partials_accumulate(ctx, second_dst, second, parts, cols);
-  if (third) reduce_partials_accumulate(ctx, third_dst, third, parts, cols);
+  LSGPT_CHECK(!third || third_dst, "PartialSums: the third sums need a destination");
+  const PartialReduction r{{first, second, third}, {first_dst, second_dst, third_dst}};
+  launch_reduce_partials(ctx, r, third ? 3 : 2, parts, cols);
 }
 
 void column_sum_accumulate(CudaContext& ctx, bf16* dst, const bf16* src, int rows, int cols) {

@@ -74,7 +74,7 @@ void reduce_partials_accumulate(CudaContext& ctx, bf16* dst, const float* partia
 // with_third a third one from the same allocation (the fused LayerNorm
 // backward's dinp column sums), else third is null. accumulate() adds each
 // buffer's ordered sum over the parts into its bf16 gradient, as
-// reduce_partials_accumulate.
+// reduce_partials_accumulate, all buffers in one launch.
 struct PartialSums {
   float *first, *second, *third = nullptr;
   int parts, cols;

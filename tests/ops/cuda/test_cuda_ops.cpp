@@ -9,6 +9,7 @@
 // 1e-5. Skips with "no CUDA GPU: ..." where there is none.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -329,6 +330,27 @@ void CudaOps::check_softmax_cross_entropy(int V, int Vp) {
     for (int v = 0; v < Vp; ++v) ASSERT_EQ(g[5 * size_t(Vp) + v], 0.0f) << "ignored row";
     for (int v = V; v < Vp; ++v) ASSERT_EQ(g[size_t(v)], 0.0f) << "padded column " << v;
   }
+}
+
+// A non-finite logit makes its row's loss non-finite (the trainer stops on
+// it) and leaves the other rows alone: the running max skips NaN, the sum
+// must not.
+TEST_F(CudaOps, SoftmaxCrossEntropyNonFiniteLogitsReachTheLoss) {
+  const int N = 4, V = 50257, Vp = 50304;
+  Tensor logits = in(size_t(N) * Vp, 24, -6, 6);
+  logits.init[0 * size_t(Vp) + 17] = NAN;
+  logits.init[1 * size_t(Vp) + 9000] = INFINITY;
+  for (int v = 0; v < Vp; ++v) logits.init[2 * size_t(Vp) + v] = NAN;
+  Tensors t{{"logits", logits}, {"losses", out(N, true)}};
+  const Results got = run(*cuda_, t, {5, 6, 7, 8}, [&](Backend& be, auto& p) {
+    be.softmax_cross_entropy(p["losses"], p["logits"], static_cast<int32_t*>(p["ints"]), N, V,
+                             Vp, 1.0 / N, true, 0.0, nullptr);
+  });
+  const std::vector<float>& loss = got.at("losses");
+  EXPECT_FALSE(std::isfinite(loss[0]));
+  EXPECT_FALSE(std::isfinite(loss[1]));
+  EXPECT_FALSE(std::isfinite(loss[2]));
+  EXPECT_TRUE(std::isfinite(loss[3]));
 }
 
 // z-loss fused into the classifier at GPT-2's padded vocabulary: the
