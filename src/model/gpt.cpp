@@ -43,6 +43,24 @@ struct GPT::Activations {
   DeviceBuffer dresidual, dln, datty, dqkv, dfch, dlnf;
 };
 
+// A captured step stays valid while everything its kernels were given is:
+// the shape, the loss scale (a kernel argument), the activation buffers
+// (token and target buffers included) and the backend's scratch; the
+// parameters and gradients never move. One graph is kept: a batch whose
+// count of targets differs (ignored targets) changes the loss scale and is
+// captured again after one eager step.
+struct GPT::StepGraph {
+  int B = 0, T = 0;
+  double dloss = 0;
+  uint64_t acts_generation = 0, backend_generation = 0;
+  int eager_runs = 0;
+  std::unique_ptr<CapturedWork> work;
+  bool matches(const StepGraph& o) const {
+    return B == o.B && T == o.T && dloss == o.dloss && acts_generation == o.acts_generation &&
+           backend_generation == o.backend_generation;
+  }
+};
+
 GPT::GPT(const ModelConfig& cfg, Backend& backend, size_t flat_elements)
     : cfg_(cfg), be_(backend) {
   cfg_.normalize_and_validate();
@@ -329,22 +347,6 @@ void GPT::enqueue_step(long count, int B, int T, double weight) {
   backward(B, T);
 }
 
-// A captured step stays valid while everything its kernels were given is:
-// the shape, the loss scale (a kernel argument), the activation buffers and
-// the backend's scratch. Parameters, gradients and the token buffers never
-// move.
-struct GPT::StepGraph {
-  int B = 0, T = 0;
-  double dloss = 0;
-  uint64_t acts_generation = 0, backend_generation = 0;
-  int eager_runs = 0;
-  std::unique_ptr<CapturedWork> work;
-  bool matches(const StepGraph& o) const {
-    return B == o.B && T == o.T && dloss == o.dloss && acts_generation == o.acts_generation &&
-           backend_generation == o.backend_generation;
-  }
-};
-
 bool GPT::step_graphs_wanted() { return env_switch("LSGPT_STEP_GRAPHS", {"on", "off"}) == 0; }
 
 void GPT::set_step_graphs(bool on) {
@@ -364,9 +366,10 @@ void GPT::run_step(long count, int B, int T, double weight) {
   // The first step of a shape runs eagerly: it grows the scratch to the
   // size the step needs, which a capture may not do; the key then takes the
   // scratch as it left it.
-  if (!g.work && g.eager_runs++ == 0) {
+  if (!g.work && g.eager_runs == 0) {
     enqueue_step(count, B, T, weight);
     g.backend_generation = be_.capture_generation();
+    ++g.eager_runs;
     return;
   }
   if (!g.work) {

@@ -114,6 +114,29 @@ INSTANTIATE_TEST_SUITE_P(
 
 // The z-loss term is coef * mean (log Z)^2 over the targets, and the reported
 // loss stays the pure cross-entropy.
+// Step graphs asked of a backend that cannot capture (the CPU): every step
+// runs eagerly with the same results, and step_graph_error() says why.
+TEST(Model, StepGraphsOnTheCpuRunEagerly) {
+  const ModelConfig cfg = tiny_config(1, 3);
+  auto be = make_backend("cpu");
+  GPT plain(cfg, *be), graphed(cfg, *be);
+  const auto params = random_params(plain, 44);
+  plain.set_parameters(params), graphed.set_parameters(params);
+  graphed.set_step_graphs(true);
+  const int B = 2, T = cfg.seq_len;
+  for (int step = 0; step < 3; ++step) {
+    const auto in = random_tokens(B * T, cfg.vocab_size, 50 + step);
+    const auto tg = random_tokens(B * T, cfg.vocab_size, 60 + step);
+    plain.zero_grad(), graphed.zero_grad();
+    EXPECT_EQ(plain.forward_backward(in.data(), tg.data(), B, T, 1.0),
+              graphed.forward_backward(in.data(), tg.data(), B, T, 1.0));
+    EXPECT_FALSE(graphed.last_step_replayed());
+    EXPECT_EQ(plain.gradients(), graphed.gradients());
+  }
+  EXPECT_NE(graphed.step_graph_error().find("does not capture"), std::string::npos)
+      << graphed.step_graph_error();
+}
+
 TEST(Model, ZLossTermAndPureCrossEntropy) {
   ModelConfig plain = tiny_config(1, 3);
   ModelConfig z = plain;

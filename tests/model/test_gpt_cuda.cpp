@@ -196,7 +196,8 @@ namespace {
 // steps that capture (the second of a shape), replay, and capture again
 // after the shape or the loss scale (ignored targets) changes. Head size 64
 // runs the Hopper attention kernels (TMA descriptors among the captured
-// kernel arguments) where the GPU has them, 32 the sm_80 ones.
+// kernel arguments) where the GPU has them, with QK-norm and z-loss (its
+// log Z read back after the replay); 32 the sm_80 ones.
 class CudaStepGraph : public ::testing::TestWithParam<int> {};
 
 INSTANTIATE_TEST_SUITE_P(HeadDim, CudaStepGraph, ::testing::Values(32, 64));
@@ -206,19 +207,23 @@ TEST_P(CudaStepGraph, ReplayedStepsMatchEagerSteps) {
   auto eager_be = cuda_backend(why_not);
   if (!eager_be) GTEST_SKIP() << "no CUDA GPU: " << why_not;
   auto graph_be = cuda_backend(why_not);
-  const ModelConfig cfg = parity_config({"ls", 3, 16, "", GetParam()});
+  const bool stabilisers = GetParam() == 64;
+  const ModelConfig cfg =
+      parity_config({"ls", 3, 16, "", GetParam(), stabilisers, stabilisers ? 1e-3 : 0.0});
   GPT eager(cfg, *eager_be), graphed(cfg, *graph_be);
   const std::vector<float> init = bf16_exact_params(eager, 5);
   eager.set_parameters(init), graphed.set_parameters(init);
   eager.init_optimizer(), graphed.init_optimizer();
   graphed.set_step_graphs(true);
-  const int shapes[][2] = {{2, 96}, {2, 96}, {2, 96}, {2, 96}, {3, 64}, {3, 64}, {3, 64}, {2, 96}};
+  // B, T, and whether one target is ignored (another loss scale).
+  const int shapes[][3] = {{2, 96, 0}, {2, 96, 0}, {2, 96, 1}, {2, 96, 1},
+                           {3, 64, 0}, {3, 64, 0}, {3, 64, 0}, {2, 96, 0}};
   for (int step = 0; step < 8; ++step) {
     SCOPED_TRACE("step " + std::to_string(step));
     const int B = shapes[step][0], T = shapes[step][1];
     std::vector<int32_t> in = random_tokens(size_t(B) * T, cfg.vocab_size, 100 + step);
     std::vector<int32_t> tg = random_tokens(size_t(B) * T, cfg.vocab_size, 200 + step);
-    if (step == 3) tg[7] = -1;  // another count of targets: another loss scale
+    if (shapes[step][2]) tg[7] = -1;
     AdamWSettings s;
     s.lr = 1e-3, s.step = step + 1;
     double losses[2];
@@ -229,10 +234,11 @@ TEST_P(CudaStepGraph, ReplayedStepsMatchEagerSteps) {
       losses[m] = models[m]->forward_backward(in.data(), tg.data(), B, T, 0.5);
     }
     // Captured from the second step of a shape and loss scale on.
-    const bool replays[] = {false, true, true, false, false, true, true, false};
+    const bool replays[] = {false, true, false, true, false, true, true, false};
     EXPECT_EQ(graphed.last_step_replayed(), replays[step]) << graphed.step_graph_error();
     EXPECT_FALSE(eager.last_step_replayed());
     ASSERT_EQ(losses[0], losses[1]);
+    ASSERT_EQ(eager.last_z_loss(), graphed.last_z_loss());
     ASSERT_EQ(eager.max_logits(), graphed.max_logits());
     ASSERT_EQ(eager.gradients(), graphed.gradients());
     for (GPT* m : models) m->adamw_step(s);

@@ -30,9 +30,11 @@ struct MaxSum {
   float max, sum;  // sum of exp(x - max)
 };
 
+// Two maxima of -inf (threads that saw only NaN, or no entries) keep their
+// sums' NaN: each sum is then 0 or NaN.
 __device__ __forceinline__ MaxSum combine(MaxSum a, MaxSum b) {
   const float m = fmaxf(a.max, b.max);
-  if (m == -INFINITY) return {m, 0.0f};
+  if (m == -INFINITY) return {m, a.sum + b.sum};
   return {m, a.sum * __expf(a.max - m) + b.sum * __expf(b.max - m)};
 }
 

@@ -334,15 +334,18 @@ void CudaOps::check_softmax_cross_entropy(int V, int Vp) {
 
 // A non-finite logit makes its row's loss non-finite (the trainer stops on
 // it) and leaves the other rows alone: the running max skips NaN, the sum
-// must not.
+// must not, also where whole threads and warps saw only NaN (row 4: every
+// entry of the first warp's 8-entry pieces, the target's entry finite).
 TEST_F(CudaOps, SoftmaxCrossEntropyNonFiniteLogitsReachTheLoss) {
-  const int N = 4, V = 50257, Vp = 50304;
+  const int N = 5, V = 50257, Vp = 50304;
   Tensor logits = in(size_t(N) * Vp, 24, -6, 6);
   logits.init[0 * size_t(Vp) + 17] = NAN;
   logits.init[1 * size_t(Vp) + 9000] = INFINITY;
   for (int v = 0; v < Vp; ++v) logits.init[2 * size_t(Vp) + v] = NAN;
+  for (int v = 0; v < Vp; ++v)
+    if (v / 8 % 512 < 32) logits.init[4 * size_t(Vp) + v] = NAN;
   Tensors t{{"logits", logits}, {"losses", out(N, true)}};
-  const Results got = run(*cuda_, t, {5, 6, 7, 8}, [&](Backend& be, auto& p) {
+  const Results got = run(*cuda_, t, {5, 6, 7, 8, 300}, [&](Backend& be, auto& p) {
     be.softmax_cross_entropy(p["losses"], p["logits"], static_cast<int32_t*>(p["ints"]), N, V,
                              Vp, 1.0 / N, true, 0.0, nullptr);
   });
@@ -351,6 +354,7 @@ TEST_F(CudaOps, SoftmaxCrossEntropyNonFiniteLogitsReachTheLoss) {
   EXPECT_FALSE(std::isfinite(loss[1]));
   EXPECT_FALSE(std::isfinite(loss[2]));
   EXPECT_TRUE(std::isfinite(loss[3]));
+  EXPECT_FALSE(std::isfinite(loss[4]));
 }
 
 // z-loss fused into the classifier at GPT-2's padded vocabulary: the
