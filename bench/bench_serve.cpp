@@ -1,6 +1,6 @@
 // Load client for `lsgpt serve` (bench/serve_load.sh drives it on the GPU).
 //
-//   bench_serve --port P --concurrency 1,4,16,64,256 --prompt-tokens 3968 \
+//   bench_serve --port P --concurrency 1,4,16,64,256 --prompt-tokens 3968
 //       --max-tokens 128 --requests 2 --json out.jsonl --label ls-4k
 //     For each concurrency C: C client threads, each sending --requests
 //     streamed completions one after another (random token-id prompts, so

@@ -171,7 +171,9 @@ TEST(TextStream, NeverSplitsAUtf8Character) {
       const size_t n = std::min(text.size() - i, size_t(1 + rng() % 3));
       const std::string piece = s.push(std::string_view(text).substr(i, n));
       EXPECT_EQ(utf8_complete_prefix(piece), piece.size());
-      if (!piece.empty()) EXPECT_NE((unsigned char)piece[0] & 0xC0, 0x80u);
+      if (!piece.empty()) {
+        EXPECT_NE((unsigned char)piece[0] & 0xC0, 0x80u);
+      }
       out += piece;
       i += n;
     }
