@@ -53,7 +53,7 @@ struct GPT::StepGraph {
   int B = 0, T = 0;
   double dloss = 0;
   uint64_t acts_generation = 0, backend_generation = 0;
-  int eager_runs = 0;
+  bool ran_eagerly = false;  // the key's first step, which sizes the scratch
   std::unique_ptr<CapturedWork> work;
   bool matches(const StepGraph& o) const {
     return B == o.B && T == o.T && dloss == o.dloss && acts_generation == o.acts_generation &&
@@ -151,7 +151,7 @@ void GPT::ensure_activations(int B, int T) {
   a->targets = DeviceBuffer(be_, N * sizeof(int32_t));
   a->encoded = act(N * C);
   a->layers.resize(cfg_.n_layer);
-  a->max_logits = stat(size_t(std::max(cfg_.n_layer, 1)) * H);
+  a->max_logits = stat(size_t(cfg_.n_layer) * H);
   for (int l = 0; l < cfg_.n_layer; ++l) {
     LayerActs& L = a->layers[l];
     L.ln1 = act(N * C), L.ln1_mean = stat(N), L.ln1_rstd = stat(N);
@@ -336,7 +336,7 @@ double GPT::forward_backward(const int32_t* inputs, const int32_t* targets, int 
   const long count = upload_targets(targets, B, T);
   upload_inputs(inputs, B, T);
   run_step(count, B, T, weight);
-  last_B_ = B, last_T_ = T;
+  last_B_ = B, last_T_ = T;  // a replayed step skips enqueue_forward, which sets them
   fold_max_logits();
   return read_loss(targets, count, B, T);
 }
@@ -366,10 +366,10 @@ void GPT::run_step(long count, int B, int T, double weight) {
   // The first step of a shape runs eagerly: it grows the scratch to the
   // size the step needs, which a capture may not do; the key then takes the
   // scratch as it left it.
-  if (!g.work && g.eager_runs == 0) {
+  if (!g.work && !g.ran_eagerly) {
     enqueue_step(count, B, T, weight);
     g.backend_generation = be_.capture_generation();
-    ++g.eager_runs;
+    g.ran_eagerly = true;
     return;
   }
   if (!g.work) {

@@ -12,10 +12,10 @@
 
 #include "core/error.h"
 #include "ops/attention_spec.h"
+#include "ops/cuda/device_utils.cuh"  // kLog2e, kWarpSize
 
 namespace lsgpt::cuda::attn {
 
-constexpr float kLog2e = 1.4426950408889634f;
 constexpr int kThreads = 128;  // 4 warps; every attention kernel uses this block size
 
 __device__ __forceinline__ uint32_t smem_address(const void* p) {

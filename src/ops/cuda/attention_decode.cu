@@ -308,7 +308,7 @@ void attention_decode(CudaContext& ctx, bf16* out, bf16* k_local, bf16* v_local,
     p.counters = reinterpret_cast<int*>(
         p.partials + size_t(spec.B) * (spec.n_head - spec.n_local) * p.splits *
                          (attn::padded_head_dim(spec.head_dim) + 2));
-  p.scale_log2 = attn::kLog2e / sqrtf(float(spec.head_dim));
+  p.scale_log2 = kLog2e / sqrtf(float(spec.head_dim));
   switch (attn::padded_head_dim(spec.head_dim)) {
     case 32: launch<32>(ctx, p, spec.B); break;
     case 64: launch<64>(ctx, p, spec.B); break;

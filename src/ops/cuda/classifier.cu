@@ -18,7 +18,6 @@ namespace lsgpt::cuda {
 namespace {
 
 constexpr int kThreads = 512;
-constexpr float kLog2e = 1.4426950408889634f;
 
 __device__ __forceinline__ float fast_exp2(float x) {
   float y;

@@ -11,6 +11,7 @@
 namespace lsgpt::cuda {
 
 constexpr int kWarpSize = 32;
+constexpr float kLog2e = 1.4426950408889634f;  // exp(x) = exp2(x log2 e)
 
 inline int ceil_div(long long a, long long b) { return int((a + b - 1) / b); }
 
