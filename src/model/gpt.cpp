@@ -354,9 +354,20 @@ void GPT::set_step_graphs(bool on) {
   if (!on) step_graph_.reset();
 }
 
+// Eager runs of the step tune the backend's kernels for its shapes
+// (Backend::set_tuning); replays and later steps reuse what was chosen.
+void GPT::eager_step(long count, int B, int T, double weight) {
+  struct TuningScope {
+    Backend& be;
+    explicit TuningScope(Backend& b) : be(b) { be.set_tuning(true); }
+    ~TuningScope() { be.set_tuning(false); }
+  } scope(be_);
+  enqueue_step(count, B, T, weight);
+}
+
 void GPT::run_step(long count, int B, int T, double weight) {
   last_step_replayed_ = false;
-  if (!step_graphs_ || grad_ready_) return enqueue_step(count, B, T, weight);
+  if (!step_graphs_ || grad_ready_) return eager_step(count, B, T, weight);
   StepGraph key;
   key.B = B, key.T = T, key.dloss = weight / double(count);
   key.acts_generation = acts_generation_, key.backend_generation = be_.capture_generation();
@@ -367,7 +378,7 @@ void GPT::run_step(long count, int B, int T, double weight) {
   // size the step needs, which a capture may not do; the key then takes the
   // scratch as it left it.
   if (!g.work && !g.ran_eagerly) {
-    enqueue_step(count, B, T, weight);
+    eager_step(count, B, T, weight);
     g.backend_generation = be_.capture_generation();
     g.ran_eagerly = true;
     return;
@@ -384,7 +395,7 @@ void GPT::run_step(long count, int B, int T, double weight) {
     }
     if (!g.work) {
       set_step_graphs(false);
-      return enqueue_step(count, B, T, weight);
+      return eager_step(count, B, T, weight);
     }
   }
   g.work->replay();

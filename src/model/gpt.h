@@ -176,7 +176,9 @@ class GPT {
   void backward(int B, int T);
   // The step's kernels after the uploads: forward, classifier, backward.
   void enqueue_step(long count, int B, int T, double weight);
-  // enqueue_step, or the captured graph of it (set_step_graphs).
+  // enqueue_step with the backend tuning what it has not yet tuned.
+  void eager_step(long count, int B, int T, double weight);
+  // eager_step, or the captured graph of enqueue_step (set_step_graphs).
   void run_step(long count, int B, int T, double weight);
   void* param(int index) const;
   void* grad(int index) const;

@@ -226,6 +226,16 @@ class Backend {
   // must be captured again.
   virtual uint64_t capture_generation() const { return 0; }
 
+  // ---- tuning ----
+  // While on, the backend may time alternative kernels for work of a shape
+  // it has not tuned yet before enqueuing it (CUDA: cuBLASLt's algorithms
+  // per matrix product, kept in a per-machine cache file so every process
+  // picks the same; src/ops/cuda/gemm_tuning.h). Results stay those of one
+  // fixed choice per shape; the first call of a shape waits for the device.
+  // Off by default; ignored while capturing and by backends with one kernel
+  // per op (the CPU). A flag, not a nesting count: off ends it.
+  virtual void set_tuning(bool on) {}
+
   // ---- optimizer ----
   // sum of x^2 in double precision (NaN/inf propagate). Waits for the result.
   // The CPU backends sum chunks of sum_squares_chunk elements and add the

@@ -92,9 +92,17 @@ class TrainDeterminism : public ::testing::Test {
     return flags;
   }
 
+  // A cache of tuned matrix-product algorithms of this test's own (CUDA,
+  // docs/CUDA.md "cuBLASLt algorithms by timing"): the first run tunes and
+  // stores, the later runs and the resume read what it stored, which is
+  // what keeps them bit-identical.
+  std::string cache_env() const {
+    return "LSGPT_CACHE_DIR=" + quoted(dir_.file("gemm-cache")) + " ";
+  }
+
   testing::CommandResult train(const std::string& device, int variant, const std::string& run,
                                const std::string& extra = "") {
-    return run_command(quoted(LSGPT_BINARY) + " train --device " + device + " --train " +
+    return run_command(cache_env() + quoted(LSGPT_BINARY) + " train --device " + device + " --train " +
                        quoted(dir_.file("train.bin")) + " --valid " +
                        quoted(dir_.file("valid.bin")) + " --out-dir " + quoted(dir_.file(run)) +
                        model_flags(variant) + " --steps " + std::to_string(kSteps) +
@@ -114,7 +122,7 @@ class TrainDeterminism : public ::testing::Test {
       r = train(device, variant, "r" + v, " --stop-at " + std::to_string(kStopAt));
       ASSERT_EQ(r.exit_code, 0) << r.output;
       EXPECT_EQ(load_checkpoint(dir_.file("r" + v + "/checkpoint.ckpt")).step, kStopAt);
-      r = run_command(quoted(LSGPT_BINARY) + " train --resume " +
+      r = run_command(cache_env() + quoted(LSGPT_BINARY) + " train --resume " +
                       quoted(dir_.file("r" + v + "/checkpoint.ckpt")) + " --quiet < /dev/null");
       ASSERT_EQ(r.exit_code, 0) << r.output;
 

@@ -76,7 +76,9 @@ TEST(MetricsLog, AFailedWriteLeavesOnlyWholeLines) {
     const std::string text = read_text(path);
     EXPECT_LT(text.size(), 1000u);
     expect_whole_lines(text, 10);
-    if (append) EXPECT_EQ(text.rfind("{\"type\":\"train\",\"step\":-1}\n", 0), 0u);
+    if (append) {
+      EXPECT_EQ(text.rfind("{\"type\":\"train\",\"step\":-1}\n", 0), 0u);
+    }
   }
   fs::remove(path);
 }

@@ -278,6 +278,7 @@ class CudaBackend final : public Backend {
   }
   std::unique_ptr<CapturedWork> capture(const std::function<void()>& work) override;
   uint64_t capture_generation() const override { return ctx_.scratch_generation(); }
+  void set_tuning(bool on) override { ctx_.set_tuning(on); }
   void softmax_cross_entropy(void* losses, void* logits, const int32_t* targets, int N, int V,
                              int Vp, double dloss, bool compute_grad, double z_coef,
                              void* lse) override {

@@ -42,6 +42,11 @@ class CudaContext {
   // Counts the scratch reallocations (captured graphs hold its address).
   uint64_t scratch_generation() const { return scratch_generation_; }
 
+  // While on, a matrix product of a shape not yet tuned times cuBLASLt's
+  // candidates before it runs (gemm_tuning.h); Backend::set_tuning.
+  bool tuning() const { return tuning_; }
+  void set_tuning(bool on) { tuning_ = on; }
+
  private:
   static constexpr size_t kWorkspaceBytes = size_t(32) << 20;
   cudaStream_t stream_ = nullptr;
@@ -52,6 +57,7 @@ class CudaContext {
   uint64_t scratch_generation_ = 0;
   int sm_count_ = 0;
   int compute_capability_ = 0;
+  bool tuning_ = false;
 };
 
 // Carves aligned pieces out of one scratch allocation.

@@ -3,7 +3,10 @@
 // output) into cuBLASLt's epilogue, and the backward's input gradient takes
 // the GELU derivative of the layer below in the DGELU epilogue (aux input);
 // shapes or alignments for which cuBLASLt offers no fused algorithm fall back
-// to a plain product plus our own bias / GELU kernel.
+// to a plain product plus our own bias / GELU kernel. Each product's
+// algorithm is chosen once per shape: cuBLASLt's heuristic first pick, or,
+// in a tuning scope (the training step's eager runs), the fastest of its
+// candidates by timing, kept in a per-machine cache file (gemm_tuning.h).
 //
 // The backward's dbias is our own ordered column sum of dout (norm.cu), a
 // separate pass. LSGPT_CUDA_DBIAS=bgradb takes it from the weight-gradient
@@ -16,14 +19,19 @@
 // it is not the default. Both are bit-reproducible run to run on one GPU
 // model (algorithms are cached per shape, alignment, epilogue and SM count;
 // cuBLASLt's split-K reductions are ordered).
+#include <algorithm>
+#include <array>
 #include <atomic>
 #include <map>
 #include <mutex>
+#include <string>
 #include <tuple>
+#include <vector>
 
 #include "core/env_switch.h"
 #include "ops/cuda/cuda_check.h"
 #include "ops/cuda/device_utils.cuh"
+#include "ops/cuda/gemm_tuning.h"
 #include "ops/cuda/ops.h"
 
 namespace lsgpt::cuda {
@@ -59,6 +67,9 @@ using GemmKey = std::tuple<int, int, int, int, int, int, int, int, bool, int, in
 struct CachedAlgo {
   bool supported = false;
   cublasLtMatmulAlgo_t algo{};
+  // Tuned or read from the cache file (or tuning is off): kept for good.
+  // Otherwise the heuristic's first pick, made outside a tuning scope.
+  bool final = false;
 };
 
 std::mutex algo_cache_mutex;
@@ -74,6 +85,67 @@ struct LtDescriptors {
     if (op) cublasLtMatmulDescDestroy(op);
   }
 };
+
+// The key's fields as text, for the tuning cache file.
+std::string shape_text(const GemmKey& key) {
+  std::string text;
+  std::apply([&](const auto&... field) { ((text += std::to_string(field) + ","), ...); }, key);
+  text.pop_back();
+  return text;
+}
+
+// cuBLASLt's ranked algorithms for the product (up to `count`), within our
+// workspace and for the pointers' alignments.
+std::vector<cublasLtMatmulHeuristicResult_t> heuristic_algos(CudaContext& ctx,
+                                                             const LtDescriptors& desc,
+                                                             std::array<int, 3> align, int count) {
+  cublasLtMatmulPreference_t pref = nullptr;
+  CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+  const size_t workspace = ctx.cublas_workspace_bytes();
+  const uint32_t aligns[4] = {uint32_t(align[0]), uint32_t(align[1]), uint32_t(align[2]),
+                              uint32_t(align[2])};
+  cublasStatus_t st = cublasLtMatmulPreferenceSetAttribute(
+      pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace, sizeof(workspace));
+  const cublasLtMatmulPreferenceAttributes_t align_attrs[4] = {
+      CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+      CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES};
+  for (int i = 0; i < 4 && st == CUBLAS_STATUS_SUCCESS; ++i)
+    st = cublasLtMatmulPreferenceSetAttribute(pref, align_attrs[i], &aligns[i], sizeof(uint32_t));
+  std::vector<cublasLtMatmulHeuristicResult_t> results(count);
+  int found = 0;
+  if (st == CUBLAS_STATUS_SUCCESS)
+    st = cublasLtMatmulAlgoGetHeuristic(ctx.cublaslt(), desc.op, desc.a, desc.b, desc.d, desc.d,
+                                        pref, count, results.data(), &found);
+  cublasLtMatmulPreferenceDestroy(pref);
+  if (st != CUBLAS_STATUS_SUCCESS) found = 0;
+  results.resize(found);
+  results.erase(std::remove_if(results.begin(), results.end(),
+                               [](const auto& r) { return r.state != CUBLAS_STATUS_SUCCESS; }),
+                results.end());
+  return results;
+}
+
+// The algorithm for a product not yet in the process's cache: the cache
+// file's, else (in a tuning scope, outside a capture) the fastest of the
+// heuristic's top 16 by timing, else the heuristic's first pick.
+CachedAlgo choose_algo(CudaContext& ctx, const GemmKey& key, const LtDescriptors& desc,
+                       const LtCall& call, std::array<int, 3> align) {
+  const bool tuning_on = gemm_tuning_enabled();
+  std::string cache_key;
+  if (tuning_on) {
+    cache_key = gemm_cache_key(ctx, shape_text(key));
+    if (auto algo = stored_gemm_algo(ctx, cache_key, call)) return {true, *algo, true};
+  }
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  CUDA_CHECK(cudaStreamIsCapturing(ctx.stream(), &capture));
+  const bool tune = tuning_on && ctx.tuning() && capture == cudaStreamCaptureStatusNone;
+  const auto candidates = heuristic_algos(ctx, desc, align, tune ? 16 : 1);
+  if (candidates.empty()) return {false, {}, true};
+  if (!tune) return {true, candidates[0].algo, !tuning_on};
+  const auto tuned = tune_gemm(ctx, cache_key, call, candidates);
+  if (!tuned) return {false, {}, true};
+  return {true, *tuned, true};
+}
 
 // Runs the product; returns false when cuBLASLt has no algorithm for it.
 bool try_gemm(CudaContext& ctx, const Gemm& g) {
@@ -111,9 +183,18 @@ bool try_gemm(CudaContext& ctx, const Gemm& g) {
   const int align_a = alignment(g.a), align_b = alignment(g.b), align_d = alignment(g.d);
   const int align_bias = g.bias ? alignment(g.bias) : 256;
   const int align_aux = g.aux ? alignment(g.aux) : 256;
+  // The bias and aux pointers have alignment needs the preference cannot
+  // express; an epilogue is only trusted with 16-byte aligned ones.
+  if (g.epilogue != CUBLASLT_EPILOGUE_DEFAULT &&
+      (align_bias < 16 || align_aux < 16 || (g.aux && g.m % 8 != 0)))
+    return false;
   const GemmKey key{g.trans_a, g.trans_b, g.m, g.n, g.k, g.lda, g.ldb, g.ldd, g.beta != 0.0f,
                     int(g.epilogue), align_a, align_b, align_d, align_bias, align_aux,
                     ctx.sm_count(), int(g.bias_type)};
+  LtCall call;
+  call.op = desc.op, call.a = desc.a, call.b = desc.b, call.d = desc.d;
+  call.A = g.a, call.B = g.b, call.D = g.d, call.beta = g.beta;
+  call.d_bytes = sizeof(bf16) * (size_t(g.ldd) * (g.n - 1) + g.m);
   CachedAlgo cached;
   bool found = false;
   {
@@ -121,39 +202,14 @@ bool try_gemm(CudaContext& ctx, const Gemm& g) {
     auto it = algo_cache.find(key);
     if (it != algo_cache.end()) cached = it->second, found = true;
   }
-  if (!found) {
-    cublasLtMatmulPreference_t pref = nullptr;
-    CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
-    const size_t workspace = ctx.cublas_workspace_bytes();
-    const uint32_t aligns[4] = {uint32_t(align_a), uint32_t(align_b), uint32_t(align_d),
-                                uint32_t(align_d)};
-    cublasStatus_t st = cublasLtMatmulPreferenceSetAttribute(
-        pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace, sizeof(workspace));
-    const cublasLtMatmulPreferenceAttributes_t align_attrs[4] = {
-        CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
-        CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES};
-    for (int i = 0; i < 4 && st == CUBLAS_STATUS_SUCCESS; ++i)
-      st = cublasLtMatmulPreferenceSetAttribute(pref, align_attrs[i], &aligns[i], sizeof(uint32_t));
-    cublasLtMatmulHeuristicResult_t result{};
-    int count = 0;
-    if (st == CUBLAS_STATUS_SUCCESS)
-      st = cublasLtMatmulAlgoGetHeuristic(ctx.cublaslt(), desc.op, desc.a, desc.b, desc.d, desc.d,
-                                          pref, 1, &result, &count);
-    cublasLtMatmulPreferenceDestroy(pref);
-    // The bias and aux pointers have alignment needs the preference cannot
-    // express; an epilogue is only trusted with 16-byte aligned ones.
-    const bool epilogue_ok = g.epilogue == CUBLASLT_EPILOGUE_DEFAULT ||
-                             (align_bias >= 16 && align_aux >= 16 && (!g.aux || g.m % 8 == 0));
-    cached.supported = st == CUBLAS_STATUS_SUCCESS && count > 0 && epilogue_ok;
-    if (cached.supported) cached.algo = result.algo;
+  // A heuristic pick made outside a tuning scope is looked at again inside one.
+  if (!found || (!cached.final && ctx.tuning())) {
+    cached = choose_algo(ctx, key, desc, call, {align_a, align_b, align_d});
     std::lock_guard<std::mutex> lock(algo_cache_mutex);
     algo_cache[key] = cached;
   }
   if (!cached.supported) return false;
-  const float alpha = 1.0f;
-  CUBLAS_CHECK(cublasLtMatmul(ctx.cublaslt(), desc.op, &alpha, g.a, desc.a, g.b, desc.b, &g.beta,
-                              g.d, desc.d, g.d, desc.d, &cached.algo, ctx.cublas_workspace(),
-                              ctx.cublas_workspace_bytes(), ctx.stream()));
+  CUBLAS_CHECK(run_lt_call(ctx, call, cached.algo));
   return true;
 }
 
