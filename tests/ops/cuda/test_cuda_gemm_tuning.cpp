@@ -78,6 +78,11 @@ void expect_matches(const std::vector<std::vector<float>>& got,
     EXPECT_LE(relative_error(got[i], ref[i]), kBf16Tolerance) << "output " << i;
 }
 
+// mlp() on the GPU (tuned) against cpu64 at N rows, width 200.
+void tuned_mlp_matches_cpu64(Backend& cuda, int N) {
+  expect_matches(mlp(cuda, N, 200, true), mlp(*make_backend("cpu64"), N, 200, false));
+}
+
 TEST(CudaGemmTuning, TunedProductsMatchCpu64AndTheCacheFileKeepsThem) {
   REQUIRE_CUDA(cuda);
   ScratchDir dir;
@@ -119,9 +124,7 @@ TEST(CudaGemmTuning, ACorruptCacheFileIsRewrittenWithoutItsBadLines) {
     out << "not a cache line\nkey only\t\nkey\t1 2 3\t0.5\nkey2\tzz zz zz zz zz zz zz zz\t1\n";
     out << "truncated\t1 2 3 4 5 6 7 8\t";  // no newline, no time
   }
-  const int N = 1016, C = 200;
-  auto cpu = make_backend("cpu64");
-  expect_matches(mlp(*cuda, N, C, true), mlp(*cpu, N, C, false));
+  tuned_mlp_matches_cpu64(*cuda, 1016);
   const std::vector<std::string> lines = cache_lines(path);
   EXPECT_GE(lines.size(), 6u);
   for (const std::string& line : lines) {
@@ -139,9 +142,7 @@ TEST(CudaGemmTuning, AnUnwritableCacheDirectoryOnlyCostsTheFile) {
   const std::string below_a_file = dir.file("a-file") + "/cache";
   ScopedEnv cache("LSGPT_CACHE_DIR", below_a_file.c_str());
   ScopedEnv on("LSGPT_GEMM_TUNING", "on");
-  const int N = 1032, C = 200;
-  auto cpu = make_backend("cpu64");
-  expect_matches(mlp(*cuda, N, C, true), mlp(*cpu, N, C, false));
+  tuned_mlp_matches_cpu64(*cuda, 1032);
 }
 
 TEST(CudaGemmTuning, OffWritesNoFileAndUnknownValuesAreRefused) {
@@ -150,9 +151,7 @@ TEST(CudaGemmTuning, OffWritesNoFileAndUnknownValuesAreRefused) {
   ScopedEnv cache("LSGPT_CACHE_DIR", dir.path().c_str());
   {
     ScopedEnv off("LSGPT_GEMM_TUNING", "off");
-    const int N = 1048, C = 200;
-    auto cpu = make_backend("cpu64");
-    expect_matches(mlp(*cuda, N, C, true), mlp(*cpu, N, C, false));
+    tuned_mlp_matches_cpu64(*cuda, 1048);
     EXPECT_TRUE(cache_lines(dir.file("gemm-algos.tsv")).empty());
   }
   ScopedEnv bad("LSGPT_GEMM_TUNING", "fast");
