@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <nlohmann/json.hpp>
+#include <span>
 #include <vector>
 
 #include "core/error.h"
@@ -167,6 +168,198 @@ TrainOptions for_world(TrainOptions o, int ranks) {
   return o;
 }
 
+
+// The model as the training loop drives it: through the data-parallel
+// wrapper (ZeRO-1 shards) where there is one, else on its own.
+struct Trainee {
+  GPT& model;
+  DataParallel* dp;
+
+  void begin_step() { dp ? dp->begin_step() : model.zero_grad(); }
+  double micro_step(const int32_t* inputs, const int32_t* targets, int B, int T, double weight,
+                    bool last) {
+    return dp ? dp->micro_step(inputs, targets, B, T, weight, last)
+              : model.forward_backward(inputs, targets, B, T, weight);
+  }
+  void poison_gradient() { dp ? dp->poison_gradient() : model.poison_gradient(); }
+  std::vector<double> tensor_sum_squares() {
+    return dp ? dp->tensor_sum_squares() : model.grad_sum_squares();
+  }
+  double grad_norm() { return dp ? dp->grad_norm() : model.grad_norm(); }
+  void adamw_step(const AdamWSettings& s, std::span<const double> tensor_scale = {}) {
+    dp ? dp->adamw_step(s, tensor_scale) : model.adamw_step(s, tensor_scale);
+  }
+  void snapshot(Checkpoint& ck) {
+    ck.params = dp ? dp->parameters() : model.parameters();
+    ck.adam_m = dp ? dp->adam_m() : model.adam_m();
+    ck.adam_v = dp ? dp->adam_v() : model.adam_v();
+  }
+};
+
+// The starting weights (and, on the single-GPU path, AdamW moments): the
+// checkpoint's when resuming, --init-from's, or GPT-2's random ones.
+void start_model(GPT& model, const RunSetup& setup, const TrainOptions& options, bool parallel) {
+  if (setup.resuming) {
+    model.set_parameters(setup.start.params);
+    if (!parallel) model.set_adam_state(setup.start.adam_m, setup.start.adam_v);
+  } else if (!options.init_from.empty()) {
+    model.set_parameters(setup.start.params);
+    if (!parallel) model.init_optimizer();
+  } else {
+    model.init_random(setup.train.seed);
+    if (!parallel) model.init_optimizer();
+  }
+}
+
+// The run directory with its config.json, and the metrics log (appended
+// to when resuming). Rank 0 only.
+std::unique_ptr<MetricsLog> open_run_directory(const ModelConfig& mc, const TrainConfig& tc,
+                                               bool resuming) {
+  std::error_code dir_error;
+  std::filesystem::create_directories(tc.out_dir, dir_error);
+  if (dir_error) fail("cannot create the run directory '", tc.out_dir, "': ", dir_error.message());
+  auto metrics = std::make_unique<MetricsLog>(tc.out_dir + "/metrics.jsonl", resuming);
+  write_file_atomic(tc.out_dir + "/config.json",
+                    json{{"model", mc.to_json()}, {"train", tc.to_json()}}.dump(2));
+  return metrics;
+}
+
+// One step's loss, z-loss term and per-head largest logits, over all ranks.
+struct StepLosses {
+  double loss = 0, z_loss = 0;
+  MaxLogits max_logits;
+};
+
+// Where a step's micro-batches come from: this rank's share of them.
+struct MicroBatches {
+  TrainBatches& batches;
+  int B, T, accum, world, rank;
+  std::vector<int32_t> inputs, targets;
+};
+
+// Forward and backward over this rank's micro-batches of `step`, the
+// gradients accumulated (and, data parallel, reduced).
+StepLosses run_micro_batches(Trainee& trainee, MicroBatches& mb, Communicator& comm,
+                             const TrainConfig& tc, const ModelConfig& mc, long step) {
+  std::vector<double> losses(mb.accum), z(mb.accum);
+  for (int j = 0; j < mb.accum; ++j) {
+    // Global micro-batch k = step*G + j*N + r: the ranks' micro-batches of a
+    // step together are the batches one rank would read.
+    mb.batches.fill(uint64_t(step) * tc.grad_accum + uint64_t(j) * mb.world + mb.rank,
+                    mb.inputs.data(), mb.targets.data());
+    losses[j] = trainee.micro_step(mb.inputs.data(), mb.targets.data(), mb.B, mb.T,
+                                   1.0 / tc.grad_accum, j == mb.accum - 1);
+    z[j] = trainee.model.last_z_loss();
+  }
+  StepLosses out;
+  out.loss = loss_over_ranks(losses, comm, tc.grad_accum);
+  out.z_loss = mc.z_loss > 0 ? loss_over_ranks(z, comm, tc.grad_accum) : 0.0;
+  out.max_logits = max_over_ranks(trainee.model.max_logits(), comm);
+  return out;
+}
+
+struct Update {
+  double norm = 0;
+  bool finite = false;  // loss, z-loss and norm finite: the update was made
+  int clipped_tensors = 0;
+};
+
+// The gradient norm, then the AdamW update with AdaGC's per-tensor or the
+// global clipping; no update where anything is non-finite.
+Update clip_and_update(Trainee& trainee, AdaGC& adagc, const TrainConfig& tc,
+                       const StepLosses& losses, long step, double lr) {
+  Update u;
+  // AdaGC needs each tensor's norm; global clipping only their total.
+  std::vector<double> tensor_sq;
+  if (tc.adagc) {
+    tensor_sq = trainee.tensor_sum_squares();
+    for (double sq : tensor_sq) u.norm += sq;
+    u.norm = std::sqrt(u.norm);
+  } else {
+    u.norm = trainee.grad_norm();
+  }
+  u.finite = std::isfinite(losses.loss) && std::isfinite(losses.z_loss) && std::isfinite(u.norm);
+  if (!u.finite) return u;
+  AdamWSettings s;
+  s.lr = lr, s.beta1 = tc.beta1, s.beta2 = tc.beta2, s.eps = tc.eps;
+  s.weight_decay = tc.weight_decay;
+  s.step = step + 1;
+  if (tc.adagc) {
+    const std::vector<double> scales = adagc.scales(tensor_sq, step);
+    u.clipped_tensors = adagc.last_clipped();
+    trainee.adamw_step(s, scales);
+  } else {
+    s.grad_scale = (tc.clip > 0 && u.norm > tc.clip) ? tc.clip / u.norm : 1.0;
+    trainee.adamw_step(s);
+  }
+  return u;
+}
+
+// The metrics record of a finished step (`step` counts it).
+json train_record(const StepLosses& l, const Update& u, const TrainConfig& tc,
+                  const ModelConfig& mc, long step, double lr, double tokens_per_s,
+                  double train_seconds) {
+  json rec{{"type", "train"},
+           {"step", step},
+           {"loss", std::isfinite(l.loss) ? json(l.loss) : json(nullptr)},
+           {"lr", lr},
+           {"grad_norm", std::isfinite(u.norm) ? json(u.norm) : json(nullptr)},
+           {"tokens_per_s", tokens_per_s},
+           {"train_seconds", train_seconds},
+           {"max_logit", max_logit_json(l.max_logits)}};
+  if (!u.finite) rec["skipped"] = true;
+  // "loss" is the cross-entropy alone; the z-loss term is logged beside it.
+  if (mc.z_loss > 0) rec["z_loss"] = std::isfinite(l.z_loss) ? json(l.z_loss) : json(nullptr);
+  if (tc.adagc) rec["adagc_clipped"] = u.clipped_tensors;
+  return rec;
+}
+
+// A skipped step's warning (rank 0), and the stop once --max-nonfinite
+// steps in a row were skipped.
+void handle_nonfinite(const StepLosses& l, const Update& u, const TrainConfig& tc, long step,
+                      int nonfinite_run, bool lead, const std::string& ckpt_path) {
+  if (lead)
+    std::fprintf(stderr,
+                 "warning: step %ld: non-finite %s (loss %g, grad norm %g); update skipped "
+                 "(%d in a row, limit %d)\n",
+                 step, std::isfinite(l.loss) ? "gradient" : "loss", l.loss, u.norm, nonfinite_run,
+                 tc.max_nonfinite);
+  if (nonfinite_run >= tc.max_nonfinite)
+    fail("training stopped: ", nonfinite_run,
+         " consecutive steps had a non-finite loss or gradient (last at step ", step,
+         "). The last good state is in '", ckpt_path,
+         "' if a checkpoint was written; try a lower --lr or a smaller --clip.");
+}
+
+void print_step_line(const StepLosses& l, const Update& u, const TrainConfig& tc, long step,
+                     double lr, double tokens_per_step, const Throughput& speed, double dt) {
+  const double eta = speed.seconds_per_step() * double(tc.steps - step);
+  std::printf("step %6ld/%ld | loss %.4f | lr %.2e | norm %6.3f | %8.0f tok/s | "
+              "%5.0f ms/step | max logit %5.2f | ETA %s\n",
+              step, tc.steps, l.loss, lr, u.norm, tokens_per_step / speed.seconds_per_step(),
+              1000 * dt, overall_max(l.max_logits), format_duration(eta).c_str());
+  flush_progress();
+}
+
+json eval_record(const EvalResult& ev, long step, double train_seconds) {
+  return json{{"type", "eval"},
+              {"step", step},
+              {"val_loss", ev.loss},
+              {"val_ppl", ev.perplexity},
+              {"val_tokens", ev.tokens},
+              {"train_seconds", train_seconds}};
+}
+
+void print_summary(const TrainResult& r, const EvalResult& final_eval, const std::string& out_dir) {
+  std::printf("done: %ld steps in %s (%.0f tok/s) | final val loss %.4f | val ppl %.2f "
+              "(%ld tokens)%s\n",
+              r.steps, format_duration(r.seconds).c_str(), r.tokens_per_second, final_eval.loss,
+              final_eval.perplexity, final_eval.tokens, r.stopped_early ? " | stopped early" : "");
+  std::printf("checkpoint: %s\nmetrics:    %s\n", r.checkpoint.c_str(), r.metrics.c_str());
+  for (const std::string& png : plot_run(r.metrics, out_dir))
+    std::printf("plot:       %s\n", png.c_str());
+  flush_progress();
+}
 }  // namespace
 
 TrainResult train_model(const TrainOptions& options_given) {
@@ -205,20 +398,9 @@ TrainResult train_model(const TrainOptions& options_given) {
   const bool parallel = world > 1 || backend->dtype() == backend->acc_dtype();
   GPT model(mc, *backend, parallel ? plan_shards(make_param_layout(mc).total, world).padded() : 0);
   model.set_step_graphs(GPT::step_graphs_wanted());
-  long step = 0;
-  json state = json::object();
-  if (resuming) {
-    model.set_parameters(setup.start.params);
-    if (!parallel) model.set_adam_state(setup.start.adam_m, setup.start.adam_v);
-    step = setup.start.step;
-    state = setup.start.state;
-  } else if (!options.init_from.empty()) {
-    model.set_parameters(setup.start.params);
-    if (!parallel) model.init_optimizer();
-  } else {
-    model.init_random(tc.seed);
-    if (!parallel) model.init_optimizer();
-  }
+  start_model(model, setup, options, parallel);
+  long step = resuming ? setup.start.step : 0;
+  const json state = resuming ? setup.start.state : json::object();
   AdaGC adagc({tc.adagc_warmup, tc.adagc_lambda_abs, tc.adagc_lambda_rel, tc.adagc_beta},
               model.layout().tensors.size());
   if (tc.adagc && resuming) {
@@ -232,6 +414,7 @@ TrainResult train_model(const TrainOptions& options_given) {
                                         resuming ? setup.start.adam_m : std::vector<float>{},
                                         resuming ? setup.start.adam_v : std::vector<float>{});
   setup.start = Checkpoint{};  // release the host copy
+  Trainee trainee{model, dp.get()};
   long skipped = state.value("skipped", 0L);
   int nonfinite_run = state.value("nonfinite", 0);
   double elapsed_before = state.value("elapsed", 0.0);
@@ -242,15 +425,7 @@ TrainResult train_model(const TrainOptions& options_given) {
 
   const std::string ckpt_path = tc.out_dir + "/checkpoint.ckpt";
   std::unique_ptr<MetricsLog> metrics;
-  if (lead) {
-    std::error_code dir_error;
-    std::filesystem::create_directories(tc.out_dir, dir_error);
-    if (dir_error)
-      fail("cannot create the run directory '", tc.out_dir, "': ", dir_error.message());
-    metrics = std::make_unique<MetricsLog>(tc.out_dir + "/metrics.jsonl", resuming);
-    write_file_atomic(tc.out_dir + "/config.json",
-                      json{{"model", mc.to_json()}, {"train", tc.to_json()}}.dump(2));
-  }
+  if (lead) metrics = open_run_directory(mc, tc, resuming);
   auto log = [&](const json& record) {
     if (metrics) metrics->write(record);
   };
@@ -267,28 +442,23 @@ TrainResult train_model(const TrainOptions& options_given) {
                     {"elapsed", elapsed},
                     {"train_seconds", train_seconds}};
     if (tc.adagc) ck.state["adagc_gamma"] = adagc.state_json();
-    ck.params = dp ? dp->parameters() : model.parameters();
-    ck.adam_m = dp ? dp->adam_m() : model.adam_m();
-    ck.adam_v = dp ? dp->adam_v() : model.adam_v();
+    trainee.snapshot(ck);
     if (lead) save_checkpoint(ckpt_path, ck);
   };
 
   const long tokens_per_step = long(B) * T * tc.grad_accum;
   if (!quiet) print_banner(*backend, *comm, mc, tc, T, step, resuming);
 
-  std::vector<int32_t> inputs(size_t(B) * T), targets(size_t(B) * T);
-  std::vector<double> micro_losses(accum), micro_z(accum);
+  MicroBatches micro{batches, B, T, accum, world, rank,
+                     std::vector<int32_t>(size_t(B) * T), std::vector<int32_t>(size_t(B) * T)};
   const auto t0 = Clock::now();
   Throughput speed;
   TrainResult result;
   double last_loss = NAN;
   const long start_step = step;
   while (step < tc.steps) {
-    if (tc.stop_at > 0 && step >= tc.stop_at) {
-      result.stopped_early = true;
-      break;
-    }
-    if (tc.max_time > 0 && rank0_decides(seconds_since(t0) >= tc.max_time, *comm)) {
+    if ((tc.stop_at > 0 && step >= tc.stop_at) ||
+        (tc.max_time > 0 && rank0_decides(seconds_since(t0) >= tc.max_time, *comm))) {
       result.stopped_early = true;
       break;
     }
@@ -297,107 +467,27 @@ TrainResult train_model(const TrainOptions& options_given) {
     if (fault.step == step + 1 && fault.kind == "error" && fault.rank == rank)
       fail("injected fault (--fault ", tc.fault, ") on rank ", rank, " at step ", step + 1);
     if (fault.step == step + 1 && fault.kind == "nan-param") model.poison_parameter();
-    if (dp) dp->begin_step();
-    else model.zero_grad();
+    trainee.begin_step();
     model.reset_max_logits();
-    for (int j = 0; j < accum; ++j) {
-      // Global micro-batch k = step*G + j*N + r: the ranks' micro-batches of a
-      // step together are the batches one rank would read.
-      batches.fill(uint64_t(step) * tc.grad_accum + uint64_t(j) * world + rank, inputs.data(),
-                   targets.data());
-      const double weight = 1.0 / tc.grad_accum;
-      micro_losses[j] =
-          dp ? dp->micro_step(inputs.data(), targets.data(), B, T, weight, j == accum - 1)
-             : model.forward_backward(inputs.data(), targets.data(), B, T, weight);
-      micro_z[j] = model.last_z_loss();
-    }
-    const double loss = loss_over_ranks(micro_losses, *comm, tc.grad_accum);
-    const double z_loss = mc.z_loss > 0 ? loss_over_ranks(micro_z, *comm, tc.grad_accum) : 0.0;
-    const MaxLogits max_logits = max_over_ranks(model.max_logits(), *comm);
-    if (fault.step == step + 1 && fault.kind == "nan-grad") {
-      if (dp) dp->poison_gradient();
-      else model.poison_gradient();
-    }
-    // AdaGC needs each tensor's norm; global clipping only their total.
-    std::vector<double> tensor_sq;
-    double norm = 0;
-    if (tc.adagc) {
-      tensor_sq = dp ? dp->tensor_sum_squares() : model.grad_sum_squares();
-      for (double sq : tensor_sq) norm += sq;
-      norm = std::sqrt(norm);
-    } else {
-      norm = dp ? dp->grad_norm() : model.grad_norm();
-    }
-    const bool finite = std::isfinite(loss) && std::isfinite(z_loss) && std::isfinite(norm);
-    int clipped_tensors = 0;
-    if (finite) {
-      nonfinite_run = 0;
-      AdamWSettings s;
-      s.lr = lr, s.beta1 = tc.beta1, s.beta2 = tc.beta2, s.eps = tc.eps;
-      s.weight_decay = tc.weight_decay;
-      s.step = step + 1;
-      if (tc.adagc) {
-        const std::vector<double> scales = adagc.scales(tensor_sq, step);
-        clipped_tensors = adagc.last_clipped();
-        if (dp) dp->adamw_step(s, scales);
-        else model.adamw_step(s, scales);
-      } else {
-        s.grad_scale = (tc.clip > 0 && norm > tc.clip) ? tc.clip / norm : 1.0;
-        if (dp) dp->adamw_step(s);
-        else model.adamw_step(s);
-      }
-    } else {
-      ++skipped, ++nonfinite_run;
-    }
+    const StepLosses losses = run_micro_batches(trainee, micro, *comm, tc, mc, step);
+    if (fault.step == step + 1 && fault.kind == "nan-grad") trainee.poison_gradient();
+    const Update update = clip_and_update(trainee, adagc, tc, losses, step, lr);
+    if (update.finite) nonfinite_run = 0;
+    else ++skipped, ++nonfinite_run;
     ++step;
     backend->sync();
     const double dt = std::chrono::duration<double>(Clock::now() - step_start).count();
     speed.add(dt);
     train_seconds += dt;
-    last_loss = loss;
-    json rec{{"type", "train"},
-             {"step", step},
-             {"loss", std::isfinite(loss) ? json(loss) : json(nullptr)},
-             {"lr", lr},
-             {"grad_norm", std::isfinite(norm) ? json(norm) : json(nullptr)},
-             {"tokens_per_s", tokens_per_step / dt},
-             {"train_seconds", train_seconds},
-             {"max_logit", max_logit_json(max_logits)}};
-    if (!finite) rec["skipped"] = true;
-    // "loss" is the cross-entropy alone; the z-loss term is logged beside it.
-    if (mc.z_loss > 0) rec["z_loss"] = std::isfinite(z_loss) ? json(z_loss) : json(nullptr);
-    if (tc.adagc) rec["adagc_clipped"] = clipped_tensors;
-    log(rec);
-    if (!finite) {
-      if (lead)
-        std::fprintf(stderr,
-                     "warning: step %ld: non-finite %s (loss %g, grad norm %g); update skipped "
-                     "(%d in a row, limit %d)\n",
-                     step, std::isfinite(loss) ? "gradient" : "loss", loss, norm, nonfinite_run,
-                     tc.max_nonfinite);
-      if (nonfinite_run >= tc.max_nonfinite)
-        fail("training stopped: ", nonfinite_run,
-             " consecutive steps had a non-finite loss or gradient (last at step ", step,
-             "). The last good state is in '", ckpt_path,
-             "' if a checkpoint was written; try a lower --lr or a smaller --clip.");
-    }
-    if (!quiet && (step % tc.log_every == 0 || step == start_step + 1)) {
-      const double eta = speed.seconds_per_step() * double(tc.steps - step);
-      std::printf("step %6ld/%ld | loss %.4f | lr %.2e | norm %6.3f | %8.0f tok/s | "
-                  "%5.0f ms/step | max logit %5.2f | ETA %s\n",
-                  step, tc.steps, loss, lr, norm, tokens_per_step / speed.seconds_per_step(),
-                  1000 * dt, overall_max(max_logits), format_duration(eta).c_str());
-      flush_progress();
-    }
+    last_loss = losses.loss;
+    log(train_record(losses, update, tc, mc, step, lr, tokens_per_step / dt, train_seconds));
+    if (!update.finite) handle_nonfinite(losses, update, tc, step, nonfinite_run, lead, ckpt_path);
+    if (!quiet && (step % tc.log_every == 0 || step == start_step + 1))
+      print_step_line(losses, update, tc, step, lr, double(tokens_per_step), speed, dt);
     if (tc.eval_every > 0 && step % tc.eval_every == 0 && step < tc.steps) {
       // Every rank holds the same parameters; each evaluates, rank 0 reports.
       const EvalResult ev = evaluate_tokens(model, valid_file, B, T, tc.eval_batches);
-      log(json{{"type", "eval"},
-               {"step", step},
-               {"val_loss", ev.loss},
-               {"val_ppl", ev.perplexity},
-               {"val_tokens", ev.tokens},
-               {"train_seconds", train_seconds}});
+      log(eval_record(ev, step, train_seconds));
       if (!quiet) {
         std::printf("eval  step %ld | val loss %.4f | val ppl %.2f (%ld tokens)\n", step,
                     ev.loss, ev.perplexity, ev.tokens);
@@ -412,13 +502,9 @@ TrainResult train_model(const TrainOptions& options_given) {
   const double seconds = seconds_since(t0);
   const EvalResult final_eval =
       evaluate_tokens(model, valid_file, B, T, tc.final_eval_batches);
-  log(json{{"type", "eval"},
-           {"step", step},
-           {"val_loss", final_eval.loss},
-           {"val_ppl", final_eval.perplexity},
-           {"val_tokens", final_eval.tokens},
-           {"train_seconds", train_seconds},
-           {"final", true}});
+  json final_record = eval_record(final_eval, step, train_seconds);
+  final_record["final"] = true;
+  log(final_record);
   if (nonfinite_run == 0) save(step, elapsed_before + seconds);
   if (metrics) metrics->close();
 
@@ -432,17 +518,7 @@ TrainResult train_model(const TrainOptions& options_given) {
       step > start_step ? double(step - start_step) * tokens_per_step / seconds : 0;
   result.checkpoint = ckpt_path;
   result.metrics = tc.out_dir + "/metrics.jsonl";
-  if (!quiet) {
-    std::printf("done: %ld steps in %s (%.0f tok/s) | final val loss %.4f | val ppl %.2f "
-                "(%ld tokens)%s\n",
-                step, format_duration(seconds).c_str(), result.tokens_per_second,
-                final_eval.loss, final_eval.perplexity, final_eval.tokens,
-                result.stopped_early ? " | stopped early" : "");
-    std::printf("checkpoint: %s\nmetrics:    %s\n", ckpt_path.c_str(), result.metrics.c_str());
-    for (const std::string& png : plot_run(result.metrics, tc.out_dir))
-      std::printf("plot:       %s\n", png.c_str());
-    flush_progress();
-  }
+  if (!quiet) print_summary(result, final_eval, tc.out_dir);
   return result;
 }
 
