@@ -168,7 +168,6 @@ TrainOptions for_world(TrainOptions o, int ranks) {
   return o;
 }
 
-
 // The model as the training loop drives it: through the data-parallel
 // wrapper (ZeRO-1 shards) where there is one, else on its own.
 struct Trainee {
