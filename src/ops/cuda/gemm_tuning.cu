@@ -13,9 +13,9 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
-#include <optional>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <sstream>
 #include <vector>
 
@@ -41,7 +41,8 @@ std::string unusable_path;
 void warn_once(const std::string& message) {
   static std::once_flag once;
   std::call_once(once, [&] {
-    std::fprintf(stderr, "lsgpt: warning: %s; GEMM algorithm choices last for this process only\n",
+    std::fprintf(stderr,
+                 "lsgpt: warning: %s; matrix products keep cuBLASLt's first pick (not tuned)\n",
                  message.c_str());
   });
 }
@@ -233,16 +234,26 @@ std::string gemm_cache_path() {
 }
 
 std::string gemm_cache_key(CudaContext& ctx, const std::string& shape) {
+  // The device's part, made once per device: every new product shape (each
+  // prompt length of a prefill) builds a key, and cudaGetDeviceProperties
+  // is not cheap.
+  static std::mutex mutex;
+  static std::map<int, std::string> device_part;
   int device = 0;
   CUDA_CHECK(cudaGetDevice(&device));
-  cudaDeviceProp prop{};
-  CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
-  std::string name = prop.name;
-  for (char& c : name)
-    if (c == '\t' || c == '\n') c = ' ';
-  return name + " sm" + std::to_string(ctx.sm_count()) + " cublasLt" +
-         std::to_string(cublasLtGetVersion()) + " ws" +
-         std::to_string(ctx.cublas_workspace_bytes()) + " " + shape;
+  std::lock_guard<std::mutex> lock(mutex);
+  std::string& part = device_part[device];
+  if (part.empty()) {
+    cudaDeviceProp prop{};
+    CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
+    std::string name = prop.name;
+    for (char& c : name)
+      if (c == '\t' || c == '\n') c = ' ';
+    part = name + " sm" + std::to_string(ctx.sm_count()) + " cublasLt" +
+           std::to_string(cublasLtGetVersion()) + " ws" +
+           std::to_string(ctx.cublas_workspace_bytes()) + " ";
+  }
+  return part + shape;
 }
 
 std::optional<cublasLtMatmulAlgo_t> stored_gemm_algo(CudaContext& ctx, const std::string& key,

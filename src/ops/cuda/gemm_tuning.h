@@ -43,7 +43,7 @@ bool gemm_tuning_enabled();
 
 // The cache file: $LSGPT_CACHE_DIR/gemm-algos.tsv, else
 // $XDG_CACHE_HOME/lsgpt/..., else $HOME/.cache/lsgpt/...; "" when none of
-// them is set (choices then last for the process only). One line per
+// them is set (then nothing is tuned: tune_gemm). One line per
 // product: key, the algorithm's 8 words in hex, its time in ms.
 std::string gemm_cache_path();
 
