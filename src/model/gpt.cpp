@@ -317,10 +317,15 @@ std::vector<double> GPT::download_stats(const void* src, int n) const {
   return out;
 }
 
-double GPT::evaluate(const int32_t* inputs, const int32_t* targets, int B, int T) {
+long GPT::upload_batch(const int32_t* inputs, const int32_t* targets, int B, int T) {
   ensure_activations(B, T);
   const long count = upload_targets(targets, B, T);
   upload_inputs(inputs, B, T);
+  return count;
+}
+
+double GPT::evaluate(const int32_t* inputs, const int32_t* targets, int B, int T) {
+  const long count = upload_batch(inputs, targets, B, T);
   enqueue_forward(B, T);
   enqueue_loss(count, B, T, 1.0, false);
   fold_max_logits();
@@ -332,9 +337,7 @@ double GPT::evaluate(const int32_t* inputs, const int32_t* targets, int B, int T
 // between the forward, the classifier and the backward.
 double GPT::forward_backward(const int32_t* inputs, const int32_t* targets, int B, int T,
                              double weight) {
-  ensure_activations(B, T);
-  const long count = upload_targets(targets, B, T);
-  upload_inputs(inputs, B, T);
+  const long count = upload_batch(inputs, targets, B, T);
   run_step(count, B, T, weight);
   last_B_ = B, last_T_ = T;  // a replayed step skips enqueue_forward, which sets them
   fold_max_logits();

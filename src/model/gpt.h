@@ -168,6 +168,9 @@ class GPT {
   // Checks targets [B*T] (< vocab_size, at least one >= 0) and copies them to
   // the device; returns how many are >= 0.
   long upload_targets(const int32_t* targets, int B, int T);
+  // ensure_activations, then upload_targets (checked first, so a bad
+  // target is reported before any work) and upload_inputs; the count.
+  long upload_batch(const int32_t* inputs, const int32_t* targets, int B, int T);
   // The classifier over the uploaded targets, with the logits' gradient
   // (scaled by weight / count) written in place when grad.
   void enqueue_loss(long count, int B, int T, double weight, bool grad);

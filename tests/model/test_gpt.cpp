@@ -112,8 +112,6 @@ INSTANTIATE_TEST_SUITE_P(
              (g.qk_norm ? "_qknorm" : "") + (g.z_loss > 0 ? "_zloss" : "");
     });
 
-// The z-loss term is coef * mean (log Z)^2 over the targets, and the reported
-// loss stays the pure cross-entropy.
 // Step graphs asked of a backend that cannot capture (the CPU): every step
 // runs eagerly with the same results, and step_graph_error() says why.
 TEST(Model, StepGraphsOnTheCpuRunEagerly) {
@@ -137,6 +135,8 @@ TEST(Model, StepGraphsOnTheCpuRunEagerly) {
       << graphed.step_graph_error();
 }
 
+// The z-loss term is coef * mean (log Z)^2 over the targets, and the reported
+// loss stays the pure cross-entropy.
 TEST(Model, ZLossTermAndPureCrossEntropy) {
   ModelConfig plain = tiny_config(1, 3);
   ModelConfig z = plain;

@@ -185,12 +185,6 @@ INSTANTIATE_TEST_SUITE_P(
                                  64, true, 1e-4}),
     [](const auto& info) { return info.param.name; });
 
-}  // namespace
-}  // namespace lsgpt
-
-namespace lsgpt {
-namespace {
-
 // forward_backward replayed from a captured graph (set_step_graphs) gives
 // the eager step's bits: losses, maxima, gradients and parameters over
 // steps that capture (the second of a shape), replay, and capture again
