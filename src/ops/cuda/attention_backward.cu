@@ -189,7 +189,7 @@ __device__ void key_block(const BackwardParams& p, unsigned char* smem_raw, int 
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           const int qi = nb * 8 + quad * 2 + (e & 1);
-          float prob = exp2f(s[nb][e] * p.scale_log2 - lse_tile[qi]);
+          float prob = exp2_ftz(s[nb][e] * p.scale_log2 - lse_tile[qi]);
           if (kMasked && !(i0 + qi < T && mask.visible(i0 + qi, frag_row(key_row, e)))) prob = 0.f;
           s[nb][e] = prob;
           if constexpr (kQbar) colsum[e >> 1] += prob;
@@ -332,7 +332,7 @@ __device__ void query_block(const BackwardParams& p, unsigned char* smem_raw, in
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           const int r = e >> 1;
-          float prob = exp2f(s[nb][e] * p.scale_log2 - lse_log2[r]);
+          float prob = exp2_ftz(s[nb][e] * p.scale_log2 - lse_log2[r]);
           if (kMasked && !mask.visible(row_a + 8 * r, j0 + nb * 8 + quad * 2 + (e & 1))) prob = 0.f;
           dp[nb][e] = prob * (dp[nb][e] - delta[r]);
         }
@@ -480,7 +480,7 @@ void attention_backward(CudaContext& ctx, bf16* dqkv, const bf16* dout, const bf
     return;
   }
   if (sm90 && variant == Sm90BackwardVariant::ws) {
-    launch_backward_sm90_ws(ctx, p, spec.B, span, qbar);
+    launch_backward_sm90_ws(ctx, p, spec.B, span, qbar, ws_backward_short_walks(shape));
     return;
   }
   if (sm90) {

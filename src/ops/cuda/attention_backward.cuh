@@ -170,9 +170,11 @@ void launch_backward_sm90(CudaContext& ctx, const BackwardParams& p, int B, bool
 // launch_backward_sm90's one-warpgroup kernel, warp-specialised: a TMA
 // producer warp a consumer warpgroup, three consumers a block at D 64 and
 // two at D 128 (one with qbar), one block a multiprocessor walking key and
-// query blocks (global heads first).
+// query blocks (global heads first). short_walks (ws_backward_short_walks)
+// double-buffers each consumer's fixed pair at D 64 without qbar, for items
+// that walk few tiles; ignored elsewhere. Either way the same bits.
 void launch_backward_sm90_ws(CudaContext& ctx, const BackwardParams& p, int B, bool span,
-                             bool qbar);
+                             bool qbar, bool short_walks);
 
 // attention_backward_sm90_one_pass.cu: the one-pass variant (key blocks
 // only, dQ summed by float atomics into dq_accum, then written to dqkv; not

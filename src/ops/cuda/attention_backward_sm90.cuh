@@ -170,7 +170,7 @@ __device__ __forceinline__ void key_softmax(float (&s)[kQ / 2], float (&dp)[kQ /
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
       const int qi = nb * 8 + quad * 2 + (e & 1);
-      float prob = exp2f(s[4 * nb + e] * scale_log2 - lse_tile[qi]);
+      float prob = exp2_ftz(s[4 * nb + e] * scale_log2 - lse_tile[qi]);
       if (kMasked && !(i0 + qi < T && mask.visible(i0 + qi, key_row + 8 * (e >> 1)))) prob = 0.f;
       if constexpr (kQbar) colsum[e >> 1] += prob;
       s[4 * nb + e] = prob;
@@ -298,7 +298,7 @@ __device__ __forceinline__ void query_tile_step(float (&dq)[D / 2], uint32_t q_a
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int r = e >> 1;
-        float prob = exp2f(s[4 * nb + e] * p.scale_log2 - lse_log2[r]);
+        float prob = exp2_ftz(s[4 * nb + e] * p.scale_log2 - lse_log2[r]);
         if (kMasked && !mask.visible(row_a + 8 * r, j0 + nb * 8 + quad * 2 + (e & 1)))
           prob = 0.f;
         dp[4 * nb + e] = prob * (dp[4 * nb + e] - delta[r]);

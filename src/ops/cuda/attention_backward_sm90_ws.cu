@@ -57,13 +57,22 @@ constexpr int kRows = 64;
 // 2, 192 KiB; with qbar base's ~250 registers leave room for one consumer,
 // at 256 (at 232 it spilled, and compute-sanitizer's instrumentation found
 // no registers left and stopped the kernel), 2 and 3.
-template <int D, bool kQbar>
+// kShortWalks (D 64 without qbar only; ws_backward_short_walks chooses it):
+// 2 fixed slots and 2 stages in the same 192 KiB. With one slot the next
+// item's pair can load only once the current walk has ended, so a consumer
+// waits for it after every item; a local head's items walk about 3 tiles,
+// and that wait is a large share of each (H200, 2026-12-01: local heads'
+// backward 7-9% faster with two slots, MHSA at T 1k 1-3% slower, its long
+// walks wanting the deeper ring).
+template <int D, bool kQbar, bool kShortWalks = false>
 struct WsBackwardPolicy {
+  static_assert(!kShortWalks || (D == 64 && !kQbar), "short walks: D 64 without qbar");
   static constexpr int kConsumers = D == 64 ? (kQbar ? 2 : 3) : (kQbar ? 1 : 2);
   static constexpr int kProducerRegs = kConsumers == 3 ? 32 : 40;
   static constexpr int kConsumerRegs = kConsumers == 3 ? 160 : kConsumers == 2 ? 232 : 256;
-  static constexpr int kStages = D == 64 || kConsumers == 1 ? 3 : 2;
-  static constexpr int kFixedStages = kConsumers == 3 || (D == 128 && kConsumers == 2) ? 1 : 2;
+  static constexpr int kStages = kShortWalks ? 2 : D == 64 || kConsumers == 1 ? 3 : 2;
+  static constexpr int kFixedStages =
+      kShortWalks || !(kConsumers == 3 || (D == 128 && kConsumers == 2)) ? 2 : 1;
 };
 
 // One consumer's pipeline state: the ring (`full`: the producer warp's 32
@@ -360,9 +369,9 @@ __global__ void __launch_bounds__(WsBackwardShape<D, kQbar, Policy>::kBlockThrea
 #endif
 }
 
-template <int D, bool kSpan, bool kQbar>
+template <int D, bool kSpan, bool kQbar, bool kShortWalks>
 void launch(CudaContext& ctx, const BackwardParams& p, int B) {
-  using Policy = WsBackwardPolicy<D, kQbar>;
+  using Policy = WsBackwardPolicy<D, kQbar, kShortWalks>;
   using Shape = WsBackwardShape<D, kQbar, Policy>;
   auto kernel = attention_backward_sm90_ws_kernel<D, kSpan, kQbar, Policy>;
   CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -394,9 +403,13 @@ void launch(CudaContext& ctx, const BackwardParams& p, int B) {
 }  // namespace
 
 void launch_backward_sm90_ws(CudaContext& ctx, const BackwardParams& p, int B, bool span,
-                             bool qbar) {
+                             bool qbar, bool short_walks) {
   dispatch_backward(p, span, qbar, [&](auto d, auto span_c, auto qbar_c) {
-    launch<decltype(d)::value, decltype(span_c)::value, decltype(qbar_c)::value>(ctx, p, B);
+    constexpr int D = decltype(d)::value;
+    constexpr bool kSpan = decltype(span_c)::value, kQbar = decltype(qbar_c)::value;
+    if constexpr (D == 64 && !kQbar)
+      if (short_walks) return launch<D, kSpan, kQbar, true>(ctx, p, B);
+    launch<D, kSpan, kQbar, false>(ctx, p, B);
   });
 }
 

@@ -92,7 +92,7 @@ __device__ __forceinline__ void online_softmax(S s, OnAlpha on_alpha, float (&ro
     m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
     // A row that has seen only masked keys keeps max -inf; subtract 0 then.
     const float base = m == -INFINITY ? 0.f : m * scale_log2;
-    const float alpha = exp2f(row_max[r] * scale_log2 - base);
+    const float alpha = exp2_ftz(row_max[r] * scale_log2 - base);
     row_max[r] = m;
     row_sum[r] *= alpha;
     on_alpha(r, alpha);
@@ -100,7 +100,7 @@ __device__ __forceinline__ void online_softmax(S s, OnAlpha on_alpha, float (&ro
     for (int nb = 0; nb < kForwardBlockN / 8; ++nb)
 #pragma unroll
       for (int e = 2 * r; e < 2 * r + 2; ++e) {
-        s(nb, e) = exp2f(s(nb, e) * scale_log2 - base);
+        s(nb, e) = exp2_ftz(s(nb, e) * scale_log2 - base);
         row_sum[r] += s(nb, e);
       }
   }

@@ -47,6 +47,7 @@ struct ConsumerWarpgroup {
   // Where this warpgroup is: its first query, its thread's row_a (row_a + 8
   // is the other), its quad, its Q tile, its head's mask.
   int q0, row_a, quad;
+  int warp_q0;  // this warp's first query, warp-uniform to ptxas (n8_block_needs_mask)
   uint32_t q_addr;
   HeadMask mask;
   float scale_log2;
@@ -64,6 +65,7 @@ struct ConsumerWarpgroup {
       : q0(q0_),
         row_a(q0_ + (wg_thread / kWarpSize) * 16 + (wg_thread % kWarpSize) / 4),
         quad(wg_thread % 4),
+        warp_q0(q0_ + 16 * __shfl_sync(0xffffffffu, wg_thread / kWarpSize, 0)),
         q_addr(q_addr_),
         mask(mask_),
         scale_log2(scale_log2_) {
@@ -156,13 +158,15 @@ struct ConsumerWarpgroup {
 
   __device__ __forceinline__ void apply_mask(int k0) {
 #pragma unroll
-    for (int nb = 0; nb < kKeyBlocks; ++nb)
+    for (int nb = 0; nb < kKeyBlocks; ++nb) {
+      if (!mask.n8_block_needs_mask(warp_q0, k0 + nb * 8)) continue;
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int i = row_a + (e < 2 ? 0 : 8);
         const int j = k0 + nb * 8 + quad * 2 + (e & 1);
         if (!mask.visible(i, j)) s[4 * nb + e] = -INFINITY;
       }
+    }
   }
 
   // The forward's online softmax (attention_forward.cuh); alpha is kept, since

@@ -77,4 +77,19 @@ inline Sm90BackwardVariant choose_sm90_backward(const AttentionShape& s, int sm_
                                                 : Sm90BackwardVariant::base;
 }
 
+// ws's buffering at D 64 without qbar: two fixed slots and a two-stage ring
+// where a quarter or more of the work is band rows (local items walk about
+// w / 64 + 2 tiles, and with one slot each item waits for its K, V or Q,
+// dO pair), else one slot and three stages. H200, 2026-12-01, both in the
+// same run (bench_cuda_attention, two rounds): two slots 7-9% faster at
+// GPT-2 small's LS 11/12 and all-local layers (local share 0.67 and 1), 5%
+// and 4% at LS 11/12 T 1k and 4k of the grid (0.64, 0.32); within 2% either
+// way at LS 1/2 T 1k and 4k (0.30, 0.11); one slot better by 1-3% for MHSA
+// at T 1k and by 5% at LS 1/2 T 16k (0.03). (MHSA at T 4k and 16k came out
+// 5% faster with two slots in that run, against the larger losses at T 1k
+// and at LS 1/2 T 16k: not taken.)
+inline bool ws_backward_short_walks(const AttentionShape& s) {
+  return s.head_dim <= 64 && !s.span_qbar && local_work_share(s) >= 0.25;
+}
+
 }  // namespace lsgpt::cuda::attn

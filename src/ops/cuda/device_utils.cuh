@@ -15,6 +15,18 @@ constexpr float kLog2e = 1.4426950408889634f;  // exp(x) = exp2(x log2 e)
 
 inline int ceil_div(long long a, long long b) { return int((a + b - 1) / b); }
 
+// 2^x on the special-function unit alone, results below 2^-126 flushed to
+// zero (exp2(-inf) = 0, NaN stays NaN). exp2f without fast math wraps the same
+// MUFU.EX2 in a range test and two multiplies to keep subnormal results:
+// three more instructions for every score of the attention kernels, whose
+// probabilities that small add nothing a bf16 product or an fp32 row sum
+// would keep.
+__device__ __forceinline__ float exp2_ftz(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
 __device__ __forceinline__ float warp_sum(float x) {
 #pragma unroll
   for (int offset = 16; offset > 0; offset >>= 1) x += __shfl_xor_sync(0xffffffffu, x, offset);

@@ -252,7 +252,10 @@ TEST(CudaAttentionBackwardSm90Dispatch, OnePassWg2MatchesOnePass) {
 // the real head dim zero-filled by the copy engine), T past and within a
 // block, B > 1 (the TMA coordinates of the batch row), and at D 64 and 128
 // more items than the grid has consumers on a 132-multiprocessor GPU (the
-// ring's and the fixed slots' phases carried across items).
+// ring's and the fixed slots' phases carried across items). At D 64 without
+// qbar the shapes whose work is mostly band rows (local 2/3 at T 7, 3/4 at
+// T 300, all local at T 2048 with 5 items a consumer) run the two-slot
+// buffering (ws_backward_short_walks), the others the one-slot one.
 TEST(CudaAttentionBackwardSm90Dispatch, WsMatchesBase) {
   REQUIRE_CUDA(cuda);
   REQUIRE_HOPPER();
@@ -264,7 +267,8 @@ TEST(CudaAttentionBackwardSm90Dispatch, WsMatchesBase) {
                           {1, 1000, 128, 4, 3, 100}, {2, 200, 128, 3, 0, 1},
                           {2, 1000, 48, 3, 2, 256},  {1, 100, 96, 2, 1, 5},
                           {4, 4096, 64, 4, 3, 100},  {1, 129, 128, 2, 2, 1000},
-                          {4, 4096, 128, 4, 3, 100}, {2, 300, 64, 3, 2, 1}};
+                          {4, 4096, 128, 4, 3, 100}, {2, 300, 64, 3, 2, 1},
+                          {8, 2048, 64, 4, 4, 100}};
   for (const Shape& sh : shapes)
     for (const SpanLayer& span : spans) {
       AttentionSpec spec;
