@@ -122,7 +122,7 @@ struct HeadMask {
   // before masking an n8 block element by element, which on a local head's
   // tiles (every one cut by the band) skips all but the 2-3 blocks a
   // diagonal crosses: 0-5% faster there (H200, 2026-12-01). The same test
-  // made the backward's key and query steps 16-22% slower on local heads
+  // made the backward's key and query steps 15-22% slower on local heads
   // (their masks sit among the exponentials and the products), and the base
   // forward four registers larger (a block a multiprocessor fewer) for no
   // gain: neither uses it. i0 must be warp-uniform to ptxas where a wgmma
