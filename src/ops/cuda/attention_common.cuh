@@ -119,14 +119,15 @@ struct HeadMask {
   }
   // The same for one warp's share of an m16n8 score tile: queries
   // [i0, i0 + 16), keys [j0, j0 + 8). The ws forward's consumers test it
-  // before masking an n8 block element by element, which on a local head's
-  // tiles (every one cut by the band) skips all but the 2-3 blocks a
-  // diagonal crosses: 0-5% faster there (H200, 2026-12-01). The same test
-  // made the backward's key and query steps 15-22% slower on local heads
-  // (their masks sit among the exponentials and the products), and the base
-  // forward four registers larger (a block a multiprocessor fewer) for no
-  // gain: neither uses it. i0 must be warp-uniform to ptxas where a wgmma
-  // is in flight, or the branch serializes the wgmma pipeline.
+  // before masking an n8 block element by element, and skip the blocks the
+  // mask leaves whole (blocks it hides whole are still masked element by
+  // element): on a local head of w 100, most of the band's interior. 0-5%
+  // faster there (H200, 2026-12-01). The same test made the backward's key
+  // and query steps 15-22% slower on local heads (their masks sit among the
+  // exponentials and the products), and the base forward four registers
+  // larger (100: four blocks a multiprocessor instead of five) for no gain:
+  // neither uses it. i0 must be warp-uniform to ptxas where a wgmma is in
+  // flight, or the branch serializes the wgmma pipeline.
   __device__ __forceinline__ bool n8_block_needs_mask(int i0, int j0) const {
     return tile_needs_mask(i0, 16, j0, 8);
   }

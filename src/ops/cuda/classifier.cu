@@ -19,12 +19,6 @@ namespace {
 
 constexpr int kThreads = 512;
 
-__device__ __forceinline__ float fast_exp2(float x) {
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-  return y;
-}
-
 struct MaxSum {
   float max, sum;  // sum of exp(x - max)
 };
@@ -46,13 +40,13 @@ __device__ __forceinline__ void add_values(MaxSum& acc, const float (&x)[kN]) {
 #pragma unroll
   for (int k = 1; k < kN; ++k) m = fmaxf(m, x[k]);
   if (m > acc.max) {
-    acc.sum *= fast_exp2((acc.max - m) * kLog2e);
+    acc.sum *= exp2_ftz((acc.max - m) * kLog2e);
     acc.max = m;
   }
   const float shift = acc.max * kLog2e;
   float s = 0.0f;
 #pragma unroll
-  for (int k = 0; k < kN; ++k) s += fast_exp2(fmaf(x[k], kLog2e, -shift));
+  for (int k = 0; k < kN; ++k) s += exp2_ftz(fmaf(x[k], kLog2e, -shift));
   acc.sum += s;
 }
 
@@ -110,7 +104,7 @@ __device__ __forceinline__ void store_row_gradient(bf16* x, MaxSum total, int ta
   const float coef = scale * (1.0f + 2.0f * z_coef * log_z) / total.sum;
   const float shift = total.max * kLog2e;
   auto grad = [&](float logit, int col) {
-    const float g = coef * fast_exp2(fmaf(logit, kLog2e, -shift));
+    const float g = coef * exp2_ftz(fmaf(logit, kLog2e, -shift));
     return col < V ? g - (col == target ? scale : 0.0f) : 0.0f;
   };
   if (kVector) {

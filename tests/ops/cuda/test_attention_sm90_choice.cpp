@@ -110,9 +110,9 @@ TEST(AttentionSm90Choice, BackwardDependsOnQbarTheGlobalHeadsAndTheGpu) {
 }
 
 // ws's two fixed slots (ws_backward_short_walks): D 64 without qbar where a
-// quarter of the work or more is band rows. GPT-2 small's LS layer and the
-// grid's LS 11/12 up to T 4k take them; MHSA, LS 1/2 at T 4k and 16k,
-// LS 11/12 at T 16k, D 128 and qbar do not.
+// quarter of the work or more is band rows. GPT-2 small's LS layer, the
+// grid's LS 11/12 up to T 4k and LS 1/2 at T 1k take them; MHSA, LS 1/2 at
+// T 4k and 16k, LS 11/12 at T 16k, D 128 and qbar do not.
 TEST(AttentionSm90Choice, BackwardShortWalks) {
   EXPECT_TRUE(ws_backward_short_walks({16, 1024, 12, 11, 100, 64}));
   EXPECT_TRUE(ws_backward_short_walks({16, 1024, 12, 12, 100, 64}));
@@ -123,7 +123,9 @@ TEST(AttentionSm90Choice, BackwardShortWalks) {
   EXPECT_TRUE(ws_backward_short_walks(grid_shape("ls_11of12_w100", 1024, 64)));
   EXPECT_TRUE(ws_backward_short_walks(grid_shape("ls_11of12_w100", 4096, 64)));
   EXPECT_FALSE(ws_backward_short_walks(grid_shape("ls_11of12_w100", 16384, 64)));
+  EXPECT_TRUE(ws_backward_short_walks(grid_shape("ls_half_w256", 1024, 64)));  // share 0.30
   EXPECT_FALSE(ws_backward_short_walks(grid_shape("ls_half_w256", 4096, 64)));
+  EXPECT_FALSE(ws_backward_short_walks(grid_shape("ls_half_w256", 16384, 64)));
   EXPECT_FALSE(ws_backward_short_walks(grid_shape("mhsa", 1024, 64)));
   EXPECT_FALSE(ws_backward_short_walks({0, 0, 12, 0, 1, 64}));  // no rows
 }

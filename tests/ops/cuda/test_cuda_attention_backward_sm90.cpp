@@ -252,10 +252,11 @@ TEST(CudaAttentionBackwardSm90Dispatch, OnePassWg2MatchesOnePass) {
 // the real head dim zero-filled by the copy engine), T past and within a
 // block, B > 1 (the TMA coordinates of the batch row), and at D 64 and 128
 // more items than the grid has consumers on a 132-multiprocessor GPU (the
-// ring's and the fixed slots' phases carried across items). At D 64 without
-// qbar the shapes whose work is mostly band rows (local 2/3 at T 7, 3/4 at
-// T 300, all local at T 2048 with 5 items a consumer) run the two-slot
-// buffering (ws_backward_short_walks), the others the one-slot one.
+// ring's and the fixed slots' phases carried across items). At D 64 (and
+// 48) without qbar the shapes where band rows carry a quarter of the work
+// or more (T 7, T 300 with w 100, D 48 at T 1000, all local at T 2048 with
+// 5 items a consumer) run the two-slot buffering (ws_backward_short_walks),
+// the others the one-slot one.
 TEST(CudaAttentionBackwardSm90Dispatch, WsMatchesBase) {
   REQUIRE_CUDA(cuda);
   REQUIRE_HOPPER();
