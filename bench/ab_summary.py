@@ -2,14 +2,18 @@
 """Summarises a same-run A/B of two lsgpt builds (bench/ab_revisions.sh):
 for each benchmark command, every number its output reports, as the mean
 over the rounds on each side, the change of the new side against the base,
-and each side's spread (max - min over the rounds, relative to its mean),
-which says how far apart two runs of one binary fall in this run.
+and each side's spread (max - min over the rounds, relative to the mean's
+size), which says how far apart two runs of one binary fall in this run.
 
 Input: JSON lines {"command": N, "text": "...", "side": "base" | "new",
-"round": R, "output": "..."}. From each output the numbers come from the
-last line that is a JSON object (bench_cuda_attention), else from the last
-row of the last Markdown table, named by its header (bench_train). Fields
-that are not numbers, or equal in every run of the command, are left out.
+"round": R, "output": "..."}. The results of one output are its lines that
+are JSON objects with numbers (bench_cuda_attention prints one a
+configuration, named by its "label" and shape fields), else the rows of
+its last Markdown table, named by their cells that are not numbers
+(bench_train prints one a case: config, device, batch x T), with each
+number named by the header. Fields that are not finite
+numbers, or are equal in every run of the command, are left out; a field
+that only one side reports is listed as such.
 
 Usage: bench/ab_summary.py AB.jsonl [-o SUMMARY.md]
 """
@@ -20,14 +24,32 @@ import signal
 import sys
 
 SIDES = ("base", "new")
+SHAPE_FIELDS = ("B", "T", "heads", "head_dim", "local", "window")
 
 
-def numbers_of_json(line):
-    row = json.loads(line)
-    if not isinstance(row, dict):
-        return None
-    return {k: float(v) for k, v in row.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool)}
+def finite_number(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def json_results(lines):
+    """(name, numbers) for each JSON-object line with finite numbers."""
+    results = []
+    for line in lines:
+        if not line.lstrip().startswith("{"):
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if not isinstance(row, dict):
+            continue
+        values = {k: float(v) for k, v in row.items() if finite_number(v)}
+        if not values:
+            continue
+        name = [str(row["label"])] if isinstance(row.get("label"), str) else []
+        name += [f"{k}={row[k]}" for k in SHAPE_FIELDS if k in row]
+        results.append((" ".join(name) or f"result {len(results) + 1}", values))
+    return results
 
 
 def cells(line):
@@ -39,35 +61,45 @@ def is_separator(line):
     return s.startswith("|") and set(s) <= set("|-: ") and "-" in s
 
 
-def numbers_of_table(lines):
-    """The last Markdown table's last row, keyed by the header above its separator."""
+def table_results(lines):
+    """(the row's words, numbers by header) for each row of the last Markdown table."""
     for i in range(len(lines) - 1, 0, -1):
-        if is_separator(lines[i]) and lines[i - 1].strip().startswith("|"):
-            rows = [ln for ln in lines[i + 1:] if ln.strip().startswith("|")]
-            if not rows:
-                return None
-            values = {}
-            for name, cell in zip(cells(lines[i - 1]), cells(rows[-1])):
+        if not (is_separator(lines[i]) and lines[i - 1].strip().startswith("|")):
+            continue
+        header, results = cells(lines[i - 1]), []
+        for line in lines[i + 1:]:
+            if not line.strip().startswith("|"):
+                break  # the table ends at its first line that is not a row
+            row, values, words = cells(line), {}, []
+            for name, cell in zip(header, row):
                 try:
-                    values[name] = float(cell.replace(",", ""))
+                    v = float(cell.replace(",", ""))
                 except ValueError:
-                    pass
-            return values
-    return None
+                    if cell not in ("", "-"):
+                        words.append(cell)
+                    continue
+                if math.isfinite(v):
+                    values[name] = v
+            if values:
+                results.append((" ".join(words) or f"row {len(results) + 1}", values))
+        return results
+    return []
 
 
 def numbers(output):
-    """The numbers one benchmark run reported, or None if it reported none."""
+    """One run's numbers, keyed by field (prefixed by the result's name when it
+    printed several results), or {} if it reported none."""
     lines = [ln for ln in output.splitlines() if ln.strip()]
-    for line in reversed(lines):
-        if line.lstrip().startswith("{"):
-            try:
-                found = numbers_of_json(line)
-            except json.JSONDecodeError:
-                continue
-            if found is not None:
-                return found
-    return numbers_of_table(lines)
+    results = json_results(lines) or table_results(lines)
+    if len(results) == 1:
+        return dict(results[0][1])
+    found, seen = {}, {}
+    for name, values in results:
+        seen[name] = seen.get(name, 0) + 1
+        if seen[name] > 1:
+            name = f"{name} #{seen[name]}"
+        found.update({f"{name}: {k}": v for k, v in values.items()})
+    return found
 
 
 def load(path):
@@ -79,6 +111,8 @@ def load(path):
             try:
                 run = json.loads(line)
                 command, side, output = int(run["command"]), run["side"], run["output"]
+                if not isinstance(output, str):
+                    raise TypeError("its output is not text")
             except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
                 sys.exit(f"error: {path}:{n}: not an A/B run record ({e})")
             if side not in SIDES:
@@ -104,8 +138,9 @@ def mean(values):
 
 
 def spread(values):
+    """(max - min) / |mean| as a percentage, or "-" when the mean is 0."""
     m = mean(values)
-    return (max(values) - min(values)) / abs(m) if m else 0.0
+    return f"{100 * (max(values) - min(values)) / abs(m):.1f}%" if m else "-"
 
 
 def fmt(x):
@@ -121,24 +156,36 @@ def table(entry):
     out = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for field in fields:
         per_side = {s: [r[field] for r in entry[s] if field in r] for s in SIDES}
-        if any(not v for v in per_side.values()):
+        missing = [s for s in SIDES if not per_side[s]]
+        if missing:
+            only = "new" if missing == ["base"] else "base"
+            out.append(f"| {field} | {only} only | | | | |")
             continue
         every = per_side["base"] + per_side["new"]
         if all(v == every[0] for v in every):
             continue
         base, new = mean(per_side["base"]), mean(per_side["new"])
-        change = f"{100 * (new / base - 1):+.1f}%" if base and math.isfinite(new / base) else "-"
+        change = f"{100 * (new / base - 1):+.1f}%" if base else "-"
         out.append(f"| {field} | {fmt(base)} | {fmt(new)} | {change} | "
-                   f"{100 * spread(per_side['base']):.1f}% | {100 * spread(per_side['new']):.1f}% |")
+                   f"{spread(per_side['base'])} | {spread(per_side['new'])} |")
+    if len(out) == 2:
+        return "every number was the same in every run\n"
     return "\n".join(out) + "\n"
+
+
+def runs_phrase(n):
+    return f"{n} run" + ("" if n == 1 else "s")
 
 
 def summary(runs):
     parts = []
     for command in sorted(runs):
         entry = runs[command]
-        rounds = min(len(entry["base"]), len(entry["new"]))
-        parts.append(f"### {command}: `{entry['text']}` ({rounds} rounds)\n\n{table(entry)}")
+        n_base, n_new = len(entry["base"]), len(entry["new"])
+        counts = (f"{runs_phrase(n_base)} a side" if n_base == n_new
+                  else f"base {runs_phrase(n_base)}, new {runs_phrase(n_new)}")
+        text = entry["text"].replace("`", "'")
+        parts.append(f"### {command}: `{text}` ({counts})\n\n{table(entry)}")
     return "\n".join(parts)
 
 

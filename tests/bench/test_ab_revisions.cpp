@@ -58,7 +58,7 @@ TEST(AbSummary, MeansChangesAndSpreadsOfJsonAndTableOutputs) {
                       << record(2, "new", 2, train_table("596181", "27.40"));
   const auto r = summarise(path);
   ASSERT_EQ(r.exit_code, 0) << r.output;
-  EXPECT_NE(r.output.find("### 1: `cmd 1` (2 rounds)"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("### 1: `cmd 1` (2 runs a side)"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("| fwd_ms | 0.11 | 0.09 | -18.2% | 18.2% | 0.0% |"), std::string::npos)
       << r.output;
   EXPECT_NE(r.output.find("| tokens/s | 594,584 | 595,912 | +0.2% | 0.0% | 0.1% |"),
@@ -70,6 +70,51 @@ TEST(AbSummary, MeansChangesAndSpreadsOfJsonAndTableOutputs) {
   EXPECT_EQ(r.output.find("| T |"), std::string::npos) << r.output;
   EXPECT_EQ(r.output.find("peak memory"), std::string::npos) << r.output;
   EXPECT_EQ(r.output.find("| label |"), std::string::npos) << r.output;
+}
+
+// Several results in one output (bench_cuda_attention's grid, bench_train's
+// cases) are each compared under their own name; a field only one side
+// reports is listed as such; a spread around a mean of 0 is "-"; a table
+// ends at its first line that is not a row; a trailing JSON line without
+// numbers does not hide the others.
+TEST(AbSummary, EveryResultOfAnOutputIsItsOwn) {
+  ScratchDir dir;
+  const std::string path = dir.file("ab.jsonl");
+  auto grid = [](double mhsa, double ls, const std::string& extra) {
+    const std::string mhsa_row = "{\\\"label\\\": \\\"mhsa\\\", \\\"T\\\": 1024, \\\"fwd_ms\\\": ";
+    const std::string ls_row = "{\\\"label\\\": \\\"ls\\\", \\\"T\\\": 1024, \\\"fwd_ms\\\": ";
+    return mhsa_row + std::to_string(mhsa) + extra + "}\\n" + ls_row + std::to_string(ls) +
+           "}\\n{\\\"status\\\": \\\"done\\\"}\\n";
+  };
+  auto rows = [](const char* a, const char* b) {
+    return std::string("| case | tokens/s |\\n|---|---|\\n| a | ") + a + " |\\n| b | " + b +
+           " |\\nlog line\\n| 2 | note |\\n";
+  };
+  const std::string base_extra = ", \\\"zero\\\": %d, \\\"only_base\\\": 2";
+  const std::string new_extra = ", \\\"zero\\\": 5, \\\"only_new\\\": 3";
+  auto base = [&](int zero) {
+    std::string e = base_extra;
+    return e.replace(e.find("%d"), 2, std::to_string(zero));
+  };
+  std::ofstream(path) << record(1, "base", 1, grid(1.0, 0.5, base(-1)))
+                      << record(1, "new", 1, grid(0.5, 0.5, new_extra))
+                      << record(1, "base", 2, grid(1.0, 0.5, base(1)))
+                      << record(2, "base", 1, rows("100", "10"))
+                      << record(2, "new", 1, rows("50", "10"));
+  const auto r = summarise(path);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("(base 2 runs, new 1 run)"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("| mhsa T=1024: fwd_ms | 1 | 0.5 | -50.0% | 0.0% | 0.0% |"),
+            std::string::npos)
+      << r.output;
+  EXPECT_EQ(r.output.find("ls T=1024: fwd_ms"), std::string::npos) << "unchanged: " << r.output;
+  EXPECT_NE(r.output.find("| mhsa T=1024: zero | 0 | 5 | - | - | 0.0% |"), std::string::npos)
+      << r.output;
+  EXPECT_NE(r.output.find("| mhsa T=1024: only_base | base only |"), std::string::npos)
+      << r.output;
+  EXPECT_NE(r.output.find("| mhsa T=1024: only_new | new only |"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("| a: tokens/s | 100 | 50 | -50.0% |"), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("| 2: "), std::string::npos) << "a row after the table: " << r.output;
 }
 
 TEST(AbSummary, RefusesRunsWithoutNumbersOrASideAndBadRecords) {
@@ -113,6 +158,11 @@ TEST(AbRevisions, RefusesBadArgumentsBeforeBuilding) {
   const auto same = run("HEAD " + quoted(out) + " 1 " + quoted("bench_train --device cpu"));
   EXPECT_NE(same.exit_code, 0);
   EXPECT_NE(same.output.find("does not name {build}"), std::string::npos) << same.output;
+  // A file in the build folder is not a program to build.
+  const auto file = run("HEAD " + quoted(out) + " 1 " + quoted("cat {build}/results.json"));
+  EXPECT_NE(file.exit_code, 0);
+  EXPECT_NE(file.output.find("no command runs a program as {build}/NAME"), std::string::npos)
+      << file.output;
   if (std::filesystem::exists(kSource + "/.git")) {
     const auto rev = run("no-such-revision " + quoted(out) + " 1 " + command);
     EXPECT_NE(rev.exit_code, 0);
