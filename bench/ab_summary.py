@@ -23,6 +23,8 @@ import math
 import signal
 import sys
 
+import benchmark_rows
+
 SIDES = ("base", "new")
 SHAPE_FIELDS = ("B", "T", "heads", "head_dim", "local", "window")
 
@@ -104,26 +106,23 @@ def numbers(output):
 
 def load(path):
     runs = {}  # command number -> {"text": str, "base": [dict], "new": [dict]}
-    with open(path) as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                run = json.loads(line)
-                command, side, output = int(run["command"]), run["side"], run["output"]
-                if not isinstance(output, str):
-                    raise TypeError("its output is not text")
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-                sys.exit(f"error: {path}:{n}: not an A/B run record ({e})")
-            if side not in SIDES:
-                sys.exit(f"error: {path}:{n}: side {side!r} is neither base nor new")
-            found = numbers(output)
-            if not found:
-                sys.exit(f"error: {path}:{n}: command {command} printed no JSON object and "
-                         f"no Markdown table row with numbers; its output ends:\n"
-                         + "\n".join(output.splitlines()[-5:]))
-            entry = runs.setdefault(command, {"text": run.get("text", ""), "base": [], "new": []})
-            entry[side].append(found)
+    for n, line in benchmark_rows.lines(path):
+        try:
+            run = json.loads(line)
+            command, side, output = int(run["command"]), run["side"], run["output"]
+            if not isinstance(output, str):
+                raise TypeError("its output is not text")
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+            sys.exit(f"error: {path}:{n}: not an A/B run record ({e})")
+        if side not in SIDES:
+            sys.exit(f"error: {path}:{n}: side {side!r} is neither base nor new")
+        found = numbers(output)
+        if not found:
+            sys.exit(f"error: {path}:{n}: command {command} printed no JSON object and "
+                     f"no Markdown table row with numbers; its output ends:\n"
+                     + "\n".join(output.splitlines()[-5:]))
+        entry = runs.setdefault(command, {"text": run.get("text", ""), "base": [], "new": []})
+        entry[side].append(found)
     if not runs:
         sys.exit(f"error: {path}: no runs")
     for command, entry in runs.items():
@@ -194,10 +193,7 @@ def main():
     ap.add_argument("results", help="the JSON lines bench/ab_revisions.sh wrote")
     ap.add_argument("-o", "--output", help="also write the summary here")
     args = ap.parse_args()
-    try:
-        text = summary(load(args.results))
-    except OSError as e:
-        sys.exit(f"error: {e}")
+    text = summary(load(args.results))
     print(text, end="")
     if args.output:
         with open(args.output, "w") as f:
