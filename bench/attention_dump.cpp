@@ -102,8 +102,8 @@ int run(const std::string& dir) {
         void* kb = kbar ? kbar_t.mem.get() : nullptr;
         be->attention_forward(out.mem.get(), lse.mem.get(), max_logit.mem.get(), kb,
                               qkv.mem.get(), spec);
-        be->attention_backward(dqkv.mem.get(), dout.mem.get(), qkv.mem.get(), out.mem.get(),
-                               lse.mem.get(), kb, spec);
+        be->attention_backward(dqkv.mem.get(), nullptr, dout.mem.get(), qkv.mem.get(),
+                               out.mem.get(), lse.mem.get(), kb, spec);
         be->sync();
         const std::string name = std::string(s.name) + "_T" + std::to_string(T) + "_D" +
                                  std::to_string(D);

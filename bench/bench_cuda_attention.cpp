@@ -185,7 +185,8 @@ void run_config(Backend& be, const Config& c, int reps, Mode mode) {
     be.attention_forward(out.get(), lse.get(), max_logit.get(), kbar.get(), qkv.get(), spec);
   };
   auto backward = [&] {
-    be.attention_backward(dqkv.get(), dout.get(), qkv.get(), out.get(), lse.get(), kbar.get(), spec);
+    be.attention_backward(dqkv.get(), nullptr, dout.get(), qkv.get(), out.get(), lse.get(),
+                          kbar.get(), spec);
   };
   // 2 products forward (S, P V), 5 backward (S, dP, dV, dK, dQ), each 2 flops a multiply-add.
   const double flops_fwd = 4.0 * c.B * visible_pairs(c) * c.head_dim;

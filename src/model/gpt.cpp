@@ -455,16 +455,22 @@ void GPT::backward(int B, int T) {
     // residual2 = residual + the attention's projection.
     be_.matmul_backward(a.datty.get(), grad(p.attn_proj_w), nullptr, a.dresidual.get(),
                         L.atty.get(), param(p.attn_proj_w), nullptr, nullptr, N, C, C);
-    be_.attention_backward(a.dqkv.get(), a.datty.get(), L.attention_input().get(), L.atty.get(),
-                           L.lse.get(), L.kbar.get(), spec);
+    // Without QK-norm dqkv is the qkv projection's output gradient as the
+    // attention backward writes it, so that op sums the projection's bias
+    // gradient (in its row epilogues on CUDA) and matmul_backward skips its
+    // pass over dqkv; with QK-norm the norm's backward changes dqkv first.
+    void* qkv_bias_grad = grad(p.qkv_b);
+    be_.attention_backward(a.dqkv.get(), cfg_.qk_norm ? nullptr : qkv_bias_grad, a.datty.get(),
+                           L.attention_input().get(), L.atty.get(), L.lse.get(), L.kbar.get(),
+                           spec);
     // The span decomposition above acted on dQ/dK of the normalised q and k;
     // the norm's backward carries them to the projection's output.
     if (cfg_.qk_norm)
       be_.qk_norm_backward(a.dqkv.get(), grad(p.q_norm_w), grad(p.k_norm_w), a.dqkv.get(),
                            L.qkv.get(), param(p.q_norm_w), param(p.k_norm_w), L.qk_rstd.get(), N,
                            cfg_.n_head, cfg_.head_dim());
-    be_.matmul_backward(a.dln.get(), grad(p.qkv_w), grad(p.qkv_b), a.dqkv.get(), L.ln1.get(),
-                        param(p.qkv_w), nullptr, nullptr, N, C, 3 * C);
+    be_.matmul_backward(a.dln.get(), grad(p.qkv_w), cfg_.qk_norm ? qkv_bias_grad : nullptr,
+                        a.dqkv.get(), L.ln1.get(), param(p.qkv_w), nullptr, nullptr, N, C, 3 * C);
     be_.layernorm_backward(a.dresidual.get(), grad(p.ln1_w), grad(p.ln1_b),
                            fc_proj_bias_grad(l - 1), a.dln.get(), residual, param(p.ln1_w),
                            L.ln1_mean.get(), L.ln1_rstd.get(), N, C);

@@ -146,9 +146,13 @@ class Backend {
   virtual void attention_forward(void* out, void* lse, void* max_logit, void* kbar,
                                  const void* qkv, const AttentionSpec& spec) = 0;
   // dqkv [B,T,3C] overwritten, with the span decomposition of spec.span applied.
-  virtual void attention_backward(void* dqkv, const void* dout, const void* qkv,
-                                  const void* out, const void* lse, const void* kbar,
-                                  const AttentionSpec& spec) = 0;
+  // dqkv_colsum [3C] (dtype; may be null): += the column sums of dqkv over
+  // its B*T rows, i.e. the bias gradient of the projection that made qkv
+  // (the model passes it here instead of to matmul_backward, sparing the
+  // CUDA backend a pass over dqkv).
+  virtual void attention_backward(void* dqkv, void* dqkv_colsum, const void* dout,
+                                  const void* qkv, const void* out, const void* lse,
+                                  const void* kbar, const AttentionSpec& spec) = 0;
   // qkv [B,3C] of the new token at spec.pos; appends its k and v to the cache,
   // then out [B,C] = attention of the new query over the cache.
   // k_local, v_local [B, n_local, local_slots, D]; k_global, v_global

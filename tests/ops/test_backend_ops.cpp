@@ -582,12 +582,15 @@ TEST_P(BackendOpsTest, AttentionForwardBackward) {
                              output("lse", Elem::acc, size_t(B) * H * T),
                              output("max_logit", Elem::acc, H),
                              output("kbar", Elem::work, kbar ? size_t(B) * T * C : 0),
-                             output("dqkv", Elem::work, size_t(B) * T * 3 * C)};
+                             output("dqkv", Elem::work, size_t(B) * T * 3 * C),
+                             // random, so writing instead of adding fails
+                             inout("dqkv_colsum", Elem::work, 3 * C, 13)};
     SCOPED_TRACE(c.name);
     check("attention " + c.name, args, [&](Backend& be, Pointers& p) {
       void* kb = kbar ? p["kbar"] : nullptr;
       be.attention_forward(p["out"], p["lse"], p["max_logit"], kb, p["qkv"], spec);
-      be.attention_backward(p["dqkv"], p["dout"], p["qkv"], p["out"], p["lse"], kb, spec);
+      be.attention_backward(p["dqkv"], p["dqkv_colsum"], p["dout"], p["qkv"], p["out"],
+                            p["lse"], kb, spec);
     });
   }
 }

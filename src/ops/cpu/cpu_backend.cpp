@@ -170,11 +170,14 @@ void CpuBackend<T>::attention_forward(void* out, void* lse, void* max_logit, voi
 }
 
 template <typename T>
-void CpuBackend<T>::attention_backward(void* dqkv, const void* dout, const void* qkv,
-                                       const void* out, const void* lse, const void* kbar,
-                                       const AttentionSpec& spec) {
+void CpuBackend<T>::attention_backward(void* dqkv, void* dqkv_colsum, const void* dout,
+                                       const void* qkv, const void* out, const void* lse,
+                                       const void* kbar, const AttentionSpec& spec) {
   cpu::attention_backward(typed<T>(dqkv), typed<T>(dout), typed<T>(qkv), typed<T>(out),
                           typed<T>(lse), typed<T>(kbar), spec);
+  if (dqkv_colsum)
+    cpu::column_sum_accumulate(typed<T>(dqkv_colsum), typed<T>(dqkv), spec.B * spec.T,
+                               3 * spec.C());
 }
 
 template <typename T>

@@ -48,8 +48,9 @@ class CpuBackend final : public Backend {
   void add_inplace(void* dst, const void* src, size_t n) override;
   void attention_forward(void* out, void* lse, void* max_logit, void* kbar, const void* qkv,
                          const AttentionSpec& spec) override;
-  void attention_backward(void* dqkv, const void* dout, const void* qkv, const void* out,
-                          const void* lse, const void* kbar, const AttentionSpec& spec) override;
+  void attention_backward(void* dqkv, void* dqkv_colsum, const void* dout, const void* qkv,
+                          const void* out, const void* lse, const void* kbar,
+                          const AttentionSpec& spec) override;
   void attention_decode(void* out, void* k_local, void* v_local, void* k_global,
                         void* v_global, const void* qkv, const DecodeSpec& spec) override;
   void kv_cache_write(void* k_local, void* v_local, void* k_global, void* v_global,

@@ -68,17 +68,20 @@ void matmul_backward(T* dinp, T* dweight, T* dbias, T* dout, const T* inp, const
   if (dinp && inp_pre_gelu) gelu_backward(dinp, inp_pre_gelu, dinp, size_t(N) * C);
   // dweight[OC,C] += dout^T @ inp
   gemm(CblasTrans, CblasNoTrans, OC, C, N, dout, OC, inp, C, T(1), dweight, C);
-  if (dbias) {
-    constexpr int kBlock = 64;
-    const int n_blocks = (OC + kBlock - 1) / kBlock;
-#pragma omp parallel for schedule(static) if (size_t(N) * OC >= kParallelMin)
-    for (int blk = 0; blk < n_blocks; ++blk) {
-      const int o0 = blk * kBlock, o1 = std::min(OC, o0 + kBlock);
-      for (int n = 0; n < N; ++n) {
-        const T* d = dout + size_t(n) * OC;
+  if (dbias) column_sum_accumulate(dbias, dout, N, OC);
+}
+
+template <typename T>
+void column_sum_accumulate(T* dst, const T* src, int rows, int cols) {
+  constexpr int kBlock = 64;
+  const int n_blocks = (cols + kBlock - 1) / kBlock;
+#pragma omp parallel for schedule(static) if (size_t(rows) * cols >= kParallelMin)
+  for (int blk = 0; blk < n_blocks; ++blk) {
+    const int c0 = blk * kBlock, c1 = std::min(cols, c0 + kBlock);
+    for (int r = 0; r < rows; ++r) {
+      const T* d = src + size_t(r) * cols;
 #pragma omp simd
-        for (int o = o0; o < o1; ++o) dbias[o] += d[o];
-      }
+      for (int c = c0; c < c1; ++c) dst[c] += d[c];
     }
   }
 }
@@ -91,5 +94,7 @@ template void matmul_backward<float>(float*, float*, float*, float*, const float
                                      const float*, const float*, int, int, int);
 template void matmul_backward<double>(double*, double*, double*, double*, const double*,
                                       const double*, const double*, const double*, int, int, int);
+template void column_sum_accumulate<float>(float*, const float*, int, int);
+template void column_sum_accumulate<double>(double*, const double*, int, int);
 
 }  // namespace lsgpt::cpu

@@ -230,7 +230,9 @@ __device__ void key_block(const BackwardParams& p, unsigned char* smem_raw, int 
     __syncthreads();
   }
 
-  // Epilogue: scale dK by tau, project (span), write rows below T.
+  // Epilogue: scale dK by tau, project (span), write rows below T; the
+  // bias part sums.
+  WarpColumnSums<kDBlocks> bias_k, bias_v;
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     float gk[2 * kDBlocks], gv[2 * kDBlocks], qbar_row[2 * kDBlocks] = {};
@@ -244,6 +246,14 @@ __device__ void key_block(const BackwardParams& p, unsigned char* smem_raw, int 
       }
     finish_key_row<kDBlocks, kSpan, kQbar>(p, gk, gv, qbar_row, colsum[r], key_row + 8 * r,
                                            k_base, v_base, quad);
+    if (p.bias_partials) {
+      bias_k.add(gk, key_row + 8 * r < p.T);
+      bias_v.add(gv, key_row + 8 * r < p.T);
+    }
+  }
+  if (p.bias_partials) {
+    bias_k.store(p, b, p.C + h * p.head_dim, key_row);
+    bias_v.store(p, b, 2 * p.C + h * p.head_dim, key_row);
   }
 }
 
@@ -423,8 +433,8 @@ bool attention_backward_uses_sm90(CudaContext& ctx, const AttentionSpec& spec) {
   return use_sm90(ctx, spec);
 }
 
-void attention_backward(CudaContext& ctx, bf16* dqkv, const bf16* dout, const bf16* qkv,
-                        const bf16* out, const float* lse, const bf16* kbar,
+void attention_backward(CudaContext& ctx, bf16* dqkv, bf16* dqkv_colsum, const bf16* dout,
+                        const bf16* qkv, const bf16* out, const float* lse, const bf16* kbar,
                         const AttentionSpec& spec) {
   check_head_dim(spec.head_dim, "attention_backward");
   check_alignment(qkv, 16, "qkv", "attention_backward");
@@ -436,6 +446,7 @@ void attention_backward(CudaContext& ctx, bf16* dqkv, const bf16* dout, const bf
   LSGPT_CHECK(!spec.span.needs_kbar() || kbar != nullptr, "attention_backward: span needs kbar");
   LSGPT_CHECK(!(spec.span.v.enabled && spec.span.v.basis == SpanBasis::cross),
               "span on v supports the self basis only");
+  check_alignment(dqkv_colsum, 2, "dqkv_colsum", "attention_backward");
   if (spec.B == 0 || spec.T == 0 || spec.n_head == 0) return;
   const int D = spec.head_dim;
   const size_t rows = size_t(spec.B) * spec.T * spec.n_head;
@@ -449,10 +460,20 @@ void attention_backward(CudaContext& ctx, bf16* dqkv, const bf16* dout, const bf
                                  variant == Sm90BackwardVariant::one_pass_wg2);
   // Both one_pass variants sum dQ in fp32 next to delta.
   const size_t dq_floats = one_pass ? one_pass_dq_floats(spec.B, spec.T, spec.n_head, D) : 0;
+  // The bias gradient's part sums come from the two-pass kernels' row
+  // epilogues; one_pass forms its dQ rows in a kernel of its own, so there
+  // a pass over dqkv sums them afterwards.
+  const bool fused_bias = dqkv_colsum && !one_pass;
+  const int bias_row_groups = ceil_div(spec.T, kBiasRowGroup);
+  const size_t bias_parts = fused_bias ? size_t(spec.B) * bias_row_groups : 0;
+  LSGPT_CHECK(bias_parts <= 0x7fffffff, "attention_backward: too many rows for the bias sums");
+  const size_t bias_floats = bias_parts * 3 * size_t(spec.C());
   ScratchCarver carver(ctx.scratch(ScratchCarver::round(sizeof(float) * rows) +
-                                   ScratchCarver::round(sizeof(float) * dq_floats)));
+                                   ScratchCarver::round(sizeof(float) * dq_floats) +
+                                   ScratchCarver::round(sizeof(float) * bias_floats)));
   float* delta = carver.take<float>(rows);
   float* dq_accum = carver.take<float>(dq_floats);
+  float* bias_partials = carver.take<float>(bias_floats);
   const unsigned delta_blocks = unsigned(ceil_div((long long)rows * kDeltaLanesPerRow, 256));
   if (reinterpret_cast<uintptr_t>(out) % 16 == 0)  // dout is checked 16-byte aligned above
     attention_delta_kernel<8><<<delta_blocks, 256, 0, ctx.stream()>>>(delta, dout, out, int(rows),
@@ -471,27 +492,28 @@ void attention_backward(CudaContext& ctx, bf16* dqkv, const bf16* dout, const bf
   p.scale = 1.0f / sqrtf(float(D));
   p.scale_log2 = p.scale * kLog2e;
   p.span = make_span_args(spec.span);
+  p.bias_partials = fused_bias ? bias_partials : nullptr;
+  p.bias_row_groups = bias_row_groups;
   const bool span = spec.span.any();
-  if (one_pass) {
-    if (variant == Sm90BackwardVariant::one_pass_wg2)
-      launch_backward_sm90_one_pass_wg2(ctx, p, spec.B, span, qbar, dq_accum);
-    else
-      launch_backward_sm90_one_pass(ctx, p, spec.B, span, qbar, dq_accum);
-    return;
-  }
-  if (sm90 && variant == Sm90BackwardVariant::ws) {
+  if (one_pass && variant == Sm90BackwardVariant::one_pass_wg2)
+    launch_backward_sm90_one_pass_wg2(ctx, p, spec.B, span, qbar, dq_accum);
+  else if (one_pass)
+    launch_backward_sm90_one_pass(ctx, p, spec.B, span, qbar, dq_accum);
+  else if (sm90 && variant == Sm90BackwardVariant::ws)
     launch_backward_sm90_ws(ctx, p, spec.B, span, qbar, ws_backward_short_walks(shape));
-    return;
-  }
-  if (sm90) {
+  else if (sm90)
     launch_backward_sm90(ctx, p, spec.B, span, qbar, variant == Sm90BackwardVariant::wg2);
-    return;
-  }
-  switch (padded_head_dim(D)) {
-    case 32: dispatch_backward<32>(ctx, p, spec.B, span, qbar); break;
-    case 64: dispatch_backward<64>(ctx, p, spec.B, span, qbar); break;
-    default: dispatch_backward<128>(ctx, p, spec.B, span, qbar);
-  }
+  else if (padded_head_dim(D) == 32)
+    dispatch_backward<32>(ctx, p, spec.B, span, qbar);
+  else if (padded_head_dim(D) == 64)
+    dispatch_backward<64>(ctx, p, spec.B, span, qbar);
+  else
+    dispatch_backward<128>(ctx, p, spec.B, span, qbar);
+
+  if (fused_bias)
+    reduce_partials_accumulate(ctx, dqkv_colsum, bias_partials, int(bias_parts), 3 * spec.C());
+  else if (dqkv_colsum)
+    column_sum_accumulate(ctx, dqkv_colsum, dqkv, spec.B * spec.T, 3 * spec.C());
 }
 
 }  // namespace lsgpt::cuda

@@ -30,6 +30,71 @@ struct BackwardParams {
   bool global_first = false;
   float scale, scale_log2;
   SpanArgs span;
+  // The qkv bias gradient's part sums (WarpColumnSums below), or null: one
+  // row of 3C floats per 16 rows of each batch row, [B, bias_row_groups,
+  // 3C], bias_row_groups = ceil(T / 16). Every entry is written once, by
+  // the warp that finishes those rows of dQ (or of dK and dV).
+  float* bias_partials = nullptr;
+  int bias_row_groups = 0;
+};
+
+// Rows a part of bias_partials sums: one warp's rows in every kernel that
+// fills them (16 a warp, two a lane, aligned to 16).
+constexpr int kBiasRowGroup = 16;
+
+// One warp's column sums of the 16 gradient rows it finishes (dQ, dK or
+// dV of one head), for the qkv bias gradient: summed in the epilogue so
+// that no pass reads dqkv again. add() accumulates a lane's two rows (the
+// quad layout above, f32 as computed, before the bf16 store); store()
+// folds the sums over the 8 lane groups (a butterfly: each xor step keeps
+// half the elements, 7 N / 8 shuffles for N elements a lane instead of
+// 3 N), leaving lane group g the column sums of its elements
+// g N / 8 .. g N / 8 + N / 8 - 1, and writes them. The order of the
+// additions is fixed: the same bits every run.
+template <int kDBlocks>
+struct WarpColumnSums {
+  static constexpr int kN = 2 * kDBlocks;
+  static constexpr int kKept = kN / 8;
+  static_assert(kN % 8 == 0, "the butterfly halves the elements three times");
+  float v[kN] = {};
+
+  // A row past T (valid false) adds nothing.
+  __device__ __forceinline__ void add(const float (&g)[kN], bool valid) {
+#pragma unroll
+    for (int e = 0; e < kN; ++e) v[e] += valid ? g[e] : 0.f;
+  }
+
+  // The warp's part of batch row b (row: one of its rows) at dqkv column
+  // col0 (the head's first column of q, k or v). Every lane calls it.
+  __device__ __forceinline__ void store(const BackwardParams& p, int b, int col0, int row) {
+    fold<kN, 16>();
+    fold<kN / 2, 8>();
+    fold<kN / 4, 4>();
+    const int part = row / kBiasRowGroup;
+    if (part >= p.bias_row_groups) return;  // every row of the warp is past T
+    const int lane = threadIdx.x % kWarpSize, group = lane >> 2, quad = lane & 3;
+    float* out = p.bias_partials + (size_t(b) * p.bias_row_groups + part) * (3 * p.C) + col0;
+#pragma unroll
+    for (int i = 0; i < kKept; ++i) {
+      const int element = group * kKept + i;  // 2 db + e: column 8 db + 2 quad + e
+      const int col = 8 * (element / 2) + 2 * quad + (element & 1);
+      if (col < p.head_dim) out[col] = v[i];
+    }
+  }
+
+ private:
+  // Lanes whose kMask bit is set keep the upper half of v[0, kCount), the
+  // others the lower half, each adding its partner's copy of what it keeps.
+  template <int kCount, int kMask>
+  __device__ __forceinline__ void fold() {
+    const bool upper = threadIdx.x & kMask;
+#pragma unroll
+    for (int i = 0; i < kCount / 2; ++i) {
+      const float send = upper ? v[i] : v[kCount / 2 + i];
+      const float keep = upper ? v[kCount / 2 + i] : v[i];
+      v[i] = keep + __shfl_xor_sync(0xffffffffu, send, kMask);
+    }
+  }
 };
 
 // Elements 2 db + {0, 1} of `row` for this lane (zero when !valid or past
@@ -59,7 +124,8 @@ __device__ __forceinline__ void store_row_pairs(__nv_bfloat16* row, const float 
 }
 
 // Key row j's epilogue: gk (already scaled by tau) and gv projected (span:
-// dK along qbar_j / colsum_j or k_j, dV along v_j) and stored when j < T.
+// dK along qbar_j / colsum_j or k_j, dV along v_j) in place and stored when
+// j < T.
 // qbar holds this lane's share of P^T Q for the row and colsum its share of
 // the column sum of P (both read only in the kQbar instantiation). Every
 // lane of the warp calls it (quad shuffles).
@@ -104,7 +170,7 @@ __device__ __forceinline__ void finish_key_row(const BackwardParams& p, float (&
 }
 
 // Query row i's epilogue: g (already scaled by tau) projected (span: along
-// kbar_i or q_i) and stored when i < T. Every lane of the warp calls it.
+// kbar_i or q_i) in place and stored when i < T. Every lane of the warp calls it.
 template <int kDBlocks, bool kSpan>
 __device__ __forceinline__ void finish_query_row(const BackwardParams& p, float (&g)[2 * kDBlocks],
                                                  int i, int b, int h,
@@ -138,13 +204,15 @@ __device__ __forceinline__ void load_query_stats(float (&lse_log2)[2], float (&d
 }
 
 // A query block's epilogue for this thread's rows row_a and row_a + 8: dQ
-// scaled by tau, then finish_query_row. dq_at(db, i) is element i of the
+// scaled by tau, then finish_query_row, and the warp's bias part sums when
+// p.bias_partials is set. dq_at(db, i) is element i of the
 // thread's n8 block db in the accumulator layout (i = 2 r + e: row r, column
 // 2 quad + e), however the kernel stores its accumulators.
 template <int kDBlocks, bool kSpan, typename DqAt>
 __device__ __forceinline__ void finish_query_rows(const BackwardParams& p, DqAt dq_at, int row_a,
                                                   int b, int h, const __nv_bfloat16* q_base,
                                                   int quad) {
+  WarpColumnSums<kDBlocks> bias;
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     float g[2 * kDBlocks];
@@ -153,7 +221,9 @@ __device__ __forceinline__ void finish_query_rows(const BackwardParams& p, DqAt 
 #pragma unroll
       for (int e = 0; e < 2; ++e) g[2 * db + e] = dq_at(db, 2 * r + e) * p.scale;
     finish_query_row<kDBlocks, kSpan>(p, g, row_a + 8 * r, b, h, q_base, quad);
+    if (p.bias_partials) bias.add(g, row_a + 8 * r < p.T);  // g projected
   }
+  if (p.bias_partials) bias.store(p, b, h * p.head_dim, row_a);
 }
 
 // attention_backward_sm90.cu: the wgmma (sm_90a) backward (dQ, dK, dV from

@@ -44,6 +44,7 @@ __device__ __forceinline__ void zero(float (&d)[N]) {
 // qkv (rows qkv_row elements apart), its dO columns (rows C apart), its lse
 // and delta (one float a query). bh = b * n_head + h.
 struct HeadRows {
+  int b, h;
   size_t qkv_row;
   const __nv_bfloat16 *q_base, *k_base, *v_base, *do_base;
   const float *lse_row, *delta_row;
@@ -51,6 +52,7 @@ struct HeadRows {
 
 __device__ __forceinline__ HeadRows head_rows(const BackwardParams& p, int bh, int b, int h) {
   HeadRows r;
+  r.b = b, r.h = h;
   r.qkv_row = size_t(3) * p.C;
   r.q_base = p.qkv + size_t(b) * p.T * r.qkv_row + h * p.head_dim;
   r.k_base = r.q_base + p.C;
@@ -314,15 +316,16 @@ __device__ __forceinline__ void query_tile_step(float (&dq)[D / 2], uint32_t q_a
 }
 
 // A key block's epilogue for this thread's rows key_row and key_row + 8:
-// dK scaled by tau, then finish_key_row (span projections, stores below T).
+// dK scaled by tau, then finish_key_row (span projections, stores below T),
+// and the warp's bias part sums when p.bias_partials is set.
 template <int D, bool kSpan, bool kQbar>
 __device__ __forceinline__ void finish_key_rows(const BackwardParams& p, const float (&dk)[D / 2],
                                                 const float (&dv)[D / 2],
                                                 const float (&qbar)[kQbar ? D / 2 : 1],
                                                 const float (&colsum)[2], int key_row,
-                                                const __nv_bfloat16* k_base,
-                                                const __nv_bfloat16* v_base, int quad) {
+                                                const HeadRows& rows, int quad) {
   constexpr int kDBlocks = D / 8;
+  WarpColumnSums<kDBlocks> bias_k, bias_v;
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     float gk[2 * kDBlocks], gv[2 * kDBlocks], qbar_row[2 * kDBlocks] = {};
@@ -335,7 +338,15 @@ __device__ __forceinline__ void finish_key_rows(const BackwardParams& p, const f
         if constexpr (kQbar) qbar_row[2 * db + e] = qbar[4 * db + 2 * r + e];
       }
     finish_key_row<kDBlocks, kSpan, kQbar>(p, gk, gv, qbar_row, colsum[r], key_row + 8 * r,
-                                           k_base, v_base, quad);
+                                           rows.k_base, rows.v_base, quad);
+    if (p.bias_partials) {  // the rows projected
+      bias_k.add(gk, key_row + 8 * r < p.T);
+      bias_v.add(gv, key_row + 8 * r < p.T);
+    }
+  }
+  if (p.bias_partials) {
+    bias_k.store(p, rows.b, p.C + rows.h * p.head_dim, key_row);
+    bias_v.store(p, rows.b, 2 * p.C + rows.h * p.head_dim, key_row);
   }
 }
 

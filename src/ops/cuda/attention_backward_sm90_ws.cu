@@ -256,8 +256,7 @@ __device__ __forceinline__ void consume_key_block(const BackwardParams& p, const
     mbarrier_arrive(&pipe.empty[s]);  // its products have completed (wgmma_wait<0>)
   }
   mbarrier_arrive(fixed_empty);  // K, V read no more: the next item's pair may load
-  finish_key_rows<D, kSpan, kQbar>(p, dk, dv, qbar, colsum, key_row, rows.k_base, rows.v_base,
-                                   quad);
+  finish_key_rows<D, kSpan, kQbar>(p, dk, dv, qbar, colsum, key_row, rows, quad);
 }
 
 // A consumer's query block: base's query_block walk over the ring's K, V tiles.

@@ -249,10 +249,11 @@ class CudaBackend final : public Backend {
     cuda::attention_forward(ctx_, as<bf16>(out), as<float>(lse), as<float>(max_logit),
                             as<bf16>(kbar), as<bf16>(qkv), spec);
   }
-  void attention_backward(void* dqkv, const void* dout, const void* qkv, const void* out,
-                          const void* lse, const void* kbar, const AttentionSpec& spec) override {
-    cuda::attention_backward(ctx_, as<bf16>(dqkv), as<bf16>(dout), as<bf16>(qkv), as<bf16>(out),
-                             as<float>(lse), as<bf16>(kbar), spec);
+  void attention_backward(void* dqkv, void* dqkv_colsum, const void* dout, const void* qkv,
+                          const void* out, const void* lse, const void* kbar,
+                          const AttentionSpec& spec) override {
+    cuda::attention_backward(ctx_, as<bf16>(dqkv), as<bf16>(dqkv_colsum), as<bf16>(dout),
+                             as<bf16>(qkv), as<bf16>(out), as<float>(lse), as<bf16>(kbar), spec);
   }
   void attention_decode(void* out, void* k_local, void* v_local, void* k_global, void* v_global,
                         const void* qkv, const DecodeSpec& spec) override {

@@ -111,8 +111,11 @@ void attention_forward(CudaContext& ctx, bf16* out, float* lse, float* max_logit
 // Whether attention_forward(spec) takes the sm_90a wgmma kernel
 // (attention_forward_sm90.cu) rather than the sm_80 one.
 bool attention_forward_uses_sm90(CudaContext& ctx, const AttentionSpec& spec);
-void attention_backward(CudaContext& ctx, bf16* dqkv, const bf16* dout, const bf16* qkv,
-                        const bf16* out, const float* lse, const bf16* kbar,
+// dqkv_colsum [3C] (may be null): += the column sums of dqkv over its B T
+// rows, the qkv projection's bias gradient, summed in the kernels' row
+// epilogues (part sums, then an ordered reduction: the same bits every run).
+void attention_backward(CudaContext& ctx, bf16* dqkv, bf16* dqkv_colsum, const bf16* dout,
+                        const bf16* qkv, const bf16* out, const float* lse, const bf16* kbar,
                         const AttentionSpec& spec);
 // Whether attention_backward(spec) takes the sm_90a wgmma kernel
 // (attention_backward_sm90.cu) rather than the sm_80 one.

@@ -141,7 +141,7 @@ TEST(AttentionForward, BackendAdapterMatchesKernels) {
   be->upload(d_qkv.get(), qkv.data(), nqkv * 8);
   be->upload(d_dout.get(), dout.data(), nout * 8);
   be->attention_forward(d_out.get(), d_lse.get(), d_ml.get(), d_kbar.get(), d_qkv.get(), s);
-  be->attention_backward(d_dqkv.get(), d_dout.get(), d_qkv.get(), d_out.get(), d_lse.get(),
+  be->attention_backward(d_dqkv.get(), nullptr, d_dout.get(), d_qkv.get(), d_out.get(), d_lse.get(),
                          d_kbar.get(), s);
   std::vector<double> out(nout), dqkv(nqkv), ml(s.n_head);
   be->download(out.data(), d_out.get(), nout * 8);

@@ -58,8 +58,8 @@ AttentionResult run_attention(Backend& be, const AttentionSpec& spec,
   Buffer dqkv_b = make_buffer(be, w, BT * 3 * C, nullptr);
   void* kbar = spec.span.needs_kbar() ? kbar_b.mem.get() : nullptr;
   be.attention_forward(out, lse_b.mem.get(), max_b.mem.get(), kbar, qkv_b.mem.get(), spec);
-  be.attention_backward(dqkv_b.mem.get(), dout_b.mem.get(), qkv_b.mem.get(), out, lse_b.mem.get(),
-                        kbar, spec);
+  be.attention_backward(dqkv_b.mem.get(), nullptr, dout_b.mem.get(), qkv_b.mem.get(), out,
+                        lse_b.mem.get(), kbar, spec);
   be.sync();
   return {fetch(be, out_b), fetch(be, lse_b), fetch(be, max_b), fetch(be, kbar_b),
           fetch(be, dqkv_b)};

@@ -13,6 +13,10 @@
 // forward), so their comparison measures the backward alone; cpu64 runs its
 // own forward.
 //
+// Each CUDA run also sums dqkv's columns into the qkv bias gradient
+// (dqkv_colsum: in the row epilogues, or one_pass's pass over dqkv),
+// checked against the column sums of the dqkv it wrote.
+//
 // Tolerances (normwise, against an RMS floor of 1e-3 where a gradient
 // vanishes in exact arithmetic, as test_cuda_attention.cpp):
 //   vs cpu64: 1e-2 (bf16 P and dS, bf16 outputs; as test_cuda_attention.cpp).
@@ -75,28 +79,63 @@ Forward run_forward_sm80(Backend& be, const AttentionSpec& spec, const std::vect
   return run_forward(be, spec, qkv, dout);
 }
 
+// The qkv bias gradient's buffer starts from these values (the op adds to it).
+std::vector<float> bias_start(size_t C) { return bf16_values(3 * C, 5, -1, 1); }
+
+struct Gradients {
+  std::vector<float> dqkv;  // [B, T, 3C]
+  std::vector<float> bias;  // dqkv_colsum [3C], from bias_start
+};
+
 // dqkv [B, T, 3C] from the forward's outputs (a fresh NaN-poisoned buffer,
-// so an unwritten element fails).
-std::vector<float> run_backward(Backend& be, const AttentionSpec& spec, const Forward& f) {
+// so an unwritten element fails) and, with `bias`, the column sums added to
+// bias_start. A first call on other data (the forward's out as dout) leaves
+// other part sums in the scratch, so a part the kernels fail to write
+// shows as a wrong bias.
+Gradients run_gradients(Backend& be, const AttentionSpec& spec, const Forward& f, bool bias) {
   Buffer dqkv = make_buffer(be, be.dtype(), f.qkv.n, nullptr);
-  be.attention_backward(dqkv.mem.get(), f.dout.mem.get(), f.qkv.mem.get(), f.out.mem.get(),
-                        f.lse.mem.get(), spec.span.needs_kbar() ? f.kbar.mem.get() : nullptr,
-                        spec);
+  const std::vector<float> start = bias_start(spec.C());
+  Buffer colsum = make_buffer(be, be.dtype(), bias ? start.size() : 0, &start);
+  void* kbar = spec.span.needs_kbar() ? f.kbar.mem.get() : nullptr;
+  void* colsum_ptr = bias ? colsum.mem.get() : nullptr;
+  if (bias) {
+    Buffer other = make_buffer(be, be.dtype(), start.size(), &start);
+    be.attention_backward(dqkv.mem.get(), other.mem.get(), f.out.mem.get(), f.qkv.mem.get(),
+                          f.out.mem.get(), f.lse.mem.get(), kbar, spec);
+  }
+  be.attention_backward(dqkv.mem.get(), colsum_ptr, f.dout.mem.get(), f.qkv.mem.get(),
+                        f.out.mem.get(), f.lse.mem.get(), kbar, spec);
   be.sync();
-  return fetch(be, dqkv);
+  return {fetch(be, dqkv), fetch(be, colsum)};
+}
+
+std::vector<float> run_backward(Backend& be, const AttentionSpec& spec, const Forward& f) {
+  return run_gradients(be, spec, f, false).dqkv;
 }
 
 // Runs the backward with LSGPT_ATTENTION_SM80 unset (sm90: true) or 1, and
-// checks that the kernel asked for is the one taken.
-std::vector<float> run_backward_on(Backend& be, const AttentionSpec& spec, const Forward& f,
-                                   bool sm90) {
+// checks that the kernel asked for is the one taken; with the bias sums.
+Gradients run_backward_on(Backend& be, const AttentionSpec& spec, const Forward& f, bool sm90) {
   ScopedEnv env(kForceSm80, sm90 ? nullptr : "1");
 #ifdef LSGPT_HAVE_CUDA
   if (cuda_attention_backward_uses_sm90(be, spec) != sm90)
     fail(sm90 ? "a compute capability 9.0 GPU did not select the wgmma backward"
               : "LSGPT_ATTENTION_SM80=1 did not select the sm_80 backward");
 #endif
-  return run_backward(be, spec, f);
+  return run_gradients(be, spec, f, true);
+}
+
+// The bias sums against the column sums of the same call's dqkv, in double:
+// the kernels sum the f32 rows before their bf16 rounding, in part sums of
+// 16 rows, and round the result to bf16 (about 2e-3 normwise at most); a
+// missing or stale part of 16 rows is several percent.
+void expect_bias_sums(const Gradients& g, size_t C) {
+  std::vector<double> sums(3 * C);
+  const std::vector<float> start = bias_start(C);
+  for (size_t c = 0; c < 3 * C; ++c) sums[c] = start[c];
+  for (size_t i = 0; i < g.dqkv.size(); ++i) sums[i % (3 * C)] += g.dqkv[i];
+  EXPECT_LE(floored_error(g.bias, std::vector<float>(sums.begin(), sums.end())), 5e-3)
+      << "dqkv_colsum against the column sums of dqkv";
 }
 
 SpanLayer span_cross() {  // cross on q (kbar) and k (qbar): both extra products
@@ -155,14 +194,18 @@ TEST_P(CudaAttentionBackwardSm90, MatchesSm80AndCpu64) {
   const auto dout = bf16_values(BT * C, seed + 1, -1, 1);
 
   const Forward f = run_forward_sm80(*cuda, spec, qkv, dout);
-  const std::vector<float> sm80 = run_backward_on(*cuda, spec, f, false);
+  const Gradients sm80_run = run_backward_on(*cuda, spec, f, false);
+  expect_bias_sums(sm80_run, C);
+  const std::vector<float>& sm80 = sm80_run.dqkv;
   std::unique_ptr<Backend> cpu64 = make_backend("cpu64");
   const std::vector<float> ref = run_backward(*cpu64, spec, run_forward(*cpu64, spec, qkv, dout));
 
   for (const char* variant : kSm90BackwardVariants) {
     SCOPED_TRACE(std::string(kSm90Backward) + "=" + variant);
     ScopedEnv choose(kSm90Backward, variant);
-    const std::vector<float> sm90 = run_backward_on(*cuda, spec, f, true);
+    const Gradients sm90_run = run_backward_on(*cuda, spec, f, true);
+    expect_bias_sums(sm90_run, C);
+    const std::vector<float>& sm90 = sm90_run.dqkv;
     const char* names[3] = {"dq", "dk", "dv"};
     for (int part = 0; part < 3; ++part) {
       const std::vector<float> got = qkv_part(sm90, part, C);
@@ -196,10 +239,12 @@ TEST(CudaAttentionBackwardSm90Dispatch, Deterministic) {
     const auto qkv = bf16_values(BT * 3 * C, 71 + D, -2, 2);
     const auto dout = bf16_values(BT * C, 72 + D, -1, 1);
     const Forward f = run_forward_sm80(*cuda, spec, qkv, dout);
-    const std::vector<float> a = run_backward_on(*cuda, spec, f, true);
-    const std::vector<float> b = run_backward_on(*cuda, spec, f, true);
+    const Gradients run_a = run_backward_on(*cuda, spec, f, true);
+    const Gradients run_b = run_backward_on(*cuda, spec, f, true);
+    const std::vector<float>&a = run_a.dqkv, &b = run_b.dqkv;
     if (std::string(variant).rfind("one_pass", 0) != 0) {
       EXPECT_EQ(a, b) << "D " << D;
+      EXPECT_EQ(run_a.bias, run_b.bias) << "bias sums, D " << D;
       continue;
     }
     EXPECT_LE(floored_error(qkv_part(a, 0, C), qkv_part(b, 0, C)), 2e-3) << "dq, D " << D;
@@ -233,11 +278,11 @@ TEST(CudaAttentionBackwardSm90Dispatch, OnePassWg2MatchesOnePass) {
         std::vector<float> one, two;
         {
           ScopedEnv choose(kSm90Backward, "one_pass");
-          one = run_backward_on(*cuda, spec, f, true);
+          one = run_backward_on(*cuda, spec, f, true).dqkv;
         }
         {
           ScopedEnv choose(kSm90Backward, "one_pass_wg2");
-          two = run_backward_on(*cuda, spec, f, true);
+          two = run_backward_on(*cuda, spec, f, true).dqkv;
         }
         EXPECT_LE(floored_error(qkv_part(two, 0, C), qkv_part(one, 0, C)), 2e-3) << "dq";
         EXPECT_EQ(qkv_part(two, 1, C), qkv_part(one, 1, C)) << "dk";
@@ -283,16 +328,18 @@ TEST(CudaAttentionBackwardSm90Dispatch, WsMatchesBase) {
       const size_t BT = size_t(spec.B) * spec.T, C = spec.C();
       const Forward f = run_forward_sm80(*cuda, spec, bf16_values(BT * 3 * C, 97 + sh.T, -2, 2),
                                          bf16_values(BT * C, 98 + sh.T, -1, 1));
-      std::vector<float> base;
+      Gradients base;
       {
         ScopedEnv choose(kSm90Backward, "base");
         base = run_backward_on(*cuda, spec, f, true);
       }
       ScopedEnv choose(kSm90Backward, "ws");
-      const std::vector<float> ws = run_backward_on(*cuda, spec, f, true);
+      const Gradients ws = run_backward_on(*cuda, spec, f, true);
       const char* names[3] = {"dq", "dk", "dv"};
       for (int part = 0; part < 3; ++part)
-        EXPECT_EQ(qkv_part(ws, part, C), qkv_part(base, part, C)) << names[part];
+        EXPECT_EQ(qkv_part(ws.dqkv, part, C), qkv_part(base.dqkv, part, C)) << names[part];
+      // The same rows in the same part sums: the bias too.
+      EXPECT_EQ(ws.bias, base.bias) << "bias sums";
     }
 }
 
@@ -367,13 +414,15 @@ TEST(CudaAttentionBackwardSm90Dispatch, GlobalFirstOrderMatchesBatchMajor) {
           const Forward f = run_forward_sm80(*cuda, spec, bf16_values(BT * 3 * C, 95 + D, -2, 2),
                                              bf16_values(BT * C, 96 + D, -1, 1));
           ScopedEnv choose(kSm90Backward, variant);
-          std::vector<float> batch_major;
+          Gradients batch_major;
           {
             ScopedEnv order(kSm90BackwardOrder, "batch_major");
             batch_major = run_backward_on(*cuda, spec, f, true);
           }
           ScopedEnv order(kSm90BackwardOrder, "global_first");
-          EXPECT_EQ(run_backward_on(*cuda, spec, f, true), batch_major);
+          const Gradients global_first = run_backward_on(*cuda, spec, f, true);
+          EXPECT_EQ(global_first.dqkv, batch_major.dqkv);
+          EXPECT_EQ(global_first.bias, batch_major.bias);
         }
 }
 #endif
