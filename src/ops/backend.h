@@ -146,10 +146,13 @@ class Backend {
   virtual void attention_forward(void* out, void* lse, void* max_logit, void* kbar,
                                  const void* qkv, const AttentionSpec& spec) = 0;
   // dqkv [B,T,3C] overwritten, with the span decomposition of spec.span applied.
-  // dqkv_colsum [3C] (dtype; may be null): += the column sums of dqkv over
-  // its B*T rows, i.e. the bias gradient of the projection that made qkv
-  // (the model passes it here instead of to matmul_backward, sparing the
-  // CUDA backend a pass over dqkv).
+  // dqkv_colsum [3C] (dtype; may be null; must not overlap dqkv; on CUDA
+  // 2-byte aligned): += the column sums of dqkv over its B*T rows, i.e. the
+  // bias gradient of the projection that made qkv (the model passes it here
+  // instead of to matmul_backward, sparing the CUDA backend a pass over
+  // dqkv). The CUDA kernels sum the rows in f32 before their bf16 rounding,
+  // so the result may differ in the last bits from a column sum of the
+  // stored dqkv.
   virtual void attention_backward(void* dqkv, void* dqkv_colsum, const void* dout,
                                   const void* qkv, const void* out, const void* lse,
                                   const void* kbar, const AttentionSpec& spec) = 0;

@@ -433,85 +433,125 @@ bool attention_backward_uses_sm90(CudaContext& ctx, const AttentionSpec& spec) {
   return use_sm90(ctx, spec);
 }
 
-void attention_backward(CudaContext& ctx, bf16* dqkv, bf16* dqkv_colsum, const bf16* dout,
-                        const bf16* qkv, const bf16* out, const float* lse, const bf16* kbar,
-                        const AttentionSpec& spec) {
+namespace {
+
+void check_backward_args(const bf16* dqkv, const bf16* dqkv_colsum, const bf16* dout,
+                         const bf16* qkv, const bf16* out, const bf16* kbar,
+                         const AttentionSpec& spec) {
   check_head_dim(spec.head_dim, "attention_backward");
   check_alignment(qkv, 16, "qkv", "attention_backward");
   check_alignment(dout, 16, "dout", "attention_backward");
   check_alignment(out, 4, "out", "attention_backward");
   check_alignment(kbar, 4, "kbar", "attention_backward");
   check_alignment(dqkv, 4, "dqkv", "attention_backward");
+  check_alignment(dqkv_colsum, 2, "dqkv_colsum", "attention_backward");
   LSGPT_CHECK(spec.n_local >= 0 && spec.n_local <= spec.n_head && spec.window >= 1);
   LSGPT_CHECK(!spec.span.needs_kbar() || kbar != nullptr, "attention_backward: span needs kbar");
   LSGPT_CHECK(!(spec.span.v.enabled && spec.span.v.basis == SpanBasis::cross),
               "span on v supports the self basis only");
-  check_alignment(dqkv_colsum, 2, "dqkv_colsum", "attention_backward");
-  if (spec.B == 0 || spec.T == 0 || spec.n_head == 0) return;
-  const int D = spec.head_dim;
+}
+
+// The backward's scratch: delta (one float a row of each head), one_pass's
+// f32 dQ sums, and the qkv bias gradient's part sums (BackwardParams).
+struct BackwardScratch {
+  float *delta, *dq_accum, *bias_partials;
+  int bias_parts;  // 0 when the bias is not summed in the kernels
+};
+
+BackwardScratch carve_backward_scratch(CudaContext& ctx, const AttentionSpec& spec, bool one_pass,
+                                       bool fused_bias) {
   const size_t rows = size_t(spec.B) * spec.T * spec.n_head;
-  const bool sm90 = use_sm90(ctx, spec);
-  const bool qbar = spec.span.k.enabled && spec.span.k.basis == SpanBasis::cross;
-  const AttentionShape shape{spec.B, spec.T, spec.n_head, spec.n_local, spec.window, D, qbar};
-  const Sm90BackwardVariant variant =
-      sm90 ? sm90_backward_override().value_or(choose_sm90_backward(shape, ctx.sm_count()))
-           : Sm90BackwardVariant::base;
-  const bool one_pass = sm90 && (variant == Sm90BackwardVariant::one_pass ||
-                                 variant == Sm90BackwardVariant::one_pass_wg2);
-  // Both one_pass variants sum dQ in fp32 next to delta.
-  const size_t dq_floats = one_pass ? one_pass_dq_floats(spec.B, spec.T, spec.n_head, D) : 0;
-  // The bias gradient's part sums come from the two-pass kernels' row
-  // epilogues; one_pass forms its dQ rows in a kernel of its own, so there
-  // a pass over dqkv sums them afterwards.
-  const bool fused_bias = dqkv_colsum && !one_pass;
-  const int bias_row_groups = ceil_div(spec.T, kBiasRowGroup);
-  const size_t bias_parts = fused_bias ? size_t(spec.B) * bias_row_groups : 0;
+  const size_t dq_floats =
+      one_pass ? one_pass_dq_floats(spec.B, spec.T, spec.n_head, spec.head_dim) : 0;
+  const size_t bias_parts =
+      fused_bias ? size_t(spec.B) * ceil_div(spec.T, kBiasRowGroup) : 0;
   LSGPT_CHECK(bias_parts <= 0x7fffffff, "attention_backward: too many rows for the bias sums");
   const size_t bias_floats = bias_parts * 3 * size_t(spec.C());
   ScratchCarver carver(ctx.scratch(ScratchCarver::round(sizeof(float) * rows) +
                                    ScratchCarver::round(sizeof(float) * dq_floats) +
                                    ScratchCarver::round(sizeof(float) * bias_floats)));
-  float* delta = carver.take<float>(rows);
-  float* dq_accum = carver.take<float>(dq_floats);
-  float* bias_partials = carver.take<float>(bias_floats);
-  const unsigned delta_blocks = unsigned(ceil_div((long long)rows * kDeltaLanesPerRow, 256));
-  if (reinterpret_cast<uintptr_t>(out) % 16 == 0)  // dout is checked 16-byte aligned above
-    attention_delta_kernel<8><<<delta_blocks, 256, 0, ctx.stream()>>>(delta, dout, out, int(rows),
-                                                                       spec.T, spec.n_head, D);
-  else
-    attention_delta_kernel<2><<<delta_blocks, 256, 0, ctx.stream()>>>(delta, dout, out, int(rows),
-                                                                       spec.T, spec.n_head, D);
-  CUDA_CHECK_LAUNCH();
+  BackwardScratch scratch;
+  scratch.delta = carver.take<float>(rows);
+  scratch.dq_accum = carver.take<float>(dq_floats);
+  scratch.bias_partials = carver.take<float>(bias_floats);
+  scratch.bias_parts = int(bias_parts);
+  return scratch;
+}
 
+void launch_delta(CudaContext& ctx, float* delta, const bf16* dout, const bf16* out,
+                  const AttentionSpec& spec) {
+  const size_t rows = size_t(spec.B) * spec.T * spec.n_head;
+  const unsigned blocks = unsigned(ceil_div((long long)rows * kDeltaLanesPerRow, 256));
+  const int D = spec.head_dim;
+  if (reinterpret_cast<uintptr_t>(out) % 16 == 0)  // dout is checked 16-byte aligned
+    attention_delta_kernel<8><<<blocks, 256, 0, ctx.stream()>>>(delta, dout, out, int(rows),
+                                                                 spec.T, spec.n_head, D);
+  else
+    attention_delta_kernel<2><<<blocks, 256, 0, ctx.stream()>>>(delta, dout, out, int(rows),
+                                                                 spec.T, spec.n_head, D);
+  CUDA_CHECK_LAUNCH();
+}
+
+BackwardParams backward_params(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse,
+                               const bf16* kbar, const BackwardScratch& scratch,
+                               const AttentionSpec& spec) {
   BackwardParams p;
-  p.qkv = qkv, p.dout = dout, p.lse = lse, p.delta = delta, p.kbar = kbar, p.dqkv = dqkv;
-  p.T = spec.T, p.n_head = spec.n_head, p.head_dim = spec.head_dim, p.C = spec.C(), p.n_local = spec.n_local;
-  p.window = spec.window;
+  p.qkv = qkv, p.dout = dout, p.lse = lse, p.delta = scratch.delta, p.kbar = kbar, p.dqkv = dqkv;
+  p.T = spec.T, p.n_head = spec.n_head, p.head_dim = spec.head_dim, p.C = spec.C();
+  p.n_local = spec.n_local, p.window = spec.window;
   p.n_key_blocks = ceil_div(spec.T, kKeysPerBlock);
   p.n_query_blocks = ceil_div(spec.T, kQueriesPerBlock);
-  p.scale = 1.0f / sqrtf(float(D));
+  p.scale = 1.0f / sqrtf(float(spec.head_dim));
   p.scale_log2 = p.scale * kLog2e;
   p.span = make_span_args(spec.span);
-  p.bias_partials = fused_bias ? bias_partials : nullptr;
-  p.bias_row_groups = bias_row_groups;
+  p.bias_partials = scratch.bias_parts ? scratch.bias_partials : nullptr;
+  p.bias_row_groups = ceil_div(spec.T, kBiasRowGroup);
+  return p;
+}
+
+}  // namespace
+
+void attention_backward(CudaContext& ctx, bf16* dqkv, bf16* dqkv_colsum, const bf16* dout,
+                        const bf16* qkv, const bf16* out, const float* lse, const bf16* kbar,
+                        const AttentionSpec& spec) {
+  check_backward_args(dqkv, dqkv_colsum, dout, qkv, out, kbar, spec);
+  if (spec.B == 0 || spec.T == 0 || spec.n_head == 0) return;
+  const bool sm90 = use_sm90(ctx, spec);
+  const bool qbar = spec.span.k.enabled && spec.span.k.basis == SpanBasis::cross;
+  const AttentionShape shape{spec.B,      spec.T,         spec.n_head, spec.n_local,
+                             spec.window, spec.head_dim, qbar};
+  const Sm90BackwardVariant variant =
+      sm90 ? sm90_backward_override().value_or(choose_sm90_backward(shape, ctx.sm_count()))
+           : Sm90BackwardVariant::base;
+  const bool one_pass = sm90 && (variant == Sm90BackwardVariant::one_pass ||
+                                 variant == Sm90BackwardVariant::one_pass_wg2);
+  // The bias gradient's part sums come from the two-pass kernels' row
+  // epilogues; one_pass forms its dQ rows in a kernel of its own, so there
+  // a pass over dqkv sums them afterwards.
+  const bool fused_bias = dqkv_colsum && !one_pass;
+  const BackwardScratch scratch = carve_backward_scratch(ctx, spec, one_pass, fused_bias);
+  launch_delta(ctx, scratch.delta, dout, out, spec);
+  const BackwardParams p = backward_params(dqkv, dout, qkv, lse, kbar, scratch, spec);
   const bool span = spec.span.any();
+  const int D = padded_head_dim(spec.head_dim);
   if (one_pass && variant == Sm90BackwardVariant::one_pass_wg2)
-    launch_backward_sm90_one_pass_wg2(ctx, p, spec.B, span, qbar, dq_accum);
+    launch_backward_sm90_one_pass_wg2(ctx, p, spec.B, span, qbar, scratch.dq_accum);
   else if (one_pass)
-    launch_backward_sm90_one_pass(ctx, p, spec.B, span, qbar, dq_accum);
+    launch_backward_sm90_one_pass(ctx, p, spec.B, span, qbar, scratch.dq_accum);
   else if (sm90 && variant == Sm90BackwardVariant::ws)
     launch_backward_sm90_ws(ctx, p, spec.B, span, qbar, ws_backward_short_walks(shape));
   else if (sm90)
     launch_backward_sm90(ctx, p, spec.B, span, qbar, variant == Sm90BackwardVariant::wg2);
-  else if (padded_head_dim(D) == 32)
+  else if (D == 32)
     dispatch_backward<32>(ctx, p, spec.B, span, qbar);
-  else if (padded_head_dim(D) == 64)
+  else if (D == 64)
     dispatch_backward<64>(ctx, p, spec.B, span, qbar);
   else
     dispatch_backward<128>(ctx, p, spec.B, span, qbar);
 
   if (fused_bias)
-    reduce_partials_accumulate(ctx, dqkv_colsum, bias_partials, int(bias_parts), 3 * spec.C());
+    reduce_partials_accumulate(ctx, dqkv_colsum, scratch.bias_partials, scratch.bias_parts,
+                               3 * spec.C());
   else if (dqkv_colsum)
     column_sum_accumulate(ctx, dqkv_colsum, dqkv, spec.B * spec.T, 3 * spec.C());
 }

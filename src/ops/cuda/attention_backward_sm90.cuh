@@ -42,7 +42,8 @@ __device__ __forceinline__ void zero(float (&d)[N]) {
 
 // Where one (batch row, head) starts in each input: its Q, K, V columns of
 // qkv (rows qkv_row elements apart), its dO columns (rows C apart), its lse
-// and delta (one float a query). bh = b * n_head + h.
+// and delta (one float a query). bh = b * n_head + h; b and h also name the
+// bias part sums a key block writes.
 struct HeadRows {
   int b, h;
   size_t qkv_row;

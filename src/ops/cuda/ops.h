@@ -112,8 +112,10 @@ void attention_forward(CudaContext& ctx, bf16* out, float* lse, float* max_logit
 // (attention_forward_sm90.cu) rather than the sm_80 one.
 bool attention_forward_uses_sm90(CudaContext& ctx, const AttentionSpec& spec);
 // dqkv_colsum [3C] (may be null): += the column sums of dqkv over its B T
-// rows, the qkv projection's bias gradient, summed in the kernels' row
-// epilogues (part sums, then an ordered reduction: the same bits every run).
+// rows, the qkv projection's bias gradient, summed by the two-pass kernels
+// in their row epilogues (f32 part sums of 16 rows, then an ordered
+// reduction: the same bits every run); the opt-in one_pass kernels, whose
+// dQ is itself summed by atomics, leave it to a column-sum pass over dqkv.
 void attention_backward(CudaContext& ctx, bf16* dqkv, bf16* dqkv_colsum, const bf16* dout,
                         const bf16* qkv, const bf16* out, const float* lse, const bf16* kbar,
                         const AttentionSpec& spec);

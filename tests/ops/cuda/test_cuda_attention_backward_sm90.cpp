@@ -32,6 +32,7 @@
 // not compute capability 9.0 they skip with "not a Hopper GPU".
 #include <gtest/gtest.h>
 
+#include <cstdlib>
 #include <memory>
 #include <string>
 #include <vector>
@@ -89,9 +90,12 @@ struct Gradients {
 
 // dqkv [B, T, 3C] from the forward's outputs (a fresh NaN-poisoned buffer,
 // so an unwritten element fails) and, with `bias`, the column sums added to
-// bias_start. A first call on other data (the forward's out as dout) leaves
-// other part sums in the scratch, so a part the kernels fail to write
-// shows as a wrong bias.
+// bias_start. With `bias` a call before it runs another kernel that fills
+// the same part sums (sm_80 before a Hopper kernel, Hopper's base before
+// sm_80) on other data (the forward's out as dout): a part the kernel under
+// test fails to write keeps that call's sum and shows as a wrong bias. (The
+// same kernel would leave the same parts unwritten, and an earlier variant
+// on the same data would leave nearly the right sums there.)
 Gradients run_gradients(Backend& be, const AttentionSpec& spec, const Forward& f, bool bias) {
   Buffer dqkv = make_buffer(be, be.dtype(), f.qkv.n, nullptr);
   const std::vector<float> start = bias_start(spec.C());
@@ -99,6 +103,10 @@ Gradients run_gradients(Backend& be, const AttentionSpec& spec, const Forward& f
   void* kbar = spec.span.needs_kbar() ? f.kbar.mem.get() : nullptr;
   void* colsum_ptr = bias ? colsum.mem.get() : nullptr;
   if (bias) {
+    const char* forced = std::getenv(kForceSm80);
+    const bool sm80 = forced && std::string(forced) == "1";
+    ScopedEnv other_kernel(kForceSm80, sm80 ? nullptr : "1");
+    ScopedEnv other_variant(kSm90Backward, "base");
     Buffer other = make_buffer(be, be.dtype(), start.size(), &start);
     be.attention_backward(dqkv.mem.get(), other.mem.get(), f.out.mem.get(), f.qkv.mem.get(),
                           f.out.mem.get(), f.lse.mem.get(), kbar, spec);
@@ -241,7 +249,8 @@ TEST(CudaAttentionBackwardSm90Dispatch, Deterministic) {
     const Forward f = run_forward_sm80(*cuda, spec, qkv, dout);
     const Gradients run_a = run_backward_on(*cuda, spec, f, true);
     const Gradients run_b = run_backward_on(*cuda, spec, f, true);
-    const std::vector<float>&a = run_a.dqkv, &b = run_b.dqkv;
+    const std::vector<float>& a = run_a.dqkv;
+    const std::vector<float>& b = run_b.dqkv;
     if (std::string(variant).rfind("one_pass", 0) != 0) {
       EXPECT_EQ(a, b) << "D " << D;
       EXPECT_EQ(run_a.bias, run_b.bias) << "bias sums, D " << D;
