@@ -13,11 +13,13 @@
 // attention_backward_sm90.cu's wgmma kernel instead (after the same delta
 // kernel; one or two warpgroups a block, chosen by shape in
 // attention_sm90_choice.h or by LSGPT_ATTENTION_SM90_BACKWARD, the
-// warp-specialised TMA kernel of attention_backward_sm90_ws.cu, or the
-// one-pass variants of attention_backward_sm90_one_pass.cu and
+// warp-specialised TMA kernel of attention_backward_sm90_ws.cu (with or
+// without band runs for local heads), or the one-pass variants of attention_backward_sm90_one_pass.cu and
 // attention_backward_sm90_one_pass_wg2.cu),
 // unless LSGPT_ATTENTION_SM80=1 asks for this one.
+#include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <type_traits>
 
 #include "core/env_switch.h"
@@ -408,6 +410,7 @@ bool use_sm90(const CudaContext& ctx, const AttentionSpec& spec) {
   // The switches are checked on every GPU: a bad value is an error anywhere.
   sm90_backward_override();
   sm90_backward_global_first();
+  sm90_band_run_override();
   const bool forced = sm80_forced();
   return !forced && sm90_backward_supported(ctx, spec.head_dim);
 }
@@ -415,13 +418,24 @@ bool use_sm90(const CudaContext& ctx, const AttentionSpec& spec) {
 }  // namespace
 
 std::optional<Sm90BackwardVariant> attn::sm90_backward_override() {
-  constexpr Sm90BackwardVariant kForced[] = {Sm90BackwardVariant::base, Sm90BackwardVariant::wg2,
-                                             Sm90BackwardVariant::ws, Sm90BackwardVariant::one_pass,
-                                             Sm90BackwardVariant::one_pass_wg2};
+  constexpr Sm90BackwardVariant kForced[] = {
+      Sm90BackwardVariant::base,     Sm90BackwardVariant::wg2,          Sm90BackwardVariant::ws,
+      Sm90BackwardVariant::one_pass, Sm90BackwardVariant::one_pass_wg2, Sm90BackwardVariant::ws_band};
   const int i = env_switch("LSGPT_ATTENTION_SM90_BACKWARD",
-                           {"auto", "base", "wg2", "ws", "one_pass", "one_pass_wg2"});
+                           {"auto", "base", "wg2", "ws", "one_pass", "one_pass_wg2", "ws_band"});
   if (i == 0) return std::nullopt;
   return kForced[i - 1];
+}
+
+std::optional<int> attn::sm90_band_run_override() {
+  const char* v = std::getenv("LSGPT_ATTENTION_SM90_BAND_RUN");
+  if (!v || !*v) return std::nullopt;
+  char* end = nullptr;
+  const long n = std::strtol(v, &end, 10);
+  LSGPT_CHECK(*end == '\0' && n >= 1 && n <= 1 << 20,
+              "LSGPT_ATTENTION_SM90_BAND_RUN must be a whole number of key blocks from 1 to "
+              "1048576, got '", v, "'");
+  return int(n);
 }
 
 bool attn::sm90_backward_global_first() {
@@ -452,14 +466,16 @@ void check_backward_args(const bf16* dqkv, const bf16* dqkv_colsum, const bf16* 
 }
 
 // The backward's scratch: delta (one float a row of each head), one_pass's
-// f32 dQ sums, and the qkv bias gradient's part sums (BackwardParams).
+// f32 dQ sums, the qkv bias gradient's part sums, ws_band's dQ slots and
+// item counter (BackwardParams).
 struct BackwardScratch {
-  float *delta, *dq_accum, *bias_partials;
+  float *delta, *dq_accum, *bias_partials, *band_dq;
+  int* item_counter;
   int bias_parts;  // 0 when the bias is not summed in the kernels
 };
 
 BackwardScratch carve_backward_scratch(CudaContext& ctx, const AttentionSpec& spec, bool one_pass,
-                                       bool fused_bias) {
+                                       bool fused_bias, size_t band_floats) {
   const size_t rows = size_t(spec.B) * spec.T * spec.n_head;
   const size_t dq_floats =
       one_pass ? one_pass_dq_floats(spec.B, spec.T, spec.n_head, spec.head_dim) : 0;
@@ -469,11 +485,15 @@ BackwardScratch carve_backward_scratch(CudaContext& ctx, const AttentionSpec& sp
   const size_t bias_floats = bias_parts * 3 * size_t(spec.C());
   ScratchCarver carver(ctx.scratch(ScratchCarver::round(sizeof(float) * rows) +
                                    ScratchCarver::round(sizeof(float) * dq_floats) +
-                                   ScratchCarver::round(sizeof(float) * bias_floats)));
+                                   ScratchCarver::round(sizeof(float) * bias_floats) +
+                                   ScratchCarver::round(sizeof(float) * band_floats) +
+                                   ScratchCarver::round(sizeof(int))));
   BackwardScratch scratch;
   scratch.delta = carver.take<float>(rows);
   scratch.dq_accum = carver.take<float>(dq_floats);
   scratch.bias_partials = carver.take<float>(bias_floats);
+  scratch.band_dq = carver.take<float>(band_floats);
+  scratch.item_counter = carver.take<int>(1);
   scratch.bias_parts = int(bias_parts);
   return scratch;
 }
@@ -506,6 +526,8 @@ BackwardParams backward_params(bf16* dqkv, const bf16* dout, const bf16* qkv, co
   p.span = make_span_args(spec.span);
   p.bias_partials = scratch.bias_parts ? scratch.bias_partials : nullptr;
   p.bias_row_groups = ceil_div(spec.T, kBiasRowGroup);
+  p.item_counter = scratch.item_counter;
+  p.band_dq = scratch.band_dq;
   return p;
 }
 
@@ -529,16 +551,24 @@ void attention_backward(CudaContext& ctx, bf16* dqkv, bf16* dqkv_colsum, const b
   // epilogues; one_pass forms its dQ rows in a kernel of its own, so there
   // a pass over dqkv sums them afterwards.
   const bool fused_bias = dqkv_colsum && !one_pass;
-  const BackwardScratch scratch = carve_backward_scratch(ctx, spec, one_pass, fused_bias);
+  // ws_band where its band runs apply, else ws.
+  const bool band = sm90 && variant == Sm90BackwardVariant::ws_band && ws_band_applies(shape);
+  const int band_slots = band ? ws_band_slots(std::min(spec.window, spec.T)) : 0;
+  const BackwardScratch scratch = carve_backward_scratch(
+      ctx, spec, one_pass, fused_bias, band ? ws_band_dq_floats(ctx, band_slots) : 0);
   launch_delta(ctx, scratch.delta, dout, out, spec);
-  const BackwardParams p = backward_params(dqkv, dout, qkv, lse, kbar, scratch, spec);
+  BackwardParams p = backward_params(dqkv, dout, qkv, lse, kbar, scratch, spec);
+  if (band) {
+    p.band_slots = band_slots;
+    p.band_run = sm90_band_run_override().value_or(ws_band_run(shape, ctx.sm_count()));
+  }
   const bool span = spec.span.any();
   const int D = padded_head_dim(spec.head_dim);
   if (one_pass && variant == Sm90BackwardVariant::one_pass_wg2)
     launch_backward_sm90_one_pass_wg2(ctx, p, spec.B, span, qbar, scratch.dq_accum);
   else if (one_pass)
     launch_backward_sm90_one_pass(ctx, p, spec.B, span, qbar, scratch.dq_accum);
-  else if (sm90 && variant == Sm90BackwardVariant::ws)
+  else if (sm90 && (variant == Sm90BackwardVariant::ws || variant == Sm90BackwardVariant::ws_band))
     launch_backward_sm90_ws(ctx, p, spec.B, span, qbar, ws_backward_short_walks(shape));
   else if (sm90)
     launch_backward_sm90(ctx, p, spec.B, span, qbar, variant == Sm90BackwardVariant::wg2);

@@ -36,6 +36,15 @@ struct BackwardParams {
   // the warp that finishes those rows of dQ (or of dK and dV).
   float* bias_partials = nullptr;
   int bias_row_groups = 0;
+  // ws's band runs (launch_backward_sm90_ws with band_run > 0; D 64, local
+  // heads): key blocks a run; the item counter (one int, zeroed by the
+  // launch) from which consumers then take their next item instead of
+  // every (grid's consumers)-th; dQ part-sum slots a consumer
+  // (ws_band_slots) and the slots, band_slots x 64 x 64 floats for each of
+  // the grid's consumers (ws_band_dq_floats). Unused elsewhere.
+  int band_run = 0, band_slots = 0;
+  int* item_counter = nullptr;
+  float* band_dq = nullptr;
 };
 
 // Rows a part of bias_partials sums: one warp's rows in every kernel that
@@ -243,8 +252,16 @@ void launch_backward_sm90(CudaContext& ctx, const BackwardParams& p, int B, bool
 // query blocks (global heads first). short_walks (ws_backward_short_walks)
 // double-buffers each consumer's fixed pair at D 64 without qbar, for items
 // that walk few tiles; ignored elsewhere. Either way the same bits.
+// With p.band_run > 0 (ws_band: D 64 without qbar, ws_band_applies) the
+// local heads' work is band runs instead of key and query blocks: one pass
+// over p.band_run key blocks of a head, dQ summed in key-block order in
+// the consumer's p.band_dq slots (deterministic, independent of the run
+// length; not base's bits for local heads' dQ, base's for everything else).
 void launch_backward_sm90_ws(CudaContext& ctx, const BackwardParams& p, int B, bool span,
                              bool qbar, bool short_walks);
+// Floats of p.band_dq the ws kernel needs for band_slots slots a consumer
+// (one block per multiprocessor at most, three consumers at D 64).
+size_t ws_band_dq_floats(const CudaContext& ctx, int band_slots);
 
 // attention_backward_sm90_one_pass.cu: the one-pass variant (key blocks
 // only, dQ summed by float atomics into dq_accum, then written to dqkv; not
@@ -268,8 +285,8 @@ void launch_backward_sm90_one_pass_wg2(CudaContext& ctx, const BackwardParams& p
 
 // Which Hopper backward runs: LSGPT_ATTENTION_SM90_BACKWARD = auto (also
 // unset or empty: choose_sm90_backward picks by shape), base (one warpgroup
-// a block), wg2, ws, one_pass or one_pass_wg2 to force one; any other value
-// is an error.
+// a block), wg2, ws, one_pass, one_pass_wg2 or ws_band (ws with band runs;
+// ws where they do not apply) to force one; any other value is an error.
 // nullopt means auto. Read at every call (defined in attention_backward.cu)
 // so one binary can time them all.
 std::optional<Sm90BackwardVariant> sm90_backward_override();
@@ -281,5 +298,11 @@ std::optional<Sm90BackwardVariant> sm90_backward_override();
 // (every global head's blocks before any local head's); anything else is an
 // error. True for auto and global_first.
 bool sm90_backward_global_first();
+
+// ws_band's run length in key blocks: LSGPT_ATTENTION_SM90_BAND_RUN = a
+// whole number from 1 (for tuning and tests; the bits do not depend on it),
+// or unset or empty: nullopt, ws_band_run's choice. Anything else is an
+// error.
+std::optional<int> sm90_band_run_override();
 
 }  // namespace lsgpt::cuda::attn

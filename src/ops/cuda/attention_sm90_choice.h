@@ -25,8 +25,9 @@ enum class Sm90ForwardVariant { base, ws, ws_persistent };
 // one_pass_wg2: the same with two warpgroups (128 keys) a block sharing one
 // dQ product, half the atomics. ws: base's two passes and bits, warp-
 // specialised (TMA producer warps, three consumer warpgroups at D 64 and
-// two at D 128, persistent).
-enum class Sm90BackwardVariant { base, wg2, ws, one_pass, one_pass_wg2 };
+// two at D 128, persistent). ws_band: ws with local heads' work in band runs
+// (one pass, dQ summed in order; D 64 without qbar, else ws).
+enum class Sm90BackwardVariant { base, wg2, ws, one_pass, one_pass_wg2, ws_band };
 
 // The sizes the choice depends on. window counts the keys a local head sees;
 // span_qbar: the span decomposition's cross basis on k (qbar accumulated in
@@ -63,13 +64,58 @@ inline Sm90ForwardVariant choose_sm90_forward(const AttentionShape& s) {
   return Sm90ForwardVariant::ws;
 }
 
-// ws (TMA producers, two or three consumer warpgroups, persistent) was the fastest at
+// ws_band: the query tiles a 64-key block of a local head walks, (w + 62)
+// / 64 + 1 (a band run's halo is one block fewer), and whether the band
+// runs apply: D 64 (head dims 40 to 64, padded) without qbar, with local
+// heads.
+inline int ws_band_tiles(int window) { return (window + 62) / 64 + 1; }
+// The dQ part-sum slots a consumer needs (attention_backward_sm90_ws.cu):
+// one fewer than the tiles a key block walks, at least one.
+inline int ws_band_slots(int window) { return std::max(1, ws_band_tiles(window) - 1); }
+inline bool ws_band_applies(const AttentionShape& s) {
+  return s.head_dim > 32 && s.head_dim <= 64 && !s.span_qbar && s.n_local > 0;
+}
+
+// Key blocks a band run, by default: about two runs a consumer of the
+// grid's (three a multiprocessor), but never fewer than 8 blocks (or the
+// whole head): a run's halo, the w / 64 blocks before it recomputed for
+// dQ, costs it about w / 64 / (run length) of its work. H200, 2026-12-01,
+// consumers taking the next item from a counter: runs of 8 were within 1%
+// of the best of 2, 4 (or 9), 8 and 16 at LS 11/12 w 100, T 1k to 16k, and
+// on GPT-2 small's LS and all-local layers, where runs of 4 were 3-4%
+// slower and 16 (one run a head, fewer items than consumers) 60-70%.
+inline int ws_band_run(const AttentionShape& s, int sm_count) {
+  const int64_t blocks = (int64_t(s.T) + 63) / 64;
+  const int64_t local_blocks = int64_t(s.B) * s.n_local * blocks;
+  const int64_t per_run = local_blocks / (2 * 3 * int64_t(std::max(1, sm_count)));
+  return int(std::clamp<int64_t>(per_run, std::min<int64_t>(8, blocks), std::max<int64_t>(blocks, 1)));
+}
+
+// Where the band runs win: bands of at most three query tiles (w up to
+// 129), and long rows (T >= 4096) or only local heads. H200, 2026-12-01,
+// backward alone against ws, runs of 8, D 64, w 100: LS 11/12 6% faster at
+// T 4k (B 4, 32 heads), 18% at T 16k, 12% with all 12 heads local at GPT-2
+// small's shape (B 16, T 1k); but 1.6% at T 1k with 32 heads and 1% slower
+// on GPT-2 small's LS layer (0.1882 against 0.1862 ms; its training step
+// the same either way), where the global head's two-pass items come last
+// and are short; with w 256 (five tiles, four halo blocks a run) 17-21%
+// slower.
+constexpr int kBandRunMaxTiles = 3;
+constexpr int kBandRunMinT = 4096;
+inline bool ws_band_pays(const AttentionShape& s) {
+  return ws_band_applies(s) && ws_band_tiles(std::min(s.window, s.T)) <= kBandRunMaxTiles &&
+         (s.T >= kBandRunMinT || s.n_local == s.n_head);
+}
+
+// ws_band where its band runs pay (above). Otherwise: ws (TMA producers,
+// two or three consumer warpgroups, persistent) was the fastest at
 // every shape of the grid (1.02-1.43x base, H200, 2026-11-30) but one: D 128
 // with qbar, where its accumulators leave room for one consumer a block
 // only. There, as before ws existed: wg2 halves the number of blocks and
 // wins (3-7%) only while the global heads alone still give every
 // multiprocessor two blocks, since the global heads carry most of the work.
 inline Sm90BackwardVariant choose_sm90_backward(const AttentionShape& s, int sm_count) {
+  if (ws_band_pays(s)) return Sm90BackwardVariant::ws_band;
   if (s.head_dim <= 64 || !s.span_qbar) return Sm90BackwardVariant::ws;
   const int64_t global_blocks =
       int64_t(s.B) * (s.n_head - s.n_local) * ((int64_t(s.T) + 127) / 128);

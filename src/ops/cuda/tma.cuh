@@ -90,6 +90,14 @@ __device__ __forceinline__ void named_barrier_sync() {
   asm volatile("bar.sync %0, %1;\n" ::"n"(kId), "n"(kCount) : "memory");
 }
 
+// The same with the id in a register (one barrier per consumer warpgroup,
+// its index known at run time); ptxas then reserves all 16.
+template <int kCount>
+__device__ __forceinline__ void named_barrier_sync(int id) {
+  static_assert(kCount % 32 == 0, "whole warps");
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "n"(kCount) : "memory");
+}
+
 #endif  // LSGPT_SM90A_DEVICE
 
 // Registers a block of `threads` threads holds from its launch under

@@ -31,8 +31,10 @@ constexpr const char* kSm90Forward = "LSGPT_ATTENTION_SM90_FORWARD";
 constexpr const char* kSm90ForwardVariants[] = {"base", "ws", "ws_persistent"};
 // The same for the Hopper backward (attention_backward.cuh).
 constexpr const char* kSm90Backward = "LSGPT_ATTENTION_SM90_BACKWARD";
-constexpr const char* kSm90BackwardVariants[] = {"base", "wg2", "ws", "one_pass",
-                                                  "one_pass_wg2"};
+constexpr const char* kSm90BackwardVariants[] = {"base",     "wg2",          "ws",
+                                                  "one_pass", "one_pass_wg2", "ws_band"};
+// ws_band's run length in key blocks (attention_backward.cuh).
+constexpr const char* kSm90BandRun = "LSGPT_ATTENTION_SM90_BAND_RUN";
 // The order the two-pass Hopper backward starts its blocks in.
 constexpr const char* kSm90BackwardOrder = "LSGPT_ATTENTION_SM90_BACKWARD_ORDER";
 

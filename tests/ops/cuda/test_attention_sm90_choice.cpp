@@ -35,16 +35,18 @@ struct Measured {
 
 // The measured winners (H200, 2026-11-30, D 64 with the forward's three
 // consumers; ws_persistent stands for ws at D 128 LS T 1k, within 2%). The
-// backward's ws won at every shape.
+// backward's ws won at every shape then; since 2026-12-01 ws_band takes LS
+// 11/12 (w 100) at D 64 from T 4k: 6% and 18% faster than ws (within 2% at
+// T 1k, where ws stays).
 constexpr Measured kMeasured[] = {
     {"mhsa", 64, 1024, F::ws_persistent, Bw::ws},
     {"ls_11of12_w100", 64, 1024, F::base, Bw::ws},
     {"ls_half_w256", 64, 1024, F::ws_persistent, Bw::ws},
     {"mhsa", 64, 4096, F::ws_persistent, Bw::ws},
-    {"ls_11of12_w100", 64, 4096, F::ws, Bw::ws},
+    {"ls_11of12_w100", 64, 4096, F::ws, Bw::ws_band},
     {"ls_half_w256", 64, 4096, F::ws, Bw::ws},
     {"mhsa", 64, 16384, F::ws, Bw::ws},
-    {"ls_11of12_w100", 64, 16384, F::ws, Bw::ws},
+    {"ls_11of12_w100", 64, 16384, F::ws, Bw::ws_band},
     {"ls_half_w256", 64, 16384, F::ws, Bw::ws},
     {"mhsa", 128, 1024, F::ws_persistent, Bw::ws},
     {"ls_11of12_w100", 128, 1024, F::ws_persistent, Bw::ws},
@@ -84,10 +86,13 @@ TEST(AttentionSm90Choice, LocalWorkShare) {
 
 // GPT-2 small's training shape (B 16, T 1024, 12 heads of 64): LS 11/12 keeps
 // base forward (two thirds of the work is band rows), MHSA takes
-// ws_persistent; the backward is ws for both, with or without qbar at D 64.
+// ws_persistent; the backward is ws for both, with or without qbar at D 64
+// (ws_band only with every head local at T 1k).
 TEST(AttentionSm90Choice, Gpt2Small) {
   EXPECT_EQ(int(choose_sm90_forward({16, 1024, 12, 11, 100, 64})), int(F::base));
   EXPECT_EQ(int(choose_sm90_forward({16, 1024, 12, 0, 1, 64})), int(F::ws_persistent));
+  EXPECT_EQ(int(choose_sm90_backward({16, 1024, 12, 11, 100, 64}, kH200Sms)), int(Bw::ws));
+  EXPECT_EQ(int(choose_sm90_backward({16, 1024, 12, 12, 100, 64}, kH200Sms)), int(Bw::ws_band));
   EXPECT_EQ(int(choose_sm90_backward({16, 1024, 12, 0, 1, 64}, kH200Sms)), int(Bw::ws));
   EXPECT_EQ(int(choose_sm90_backward({16, 1024, 12, 11, 100, 64, true}, kH200Sms)), int(Bw::ws));
 }
@@ -128,6 +133,64 @@ TEST(AttentionSm90Choice, BackwardShortWalks) {
   EXPECT_FALSE(ws_backward_short_walks(grid_shape("ls_half_w256", 16384, 64)));
   EXPECT_FALSE(ws_backward_short_walks(grid_shape("mhsa", 1024, 64)));
   EXPECT_FALSE(ws_backward_short_walks({0, 0, 12, 0, 1, 64}));  // no rows
+}
+
+// ws_band: the query tiles a local 64-key block walks, (w + 62) / 64 + 1
+// (w 1: its own tile; w 2 to 65: two; w 100: three; w 449: eight), and
+// its dQ slots; band runs only at D 64 (48 pads to it) without qbar, with
+// local heads.
+TEST(AttentionSm90Choice, BandTilesAndWhereBandRunsApply) {
+  EXPECT_EQ(ws_band_tiles(1), 1);
+  EXPECT_EQ(ws_band_tiles(2), 2);
+  EXPECT_EQ(ws_band_tiles(65), 2);
+  EXPECT_EQ(ws_band_tiles(66), 3);
+  EXPECT_EQ(ws_band_tiles(100), 3);
+  EXPECT_EQ(ws_band_tiles(129), 3);
+  EXPECT_EQ(ws_band_tiles(130), 4);
+  EXPECT_EQ(ws_band_tiles(256), 5);
+  EXPECT_EQ(ws_band_tiles(449), 8);
+  // dQ part-sum slots: one fewer than the tiles, at least one.
+  EXPECT_EQ(ws_band_slots(1), 1);
+  EXPECT_EQ(ws_band_slots(2), 1);
+  EXPECT_EQ(ws_band_slots(66), 2);
+  EXPECT_EQ(ws_band_slots(100), 2);
+  EXPECT_EQ(ws_band_slots(256), 4);
+  EXPECT_TRUE(ws_band_applies({16, 1024, 12, 11, 100, 64}));
+  EXPECT_TRUE(ws_band_applies({16, 1024, 12, 11, 100, 48}));
+  EXPECT_FALSE(ws_band_applies({16, 1024, 12, 11, 100, 32}));   // sm_80's head dims
+  EXPECT_FALSE(ws_band_applies({16, 1024, 12, 11, 100, 128}));
+  EXPECT_FALSE(ws_band_applies({16, 1024, 12, 11, 100, 64, true}));
+  EXPECT_FALSE(ws_band_applies({16, 1024, 12, 0, 1, 64}));
+  EXPECT_TRUE(ws_band_applies({16, 1024, 12, 6, 5000, 64}));  // any window
+}
+
+// The default run: about two runs a consumer (3 a multiprocessor), at
+// least 8 key blocks (or the whole head when shorter), at most the head.
+TEST(AttentionSm90Choice, BandRunLength) {
+  // GPT-2 small's layer: 16 x 11 heads x 16 blocks / (6 x 132) = 3.6 -> 8.
+  EXPECT_EQ(ws_band_run({16, 1024, 12, 11, 100, 64}, kH200Sms), 8);
+  // LS 11/12 at T 4k, B 4, 32 heads (29 local): 4 x 29 x 64 / 792 = 9.4.
+  EXPECT_EQ(ws_band_run({4, 4096, 32, 29, 100, 64}, kH200Sms), 9);
+  EXPECT_EQ(ws_band_run({1, 100, 2, 1, 5, 64}, kH200Sms), 2);      // a 2-block head
+  EXPECT_EQ(ws_band_run({64, 16384, 32, 32, 100, 64}, 1), 256);   // capped at the head
+  EXPECT_EQ(ws_band_run({1, 1, 1, 1, 1, 64}, 0), 1);
+}
+
+// ws_band is the default where bands are at most three tiles (w <= 129)
+// and T >= 4096 or every head is local: LS 11/12 at w 100 from T 4k,
+// all-local heads at any T; not LS 11/12 at T 1k, not w 256 (five tiles),
+// nor where the band runs do not apply (D 128, qbar, no local heads).
+TEST(AttentionSm90Choice, BandRunsWhereTheyPay) {
+  EXPECT_TRUE(ws_band_pays({16, 1024, 12, 12, 100, 64}));
+  EXPECT_FALSE(ws_band_pays({16, 1024, 12, 11, 100, 64}));
+  EXPECT_TRUE(ws_band_pays({4, 4096, 12, 11, 129, 64}));
+  EXPECT_FALSE(ws_band_pays({4, 4096, 12, 11, 130, 64}));
+  EXPECT_FALSE(ws_band_pays({4, 4095, 12, 11, 100, 64}));
+  EXPECT_FALSE(ws_band_pays(grid_shape("ls_half_w256", 4096, 64)));
+  EXPECT_TRUE(ws_band_pays({1, 100, 2, 2, 1000, 64}));  // T cuts the band to two tiles
+  EXPECT_FALSE(ws_band_pays({4, 4096, 12, 11, 100, 128}));
+  EXPECT_FALSE(ws_band_pays({4, 4096, 12, 11, 100, 64, true}));
+  EXPECT_FALSE(ws_band_pays({4, 4096, 12, 0, 1, 64}));
 }
 
 }  // namespace

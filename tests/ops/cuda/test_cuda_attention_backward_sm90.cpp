@@ -2,7 +2,8 @@
 // (LSGPT_ATTENTION_SM90_BACKWARD = base: one warpgroup a block, wg2: two,
 // 128 keys or queries a block, ws: base's blocks fed by TMA producer warps,
 // persistent, one_pass: key blocks only, dQ by atomics,
-// one_pass_wg2: the same with two warpgroups, 128 keys, a block),
+// one_pass_wg2: the same with two warpgroups, 128 keys, a block, ws_band:
+// ws with local heads in band runs, one pass with dQ summed in order),
 // against the sm_80 kernel
 // (LSGPT_ATTENTION_SM80=1 selects that one) and against the CPU backend in
 // double precision ("cpu64"), on fresh random bf16-exact inputs: dQ, dK, dV,
@@ -26,7 +27,8 @@
 //     rounding flip (~1e-4 normwise); a layout, mask or band bug is O(1).
 //     one_pass too: its dQ is the same f32 sum of the same bf16 dS K
 //     products, only split by key block and added by atomics (one_pass_wg2:
-//     by blocks of 128 keys, as dQ^T = K^T dS^T).
+//     by blocks of 128 keys, as dQ^T = K^T dS^T; ws_band: one product a key
+//     block, added in key-block order).
 //
 // Without a GPU every test skips with "no CUDA GPU: ..."; on a GPU that is
 // not compute capability 9.0 they skip with "not a Hopper GPU".
@@ -352,6 +354,68 @@ TEST(CudaAttentionBackwardSm90Dispatch, WsMatchesBase) {
     }
 }
 
+// ws_band runs the two-pass items of global heads as ws does, and a local
+// head's key blocks with base's products in base's order: dK and dV equal
+// base's bit for bit, a tile skipped, walked twice or a halo block taken
+// for one of the run's own shows there. Its dQ sums one product a key
+// block in key-block order, so it is within rounding of base's (one
+// product chain) and independent of the run length bit for bit: runs of
+// 1 (every tile's earlier key blocks in the halo), 2, 3, 5 and the default
+// give the same bits, as a part sum lost at a run's edge or a tile
+// finished by the wrong key block would not. The part sums live in dqkv's
+// dQ and dK columns of the tile's rows until those are stored; the buffer
+// starts as NaN, so a sum left behind fails the dQ or the bitwise dK
+// check. Shapes: T within and past one block, windows of 1, 5, 100 and
+// 200 (bands of 1 to 5 tiles), a window past T, span off, self (dK along
+// k) and cross on q only (qbar, cross on k, is not band work: it runs ws),
+// D 48 and 40 (padded; at 40 the sums' q / k split of 20 columns cuts an
+// 8-column block), global heads between, and more runs than the grid has
+// consumers.
+TEST(CudaAttentionBackwardSm90Dispatch, WsBandMatchesBase) {
+  REQUIRE_CUDA(cuda);
+  REQUIRE_HOPPER();
+  SpanLayer cross_q;
+  cross_q.q = {true, SpanBasis::cross, 1.5, 0.7};
+  const SpanLayer spans[] = {SpanLayer{}, span_self(), cross_q};
+  struct Shape {
+    int B, T, D, n_head, n_local, window;
+  };
+  const Shape shapes[] = {{2, 7, 64, 3, 2, 70},     {3, 300, 64, 4, 3, 100},
+                          {2, 1000, 48, 3, 2, 200}, {1, 100, 40, 2, 1, 5},
+                          {2, 300, 64, 3, 3, 1},    {1, 129, 64, 2, 2, 1000},
+                          {8, 2048, 64, 4, 4, 100}, {2, 1024, 64, 12, 11, 100}};
+  for (const Shape& sh : shapes)
+    for (const SpanLayer& span : spans) {
+      AttentionSpec spec;
+      spec.B = sh.B, spec.T = sh.T, spec.head_dim = sh.D, spec.n_head = sh.n_head;
+      spec.n_local = sh.n_local, spec.window = sh.window, spec.span = span;
+      SCOPED_TRACE("B " + std::to_string(sh.B) + ", T " + std::to_string(sh.T) + ", D " +
+                   std::to_string(sh.D) + ", local " + std::to_string(sh.n_local) + "/" +
+                   std::to_string(sh.n_head) + ", w " + std::to_string(sh.window) + ", span " +
+                   std::to_string(span.any()));
+      const size_t BT = size_t(spec.B) * spec.T, C = spec.C();
+      const Forward f = run_forward_sm80(*cuda, spec, bf16_values(BT * 3 * C, 197 + sh.T, -2, 2),
+                                         bf16_values(BT * C, 198 + sh.T, -1, 1));
+      Gradients base;
+      {
+        ScopedEnv choose(kSm90Backward, "base");
+        base = run_backward_on(*cuda, spec, f, true);
+      }
+      ScopedEnv choose(kSm90Backward, "ws_band");
+      const Gradients band = run_backward_on(*cuda, spec, f, true);
+      expect_bias_sums(band, C);
+      EXPECT_LE(floored_error(qkv_part(band.dqkv, 0, C), qkv_part(base.dqkv, 0, C)), 2e-3) << "dq";
+      EXPECT_EQ(qkv_part(band.dqkv, 1, C), qkv_part(base.dqkv, 1, C)) << "dk";
+      EXPECT_EQ(qkv_part(band.dqkv, 2, C), qkv_part(base.dqkv, 2, C)) << "dv";
+      for (const char* run : {"1", "2", "3", "5"}) {
+        ScopedEnv length(kSm90BandRun, run);
+        const Gradients other = run_backward_on(*cuda, spec, f, true);
+        EXPECT_EQ(other.dqkv, band.dqkv) << "runs of " << run;
+        EXPECT_EQ(other.bias, band.bias) << "bias sums, runs of " << run;
+      }
+    }
+}
+
 #ifdef LSGPT_HAVE_CUDA
 // Which kernel runs: with or without span the wgmma one, head dims up to 32
 // stay on sm_80, and LSGPT_ATTENTION_SM80 takes 0 or 1 only.
@@ -390,8 +454,26 @@ TEST(CudaAttentionBackwardSm90Dispatch, RefusesAnUnknownVariant) {
   REQUIRE_CUDA(cuda);
   check_backward_switch(
       *cuda, kSm90Backward, kSm90BackwardVariants, "ws_persistent",
-      "LSGPT_ATTENTION_SM90_BACKWARD must be auto, base, wg2, ws, one_pass or one_pass_wg2, got "
-      "'ws_persistent'");
+      "LSGPT_ATTENTION_SM90_BACKWARD must be auto, base, wg2, ws, one_pass, one_pass_wg2 or "
+      "ws_band, got 'ws_persistent'");
+}
+
+// The run length is a whole number of key blocks from 1; anything else
+// stops the backward with the switch's name, on every GPU.
+TEST(CudaAttentionBackwardSm90Dispatch, RefusesABadBandRun) {
+  REQUIRE_CUDA(cuda);
+  AttentionSpec spec = parity_spec(100, 64, -1, 100);
+  const size_t BT = size_t(spec.B) * spec.T, C = spec.C();
+  const Forward f = run_forward_sm80(*cuda, spec, bf16_values(BT * 3 * C, 3, -2, 2),
+                                     bf16_values(BT * C, 4, -1, 1));
+  for (const char* bad : {"0", "-3", "2x", "four", "99999999999"}) {
+    SCOPED_TRACE(bad);
+    ScopedEnv set_bad(kSm90BandRun, bad);
+    expect_refusal([&] { run_backward(*cuda, spec, f); },
+                   std::string("LSGPT_ATTENTION_SM90_BAND_RUN must be a whole number of key "
+                               "blocks from 1 to 1048576, got '") + bad + "'",
+                   "attention_backward");
+  }
 }
 
 TEST(CudaAttentionBackwardSm90Dispatch, RefusesAnUnknownOrder) {
