@@ -232,31 +232,9 @@ __device__ void key_block(const BackwardParams& p, unsigned char* smem_raw, int 
     __syncthreads();
   }
 
-  // Epilogue: scale dK by tau, project (span), write rows below T; the
-  // bias part sums.
-  WarpColumnSums<kDBlocks> bias_k, bias_v;
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    float gk[2 * kDBlocks], gv[2 * kDBlocks], qbar_row[2 * kDBlocks] = {};
-#pragma unroll
-    for (int db = 0; db < kDBlocks; ++db)
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        gk[2 * db + e] = dk[db][2 * r + e] * p.scale;
-        gv[2 * db + e] = dv[db][2 * r + e];
-        if constexpr (kQbar) qbar_row[2 * db + e] = qbar[db][2 * r + e];
-      }
-    finish_key_row<kDBlocks, kSpan, kQbar>(p, gk, gv, qbar_row, colsum[r], key_row + 8 * r,
-                                           k_base, v_base, quad);
-    if (p.bias_partials) {
-      bias_k.add(gk, key_row + 8 * r < p.T);
-      bias_v.add(gv, key_row + 8 * r < p.T);
-    }
-  }
-  if (p.bias_partials) {
-    bias_k.store(p, b, p.C + h * p.head_dim, key_row);
-    bias_v.store(p, b, 2 * p.C + h * p.head_dim, key_row);
-  }
+  finish_key_rows<kDBlocks, kSpan, kQbar>(
+      p, [&](int db, int i) { return dk[db][i]; }, [&](int db, int i) { return dv[db][i]; },
+      [&](int db, int i) { return qbar[db][i]; }, colsum, key_row, b, h, k_base, v_base, quad);
 }
 
 template <int D, bool kSpan, bool kQbar>

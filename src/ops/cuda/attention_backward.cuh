@@ -178,6 +178,44 @@ __device__ __forceinline__ void finish_key_row(const BackwardParams& p, float (&
   }
 }
 
+// A key block's epilogue for this thread's rows key_row and key_row + 8 of
+// head h of batch row b: dK scaled by tau, then finish_key_row (span
+// projections, stores below T), and the warp's bias part sums when
+// p.bias_partials is set. dk_at(db, i), dv_at and qbar_at (read only with
+// kQbar) give element i (= 2 r + e: row r, column 2 quad + e) of the
+// thread's n8 block db in the accumulator layout, however the kernel
+// stores its accumulators (sm_80: [db][i]; wgmma: [4 db + i]).
+template <int kDBlocks, bool kSpan, bool kQbar, typename DkAt, typename DvAt, typename QbarAt>
+__device__ __forceinline__ void finish_key_rows(const BackwardParams& p, DkAt dk_at, DvAt dv_at,
+                                                QbarAt qbar_at, const float (&colsum)[2],
+                                                int key_row, int b, int h,
+                                                const __nv_bfloat16* k_base,
+                                                const __nv_bfloat16* v_base, int quad) {
+  WarpColumnSums<kDBlocks> bias_k, bias_v;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    float gk[2 * kDBlocks], gv[2 * kDBlocks], qbar_row[2 * kDBlocks] = {};
+#pragma unroll
+    for (int db = 0; db < kDBlocks; ++db)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        gk[2 * db + e] = dk_at(db, 2 * r + e) * p.scale;
+        gv[2 * db + e] = dv_at(db, 2 * r + e);
+        if constexpr (kQbar) qbar_row[2 * db + e] = qbar_at(db, 2 * r + e);
+      }
+    finish_key_row<kDBlocks, kSpan, kQbar>(p, gk, gv, qbar_row, colsum[r], key_row + 8 * r,
+                                           k_base, v_base, quad);
+    if (p.bias_partials) {  // the rows projected
+      bias_k.add(gk, key_row + 8 * r < p.T);
+      bias_v.add(gv, key_row + 8 * r < p.T);
+    }
+  }
+  if (p.bias_partials) {
+    bias_k.store(p, b, p.C + h * p.head_dim, key_row);
+    bias_v.store(p, b, 2 * p.C + h * p.head_dim, key_row);
+  }
+}
+
 // Query row i's epilogue: g (already scaled by tau) projected (span: along
 // kbar_i or q_i) in place and stored when i < T. Every lane of the warp calls it.
 template <int kDBlocks, bool kSpan>

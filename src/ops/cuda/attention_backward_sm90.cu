@@ -146,7 +146,7 @@ __device__ void key_block(const BackwardParams& p, unsigned char* smem, int key_
     __syncthreads();  // the next iteration's prefetch overwrites this stage
   }
 
-  finish_key_rows<D, kSpan, kQbar>(p, dk, dv, qbar, colsum, key_row, rows, quad);
+  finish_wgmma_key_rows<D, kSpan, kQbar>(p, dk, dv, qbar, colsum, key_row, rows, quad);
 }
 
 template <int D, bool kSpan, bool kQbar, int kWarpgroups>

@@ -316,39 +316,18 @@ __device__ __forceinline__ void query_tile_step(float (&dq)[D / 2], uint32_t q_a
     step(std::false_type{});
 }
 
-// A key block's epilogue for this thread's rows key_row and key_row + 8:
-// dK scaled by tau, then finish_key_row (span projections, stores below T),
-// and the warp's bias part sums when p.bias_partials is set.
+// A key block's epilogue (finish_key_rows) from wgmma accumulators
+// (element 4 db + i) for this thread's rows key_row and key_row + 8.
 template <int D, bool kSpan, bool kQbar>
-__device__ __forceinline__ void finish_key_rows(const BackwardParams& p, const float (&dk)[D / 2],
-                                                const float (&dv)[D / 2],
-                                                const float (&qbar)[kQbar ? D / 2 : 1],
-                                                const float (&colsum)[2], int key_row,
-                                                const HeadRows& rows, int quad) {
-  constexpr int kDBlocks = D / 8;
-  WarpColumnSums<kDBlocks> bias_k, bias_v;
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    float gk[2 * kDBlocks], gv[2 * kDBlocks], qbar_row[2 * kDBlocks] = {};
-#pragma unroll
-    for (int db = 0; db < kDBlocks; ++db)
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        gk[2 * db + e] = dk[4 * db + 2 * r + e] * p.scale;
-        gv[2 * db + e] = dv[4 * db + 2 * r + e];
-        if constexpr (kQbar) qbar_row[2 * db + e] = qbar[4 * db + 2 * r + e];
-      }
-    finish_key_row<kDBlocks, kSpan, kQbar>(p, gk, gv, qbar_row, colsum[r], key_row + 8 * r,
-                                           rows.k_base, rows.v_base, quad);
-    if (p.bias_partials) {  // the rows projected
-      bias_k.add(gk, key_row + 8 * r < p.T);
-      bias_v.add(gv, key_row + 8 * r < p.T);
-    }
-  }
-  if (p.bias_partials) {
-    bias_k.store(p, rows.b, p.C + rows.h * p.head_dim, key_row);
-    bias_v.store(p, rows.b, 2 * p.C + rows.h * p.head_dim, key_row);
-  }
+__device__ __forceinline__ void finish_wgmma_key_rows(const BackwardParams& p,
+                                                      const float (&dk)[D / 2],
+                                                      const float (&dv)[D / 2],
+                                                      const float (&qbar)[kQbar ? D / 2 : 1],
+                                                      const float (&colsum)[2], int key_row,
+                                                      const HeadRows& rows, int quad) {
+  auto at = [](const auto& acc) { return [&acc](int db, int i) { return acc[4 * db + i]; }; };
+  finish_key_rows<D / 8, kSpan, kQbar>(p, at(dk), at(dv), at(qbar), colsum, key_row, rows.b,
+                                       rows.h, rows.k_base, rows.v_base, quad);
 }
 
 #endif  // LSGPT_SM90A_DEVICE

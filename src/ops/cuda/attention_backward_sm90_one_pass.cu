@@ -174,7 +174,7 @@ __device__ void one_pass_key_block(const BackwardParams& p, float* dq_accum,
     __syncthreads();  // the next iteration's prefetch and dS store overwrite this stage's tiles
   }
 
-  finish_key_rows<D, kSpan, kQbar>(p, dk, dv, qbar, colsum, key_row, rows, quad);
+  finish_wgmma_key_rows<D, kSpan, kQbar>(p, dk, dv, qbar, colsum, key_row, rows, quad);
 }
 
 #endif  // LSGPT_SM90A_DEVICE

@@ -379,7 +379,7 @@ __device__ __forceinline__ void consume_key_block(const BackwardParams& p, const
     mbarrier_arrive(&pipe.empty[s]);  // its products have completed (wgmma_wait<0>)
   }
   mbarrier_arrive(fixed_empty);  // K, V read no more: the next item's pair may load
-  finish_key_rows<D, kSpan, kQbar>(p, dk, dv, qbar, colsum, key_row, rows, quad);
+  finish_wgmma_key_rows<D, kSpan, kQbar>(p, dk, dv, qbar, colsum, key_row, rows, quad);
 }
 
 // A consumer's query block: base's query_block walk over the ring's K, V tiles.
@@ -581,7 +581,7 @@ __device__ void consume_band_run(const BackwardParams& p, const BackwardItem& w,
     mbarrier_arrive(&pipe.fixed_empty[fs]);  // K, V read no more
     if (own) {
       const float no_qbar[1] = {};
-      finish_key_rows<D, kSpan, false>(p, dk, dv, no_qbar, colsum, key_row, rows, quad);
+      finish_wgmma_key_rows<D, kSpan, false>(p, dk, dv, no_qbar, colsum, key_row, rows, quad);
     }
   }
 }
