@@ -14,7 +14,8 @@
 // kernel; one or two warpgroups a block, chosen by shape in
 // attention_sm90_choice.h or by LSGPT_ATTENTION_SM90_BACKWARD, the
 // warp-specialised TMA kernel of attention_backward_sm90_ws.cu (with or
-// without band runs for local heads), or the one-pass variants of attention_backward_sm90_one_pass.cu and
+// without band runs for local heads), or the one-pass variants of
+// attention_backward_sm90_one_pass.cu and
 // attention_backward_sm90_one_pass_wg2.cu),
 // unless LSGPT_ATTENTION_SM80=1 asks for this one.
 #include <algorithm>
@@ -396,9 +397,9 @@ bool use_sm90(const CudaContext& ctx, const AttentionSpec& spec) {
 }  // namespace
 
 std::optional<Sm90BackwardVariant> attn::sm90_backward_override() {
-  constexpr Sm90BackwardVariant kForced[] = {
-      Sm90BackwardVariant::base,     Sm90BackwardVariant::wg2,          Sm90BackwardVariant::ws,
-      Sm90BackwardVariant::one_pass, Sm90BackwardVariant::one_pass_wg2, Sm90BackwardVariant::ws_band};
+  using V = Sm90BackwardVariant;
+  constexpr V kForced[] = {V::base,     V::wg2,          V::ws,
+                           V::one_pass, V::one_pass_wg2, V::ws_band};
   const int i = env_switch("LSGPT_ATTENTION_SM90_BACKWARD",
                            {"auto", "base", "wg2", "ws", "one_pass", "one_pass_wg2", "ws_band"});
   if (i == 0) return std::nullopt;
@@ -410,7 +411,8 @@ std::optional<int> attn::sm90_band_run_override() {
   if (!v || !*v) return std::nullopt;
   char* end = nullptr;
   const long n = std::strtol(v, &end, 10);
-  LSGPT_CHECK(*end == '\0' && n >= 1 && n <= 1 << 20,
+  // Digits only: strtol alone would also take leading blanks and a sign.
+  LSGPT_CHECK(*v >= '0' && *v <= '9' && *end == '\0' && n >= 1 && n <= 1 << 20,
               "LSGPT_ATTENTION_SM90_BAND_RUN must be a whole number of key blocks from 1 to "
               "1048576, got '", v, "'");
   return int(n);

@@ -338,9 +338,9 @@ std::optional<Sm90BackwardVariant> sm90_backward_override();
 bool sm90_backward_global_first();
 
 // ws_band's run length in key blocks: LSGPT_ATTENTION_SM90_BAND_RUN = a
-// whole number from 1 (for tuning and tests; the bits do not depend on it),
-// or unset or empty: nullopt, ws_band_run's choice. Anything else is an
-// error.
+// whole number from 1 to 1048576, digits only (for tuning and tests; the
+// bits do not depend on it), or unset or empty: nullopt, ws_band_run's
+// choice. Anything else is an error.
 std::optional<int> sm90_band_run_override();
 
 }  // namespace lsgpt::cuda::attn

@@ -30,11 +30,11 @@
 // (one_pass's product: dS^T stored transposed by stmatrix into a dS tile
 // of the consumer's own), so 5 products a tile pair instead of 7. A tile's
 // dQ sum lives in one of the consumer's slots (global memory, 16 KiB each)
-// from its first key block to its own, which finishes the rows; the w / 64
-// key blocks before a run (its halo) are computed again for their share
-// of its first tiles' dQ only. The sums run in key-block order whatever the
-// run length: deterministic, and dK, dV are base's bits (dQ within
-// rounding). Runs are long and few, so the items (runs first, then the
+// from its first key block to its own, which finishes the rows; the key
+// blocks before a run (its halo: a key block's tiles - 1, 2 at w 100) are
+// computed again for their share of its first tiles' dQ only. The sums
+// run in key-block order whatever the run length: deterministic, and dK,
+// dV are base's bits (dQ within rounding). Runs are long and few, so the items (runs first, then the
 // global heads' two-pass items) go to whichever consumer asks next, from
 // a counter the producer warp reads (the item's id rides with its first
 // fixed pair), rather than by static striding.
@@ -141,8 +141,9 @@ struct WsBackwardShape {
 // count) - 1 are the global heads', then the local heads'; within each,
 // rank-major over the class's (batch row, head) pairs, ranks alternating
 // key block 0, 1, ... (longest walk first) and query block n - 1, n - 2,
-// ... (likewise). With band runs they come first (the longest items),
-// ranked by run (block = the run's index), then the global heads' items.
+// ... (likewise). With band runs they come first (long items, best taken
+// while every consumer is free), ranked by run (block = the run's index),
+// then the global heads' items.
 struct BackwardItem {
   bool key, band;
   int block, b, h;
@@ -693,7 +694,10 @@ void launch(CudaContext& ctx, const BackwardParams& p, int B) {
   const long long items =
       global_items + (kBand ? 1LL * ceil_div(q.n_key_blocks, q.band_run) * B * p.n_local
                             : 2LL * q.n_key_blocks * B * p.n_local);
-  LSGPT_CHECK(items <= 0x7fffffff, "attention_backward: too many blocks for one launch");
+  // With band runs the counter hands out up to items + (streams - 1) before
+  // every producer has seen the end.
+  LSGPT_CHECK(items + 4LL * std::max(1, ctx.sm_count()) <= 0x7fffffff,
+              "attention_backward: too many blocks for one launch");
   const int n_items = int(items);
   const size_t qkv_row = size_t(3) * p.C;
   const CUtensorMap qkv_map = head_tensor_map(p.qkv, p.head_dim, 3 * p.n_head, qkv_row, p.T, B,

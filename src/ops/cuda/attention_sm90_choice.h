@@ -67,44 +67,55 @@ inline Sm90ForwardVariant choose_sm90_forward(const AttentionShape& s) {
 // ws_band: the query tiles a 64-key block of a local head walks, (w + 62)
 // / 64 + 1 (a band run's halo is one block fewer), and whether the band
 // runs apply: D 64 (head dims 40 to 64, padded) without qbar, with local
-// heads.
+// heads, and bands of at most kMaxBandTiles tiles (w up to 449): the slots
+// are global memory (a consumer's tiles - 1 of 16 KiB: 43 MiB at most on
+// 132 multiprocessors) and the halo grows with the band; wider ones run ws.
+constexpr int kMaxBandTiles = 8;
 inline int ws_band_tiles(int window) { return (window + 62) / 64 + 1; }
 // The dQ part-sum slots a consumer needs (attention_backward_sm90_ws.cu):
 // one fewer than the tiles a key block walks, at least one.
 inline int ws_band_slots(int window) { return std::max(1, ws_band_tiles(window) - 1); }
 inline bool ws_band_applies(const AttentionShape& s) {
-  return s.head_dim > 32 && s.head_dim <= 64 && !s.span_qbar && s.n_local > 0;
+  return s.head_dim > 32 && s.head_dim <= 64 && !s.span_qbar && s.n_local > 0 &&
+         ws_band_tiles(std::min(s.window, s.T)) <= kMaxBandTiles;
 }
 
 // Key blocks a band run, by default: about two runs a consumer of the
 // grid's (three a multiprocessor), but never fewer than 8 blocks (or the
-// whole head): a run's halo, the w / 64 blocks before it recomputed for
-// dQ, costs it about w / 64 / (run length) of its work. H200, 2026-12-01,
-// consumers taking the next item from a counter: runs of 8 were within 1%
-// of the best of 2, 4 (or 9), 8 and 16 at LS 11/12 w 100, T 1k to 16k, and
-// on GPT-2 small's LS and all-local layers, where runs of 4 were 3-4%
-// slower and 16 (one run a head, fewer items than consumers) 60-70%.
+// whole head): a run's halo, the tiles - 1 blocks before it recomputed for
+// dQ (2 at w 100), costs it about (tiles - 1) / (run length) of its work.
+// H200, 2026-12-01, consumers taking the next item from a counter, w 100:
+// runs of 8 within 2.5% of the best of 2, 8, 9 and 16 at LS 11/12, T 1k to
+// 16k, and on GPT-2 small's LS and all-local layers; runs of 2 (the halo)
+// 3-12% slower, of 16 3-70% (one run a head: fewer items than consumers).
 inline int ws_band_run(const AttentionShape& s, int sm_count) {
   const int64_t blocks = (int64_t(s.T) + 63) / 64;
   const int64_t local_blocks = int64_t(s.B) * s.n_local * blocks;
   const int64_t per_run = local_blocks / (2 * 3 * int64_t(std::max(1, sm_count)));
-  return int(std::clamp<int64_t>(per_run, std::min<int64_t>(8, blocks), std::max<int64_t>(blocks, 1)));
+  return int(std::clamp<int64_t>(per_run, std::min<int64_t>(8, blocks),
+                                 std::max<int64_t>(blocks, 1)));
 }
 
 // Where the band runs win: bands of at most three query tiles (w up to
-// 129), and long rows (T >= 4096) or only local heads. H200, 2026-12-01,
-// backward alone against ws, runs of 8, D 64, w 100: LS 11/12 6% faster at
-// T 4k (B 4, 32 heads), 18% at T 16k, 12% with all 12 heads local at GPT-2
-// small's shape (B 16, T 1k); but 1.6% at T 1k with 32 heads and 1% slower
-// on GPT-2 small's LS layer (0.1882 against 0.1862 ms; its training step
-// the same either way), where the global head's two-pass items come last
-// and are short; with w 256 (five tiles, four halo blocks a run) 17-21%
-// slower.
+// 129), long rows (T >= 4096) or only local heads, and at least two runs
+// for every multiprocessor. H200, 2026-12-01, backward alone against ws,
+// runs of 8 or 9, D 64, w 100: LS 11/12 6% faster at T 4k (B 4, 32 heads),
+// 18% at T 16k, 12% with all 12 heads local at GPT-2 small's shape (B 16,
+// T 1k: 384 runs for 132 multiprocessors); but 2% at T 1k with 32 heads,
+// and on GPT-2 small's LS layer within the spread between runs (0.6-1%
+// slower; its training step the same either way), where the global head's
+// two-pass items come last and are short; with w 256 (five tiles, four
+// halo blocks a run) 17-21% slower. Fewer runs than that leave consumers
+// idle (runs of 16, 1.4 a multiprocessor: 70% slower than runs of 8).
 constexpr int kBandRunMaxTiles = 3;
 constexpr int kBandRunMinT = 4096;
-inline bool ws_band_pays(const AttentionShape& s) {
-  return ws_band_applies(s) && ws_band_tiles(std::min(s.window, s.T)) <= kBandRunMaxTiles &&
-         (s.T >= kBandRunMinT || s.n_local == s.n_head);
+inline bool ws_band_pays(const AttentionShape& s, int sm_count) {
+  if (!ws_band_applies(s) || ws_band_tiles(std::min(s.window, s.T)) > kBandRunMaxTiles ||
+      (s.T < kBandRunMinT && s.n_local != s.n_head))
+    return false;
+  const int64_t blocks = (int64_t(s.T) + 63) / 64, run = ws_band_run(s, sm_count);
+  const int64_t runs = int64_t(s.B) * s.n_local * ((blocks + run - 1) / run);
+  return runs >= 2 * int64_t(std::max(1, sm_count));
 }
 
 // ws_band where its band runs pay (above). Otherwise: ws (TMA producers,
@@ -115,7 +126,7 @@ inline bool ws_band_pays(const AttentionShape& s) {
 // wins (3-7%) only while the global heads alone still give every
 // multiprocessor two blocks, since the global heads carry most of the work.
 inline Sm90BackwardVariant choose_sm90_backward(const AttentionShape& s, int sm_count) {
-  if (ws_band_pays(s)) return Sm90BackwardVariant::ws_band;
+  if (ws_band_pays(s, sm_count)) return Sm90BackwardVariant::ws_band;
   if (s.head_dim <= 64 || !s.span_qbar) return Sm90BackwardVariant::ws;
   const int64_t global_blocks =
       int64_t(s.B) * (s.n_head - s.n_local) * ((int64_t(s.T) + 127) / 128);

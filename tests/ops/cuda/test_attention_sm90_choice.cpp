@@ -161,7 +161,9 @@ TEST(AttentionSm90Choice, BandTilesAndWhereBandRunsApply) {
   EXPECT_FALSE(ws_band_applies({16, 1024, 12, 11, 100, 128}));
   EXPECT_FALSE(ws_band_applies({16, 1024, 12, 11, 100, 64, true}));
   EXPECT_FALSE(ws_band_applies({16, 1024, 12, 0, 1, 64}));
-  EXPECT_TRUE(ws_band_applies({16, 1024, 12, 6, 5000, 64}));  // any window
+  EXPECT_TRUE(ws_band_applies({16, 1024, 12, 6, 449, 64}));    // eight tiles
+  EXPECT_FALSE(ws_band_applies({16, 1024, 12, 6, 450, 64}));   // nine: ws
+  EXPECT_TRUE(ws_band_applies({16, 300, 12, 6, 5000, 64}));    // T cuts the band to six
 }
 
 // The default run: about two runs a consumer (3 a multiprocessor), at
@@ -176,21 +178,27 @@ TEST(AttentionSm90Choice, BandRunLength) {
   EXPECT_EQ(ws_band_run({1, 1, 1, 1, 1, 64}, 0), 1);
 }
 
-// ws_band is the default where bands are at most three tiles (w <= 129)
-// and T >= 4096 or every head is local: LS 11/12 at w 100 from T 4k,
-// all-local heads at any T; not LS 11/12 at T 1k, not w 256 (five tiles),
-// nor where the band runs do not apply (D 128, qbar, no local heads).
+// ws_band is the default where bands are at most three tiles (w <= 129),
+// T >= 4096 or every head is local, and there are at least two runs a
+// multiprocessor: LS 11/12 at w 100 from T 4k, GPT-2 small's all-local
+// layer (384 runs); not LS 11/12 at T 1k, not w 256 (five tiles), not a
+// few short heads (B 1: 24 runs), nor where the band runs do not apply
+// (D 128, qbar, no local heads).
 TEST(AttentionSm90Choice, BandRunsWhereTheyPay) {
-  EXPECT_TRUE(ws_band_pays({16, 1024, 12, 12, 100, 64}));
-  EXPECT_FALSE(ws_band_pays({16, 1024, 12, 11, 100, 64}));
-  EXPECT_TRUE(ws_band_pays({4, 4096, 12, 11, 129, 64}));
-  EXPECT_FALSE(ws_band_pays({4, 4096, 12, 11, 130, 64}));
-  EXPECT_FALSE(ws_band_pays({4, 4095, 12, 11, 100, 64}));
-  EXPECT_FALSE(ws_band_pays(grid_shape("ls_half_w256", 4096, 64)));
-  EXPECT_TRUE(ws_band_pays({1, 100, 2, 2, 1000, 64}));  // T cuts the band to two tiles
-  EXPECT_FALSE(ws_band_pays({4, 4096, 12, 11, 100, 128}));
-  EXPECT_FALSE(ws_band_pays({4, 4096, 12, 11, 100, 64, true}));
-  EXPECT_FALSE(ws_band_pays({4, 4096, 12, 0, 1, 64}));
+  EXPECT_TRUE(ws_band_pays({16, 1024, 12, 12, 100, 64}, kH200Sms));
+  EXPECT_FALSE(ws_band_pays({16, 1024, 12, 12, 100, 64}, 200));  // 384 runs for 200 SMs
+  EXPECT_FALSE(ws_band_pays({1, 1024, 12, 12, 100, 64}, kH200Sms));
+  EXPECT_FALSE(ws_band_pays({16, 1024, 12, 11, 100, 64}, kH200Sms));
+  EXPECT_TRUE(ws_band_pays({4, 4096, 12, 11, 129, 64}, kH200Sms));  // 4 x 11 x 8 runs
+  EXPECT_FALSE(ws_band_pays({1, 4096, 12, 11, 100, 64}, kH200Sms));  // 88 runs
+  EXPECT_FALSE(ws_band_pays({4, 4096, 12, 11, 130, 64}, kH200Sms));
+  EXPECT_FALSE(ws_band_pays({4, 4095, 12, 11, 100, 64}, kH200Sms));
+  EXPECT_TRUE(ws_band_pays(grid_shape("ls_11of12_w100", 4096, 64), kH200Sms));
+  EXPECT_TRUE(ws_band_pays(grid_shape("ls_11of12_w100", 16384, 64), kH200Sms));
+  EXPECT_FALSE(ws_band_pays(grid_shape("ls_half_w256", 4096, 64), kH200Sms));
+  EXPECT_FALSE(ws_band_pays({4, 4096, 12, 11, 100, 128}, kH200Sms));
+  EXPECT_FALSE(ws_band_pays({4, 4096, 12, 11, 100, 64, true}, kH200Sms));
+  EXPECT_FALSE(ws_band_pays({4, 4096, 12, 0, 1, 64}, kH200Sms));
 }
 
 }  // namespace

@@ -301,6 +301,50 @@ TEST(CudaAttentionBackwardSm90Dispatch, OnePassWg2MatchesOnePass) {
       }
 }
 
+// A shape of the tests that hold a variant against base, with its span.
+struct VariantCase {
+  int B, T, D, n_head, n_local, window;
+};
+
+AttentionSpec variant_spec(const VariantCase& c, const SpanLayer& span) {
+  AttentionSpec spec;
+  spec.B = c.B, spec.T = c.T, spec.head_dim = c.D, spec.n_head = c.n_head;
+  spec.n_local = c.n_local, spec.window = c.window, spec.span = span;
+  return spec;
+}
+
+std::string variant_trace(const VariantCase& c, const SpanLayer& span) {
+  return "B " + std::to_string(c.B) + ", T " + std::to_string(c.T) + ", D " +
+         std::to_string(c.D) + ", local " + std::to_string(c.n_local) + "/" +
+         std::to_string(c.n_head) + ", w " + std::to_string(c.window) + ", span " +
+         std::to_string(span.any()) +
+         (span.any() && span.k.basis == SpanBasis::cross ? " cross" : "");
+}
+
+// For every shape and span: the sm_80 forward on fresh inputs (seeded by
+// seed0 + T), base's backward and `variant`'s from it, handed to
+// check(spec, forward, base, variant's).
+template <size_t kShapes, size_t kSpans, typename Check>
+void against_base(Backend& cuda, const VariantCase (&shapes)[kShapes],
+                  const SpanLayer (&spans)[kSpans], uint64_t seed0, const char* variant,
+                  Check check) {
+  for (const VariantCase& sh : shapes)
+    for (const SpanLayer& span : spans) {
+      const AttentionSpec spec = variant_spec(sh, span);
+      SCOPED_TRACE(variant_trace(sh, span));
+      const size_t BT = size_t(spec.B) * spec.T, C = spec.C();
+      const Forward f = run_forward_sm80(cuda, spec, bf16_values(BT * 3 * C, seed0 + sh.T, -2, 2),
+                                         bf16_values(BT * C, seed0 + 1 + sh.T, -1, 1));
+      Gradients base;
+      {
+        ScopedEnv choose(kSm90Backward, "base");
+        base = run_backward_on(cuda, spec, f, true);
+      }
+      ScopedEnv choose(kSm90Backward, variant);
+      check(spec, f, base, run_backward_on(cuda, spec, f, true));
+    }
+}
+
 // ws runs base's key and query blocks (the same products in the same order)
 // with its tiles loaded by TMA instead of cp.async, from persistent blocks
 // in another order: the same bits as base, for every mask (a local window
@@ -317,103 +361,67 @@ TEST(CudaAttentionBackwardSm90Dispatch, WsMatchesBase) {
   REQUIRE_CUDA(cuda);
   REQUIRE_HOPPER();
   const SpanLayer spans[] = {SpanLayer{}, span_self(), span_cross()};
-  struct Shape {
-    int B, T, D, n_head, n_local, window;
+  const VariantCase shapes[] = {{2, 7, 64, 3, 2, 70},     {3, 300, 64, 4, 3, 100},
+                                {1, 1000, 128, 4, 3, 100}, {2, 200, 128, 3, 0, 1},
+                                {2, 1000, 48, 3, 2, 256},  {1, 100, 96, 2, 1, 5},
+                                {4, 4096, 64, 4, 3, 100},  {1, 129, 128, 2, 2, 1000},
+                                {4, 4096, 128, 4, 3, 100}, {2, 300, 64, 3, 2, 1},
+                                {8, 2048, 64, 4, 4, 100}};
+  auto check = [](const AttentionSpec& spec, const Forward&, const Gradients& base,
+                  const Gradients& ws) {
+    const size_t C = spec.C();
+    const char* names[3] = {"dq", "dk", "dv"};
+    for (int part = 0; part < 3; ++part)
+      EXPECT_EQ(qkv_part(ws.dqkv, part, C), qkv_part(base.dqkv, part, C)) << names[part];
+    // The same rows in the same part sums: the bias too.
+    EXPECT_EQ(ws.bias, base.bias) << "bias sums";
   };
-  const Shape shapes[] = {{2, 7, 64, 3, 2, 70},     {3, 300, 64, 4, 3, 100},
-                          {1, 1000, 128, 4, 3, 100}, {2, 200, 128, 3, 0, 1},
-                          {2, 1000, 48, 3, 2, 256},  {1, 100, 96, 2, 1, 5},
-                          {4, 4096, 64, 4, 3, 100},  {1, 129, 128, 2, 2, 1000},
-                          {4, 4096, 128, 4, 3, 100}, {2, 300, 64, 3, 2, 1},
-                          {8, 2048, 64, 4, 4, 100}};
-  for (const Shape& sh : shapes)
-    for (const SpanLayer& span : spans) {
-      AttentionSpec spec;
-      spec.B = sh.B, spec.T = sh.T, spec.head_dim = sh.D, spec.n_head = sh.n_head;
-      spec.n_local = sh.n_local, spec.window = sh.window, spec.span = span;
-      SCOPED_TRACE("B " + std::to_string(sh.B) + ", T " + std::to_string(sh.T) + ", D " +
-                   std::to_string(sh.D) + ", local " + std::to_string(sh.n_local) + "/" +
-                   std::to_string(sh.n_head) + ", w " + std::to_string(sh.window) + ", span " +
-                   std::to_string(span.any()) + (span.any() && span.k.basis == SpanBasis::cross
-                                                     ? " cross" : ""));
-      const size_t BT = size_t(spec.B) * spec.T, C = spec.C();
-      const Forward f = run_forward_sm80(*cuda, spec, bf16_values(BT * 3 * C, 97 + sh.T, -2, 2),
-                                         bf16_values(BT * C, 98 + sh.T, -1, 1));
-      Gradients base;
-      {
-        ScopedEnv choose(kSm90Backward, "base");
-        base = run_backward_on(*cuda, spec, f, true);
-      }
-      ScopedEnv choose(kSm90Backward, "ws");
-      const Gradients ws = run_backward_on(*cuda, spec, f, true);
-      const char* names[3] = {"dq", "dk", "dv"};
-      for (int part = 0; part < 3; ++part)
-        EXPECT_EQ(qkv_part(ws.dqkv, part, C), qkv_part(base.dqkv, part, C)) << names[part];
-      // The same rows in the same part sums: the bias too.
-      EXPECT_EQ(ws.bias, base.bias) << "bias sums";
-    }
+  against_base(*cuda, shapes, spans, 97, "ws", check);
 }
 
 // ws_band runs the two-pass items of global heads as ws does, and a local
 // head's key blocks with base's products in base's order: dK and dV equal
 // base's bit for bit, a tile skipped, walked twice or a halo block taken
-// for one of the run's own shows there. Its dQ sums one product a key
-// block in key-block order, so it is within rounding of base's (one
-// product chain) and independent of the run length bit for bit: runs of
-// 1 (every tile's earlier key blocks in the halo), 2, 3, 5 and the default
-// give the same bits, as a part sum lost at a run's edge or a tile
-// finished by the wrong key block would not. The part sums live in dqkv's
-// dQ and dK columns of the tile's rows until those are stored; the buffer
-// starts as NaN, so a sum left behind fails the dQ or the bitwise dK
-// check. Shapes: T within and past one block, windows of 1, 5, 100 and
-// 200 (bands of 1 to 5 tiles), a window past T, span off, self (dK along
-// k) and cross on q only (qbar, cross on k, is not band work: it runs ws),
-// D 48 and 40 (padded; at 40 the sums' q / k split of 20 columns cuts an
-// 8-column block), global heads between, and more runs than the grid has
-// consumers.
+// for one of the run's own shows there. Its dQ takes dS from the key
+// side's S^T and dP^T (other products than the query blocks' S and dP,
+// summed over D in another order), so it is within rounding of base's; it
+// adds the key blocks' shares in key-block order whatever the runs, so
+// runs of 1 (every tile's earlier key blocks in the halo), 2, 3, 5 and the
+// default give the same bits, as a part sum lost at a run's edge, a slot
+// read before it was written (it holds another tile's or another call's
+// sums) or a tile finished by the wrong key block would not. Shapes: T
+// within and past one block, windows of 1, 2, 5, 66, 100, 130 and 200
+// (bands of 1 to 5 tiles; 2, 66 and 130 each the first of its tile count,
+// so the slot count is the smallest it can be), a window past T, span
+// off, self (dK along k) and cross on q only (qbar, cross on k, is not
+// band work: it runs ws), D 48 and 40 (padded), global heads between, and
+// more runs than the grid has consumers.
 TEST(CudaAttentionBackwardSm90Dispatch, WsBandMatchesBase) {
   REQUIRE_CUDA(cuda);
   REQUIRE_HOPPER();
   SpanLayer cross_q;
   cross_q.q = {true, SpanBasis::cross, 1.5, 0.7};
   const SpanLayer spans[] = {SpanLayer{}, span_self(), cross_q};
-  struct Shape {
-    int B, T, D, n_head, n_local, window;
-  };
-  const Shape shapes[] = {{2, 7, 64, 3, 2, 70},     {3, 300, 64, 4, 3, 100},
-                          {2, 1000, 48, 3, 2, 200}, {1, 100, 40, 2, 1, 5},
-                          {2, 300, 64, 3, 3, 1},    {1, 129, 64, 2, 2, 1000},
-                          {8, 2048, 64, 4, 4, 100}, {2, 1024, 64, 12, 11, 100}};
-  for (const Shape& sh : shapes)
-    for (const SpanLayer& span : spans) {
-      AttentionSpec spec;
-      spec.B = sh.B, spec.T = sh.T, spec.head_dim = sh.D, spec.n_head = sh.n_head;
-      spec.n_local = sh.n_local, spec.window = sh.window, spec.span = span;
-      SCOPED_TRACE("B " + std::to_string(sh.B) + ", T " + std::to_string(sh.T) + ", D " +
-                   std::to_string(sh.D) + ", local " + std::to_string(sh.n_local) + "/" +
-                   std::to_string(sh.n_head) + ", w " + std::to_string(sh.window) + ", span " +
-                   std::to_string(span.any()));
-      const size_t BT = size_t(spec.B) * spec.T, C = spec.C();
-      const Forward f = run_forward_sm80(*cuda, spec, bf16_values(BT * 3 * C, 197 + sh.T, -2, 2),
-                                         bf16_values(BT * C, 198 + sh.T, -1, 1));
-      Gradients base;
-      {
-        ScopedEnv choose(kSm90Backward, "base");
-        base = run_backward_on(*cuda, spec, f, true);
-      }
-      ScopedEnv choose(kSm90Backward, "ws_band");
-      const Gradients band = run_backward_on(*cuda, spec, f, true);
-      expect_bias_sums(band, C);
-      EXPECT_LE(floored_error(qkv_part(band.dqkv, 0, C), qkv_part(base.dqkv, 0, C)), 2e-3) << "dq";
-      EXPECT_EQ(qkv_part(band.dqkv, 1, C), qkv_part(base.dqkv, 1, C)) << "dk";
-      EXPECT_EQ(qkv_part(band.dqkv, 2, C), qkv_part(base.dqkv, 2, C)) << "dv";
-      for (const char* run : {"1", "2", "3", "5"}) {
-        ScopedEnv length(kSm90BandRun, run);
-        const Gradients other = run_backward_on(*cuda, spec, f, true);
-        EXPECT_EQ(other.dqkv, band.dqkv) << "runs of " << run;
-        EXPECT_EQ(other.bias, band.bias) << "bias sums, runs of " << run;
-      }
+  const VariantCase shapes[] = {
+      {2, 7, 64, 3, 2, 70},     {3, 300, 64, 4, 3, 100},  {2, 1000, 48, 3, 2, 200},
+      {1, 100, 40, 2, 1, 5},    {2, 300, 64, 3, 3, 1},    {1, 129, 64, 2, 2, 1000},
+      {2, 300, 64, 3, 2, 2},    {1, 500, 64, 2, 2, 66},   {1, 700, 64, 3, 2, 130},
+      {8, 2048, 64, 4, 4, 100}, {2, 1024, 64, 12, 11, 100}};
+  auto check = [&](const AttentionSpec& spec, const Forward& f, const Gradients& base,
+                   const Gradients& band) {
+    const size_t C = spec.C();
+    expect_bias_sums(band, C);
+    EXPECT_LE(floored_error(qkv_part(band.dqkv, 0, C), qkv_part(base.dqkv, 0, C)), 2e-3) << "dq";
+    EXPECT_EQ(qkv_part(band.dqkv, 1, C), qkv_part(base.dqkv, 1, C)) << "dk";
+    EXPECT_EQ(qkv_part(band.dqkv, 2, C), qkv_part(base.dqkv, 2, C)) << "dv";
+    for (const char* run : {"1", "2", "3", "5"}) {
+      ScopedEnv length(kSm90BandRun, run);
+      const Gradients other = run_backward_on(*cuda, spec, f, true);
+      EXPECT_EQ(other.dqkv, band.dqkv) << "runs of " << run;
+      EXPECT_EQ(other.bias, band.bias) << "bias sums, runs of " << run;
     }
+  };
+  against_base(*cuda, shapes, spans, 197, "ws_band", check);
 }
 
 #ifdef LSGPT_HAVE_CUDA
@@ -466,7 +474,7 @@ TEST(CudaAttentionBackwardSm90Dispatch, RefusesABadBandRun) {
   const size_t BT = size_t(spec.B) * spec.T, C = spec.C();
   const Forward f = run_forward_sm80(*cuda, spec, bf16_values(BT * 3 * C, 3, -2, 2),
                                      bf16_values(BT * C, 4, -1, 1));
-  for (const char* bad : {"0", "-3", "2x", "four", "99999999999"}) {
+  for (const char* bad : {"0", "-3", "+8", " 8", "2x", "four", "99999999999"}) {
     SCOPED_TRACE(bad);
     ScopedEnv set_bad(kSm90BandRun, bad);
     expect_refusal([&] { run_backward(*cuda, spec, f); },
