@@ -181,14 +181,16 @@ __device__ __forceinline__ void key_softmax(float (&s)[kQ / 2], float (&dp)[kQ /
     }
 }
 
-// dV += P^T dO, dK += dS^T Q and (kQbar) qbar += P^T Q: the k index is the
-// tile's queries, P^T and dS^T come from registers, dO and Q are read N-major.
+// dV += P^T dO, dK += dS^T Q and (kQbar) qbar += P^T Q, issued as one
+// commit group and not waited for (a band run issues its dQ product behind
+// it): the k index is the tile's queries, P^T and dS^T come from
+// registers, dO and Q are read N-major.
 template <int D, int kQ, bool kQbar>
-__device__ __forceinline__ void key_gradients(float (&dv)[D / 2], float (&dk)[D / 2],
-                                              float (&qbar)[kQbar ? D / 2 : 1],
-                                              const uint32_t (&a_p)[kQ / 16][4],
-                                              const uint32_t (&a_ds)[kQ / 16][4], uint32_t q_addr,
-                                              uint32_t do_addr) {
+__device__ __forceinline__ void issue_key_gradients(float (&dv)[D / 2], float (&dk)[D / 2],
+                                                    float (&qbar)[kQbar ? D / 2 : 1],
+                                                    const uint32_t (&a_p)[kQ / 16][4],
+                                                    const uint32_t (&a_ds)[kQ / 16][4],
+                                                    uint32_t q_addr, uint32_t do_addr) {
   fence_operands(dv), fence_operands(dk);
   if constexpr (kQbar) fence_operands(qbar);
   wgmma_fence();
@@ -199,6 +201,16 @@ __device__ __forceinline__ void key_gradients(float (&dv)[D / 2], float (&dk)[D 
     if constexpr (kQbar) wgmma_rs<D>(qbar, a_p[kc], n_major_descriptor<kQ>(q_addr, kc));
   }
   wgmma_commit();
+}
+
+// issue_key_gradients, then waited for.
+template <int D, int kQ, bool kQbar>
+__device__ __forceinline__ void key_gradients(float (&dv)[D / 2], float (&dk)[D / 2],
+                                              float (&qbar)[kQbar ? D / 2 : 1],
+                                              const uint32_t (&a_p)[kQ / 16][4],
+                                              const uint32_t (&a_ds)[kQ / 16][4], uint32_t q_addr,
+                                              uint32_t do_addr) {
+  issue_key_gradients<D, kQ, kQbar>(dv, dk, qbar, a_p, a_ds, q_addr, do_addr);
   wgmma_wait<0>();
   fence_operands(dv), fence_operands(dk);
   if constexpr (kQbar) fence_operands(qbar);

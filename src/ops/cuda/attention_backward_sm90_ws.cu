@@ -490,14 +490,8 @@ __device__ __forceinline__ void band_tile_step(float (&dv)[D / 2], float (&dk)[D
       load_part_sum(acc, dq.slot);
   }
   if constexpr (kKeySide) {
-    fence_operands(dv), fence_operands(dk);
-    wgmma_fence();
-#pragma unroll
-    for (int kc = 0; kc < kQ / 16; ++kc) {
-      wgmma_rs<D>(dv, a_p[kc], n_major_descriptor<kQ>(tile.do_addr, kc));
-      wgmma_rs<D>(dk, a_ds[kc], n_major_descriptor<kQ>(tile.q_addr, kc));
-    }
-    wgmma_commit();
+    float no_qbar[1];
+    issue_key_gradients<D, kQ, false>(dv, dk, no_qbar, a_p, a_ds, tile.q_addr, tile.do_addr);
   }
   if constexpr (kQuerySide) {
     named_barrier_sync<kThreads>(barrier_id);
@@ -689,7 +683,6 @@ void launch(CudaContext& ctx, const BackwardParams& p, int B) {
                                   int(Shape::kSmemBytes)));
   BackwardParams q = p;
   q.n_key_blocks = q.n_query_blocks = ceil_div(p.T, kRows);
-  if (!kBand) q.band_run = 0;
   const long long global_items = 2LL * q.n_key_blocks * B * (p.n_head - p.n_local);
   const long long items =
       global_items + (kBand ? 1LL * ceil_div(q.n_key_blocks, q.band_run) * B * p.n_local
