@@ -17,6 +17,7 @@
 
 #include "ops/cuda/cuda_check.h"
 #include "ops/cuda/device_utils.cuh"
+#include "ops/cuda/launch.cuh"
 #include "ops/cuda/ops.h"
 
 namespace lsgpt::cuda {
@@ -55,6 +56,8 @@ __device__ __forceinline__ void adamw_element(float& master, float& m, float& v,
 
 __global__ void adamw_kernel(bf16* param, float* master, const bf16* grad, float* m, float* v,
                              size_t n, AdamWCoefficients k) {
+  wait_for_previous_grid();
+  allow_next_grid();
   const size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= n) return;
   adamw_element(master[i], m[i], v[i], param[i], grad[i], k);
@@ -123,6 +126,8 @@ __device__ __forceinline__ void adamw_vec8(bf16* param, float* master, const bf1
 __global__ void __launch_bounds__(kThreads)
     adamw_segments_kernel(bf16* param, float* master, const bf16* grad, float* m, float* v,
                           AdamWCoefficients k, const __grid_constant__ SegmentTable table) {
+  wait_for_previous_grid();
+  allow_next_grid();
   const SegmentArg& seg = table.seg[find_segment(table, blockIdx.x)];
   k.grad_scale = seg.grad_scale, k.weight_decay = seg.weight_decay;
   const size_t lo = seg.begin + size_t(blockIdx.x - seg.first_block) * kChunk;
@@ -162,9 +167,8 @@ void adamw_update(CudaContext& ctx, bf16* param, float* master, const bf16* grad
                   float* v, size_t n, const AdamWSettings& s) {
   check_settings(master, s);
   if (n == 0) return;
-  adamw_kernel<<<ceil_div((long long)n, 256), 256, 0, ctx.stream()>>>(param, master, grad, m, v,
-                                                                       n, coefficients(s));
-  CUDA_CHECK_LAUNCH();
+  launch_kernel(ctx, adamw_kernel, ceil_div((long long)n, 256), 256, 0, param, master, grad, m, v,
+                n, coefficients(s));
 }
 
 void adamw_update_segments(CudaContext& ctx, bf16* param, float* master, const bf16* grad,
@@ -176,26 +180,25 @@ void adamw_update_segments(CudaContext& ctx, bf16* param, float* master, const b
   table.vector_ok = aligned16(param) && aligned16(master) && aligned16(grad) && aligned16(m) &&
                     aligned16(v);
   size_t blocks = 0;
-  auto launch = [&] {
+  auto launch_table = [&] {
     if (table.count == 0) return;
     LSGPT_CHECK(blocks <= size_t(INT32_MAX), "AdamW over ", blocks, " blocks in one launch");
-    adamw_segments_kernel<<<unsigned(blocks), kThreads, 0, ctx.stream()>>>(param, master, grad, m,
-                                                                          v, k, table);
-    CUDA_CHECK_LAUNCH();
+    launch_kernel(ctx, adamw_segments_kernel, unsigned(blocks), kThreads, 0, param, master, grad, m,
+                  v, k, table);
     table.count = 0, blocks = 0;
   };
   for (size_t i = 0; i < n_segments; ++i) {
     const AdamWSegment& seg = segments[i];
     LSGPT_CHECK(seg.begin <= seg.end, "AdamW segment [", seg.begin, ", ", seg.end, ")");
     if (seg.begin == seg.end) continue;
-    if (table.count == kMaxSegments) launch();
+    if (table.count == kMaxSegments) launch_table();
     SegmentArg& a = table.seg[table.count++];
     a.begin = seg.begin, a.end = seg.end, a.first_block = uint32_t(blocks);
     // As adamw_update receives them: the double product, then rounded once.
     a.grad_scale = float(seg.grad_scale), a.weight_decay = float(seg.weight_decay);
     blocks += (seg.end - seg.begin + kChunk - 1) / kChunk;
   }
-  launch();
+  launch_table();
 }
 
 }  // namespace lsgpt::cuda

@@ -28,6 +28,7 @@
 #include "ops/cuda/attention_common.cuh"
 #include "ops/cuda/cuda_check.h"
 #include "ops/cuda/device_utils.cuh"
+#include "ops/cuda/launch.cuh"
 #include "ops/cuda/ops.h"
 
 namespace lsgpt::cuda {
@@ -63,6 +64,8 @@ constexpr int kDeltaLanesPerRow = 8;
 template <int kVec>
 __global__ void attention_delta_kernel(float* delta, const bf16* dout, const bf16* out, int rows,
                                        int T, int n_head, int D) {
+  wait_for_previous_grid();
+  allow_next_grid();
   const int sub = threadIdx.x % kDeltaLanesPerRow;
   const long long row = (blockIdx.x * (long long)blockDim.x + threadIdx.x) / kDeltaLanesPerRow;
   // Lanes past the last row stay for the shuffles below (they need the whole warp).
@@ -356,6 +359,8 @@ __device__ void query_block(const BackwardParams& p, unsigned char* smem_raw, in
 
 template <int D, bool kSpan, bool kQbar>
 __global__ void __launch_bounds__(kThreads) attention_backward_kernel(const BackwardParams p) {
+  wait_for_previous_grid();
+  allow_next_grid();
   extern __shared__ __align__(16) unsigned char smem_raw[];
   if (int(blockIdx.x) < p.n_key_blocks)
     key_block<D, kSpan, kQbar>(p, smem_raw, blockIdx.x);
@@ -371,8 +376,7 @@ void launch_backward(CudaContext& ctx, const BackwardParams& p, int B) {
   CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                   int(Shape::kSmemBytes)));
   const dim3 grid(p.n_key_blocks + p.n_query_blocks, B * p.n_head);
-  kernel<<<grid, kThreads, Shape::kSmemBytes, ctx.stream()>>>(p);
-  CUDA_CHECK_LAUNCH();
+  launch_kernel(ctx, kernel, grid, kThreads, Shape::kSmemBytes, p);
 }
 
 template <int D>
@@ -484,12 +488,11 @@ void launch_delta(CudaContext& ctx, float* delta, const bf16* dout, const bf16* 
   const unsigned blocks = unsigned(ceil_div((long long)rows * kDeltaLanesPerRow, 256));
   const int D = spec.head_dim;
   if (reinterpret_cast<uintptr_t>(out) % 16 == 0)  // dout is checked 16-byte aligned
-    attention_delta_kernel<8><<<blocks, 256, 0, ctx.stream()>>>(delta, dout, out, int(rows),
-                                                                 spec.T, spec.n_head, D);
+    launch_kernel(ctx, attention_delta_kernel<8>, blocks, 256, 0, delta, dout, out, int(rows),
+                  spec.T, spec.n_head, D);
   else
-    attention_delta_kernel<2><<<blocks, 256, 0, ctx.stream()>>>(delta, dout, out, int(rows),
-                                                                 spec.T, spec.n_head, D);
-  CUDA_CHECK_LAUNCH();
+    launch_kernel(ctx, attention_delta_kernel<2>, blocks, 256, 0, delta, dout, out, int(rows),
+                  spec.T, spec.n_head, D);
 }
 
 BackwardParams backward_params(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse,

@@ -33,6 +33,7 @@
 #include "ops/cuda/attention_common.cuh"
 #include "ops/cuda/cuda_check.h"
 #include "ops/cuda/device_utils.cuh"
+#include "ops/cuda/launch.cuh"
 #include "ops/cuda/wgmma.cuh"
 
 namespace lsgpt::cuda::attn {
@@ -233,6 +234,8 @@ __device__ void query_block(const BackwardParams& p, unsigned char* smem, int qu
 template <int D, bool kSpan, bool kQbar, int kWarpgroups>
 __global__ void __launch_bounds__(kWarpgroups* kThreads)
     attention_backward_sm90_kernel(const BackwardParams p) {
+  wait_for_previous_grid();
+  allow_next_grid();
 #if LSGPT_SM90A_DEVICE
   extern __shared__ __align__(16) unsigned char smem_raw[];
   unsigned char* smem = align_to_atom(smem_raw);
@@ -272,8 +275,7 @@ void launch(CudaContext& ctx, const BackwardParams& p, int B) {
   q.global_first = sm90_backward_global_first();
   const unsigned blocks = q.n_key_blocks + q.n_query_blocks;
   const dim3 grid = q.global_first ? dim3(blocks, B, p.n_head) : dim3(blocks, p.n_head, B);
-  kernel<<<grid, Shape::kBlockThreads, Shape::kSmemBytes, ctx.stream()>>>(q);
-  CUDA_CHECK_LAUNCH();
+  launch_kernel(ctx, kernel, grid, Shape::kBlockThreads, Shape::kSmemBytes, q);
 }
 
 }  // namespace

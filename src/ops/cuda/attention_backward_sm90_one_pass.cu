@@ -38,6 +38,7 @@
 #include "ops/cuda/attention_common.cuh"
 #include "ops/cuda/cuda_check.h"
 #include "ops/cuda/device_utils.cuh"
+#include "ops/cuda/launch.cuh"
 #include "ops/cuda/wgmma.cuh"
 
 namespace lsgpt::cuda::attn {
@@ -182,6 +183,8 @@ __device__ void one_pass_key_block(const BackwardParams& p, float* dq_accum,
 template <int D, bool kSpan, bool kQbar>
 __global__ void __launch_bounds__(kThreads)
     attention_backward_one_pass_kernel(const BackwardParams p, float* dq_accum) {
+  wait_for_previous_grid();
+  allow_next_grid();
 #if LSGPT_SM90A_DEVICE
   extern __shared__ __align__(16) unsigned char smem_raw[];
   one_pass_key_block<D, kSpan, kQbar>(p, dq_accum, align_to_atom(smem_raw));
@@ -198,6 +201,8 @@ __global__ void __launch_bounds__(kThreads)
 template <int D, bool kSpan>
 __global__ void __launch_bounds__(kThreads)
     finish_dq_kernel(const BackwardParams p, const float* dq_accum) {
+  wait_for_previous_grid();
+  allow_next_grid();
   constexpr int kDBlocks = D / 8;
   const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
   const int group = lane >> 2, quad = lane & 3;
@@ -218,8 +223,7 @@ __global__ void __launch_bounds__(kThreads)
 template <int D, bool kSpan>
 void launch_finish_dq(CudaContext& ctx, const BackwardParams& p, int B, const float* dq_accum) {
   const dim3 finish_grid(ceil_div(p.T, kFinishRowsPerBlock), B * p.n_head);
-  finish_dq_kernel<D, kSpan><<<finish_grid, kThreads, 0, ctx.stream()>>>(p, dq_accum);
-  CUDA_CHECK_LAUNCH();
+  launch_kernel(ctx, finish_dq_kernel<D, kSpan>, finish_grid, kThreads, 0, p, dq_accum);
 }
 
 }  // namespace
@@ -237,8 +241,7 @@ void run_one_pass(CudaContext& ctx, const BackwardParams& p, int B, bool span, f
   // Block x = 0 holds the first keys, which the most queries see on global
   // heads: the longest blocks start first.
   const dim3 grid(ceil_div(p.T, keys_per_block), B * p.n_head);
-  kernel<<<grid, block_threads, smem_bytes, ctx.stream()>>>(p, dq_accum);
-  CUDA_CHECK_LAUNCH();
+  launch_kernel(ctx, kernel, grid, block_threads, smem_bytes, p, dq_accum);
   // The finishing kernel depends on the head dim and span only (qbar is the
   // key side's).
   dispatch_backward(p, span, false, [&](auto d, auto span_c, auto) {

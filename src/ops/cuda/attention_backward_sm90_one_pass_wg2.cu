@@ -52,6 +52,7 @@
 #include "ops/cuda/attention_common.cuh"
 #include "ops/cuda/cuda_check.h"
 #include "ops/cuda/device_utils.cuh"
+#include "ops/cuda/launch.cuh"
 #include "ops/cuda/wgmma.cuh"
 
 namespace lsgpt::cuda::attn {
@@ -236,6 +237,8 @@ __device__ void one_pass_wg2_key_block(const BackwardParams& p, float* dq_accum,
 template <int D, bool kSpan, bool kQbar>
 __global__ void __launch_bounds__(kBlockThreads)
     attention_backward_one_pass_wg2_kernel(const BackwardParams p, float* dq_accum) {
+  wait_for_previous_grid();
+  allow_next_grid();
 #if LSGPT_SM90A_DEVICE
   extern __shared__ __align__(16) unsigned char smem_raw[];
   one_pass_wg2_key_block<D, kSpan, kQbar>(p, dq_accum, align_to_atom(smem_raw));

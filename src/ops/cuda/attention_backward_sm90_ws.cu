@@ -54,6 +54,7 @@
 #include "ops/cuda/attention_common.cuh"
 #include "ops/cuda/cuda_check.h"
 #include "ops/cuda/device_utils.cuh"
+#include "ops/cuda/launch.cuh"
 #include "ops/cuda/tma.cuh"
 #include "ops/cuda/tma_map.h"
 #include "ops/cuda/wgmma.cuh"
@@ -638,6 +639,8 @@ __global__ void __launch_bounds__(WsBackwardShape<D, kQbar, Policy>::kBlockThrea
                                       const __grid_constant__ CUtensorMap q_walk_map,
                                       const __grid_constant__ CUtensorMap do_walk_map,
                                       const BackwardParams p, int B, int n_items) {
+  wait_for_previous_grid();
+  allow_next_grid();
 #if LSGPT_SM90A_DEVICE
   constexpr int kConsumers = Policy::kConsumers;
   using Shape = WsBackwardShape<D, kQbar, Policy>;
@@ -712,9 +715,8 @@ void launch(CudaContext& ctx, const BackwardParams& p, int B) {
                 "attention_backward: band runs without their item counter or dQ slots");
     CUDA_CHECK(cudaMemsetAsync(q.item_counter, 0, sizeof(int), ctx.stream()));
   }
-  kernel<<<blocks, Shape::kBlockThreads, Shape::kSmemBytes, ctx.stream()>>>(
-      qkv_map, dout_map, q_walk_map, do_walk_map, q, B, n_items);
-  CUDA_CHECK_LAUNCH();
+  launch_kernel(ctx, kernel, blocks, Shape::kBlockThreads, Shape::kSmemBytes, qkv_map, dout_map,
+                q_walk_map, do_walk_map, q, B, n_items);
 }
 
 }  // namespace

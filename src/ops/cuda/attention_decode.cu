@@ -16,6 +16,7 @@
 #include "ops/cuda/attention_common.cuh"
 #include "ops/cuda/cuda_check.h"
 #include "ops/cuda/device_utils.cuh"
+#include "ops/cuda/launch.cuh"
 #include "ops/cuda/ops.h"
 
 namespace lsgpt::cuda {
@@ -118,6 +119,8 @@ __device__ void merge_splits(const DecodeParams& p, int b, int g_head) {
 // a multiple of 8: lanes past it hold zeros).
 template <int D>
 __global__ void __launch_bounds__(kDecodeThreads) attention_decode_kernel(const DecodeParams p) {
+  wait_for_previous_grid();
+  allow_next_grid();
   constexpr int kGroup = D / 8;                      // lanes per key
   constexpr int kGroupsPerWarp = kWarpSize / kGroup;
   constexpr int kGroups = kDecodeThreads / kGroup;
@@ -272,8 +275,7 @@ size_t workspace_bytes(const DecodeSpec& spec, int splits) {
 template <int D>
 void launch(CudaContext& ctx, const DecodeParams& p, int B) {
   const dim3 grid(B * p.n_head, p.splits);
-  attention_decode_kernel<D><<<grid, kDecodeThreads, 0, ctx.stream()>>>(p);
-  CUDA_CHECK_LAUNCH();
+  launch_kernel(ctx, attention_decode_kernel<D>, grid, kDecodeThreads, 0, p);
 }
 
 }  // namespace

@@ -18,6 +18,7 @@
 #include "ops/cuda/attention_forward.cuh"
 #include "ops/cuda/cuda_check.h"
 #include "ops/cuda/device_utils.cuh"
+#include "ops/cuda/launch.cuh"
 #include "ops/cuda/ops.h"
 
 namespace lsgpt::cuda {
@@ -40,6 +41,8 @@ struct ForwardShape {
 template <int D, bool kKbar>
 __global__ void __launch_bounds__(kThreads)
     attention_forward_kernel(const ForwardParams p) {
+  wait_for_previous_grid();
+  allow_next_grid();
   using Shape = ForwardShape<D, kKbar>;
   constexpr int kStride = Shape::kStride;
   constexpr int kDBlocks = D / 8;       // n8 blocks of the output
@@ -163,6 +166,8 @@ __global__ void __launch_bounds__(kThreads)
 // max_logit[h] = max over batch rows and query blocks of the partials.
 __global__ void max_logit_reduce_kernel(float* max_logit, const float* partials, int B,
                                         int n_head, int n_query_blocks) {
+  wait_for_previous_grid();
+  allow_next_grid();
   __shared__ float shared[32];
   const int h = blockIdx.x;
   float m = -INFINITY;
@@ -252,10 +257,8 @@ void attention_forward(CudaContext& ctx, bf16* out, float* lse, float* max_logit
                   : launch_forward<128, false>(ctx, p, spec.B);
     }
   }
-  max_logit_reduce_kernel<<<spec.n_head, 256, 0, ctx.stream()>>>(max_logit, p.max_partials,
-                                                                 spec.B, spec.n_head,
-                                                                 p.n_query_blocks);
-  CUDA_CHECK_LAUNCH();
+  launch_kernel(ctx, max_logit_reduce_kernel, spec.n_head, 256, 0, max_logit, p.max_partials,
+                spec.B, spec.n_head, p.n_query_blocks);
 }
 
 }  // namespace lsgpt::cuda

@@ -14,6 +14,7 @@
 #include "ops/cuda/cuda_check.h"
 #include "ops/cuda/cuda_context.h"
 #include "ops/cuda/device_utils.cuh"
+#include "ops/cuda/launch.cuh"
 
 namespace lsgpt::cuda::attn {
 
@@ -181,8 +182,7 @@ void launch_forward_blocks(CudaContext& ctx, Kernel kernel, size_t smem_bytes,
   CUDA_CHECK(
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem_bytes)));
   const dim3 grid(p.n_query_blocks, B * p.n_head);
-  kernel<<<grid, kThreads, smem_bytes, ctx.stream()>>>(p);
-  CUDA_CHECK_LAUNCH();
+  launch_kernel(ctx, kernel, grid, kThreads, smem_bytes, p);
 }
 
 // attention_forward_sm90.cu: the wgmma (sm_90a) forward, kbar = P K too when

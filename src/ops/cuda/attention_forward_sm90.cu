@@ -29,6 +29,7 @@
 #include "ops/cuda/attention_forward.cuh"
 #include "ops/cuda/cuda_check.h"
 #include "ops/cuda/device_utils.cuh"
+#include "ops/cuda/launch.cuh"
 #include "ops/cuda/wgmma.cuh"
 
 namespace lsgpt::cuda::attn {
@@ -50,6 +51,8 @@ struct Sm90Shape {
 
 template <int D, bool kKbar>
 __global__ void __launch_bounds__(kThreads) attention_forward_sm90_kernel(const ForwardParams p) {
+  wait_for_previous_grid();
+  allow_next_grid();
 #if LSGPT_SM90A_DEVICE
   using Shape = Sm90Shape<D>;
   extern __shared__ __align__(16) unsigned char smem_raw[];

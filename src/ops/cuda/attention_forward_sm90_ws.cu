@@ -47,6 +47,7 @@
 #include "ops/cuda/attention_forward_consumer.cuh"
 #include "ops/cuda/cuda_check.h"
 #include "ops/cuda/device_utils.cuh"
+#include "ops/cuda/launch.cuh"
 #include "ops/cuda/tma.cuh"
 #include "ops/cuda/tma_map.h"
 #include "ops/cuda/wgmma.cuh"
@@ -266,6 +267,8 @@ template <int D, bool kKbar, class Policy>
 __global__ void __launch_bounds__(Policy::kBlockThreads, 1)
     attention_forward_sm90_ws_kernel(const __grid_constant__ CUtensorMap qkv_map,
                                      const ForwardParams p, int n_bh, int n_items) {
+  wait_for_previous_grid();
+  allow_next_grid();
 #if LSGPT_SM90A_DEVICE
   using Shape = WsShape<D, Policy>;
   constexpr int kQStages = Policy::kQStages;
@@ -332,9 +335,8 @@ void launch_policy(CudaContext& ctx, const CUtensorMap& map, const ForwardParams
   LSGPT_CHECK(items <= 0x7fffffff, "attention_forward: too many query blocks for one launch");
   const int n_items = int(items);
   const int blocks = persistent ? std::min(n_items, std::max(1, ctx.sm_count())) : n_items;
-  kernel<<<blocks, Policy::kBlockThreads, Shape::kSmemBytes, ctx.stream()>>>(map, p, n_bh,
-                                                                             n_items);
-  CUDA_CHECK_LAUNCH();
+  launch_kernel(ctx, kernel, blocks, Policy::kBlockThreads, Shape::kSmemBytes, map, p, n_bh,
+                n_items);
 }
 
 // D 64: three consumers (192 queries a block), 1.03-1.16x faster than two

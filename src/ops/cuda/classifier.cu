@@ -12,6 +12,7 @@
 // pre-scaled; the target's one-hot is one select.
 #include "ops/cuda/cuda_check.h"
 #include "ops/cuda/device_utils.cuh"
+#include "ops/cuda/launch.cuh"
 #include "ops/cuda/ops.h"
 
 namespace lsgpt::cuda {
@@ -125,6 +126,8 @@ __global__ void __launch_bounds__(kThreads)
     softmax_cross_entropy_kernel(float* losses, bf16* logits, const int32_t* targets, int V,
                                  int Vp, float dloss, bool compute_grad, float z_coef,
                                  float* lse_out) {
+  wait_for_previous_grid();
+  allow_next_grid();
   bf16* x = logits + size_t(blockIdx.x) * Vp;
   const int target = targets[blockIdx.x];
   // Read before block_max_sum's barriers: after them other threads
@@ -151,12 +154,11 @@ void softmax_cross_entropy(CudaContext& ctx, float* losses, bf16* logits, const 
   if (N == 0) return;
   LSGPT_CHECK(V > 0 && V <= Vp, "classifier: need 0 < V <= Vp");
   if (Vp % 8 == 0 && aligned16(logits))
-    softmax_cross_entropy_kernel<true><<<N, kThreads, 0, ctx.stream()>>>(
-        losses, logits, targets, V, Vp, dloss, compute_grad, z_coef, lse);
+    launch_kernel(ctx, softmax_cross_entropy_kernel<true>, N, kThreads, 0, losses, logits, targets,
+                  V, Vp, dloss, compute_grad, z_coef, lse);
   else
-    softmax_cross_entropy_kernel<false><<<N, kThreads, 0, ctx.stream()>>>(
-        losses, logits, targets, V, Vp, dloss, compute_grad, z_coef, lse);
-  CUDA_CHECK_LAUNCH();
+    launch_kernel(ctx, softmax_cross_entropy_kernel<false>, N, kThreads, 0, losses, logits, targets,
+                  V, Vp, dloss, compute_grad, z_coef, lse);
 }
 
 }  // namespace lsgpt::cuda

@@ -12,6 +12,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "core/env_switch.h"
 #include "ops/cuda/cuda_check.h"
 #include "ops/cuda/ops.h"
 
@@ -90,6 +91,7 @@ CudaContext::CudaContext() {
   CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
   CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
   compute_capability_ = 10 * major + minor;
+  dependent_launch_allowed_ = env_switch("LSGPT_PDL", {"1", "0"}) == 0 && compute_capability_ >= 90;
   CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
   CUBLAS_CHECK(cublasLtCreate(&cublaslt_));
   workspace_ = device_alloc(kWorkspaceBytes);
@@ -101,6 +103,17 @@ CudaContext::~CudaContext() {
   device_free(workspace_);
   if (cublaslt_) cublasLtDestroy(cublaslt_);
   if (stream_) cudaStreamDestroy(stream_);
+}
+
+bool CudaContext::dependent_launch(const void* kernel) {
+  if (!dependent_launch_allowed_) return false;
+  const auto known = dependent_launch_kernels_.find(kernel);
+  if (known != dependent_launch_kernels_.end()) return known->second;
+  cudaFuncAttributes attributes{};
+  CUDA_CHECK(cudaFuncGetAttributes(&attributes, kernel));
+  const bool waits = attributes.ptxVersion >= 90;
+  dependent_launch_kernels_.emplace(kernel, waits);
+  return waits;
 }
 
 void* CudaContext::scratch(size_t bytes) {

@@ -9,6 +9,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <unordered_map>
 
 namespace lsgpt::cuda {
 
@@ -47,6 +48,12 @@ class CudaContext {
   bool tuning() const { return tuning_; }
   void set_tuning(bool on) { tuning_ = on; }
 
+  // Whether `kernel` (a __global__ function) is launched with programmatic
+  // dependent launch (launch.cuh): a GPU of compute capability 9.0 or newer,
+  // the kernel's code compiled for sm_90 or newer (so it waits with
+  // griddepcontrol), and LSGPT_PDL not set to 0. Remembered per kernel.
+  bool dependent_launch(const void* kernel);
+
  private:
   static constexpr size_t kWorkspaceBytes = size_t(32) << 20;
   cudaStream_t stream_ = nullptr;
@@ -58,6 +65,8 @@ class CudaContext {
   int sm_count_ = 0;
   int compute_capability_ = 0;
   bool tuning_ = false;
+  bool dependent_launch_allowed_ = false;
+  std::unordered_map<const void*, bool> dependent_launch_kernels_;
 };
 
 // Carves aligned pieces out of one scratch allocation.

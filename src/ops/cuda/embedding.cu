@@ -6,6 +6,7 @@
 
 #include "ops/cuda/cuda_check.h"
 #include "ops/cuda/device_utils.cuh"
+#include "ops/cuda/launch.cuh"
 #include "ops/cuda/ops.h"
 
 namespace lsgpt::cuda {
@@ -14,6 +15,8 @@ namespace {
 template <bool kVector>
 __global__ void embedding_forward_kernel(bf16* out, const int32_t* tokens, const bf16* wte,
                                          const bf16* wpe, int T, int C, int pos0) {
+  wait_for_previous_grid();
+  allow_next_grid();
   const int row = blockIdx.x;  // b * T + t
   const int t = row % T;
   const bf16* tok_row = wte + size_t(tokens[row]) * C;
@@ -35,6 +38,8 @@ __global__ void embedding_forward_kernel(bf16* out, const int32_t* tokens, const
 }
 
 __global__ void iota_kernel(int32_t* values, int n) {
+  wait_for_previous_grid();
+  allow_next_grid();
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
   if (i < n) values[i] = i;
 }
@@ -44,6 +49,8 @@ __global__ void iota_kernel(int32_t* values, int n) {
 __global__ void embedding_token_grad_kernel(bf16* dwte, const bf16* dout,
                                             const int32_t* sorted_tokens,
                                             const int32_t* sorted_positions, int N, int C) {
+  wait_for_previous_grid();
+  allow_next_grid();
   const int i = blockIdx.x;
   const int token = sorted_tokens[i];
   if (i > 0 && sorted_tokens[i - 1] == token) return;
@@ -58,6 +65,8 @@ __global__ void embedding_token_grad_kernel(bf16* dwte, const bf16* dout,
 }
 
 __global__ void embedding_position_grad_kernel(bf16* dwpe, const bf16* dout, int B, int T, int C) {
+  wait_for_previous_grid();
+  allow_next_grid();
   const int t = blockIdx.x;
   for (int c = threadIdx.x; c < C; c += blockDim.x) {
     float acc = 0.0f;
@@ -79,12 +88,11 @@ void embedding_forward(CudaContext& ctx, bf16* out, const int32_t* tokens, const
   const int N = B * T;
   if (N == 0 || C == 0) return;
   if (C % 8 == 0 && aligned16(out) && aligned16(wte) && aligned16(wpe))
-    embedding_forward_kernel<true><<<N, row_threads(C, 8), 0, ctx.stream()>>>(out, tokens, wte,
-                                                                              wpe, T, C, pos0);
+    launch_kernel(ctx, embedding_forward_kernel<true>, N, row_threads(C, 8), 0, out, tokens, wte,
+                  wpe, T, C, pos0);
   else
-    embedding_forward_kernel<false><<<N, row_threads(C, 1), 0, ctx.stream()>>>(out, tokens, wte,
-                                                                               wpe, T, C, pos0);
-  CUDA_CHECK_LAUNCH();
+    launch_kernel(ctx, embedding_forward_kernel<false>, N, row_threads(C, 1), 0, out, tokens, wte,
+                  wpe, T, C, pos0);
 }
 
 void embedding_backward(CudaContext& ctx, bf16* dwte, bf16* dwpe, const bf16* dout,
@@ -102,16 +110,13 @@ void embedding_backward(CudaContext& ctx, bf16* dwte, bf16* dwpe, const bf16* do
   int32_t* sorted_positions = carve.take<int32_t>(N);
   void* sort_temp = carve.take<char>(sort_bytes);
 
-  iota_kernel<<<ceil_div(N, 256), 256, 0, ctx.stream()>>>(positions, N);
-  CUDA_CHECK_LAUNCH();
+  launch_kernel(ctx, iota_kernel, ceil_div(N, 256), 256, 0, positions, N);
   CUDA_CHECK(cub::DeviceRadixSort::SortPairs(sort_temp, sort_bytes, tokens, sorted_tokens,
                                              positions, sorted_positions, N, 0, 32,
                                              ctx.stream()));
-  embedding_token_grad_kernel<<<N, row_threads(C, 1), 0, ctx.stream()>>>(
-      dwte, dout, sorted_tokens, sorted_positions, N, C);
-  CUDA_CHECK_LAUNCH();
-  embedding_position_grad_kernel<<<T, row_threads(C, 1), 0, ctx.stream()>>>(dwpe, dout, B, T, C);
-  CUDA_CHECK_LAUNCH();
+  launch_kernel(ctx, embedding_token_grad_kernel, N, row_threads(C, 1), 0, dwte, dout,
+                sorted_tokens, sorted_positions, N, C);
+  launch_kernel(ctx, embedding_position_grad_kernel, T, row_threads(C, 1), 0, dwpe, dout, B, T, C);
 }
 
 }  // namespace lsgpt::cuda

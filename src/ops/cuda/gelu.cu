@@ -3,6 +3,7 @@
 // scalar path covers odd sizes and unaligned views.
 #include "ops/cuda/cuda_check.h"
 #include "ops/cuda/device_utils.cuh"
+#include "ops/cuda/launch.cuh"
 #include "ops/cuda/ops.h"
 
 namespace lsgpt::cuda {
@@ -25,6 +26,8 @@ __device__ __forceinline__ float gelu_grad(float x) {
 
 template <bool kVector>
 __global__ void gelu_forward_kernel(bf16* out, const bf16* inp, size_t n) {
+  wait_for_previous_grid();
+  allow_next_grid();
   const size_t base = (size_t(blockIdx.x) * blockDim.x + threadIdx.x) * 8;
   if (base >= n) return;
   if (kVector && base + 8 <= n) {
@@ -40,6 +43,8 @@ __global__ void gelu_forward_kernel(bf16* out, const bf16* inp, size_t n) {
 
 template <bool kVector>
 __global__ void gelu_backward_kernel(bf16* dinp, const bf16* inp, const bf16* dout, size_t n) {
+  wait_for_previous_grid();
+  allow_next_grid();
   const size_t base = (size_t(blockIdx.x) * blockDim.x + threadIdx.x) * 8;
   if (base >= n) return;
   if (kVector && base + 8 <= n) {
@@ -63,20 +68,18 @@ void gelu_forward(CudaContext& ctx, bf16* out, const bf16* inp, size_t n) {
   if (n == 0) return;
   const int blocks = ceil_div((long long)((n + 7) / 8), kThreads);
   if (aligned16(out) && aligned16(inp))
-    gelu_forward_kernel<true><<<blocks, kThreads, 0, ctx.stream()>>>(out, inp, n);
+    launch_kernel(ctx, gelu_forward_kernel<true>, blocks, kThreads, 0, out, inp, n);
   else
-    gelu_forward_kernel<false><<<blocks, kThreads, 0, ctx.stream()>>>(out, inp, n);
-  CUDA_CHECK_LAUNCH();
+    launch_kernel(ctx, gelu_forward_kernel<false>, blocks, kThreads, 0, out, inp, n);
 }
 
 void gelu_backward(CudaContext& ctx, bf16* dinp, const bf16* inp, const bf16* dout, size_t n) {
   if (n == 0) return;
   const int blocks = ceil_div((long long)((n + 7) / 8), kThreads);
   if (aligned16(dinp) && aligned16(inp) && aligned16(dout))
-    gelu_backward_kernel<true><<<blocks, kThreads, 0, ctx.stream()>>>(dinp, inp, dout, n);
+    launch_kernel(ctx, gelu_backward_kernel<true>, blocks, kThreads, 0, dinp, inp, dout, n);
   else
-    gelu_backward_kernel<false><<<blocks, kThreads, 0, ctx.stream()>>>(dinp, inp, dout, n);
-  CUDA_CHECK_LAUNCH();
+    launch_kernel(ctx, gelu_backward_kernel<false>, blocks, kThreads, 0, dinp, inp, dout, n);
 }
 
 }  // namespace lsgpt::cuda

@@ -5,6 +5,7 @@
 // from device memory so a captured graph can replay it.
 #include "ops/cuda/cuda_check.h"
 #include "ops/cuda/device_utils.cuh"
+#include "ops/cuda/launch.cuh"
 #include "ops/cuda/ops.h"
 
 namespace lsgpt::cuda {
@@ -18,6 +19,8 @@ struct CacheLayout {
 __global__ void kv_cache_write_kernel(bf16* k_local, bf16* v_local, bf16* k_global,
                                       bf16* v_global, const bf16* qkv, int T, int cache_row,
                                       CacheLayout c) {
+  wait_for_previous_grid();
+  allow_next_grid();
   const int t = blockIdx.x, h = blockIdx.y, hd = c.head_dim;
   const bool local = h < c.n_local;
   if (local && t < T - c.slots) return;  // overwritten later in the ring: skip
@@ -40,6 +43,8 @@ __global__ void kv_cache_write_kernel(bf16* k_local, bf16* v_local, bf16* k_glob
 __global__ void embedding_decode_kernel(bf16* out, const int32_t* tokens,
                                         const int32_t* positions, const bf16* wte,
                                         const bf16* wpe, int C) {
+  wait_for_previous_grid();
+  allow_next_grid();
   const int b = blockIdx.x;
   const bf16* tok_row = wte + size_t(tokens[b]) * C;
   const bf16* pos_row = wpe + size_t(max(positions[b], 0)) * C;
@@ -67,17 +72,15 @@ void kv_cache_write(CudaContext& ctx, bf16* k_local, bf16* v_local, bf16* k_glob
   const CacheLayout c{spec.n_head, spec.head_dim, spec.n_local, spec.local_slots(), spec.max_T,
                       spec.C()};
   const dim3 grid(T, spec.n_head);
-  kv_cache_write_kernel<<<grid, kWarpSize, 0, ctx.stream()>>>(k_local, v_local, k_global,
-                                                              v_global, qkv, T, cache_row, c);
-  CUDA_CHECK_LAUNCH();
+  launch_kernel(ctx, kv_cache_write_kernel, grid, kWarpSize, 0, k_local, v_local, k_global,
+                v_global, qkv, T, cache_row, c);
 }
 
 void embedding_decode(CudaContext& ctx, bf16* out, const int32_t* tokens, const int32_t* positions,
                       const bf16* wte, const bf16* wpe, int B, int C) {
   if (C % 8 != 0) fail("cuda embedding_decode: d_model must be a multiple of 8");
   if (B == 0) return;
-  embedding_decode_kernel<<<B, 128, 0, ctx.stream()>>>(out, tokens, positions, wte, wpe, C);
-  CUDA_CHECK_LAUNCH();
+  launch_kernel(ctx, embedding_decode_kernel, B, 128, 0, out, tokens, positions, wte, wpe, C);
 }
 
 }  // namespace lsgpt::cuda

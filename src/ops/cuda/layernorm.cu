@@ -9,6 +9,7 @@
 // reproducible.
 #include "ops/cuda/cuda_check.h"
 #include "ops/cuda/device_utils.cuh"
+#include "ops/cuda/launch.cuh"
 #include "ops/cuda/ops.h"
 
 #include <array>
@@ -24,6 +25,8 @@ constexpr int kRowsPerBlock = 8;  // one warp each
 __global__ void layernorm_forward_kernel(bf16* out, float* mean_out, float* rstd_out,
                                          const bf16* inp, const bf16* weight, const bf16* bias,
                                          int N, int C) {
+  wait_for_previous_grid();
+  allow_next_grid();
   const int lane = threadIdx.x % kWarpSize;
   const int row = blockIdx.x * kRowsPerBlock + threadIdx.x / kWarpSize;
   if (row >= N) return;
@@ -54,6 +57,8 @@ __global__ void layernorm_backward_input_kernel(bf16* __restrict__ dinp,
                                                 const bf16* __restrict__ weight,
                                                 const float* mean_in, const float* rstd_in, int N,
                                                 int C) {
+  wait_for_previous_grid();
+  allow_next_grid();
   const int lane = threadIdx.x % kWarpSize;
   const int row = blockIdx.x * kRowsPerBlock + threadIdx.x / kWarpSize;
   if (row >= N) return;
@@ -94,6 +99,8 @@ __global__ void layernorm_forward_vec_kernel(bf16* __restrict__ out, float* mean
                                              const bf16* __restrict__ weight,
                                              const bf16* __restrict__ bias, int N, int C,
                                              const bf16* __restrict__ delta) {
+  wait_for_previous_grid();
+  allow_next_grid();
   const int lane = threadIdx.x % kWarpSize;
   const int row = blockIdx.x * kRowsPerBlock + threadIdx.x / kWarpSize;
   if (row >= N) return;
@@ -175,6 +182,8 @@ __global__ void __launch_bounds__((kParams ? kFusedWarps : kRowsPerBlock) * kWar
                                   const bf16* __restrict__ dout, const bf16* __restrict__ inp,
                                   const bf16* __restrict__ weight, const float* mean_in,
                                   const float* rstd_in, int N, int C) {
+  wait_for_previous_grid();
+  allow_next_grid();
   static_assert(kParams || !kDinpSums, "dinp's sums ride on the fused parameter sums");
   constexpr int kWarps = kParams ? kFusedWarps : kRowsPerBlock;
   constexpr int kRows = kParams ? kFusedPartRows : kRowsPerBlock;
@@ -293,6 +302,8 @@ __global__ void layernorm_param_partials_kernel(float* dweight_partials, float* 
                                                 const bf16* __restrict__ inp,
                                                 const float* mean_in, const float* rstd_in,
                                                 int N, int C) {
+  wait_for_previous_grid();
+  allow_next_grid();
   const int c0 = (blockIdx.x * kWarpSize + threadIdx.x) * kVec;
   const int part = blockIdx.y;
   const int r_end = min(N, (part + 1) * kPartRows);
@@ -327,9 +338,8 @@ void layernorm_backward_fused(CudaContext& ctx, int pieces, bf16* dinp, bf16* dw
   static constexpr auto kernels_dinp_sums =
       backward_kernels<true, true>(std::make_integer_sequence<int, kMaxFusedPieces>());
   const BackwardKernel kernel = (dinp_colsum ? kernels_dinp_sums : kernels)[pieces - 1];
-  kernel<<<partials.parts, kFusedWarps * kWarpSize, 0, ctx.stream()>>>(
-      dinp, partials.first, partials.second, partials.third, dout, inp, weight, mean, rstd, N, C);
-  CUDA_CHECK_LAUNCH();
+  launch_kernel(ctx, kernel, partials.parts, kFusedWarps * kWarpSize, 0, dinp, partials.first,
+                partials.second, partials.third, dout, inp, weight, mean, rstd, N, C);
   partials.accumulate(ctx, dweight, dbias, dinp_colsum);
 }
 
@@ -342,11 +352,11 @@ void layernorm_forward(CudaContext& ctx, bf16* out, float* mean, float* rstd, co
   if (const int k = pieces_per_lane(C, {out, inp, weight, bias})) {
     static constexpr auto kernels =
         forward_kernels(std::make_integer_sequence<int, kMaxPiecesPerLane>());
-    kernels[k - 1]<<<blocks, threads, 0, ctx.stream()>>>(out, mean, rstd, inp, weight, bias, N, C,
-                                                        nullptr);
+    launch_kernel(ctx, kernels[k - 1], blocks, threads, 0, out, mean, rstd, inp, weight, bias, N, C,
+                  nullptr);
   } else {
-    layernorm_forward_kernel<<<blocks, threads, 0, ctx.stream()>>>(out, mean, rstd, inp, weight,
-                                                                   bias, N, C);
+    launch_kernel(ctx, layernorm_forward_kernel, blocks, threads, 0, out, mean, rstd, inp, weight,
+                  bias, N, C);
   }
   CUDA_CHECK_LAUNCH();
 }
@@ -362,9 +372,8 @@ void add_layernorm_forward(CudaContext& ctx, bf16* residual, bf16* out, float* m
   }
   static constexpr auto kernels =
       forward_kernels(std::make_integer_sequence<int, kMaxPiecesPerLane>());
-  kernels[k - 1]<<<ceil_div(N, kRowsPerBlock), kRowsPerBlock * kWarpSize, 0, ctx.stream()>>>(
-      out, mean, rstd, residual, weight, bias, N, C, delta);
-  CUDA_CHECK_LAUNCH();
+  launch_kernel(ctx, kernels[k - 1], ceil_div(N, kRowsPerBlock), kRowsPerBlock * kWarpSize, 0, out,
+                mean, rstd, residual, weight, bias, N, C, delta);
 }
 
 // Beyond the fused kernel's widths (or without 16-byte pieces) the parameter
@@ -384,25 +393,22 @@ void layernorm_backward(CudaContext& ctx, bf16* dinp, bf16* dweight, bf16* dbias
   if (k != 0) {
     static constexpr auto kernels =
         backward_kernels<false, false>(std::make_integer_sequence<int, kMaxPiecesPerLane>());
-    kernels[k - 1]<<<blocks, threads, 0, ctx.stream()>>>(dinp, nullptr, nullptr, nullptr, dout,
-                                                        inp, weight, mean, rstd, N, C);
+    launch_kernel(ctx, kernels[k - 1], blocks, threads, 0, dinp, nullptr, nullptr, nullptr, dout,
+                  inp, weight, mean, rstd, N, C);
   } else {
-    layernorm_backward_input_kernel<<<blocks, threads, 0, ctx.stream()>>>(dinp, dout, inp, weight,
-                                                                          mean, rstd, N, C);
+    launch_kernel(ctx, layernorm_backward_input_kernel, blocks, threads, 0, dinp, dout, inp, weight,
+                  mean, rstd, N, C);
   }
   CUDA_CHECK_LAUNCH();
   const PartialSums partials(ctx, ceil_div(N, kPartRows), C);  // weight, bias
   const int parts = partials.parts;
   const dim3 part_threads(kWarpSize, kPartRowThreads);
   if (C % 8 == 0 && aligned16(dout) && aligned16(inp))
-    layernorm_param_partials_kernel<8><<<dim3(ceil_div(C, 8 * kWarpSize), parts), part_threads,
-                                         0, ctx.stream()>>>(partials.first, partials.second, dout,
-                                                         inp, mean, rstd, N, C);
+    launch_kernel(ctx, layernorm_param_partials_kernel<8>, dim3(ceil_div(C, 8 * kWarpSize), parts),
+                  part_threads, 0, partials.first, partials.second, dout, inp, mean, rstd, N, C);
   else
-    layernorm_param_partials_kernel<1><<<dim3(ceil_div(C, kWarpSize), parts), part_threads,
-                                         0, ctx.stream()>>>(partials.first, partials.second, dout,
-                                                         inp, mean, rstd, N, C);
-  CUDA_CHECK_LAUNCH();
+    launch_kernel(ctx, layernorm_param_partials_kernel<1>, dim3(ceil_div(C, kWarpSize), parts),
+                  part_threads, 0, partials.first, partials.second, dout, inp, mean, rstd, N, C);
   partials.accumulate(ctx, dweight, dbias);
   // After the partials' reduction: the column sum takes the scratch they live in.
   if (dinp_colsum) column_sum_accumulate(ctx, dinp_colsum, dinp, N, C);

@@ -32,6 +32,7 @@
 #include "ops/cuda/cuda_check.h"
 #include "ops/cuda/device_utils.cuh"
 #include "ops/cuda/gemm_tuning.h"
+#include "ops/cuda/launch.cuh"
 #include "ops/cuda/ops.h"
 
 namespace lsgpt::cuda {
@@ -220,6 +221,8 @@ void gemm(CudaContext& ctx, const Gemm& g) {
 }
 
 __global__ void add_bias_kernel(bf16* out, const bf16* bias, int N, int OC) {
+  wait_for_previous_grid();
+  allow_next_grid();
   const size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= size_t(N) * OC) return;
   out[i] = __float2bfloat16(__bfloat162float(out[i]) + __bfloat162float(bias[i % OC]));
@@ -279,9 +282,8 @@ void matmul_forward(CudaContext& ctx, bf16* out, bf16* pre_gelu, const bf16* inp
     g.bias = nullptr, g.epilogue = CUBLASLT_EPILOGUE_DEFAULT;
     gemm(ctx, g);
     if (bias) {
-      add_bias_kernel<<<ceil_div((long long)N * OC, 256), 256, 0, ctx.stream()>>>(product, bias,
-                                                                                  N, OC);
-      CUDA_CHECK_LAUNCH();
+      launch_kernel(ctx, add_bias_kernel, ceil_div((long long)N * OC, 256), 256, 0, product, bias,
+                    N, OC);
     }
   }
   if (pre_gelu) gelu_forward(ctx, out, pre_gelu, size_t(N) * OC);

@@ -7,6 +7,7 @@
 // fused, as cuBLASLt's epilogues do for the large products.
 #include "ops/cuda/cuda_check.h"
 #include "ops/cuda/device_utils.cuh"
+#include "ops/cuda/launch.cuh"
 #include "ops/cuda/ops.h"
 
 namespace lsgpt::cuda {
@@ -29,6 +30,8 @@ template <int kRows, int kSplit>
 __global__ void __launch_bounds__(kThreads)
     matmul_small_kernel(bf16* out, bf16* pre_gelu, const bf16* inp, const bf16* weight,
                         const bf16* bias, int C, int OC) {
+  wait_for_previous_grid();
+  allow_next_grid();
   __shared__ float partial[kWarps][kRows];
   const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
   const int oc = blockIdx.x * (kWarps / kSplit) + warp / kSplit;
@@ -83,11 +86,11 @@ void launch(CudaContext& ctx, bf16* out, bf16* pre_gelu, const bf16* inp, const 
             const bf16* bias, int C, int OC) {
   // Fewer features than about 16 warps per multiprocessor: split each over 4 warps.
   if (OC < 16 * ctx.sm_count()) {
-    matmul_small_kernel<kRows, 4><<<ceil_div(OC, kWarps / 4), kThreads, 0, ctx.stream()>>>(
-        out, pre_gelu, inp, weight, bias, C, OC);
+    launch_kernel(ctx, matmul_small_kernel<kRows, 4>, ceil_div(OC, kWarps / 4), kThreads, 0, out,
+                  pre_gelu, inp, weight, bias, C, OC);
   } else {
-    matmul_small_kernel<kRows, 1><<<ceil_div(OC, kWarps), kThreads, 0, ctx.stream()>>>(
-        out, pre_gelu, inp, weight, bias, C, OC);
+    launch_kernel(ctx, matmul_small_kernel<kRows, 1>, ceil_div(OC, kWarps), kThreads, 0, out,
+                  pre_gelu, inp, weight, bias, C, OC);
   }
   CUDA_CHECK_LAUNCH();
 }

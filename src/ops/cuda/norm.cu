@@ -6,6 +6,7 @@
 
 #include "ops/cuda/cuda_check.h"
 #include "ops/cuda/device_utils.cuh"
+#include "ops/cuda/launch.cuh"
 #include "ops/cuda/ops.h"
 
 namespace lsgpt::cuda {
@@ -17,6 +18,8 @@ namespace {
 // the result does not depend on it.
 template <int kVec>
 __global__ void column_partials_kernel(float* partials, const bf16* src, int rows, int cols) {
+  wait_for_previous_grid();
+  allow_next_grid();
   const int c0 = (blockIdx.x * kWarpSize + threadIdx.x) * kVec;
   const int part = blockIdx.y;
   const int r_end = min(rows, (part + 1) * kPartRows);
@@ -49,6 +52,8 @@ constexpr int kReduceRows = 32;
 
 __global__ void __launch_bounds__(kWarpSize* kReduceRows)
     reduce_partials_kernel(PartialReduction r, int parts, int cols) {
+  wait_for_previous_grid();
+  allow_next_grid();
   __shared__ float sums[kReduceRows][kWarpSize + 1];
   const float* partials = r.partials[blockIdx.y];
   const int c = blockIdx.x * kWarpSize + threadIdx.x;
@@ -69,9 +74,8 @@ __global__ void __launch_bounds__(kWarpSize* kReduceRows)
 void launch_reduce_partials(CudaContext& ctx, const PartialReduction& r, int buffers, int parts,
                             int cols) {
   if (cols == 0) return;
-  reduce_partials_kernel<<<dim3(ceil_div(cols, kWarpSize), buffers), dim3(kWarpSize, kReduceRows),
-                           0, ctx.stream()>>>(r, parts, cols);
-  CUDA_CHECK_LAUNCH();
+  launch_kernel(ctx, reduce_partials_kernel, dim3(ceil_div(cols, kWarpSize), buffers),
+                dim3(kWarpSize, kReduceRows), 0, r, parts, cols);
 }
 
 constexpr int kSquareBlocks = 512;
@@ -81,6 +85,8 @@ constexpr int kSquareThreads = 256;
 // n % kVec elements past the last piece go to the first threads of block 0.
 template <int kVec>
 __global__ void sum_squares_kernel(double* partials, const bf16* x, size_t n) {
+  wait_for_previous_grid();
+  allow_next_grid();
   __shared__ double warp_sums[kSquareThreads / kWarpSize];
   double acc = 0.0;
   const size_t pieces = n / kVec;
@@ -136,12 +142,11 @@ void column_sum_accumulate(CudaContext& ctx, bf16* dst, const bf16* src, int row
   float* partials = static_cast<float*>(ctx.scratch(sizeof(float) * size_t(parts) * cols));
   const dim3 threads(kWarpSize, kPartRowThreads);
   if (cols % 8 == 0 && aligned16(src))
-    column_partials_kernel<8><<<dim3(ceil_div(cols, 8 * kWarpSize), parts), threads, 0,
-                                ctx.stream()>>>(partials, src, rows, cols);
+    launch_kernel(ctx, column_partials_kernel<8>, dim3(ceil_div(cols, 8 * kWarpSize), parts),
+                  threads, 0, partials, src, rows, cols);
   else
-    column_partials_kernel<1><<<dim3(ceil_div(cols, kWarpSize), parts), threads, 0,
-                                ctx.stream()>>>(partials, src, rows, cols);
-  CUDA_CHECK_LAUNCH();
+    launch_kernel(ctx, column_partials_kernel<1>, dim3(ceil_div(cols, kWarpSize), parts), threads,
+                  0, partials, src, rows, cols);
   reduce_partials_accumulate(ctx, dst, partials, parts, cols);
 }
 
@@ -149,10 +154,9 @@ double sum_squares(CudaContext& ctx, const bf16* x, size_t n) {
   if (n == 0) return 0.0;
   double* partials = static_cast<double*>(ctx.scratch(sizeof(double) * kSquareBlocks));
   if (aligned16(x))
-    sum_squares_kernel<8><<<kSquareBlocks, kSquareThreads, 0, ctx.stream()>>>(partials, x, n);
+    launch_kernel(ctx, sum_squares_kernel<8>, kSquareBlocks, kSquareThreads, 0, partials, x, n);
   else
-    sum_squares_kernel<1><<<kSquareBlocks, kSquareThreads, 0, ctx.stream()>>>(partials, x, n);
-  CUDA_CHECK_LAUNCH();
+    launch_kernel(ctx, sum_squares_kernel<1>, kSquareBlocks, kSquareThreads, 0, partials, x, n);
   std::vector<double> host(kSquareBlocks);
   CUDA_CHECK(cudaMemcpyAsync(host.data(), partials, sizeof(double) * kSquareBlocks,
                              cudaMemcpyDeviceToHost, ctx.stream()));

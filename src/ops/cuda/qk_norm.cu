@@ -6,6 +6,7 @@
 // place because the partials have been read by then.
 #include "ops/cuda/cuda_check.h"
 #include "ops/cuda/device_utils.cuh"
+#include "ops/cuda/launch.cuh"
 #include "ops/cuda/ops.h"
 
 namespace lsgpt::cuda {
@@ -17,6 +18,8 @@ constexpr int kWarpsPerBlock = 8;
 __global__ void qk_norm_forward_kernel(bf16* out, float* rstd_out, const bf16* qkv,
                                        const bf16* q_gain, const bf16* k_gain, int N, int n_head,
                                        int D, float eps) {
+  wait_for_previous_grid();
+  allow_next_grid();
   const long long vec = (long long)blockIdx.x * kWarpsPerBlock + threadIdx.x / kWarpSize;
   const int lane = threadIdx.x % kWarpSize;
   if (vec >= (long long)N * 3 * n_head) return;
@@ -45,6 +48,8 @@ __global__ void qk_norm_forward_kernel(bf16* out, float* rstd_out, const bf16* q
 __global__ void qk_norm_gain_partials_kernel(float* partials_q, float* partials_k,
                                              const bf16* dout, const bf16* qkv,
                                              const float* rstd, int N, int n_head, int D) {
+  wait_for_previous_grid();
+  allow_next_grid();
   const int d = blockIdx.x * kWarpSize + threadIdx.x;
   const int part = blockIdx.y;
   const int r_end = min(N, (part + 1) * kPartRows);
@@ -67,6 +72,8 @@ __global__ void qk_norm_gain_partials_kernel(float* partials_q, float* partials_
 __global__ void qk_norm_backward_input_kernel(bf16* dqkv, const bf16* dout, const bf16* qkv,
                                               const bf16* q_gain, const bf16* k_gain,
                                               const float* rstd, int N, int n_head, int D) {
+  wait_for_previous_grid();
+  allow_next_grid();
   const long long vec = (long long)blockIdx.x * kWarpsPerBlock + threadIdx.x / kWarpSize;
   const int lane = threadIdx.x % kWarpSize;
   if (vec >= (long long)N * 3 * n_head) return;
@@ -98,9 +105,8 @@ void qk_norm_forward(CudaContext& ctx, bf16* out, float* rstd, const bf16* qkv,
                      const bf16* q_gain, const bf16* k_gain, int N, int n_head, int D, float eps) {
   if (N == 0 || n_head == 0 || D == 0) return;
   const long long vectors = (long long)N * 3 * n_head;
-  qk_norm_forward_kernel<<<ceil_div(vectors, kWarpsPerBlock), kWarpsPerBlock * kWarpSize, 0,
-                           ctx.stream()>>>(out, rstd, qkv, q_gain, k_gain, N, n_head, D, eps);
-  CUDA_CHECK_LAUNCH();
+  launch_kernel(ctx, qk_norm_forward_kernel, ceil_div(vectors, kWarpsPerBlock),
+                kWarpsPerBlock * kWarpSize, 0, out, rstd, qkv, q_gain, k_gain, N, n_head, D, eps);
 }
 
 void qk_norm_backward(CudaContext& ctx, bf16* dqkv, bf16* dq_gain, bf16* dk_gain,
@@ -108,16 +114,13 @@ void qk_norm_backward(CudaContext& ctx, bf16* dqkv, bf16* dq_gain, bf16* dk_gain
                       const float* rstd, int N, int n_head, int D) {
   if (N == 0 || n_head == 0 || D == 0) return;
   const PartialSums partials(ctx, ceil_div(N, kPartRows), D);  // q gain, k gain
-  qk_norm_gain_partials_kernel<<<dim3(ceil_div(D, kWarpSize), partials.parts),
-                                 dim3(kWarpSize, kPartRowThreads), 0, ctx.stream()>>>(
-      partials.first, partials.second, dout, qkv, rstd, N, n_head, D);
-  CUDA_CHECK_LAUNCH();
+  launch_kernel(ctx, qk_norm_gain_partials_kernel, dim3(ceil_div(D, kWarpSize), partials.parts),
+                dim3(kWarpSize, kPartRowThreads), 0, partials.first, partials.second, dout, qkv,
+                rstd, N, n_head, D);
   partials.accumulate(ctx, dq_gain, dk_gain);
   const long long vectors = (long long)N * 3 * n_head;
-  qk_norm_backward_input_kernel<<<ceil_div(vectors, kWarpsPerBlock), kWarpsPerBlock * kWarpSize,
-                                  0, ctx.stream()>>>(dqkv, dout, qkv, q_gain, k_gain, rstd, N,
-                                                     n_head, D);
-  CUDA_CHECK_LAUNCH();
+  launch_kernel(ctx, qk_norm_backward_input_kernel, ceil_div(vectors, kWarpsPerBlock),
+                kWarpsPerBlock * kWarpSize, 0, dqkv, dout, qkv, q_gain, k_gain, rstd, N, n_head, D);
 }
 
 }  // namespace lsgpt::cuda

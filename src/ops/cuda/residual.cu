@@ -2,6 +2,7 @@
 // dst += src; 8 elements per thread so aligned tensors use 16-byte vectors.
 #include "ops/cuda/cuda_check.h"
 #include "ops/cuda/device_utils.cuh"
+#include "ops/cuda/launch.cuh"
 #include "ops/cuda/ops.h"
 
 namespace lsgpt::cuda {
@@ -9,6 +10,8 @@ namespace {
 
 template <bool kVector>
 __global__ void residual_kernel(bf16* out, const bf16* a, const bf16* b, size_t n) {
+  wait_for_previous_grid();
+  allow_next_grid();
   const size_t base = (size_t(blockIdx.x) * blockDim.x + threadIdx.x) * 8;
   if (base >= n) return;
   if (kVector && base + 8 <= n) {
@@ -30,10 +33,9 @@ void launch(CudaContext& ctx, bf16* out, const bf16* a, const bf16* b, size_t n)
   if (n == 0) return;
   const int blocks = ceil_div((long long)((n + 7) / 8), kThreads);
   if (aligned16(out) && aligned16(a) && aligned16(b))
-    residual_kernel<true><<<blocks, kThreads, 0, ctx.stream()>>>(out, a, b, n);
+    launch_kernel(ctx, residual_kernel<true>, blocks, kThreads, 0, out, a, b, n);
   else
-    residual_kernel<false><<<blocks, kThreads, 0, ctx.stream()>>>(out, a, b, n);
-  CUDA_CHECK_LAUNCH();
+    launch_kernel(ctx, residual_kernel<false>, blocks, kThreads, 0, out, a, b, n);
 }
 
 }  // namespace

@@ -25,6 +25,7 @@
 
 #include "ops/cuda/cuda_check.h"
 #include "ops/cuda/device_utils.cuh"
+#include "ops/cuda/launch.cuh"
 #include "ops/cuda/ops.h"
 #include "ops/sampling_noise.h"
 
@@ -191,6 +192,8 @@ template <bool kVector>
 __global__ void __launch_bounds__(kThreads)
     sample_kernel(int32_t* tokens, const bf16* logits, SampleParams* params, int V, int Vp,
                   int32_t* advance, int32_t* next_input) {
+  wait_for_previous_grid();
+  allow_next_grid();
   __shared__ Best best_parts[kWarps];
   __shared__ u64 sum_parts[kWarps];
   __shared__ SelectShared select;
@@ -261,12 +264,11 @@ void sample_tokens(CudaContext& ctx, int32_t* tokens, const bf16* logits, Sample
   if (B == 0) return;
   LSGPT_CHECK(V > 0 && V <= Vp && V < (1 << 24), "sampling: need 0 < V <= Vp, V < 2^24");
   if (Vp % 8 == 0 && aligned16(logits))
-    sample_kernel<true><<<B, kThreads, 0, ctx.stream()>>>(tokens, logits, params, V, Vp, advance,
-                                                           next_input);
+    launch_kernel(ctx, sample_kernel<true>, B, kThreads, 0, tokens, logits, params, V, Vp, advance,
+                  next_input);
   else
-    sample_kernel<false><<<B, kThreads, 0, ctx.stream()>>>(tokens, logits, params, V, Vp, advance,
-                                                            next_input);
-  CUDA_CHECK_LAUNCH();
+    launch_kernel(ctx, sample_kernel<false>, B, kThreads, 0, tokens, logits, params, V, Vp, advance,
+                  next_input);
 }
 
 }  // namespace lsgpt::cuda
