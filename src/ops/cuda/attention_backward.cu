@@ -394,6 +394,7 @@ bool use_sm90(const CudaContext& ctx, const AttentionSpec& spec) {
   sm90_backward_override();
   sm90_backward_global_first();
   sm90_band_run_override();
+  sm90_ws_dynamic_override();
   const bool forced = sm80_forced();
   return !forced && sm90_backward_supported(ctx, spec.head_dim);
 }
@@ -420,6 +421,12 @@ std::optional<int> attn::sm90_band_run_override() {
               "LSGPT_ATTENTION_SM90_BAND_RUN must be a whole number of key blocks from 1 to "
               "1048576, got '", v, "'");
   return int(n);
+}
+
+std::optional<bool> attn::sm90_ws_dynamic_override() {
+  const int i = env_switch("LSGPT_ATTENTION_SM90_WS_SCHEDULE", {"auto", "static", "dynamic"});
+  if (i == 0) return std::nullopt;
+  return i == 2;
 }
 
 bool attn::sm90_backward_global_first() {
@@ -552,7 +559,8 @@ void attention_backward(CudaContext& ctx, bf16* dqkv, bf16* dqkv_colsum, const b
   else if (one_pass)
     launch_backward_sm90_one_pass(ctx, p, spec.B, span, qbar, scratch.dq_accum);
   else if (sm90 && (variant == Sm90BackwardVariant::ws || variant == Sm90BackwardVariant::ws_band))
-    launch_backward_sm90_ws(ctx, p, spec.B, span, qbar, ws_backward_short_walks(shape));
+    launch_backward_sm90_ws(ctx, p, spec.B, span, qbar, ws_backward_short_walks(shape),
+                            sm90_ws_dynamic_override().value_or(ws_backward_dynamic(shape, ctx.sm_count())));
   else if (sm90)
     launch_backward_sm90(ctx, p, spec.B, span, qbar, variant == Sm90BackwardVariant::wg2);
   else if (D == 32)

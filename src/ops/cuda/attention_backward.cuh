@@ -289,14 +289,17 @@ void launch_backward_sm90(CudaContext& ctx, const BackwardParams& p, int B, bool
 // two at D 128 (one with qbar), one block a multiprocessor walking key and
 // query blocks (global heads first). short_walks (ws_backward_short_walks)
 // double-buffers each consumer's fixed pair at D 64 without qbar, for items
-// that walk few tiles; ignored elsewhere. Either way the same bits.
+// that walk few tiles; ignored elsewhere. dynamic (ws_backward_dynamic):
+// each consumer takes the next item no consumer has taken yet from a
+// counter (p.item_counter), instead of every (consumers)-th item; band
+// runs always do. Either way the same bits.
 // With p.band_run > 0 (ws_band: D 64 without qbar, ws_band_applies) the
 // local heads' work is band runs instead of key and query blocks: one pass
 // over p.band_run key blocks of a head, dQ summed in key-block order in
 // the consumer's p.band_dq slots (deterministic, independent of the run
 // length; not base's bits for local heads' dQ, base's for everything else).
 void launch_backward_sm90_ws(CudaContext& ctx, const BackwardParams& p, int B, bool span,
-                             bool qbar, bool short_walks);
+                             bool qbar, bool short_walks, bool dynamic);
 // Floats of p.band_dq the ws kernel needs for band_slots slots a consumer
 // (one block per multiprocessor at most, three consumers at D 64).
 size_t ws_band_dq_floats(const CudaContext& ctx, int band_slots);
@@ -342,5 +345,11 @@ bool sm90_backward_global_first();
 // bits do not depend on it), or unset or empty: nullopt, ws_band_run's
 // choice. Anything else is an error.
 std::optional<int> sm90_band_run_override();
+
+// How ws hands out its items: LSGPT_ATTENTION_SM90_WS_SCHEDULE = auto (also
+// unset or empty: nullopt, ws_backward_dynamic's choice), static (every
+// (consumers)-th item) or dynamic (from a counter); anything else is an
+// error. True for dynamic.
+std::optional<bool> sm90_ws_dynamic_override();
 
 }  // namespace lsgpt::cuda::attn

@@ -22,8 +22,9 @@
 //   each other, and the producer runs ahead across items, so the next
 //   item's tiles load while a consumer finishes one and stores its rows.
 //
-// Band runs (ws_band, D 64 without qbar; attention_sm90_choice.h's
-// ws_band_pays): a local head's work becomes runs of p.band_run key blocks
+// Band runs (ws_band, D 64 without qbar; opt-in since ws with its items
+// from a counter beat it everywhere, attention_sm90_choice.h): a local
+// head's work becomes runs of p.band_run key blocks
 // in ONE pass instead of key and query blocks in two. A run walks its key
 // blocks in order, each over the query tiles of its band, and forms dV and
 // dK as a key block does and also each tile's share of dQ, dS K_j
@@ -85,11 +86,15 @@ constexpr int kRows = 64;
 // kBand (ws_band; on top of kShortWalks' buffering): local heads' work is
 // band runs, one pass that also forms dQ, through a dS tile of its own
 // (8 KiB a consumer, 216 KiB in all).
-template <int D, bool kQbar, bool kShortWalks = false, bool kBand = false>
+// kDynamic (implied by kBand): a consumer's next item is the next one no
+// consumer has taken yet, from a counter, instead of every (consumers)-th.
+template <int D, bool kQbar, bool kShortWalks = false, bool kBand = false, bool kDynamic = kBand>
 struct WsBackwardPolicy {
   static_assert(!kShortWalks || (D == 64 && !kQbar), "short walks: D 64 without qbar");
   static_assert(!kBand || kShortWalks, "band runs: the two-slot buffering");
+  static_assert(!kBand || kDynamic, "band runs: items from the counter");
   static constexpr bool kBandRuns = kBand;
+  static constexpr bool kDynamicItems = kDynamic;
   static constexpr int kConsumers = D == 64 ? (kQbar ? 2 : 3) : (kQbar ? 1 : 2);
   static constexpr int kProducerRegs = kConsumers == 3 ? 32 : 40;
   static constexpr int kConsumerRegs = kConsumers == 3 ? 160 : kConsumers == 2 ? 232 : 256;
@@ -278,12 +283,12 @@ __device__ __forceinline__ void walk_tiles(const WsMaps& maps, const BackwardPar
 }
 
 // The item a producer warp takes after `item` (every lane calls it): the
-// next stream's turn (static striding), or with band runs, whose items are
-// long and uneven, the next not yet taken by any consumer (a counter that
-// starts at 0 at each launch; each stream's first item is its own index).
+// next stream's turn (static striding), or with kDynamicItems the next not
+// yet taken by any consumer (a counter that starts at 0 at each launch;
+// each stream's first item is its own index).
 template <class Policy>
 __device__ __forceinline__ int next_item(const BackwardParams& p, int item, int n_streams) {
-  if constexpr (!Policy::kBandRuns) {
+  if constexpr (!Policy::kDynamicItems) {
     return item + n_streams;
   } else {
     int next = 0;
@@ -339,7 +344,7 @@ __device__ void produce(const WsMaps& maps, const BackwardParams& p, int B, int 
     fixed_pair(item, w.key, w.b, w.h, w.block * kRows);
     walk_tiles<D, kQbar, Policy>(maps, p, w, item_walk<kQ>(p, w), it, ring, pipe);
   }
-  if constexpr (Policy::kBandRuns) {
+  if constexpr (Policy::kDynamicItems) {
     // No more items from the counter: the next fixed slot says so (-1, no bytes).
     const int fs = k % kFixed;
     if (k >= kFixed) mbarrier_wait(&pipe.fixed_empty[fs], (k / kFixed - 1) & 1);
@@ -593,15 +598,15 @@ __device__ void consume(const BackwardParams& p, int B, int n_items, int stream,
   constexpr int kFixed = Policy::kFixedStages;
   unsigned char* ring = smem + kFixed * Shape::kPairBytes;
   int it = 0, k = 0;
-  // Static striding: every n_streams-th item from `stream`; with band runs
-  // (where `item` is overwritten) until the producer says none is left,
-  // which is after n_items turns at most. (An endless loop made ptxas
-  // spill four times as much.)
-  for (int item = stream, turn = 0; Policy::kBandRuns ? turn < n_items : item < n_items;
+  // Static striding: every n_streams-th item from `stream`; with items from
+  // the counter (where `item` is overwritten) until the producer says none
+  // is left, which is after n_items turns at most. (An endless loop made
+  // ptxas spill four times as much.)
+  for (int item = stream, turn = 0; Policy::kDynamicItems ? turn < n_items : item < n_items;
        item += n_streams, ++turn) {
     const int fs = k % kFixed;
     mbarrier_wait(&pipe.fixed_full[fs], (k / kFixed) & 1);
-    if constexpr (Policy::kBandRuns) {
+    if constexpr (Policy::kDynamicItems) {
       // The producer took the item from the counter; it comes with its
       // first fixed pair (-1: none left). Read through a shuffle, so that
       // ptxas sees a warp-uniform value.
@@ -677,9 +682,10 @@ __global__ void __launch_bounds__(WsBackwardShape<D, kQbar, Policy>::kBlockThrea
 #endif
 }
 
-template <int D, bool kSpan, bool kQbar, bool kShortWalks, bool kBand = false>
+template <int D, bool kSpan, bool kQbar, bool kShortWalks, bool kBand = false,
+          bool kDynamic = kBand>
 void launch(CudaContext& ctx, const BackwardParams& p, int B) {
-  using Policy = WsBackwardPolicy<D, kQbar, kShortWalks, kBand>;
+  using Policy = WsBackwardPolicy<D, kQbar, kShortWalks, kBand, kDynamic>;
   using Shape = WsBackwardShape<D, kQbar, Policy>;
   auto kernel = attention_backward_sm90_ws_kernel<D, kSpan, kQbar, Policy>;
   CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -690,7 +696,7 @@ void launch(CudaContext& ctx, const BackwardParams& p, int B) {
   const long long items =
       global_items + (kBand ? 1LL * ceil_div(q.n_key_blocks, q.band_run) * B * p.n_local
                             : 2LL * q.n_key_blocks * B * p.n_local);
-  // With band runs the counter hands out up to items + (streams - 1) before
+  // From the counter, up to items + (streams - 1) are handed out before
   // every producer has seen the end.
   LSGPT_CHECK(items + 4LL * std::max(1, ctx.sm_count()) <= 0x7fffffff,
               "attention_backward: too many blocks for one launch");
@@ -709,10 +715,11 @@ void launch(CudaContext& ctx, const BackwardParams& p, int B) {
   }
   const int blocks =
       std::min(ceil_div(n_items, Policy::kConsumers), std::max(1, ctx.sm_count()));
-  if (kBand) {
-    LSGPT_CHECK(q.item_counter && q.band_dq &&
-                    q.band_slots >= ws_band_slots(std::min(p.window, p.T)),
-                "attention_backward: band runs without their item counter or dQ slots");
+  if (kBand)
+    LSGPT_CHECK(q.band_dq && q.band_slots >= ws_band_slots(std::min(p.window, p.T)),
+                "attention_backward: band runs without their dQ slots");
+  if (Policy::kDynamicItems) {
+    LSGPT_CHECK(q.item_counter, "attention_backward: items from a counter without the counter");
     CUDA_CHECK(cudaMemsetAsync(q.item_counter, 0, sizeof(int), ctx.stream()));
   }
   launch_kernel(ctx, kernel, blocks, Shape::kBlockThreads, Shape::kSmemBytes, qkv_map, dout_map,
@@ -722,15 +729,17 @@ void launch(CudaContext& ctx, const BackwardParams& p, int B) {
 }  // namespace
 
 void launch_backward_sm90_ws(CudaContext& ctx, const BackwardParams& p, int B, bool span,
-                             bool qbar, bool short_walks) {
+                             bool qbar, bool short_walks, bool dynamic) {
   dispatch_backward(p, span, qbar, [&](auto d, auto span_c, auto qbar_c) {
     constexpr int D = decltype(d)::value;
     constexpr bool kSpan = decltype(span_c)::value, kQbar = decltype(qbar_c)::value;
     if constexpr (D == 64 && !kQbar) {
       if (p.band_run > 0) return launch<D, kSpan, kQbar, true, true>(ctx, p, B);
+      if (short_walks && dynamic) return launch<D, kSpan, kQbar, true, false, true>(ctx, p, B);
       if (short_walks) return launch<D, kSpan, kQbar, true>(ctx, p, B);
     }
     LSGPT_CHECK(p.band_run == 0, "attention_backward: band runs need D 64 without qbar");
+    if (dynamic) return launch<D, kSpan, kQbar, false, false, true>(ctx, p, B);
     launch<D, kSpan, kQbar, false>(ctx, p, B);
   });
 }

@@ -96,37 +96,19 @@ inline int ws_band_run(const AttentionShape& s, int sm_count) {
                                  std::max<int64_t>(blocks, 1)));
 }
 
-// Where the band runs win: bands of at most three query tiles (w up to
-// 129), long rows (T >= 4096) or only local heads, and at least two runs
-// for every multiprocessor. H200, 2026-12-01, backward alone against ws,
-// runs of 8 or 9, D 64, w 100: LS 11/12 6% faster at T 4k (B 4, 32 heads),
-// 18% at T 16k, 12% with all 12 heads local at GPT-2 small's shape (B 16,
-// T 1k: 384 runs for 132 multiprocessors); but 2% at T 1k with 32 heads,
-// and on GPT-2 small's LS layer within the spread between runs (0.6-1%
-// slower; its training step the same either way), where the global head's
-// two-pass items come last and are short; with w 256 (five tiles, four
-// halo blocks a run) 17-21% slower. Fewer runs than that leave consumers
-// idle (runs of 16, 1.4 a multiprocessor: 70% slower than runs of 8).
-constexpr int kBandRunMaxTiles = 3;
-constexpr int kBandRunMinT = 4096;
-inline bool ws_band_pays(const AttentionShape& s, int sm_count) {
-  if (!ws_band_applies(s) || ws_band_tiles(std::min(s.window, s.T)) > kBandRunMaxTiles ||
-      (s.T < kBandRunMinT && s.n_local != s.n_head))
-    return false;
-  const int64_t blocks = (int64_t(s.T) + 63) / 64, run = ws_band_run(s, sm_count);
-  const int64_t runs = int64_t(s.B) * s.n_local * ((blocks + run - 1) / run);
-  return runs >= 2 * int64_t(std::max(1, sm_count));
-}
-
-// ws_band where its band runs pay (above). Otherwise: ws (TMA producers,
-// two or three consumer warpgroups, persistent) was the fastest at
-// every shape of the grid (1.02-1.43x base, H200, 2026-11-30) but one: D 128
-// with qbar, where its accumulators leave room for one consumer a block
-// only. There, as before ws existed: wg2 halves the number of blocks and
-// wins (3-7%) only while the global heads alone still give every
-// multiprocessor two blocks, since the global heads carry most of the work.
+// ws (TMA producers, two or three consumer warpgroups, persistent) was the
+// fastest at every shape of the grid (1.02-1.43x base, H200, 2026-11-30)
+// but one: D 128 with qbar, where its accumulators leave room for one
+// consumer a block only. There, as before ws existed: wg2 halves the number
+// of blocks and wins (3-7%) only while the global heads alone still give
+// every multiprocessor two blocks, since the global heads carry most of
+// the work. ws_band (band runs) is never the default: ws with its items
+// from a counter (ws_backward_dynamic) is faster wherever band runs had
+// won (H200, 2026-12-01, the backward alone: LS 11/12 at T 4k 0.541 ms
+// against 0.565, at T 16k 1.005 against 1.045, GPT-2 small's all-local
+// layer 0.164 against 0.178); what the band runs had gained over ws was
+// the counter.
 inline Sm90BackwardVariant choose_sm90_backward(const AttentionShape& s, int sm_count) {
-  if (ws_band_pays(s, sm_count)) return Sm90BackwardVariant::ws_band;
   if (s.head_dim <= 64 || !s.span_qbar) return Sm90BackwardVariant::ws;
   const int64_t global_blocks =
       int64_t(s.B) * (s.n_head - s.n_local) * ((int64_t(s.T) + 127) / 128);
@@ -147,6 +129,25 @@ inline Sm90BackwardVariant choose_sm90_backward(const AttentionShape& s, int sm_
 // and at LS 1/2 T 16k: not taken.)
 inline bool ws_backward_short_walks(const AttentionShape& s) {
   return s.head_dim <= 64 && !s.span_qbar && local_work_share(s) >= 0.25;
+}
+
+// ws's items from a counter (dynamic) rather than by striding: where few
+// global heads' items, which walk up to T / 64 tiles, come to each
+// consumer, striding hands some consumers one more long item than others
+// and the block waits for them. H200, 2026-12-01, forward+backward (the
+// forward the same), dynamic against striding: LS 11/12 w 100 at D 128 -3%
+// at T 1k, -12% at 4k and -18% at 16k (two items a consumer or fewer);
+// at T 1k GPT-2 small's LS and MHSA layers -7%, LS 11/12 and MHSA at 32
+// heads -5% and -3%. With many long items (MHSA and LS 1/2 from T 4k, 20
+// to 41 a consumer) striding was faster by up to 13% (MHSA at D 128 from
+// T 4k), so they keep it.
+inline bool ws_backward_dynamic(const AttentionShape& s, int sm_count) {
+  const bool d64 = s.head_dim <= 64;
+  const int consumers = d64 ? (s.span_qbar ? 2 : 3) : (s.span_qbar ? 1 : 2);
+  const int64_t streams = int64_t(std::max(1, sm_count)) * consumers;
+  const int64_t global_items =
+      2 * int64_t(s.B) * (s.n_head - s.n_local) * ((int64_t(s.T) + 63) / 64);
+  return s.T <= 1024 || global_items < 8 * streams;
 }
 
 }  // namespace lsgpt::cuda::attn

@@ -35,6 +35,8 @@ constexpr const char* kSm90BackwardVariants[] = {"base",     "wg2",          "ws
                                                   "one_pass", "one_pass_wg2", "ws_band"};
 // ws_band's run length in key blocks (attention_backward.cuh).
 constexpr const char* kSm90BandRun = "LSGPT_ATTENTION_SM90_BAND_RUN";
+// How ws hands out its items (striding or a counter).
+constexpr const char* kSm90WsSchedule = "LSGPT_ATTENTION_SM90_WS_SCHEDULE";
 // The order the two-pass Hopper backward starts its blocks in.
 constexpr const char* kSm90BackwardOrder = "LSGPT_ATTENTION_SM90_BACKWARD_ORDER";
 

@@ -35,18 +35,19 @@ struct Measured {
 
 // The measured winners (H200, 2026-11-30, D 64 with the forward's three
 // consumers; ws_persistent stands for ws at D 128 LS T 1k, within 2%). The
-// backward's ws won at every shape then; since 2026-12-01 ws_band takes LS
-// 11/12 (w 100) at D 64 from T 4k: 6% and 18% faster than ws (within 2% at
-// T 1k, where ws stays).
+// backward's ws won at every shape then, and again on 2026-12-01 with its
+// items from a counter where ws_backward_dynamic says, against band runs
+// (ws_band), which had won LS 11/12 at D 64 from T 4k against ws by
+// striding.
 constexpr Measured kMeasured[] = {
     {"mhsa", 64, 1024, F::ws_persistent, Bw::ws},
     {"ls_11of12_w100", 64, 1024, F::base, Bw::ws},
     {"ls_half_w256", 64, 1024, F::ws_persistent, Bw::ws},
     {"mhsa", 64, 4096, F::ws_persistent, Bw::ws},
-    {"ls_11of12_w100", 64, 4096, F::ws, Bw::ws_band},
+    {"ls_11of12_w100", 64, 4096, F::ws, Bw::ws},
     {"ls_half_w256", 64, 4096, F::ws, Bw::ws},
     {"mhsa", 64, 16384, F::ws, Bw::ws},
-    {"ls_11of12_w100", 64, 16384, F::ws, Bw::ws_band},
+    {"ls_11of12_w100", 64, 16384, F::ws, Bw::ws},
     {"ls_half_w256", 64, 16384, F::ws, Bw::ws},
     {"mhsa", 128, 1024, F::ws_persistent, Bw::ws},
     {"ls_11of12_w100", 128, 1024, F::ws_persistent, Bw::ws},
@@ -86,13 +87,13 @@ TEST(AttentionSm90Choice, LocalWorkShare) {
 
 // GPT-2 small's training shape (B 16, T 1024, 12 heads of 64): LS 11/12 keeps
 // base forward (two thirds of the work is band rows), MHSA takes
-// ws_persistent; the backward is ws for both, with or without qbar at D 64
-// (ws_band only with every head local at T 1k).
+// ws_persistent; the backward is ws for both (and with every head local),
+// with or without qbar at D 64.
 TEST(AttentionSm90Choice, Gpt2Small) {
   EXPECT_EQ(int(choose_sm90_forward({16, 1024, 12, 11, 100, 64})), int(F::base));
   EXPECT_EQ(int(choose_sm90_forward({16, 1024, 12, 0, 1, 64})), int(F::ws_persistent));
   EXPECT_EQ(int(choose_sm90_backward({16, 1024, 12, 11, 100, 64}, kH200Sms)), int(Bw::ws));
-  EXPECT_EQ(int(choose_sm90_backward({16, 1024, 12, 12, 100, 64}, kH200Sms)), int(Bw::ws_band));
+  EXPECT_EQ(int(choose_sm90_backward({16, 1024, 12, 12, 100, 64}, kH200Sms)), int(Bw::ws));
   EXPECT_EQ(int(choose_sm90_backward({16, 1024, 12, 0, 1, 64}, kH200Sms)), int(Bw::ws));
   EXPECT_EQ(int(choose_sm90_backward({16, 1024, 12, 11, 100, 64, true}, kH200Sms)), int(Bw::ws));
 }
@@ -133,6 +134,28 @@ TEST(AttentionSm90Choice, BackwardShortWalks) {
   EXPECT_FALSE(ws_backward_short_walks(grid_shape("ls_half_w256", 16384, 64)));
   EXPECT_FALSE(ws_backward_short_walks(grid_shape("mhsa", 1024, 64)));
   EXPECT_FALSE(ws_backward_short_walks({0, 0, 12, 0, 1, 64}));  // no rows
+}
+
+// ws's items from a counter (ws_backward_dynamic): at T <= 1024, and where
+// the global heads' items come to fewer than 8 a consumer (LS 11/12 at D
+// 128 from T 4k: 512 items for 264 consumers); not for MHSA or LS 1/2 from
+// T 4k (8,192 items), where striding measured faster.
+TEST(AttentionSm90Choice, BackwardItemsFromACounter) {
+  EXPECT_TRUE(ws_backward_dynamic({16, 1024, 12, 11, 100, 64}, kH200Sms));  // GPT-2 small LS
+  EXPECT_TRUE(ws_backward_dynamic({16, 1024, 12, 0, 1, 64}, kH200Sms));     // and MHSA
+  EXPECT_TRUE(ws_backward_dynamic({4, 4096, 16, 15, 100, 128}, kH200Sms));
+  EXPECT_TRUE(ws_backward_dynamic({1, 16384, 16, 15, 100, 128}, kH200Sms));
+  EXPECT_FALSE(ws_backward_dynamic({4, 4096, 16, 0, 1, 128}, kH200Sms));
+  EXPECT_FALSE(ws_backward_dynamic({1, 16384, 16, 8, 256, 128}, kH200Sms));  // 4,096 items
+  EXPECT_FALSE(ws_backward_dynamic(grid_shape("mhsa", 4096, 64), kH200Sms));
+  EXPECT_FALSE(ws_backward_dynamic(grid_shape("ls_half_w256", 16384, 64), kH200Sms));
+  // With qbar at D 64 two consumers a block (264 in all): 1,536 items.
+  EXPECT_TRUE(ws_backward_dynamic({4, 4096, 32, 29, 100, 64, true}, kH200Sms));
+  // The same items on a GPU of 16 multiprocessors are many a consumer.
+  EXPECT_FALSE(ws_backward_dynamic({4, 4096, 16, 15, 100, 128}, 16));
+  EXPECT_FALSE(ws_backward_dynamic({4, 4096, 16, 15, 100, 128}, 0));  // 0 SMs taken as 1
+  EXPECT_TRUE(ws_backward_dynamic({4, 4096, 16, 16, 100, 128}, 0));   // no global items
+  EXPECT_TRUE(ws_backward_dynamic({0, 0, 12, 0, 1, 64}, kH200Sms));  // no rows: nothing to hand out
 }
 
 // ws_band: the query tiles a local 64-key block walks, (w + 62) / 64 + 1
@@ -176,29 +199,6 @@ TEST(AttentionSm90Choice, BandRunLength) {
   EXPECT_EQ(ws_band_run({1, 100, 2, 1, 5, 64}, kH200Sms), 2);      // a 2-block head
   EXPECT_EQ(ws_band_run({64, 16384, 32, 32, 100, 64}, 1), 256);   // capped at the head
   EXPECT_EQ(ws_band_run({1, 1, 1, 1, 1, 64}, 0), 1);
-}
-
-// ws_band is the default where bands are at most three tiles (w <= 129),
-// T >= 4096 or every head is local, and there are at least two runs a
-// multiprocessor: LS 11/12 at w 100 from T 4k, GPT-2 small's all-local
-// layer (384 runs); not LS 11/12 at T 1k, not w 256 (five tiles), not a
-// few short heads (B 1: 24 runs), nor where the band runs do not apply
-// (D 128, qbar, no local heads).
-TEST(AttentionSm90Choice, BandRunsWhereTheyPay) {
-  EXPECT_TRUE(ws_band_pays({16, 1024, 12, 12, 100, 64}, kH200Sms));
-  EXPECT_FALSE(ws_band_pays({16, 1024, 12, 12, 100, 64}, 200));  // 384 runs for 200 SMs
-  EXPECT_FALSE(ws_band_pays({1, 1024, 12, 12, 100, 64}, kH200Sms));
-  EXPECT_FALSE(ws_band_pays({16, 1024, 12, 11, 100, 64}, kH200Sms));
-  EXPECT_TRUE(ws_band_pays({4, 4096, 12, 11, 129, 64}, kH200Sms));  // 4 x 11 x 8 runs
-  EXPECT_FALSE(ws_band_pays({1, 4096, 12, 11, 100, 64}, kH200Sms));  // 88 runs
-  EXPECT_FALSE(ws_band_pays({4, 4096, 12, 11, 130, 64}, kH200Sms));
-  EXPECT_FALSE(ws_band_pays({4, 4095, 12, 11, 100, 64}, kH200Sms));
-  EXPECT_TRUE(ws_band_pays(grid_shape("ls_11of12_w100", 4096, 64), kH200Sms));
-  EXPECT_TRUE(ws_band_pays(grid_shape("ls_11of12_w100", 16384, 64), kH200Sms));
-  EXPECT_FALSE(ws_band_pays(grid_shape("ls_half_w256", 4096, 64), kH200Sms));
-  EXPECT_FALSE(ws_band_pays({4, 4096, 12, 11, 100, 128}, kH200Sms));
-  EXPECT_FALSE(ws_band_pays({4, 4096, 12, 11, 100, 64, true}, kH200Sms));
-  EXPECT_FALSE(ws_band_pays({4, 4096, 12, 0, 1, 64}, kH200Sms));
 }
 
 }  // namespace

@@ -356,7 +356,8 @@ void against_base(Backend& cuda, const VariantCase (&shapes)[kShapes],
 // 48) without qbar the shapes where band rows carry a quarter of the work
 // or more (T 7, T 300 with w 100, D 48 at T 1000, all local at T 2048 with
 // 5 items a consumer) run the two-slot buffering (ws_backward_short_walks),
-// the others the one-slot one.
+// the others the one-slot one; each with its items handed out by striding
+// and from the counter (LSGPT_ATTENTION_SM90_WS_SCHEDULE).
 TEST(CudaAttentionBackwardSm90Dispatch, WsMatchesBase) {
   REQUIRE_CUDA(cuda);
   REQUIRE_HOPPER();
@@ -367,14 +368,24 @@ TEST(CudaAttentionBackwardSm90Dispatch, WsMatchesBase) {
                                 {4, 4096, 64, 4, 3, 100},  {1, 129, 128, 2, 2, 1000},
                                 {4, 4096, 128, 4, 3, 100}, {2, 300, 64, 3, 2, 1},
                                 {8, 2048, 64, 4, 4, 100}};
-  auto check = [](const AttentionSpec& spec, const Forward&, const Gradients& base,
-                  const Gradients& ws) {
+  auto same_as_base = [](const AttentionSpec& spec, const Gradients& base, const Gradients& ws) {
     const size_t C = spec.C();
     const char* names[3] = {"dq", "dk", "dv"};
     for (int part = 0; part < 3; ++part)
       EXPECT_EQ(qkv_part(ws.dqkv, part, C), qkv_part(base.dqkv, part, C)) << names[part];
     // The same rows in the same part sums: the bias too.
     EXPECT_EQ(ws.bias, base.bias) << "bias sums";
+  };
+  auto check = [&](const AttentionSpec& spec, const Forward& f, const Gradients& base,
+                   const Gradients& ws) {
+    same_as_base(spec, base, ws);
+    // Items by striding or from the counter: which consumer computes an
+    // item, never how.
+    for (const char* schedule : {"static", "dynamic"}) {
+      SCOPED_TRACE(schedule);
+      ScopedEnv set(kSm90WsSchedule, schedule);
+      same_as_base(spec, base, run_backward_on(*cuda, spec, f, true));
+    }
   };
   against_base(*cuda, shapes, spans, 97, "ws", check);
 }
@@ -482,6 +493,14 @@ TEST(CudaAttentionBackwardSm90Dispatch, RefusesABadBandRun) {
                                "blocks from 1 to 1048576, got '") + bad + "'",
                    "attention_backward");
   }
+}
+
+TEST(CudaAttentionBackwardSm90Dispatch, RefusesAnUnknownWsSchedule) {
+  REQUIRE_CUDA(cuda);
+  constexpr const char* kSchedules[] = {"static", "dynamic"};
+  check_backward_switch(*cuda, kSm90WsSchedule, kSchedules, "sometimes",
+                        "LSGPT_ATTENTION_SM90_WS_SCHEDULE must be auto, static or dynamic, got "
+                        "'sometimes'");
 }
 
 TEST(CudaAttentionBackwardSm90Dispatch, RefusesAnUnknownOrder) {
