@@ -37,11 +37,12 @@ struct BackwardParams {
   float* bias_partials = nullptr;
   int bias_row_groups = 0;
   // ws's band runs (launch_backward_sm90_ws with band_run > 0; D 64, local
-  // heads): key blocks a run; the item counter (one int, zeroed by the
-  // launch) from which consumers then take their next item instead of
-  // every (grid's consumers)-th; dQ part-sum slots a consumer
-  // (ws_band_slots) and the slots, band_slots x 64 x 64 floats for each of
-  // the grid's consumers (ws_band_dq_floats). Unused elsewhere.
+  // heads): key blocks a run, dQ part-sum slots a consumer (ws_band_slots)
+  // and the slots, band_slots x 64 x 64 floats for each of the grid's
+  // consumers (ws_band_dq_floats); unused elsewhere. The item counter (one
+  // int, zeroed by the launch) from which ws's consumers take their next
+  // item instead of every (grid's consumers)-th, with band runs or with
+  // launch_backward_sm90_ws's `dynamic`.
   int band_run = 0, band_slots = 0;
   int* item_counter = nullptr;
   float* band_dq = nullptr;

@@ -699,7 +699,7 @@ void launch(CudaContext& ctx, const BackwardParams& p, int B) {
   // From the counter, up to items + (streams - 1) are handed out before
   // every producer has seen the end.
   LSGPT_CHECK(items + 4LL * std::max(1, ctx.sm_count()) <= 0x7fffffff,
-              "attention_backward: too many blocks for one launch");
+              "attention_backward: too many work items for one launch");
   const int n_items = int(items);
   const size_t qkv_row = size_t(3) * p.C;
   const CUtensorMap qkv_map = head_tensor_map(p.qkv, p.head_dim, 3 * p.n_head, qkv_row, p.T, B,

@@ -131,23 +131,30 @@ inline bool ws_backward_short_walks(const AttentionShape& s) {
   return s.head_dim <= 64 && !s.span_qbar && local_work_share(s) >= 0.25;
 }
 
-// ws's items from a counter (dynamic) rather than by striding: where few
+// ws's items from a counter (dynamic) rather than by striding. Where few
 // global heads' items, which walk up to T / 64 tiles, come to each
-// consumer, striding hands some consumers one more long item than others
-// and the block waits for them. H200, 2026-12-01, forward+backward (the
-// forward the same), dynamic against striding: LS 11/12 w 100 at D 128 -3%
-// at T 1k, -12% at 4k and -18% at 16k (two items a consumer or fewer);
-// at T 1k GPT-2 small's LS and MHSA layers -7%, LS 11/12 and MHSA at 32
-// heads -5% and -3%. With many long items (MHSA and LS 1/2 from T 4k, 20
-// to 41 a consumer) striding was faster by up to 13% (MHSA at D 128 from
-// T 4k), so they keep it.
+// consumer, or many short local items sit among them, striding hands some
+// consumers more long walks than others and the block waits for them.
+// H200, 2026-12-01, forward+backward (the forward the same), dynamic
+// against striding: LS 11/12 w 100 at D 128 -3% at T 1k, -12% at 4k and
+// -18% at 16k (two global items a consumer or fewer); at T 1k GPT-2
+// small's LS and MHSA layers -7%, LS 11/12 and MHSA at 32 heads -5% and
+// -3%; LS 11/12 with the span's qbar at T 4k -7%. The band runs, which
+// always took their items from the counter, had been 6% and 28% faster
+// than ws by striding at LS 11/12, D 64, T 4k and 16k; ws with the counter
+// beats them there, so the counter stays wherever local bands are at most
+// three tiles (w <= 129), whatever B and T. With many long items and no
+// such bands (MHSA and LS 1/2 w 256 from T 4k, 15 to 41 global items a
+// consumer) striding was faster by up to 13% (MHSA at D 128 from T 4k),
+// or the two within 1% (LS 1/2), so they keep striding.
 inline bool ws_backward_dynamic(const AttentionShape& s, int sm_count) {
   const bool d64 = s.head_dim <= 64;
   const int consumers = d64 ? (s.span_qbar ? 2 : 3) : (s.span_qbar ? 1 : 2);
   const int64_t streams = int64_t(std::max(1, sm_count)) * consumers;
   const int64_t global_items =
       2 * int64_t(s.B) * (s.n_head - s.n_local) * ((int64_t(s.T) + 63) / 64);
-  return s.T <= 1024 || global_items < 8 * streams;
+  const bool short_bands = s.n_local > 0 && ws_band_tiles(std::min(s.window, s.T)) <= 3;
+  return s.T <= 1024 || global_items < 8 * streams || short_bands;
 }
 
 }  // namespace lsgpt::cuda::attn

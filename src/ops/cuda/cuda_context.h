@@ -51,7 +51,8 @@ class CudaContext {
   // Whether `kernel` (a __global__ function) is launched with programmatic
   // dependent launch (launch.cuh): a GPU of compute capability 9.0 or newer,
   // the kernel's code compiled for sm_90 or newer (so it waits with
-  // griddepcontrol), and LSGPT_PDL not set to 0. Remembered per kernel.
+  // griddepcontrol), and LSGPT_PDL not set to 0. Remembered per kernel
+  // (not thread-safe: a context, like its stream, serves one thread).
   bool dependent_launch(const void* kernel);
 
  private:

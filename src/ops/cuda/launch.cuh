@@ -48,6 +48,14 @@ __device__ __forceinline__ void allow_next_grid() {
 #endif
 }
 
+// A failed launch: lsgpt::Error naming the kernel (its mangled name) and
+// the driver's message.
+[[noreturn]] inline void fail_launch(const void* kernel, cudaError_t err) {
+  const char* name = nullptr;
+  if (cudaFuncGetName(&name, kernel) != cudaSuccess || !name) name = "(unnamed)";
+  fail("CUDA error launching kernel ", name, ": ", cudaGetErrorString(err));
+}
+
 // kernel<<<grid, block, smem_bytes, ctx.stream()>>>(args...), with PDL where
 // the kernel and the GPU support it (ctx.dependent_launch). Errors in the
 // launch configuration are reported here as lsgpt::Error.
@@ -65,7 +73,8 @@ void launch_kernel(CudaContext& ctx, void (*kernel)(Params...), dim3 grid, dim3 
   config.stream = ctx.stream();
   config.attrs = &attribute;
   config.numAttrs = 1;
-  CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...));
+  const cudaError_t err = cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...);
+  if (err != cudaSuccess) fail_launch(reinterpret_cast<const void*>(kernel), err);
 }
 
 }  // namespace lsgpt::cuda

@@ -358,7 +358,6 @@ void layernorm_forward(CudaContext& ctx, bf16* out, float* mean, float* rstd, co
     launch_kernel(ctx, layernorm_forward_kernel, blocks, threads, 0, out, mean, rstd, inp, weight,
                   bias, N, C);
   }
-  CUDA_CHECK_LAUNCH();
 }
 
 void add_layernorm_forward(CudaContext& ctx, bf16* residual, bf16* out, float* mean, float* rstd,
@@ -399,7 +398,6 @@ void layernorm_backward(CudaContext& ctx, bf16* dinp, bf16* dweight, bf16* dbias
     launch_kernel(ctx, layernorm_backward_input_kernel, blocks, threads, 0, dinp, dout, inp, weight,
                   mean, rstd, N, C);
   }
-  CUDA_CHECK_LAUNCH();
   const PartialSums partials(ctx, ceil_div(N, kPartRows), C);  // weight, bias
   const int parts = partials.parts;
   const dim3 part_threads(kWarpSize, kPartRowThreads);

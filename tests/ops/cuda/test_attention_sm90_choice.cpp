@@ -136,10 +136,12 @@ TEST(AttentionSm90Choice, BackwardShortWalks) {
   EXPECT_FALSE(ws_backward_short_walks({0, 0, 12, 0, 1, 64}));  // no rows
 }
 
-// ws's items from a counter (ws_backward_dynamic): at T <= 1024, and where
-// the global heads' items come to fewer than 8 a consumer (LS 11/12 at D
-// 128 from T 4k: 512 items for 264 consumers); not for MHSA or LS 1/2 from
-// T 4k (8,192 items), where striding measured faster.
+// ws's items from a counter (ws_backward_dynamic): at T <= 1024, where the
+// global heads' items come to fewer than 8 a consumer (LS 11/12 at D 128
+// from T 4k: 512 items for 264 consumers), and wherever local bands are at
+// most three tiles (w <= 129: LS 11/12 at any B and T); not for MHSA
+// (16,384 global items at D 64 from T 4k, 8,192 at D 128) or LS 1/2 at w
+// 256 from T 4k, where striding measured faster or the same.
 TEST(AttentionSm90Choice, BackwardItemsFromACounter) {
   EXPECT_TRUE(ws_backward_dynamic({16, 1024, 12, 11, 100, 64}, kH200Sms));  // GPT-2 small LS
   EXPECT_TRUE(ws_backward_dynamic({16, 1024, 12, 0, 1, 64}, kH200Sms));     // and MHSA
@@ -149,12 +151,20 @@ TEST(AttentionSm90Choice, BackwardItemsFromACounter) {
   EXPECT_FALSE(ws_backward_dynamic({1, 16384, 16, 8, 256, 128}, kH200Sms));  // 4,096 items
   EXPECT_FALSE(ws_backward_dynamic(grid_shape("mhsa", 4096, 64), kH200Sms));
   EXPECT_FALSE(ws_backward_dynamic(grid_shape("ls_half_w256", 16384, 64), kH200Sms));
+  // Short bands: LS 11/12 at w 100 and 129 with many global items (B 16,
+  // T 4k: 6,144), not at w 130 (four tiles).
+  EXPECT_TRUE(ws_backward_dynamic({16, 4096, 32, 29, 100, 64}, kH200Sms));
+  EXPECT_TRUE(ws_backward_dynamic({16, 4096, 32, 29, 129, 64}, kH200Sms));
+  EXPECT_FALSE(ws_backward_dynamic({16, 4096, 32, 29, 130, 64}, kH200Sms));
+  EXPECT_TRUE(ws_backward_dynamic({8, 16384, 32, 29, 100, 64}, kH200Sms));
   // With qbar at D 64 two consumers a block (264 in all): 1,536 items.
   EXPECT_TRUE(ws_backward_dynamic({4, 4096, 32, 29, 100, 64, true}, kH200Sms));
-  // The same items on a GPU of 16 multiprocessors are many a consumer.
-  EXPECT_FALSE(ws_backward_dynamic({4, 4096, 16, 15, 100, 128}, 16));
-  EXPECT_FALSE(ws_backward_dynamic({4, 4096, 16, 15, 100, 128}, 0));  // 0 SMs taken as 1
-  EXPECT_TRUE(ws_backward_dynamic({4, 4096, 16, 16, 100, 128}, 0));   // no global items
+  // The same global items on a GPU of 16 multiprocessors are many a
+  // consumer (w 256: no short bands).
+  EXPECT_TRUE(ws_backward_dynamic({4, 4096, 16, 8, 256, 128}, 300));  // 4,096 for 600
+  EXPECT_FALSE(ws_backward_dynamic({4, 4096, 16, 8, 256, 128}, 16));
+  EXPECT_FALSE(ws_backward_dynamic({4, 4096, 16, 8, 256, 128}, 0));  // 0 SMs taken as 1
+  EXPECT_TRUE(ws_backward_dynamic({4, 4096, 16, 0, 1, 128}, 10000));
   EXPECT_TRUE(ws_backward_dynamic({0, 0, 12, 0, 1, 64}, kH200Sms));  // no rows: nothing to hand out
 }
 

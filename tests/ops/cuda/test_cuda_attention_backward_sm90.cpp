@@ -495,20 +495,18 @@ TEST(CudaAttentionBackwardSm90Dispatch, RefusesABadBandRun) {
   }
 }
 
-TEST(CudaAttentionBackwardSm90Dispatch, RefusesAnUnknownWsSchedule) {
-  REQUIRE_CUDA(cuda);
-  constexpr const char* kSchedules[] = {"static", "dynamic"};
-  check_backward_switch(*cuda, kSm90WsSchedule, kSchedules, "sometimes",
-                        "LSGPT_ATTENTION_SM90_WS_SCHEDULE must be auto, static or dynamic, got "
-                        "'sometimes'");
-}
-
-TEST(CudaAttentionBackwardSm90Dispatch, RefusesAnUnknownOrder) {
+// The block order's and ws's item schedule's switches: their values taken,
+// anything else refused.
+TEST(CudaAttentionBackwardSm90Dispatch, RefusesAnUnknownOrderOrSchedule) {
   REQUIRE_CUDA(cuda);
   constexpr const char* kOrders[] = {"batch_major", "global_first"};
   check_backward_switch(*cuda, kSm90BackwardOrder, kOrders, "heads_first",
                         "LSGPT_ATTENTION_SM90_BACKWARD_ORDER must be auto, batch_major or "
                         "global_first, got 'heads_first'");
+  constexpr const char* kSchedules[] = {"static", "dynamic"};
+  check_backward_switch(*cuda, kSm90WsSchedule, kSchedules, "sometimes",
+                        "LSGPT_ATTENTION_SM90_WS_SCHEDULE must be auto, static or dynamic, got "
+                        "'sometimes'");
 }
 
 // The block order changes when a gradient row is computed, never how: base
