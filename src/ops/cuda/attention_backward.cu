@@ -559,8 +559,9 @@ void attention_backward(CudaContext& ctx, bf16* dqkv, bf16* dqkv_colsum, const b
   else if (one_pass)
     launch_backward_sm90_one_pass(ctx, p, spec.B, span, qbar, scratch.dq_accum);
   else if (sm90 && (variant == Sm90BackwardVariant::ws || variant == Sm90BackwardVariant::ws_band))
-    launch_backward_sm90_ws(ctx, p, spec.B, span, qbar, ws_backward_short_walks(shape),
-                            sm90_ws_dynamic_override().value_or(ws_backward_dynamic(shape, ctx.sm_count())));
+    launch_backward_sm90_ws(
+        ctx, p, spec.B, span, qbar, ws_backward_short_walks(shape),
+        sm90_ws_dynamic_override().value_or(ws_backward_dynamic(shape, ctx.sm_count())));
   else if (sm90)
     launch_backward_sm90(ctx, p, spec.B, span, qbar, variant == Sm90BackwardVariant::wg2);
   else if (D == 32)

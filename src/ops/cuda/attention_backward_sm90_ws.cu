@@ -95,7 +95,7 @@ struct WsBackwardPolicy {
   static_assert(!kBand || kDynamic, "band runs: items from the counter");
   static constexpr bool kBandRuns = kBand;
   static constexpr bool kDynamicItems = kDynamic;
-  static constexpr int kConsumers = D == 64 ? (kQbar ? 2 : 3) : (kQbar ? 1 : 2);
+  static constexpr int kConsumers = ws_backward_consumers(D, kQbar);
   static constexpr int kProducerRegs = kConsumers == 3 ? 32 : 40;
   static constexpr int kConsumerRegs = kConsumers == 3 ? 160 : kConsumers == 2 ? 232 : 256;
   static constexpr int kStages = kShortWalks ? 2 : D == 64 || kConsumers == 1 ? 3 : 2;

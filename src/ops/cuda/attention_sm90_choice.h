@@ -131,6 +131,12 @@ inline bool ws_backward_short_walks(const AttentionShape& s) {
   return s.head_dim <= 64 && !s.span_qbar && local_work_share(s) >= 0.25;
 }
 
+// Consumer warpgroups a ws backward block has (WsBackwardPolicy): three at
+// D 64, two with qbar's accumulators or at D 128, one at D 128 with qbar.
+constexpr int ws_backward_consumers(int padded_head_dim, bool qbar) {
+  return padded_head_dim <= 64 ? (qbar ? 2 : 3) : (qbar ? 1 : 2);
+}
+
 // ws's items from a counter (dynamic) rather than by striding. Where few
 // global heads' items, which walk up to T / 64 tiles, come to each
 // consumer, or many short local items sit among them, striding hands some
@@ -148,9 +154,8 @@ inline bool ws_backward_short_walks(const AttentionShape& s) {
 // consumer) striding was faster by up to 13% (MHSA at D 128 from T 4k),
 // or the two within 1% (LS 1/2), so they keep striding.
 inline bool ws_backward_dynamic(const AttentionShape& s, int sm_count) {
-  const bool d64 = s.head_dim <= 64;
-  const int consumers = d64 ? (s.span_qbar ? 2 : 3) : (s.span_qbar ? 1 : 2);
-  const int64_t streams = int64_t(std::max(1, sm_count)) * consumers;
+  const int64_t streams =
+      int64_t(std::max(1, sm_count)) * ws_backward_consumers(s.head_dim, s.span_qbar);
   const int64_t global_items =
       2 * int64_t(s.B) * (s.n_head - s.n_local) * ((int64_t(s.T) + 63) / 64);
   const bool short_bands = s.n_local > 0 && ws_band_tiles(std::min(s.window, s.T)) <= 3;

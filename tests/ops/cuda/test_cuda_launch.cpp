@@ -17,6 +17,8 @@
 #include "../../support/numeric.h"
 #include "core/dtype.h"
 #include "core/env_switch.h"
+#include "cuda_test_util.h"
+#include "hopper_test_util.h"
 #include "ops/cuda/cuda_check.h"
 #include "ops/cuda/cuda_context.h"
 #include "ops/cuda/ops.h"
@@ -24,29 +26,7 @@
 namespace lsgpt {
 namespace {
 
-
-// "" when there is a CUDA GPU, else why not.
-std::string why_no_gpu() {
-  int count = 0;
-  if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
-    cudaGetLastError();
-    return "no CUDA GPU";
-  }
-  return "";
-}
-
-// "" when the kernels run the sm_90a code, with griddepcontrol (compute
-// capability 9.x), else why the test does not apply.
-std::string why_no_dependent_launch() {
-  if (std::string why = why_no_gpu(); !why.empty()) return why;
-  int device = 0;
-  cudaDeviceProp prop{};
-  if (cudaGetDevice(&device) != cudaSuccess || cudaGetDeviceProperties(&prop, device) != cudaSuccess)
-    return "cannot read the device properties";
-  if (prop.major == 9) return "";
-  return std::string(prop.name) + " (compute capability " + std::to_string(prop.major) + "." +
-         std::to_string(prop.minor) + ") does not run the build's sm_90a code";
-}
+using namespace cuda_test;
 
 struct Chain {
   std::vector<cudaGraphEdgeData> edges;
@@ -102,8 +82,8 @@ std::vector<float> expected_chain(const std::vector<float>& a, const std::vector
 }
 
 TEST(CudaLaunch, DependentKernelsJoinByAProgrammaticEdge) {
-  const std::string why_not = why_no_dependent_launch();
-  if (!why_not.empty()) GTEST_SKIP() << why_not;
+  REQUIRE_CUDA(gpu);  // a backend, for the skip; the test makes its own contexts
+  REQUIRE_HOPPER();  // the build's sm_90a code, with griddepcontrol
   // An odd length takes the residual kernel's scalar path as well as the
   // vector one; 1 << 20 entries make the first kernel several waves long.
   const size_t n = (size_t(1) << 20) + 3;
@@ -125,16 +105,10 @@ TEST(CudaLaunch, DependentKernelsJoinByAProgrammaticEdge) {
 
 // On every GPU, when the backend starts.
 TEST(CudaLaunch, RefusesABadSwitch) {
-  const std::string why_not = why_no_gpu();
-  if (!why_not.empty()) GTEST_SKIP() << why_not;
+  REQUIRE_CUDA(gpu);  // a backend, for the skip; the test makes its own contexts
   ScopedEnv env("LSGPT_PDL", "yes");
-  try {
-    cuda::CudaContext ctx;
-    FAIL() << "LSGPT_PDL=yes was taken";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("LSGPT_PDL must be 1 or 0, got 'yes'"), std::string::npos)
-        << e.what();
-  }
+  expect_refusal([] { cuda::CudaContext ctx; }, "LSGPT_PDL must be 1 or 0, got 'yes'",
+                            "the CUDA context");
 }
 
 }  // namespace
