@@ -13,7 +13,7 @@
 // compute capability 9.0 GPU, the variant attention_sm90_choice.h picks for
 // the shape), one JSON line per configuration; where the default is a
 // wgmma kernel, every variant forced as well
-// (LSGPT_ATTENTION_SM90_FORWARD = base, ws, ws_persistent:
+// (LSGPT_ATTENTION_SM90_FORWARD = base, ws, ws_persistent, ws_dynamic:
 // "fwd_<variant>_ms" and "_tflops", "<variant>_speedup" over sm_80).
 // backward_kernels=1 does the same for the backward alone (delta kernel
 // included), from one forward's outputs, with the backward's variants
@@ -194,7 +194,7 @@ void run_config(Backend& be, const Config& c, int reps, Mode mode) {
   const double flops_fwd = 4.0 * c.B * visible_pairs(c) * c.head_dim;
   if (mode == Mode::forward_kernels) {
     const Variants variants{"LSGPT_ATTENTION_SM90_FORWARD",
-                            {"base", "ws", "ws_persistent"}};
+                            {"base", "ws", "ws_persistent", "ws_dynamic"}};
     compare_kernels(be, c, spec, reps, "fwd", flops_fwd, cuda_attention_forward_uses_sm90,
                     variants, forward);
     return;

@@ -457,11 +457,10 @@ void check_backward_args(const bf16* dqkv, const bf16* dqkv_colsum, const bf16* 
 }
 
 // The backward's scratch: delta (one float a row of each head), one_pass's
-// f32 dQ sums, the qkv bias gradient's part sums, ws_band's dQ slots and
-// item counter (BackwardParams).
+// f32 dQ sums, the qkv bias gradient's part sums and ws_band's dQ slots
+// (BackwardParams).
 struct BackwardScratch {
   float *delta, *dq_accum, *bias_partials, *band_dq;
-  int* item_counter;
   int bias_parts;  // 0 when the bias is not summed in the kernels
 };
 
@@ -477,14 +476,12 @@ BackwardScratch carve_backward_scratch(CudaContext& ctx, const AttentionSpec& sp
   ScratchCarver carver(ctx.scratch(ScratchCarver::round(sizeof(float) * rows) +
                                    ScratchCarver::round(sizeof(float) * dq_floats) +
                                    ScratchCarver::round(sizeof(float) * bias_floats) +
-                                   ScratchCarver::round(sizeof(float) * band_floats) +
-                                   ScratchCarver::round(sizeof(int))));
+                                   ScratchCarver::round(sizeof(float) * band_floats)));
   BackwardScratch scratch;
   scratch.delta = carver.take<float>(rows);
   scratch.dq_accum = carver.take<float>(dq_floats);
   scratch.bias_partials = carver.take<float>(bias_floats);
   scratch.band_dq = carver.take<float>(band_floats);
-  scratch.item_counter = carver.take<int>(1);
   scratch.bias_parts = int(bias_parts);
   return scratch;
 }
@@ -516,7 +513,6 @@ BackwardParams backward_params(bf16* dqkv, const bf16* dout, const bf16* qkv, co
   p.span = make_span_args(spec.span);
   p.bias_partials = scratch.bias_parts ? scratch.bias_partials : nullptr;
   p.bias_row_groups = ceil_div(spec.T, kBiasRowGroup);
-  p.item_counter = scratch.item_counter;
   p.band_dq = scratch.band_dq;
   return p;
 }
@@ -548,6 +544,7 @@ void attention_backward(CudaContext& ctx, bf16* dqkv, bf16* dqkv_colsum, const b
       ctx, spec, one_pass, fused_bias, band ? ws_band_dq_floats(ctx, band_slots) : 0);
   launch_delta(ctx, scratch.delta, dout, out, spec);
   BackwardParams p = backward_params(dqkv, dout, qkv, lse, kbar, scratch, spec);
+  p.item_counter = ctx.item_counter(CudaContext::ItemCounter::attention_backward);
   if (band) {
     p.band_slots = band_slots;
     p.band_run = sm90_band_run_override().value_or(ws_band_run(shape, ctx.sm_count()));

@@ -39,9 +39,10 @@ struct BackwardParams {
   // ws's band runs (launch_backward_sm90_ws with band_run > 0; D 64, local
   // heads): key blocks a run, dQ part-sum slots a consumer (ws_band_slots)
   // and the slots, band_slots x 64 x 64 floats for each of the grid's
-  // consumers (ws_band_dq_floats); unused elsewhere. The item counter (one
-  // int, zeroed by the launch) from which ws's consumers take their next
-  // item instead of every (grid's consumers)-th, with band runs or with
+  // consumers (ws_band_dq_floats); unused elsewhere. The item counter
+  // (CudaContext::ItemCounter::attention_backward, zero at each launch's
+  // start, take_next_item) from which ws's consumers take their next item
+  // instead of every (grid's consumers)-th, with band runs or with
   // launch_backward_sm90_ws's `dynamic`.
   int band_run = 0, band_slots = 0;
   int* item_counter = nullptr;

@@ -284,15 +284,16 @@ __device__ __forceinline__ void walk_tiles(const WsMaps& maps, const BackwardPar
 
 // The item a producer warp takes after `item` (every lane calls it): the
 // next stream's turn (static striding), or with kDynamicItems the next not
-// yet taken by any consumer (a counter that starts at 0 at each launch;
-// each stream's first item is its own index).
+// yet taken by any consumer (take_next_item; each stream's first item is
+// its own index).
 template <class Policy>
-__device__ __forceinline__ int next_item(const BackwardParams& p, int item, int n_streams) {
+__device__ __forceinline__ int next_item(const BackwardParams& p, int item, int n_items,
+                                         int n_streams) {
   if constexpr (!Policy::kDynamicItems) {
     return item + n_streams;
   } else {
     int next = 0;
-    if (threadIdx.x % kWarpSize == 0) next = n_streams + atomicAdd(p.item_counter, 1);
+    if (threadIdx.x % kWarpSize == 0) next = take_next_item(p.item_counter, n_items, n_streams);
     return __shfl_sync(0xffffffffu, next, 0);
   }
 }
@@ -329,7 +330,7 @@ __device__ void produce(const WsMaps& maps, const BackwardParams& p, int B, int 
     else
       load_tile<D, kRows>(dst + Shape::kTileBytes, maps.dout, bar, h, r0, b);
   };
-  for (int item = stream; item < n_items; item = next_item<Policy>(p, item, n_streams)) {
+  for (int item = stream; item < n_items; item = next_item<Policy>(p, item, n_items, n_streams)) {
     const BackwardItem w(p, B, item);
     if constexpr (Policy::kBandRuns) {
       if (w.band) {
@@ -718,10 +719,8 @@ void launch(CudaContext& ctx, const BackwardParams& p, int B) {
   if (kBand)
     LSGPT_CHECK(q.band_dq && q.band_slots >= ws_band_slots(std::min(p.window, p.T)),
                 "attention_backward: band runs without their dQ slots");
-  if (Policy::kDynamicItems) {
-    LSGPT_CHECK(q.item_counter, "attention_backward: items from a counter without the counter");
-    CUDA_CHECK(cudaMemsetAsync(q.item_counter, 0, sizeof(int), ctx.stream()));
-  }
+  LSGPT_CHECK(!Policy::kDynamicItems || q.item_counter,
+              "attention_backward: items from a counter without the counter");
   launch_kernel(ctx, kernel, blocks, Shape::kBlockThreads, Shape::kSmemBytes, qkv_map, dout_map,
                 q_walk_map, do_walk_map, q, B, n_items);
 }

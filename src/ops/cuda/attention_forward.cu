@@ -195,14 +195,10 @@ void launch_sm90(CudaContext& ctx, const ForwardParams& p, const AttentionSpec& 
                  bool with_kbar) {
   const AttentionShape shape{spec.B, spec.T, spec.n_head, spec.n_local, spec.window,
                              spec.head_dim};
-  switch (sm90_forward_override().value_or(choose_sm90_forward(shape))) {
-    case Sm90ForwardVariant::base:
-      return launch_forward_sm90(ctx, p, spec.B, with_kbar);
-    case Sm90ForwardVariant::ws:
-      return launch_forward_sm90_ws(ctx, p, spec.B, with_kbar, false);
-    case Sm90ForwardVariant::ws_persistent:
-      return launch_forward_sm90_ws(ctx, p, spec.B, with_kbar, true);
-  }
+  const Sm90ForwardVariant variant = sm90_forward_override().value_or(
+      choose_sm90_forward(shape, ctx.sm_count()));
+  if (variant == Sm90ForwardVariant::base) return launch_forward_sm90(ctx, p, spec.B, with_kbar);
+  launch_forward_sm90_ws(ctx, p, spec.B, with_kbar, variant);
 }
 
 }  // namespace
@@ -211,9 +207,10 @@ bool attn::sm80_forced() { return env_switch("LSGPT_ATTENTION_SM80", {"0", "1"})
 
 std::optional<Sm90ForwardVariant> attn::sm90_forward_override() {
   constexpr Sm90ForwardVariant kForced[] = {Sm90ForwardVariant::base, Sm90ForwardVariant::ws,
-                                            Sm90ForwardVariant::ws_persistent};
-  const int i =
-      env_switch("LSGPT_ATTENTION_SM90_FORWARD", {"auto", "base", "ws", "ws_persistent"});
+                                            Sm90ForwardVariant::ws_persistent,
+                                            Sm90ForwardVariant::ws_dynamic};
+  const int i = env_switch("LSGPT_ATTENTION_SM90_FORWARD",
+                           {"auto", "base", "ws", "ws_persistent", "ws_dynamic"});
   if (i == 0) return std::nullopt;
   return kForced[i - 1];
 }
@@ -239,6 +236,7 @@ void attention_forward(CudaContext& ctx, bf16* out, float* lse, float* max_logit
   p.n_query_blocks = ceil_div(spec.T, kBlockM);
   p.scale = 1.0f / sqrtf(float(spec.head_dim));
   p.scale_log2 = p.scale * kLog2e;
+  p.item_counter = ctx.item_counter(CudaContext::ItemCounter::attention_forward);
   p.max_partials = static_cast<float*>(
       ctx.scratch(sizeof(float) * (size_t(spec.B) * spec.n_head * p.n_query_blocks + 1)));
   // With no rows (B or T zero) the reduction below writes -inf.

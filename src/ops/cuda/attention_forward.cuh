@@ -27,6 +27,8 @@ struct ForwardParams {
   __nv_bfloat16* kbar;
   float* lse;
   float* max_partials;  // [B * n_head, n_query_blocks]
+  // ws_dynamic's item counter (CudaContext::ItemCounter::attention_forward).
+  int* item_counter;
   int T, n_head, head_dim, C, n_local, window, n_query_blocks;
   float scale, scale_log2;
 };
@@ -195,14 +197,16 @@ void launch_forward_sm90(CudaContext& ctx, const ForwardParams& p, int B, bool w
 // attention_forward_sm90_ws.cu: warp-specialised, a producer warpgroup
 // loading with TMA into a ring of mbarrier-guarded stages and two (D 128)
 // or three (D 64) consumer warpgroups of 64 queries with the softmax of
-// tile j overlapping P V of tile j - 1; `persistent`: one block per
-// multiprocessor walking many query blocks, else one block per query block.
+// tile j overlapping P V of tile j - 1. `variant`: ws (one block per query
+// block), ws_persistent (one block per multiprocessor, each taking every
+// gridDim.x-th query block) or ws_dynamic (the same, each taking the next
+// query block no block has taken yet from p.item_counter); the same bits.
 void launch_forward_sm90_ws(CudaContext& ctx, const ForwardParams& p, int B, bool with_kbar,
-                            bool persistent);
+                            Sm90ForwardVariant variant);
 
 // Which Hopper forward runs: LSGPT_ATTENTION_SM90_FORWARD = auto (also unset
-// or empty: choose_sm90_forward picks by shape), base, ws or ws_persistent
-// to force one; any other value is an error. nullopt means auto. Read at
+// or empty: choose_sm90_forward picks by shape), base, ws, ws_persistent or
+// ws_dynamic to force one; any other value is an error. nullopt means auto. Read at
 // every call (defined in attention_forward.cu) so one binary can time every
 // variant.
 std::optional<Sm90ForwardVariant> sm90_forward_override();

@@ -25,7 +25,11 @@
 //   loads the next item's tiles while the consumers finish the current one
 //   and write its outputs (a local head's item walks only about 4 tiles, so
 //   a block per item spends much of its life filling and draining the
-//   pipeline).
+//   pipeline). `ws_dynamic` is ws_persistent whose producer takes each
+//   next item from a counter (the next one no block has taken: heaviest
+//   first, each to whichever block frees up first) and hands its id to the
+//   consumers with the item's Q stage; striding gives some blocks more of
+//   the long global-head items than others.
 //
 // The tile loads need a tensor map of qkv, made on the host for each call
 // (tma_map.h): a 4-d view (head column, head slot of q|k|v, t, batch row)
@@ -63,9 +67,12 @@ using bf16 = __nv_bfloat16;
 // the current one. Two consumers at 240 registers and the producer at 24 is
 // FlashAttention-3's split; three (192 queries a block, as its D 64
 // forward) fit at 160, D 64 only.
-template <int kConsumers_>
+// kDynamic: the items from a counter (ws_dynamic) instead of every
+// gridDim.x-th.
+template <int kConsumers_, bool kDynamic = false>
 struct WsPolicy {
   static constexpr int kConsumers = kConsumers_;
+  static constexpr bool kDynamicItems = kDynamic;
   static constexpr int kStages = 4;
   static constexpr int kQStages = 2;
   static constexpr int kProducerRegs = 24;
@@ -126,13 +133,15 @@ struct WorkItem {
 
 // Shared-memory pipeline state: the K/V ring (`full`: the producer's
 // arrive.expect_tx, completed by the copies; `empty`: one arrival per
-// consumer thread) and the same pair for the Q stages.
+// consumer thread) and the same pair for the Q stages, with the item each
+// Q stage holds (kDynamicItems; -1 after the last).
 template <class Policy>
 struct Barriers {
   static constexpr int kStages = Policy::kStages, kQStages = Policy::kQStages;
   static constexpr int kConsumerThreads = Policy::kConsumerThreads;
   uint64_t full[kStages], empty[kStages];
   uint64_t q_full[kQStages], q_empty[kQStages];
+  int q_item[kQStages];
 
   __device__ __forceinline__ void init() {
     for (int s = 0; s < kStages; ++s)
@@ -159,10 +168,15 @@ __device__ __forceinline__ void produce(const CUtensorMap* map, const ForwardPar
   constexpr int kPanels = D / kPanelCols;
   constexpr int kPanelBytes = kTileKeys * kSwizzleRowBytes;  // one TMA box: 64 rows of a panel
   int it = 0, k = 0;
-  for (int item = blockIdx.x; item < n_items; item += gridDim.x, ++k) {
+  auto next_item = [&](int item) {
+    return Policy::kDynamicItems ? take_next_item(p.item_counter, n_items, int(gridDim.x))
+                                 : item + int(gridDim.x);
+  };
+  for (int item = blockIdx.x; item < n_items; item = next_item(item), ++k) {
     const WorkItem<Policy::kCtaRows> w(p, n_bh, item);
     const int qs = k % kQStages;
     if (k >= kQStages) mbarrier_wait(&bars.q_empty[qs], (k / kQStages - 1) & 1);
+    bars.q_item[qs] = item;  // released to the consumers by the arrival
     mbarrier_arrive_expect_tx(&bars.q_full[qs], Shape::kQStageBytes);
     for (int c = 0; c < Policy::kConsumers; ++c)
       for (int panel = 0; panel < kPanels; ++panel)
@@ -180,6 +194,13 @@ __device__ __forceinline__ void produce(const CUtensorMap* map, const ForwardPar
                     2 * p.n_head + w.h, t * kTileKeys, w.b);
       }
     }
+  }
+  if constexpr (Policy::kDynamicItems) {
+    // No more items: the next Q stage says so (-1, no bytes).
+    const int qs = k % kQStages;
+    if (k >= kQStages) mbarrier_wait(&bars.q_empty[qs], (k / kQStages - 1) & 1);
+    bars.q_item[qs] = -1;
+    mbarrier_arrive(&bars.q_full[qs]);
   }
 }
 
@@ -302,9 +323,20 @@ __global__ void __launch_bounds__(Policy::kBlockThreads, 1)
   setmaxnreg_inc<Policy::kConsumerRegs>();
   const int wg = role - 1;
   int it = 0, k = 0;
-  for (int item = blockIdx.x; item < n_items; item += gridDim.x, ++k) {
-    const WorkItem<Policy::kCtaRows> w(p, n_bh, item);
+  // With the items from the counter the producer names each with its Q
+  // stage, until it says none is left (after n_items turns at most: the
+  // bound only keeps the loop finite for ptxas).
+  for (int item = blockIdx.x, turn = 0;
+       Policy::kDynamicItems ? turn < n_items : item < n_items;
+       item += gridDim.x, ++k, ++turn) {
     const int qs = k % kQStages;
+    if constexpr (Policy::kDynamicItems) {
+      mbarrier_wait(&bars.q_full[qs], (k / kQStages) & 1);
+      // Through a shuffle, so that ptxas sees a warp-uniform value.
+      item = __shfl_sync(0xffffffffu, bars.q_item[qs], 0);
+      if (item < 0) break;
+    }
+    const WorkItem<Policy::kCtaRows> w(p, n_bh, item);
     consume<D, kKbar, Policy>(p, w, it, qs, (k / kQStages) & 1, wg, q_stages, k_tiles, v_tiles,
                               bars, warp_maxima[qs]);
     it += w.tiles();
@@ -322,7 +354,8 @@ CUtensorMap qkv_tensor_map(const ForwardParams& p, int B) {
 }
 
 // One block per work item, or (persistent) one per multiprocessor, each
-// taking every gridDim.x-th item.
+// taking every gridDim.x-th item or (Policy::kDynamicItems) the next from
+// the counter.
 template <int D, bool kKbar, class Policy>
 void launch_policy(CudaContext& ctx, const CUtensorMap& map, const ForwardParams& p, int B,
                    bool persistent) {
@@ -335,6 +368,8 @@ void launch_policy(CudaContext& ctx, const CUtensorMap& map, const ForwardParams
   LSGPT_CHECK(items <= 0x7fffffff, "attention_forward: too many query blocks for one launch");
   const int n_items = int(items);
   const int blocks = persistent ? std::min(n_items, std::max(1, ctx.sm_count())) : n_items;
+  LSGPT_CHECK(!Policy::kDynamicItems || (persistent && p.item_counter),
+              "attention_forward: items from a counter need the counter and persistent blocks");
   launch_kernel(ctx, kernel, blocks, Policy::kBlockThreads, Shape::kSmemBytes, map, p, n_bh,
                 n_items);
 }
@@ -343,21 +378,26 @@ void launch_policy(CudaContext& ctx, const CUtensorMap& map, const ForwardParams
 // on the H200's grid (2026-11-30); D 128's O and kbar need two's registers.
 template <int D, bool kKbar>
 void launch(CudaContext& ctx, const CUtensorMap& map, const ForwardParams& p, int B,
-            bool persistent) {
-  launch_policy<D, kKbar, WsPolicy<D == 64 ? 3 : 2>>(ctx, map, p, B, persistent);
+            Sm90ForwardVariant variant) {
+  constexpr int kConsumers = D == 64 ? 3 : 2;
+  if (variant == Sm90ForwardVariant::ws_dynamic)
+    return launch_policy<D, kKbar, WsPolicy<kConsumers, true>>(ctx, map, p, B, true);
+  launch_policy<D, kKbar, WsPolicy<kConsumers>>(ctx, map, p, B,
+                                                variant == Sm90ForwardVariant::ws_persistent);
 }
 
 }  // namespace
 
 void launch_forward_sm90_ws(CudaContext& ctx, const ForwardParams& p, int B, bool with_kbar,
-                            bool persistent) {
+                            Sm90ForwardVariant variant) {
+  LSGPT_CHECK(variant != Sm90ForwardVariant::base, "attention_forward: base is not a ws variant");
   const CUtensorMap map = qkv_tensor_map(p, B);
   if (padded_head_dim(p.head_dim) == 64)
-    with_kbar ? launch<64, true>(ctx, map, p, B, persistent)
-              : launch<64, false>(ctx, map, p, B, persistent);
+    with_kbar ? launch<64, true>(ctx, map, p, B, variant)
+              : launch<64, false>(ctx, map, p, B, variant);
   else
-    with_kbar ? launch<128, true>(ctx, map, p, B, persistent)
-              : launch<128, false>(ctx, map, p, B, persistent);
+    with_kbar ? launch<128, true>(ctx, map, p, B, variant)
+              : launch<128, false>(ctx, map, p, B, variant);
 }
 
 }  // namespace lsgpt::cuda::attn

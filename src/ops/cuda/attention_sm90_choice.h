@@ -2,11 +2,10 @@
 // choice is tested without a GPU.
 //
 // The rules come from bench_cuda_attention forward_kernels=1 and
-// backward_kernels=1 on an NVIDIA H200, 2026-11-30 (the ws kernels' policies
-// as they are now) (docs/BENCHMARKS.md
-// "Hopper attention variants"; the reasoning in docs/CUDA.md "Choosing a
-// Hopper kernel"). They pick the fastest measured variant, or one within 2%
-// of it, for every measured shape (MHSA, LS 11/12 w 100, LS 1/2 w 256; D 64
+// backward_kernels=1 on an NVIDIA H200, 2026-11-30 and 2026-12-01 (the ws
+// kernels' policies as they are now) (docs/BENCHMARKS.md; the reasoning in
+// docs/CUDA.md "Choosing a Hopper kernel"). They pick the fastest measured
+// variant, or one within 2% of it, for every measured shape (MHSA, LS 11/12 w 100, LS 1/2 w 256; D 64
 // and 128; T 1k, 4k, 16k).
 #pragma once
 
@@ -18,8 +17,10 @@ namespace lsgpt::cuda::attn {
 // base: one warpgroup, 64 queries a block, cp.async (attention_forward_sm90.cu).
 // ws: a TMA producer warpgroup and three (D 64) or two (D 128) consumer
 // warpgroups of 64 queries, one block per query block; ws_persistent: the same, one block per
-// multiprocessor walking the query blocks (attention_forward_sm90_ws.cu).
-enum class Sm90ForwardVariant { base, ws, ws_persistent };
+// multiprocessor walking the query blocks (every gridDim.x-th); ws_dynamic:
+// ws_persistent taking the next query block from a counter
+// (attention_forward_sm90_ws.cu).
+enum class Sm90ForwardVariant { base, ws, ws_persistent, ws_dynamic };
 // base: one warpgroup a block; wg2: two (128 keys or queries a block);
 // one_pass: key blocks only, dQ summed by float atomics (not bit-reproducible);
 // one_pass_wg2: the same with two warpgroups (128 keys) a block sharing one
@@ -48,20 +49,36 @@ inline double local_work_share(const AttentionShape& s) {
   return total > 0 ? local / total : 0.0;
 }
 
-// D 128: the TMA pipeline wins everywhere (1.1-1.9x over base); persistent
-// blocks win only while there are few, short items (T <= 1024). D 64 (three
-// consumers, 192 queries a block): base's smaller blocks win only when short
-// band rows carry half the work or more (LS 11/12 at T 1k); ws_persistent
-// up to T 1024, and up to T 4096 without local work to speak of (MHSA);
-// otherwise ws, where one global head's long rows make a persistent
-// block's share uneven.
-inline Sm90ForwardVariant choose_sm90_forward(const AttentionShape& s) {
+// Query-block items of the ws forward (64 queries a consumer: 192 rows at
+// D 64, 128 at D 128) for each multiprocessor.
+inline double ws_forward_items_per_sm(const AttentionShape& s, int sm_count) {
+  const int rows = s.head_dim <= 64 ? 192 : 128;
+  const double items = double(s.B) * s.n_head * ((int64_t(s.T) + rows - 1) / rows);
+  return items / std::max(1, sm_count);
+}
+
+// H200, 2026-12-01 (bench_cuda_attention forward_kernels=1, two rounds):
+// ws_dynamic, persistent blocks taking the heaviest item left from a
+// counter, was the fastest at D 64 everywhere but where band rows carry
+// the work: LS 11/12 w 100 4-16% under the old choice at T 1k (GPT-2
+// small's layer), 4k and 16k, MHSA 3-7%, LS 1/2 3-10%. base (one
+// warpgroup, 64-query blocks, several a multiprocessor) stays where every
+// head is local (15% faster than ws_dynamic at GPT-2 small's all-local
+// layer) or where band rows carry half the work and each multiprocessor
+// has 16 items or more (LS 11/12 at 32 heads, T 1k: 1-3%; at GPT-2
+// small's 12 heads, 9 items a multiprocessor, ws_dynamic wins by 4%: a
+// short walk's heaviest-first balance matters more with fewer items). At
+// D 128 ws_dynamic won up to T 4k (LS 11/12 -12% at T 1k and -16% at 4k)
+// and ws, one block per item, at T 16k (by 1-9%, with as many items as at
+// T 4k but walks of up to 256 tiles: persistent blocks lose there, striding
+// or not, as the backward's counter does on long MHSA; not understood yet).
+inline Sm90ForwardVariant choose_sm90_forward(const AttentionShape& s, int sm_count) {
   if (s.head_dim > 64)
-    return s.T <= 1024 ? Sm90ForwardVariant::ws_persistent : Sm90ForwardVariant::ws;
+    return s.T <= 4096 ? Sm90ForwardVariant::ws_dynamic : Sm90ForwardVariant::ws;
   const double local = local_work_share(s);
-  if (local >= 0.5) return Sm90ForwardVariant::base;
-  if (s.T <= 1024 || (s.T <= 4096 && local < 0.1)) return Sm90ForwardVariant::ws_persistent;
-  return Sm90ForwardVariant::ws;
+  if (local >= 0.9 || (local >= 0.5 && ws_forward_items_per_sm(s, sm_count) >= 16))
+    return Sm90ForwardVariant::base;
+  return Sm90ForwardVariant::ws_dynamic;
 }
 
 // ws_band: the query tiles a 64-key block of a local head walks, (w + 62)

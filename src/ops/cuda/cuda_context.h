@@ -55,11 +55,22 @@ class CudaContext {
   // (not thread-safe: a context, like its stream, serves one thread).
   bool dependent_launch(const void* kernel);
 
+  // Work-item counters of the persistent kernels that hand their items to
+  // whichever block or warpgroup asks next (take_next_item, device_utils.cuh):
+  // device ints, zero when the context is made, that every launch leaves at
+  // zero again itself. Unlike a memset before each launch, that puts no
+  // memset node between the kernel and the one before it in a graph, which
+  // would keep programmatic dependent launch from reaching the kernel. One
+  // counter a kernel family, so that two kernels never share one.
+  enum class ItemCounter { attention_forward, attention_backward, kCount };
+  int* item_counter(ItemCounter which) const { return item_counters_ + int(which); }
+
  private:
   static constexpr size_t kWorkspaceBytes = size_t(32) << 20;
   cudaStream_t stream_ = nullptr;
   cublasLtHandle_t cublaslt_ = nullptr;
   void* workspace_ = nullptr;
+  int* item_counters_ = nullptr;
   void* scratch_ = nullptr;
   size_t scratch_bytes_ = 0;
   uint64_t scratch_generation_ = 0;

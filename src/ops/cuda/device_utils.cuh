@@ -15,6 +15,22 @@ constexpr float kLog2e = 1.4426950408889634f;  // exp(x) = exp2(x log2 e)
 
 inline int ceil_div(long long a, long long b) { return int((a + b - 1) / b); }
 
+// The next work item of a persistent kernel whose n_streams streams (blocks,
+// or warpgroups of them) start at items 0 .. n_streams - 1 and then take
+// the next item nobody has taken yet: n_streams + (items taken so far).
+// Each stream asks until it is handed an item >= n_items, so a launch asks
+// exactly n_items times (n_items - n_streams items after the first ones,
+// and one past the end for each stream; n_items times as well when there
+// are more streams than items, those past the end never asking). The one
+// handed n_items - 1 + n_streams asks last and sets `counter` back to zero
+// for the next launch (CudaContext::item_counter), which starts only after
+// this one has finished.
+__device__ __forceinline__ int take_next_item(int* counter, int n_items, int n_streams) {
+  const int taken = atomicAdd(counter, 1);
+  if (taken == n_items - 1) atomicExch(counter, 0);
+  return n_streams + taken;
+}
+
 // 2^x on the special-function unit alone, results below 2^-126 flushed to
 // zero (exp2(-inf) = 0, NaN stays NaN). exp2f without fast math wraps the same
 // MUFU.EX2 in a range test and two multiplies to keep subnormal results:

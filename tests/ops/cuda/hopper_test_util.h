@@ -28,7 +28,7 @@ constexpr const char* kForceSm80 = "LSGPT_ATTENTION_SM80";
 // Which Hopper forward runs (attention_forward.cuh): every kernel it can
 // force ("auto", also taken, picks one of them by shape).
 constexpr const char* kSm90Forward = "LSGPT_ATTENTION_SM90_FORWARD";
-constexpr const char* kSm90ForwardVariants[] = {"base", "ws", "ws_persistent"};
+constexpr const char* kSm90ForwardVariants[] = {"base", "ws", "ws_persistent", "ws_dynamic"};
 // The same for the Hopper backward (attention_backward.cuh).
 constexpr const char* kSm90Backward = "LSGPT_ATTENTION_SM90_BACKWARD";
 constexpr const char* kSm90BackwardVariants[] = {"base",     "wg2",          "ws",

@@ -1,7 +1,7 @@
 // The Hopper attention kernel choice (attention_sm90_choice.h), host-only so
 // it runs without a GPU: every shape of bench_cuda_attention's grid maps to
 // the variant measured fastest there (or within 2% of it) on an H200,
-// 2026-11-30 (docs/BENCHMARKS.md, "Hopper attention variants"), and the
+// 2026-11-30 and 2026-12-01 (docs/BENCHMARKS.md), and the
 // edge shapes stay defined.
 #include <gtest/gtest.h>
 
@@ -33,28 +33,27 @@ struct Measured {
   Bw backward;
 };
 
-// The measured winners (H200, 2026-11-30, D 64 with the forward's three
-// consumers; ws_persistent stands for ws at D 128 LS T 1k, within 2%). The
-// backward's ws won at every shape then, and again on 2026-12-01 with its
-// items from a counter where ws_backward_dynamic says, against band runs
-// (ws_band), which had won LS 11/12 at D 64 from T 4k against ws by
-// striding.
+// The measured winners (H200). Forward: 2026-12-01, with ws_dynamic (D 64
+// with three consumers). Backward: ws won at every shape on 2026-11-30, and
+// again on 2026-12-01 with its items from a counter where
+// ws_backward_dynamic says, against band runs (ws_band), which had won LS
+// 11/12 at D 64 from T 4k against ws by striding.
 constexpr Measured kMeasured[] = {
-    {"mhsa", 64, 1024, F::ws_persistent, Bw::ws},
+    {"mhsa", 64, 1024, F::ws_dynamic, Bw::ws},
     {"ls_11of12_w100", 64, 1024, F::base, Bw::ws},
-    {"ls_half_w256", 64, 1024, F::ws_persistent, Bw::ws},
-    {"mhsa", 64, 4096, F::ws_persistent, Bw::ws},
-    {"ls_11of12_w100", 64, 4096, F::ws, Bw::ws},
-    {"ls_half_w256", 64, 4096, F::ws, Bw::ws},
-    {"mhsa", 64, 16384, F::ws, Bw::ws},
-    {"ls_11of12_w100", 64, 16384, F::ws, Bw::ws},
-    {"ls_half_w256", 64, 16384, F::ws, Bw::ws},
-    {"mhsa", 128, 1024, F::ws_persistent, Bw::ws},
-    {"ls_11of12_w100", 128, 1024, F::ws_persistent, Bw::ws},
-    {"ls_half_w256", 128, 1024, F::ws_persistent, Bw::ws},
-    {"mhsa", 128, 4096, F::ws, Bw::ws},
-    {"ls_11of12_w100", 128, 4096, F::ws, Bw::ws},
-    {"ls_half_w256", 128, 4096, F::ws, Bw::ws},
+    {"ls_half_w256", 64, 1024, F::ws_dynamic, Bw::ws},
+    {"mhsa", 64, 4096, F::ws_dynamic, Bw::ws},
+    {"ls_11of12_w100", 64, 4096, F::ws_dynamic, Bw::ws},
+    {"ls_half_w256", 64, 4096, F::ws_dynamic, Bw::ws},
+    {"mhsa", 64, 16384, F::ws_dynamic, Bw::ws},
+    {"ls_11of12_w100", 64, 16384, F::ws_dynamic, Bw::ws},
+    {"ls_half_w256", 64, 16384, F::ws_dynamic, Bw::ws},
+    {"mhsa", 128, 1024, F::ws_dynamic, Bw::ws},
+    {"ls_11of12_w100", 128, 1024, F::ws_dynamic, Bw::ws},
+    {"ls_half_w256", 128, 1024, F::ws_dynamic, Bw::ws},
+    {"mhsa", 128, 4096, F::ws_dynamic, Bw::ws},
+    {"ls_11of12_w100", 128, 4096, F::ws_dynamic, Bw::ws},
+    {"ls_half_w256", 128, 4096, F::ws_dynamic, Bw::ws},
     {"mhsa", 128, 16384, F::ws, Bw::ws},
     {"ls_11of12_w100", 128, 16384, F::ws, Bw::ws},
     {"ls_half_w256", 128, 16384, F::ws, Bw::ws},
@@ -65,7 +64,7 @@ TEST(AttentionSm90Choice, PicksTheMeasuredWinnerOnTheBenchmarkGrid) {
     SCOPED_TRACE(std::string(m.setting) + " D " + std::to_string(m.D) + " T " +
                  std::to_string(m.T));
     const AttentionShape s = grid_shape(m.setting, m.T, m.D);
-    EXPECT_EQ(int(choose_sm90_forward(s)), int(m.forward));
+    EXPECT_EQ(int(choose_sm90_forward(s, kH200Sms)), int(m.forward));
     EXPECT_EQ(int(choose_sm90_backward(s, kH200Sms)), int(m.backward));
   }
 }
@@ -85,13 +84,18 @@ TEST(AttentionSm90Choice, LocalWorkShare) {
   EXPECT_EQ(local_work_share({1, 100, 0, 0, 100, 64}), 0.0);  // no heads
 }
 
-// GPT-2 small's training shape (B 16, T 1024, 12 heads of 64): LS 11/12 keeps
-// base forward (two thirds of the work is band rows), MHSA takes
-// ws_persistent; the backward is ws for both (and with every head local),
-// with or without qbar at D 64.
+// GPT-2 small's training shape (B 16, T 1024, 12 heads of 64): LS 11/12
+// and MHSA take ws_dynamic forward (9 items a multiprocessor), every head
+// local takes base; with 32 heads (23 items a multiprocessor) LS 11/12
+// takes base, and on a GPU of a third the multiprocessors GPT-2 small's
+// does too. The backward is ws for all (with or without qbar at D 64).
 TEST(AttentionSm90Choice, Gpt2Small) {
-  EXPECT_EQ(int(choose_sm90_forward({16, 1024, 12, 11, 100, 64})), int(F::base));
-  EXPECT_EQ(int(choose_sm90_forward({16, 1024, 12, 0, 1, 64})), int(F::ws_persistent));
+  EXPECT_EQ(int(choose_sm90_forward({16, 1024, 12, 11, 100, 64}, kH200Sms)), int(F::ws_dynamic));
+  EXPECT_EQ(int(choose_sm90_forward({16, 1024, 12, 0, 1, 64}, kH200Sms)), int(F::ws_dynamic));
+  EXPECT_EQ(int(choose_sm90_forward({16, 1024, 12, 12, 100, 64}, kH200Sms)), int(F::base));
+  EXPECT_EQ(int(choose_sm90_forward({16, 1024, 32, 29, 100, 64}, kH200Sms)), int(F::base));
+  EXPECT_EQ(int(choose_sm90_forward({16, 1024, 12, 11, 100, 64}, 44)), int(F::base));
+  EXPECT_EQ(int(choose_sm90_forward({0, 0, 12, 11, 100, 64}, kH200Sms)), int(F::ws_dynamic));
   EXPECT_EQ(int(choose_sm90_backward({16, 1024, 12, 11, 100, 64}, kH200Sms)), int(Bw::ws));
   EXPECT_EQ(int(choose_sm90_backward({16, 1024, 12, 12, 100, 64}, kH200Sms)), int(Bw::ws));
   EXPECT_EQ(int(choose_sm90_backward({16, 1024, 12, 0, 1, 64}, kH200Sms)), int(Bw::ws));

@@ -1,5 +1,5 @@
 // The Hopper (sm_90a, wgmma) LS flash-attention forward, every variant of
-// it (LSGPT_ATTENTION_SM90_FORWARD = base, ws, ws_persistent), against the
+// it (LSGPT_ATTENTION_SM90_FORWARD = base, ws, ws_persistent, ws_dynamic), against the
 // sm_80 kernel it replaces (LSGPT_ATTENTION_SM80=1 selects that one) and
 // against the CPU backend in double precision ("cpu64"), on fresh random
 // bf16-exact inputs: out, the row log-sum-exp, the per-head max logit and,
@@ -170,11 +170,15 @@ TEST(CudaAttentionForwardSm90Dispatch, Deterministic) {
   }
 }
 
-// ws_persistent with several query blocks per block (512 items at D 128 and
-// 352 at D 64, against the H200's 132 multiprocessors: the K/V ring, the two Q stages and the
-// epilogue's buffers all wrap around across items) against ws, the same
-// kernel with one item per block: the same arithmetic per item, so the same
-// bits; and against the sm_80 kernel, as the parity tests.
+// ws_persistent and ws_dynamic with several query blocks per block (512
+// items at D 128 and 352 at D 64, against the H200's 132 multiprocessors:
+// the K/V ring, the two Q stages and the epilogue's buffers all wrap around
+// across items) against ws, the same kernel with one item per block: the
+// same arithmetic per item, so the same bits; and against the sm_80
+// kernel, as the parity tests. ws_dynamic runs twice with a launch of
+// another item count between (T 300, 2 or 4 items a (batch row, head)): a
+// launch that did not leave its counter at zero would make the next skip
+// items, whose rows would stay NaN (make_buffer's poison).
 TEST(CudaAttentionForwardSm90Dispatch, PersistentMatchesOneBlockPerItem) {
   REQUIRE_CUDA(cuda);
   REQUIRE_HOPPER();
@@ -186,15 +190,35 @@ TEST(CudaAttentionForwardSm90Dispatch, PersistentMatchesOneBlockPerItem) {
     spec.window = 100;
     spec.span.q = {true, SpanBasis::cross, 1.5, 0.7};  // kbar as well
     const auto qkv = bf16_values(size_t(spec.B) * spec.T * 3 * spec.C(), 97 + D, -2, 2);
-    ForwardResult one_per_item, persistent, sm80;
+    ForwardResult one_per_item, persistent, dynamic, dynamic_again, short_dynamic, short_ws, sm80;
+    AttentionSpec short_spec = spec;
+    short_spec.T = 300;
+    const auto short_qkv =
+        bf16_values(size_t(short_spec.B) * short_spec.T * 3 * short_spec.C(), 7 + D, -2, 2);
     {
       ScopedEnv choose(kSm90Forward, "ws");
       one_per_item = run_forward(*cuda, spec, qkv);
+      short_ws = run_forward(*cuda, short_spec, short_qkv);
     }
     {
       ScopedEnv choose(kSm90Forward, "ws_persistent");
       persistent = run_forward(*cuda, spec, qkv);
     }
+    {
+      ScopedEnv choose(kSm90Forward, "ws_dynamic");
+      dynamic = run_forward(*cuda, spec, qkv);
+      short_dynamic = run_forward(*cuda, short_spec, short_qkv);
+      dynamic_again = run_forward(*cuda, spec, qkv);
+    }
+    for (const ForwardResult* r : {&dynamic, &dynamic_again}) {
+      EXPECT_EQ(r->out, one_per_item.out);
+      EXPECT_EQ(r->lse, one_per_item.lse);
+      EXPECT_EQ(r->max_logit, one_per_item.max_logit);
+      EXPECT_EQ(r->kbar, one_per_item.kbar);
+    }
+    EXPECT_EQ(short_dynamic.out, short_ws.out);
+    EXPECT_EQ(short_dynamic.lse, short_ws.lse);
+    EXPECT_EQ(short_dynamic.kbar, short_ws.kbar);
     {
       ScopedEnv force(kForceSm80, "1");
       sm80 = run_forward(*cuda, spec, qkv);
@@ -224,8 +248,8 @@ TEST(CudaAttentionForwardSm90Dispatch, ChoosesTheKernel) {
       span);
 }
 
-// LSGPT_ATTENTION_SM90_FORWARD takes auto, base, ws, ws_persistent or
-// nothing; any other value is an error on every GPU (like LSGPT_ATTENTION_SM80), both
+// LSGPT_ATTENTION_SM90_FORWARD takes auto, base, ws, ws_persistent,
+// ws_dynamic or nothing; any other value is an error on every GPU (like LSGPT_ATTENTION_SM80), both
 // where the dispatch is asked and where the forward runs.
 TEST(CudaAttentionForwardSm90Dispatch, RefusesAnUnknownVariant) {
   REQUIRE_CUDA(cuda);
@@ -235,7 +259,8 @@ TEST(CudaAttentionForwardSm90Dispatch, RefusesAnUnknownVariant) {
   expect_variants_accepted(kSm90Forward, kSm90ForwardVariants, dispatch);
   ScopedEnv bad(kSm90Forward, "fa3");
   const std::string expected =
-      "LSGPT_ATTENTION_SM90_FORWARD must be auto, base, ws or ws_persistent, got 'fa3'";
+      "LSGPT_ATTENTION_SM90_FORWARD must be auto, base, ws, ws_persistent or ws_dynamic, got "
+      "'fa3'";
   expect_refusal(dispatch, expected, "the dispatch");
   const auto qkv = bf16_values(size_t(spec.B) * spec.T * 3 * spec.C(), 5, -2, 2);
   expect_refusal([&] { run_forward(*cuda, spec, qkv); }, expected, "attention_forward");
