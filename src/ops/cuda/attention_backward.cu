@@ -394,6 +394,7 @@ bool use_sm90(const CudaContext& ctx, const AttentionSpec& spec) {
   sm90_backward_override();
   sm90_backward_global_first();
   sm90_band_run_override();
+  sm90_head_group_override();
   sm90_ws_dynamic_override();
   const bool forced = sm80_forced();
   return !forced && sm90_backward_supported(ctx, spec.head_dim);
@@ -419,6 +420,17 @@ std::optional<int> attn::sm90_band_run_override() {
   // Digits only: strtol alone would also take leading blanks and a sign.
   LSGPT_CHECK(*v >= '0' && *v <= '9' && *end == '\0' && n >= 1 && n <= 1 << 20,
               "LSGPT_ATTENTION_SM90_BAND_RUN must be a whole number of key blocks from 1 to "
+              "1048576, got '", v, "'");
+  return int(n);
+}
+
+std::optional<int> attn::sm90_head_group_override() {
+  const char* v = std::getenv("LSGPT_ATTENTION_SM90_HEAD_GROUP");
+  if (!v || !*v) return std::nullopt;
+  char* end = nullptr;
+  const long n = std::strtol(v, &end, 10);
+  LSGPT_CHECK(*v >= '0' && *v <= '9' && *end == '\0' && n >= 0 && n <= 1 << 20,
+              "LSGPT_ATTENTION_SM90_HEAD_GROUP must be a whole number of heads from 0 to "
               "1048576, got '", v, "'");
   return int(n);
 }
@@ -548,6 +560,8 @@ void attention_backward(CudaContext& ctx, bf16* dqkv, bf16* dqkv_colsum, const b
   if (band) {
     p.band_slots = band_slots;
     p.band_run = sm90_band_run_override().value_or(ws_band_run(shape, ctx.sm_count()));
+  } else {
+    p.head_group = sm90_head_group_override().value_or(ws_backward_head_group(shape, ctx.sm_count()));
   }
   const bool span = spec.span.any();
   const int D = padded_head_dim(spec.head_dim);

@@ -45,6 +45,10 @@ struct BackwardParams {
   // instead of every (grid's consumers)-th, with band runs or with
   // launch_backward_sm90_ws's `dynamic`.
   int band_run = 0, band_slots = 0;
+  // ws (not band runs): the items in groups of this many (batch row,
+  // head) pairs, each group's before the next's (ws_backward_head_group);
+  // 0: one group.
+  int head_group = 0;
   int* item_counter = nullptr;
   float* band_dq = nullptr;
 };
@@ -347,6 +351,12 @@ bool sm90_backward_global_first();
 // bits do not depend on it), or unset or empty: nullopt, ws_band_run's
 // choice. Anything else is an error.
 std::optional<int> sm90_band_run_override();
+
+// ws's head groups: LSGPT_ATTENTION_SM90_HEAD_GROUP = a whole number from 0
+// (one group) to 1048576, digits only (for tuning and tests; the bits do not
+// depend on it), or unset or empty: nullopt, ws_backward_head_group's
+// choice. Anything else is an error. Band runs (ws_band) ignore it.
+std::optional<int> sm90_head_group_override();
 
 // How ws hands out its items: LSGPT_ATTENTION_SM90_WS_SCHEDULE = auto (also
 // unset or empty: nullopt, ws_backward_dynamic's choice), static (every

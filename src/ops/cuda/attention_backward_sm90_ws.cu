@@ -12,9 +12,11 @@
 //   head dim) and the warp's lanes copy the lse and delta rows a key block
 //   needs beside them.
 // - Consumer warpgroup c takes every (gridDim.x kConsumers)-th work item
-//   from blockIdx.x kConsumers + c on: a key block or a query block of one
-//   (batch row, head), global heads' first and, among them, the longest
-//   walks first (attention_sm90_choice.h picks this variant where that pays).
+//   from blockIdx.x kConsumers + c on, or (kDynamic) the next item no
+//   consumer has taken yet: a key block or a query block of one (batch row,
+//   head), global heads' first and, among them, the longest walks first
+//   (within groups of p.head_group heads where that is set; attention_
+//   sm90_choice.h picks this variant and its schedule where they pay).
 //   An item's fixed pair (K and V of a key block; Q and dO of a query
 //   block) sits in one of kFixedStages slots, the tiles it walks (Q, dO,
 //   lse, delta; or K, V) in a ring of kStages stages, each with `full` and
@@ -147,9 +149,11 @@ struct WsBackwardShape {
 // count) - 1 are the global heads', then the local heads'; within each,
 // rank-major over the class's (batch row, head) pairs, ranks alternating
 // key block 0, 1, ... (longest walk first) and query block n - 1, n - 2,
-// ... (likewise). With band runs they come first (long items, best taken
-// while every consumer is free), ranked by run (block = the run's index),
-// then the global heads' items.
+// ... (likewise); with p.head_group, rank-major within each group of that
+// many pairs, group after group, so that the items in flight share their
+// heads' tiles in L2. With band runs they come first (long items, best
+// taken while every consumer is free), ranked by run (block = the run's
+// index), then the global heads' items.
 struct BackwardItem {
   bool key, band;
   int block, b, h;
@@ -168,7 +172,14 @@ struct BackwardItem {
     } else if (item >= global_items) {
       item -= global_items, heads = p.n_local, first_head = 0;
     }
-    const int n_bh = B * heads, rank = item / n_bh, x = item % n_bh;
+    const int n_bh = B * heads;
+    const int ranks = band ? (n_blocks + p.band_run - 1) / p.band_run : 2 * n_blocks;
+    int rank = item / n_bh, x = item % n_bh;
+    if (p.head_group > 0 && p.head_group < n_bh) {
+      const int per_group = p.head_group * ranks, g = item / per_group, r = item % per_group;
+      const int size = min(p.head_group, n_bh - g * p.head_group);  // the last may be smaller
+      rank = r / size, x = g * p.head_group + r % size;
+    }
     b = x / heads, h = first_head + x % heads;
     key = band || rank % 2 == 0;
     block = band ? rank : key ? rank / 2 : n_blocks - 1 - rank / 2;

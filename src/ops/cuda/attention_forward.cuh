@@ -28,7 +28,7 @@ struct ForwardParams {
   float* lse;
   float* max_partials;  // [B * n_head, n_query_blocks]
   // ws_dynamic's item counter (CudaContext::ItemCounter::attention_forward).
-  int* item_counter;
+  int* item_counter = nullptr;
   int T, n_head, head_dim, C, n_local, window, n_query_blocks;
   float scale, scale_log2;
 };

@@ -112,7 +112,8 @@ struct WsShape {
 // bands). Items are numbered so that the first ones carry the most keys (the last query
 // blocks; global heads' grow with the query position): a block takes items
 // blockIdx.x, blockIdx.x + gridDim.x, ... (one item per block when the grid
-// has one block per item).
+// has one block per item), or with kDynamicItems blockIdx.x and then the
+// next one no block has taken.
 template <int kCtaRows>
 struct WorkItem {
   int cta_block, b, h, cta_q0, tile_begin, tile_end;
@@ -169,8 +170,10 @@ __device__ __forceinline__ void produce(const CUtensorMap* map, const ForwardPar
   constexpr int kPanelBytes = kTileKeys * kSwizzleRowBytes;  // one TMA box: 64 rows of a panel
   int it = 0, k = 0;
   auto next_item = [&](int item) {
-    return Policy::kDynamicItems ? take_next_item(p.item_counter, n_items, int(gridDim.x))
-                                 : item + int(gridDim.x);
+    if constexpr (Policy::kDynamicItems)
+      return take_next_item(p.item_counter, n_items, int(gridDim.x));
+    else
+      return item + int(gridDim.x);
   };
   for (int item = blockIdx.x; item < n_items; item = next_item(item), ++k) {
     const WorkItem<Policy::kCtaRows> w(p, n_bh, item);
@@ -324,8 +327,9 @@ __global__ void __launch_bounds__(Policy::kBlockThreads, 1)
   const int wg = role - 1;
   int it = 0, k = 0;
   // With the items from the counter the producer names each with its Q
-  // stage, until it says none is left (after n_items turns at most: the
-  // bound only keeps the loop finite for ptxas).
+  // stage (overwriting `item`, whose striding step is then unused), until
+  // it says none is left (after n_items turns at most: the bound only keeps
+  // the loop finite for ptxas).
   for (int item = blockIdx.x, turn = 0;
        Policy::kDynamicItems ? turn < n_items : item < n_items;
        item += gridDim.x, ++k, ++turn) {
@@ -365,7 +369,10 @@ void launch_policy(CudaContext& ctx, const CUtensorMap& map, const ForwardParams
                                   int(Shape::kSmemBytes)));
   const int n_bh = B * p.n_head;
   const long long items = (long long)ceil_div(p.T, Policy::kCtaRows) * n_bh;
-  LSGPT_CHECK(items <= 0x7fffffff, "attention_forward: too many query blocks for one launch");
+  // From the counter, up to items + (blocks - 1) are handed out before
+  // every producer has seen the end.
+  LSGPT_CHECK(items + std::max(1, ctx.sm_count()) <= 0x7fffffff,
+              "attention_forward: too many query blocks for one launch");
   const int n_items = int(items);
   const int blocks = persistent ? std::min(n_items, std::max(1, ctx.sm_count())) : n_items;
   LSGPT_CHECK(!Policy::kDynamicItems || (persistent && p.item_counter),
@@ -374,12 +381,10 @@ void launch_policy(CudaContext& ctx, const CUtensorMap& map, const ForwardParams
                 n_items);
 }
 
-// D 64: three consumers (192 queries a block), 1.03-1.16x faster than two
-// on the H200's grid (2026-11-30); D 128's O and kbar need two's registers.
 template <int D, bool kKbar>
 void launch(CudaContext& ctx, const CUtensorMap& map, const ForwardParams& p, int B,
             Sm90ForwardVariant variant) {
-  constexpr int kConsumers = D == 64 ? 3 : 2;
+  constexpr int kConsumers = ws_forward_consumers(D);
   if (variant == Sm90ForwardVariant::ws_dynamic)
     return launch_policy<D, kKbar, WsPolicy<kConsumers, true>>(ctx, map, p, B, true);
   launch_policy<D, kKbar, WsPolicy<kConsumers>>(ctx, map, p, B,

@@ -49,29 +49,29 @@ inline double local_work_share(const AttentionShape& s) {
   return total > 0 ? local / total : 0.0;
 }
 
-// Query-block items of the ws forward (64 queries a consumer: 192 rows at
-// D 64, 128 at D 128) for each multiprocessor.
+// Consumer warpgroups of 64 queries a ws forward block has (WsPolicy):
+// three at D 64 (1.03-1.16x faster than two on the H200's grid,
+// 2026-11-30), two at D 128, whose O and kbar need two's registers.
+constexpr int ws_forward_consumers(int padded_head_dim) { return padded_head_dim <= 64 ? 3 : 2; }
+
+// Query-block items of the ws forward for each multiprocessor.
 inline double ws_forward_items_per_sm(const AttentionShape& s, int sm_count) {
-  const int rows = s.head_dim <= 64 ? 192 : 128;
+  const int rows = 64 * ws_forward_consumers(s.head_dim);
   const double items = double(s.B) * s.n_head * ((int64_t(s.T) + rows - 1) / rows);
   return items / std::max(1, sm_count);
 }
 
-// H200, 2026-12-01 (bench_cuda_attention forward_kernels=1, two rounds):
-// ws_dynamic, persistent blocks taking the heaviest item left from a
-// counter, was the fastest at D 64 everywhere but where band rows carry
-// the work: LS 11/12 w 100 4-16% under the old choice at T 1k (GPT-2
-// small's layer), 4k and 16k, MHSA 3-7%, LS 1/2 3-10%. base (one
-// warpgroup, 64-query blocks, several a multiprocessor) stays where every
-// head is local (15% faster than ws_dynamic at GPT-2 small's all-local
-// layer) or where band rows carry half the work and each multiprocessor
-// has 16 items or more (LS 11/12 at 32 heads, T 1k: 1-3%; at GPT-2
-// small's 12 heads, 9 items a multiprocessor, ws_dynamic wins by 4%: a
-// short walk's heaviest-first balance matters more with fewer items). At
-// D 128 ws_dynamic won up to T 4k (LS 11/12 -12% at T 1k and -16% at 4k)
-// and ws, one block per item, at T 16k (by 1-9%, with as many items as at
-// T 4k but walks of up to 256 tiles: persistent blocks lose there, striding
-// or not, as the backward's counter does on long MHSA; not understood yet).
+// H200, 2026-12-01 (bench_cuda_attention forward_kernels=1; docs/
+// BENCHMARKS.md "Forward variants"): ws_dynamic, persistent blocks taking
+// the heaviest item left from a counter, was the fastest at D 64 but where
+// band rows carry the work. There base (one warpgroup, 64-query blocks,
+// several a multiprocessor) stays where nearly every head is local, or
+// where band rows carry half the work and each multiprocessor has 16
+// items or more (LS 11/12 with 32 heads at T 1k; with GPT-2 small's 12,
+// 9 items a multiprocessor, ws_dynamic wins: heaviest-first balance
+// matters more with fewer items). At D 128 ws_dynamic won up to T 4k and
+// ws, one block per item, at T 16k (as many items as at T 4k, but walks
+// of up to 256 tiles; not understood yet).
 inline Sm90ForwardVariant choose_sm90_forward(const AttentionShape& s, int sm_count) {
   if (s.head_dim > 64)
     return s.T <= 4096 ? Sm90ForwardVariant::ws_dynamic : Sm90ForwardVariant::ws;
@@ -169,14 +169,43 @@ constexpr int ws_backward_consumers(int padded_head_dim, bool qbar) {
 // three tiles (w <= 129), whatever B and T. With many long items and no
 // such bands (MHSA and LS 1/2 w 256 from T 4k, 15 to 41 global items a
 // consumer) striding was faster by up to 13% (MHSA at D 128 from T 4k),
-// or the two within 1% (LS 1/2), so they keep striding.
-inline bool ws_backward_dynamic(const AttentionShape& s, int sm_count) {
+// or the two within 1% (LS 1/2): LS 1/2 keeps striding; MHSA takes the
+// counter with its items in groups of heads (ws_backward_head_group).
+// Global heads' two-pass items (a key and a query block each 64 rows) for
+// each of ws's consumers.
+inline double ws_backward_global_items_per_consumer(const AttentionShape& s, int sm_count) {
   const int64_t streams =
       int64_t(std::max(1, sm_count)) * ws_backward_consumers(s.head_dim, s.span_qbar);
   const int64_t global_items =
       2 * int64_t(s.B) * (s.n_head - s.n_local) * ((int64_t(s.T) + 63) / 64);
+  return double(global_items) / double(streams);
+}
+
+// ws's items in groups of this many (batch row, head) pairs: every item of
+// a group (heaviest first within it) before the next group's, instead of
+// every head's heaviest items first; 0: one group. The striding loss above
+// was L2 traffic, not balance: on MHSA at D 128, T 4k (Nsight Compute,
+// H200, 2026-12-01) striding left the multiprocessors' busy cycles 12%
+// apart and the counter evened them out, but the counter's items in flight
+// spread over every head (those of one rank of all heads run together), and
+// the L2 hit rate fell from 45% to 29%, DRAM reads rose from 5.4 to 8.5 GB.
+// Items from the counter in groups of 4 heads (forward+backward, one call):
+// MHSA D 128 T 4k 2.16 ms against striding's 2.49 (-13%), D 64 T 16k 10.27
+// against 11.94 (-14%), D 128 T 16k 9.00 against 9.73 (-8%); groups of 8
+// 0.4-9% slower than 4, and with striding groups moved it -8% to +7%.
+// Only MHSA (no local heads) from T 4k is measured, so the others keep one
+// group.
+constexpr int kWsHeadGroup = 4;
+inline int ws_backward_head_group(const AttentionShape& s, int sm_count) {
+  const bool long_mhsa = s.n_local == 0 && s.T > 1024 &&
+                         ws_backward_global_items_per_consumer(s, sm_count) >= 8;
+  return long_mhsa ? kWsHeadGroup : 0;
+}
+
+inline bool ws_backward_dynamic(const AttentionShape& s, int sm_count) {
   const bool short_bands = s.n_local > 0 && ws_band_tiles(std::min(s.window, s.T)) <= 3;
-  return s.T <= 1024 || global_items < 8 * streams || short_bands;
+  return s.T <= 1024 || ws_backward_global_items_per_consumer(s, sm_count) < 8 || short_bands ||
+         ws_backward_head_group(s, sm_count) > 0;
 }
 
 }  // namespace lsgpt::cuda::attn

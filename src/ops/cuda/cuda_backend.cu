@@ -95,7 +95,7 @@ CudaContext::CudaContext() {
   CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
   CUBLAS_CHECK(cublasLtCreate(&cublaslt_));
   workspace_ = device_alloc(kWorkspaceBytes);
-  const size_t counter_bytes = sizeof(int) * size_t(ItemCounter::kCount);
+  const size_t counter_bytes = sizeof(int) * size_t(kItemCounters);
   item_counters_ = static_cast<int*>(device_alloc(counter_bytes));
   // On the context's stream: a non-blocking stream does not wait for the legacy one.
   CUDA_CHECK(cudaMemsetAsync(item_counters_, 0, counter_bytes, stream_));

@@ -62,7 +62,8 @@ class CudaContext {
   // memset node between the kernel and the one before it in a graph, which
   // would keep programmatic dependent launch from reaching the kernel. One
   // counter a kernel family, so that two kernels never share one.
-  enum class ItemCounter { attention_forward, attention_backward, kCount };
+  enum class ItemCounter { attention_forward, attention_backward };
+  static constexpr int kItemCounters = 2;
   int* item_counter(ItemCounter which) const { return item_counters_ + int(which); }
 
  private:

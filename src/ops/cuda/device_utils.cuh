@@ -23,8 +23,12 @@ inline int ceil_div(long long a, long long b) { return int((a + b - 1) / b); }
 // and one past the end for each stream; n_items times as well when there
 // are more streams than items, those past the end never asking). The one
 // handed n_items - 1 + n_streams asks last and sets `counter` back to zero
-// for the next launch (CudaContext::item_counter), which starts only after
-// this one has finished.
+// for the next launch (CudaContext::item_counter). The reset rests on two
+// rules: every stream keeps asking until it is handed an item past the
+// end (a stream that stopped early would leave the counter short of zero,
+// and the next launch would skip items), and the next kernel touches the
+// counter only after griddepcontrol.wait (launch.cuh), which returns once
+// this grid has completed and its writes are visible.
 __device__ __forceinline__ int take_next_item(int* counter, int n_items, int n_streams) {
   const int taken = atomicAdd(counter, 1);
   if (taken == n_items - 1) atomicExch(counter, 0);

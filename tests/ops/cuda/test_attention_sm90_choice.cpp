@@ -142,18 +142,19 @@ TEST(AttentionSm90Choice, BackwardShortWalks) {
 
 // ws's items from a counter (ws_backward_dynamic): at T <= 1024, where the
 // global heads' items come to fewer than 8 a consumer (LS 11/12 at D 128
-// from T 4k: 512 items for 264 consumers), and wherever local bands are at
-// most three tiles (w <= 129: LS 11/12 at any B and T); not for MHSA
-// (16,384 global items at D 64 from T 4k, 8,192 at D 128) or LS 1/2 at w
-// 256 from T 4k, where striding measured faster or the same.
+// from T 4k: 512 items for 264 consumers), wherever local bands are at
+// most three tiles (w <= 129: LS 11/12 at any B and T), and for MHSA from
+// T 4k (16,384 global items at D 64, 8,192 at D 128) in groups of 4 heads
+// (ws_backward_head_group); not for LS 1/2 at w 256 from T 4k, where
+// striding measured the same and groups are not measured.
 TEST(AttentionSm90Choice, BackwardItemsFromACounter) {
   EXPECT_TRUE(ws_backward_dynamic({16, 1024, 12, 11, 100, 64}, kH200Sms));  // GPT-2 small LS
   EXPECT_TRUE(ws_backward_dynamic({16, 1024, 12, 0, 1, 64}, kH200Sms));     // and MHSA
   EXPECT_TRUE(ws_backward_dynamic({4, 4096, 16, 15, 100, 128}, kH200Sms));
   EXPECT_TRUE(ws_backward_dynamic({1, 16384, 16, 15, 100, 128}, kH200Sms));
-  EXPECT_FALSE(ws_backward_dynamic({4, 4096, 16, 0, 1, 128}, kH200Sms));
+  EXPECT_TRUE(ws_backward_dynamic({4, 4096, 16, 0, 1, 128}, kH200Sms));
   EXPECT_FALSE(ws_backward_dynamic({1, 16384, 16, 8, 256, 128}, kH200Sms));  // 4,096 items
-  EXPECT_FALSE(ws_backward_dynamic(grid_shape("mhsa", 4096, 64), kH200Sms));
+  EXPECT_TRUE(ws_backward_dynamic(grid_shape("mhsa", 4096, 64), kH200Sms));
   EXPECT_FALSE(ws_backward_dynamic(grid_shape("ls_half_w256", 16384, 64), kH200Sms));
   // Short bands: LS 11/12 at w 100 and 129 with many global items (B 16,
   // T 4k: 6,144), not at w 130 (four tiles).
@@ -170,6 +171,23 @@ TEST(AttentionSm90Choice, BackwardItemsFromACounter) {
   EXPECT_FALSE(ws_backward_dynamic({4, 4096, 16, 8, 256, 128}, 0));  // 0 SMs taken as 1
   EXPECT_TRUE(ws_backward_dynamic({4, 4096, 16, 0, 1, 128}, 10000));
   EXPECT_TRUE(ws_backward_dynamic({0, 0, 12, 0, 1, 64}, kH200Sms));  // no rows: nothing to hand out
+}
+
+// Head groups (ws_backward_head_group): 4 for MHSA from T 4k with 8 or more
+// global items a consumer (the grid's MHSA at D 64 and 128, T 4k and 16k),
+// none with local heads, at T 1k, or with few items (MHSA at T 4k with
+// B 1 and 4 heads: 512 items for 396 consumers).
+TEST(AttentionSm90Choice, BackwardHeadGroups) {
+  for (int D : {64, 128})
+    for (int T : {4096, 16384}) {
+      EXPECT_EQ(ws_backward_head_group(grid_shape("mhsa", T, D), kH200Sms), kWsHeadGroup);
+      EXPECT_EQ(ws_backward_head_group(grid_shape("ls_11of12_w100", T, D), kH200Sms), 0);
+      EXPECT_EQ(ws_backward_head_group(grid_shape("ls_half_w256", T, D), kH200Sms), 0);
+    }
+  EXPECT_EQ(ws_backward_head_group(grid_shape("mhsa", 1024, 64), kH200Sms), 0);
+  EXPECT_EQ(ws_backward_head_group({1, 4096, 4, 0, 1, 64}, kH200Sms), 0);
+  EXPECT_EQ(ws_backward_head_group({1, 4096, 4, 0, 1, 64}, 16), kWsHeadGroup);
+  EXPECT_EQ(ws_backward_head_group({0, 0, 12, 0, 1, 64}, kH200Sms), 0);
 }
 
 // ws_band: the query tiles a local 64-key block walks, (w + 62) / 64 + 1

@@ -379,13 +379,16 @@ TEST(CudaAttentionBackwardSm90Dispatch, WsMatchesBase) {
   auto check = [&](const AttentionSpec& spec, const Forward& f, const Gradients& base,
                    const Gradients& ws) {
     same_as_base(spec, base, ws);
-    // Items by striding or from the counter: which consumer computes an
-    // item, never how.
-    for (const char* schedule : {"static", "dynamic"}) {
-      SCOPED_TRACE(schedule);
-      ScopedEnv set(kSm90WsSchedule, schedule);
-      same_as_base(spec, base, run_backward_on(*cuda, spec, f, true));
-    }
+    // Items by striding or from the counter, in one group or in groups
+    // of 3 heads (the last one smaller where the pairs are not a multiple
+    // of 3): which consumer computes an item, never how.
+    for (const char* schedule : {"static", "dynamic"})
+      for (const char* group : {"0", "3"}) {
+        SCOPED_TRACE(std::string(schedule) + ", head group " + group);
+        ScopedEnv set(kSm90WsSchedule, schedule);
+        ScopedEnv set_group(kSm90HeadGroup, group);
+        same_as_base(spec, base, run_backward_on(*cuda, spec, f, true));
+      }
   };
   against_base(*cuda, shapes, spans, 97, "ws", check);
 }
@@ -491,6 +494,24 @@ TEST(CudaAttentionBackwardSm90Dispatch, RefusesABadBandRun) {
     expect_refusal([&] { run_backward(*cuda, spec, f); },
                    std::string("LSGPT_ATTENTION_SM90_BAND_RUN must be a whole number of key "
                                "blocks from 1 to 1048576, got '") + bad + "'",
+                   "attention_backward");
+  }
+}
+
+// The head group is a whole number of heads from 0, like the run length:
+// anything else stops the backward with the switch's name, on every GPU.
+TEST(CudaAttentionBackwardSm90Dispatch, RefusesABadHeadGroup) {
+  REQUIRE_CUDA(cuda);
+  AttentionSpec spec = parity_spec(100, 64, -1, 100);
+  const size_t BT = size_t(spec.B) * spec.T, C = spec.C();
+  const Forward f = run_forward_sm80(*cuda, spec, bf16_values(BT * 3 * C, 3, -2, 2),
+                                     bf16_values(BT * C, 4, -1, 1));
+  for (const char* bad : {"-1", "+4", " 4", "4x", "four", "99999999999"}) {
+    SCOPED_TRACE(bad);
+    ScopedEnv set_bad(kSm90HeadGroup, bad);
+    expect_refusal([&] { run_backward(*cuda, spec, f); },
+                   std::string("LSGPT_ATTENTION_SM90_HEAD_GROUP must be a whole number of heads "
+                               "from 0 to 1048576, got '") + bad + "'",
                    "attention_backward");
   }
 }

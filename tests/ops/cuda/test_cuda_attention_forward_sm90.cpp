@@ -176,9 +176,10 @@ TEST(CudaAttentionForwardSm90Dispatch, Deterministic) {
 // across items) against ws, the same kernel with one item per block: the
 // same arithmetic per item, so the same bits; and against the sm_80
 // kernel, as the parity tests. ws_dynamic runs twice with a launch of
-// another item count between (T 300, 2 or 4 items a (batch row, head)): a
-// launch that did not leave its counter at zero would make the next skip
-// items, whose rows would stay NaN (make_buffer's poison).
+// another item count between (T 1000: 192 items at D 64, 256 at D 128,
+// also more than the multiprocessors, so taken from the counter): a launch
+// that did not leave its counter at zero would make the next skip items,
+// whose out and lse rows would stay NaN (make_buffer's poison).
 TEST(CudaAttentionForwardSm90Dispatch, PersistentMatchesOneBlockPerItem) {
   REQUIRE_CUDA(cuda);
   REQUIRE_HOPPER();
@@ -192,7 +193,7 @@ TEST(CudaAttentionForwardSm90Dispatch, PersistentMatchesOneBlockPerItem) {
     const auto qkv = bf16_values(size_t(spec.B) * spec.T * 3 * spec.C(), 97 + D, -2, 2);
     ForwardResult one_per_item, persistent, dynamic, dynamic_again, short_dynamic, short_ws, sm80;
     AttentionSpec short_spec = spec;
-    short_spec.T = 300;
+    short_spec.T = 1000;
     const auto short_qkv =
         bf16_values(size_t(short_spec.B) * short_spec.T * 3 * short_spec.C(), 7 + D, -2, 2);
     {
@@ -219,6 +220,7 @@ TEST(CudaAttentionForwardSm90Dispatch, PersistentMatchesOneBlockPerItem) {
     EXPECT_EQ(short_dynamic.out, short_ws.out);
     EXPECT_EQ(short_dynamic.lse, short_ws.lse);
     EXPECT_EQ(short_dynamic.kbar, short_ws.kbar);
+    EXPECT_EQ(short_dynamic.max_logit, short_ws.max_logit);
     {
       ScopedEnv force(kForceSm80, "1");
       sm80 = run_forward(*cuda, spec, qkv);
