@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <initializer_list>
+#include <optional>
 #include <string>
 
 #include "core/error.h"
@@ -34,6 +35,21 @@ inline int env_switch(const char* name, std::initializer_list<const char*> value
     ++index;
   }
   fail(name, " must be ", choices, ", got '", set, "'");
+}
+
+// A whole-number switch (LSGPT_ATTENTION_SM90_BAND_RUN, ..._HEAD_GROUP):
+// the value of environment variable `name` as a number from `lo` to `hi`
+// (0 <= lo <= hi), digits only; unset or empty: nullopt. Anything else is
+// an Error "NAME must be a whole number of UNIT from LO to HI, got 'x'".
+inline std::optional<int> env_whole_number(const char* name, int lo, int hi, const char* unit) {
+  const char* set = std::getenv(name);
+  if (!set || !*set) return std::nullopt;
+  char* end = nullptr;
+  const long n = std::strtol(set, &end, 10);
+  // Digits only: strtol alone would also take leading blanks and a sign.
+  if (!(*set >= '0' && *set <= '9' && *end == '\0' && n >= lo && n <= hi))
+    fail(name, " must be a whole number of ", unit, " from ", lo, " to ", hi, ", got '", set, "'");
+  return int(n);
 }
 
 // Sets (or, with nullptr, removes) an environment variable for one scope and

@@ -44,5 +44,35 @@ TEST(EnvSwitch, AnyOtherValueNamesEveryWord) {
             "LSGPT_TEST_ENV_SWITCH must be auto or base, got 'bas'");
 }
 
+// env_whole_number: unset and empty give nullopt, digits in range their
+// number, anything else (a sign, blanks, trailing text, out of range,
+// past a long) one message naming the range.
+TEST(EnvWholeNumber, DigitsInRangeOnly) {
+  auto read = [](const char* value) {
+    ScopedEnv set(kName, value);
+    return env_whole_number(kName, 0, 1 << 20, "heads");
+  };
+  EXPECT_EQ(read(nullptr), std::nullopt);
+  EXPECT_EQ(read(""), std::nullopt);
+  EXPECT_EQ(read("0"), 0);
+  EXPECT_EQ(read("4"), 4);
+  EXPECT_EQ(read("007"), 7);
+  EXPECT_EQ(read("1048576"), 1 << 20);
+  for (const char* bad :
+       {"-1", "+4", " 4", "4 ", "4x", "four", "1048577", "99999999999999999999"}) {
+    SCOPED_TRACE(bad);
+    try {
+      read(bad);
+      ADD_FAILURE() << "accepted";
+    } catch (const Error& e) {
+      EXPECT_EQ(std::string(e.what()), std::string("LSGPT_TEST_ENV_SWITCH must be a whole number "
+                                                   "of heads from 0 to 1048576, got '") +
+                                           bad + "'");
+    }
+  }
+  ScopedEnv zero(kName, "0");
+  EXPECT_THROW(env_whole_number(kName, 1, 8, "key blocks"), Error);  // below lo
+}
+
 }  // namespace
 }  // namespace lsgpt

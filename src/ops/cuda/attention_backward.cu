@@ -20,7 +20,6 @@
 // unless LSGPT_ATTENTION_SM80=1 asks for this one.
 #include <algorithm>
 #include <cstdint>
-#include <cstdlib>
 #include <type_traits>
 
 #include "core/env_switch.h"
@@ -413,26 +412,11 @@ std::optional<Sm90BackwardVariant> attn::sm90_backward_override() {
 }
 
 std::optional<int> attn::sm90_band_run_override() {
-  const char* v = std::getenv("LSGPT_ATTENTION_SM90_BAND_RUN");
-  if (!v || !*v) return std::nullopt;
-  char* end = nullptr;
-  const long n = std::strtol(v, &end, 10);
-  // Digits only: strtol alone would also take leading blanks and a sign.
-  LSGPT_CHECK(*v >= '0' && *v <= '9' && *end == '\0' && n >= 1 && n <= 1 << 20,
-              "LSGPT_ATTENTION_SM90_BAND_RUN must be a whole number of key blocks from 1 to "
-              "1048576, got '", v, "'");
-  return int(n);
+  return env_whole_number("LSGPT_ATTENTION_SM90_BAND_RUN", 1, 1 << 20, "key blocks");
 }
 
 std::optional<int> attn::sm90_head_group_override() {
-  const char* v = std::getenv("LSGPT_ATTENTION_SM90_HEAD_GROUP");
-  if (!v || !*v) return std::nullopt;
-  char* end = nullptr;
-  const long n = std::strtol(v, &end, 10);
-  LSGPT_CHECK(*v >= '0' && *v <= '9' && *end == '\0' && n >= 0 && n <= 1 << 20,
-              "LSGPT_ATTENTION_SM90_HEAD_GROUP must be a whole number of heads from 0 to "
-              "1048576, got '", v, "'");
-  return int(n);
+  return env_whole_number("LSGPT_ATTENTION_SM90_HEAD_GROUP", 0, 1 << 20, "heads");
 }
 
 std::optional<bool> attn::sm90_ws_dynamic_override() {
@@ -557,11 +541,15 @@ void attention_backward(CudaContext& ctx, bf16* dqkv, bf16* dqkv_colsum, const b
   launch_delta(ctx, scratch.delta, dout, out, spec);
   BackwardParams p = backward_params(dqkv, dout, qkv, lse, kbar, scratch, spec);
   p.item_counter = ctx.item_counter(CudaContext::ItemCounter::attention_backward);
+  const bool dynamic =
+      sm90_ws_dynamic_override().value_or(ws_backward_dynamic(shape, ctx.sm_count()));
   if (band) {
     p.band_slots = band_slots;
     p.band_run = sm90_band_run_override().value_or(ws_band_run(shape, ctx.sm_count()));
   } else {
-    p.head_group = sm90_head_group_override().value_or(ws_backward_head_group(shape, ctx.sm_count()));
+    // Groups were measured with the counter; forced striding keeps one.
+    p.head_group = sm90_head_group_override().value_or(
+        dynamic ? ws_backward_head_group(shape, ctx.sm_count()) : 0);
   }
   const bool span = spec.span.any();
   const int D = padded_head_dim(spec.head_dim);
@@ -570,9 +558,7 @@ void attention_backward(CudaContext& ctx, bf16* dqkv, bf16* dqkv_colsum, const b
   else if (one_pass)
     launch_backward_sm90_one_pass(ctx, p, spec.B, span, qbar, scratch.dq_accum);
   else if (sm90 && (variant == Sm90BackwardVariant::ws || variant == Sm90BackwardVariant::ws_band))
-    launch_backward_sm90_ws(
-        ctx, p, spec.B, span, qbar, ws_backward_short_walks(shape),
-        sm90_ws_dynamic_override().value_or(ws_backward_dynamic(shape, ctx.sm_count())));
+    launch_backward_sm90_ws(ctx, p, spec.B, span, qbar, ws_backward_short_walks(shape), dynamic);
   else if (sm90)
     launch_backward_sm90(ctx, p, spec.B, span, qbar, variant == Sm90BackwardVariant::wg2);
   else if (D == 32)

@@ -15,8 +15,9 @@
 //   from blockIdx.x kConsumers + c on, or (kDynamic) the next item no
 //   consumer has taken yet: a key block or a query block of one (batch row,
 //   head), global heads' first and, among them, the longest walks first
-//   (within groups of p.head_group heads where that is set; attention_
-//   sm90_choice.h picks this variant and its schedule where they pay).
+//   (within groups of p.head_group (batch row, head) pairs where that is
+//   set; attention_sm90_choice.h picks this variant and its schedule where
+//   they pay).
 //   An item's fixed pair (K and V of a key block; Q and dO of a query
 //   block) sits in one of kFixedStages slots, the tiles it walks (Q, dO,
 //   lse, delta; or K, V) in a ring of kStages stages, each with `full` and

@@ -154,6 +154,36 @@ constexpr int ws_backward_consumers(int padded_head_dim, bool qbar) {
   return padded_head_dim <= 64 ? (qbar ? 2 : 3) : (qbar ? 1 : 2);
 }
 
+// Global heads' two-pass items (a key and a query block each 64 rows) for
+// each of ws's consumers.
+inline double ws_backward_global_items_per_consumer(const AttentionShape& s, int sm_count) {
+  const int64_t streams =
+      int64_t(std::max(1, sm_count)) * ws_backward_consumers(s.head_dim, s.span_qbar);
+  const int64_t global_items =
+      2 * int64_t(s.B) * (s.n_head - s.n_local) * ((int64_t(s.T) + 63) / 64);
+  return double(global_items) / double(streams);
+}
+
+// ws's items in groups of this many (batch row, head) pairs: every item of
+// a group (heaviest first within it) before the next group's, instead of
+// every pair's heaviest items first; 0: one group. The counter's loss to
+// striding on long MHSA (ws_backward_dynamic) was L2 traffic, not
+// balance: at D 128, T 4k (Nsight Compute, H200, 2026-12-01) the counter
+// evened out the multiprocessors' busy cycles but the L2 hit rate fell
+// from 45% to 29%. With the items in flight spread over every pair, the
+// working set is every pair's Q, K, V and dO (256 MiB there) against
+// about 50 MB of L2; a group of 4 pairs needs 16 MiB. With the counter,
+// groups of 4 took MHSA's forward+backward 13% (D 128 T 4k), 14% (D 64 T
+// 16k) and 7.5% (D 128 T 16k) below striding's; groups of 8 were 0.4-9%
+// slower than 4. Only MHSA from T 4k is measured, so shapes with local
+// heads and shorter ones keep one group.
+constexpr int kWsHeadGroup = 4;
+inline int ws_backward_head_group(const AttentionShape& s, int sm_count) {
+  const bool long_mhsa = s.n_local == 0 && s.T >= 4096 &&
+                         ws_backward_global_items_per_consumer(s, sm_count) >= 8;
+  return long_mhsa ? kWsHeadGroup : 0;
+}
+
 // ws's items from a counter (dynamic) rather than by striding. Where few
 // global heads' items, which walk up to T / 64 tiles, come to each
 // consumer, or many short local items sit among them, striding hands some
@@ -171,37 +201,6 @@ constexpr int ws_backward_consumers(int padded_head_dim, bool qbar) {
 // consumer) striding was faster by up to 13% (MHSA at D 128 from T 4k),
 // or the two within 1% (LS 1/2): LS 1/2 keeps striding; MHSA takes the
 // counter with its items in groups of heads (ws_backward_head_group).
-// Global heads' two-pass items (a key and a query block each 64 rows) for
-// each of ws's consumers.
-inline double ws_backward_global_items_per_consumer(const AttentionShape& s, int sm_count) {
-  const int64_t streams =
-      int64_t(std::max(1, sm_count)) * ws_backward_consumers(s.head_dim, s.span_qbar);
-  const int64_t global_items =
-      2 * int64_t(s.B) * (s.n_head - s.n_local) * ((int64_t(s.T) + 63) / 64);
-  return double(global_items) / double(streams);
-}
-
-// ws's items in groups of this many (batch row, head) pairs: every item of
-// a group (heaviest first within it) before the next group's, instead of
-// every head's heaviest items first; 0: one group. The striding loss above
-// was L2 traffic, not balance: on MHSA at D 128, T 4k (Nsight Compute,
-// H200, 2026-12-01) striding left the multiprocessors' busy cycles 12%
-// apart and the counter evened them out, but the counter's items in flight
-// spread over every head (those of one rank of all heads run together), and
-// the L2 hit rate fell from 45% to 29%, DRAM reads rose from 5.4 to 8.5 GB.
-// Items from the counter in groups of 4 heads (forward+backward, one call):
-// MHSA D 128 T 4k 2.16 ms against striding's 2.49 (-13%), D 64 T 16k 10.27
-// against 11.94 (-14%), D 128 T 16k 9.00 against 9.73 (-8%); groups of 8
-// 0.4-9% slower than 4, and with striding groups moved it -8% to +7%.
-// Only MHSA (no local heads) from T 4k is measured, so the others keep one
-// group.
-constexpr int kWsHeadGroup = 4;
-inline int ws_backward_head_group(const AttentionShape& s, int sm_count) {
-  const bool long_mhsa = s.n_local == 0 && s.T > 1024 &&
-                         ws_backward_global_items_per_consumer(s, sm_count) >= 8;
-  return long_mhsa ? kWsHeadGroup : 0;
-}
-
 inline bool ws_backward_dynamic(const AttentionShape& s, int sm_count) {
   const bool short_bands = s.n_local > 0 && ws_band_tiles(std::min(s.window, s.T)) <= 3;
   return s.T <= 1024 || ws_backward_global_items_per_consumer(s, sm_count) < 8 || short_bands ||

@@ -63,7 +63,7 @@ class CudaContext {
   // would keep programmatic dependent launch from reaching the kernel. One
   // counter a kernel family, so that two kernels never share one.
   enum class ItemCounter { attention_forward, attention_backward };
-  static constexpr int kItemCounters = 2;
+  static constexpr int kItemCounters = int(ItemCounter::attention_backward) + 1;
   int* item_counter(ItemCounter which) const { return item_counters_ + int(which); }
 
  private:

@@ -37,6 +37,7 @@ constexpr const char* kSm90BackwardVariants[] = {"base",     "wg2",          "ws
 constexpr const char* kSm90BandRun = "LSGPT_ATTENTION_SM90_BAND_RUN";
 // How ws hands out its items (striding or a counter).
 constexpr const char* kSm90WsSchedule = "LSGPT_ATTENTION_SM90_WS_SCHEDULE";
+// ws's items in groups of this many (batch row, head) pairs.
 constexpr const char* kSm90HeadGroup = "LSGPT_ATTENTION_SM90_HEAD_GROUP";
 // The order the two-pass Hopper backward starts its blocks in.
 constexpr const char* kSm90BackwardOrder = "LSGPT_ATTENTION_SM90_BACKWARD_ORDER";

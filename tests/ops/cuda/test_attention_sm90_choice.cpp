@@ -175,7 +175,7 @@ TEST(AttentionSm90Choice, BackwardItemsFromACounter) {
 
 // Head groups (ws_backward_head_group): 4 for MHSA from T 4k with 8 or more
 // global items a consumer (the grid's MHSA at D 64 and 128, T 4k and 16k),
-// none with local heads, at T 1k, or with few items (MHSA at T 4k with
+// none with local heads, below T 4k, or with few items (MHSA at T 4k with
 // B 1 and 4 heads: 512 items for 396 consumers).
 TEST(AttentionSm90Choice, BackwardHeadGroups) {
   for (int D : {64, 128})
@@ -185,6 +185,8 @@ TEST(AttentionSm90Choice, BackwardHeadGroups) {
       EXPECT_EQ(ws_backward_head_group(grid_shape("ls_half_w256", T, D), kH200Sms), 0);
     }
   EXPECT_EQ(ws_backward_head_group(grid_shape("mhsa", 1024, 64), kH200Sms), 0);
+  EXPECT_EQ(ws_backward_head_group({8, 2048, 32, 0, 1, 64}, kH200Sms), 0);  // not measured
+  EXPECT_FALSE(ws_backward_dynamic({8, 2048, 32, 0, 1, 64}, kH200Sms));
   EXPECT_EQ(ws_backward_head_group({1, 4096, 4, 0, 1, 64}, kH200Sms), 0);
   EXPECT_EQ(ws_backward_head_group({1, 4096, 4, 0, 1, 64}, 16), kWsHeadGroup);
   EXPECT_EQ(ws_backward_head_group({0, 0, 12, 0, 1, 64}, kH200Sms), 0);

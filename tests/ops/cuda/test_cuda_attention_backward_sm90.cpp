@@ -35,6 +35,7 @@
 #include <gtest/gtest.h>
 
 #include <cstdlib>
+#include <initializer_list>
 #include <memory>
 #include <string>
 #include <vector>
@@ -455,21 +456,32 @@ TEST(CudaAttentionBackwardSm90Dispatch, ChoosesTheKernel) {
   EXPECT_FALSE(uses_sm90(spec));
 }
 
+// The forward a switch test's backward runs on (dispatch_spec(64)).
+Forward switch_test_forward(Backend& cuda, const AttentionSpec& spec) {
+  const size_t BT = size_t(spec.B) * spec.T, C = spec.C();
+  return run_forward_sm80(cuda, spec, bf16_values(BT * 3 * C, 3, -2, 2),
+                          bf16_values(BT * C, 4, -1, 1));
+}
+
+// `bad` in switch `name` is an error with `expected` in the message on
+// every GPU, both where the dispatch is asked and where the backward runs.
+void expect_switch_refused(Backend& cuda, const AttentionSpec& spec, const Forward& f,
+                           const char* name, const char* bad, const std::string& expected) {
+  SCOPED_TRACE(bad);
+  ScopedEnv set_bad(name, bad);
+  expect_refusal([&] { cuda_attention_backward_uses_sm90(cuda, spec); }, expected, "the dispatch");
+  expect_refusal([&] { run_backward(cuda, spec, f); }, expected, "attention_backward");
+}
+
 // A backward switch: each of `accepted` (and unset, empty, auto) is taken
-// where the dispatch is asked; `bad` is an error with `expected` in the
-// message on every GPU, both there and where the backward runs.
+// where the dispatch is asked; `bad` is refused (expect_switch_refused).
 template <size_t N>
 void check_backward_switch(Backend& cuda, const char* name, const char* const (&accepted)[N],
                            const char* bad, const std::string& expected) {
   const AttentionSpec spec = dispatch_spec(64);
   ScopedEnv env(kForceSm80, nullptr);
   expect_variants_accepted(name, accepted, [&] { cuda_attention_backward_uses_sm90(cuda, spec); });
-  const size_t BT = size_t(spec.B) * spec.T, C = spec.C();
-  const Forward f = run_forward_sm80(cuda, spec, bf16_values(BT * 3 * C, 3, -2, 2),
-                                     bf16_values(BT * C, 4, -1, 1));
-  ScopedEnv set_bad(name, bad);
-  expect_refusal([&] { cuda_attention_backward_uses_sm90(cuda, spec); }, expected, "the dispatch");
-  expect_refusal([&] { run_backward(cuda, spec, f); }, expected, "attention_backward");
+  expect_switch_refused(cuda, spec, switch_test_forward(cuda, spec), name, bad, expected);
 }
 
 TEST(CudaAttentionBackwardSm90Dispatch, RefusesAnUnknownVariant) {
@@ -480,40 +492,28 @@ TEST(CudaAttentionBackwardSm90Dispatch, RefusesAnUnknownVariant) {
       "ws_band, got 'ws_persistent'");
 }
 
-// The run length is a whole number of key blocks from 1; anything else
-// stops the backward with the switch's name, on every GPU.
-TEST(CudaAttentionBackwardSm90Dispatch, RefusesABadBandRun) {
-  REQUIRE_CUDA(cuda);
-  AttentionSpec spec = parity_spec(100, 64, -1, 100);
-  const size_t BT = size_t(spec.B) * spec.T, C = spec.C();
-  const Forward f = run_forward_sm80(*cuda, spec, bf16_values(BT * 3 * C, 3, -2, 2),
-                                     bf16_values(BT * C, 4, -1, 1));
-  for (const char* bad : {"0", "-3", "+8", " 8", "2x", "four", "99999999999"}) {
-    SCOPED_TRACE(bad);
-    ScopedEnv set_bad(kSm90BandRun, bad);
-    expect_refusal([&] { run_backward(*cuda, spec, f); },
-                   std::string("LSGPT_ATTENTION_SM90_BAND_RUN must be a whole number of key "
-                               "blocks from 1 to 1048576, got '") + bad + "'",
-                   "attention_backward");
-  }
+// A whole-number switch's bad values (env_whole_number) are refused.
+void check_whole_number_switch(Backend& cuda, const char* name,
+                               std::initializer_list<const char*> bad_values,
+                               const std::string& expected_prefix) {
+  const AttentionSpec spec = dispatch_spec(64);
+  ScopedEnv env(kForceSm80, nullptr);
+  const Forward f = switch_test_forward(cuda, spec);
+  for (const char* bad : bad_values)
+    expect_switch_refused(cuda, spec, f, name, bad, expected_prefix + bad + "'");
 }
 
-// The head group is a whole number of heads from 0, like the run length:
-// anything else stops the backward with the switch's name, on every GPU.
-TEST(CudaAttentionBackwardSm90Dispatch, RefusesABadHeadGroup) {
+// The run length is a whole number of key blocks from 1, the head group
+// of heads from 0.
+TEST(CudaAttentionBackwardSm90Dispatch, RefusesABadBandRunOrHeadGroup) {
   REQUIRE_CUDA(cuda);
-  AttentionSpec spec = parity_spec(100, 64, -1, 100);
-  const size_t BT = size_t(spec.B) * spec.T, C = spec.C();
-  const Forward f = run_forward_sm80(*cuda, spec, bf16_values(BT * 3 * C, 3, -2, 2),
-                                     bf16_values(BT * C, 4, -1, 1));
-  for (const char* bad : {"-1", "+4", " 4", "4x", "four", "99999999999"}) {
-    SCOPED_TRACE(bad);
-    ScopedEnv set_bad(kSm90HeadGroup, bad);
-    expect_refusal([&] { run_backward(*cuda, spec, f); },
-                   std::string("LSGPT_ATTENTION_SM90_HEAD_GROUP must be a whole number of heads "
-                               "from 0 to 1048576, got '") + bad + "'",
-                   "attention_backward");
-  }
+  check_whole_number_switch(*cuda, kSm90BandRun,
+                            {"0", "-3", "+8", " 8", "2x", "four", "99999999999"},
+                            "LSGPT_ATTENTION_SM90_BAND_RUN must be a whole number of key blocks "
+                            "from 1 to 1048576, got '");
+  check_whole_number_switch(*cuda, kSm90HeadGroup, {"-1", "+4", "4x", "1048577"},
+                            "LSGPT_ATTENTION_SM90_HEAD_GROUP must be a whole number of heads "
+                            "from 0 to 1048576, got '");
 }
 
 // The block order's and ws's item schedule's switches: their values taken,
