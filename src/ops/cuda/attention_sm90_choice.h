@@ -2,11 +2,11 @@
 // choice is tested without a GPU.
 //
 // The rules come from bench_cuda_attention forward_kernels=1 and
-// backward_kernels=1 on an NVIDIA H200, 2026-11-30 and 2026-12-01 (the ws
-// kernels' policies as they are now) (docs/BENCHMARKS.md; the reasoning in
-// docs/CUDA.md "Choosing a Hopper kernel"). They pick the fastest measured
-// variant, or one within 2% of it, for every measured shape (MHSA, LS 11/12 w 100, LS 1/2 w 256; D 64
-// and 128; T 1k, 4k, 16k).
+// backward_kernels=1 on an NVIDIA H200, 2026-11-30 and 2026-12-01, with the
+// ws kernels' policies as they are now (docs/BENCHMARKS.md; the reasoning
+// in docs/CUDA.md "Choosing a Hopper kernel"). They pick the fastest
+// measured variant, or one within 2% of it, for every measured shape
+// (MHSA, LS 11/12 w 100, LS 1/2 w 256; D 64 and 128; T 1k, 4k, 16k).
 #pragma once
 
 #include <algorithm>
