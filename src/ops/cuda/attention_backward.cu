@@ -541,8 +541,7 @@ void attention_backward(CudaContext& ctx, bf16* dqkv, bf16* dqkv_colsum, const b
   launch_delta(ctx, scratch.delta, dout, out, spec);
   BackwardParams p = backward_params(dqkv, dout, qkv, lse, kbar, scratch, spec);
   p.item_counter = ctx.item_counter(CudaContext::ItemCounter::attention_backward);
-  const bool dynamic =
-      sm90_ws_dynamic_override().value_or(ws_backward_dynamic(shape, ctx.sm_count()));
+  const bool dynamic = sm90_ws_dynamic_override().value_or(true);  // attention_sm90_choice.h
   if (band) {
     p.band_slots = band_slots;
     p.band_run = sm90_band_run_override().value_or(ws_band_run(shape, ctx.sm_count()));

@@ -295,8 +295,8 @@ void launch_backward_sm90(CudaContext& ctx, const BackwardParams& p, int B, bool
 // two at D 128 (one with qbar), one block a multiprocessor walking key and
 // query blocks (global heads first). short_walks (ws_backward_short_walks)
 // double-buffers each consumer's fixed pair at D 64 without qbar, for items
-// that walk few tiles; ignored elsewhere. dynamic (ws_backward_dynamic):
-// each consumer takes the next item no consumer has taken yet from a
+// that walk few tiles; ignored elsewhere. dynamic (the default): each
+// consumer takes the next item no consumer has taken yet from a
 // counter (p.item_counter), instead of every (consumers)-th item; band
 // runs always do. Either way the same bits.
 // With p.band_run > 0 (ws_band: D 64 without qbar, ws_band_applies) the
@@ -359,7 +359,7 @@ std::optional<int> sm90_band_run_override();
 std::optional<int> sm90_head_group_override();
 
 // How ws hands out its items: LSGPT_ATTENTION_SM90_WS_SCHEDULE = auto (also
-// unset or empty: nullopt, ws_backward_dynamic's choice), static (every
+// unset or empty: nullopt, the counter everywhere), static (every
 // (consumers)-th item) or dynamic (from a counter); anything else is an
 // error. True for dynamic.
 std::optional<bool> sm90_ws_dynamic_override();

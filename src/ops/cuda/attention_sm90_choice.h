@@ -120,7 +120,7 @@ inline int ws_band_run(const AttentionShape& s, int sm_count) {
 // of blocks and wins (3-7%) only while the global heads alone still give
 // every multiprocessor two blocks, since the global heads carry most of
 // the work. ws_band (band runs) is never the default: ws with its items
-// from a counter (ws_backward_dynamic) is faster wherever band runs had
+// from a counter (the default) is faster wherever band runs had
 // won (H200, 2026-12-01, the backward alone: LS 11/12 at T 4k 0.541 ms
 // against 0.565, at T 16k 1.005 against 1.045, GPT-2 small's all-local
 // layer 0.164 against 0.178); what the band runs had gained over ws was
@@ -167,44 +167,44 @@ inline double ws_backward_global_items_per_consumer(const AttentionShape& s, int
 // ws's items in groups of this many (batch row, head) pairs: every item of
 // a group (heaviest first within it) before the next group's, instead of
 // every pair's heaviest items first; 0: one group. The counter's loss to
-// striding on long MHSA (ws_backward_dynamic) was L2 traffic, not
+// striding on long MHSA (before the groups) was L2 traffic, not
 // balance: at D 128, T 4k (Nsight Compute, H200, 2026-12-01) the counter
 // evened out the multiprocessors' busy cycles but the L2 hit rate fell
 // from 45% to 29%. With the items in flight spread over every pair, the
 // working set is every pair's Q, K, V and dO (256 MiB there) against
-// about 50 MB of L2; a group of 4 pairs needs 16 MiB. With the counter,
-// groups of 4 took MHSA's forward+backward 13% (D 128 T 4k), 14% (D 64 T
-// 16k) and 7.5% (D 128 T 16k) below striding's; groups of 8 were 0.4-9%
-// slower than 4. Only MHSA from T 4k is measured, so shapes with local
-// heads and shorter ones keep one group.
-constexpr int kWsHeadGroup = 4;
+// about 50 MB of L2. H200, 2026-12-01, forward+backward, two rounds, one
+// group -> groups (of 2, 4 or 8 pairs, within 1.5% of each other):
+// MHSA -13% (D 64) and -20% (D 128) at T 1k, -13% / -14% / -7.5% at D 128
+// T 4k, D 64 T 16k, D 128 T 16k (against striding); LS 1/2 w 256 -8% /
+// -13% at T 1k (D 64 / 128), -9% to -10% at T 4k and -4% to -10% at T 16k
+// (against striding); GPT-2 small's MHSA layer -8.5% (its training step
+// +1% tokens/s). Where the global heads give each consumer fewer than 8
+// items (LS 11/12 w 100), groups lost at D 64: +1-2.5% with 32 heads at T
+// 1k, +2.6% at T 4k, +4% at GPT-2 small's LS layer (its step -0.5%), the
+// same at T 16k; at D 128 they won 5.5% at T 1k and were within 1% at T 4k
+// and 16k. So groups wherever the global heads give each consumer 8 items
+// or more, and at D 128. The size: the most pairs, from 2 to 4, whose Q,
+// K, V and dO fit in 16 MiB (a third of L2; 4 at T 1k and at D 128 T 4k,
+// where 4 beat 2 by 1.5%, 2 from D 64 T 16k, where 2 beat 4 by 0.5-1%; 8
+// was up to 9% slower than 4).
+constexpr int64_t kWsHeadGroupBytes = int64_t(16) << 20;
 inline int ws_backward_head_group(const AttentionShape& s, int sm_count) {
-  const bool long_mhsa = s.n_local == 0 && s.T >= 4096 &&
-                         ws_backward_global_items_per_consumer(s, sm_count) >= 8;
-  return long_mhsa ? kWsHeadGroup : 0;
+  if (s.T <= 0) return 0;
+  if (s.head_dim <= 64 && ws_backward_global_items_per_consumer(s, sm_count) < 8) return 0;
+  const int64_t pair_bytes = 4 * int64_t(s.T) * std::max(1, s.head_dim) * 2;  // bf16
+  return int(std::clamp<int64_t>(kWsHeadGroupBytes / pair_bytes, 2, 4));
 }
 
-// ws's items from a counter (dynamic) rather than by striding. Where few
-// global heads' items, which walk up to T / 64 tiles, come to each
-// consumer, or many short local items sit among them, striding hands some
-// consumers more long walks than others and the block waits for them.
-// H200, 2026-12-01, forward+backward (the forward the same), dynamic
-// against striding: LS 11/12 w 100 at D 128 -3% at T 1k, -12% at 4k and
-// -18% at 16k (two global items a consumer or fewer); at T 1k GPT-2
-// small's LS and MHSA layers -7%, LS 11/12 and MHSA at 32 heads -5% and
-// -3%; LS 11/12 with the span's qbar at T 4k -7%. The band runs, which
-// always took their items from the counter, had been 6% and 28% faster
-// than ws by striding at LS 11/12, D 64, T 4k and 16k; ws with the counter
-// beats them there, so the counter stays wherever local bands are at most
-// three tiles (w <= 129), whatever B and T. With many long items and no
-// such bands (MHSA and LS 1/2 w 256 from T 4k, 15 to 41 global items a
-// consumer) striding was faster by up to 13% (MHSA at D 128 from T 4k),
-// or the two within 1% (LS 1/2): LS 1/2 keeps striding; MHSA takes the
-// counter with its items in groups of heads (ws_backward_head_group).
-inline bool ws_backward_dynamic(const AttentionShape& s, int sm_count) {
-  const bool short_bands = s.n_local > 0 && ws_band_tiles(std::min(s.window, s.T)) <= 3;
-  return s.T <= 1024 || ws_backward_global_items_per_consumer(s, sm_count) < 8 || short_bands ||
-         ws_backward_head_group(s, sm_count) > 0;
-}
+// ws takes its items from a counter (dynamic) on every shape; striding
+// (every (consumers)-th item) stays as LSGPT_ATTENTION_SM90_WS_SCHEDULE=
+// static, for comparison. Where few global heads' items, which walk up to
+// T / 64 tiles, come to each consumer, or many short local items sit among
+// them, striding hands some consumers more long walks than others (H200,
+// 2026-12-01, forward+backward, the counter against striding: LS 11/12 w
+// 100 at D 128 -3% at T 1k, -12% at 4k and -18% at 16k; at T 1k GPT-2
+// small's LS and MHSA layers -7%; LS 11/12 with the span's qbar at T 4k
+// -7%). With many long items (MHSA, LS 1/2 w 256) striding had been faster
+// by up to 13% until the counter's items came in groups of heads
+// (ws_backward_head_group, above), which beat striding there by 4-14%.
 
 }  // namespace lsgpt::cuda::attn

@@ -5,6 +5,7 @@
 // edge shapes stay defined.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <string>
 
 #include "ops/cuda/attention_sm90_choice.h"
@@ -35,8 +36,7 @@ struct Measured {
 
 // The measured winners (H200). Forward: 2026-12-01, with ws_dynamic (D 64
 // with three consumers). Backward: ws won at every shape on 2026-11-30, and
-// again on 2026-12-01 with its items from a counter where
-// ws_backward_dynamic says, against band runs (ws_band), which had won LS
+// again on 2026-12-01 with its items from a counter, against band runs (ws_band), which had won LS
 // 11/12 at D 64 from T 4k against ws by striding.
 constexpr Measured kMeasured[] = {
     {"mhsa", 64, 1024, F::ws_dynamic, Bw::ws},
@@ -140,56 +140,45 @@ TEST(AttentionSm90Choice, BackwardShortWalks) {
   EXPECT_FALSE(ws_backward_short_walks({0, 0, 12, 0, 1, 64}));  // no rows
 }
 
-// ws's items from a counter (ws_backward_dynamic): at T <= 1024, where the
-// global heads' items come to fewer than 8 a consumer (LS 11/12 at D 128
-// from T 4k: 512 items for 264 consumers), wherever local bands are at
-// most three tiles (w <= 129: LS 11/12 at any B and T), and for MHSA from
-// T 4k (16,384 global items at D 64, 8,192 at D 128) in groups of 4 heads
-// (ws_backward_head_group); not for LS 1/2 at w 256 from T 4k, where
-// striding measured the same and groups are not measured.
-TEST(AttentionSm90Choice, BackwardItemsFromACounter) {
-  EXPECT_TRUE(ws_backward_dynamic({16, 1024, 12, 11, 100, 64}, kH200Sms));  // GPT-2 small LS
-  EXPECT_TRUE(ws_backward_dynamic({16, 1024, 12, 0, 1, 64}, kH200Sms));     // and MHSA
-  EXPECT_TRUE(ws_backward_dynamic({4, 4096, 16, 15, 100, 128}, kH200Sms));
-  EXPECT_TRUE(ws_backward_dynamic({1, 16384, 16, 15, 100, 128}, kH200Sms));
-  EXPECT_TRUE(ws_backward_dynamic({4, 4096, 16, 0, 1, 128}, kH200Sms));
-  EXPECT_FALSE(ws_backward_dynamic({1, 16384, 16, 8, 256, 128}, kH200Sms));  // 4,096 items
-  EXPECT_TRUE(ws_backward_dynamic(grid_shape("mhsa", 4096, 64), kH200Sms));
-  EXPECT_FALSE(ws_backward_dynamic(grid_shape("ls_half_w256", 16384, 64), kH200Sms));
-  // Short bands: LS 11/12 at w 100 and 129 with many global items (B 16,
-  // T 4k: 6,144), not at w 130 (four tiles).
-  EXPECT_TRUE(ws_backward_dynamic({16, 4096, 32, 29, 100, 64}, kH200Sms));
-  EXPECT_TRUE(ws_backward_dynamic({16, 4096, 32, 29, 129, 64}, kH200Sms));
-  EXPECT_FALSE(ws_backward_dynamic({16, 4096, 32, 29, 130, 64}, kH200Sms));
-  EXPECT_TRUE(ws_backward_dynamic({8, 16384, 32, 29, 100, 64}, kH200Sms));
-  // With qbar at D 64 two consumers a block (264 in all): 1,536 items.
-  EXPECT_TRUE(ws_backward_dynamic({4, 4096, 32, 29, 100, 64, true}, kH200Sms));
-  // The same global items on a GPU of 16 multiprocessors are many a
-  // consumer (w 256: no short bands).
-  EXPECT_TRUE(ws_backward_dynamic({4, 4096, 16, 8, 256, 128}, 300));  // 4,096 for 600
-  EXPECT_FALSE(ws_backward_dynamic({4, 4096, 16, 8, 256, 128}, 16));
-  EXPECT_FALSE(ws_backward_dynamic({4, 4096, 16, 8, 256, 128}, 0));  // 0 SMs taken as 1
-  EXPECT_TRUE(ws_backward_dynamic({4, 4096, 16, 0, 1, 128}, 10000));
-  EXPECT_TRUE(ws_backward_dynamic({0, 0, 12, 0, 1, 64}, kH200Sms));  // no rows: nothing to hand out
-}
-
-// Head groups (ws_backward_head_group): 4 for MHSA from T 4k with 8 or more
-// global items a consumer (the grid's MHSA at D 64 and 128, T 4k and 16k),
-// none with local heads, below T 4k, or with few items (MHSA at T 4k with
-// B 1 and 4 heads: 512 items for 396 consumers).
+// Head groups (ws_backward_head_group) at D 128, and at D 64 where the
+// global heads give each consumer 8 items or more: the grid's MHSA and LS
+// 1/2 at every T (LS 1/2 D 64 T 16k: 8,192 items for 396 consumers), not
+// LS 11/12 at D 64 (w 100: 1,536 global items for 396 consumers at T 1k)
+// nor GPT-2 small's LS layer (512); MHSA at D 64, T 4k with B 1 and 4
+// heads has 512 items: one group on 132 multiprocessors, groups on 16. The
+// size: the most pairs from 2 to 4 whose Q, K, V, dO (4 T D bf16 values)
+// fit in 16 MiB.
 TEST(AttentionSm90Choice, BackwardHeadGroups) {
   for (int D : {64, 128})
-    for (int T : {4096, 16384}) {
-      EXPECT_EQ(ws_backward_head_group(grid_shape("mhsa", T, D), kH200Sms), kWsHeadGroup);
-      EXPECT_EQ(ws_backward_head_group(grid_shape("ls_11of12_w100", T, D), kH200Sms), 0);
-      EXPECT_EQ(ws_backward_head_group(grid_shape("ls_half_w256", T, D), kH200Sms), 0);
+    for (int T : {1024, 4096, 16384}) {
+      SCOPED_TRACE("D " + std::to_string(D) + " T " + std::to_string(T));
+      const int size = std::clamp((16 << 20) / (8 * T * D), 2, 4);
+      EXPECT_EQ(ws_backward_head_group(grid_shape("mhsa", T, D), kH200Sms), size);
+      EXPECT_EQ(ws_backward_head_group(grid_shape("ls_half_w256", T, D), kH200Sms), size);
+      EXPECT_EQ(ws_backward_head_group(grid_shape("ls_11of12_w100", T, D), kH200Sms),
+                D == 128 ? size : 0);
     }
-  EXPECT_EQ(ws_backward_head_group(grid_shape("mhsa", 1024, 64), kH200Sms), 0);
-  EXPECT_EQ(ws_backward_head_group({8, 2048, 32, 0, 1, 64}, kH200Sms), 0);  // not measured
-  EXPECT_FALSE(ws_backward_dynamic({8, 2048, 32, 0, 1, 64}, kH200Sms));
+  // 4 at T 1k and D 128 T 4k (4 MiB a pair), 2 at D 64 T 16k (8 MiB) and
+  // D 128 T 16k (16 MiB: one would fit; never fewer than 2).
+  EXPECT_EQ(ws_backward_head_group(grid_shape("mhsa", 1024, 64), kH200Sms), 4);
+  EXPECT_EQ(ws_backward_head_group(grid_shape("mhsa", 4096, 128), kH200Sms), 4);
+  EXPECT_EQ(ws_backward_head_group(grid_shape("mhsa", 16384, 64), kH200Sms), 2);
+  EXPECT_EQ(ws_backward_head_group(grid_shape("mhsa", 16384, 128), kH200Sms), 2);
+  EXPECT_EQ(ws_backward_head_group({1, 1 << 20, 32, 0, 1, 128}, kH200Sms), 2);
+  EXPECT_EQ(ws_backward_head_group({16, 1024, 12, 11, 100, 64}, kH200Sms), 0);  // GPT-2 LS
+  EXPECT_EQ(ws_backward_head_group({16, 1024, 12, 0, 1, 64}, kH200Sms), 4);     // and MHSA
   EXPECT_EQ(ws_backward_head_group({1, 4096, 4, 0, 1, 64}, kH200Sms), 0);
-  EXPECT_EQ(ws_backward_head_group({1, 4096, 4, 0, 1, 64}, 16), kWsHeadGroup);
-  EXPECT_EQ(ws_backward_head_group({0, 0, 12, 0, 1, 64}, kH200Sms), 0);
+  EXPECT_EQ(ws_backward_head_group({1, 4096, 4, 0, 1, 64}, 16), 4);
+  EXPECT_EQ(ws_backward_head_group({1, 4096, 4, 0, 1, 64}, 0), 4);  // 0 SMs taken as 1
+  EXPECT_EQ(ws_backward_head_group({1, 4096, 4, 0, 1, 128}, kH200Sms), 4);  // D 128: any
+  EXPECT_EQ(ws_backward_head_group({0, 0, 12, 0, 1, 64}, kH200Sms), 0);  // no rows
+  EXPECT_EQ(ws_backward_head_group({0, 0, 12, 0, 1, 128}, kH200Sms), 0);
+  EXPECT_EQ(ws_backward_head_group({4, 4096, 32, 32, 100, 64}, kH200Sms), 0);  // all local
+  // qbar's fewer consumers a block (two at D 64) make more items each:
+  // LS 29/32 at B 8, T 4k has 3,072 global items, 7.8 for 396 consumers
+  // without qbar, 11.6 for 264 with it.
+  EXPECT_EQ(ws_backward_head_group({8, 4096, 32, 29, 100, 64}, kH200Sms), 0);
+  EXPECT_EQ(ws_backward_head_group({8, 4096, 32, 29, 100, 64, true}, kH200Sms), 4);
 }
 
 // ws_band: the query tiles a local 64-key block walks, (w + 62) / 64 + 1
