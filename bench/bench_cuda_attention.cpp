@@ -18,9 +18,10 @@
 // backward_kernels=1 does the same for the backward alone (delta kernel
 // included), from one forward's outputs, with the backward's variants
 // (LSGPT_ATTENTION_SM90_BACKWARD = base, wg2, ws, one_pass, one_pass_wg2,
-// ws_band, and ws_band with LSGPT_ATTENTION_SM90_BAND_RUN 2, 8, 16, and ws
-// with LSGPT_ATTENTION_SM90_WS_SCHEDULE static and dynamic:
-// "bwd_<variant>_ms", ...).
+// ws_band, and ws_band with LSGPT_ATTENTION_SM90_BAND_RUN 2, 8, 16, ws
+// with LSGPT_ATTENTION_SM90_WS_SCHEDULE=static (striding instead of the
+// default's counter) and ws with LSGPT_ATTENTION_SM90_HEAD_GROUP=0 (one
+// group instead of the default's head groups): "bwd_<variant>_ms", ...).
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
@@ -207,8 +208,8 @@ void run_config(Backend& be, const Config& c, int reps, Mode mode) {
     // ws_band also with runs of 2, 8 and 16 key blocks (its default picks
     // by shape; at D 128 or with qbar it runs ws).
     constexpr const char* kBandRun = "LSGPT_ATTENTION_SM90_BAND_RUN";
-    // ws with its items handed out by striding and from a counter, and in
-    // one group of heads.
+    // ws with its items handed out by striding (the default takes them from
+    // a counter), and in one group of heads.
     constexpr const char* kSchedule = "LSGPT_ATTENTION_SM90_WS_SCHEDULE";
     constexpr const char* kHeadGroup = "LSGPT_ATTENTION_SM90_HEAD_GROUP";
     const Variants variants{"LSGPT_ATTENTION_SM90_BACKWARD",
@@ -219,7 +220,6 @@ void run_config(Backend& be, const Config& c, int reps, Mode mode) {
                              {"ws_band_run8", "ws_band", kBandRun, "8"},
                              {"ws_band_run16", "ws_band", kBandRun, "16"},
                              {"ws_static", "ws", kSchedule, "static"},
-                             {"ws_dynamic", "ws", kSchedule, "dynamic"},
                              {"ws_one_group", "ws", kHeadGroup, "0"}}};
     compare_kernels(be, c, spec, reps, "bwd", 2.5 * flops_fwd, cuda_attention_backward_uses_sm90,
                     variants, backward);

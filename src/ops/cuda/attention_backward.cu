@@ -541,7 +541,13 @@ void attention_backward(CudaContext& ctx, bf16* dqkv, bf16* dqkv_colsum, const b
   launch_delta(ctx, scratch.delta, dout, out, spec);
   BackwardParams p = backward_params(dqkv, dout, qkv, lse, kbar, scratch, spec);
   p.item_counter = ctx.item_counter(CudaContext::ItemCounter::attention_backward);
-  const bool dynamic = sm90_ws_dynamic_override().value_or(true);  // attention_sm90_choice.h
+  // ws takes its items from the counter on every shape: with the head
+  // groups it beat striding (every (consumers)-th item) on every measured
+  // one (H200, 2026-12-01: LS 11/12 w 100 at D 128 -3% to -18%, GPT-2
+  // small's layers -7%, MHSA and LS 1/2 from T 4k -7% to -14%; docs/
+  // CUDA.md "Backward on Hopper: ws items from a counter"). Striding stays
+  // as LSGPT_ATTENTION_SM90_WS_SCHEDULE=static, for comparison.
+  const bool dynamic = sm90_ws_dynamic_override().value_or(true);
   if (band) {
     p.band_slots = band_slots;
     p.band_run = sm90_band_run_override().value_or(ws_band_run(shape, ctx.sm_count()));

@@ -166,45 +166,28 @@ inline double ws_backward_global_items_per_consumer(const AttentionShape& s, int
 
 // ws's items in groups of this many (batch row, head) pairs: every item of
 // a group (heaviest first within it) before the next group's, instead of
-// every pair's heaviest items first; 0: one group. The counter's loss to
-// striding on long MHSA (before the groups) was L2 traffic, not
-// balance: at D 128, T 4k (Nsight Compute, H200, 2026-12-01) the counter
-// evened out the multiprocessors' busy cycles but the L2 hit rate fell
-// from 45% to 29%. With the items in flight spread over every pair, the
-// working set is every pair's Q, K, V and dO (256 MiB there) against
-// about 50 MB of L2. H200, 2026-12-01, forward+backward, two rounds, one
-// group -> groups (of 2, 4 or 8 pairs, within 1.5% of each other):
-// MHSA -13% (D 64) and -20% (D 128) at T 1k, -13% / -14% / -7.5% at D 128
-// T 4k, D 64 T 16k, D 128 T 16k (against striding); LS 1/2 w 256 -8% /
-// -13% at T 1k (D 64 / 128), -9% to -10% at T 4k and -4% to -10% at T 16k
-// (against striding); GPT-2 small's MHSA layer -8.5% (its training step
-// +1% tokens/s). Where the global heads give each consumer fewer than 8
-// items (LS 11/12 w 100), groups lost at D 64: +1-2.5% with 32 heads at T
-// 1k, +2.6% at T 4k, +4% at GPT-2 small's LS layer (its step -0.5%), the
-// same at T 16k; at D 128 they won 5.5% at T 1k and were within 1% at T 4k
-// and 16k. So groups wherever the global heads give each consumer 8 items
-// or more, and at D 128. The size: the most pairs, from 2 to 4, whose Q,
-// K, V and dO fit in 16 MiB (a third of L2; 4 at T 1k and at D 128 T 4k,
-// where 4 beat 2 by 1.5%, 2 from D 64 T 16k, where 2 beat 4 by 0.5-1%; 8
-// was up to 9% slower than 4).
-constexpr int64_t kWsHeadGroupBytes = int64_t(16) << 20;
+// every pair's heaviest items first; 0: one group. Items from the counter
+// spread over every pair lose L2 reuse (Nsight Compute, H200, MHSA D 128
+// T 4k: hit rate 45% by striding, 29% from the counter; the items in
+// flight touch every pair's Q, K, V and dO, 256 MiB, against about 50 MB
+// of L2). Groups pay where the global heads' long walks are many: a global
+// item walks up to T / 64 tiles of its pair's Q, dO or K, V, a local one
+// about 3. H200, 2026-12-01 (docs/CUDA.md "Backward on Hopper: ws items
+// from a counter"): 6-20% faster wherever the global heads give each
+// consumer 8 items or more (MHSA, LS 1/2 w 256, T 1k to 16k) and at LS
+// 11/12 D 128 T 1k, within 1% at LS 11/12 D 128 T 4k and 16k, 1-4% slower
+// at LS 11/12 D 64 (1.3 to 3.9 global items a consumer), which keeps one
+// group. The size: the most pairs, at least 2 and at most 4, whose Q, K, V
+// and dO fit in 16 MiB, about a third of L2 (2 and 4 were within 1.2% of
+// each other on average, 4 ahead only at MHSA D 128 T 4k; 8 lost up to
+// 18% at T 16k). Shapes grouped but not measured: head dims padded to 128
+// (96), all-local heads at D 128, and D 64 with the span's qbar.
+constexpr int64_t kWsHeadGroupL2Bytes = int64_t(16) << 20;
 inline int ws_backward_head_group(const AttentionShape& s, int sm_count) {
-  if (s.T <= 0) return 0;
+  if (s.B <= 0 || s.T <= 0 || s.n_head <= 0) return 0;
   if (s.head_dim <= 64 && ws_backward_global_items_per_consumer(s, sm_count) < 8) return 0;
   const int64_t pair_bytes = 4 * int64_t(s.T) * std::max(1, s.head_dim) * 2;  // bf16
-  return int(std::clamp<int64_t>(kWsHeadGroupBytes / pair_bytes, 2, 4));
+  return int(std::clamp<int64_t>(kWsHeadGroupL2Bytes / pair_bytes, 2, 4));
 }
-
-// ws takes its items from a counter (dynamic) on every shape; striding
-// (every (consumers)-th item) stays as LSGPT_ATTENTION_SM90_WS_SCHEDULE=
-// static, for comparison. Where few global heads' items, which walk up to
-// T / 64 tiles, come to each consumer, or many short local items sit among
-// them, striding hands some consumers more long walks than others (H200,
-// 2026-12-01, forward+backward, the counter against striding: LS 11/12 w
-// 100 at D 128 -3% at T 1k, -12% at 4k and -18% at 16k; at T 1k GPT-2
-// small's LS and MHSA layers -7%; LS 11/12 with the span's qbar at T 4k
-// -7%). With many long items (MHSA, LS 1/2 w 256) striding had been faster
-// by up to 13% until the counter's items came in groups of heads
-// (ws_backward_head_group, above), which beat striding there by 4-14%.
 
 }  // namespace lsgpt::cuda::attn

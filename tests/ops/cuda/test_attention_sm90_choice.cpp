@@ -35,9 +35,10 @@ struct Measured {
 };
 
 // The measured winners (H200). Forward: 2026-12-01, with ws_dynamic (D 64
-// with three consumers). Backward: ws won at every shape on 2026-11-30, and
-// again on 2026-12-01 with its items from a counter, against band runs (ws_band), which had won LS
-// 11/12 at D 64 from T 4k against ws by striding.
+// with three consumers). Backward: ws won at every shape on 2026-11-30,
+// and again on 2026-12-01 with its items from a counter, against band runs
+// (ws_band), which had won LS 11/12 at D 64 from T 4k against ws by
+// striding.
 constexpr Measured kMeasured[] = {
     {"mhsa", 64, 1024, F::ws_dynamic, Bw::ws},
     {"ls_11of12_w100", 64, 1024, F::base, Bw::ws},
@@ -173,6 +174,8 @@ TEST(AttentionSm90Choice, BackwardHeadGroups) {
   EXPECT_EQ(ws_backward_head_group({1, 4096, 4, 0, 1, 128}, kH200Sms), 4);  // D 128: any
   EXPECT_EQ(ws_backward_head_group({0, 0, 12, 0, 1, 64}, kH200Sms), 0);  // no rows
   EXPECT_EQ(ws_backward_head_group({0, 0, 12, 0, 1, 128}, kH200Sms), 0);
+  EXPECT_EQ(ws_backward_head_group({0, 4096, 12, 0, 1, 128}, kH200Sms), 0);  // B 0
+  EXPECT_EQ(ws_backward_head_group({4, 4096, 0, 0, 1, 128}, kH200Sms), 0);   // no heads
   EXPECT_EQ(ws_backward_head_group({4, 4096, 32, 32, 100, 64}, kH200Sms), 0);  // all local
   // qbar's fewer consumers a block (two at D 64) make more items each:
   // LS 29/32 at B 8, T 4k has 3,072 global items, 7.8 for 396 consumers
