@@ -394,7 +394,7 @@ bool use_sm90(const CudaContext& ctx, const AttentionSpec& spec) {
   sm90_backward_global_first();
   sm90_band_run_override();
   sm90_head_group_override();
-  sm90_ws_dynamic_override();
+  sm90_ws_striding_forced();
   const bool forced = sm80_forced();
   return !forced && sm90_backward_supported(ctx, spec.head_dim);
 }
@@ -419,10 +419,8 @@ std::optional<int> attn::sm90_head_group_override() {
   return env_whole_number("LSGPT_ATTENTION_SM90_HEAD_GROUP", 0, 1 << 20, "heads");
 }
 
-std::optional<bool> attn::sm90_ws_dynamic_override() {
-  const int i = env_switch("LSGPT_ATTENTION_SM90_WS_SCHEDULE", {"auto", "static", "dynamic"});
-  if (i == 0) return std::nullopt;
-  return i == 2;
+bool attn::sm90_ws_striding_forced() {
+  return env_switch("LSGPT_ATTENTION_SM90_WS_SCHEDULE", {"auto", "static", "dynamic"}) == 1;
 }
 
 bool attn::sm90_backward_global_first() {
@@ -547,7 +545,7 @@ void attention_backward(CudaContext& ctx, bf16* dqkv, bf16* dqkv_colsum, const b
   // small's layers -7%, MHSA and LS 1/2 from T 4k -7% to -14%; docs/
   // CUDA.md "Backward on Hopper: ws items from a counter"). Striding stays
   // as LSGPT_ATTENTION_SM90_WS_SCHEDULE=static, for comparison.
-  const bool dynamic = sm90_ws_dynamic_override().value_or(true);
+  const bool dynamic = !sm90_ws_striding_forced();
   if (band) {
     p.band_slots = band_slots;
     p.band_run = sm90_band_run_override().value_or(ws_band_run(shape, ctx.sm_count()));

@@ -359,9 +359,9 @@ std::optional<int> sm90_band_run_override();
 std::optional<int> sm90_head_group_override();
 
 // How ws hands out its items: LSGPT_ATTENTION_SM90_WS_SCHEDULE = auto (also
-// unset or empty: nullopt, the counter everywhere), static (every
-// (consumers)-th item) or dynamic (from a counter); anything else is an
-// error. True for dynamic.
-std::optional<bool> sm90_ws_dynamic_override();
+// unset or empty) or dynamic: from a counter, the default; static: every
+// (consumers)-th item, kept for comparison. Anything else is an error.
+// True for static.
+bool sm90_ws_striding_forced();
 
 }  // namespace lsgpt::cuda::attn

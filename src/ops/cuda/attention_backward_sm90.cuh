@@ -139,12 +139,13 @@ struct QueryStages {
 // over D, every operand K-major in shared memory (A tiles kARows rows, B tiles
 // kN rows); both overwrite their accumulators. Key blocks pass K, Q and V, dO
 // (S^T, dP^T); query blocks Q, K and dO, V (S, dP). One commit group for both
-// so that the second product's issue overlaps the first's execution.
+// so that the second product's issue overlaps the first's execution. Not
+// cleared first (discard_operands): the first k-step's scale-d 0 ignores
+// what they held.
 template <int D, int kARows, int kN>
 __device__ __forceinline__ void score_pair(float (&s)[kN / 2], float (&dp)[kN / 2], uint32_t a_s,
                                            uint32_t b_s, uint32_t a_dp, uint32_t b_dp) {
-  zero(s), zero(dp);
-  fence_operands(s), fence_operands(dp);
+  discard_operands(s), discard_operands(dp);
   wgmma_fence();
 #pragma unroll
   for (int kc = 0; kc < D / 16; ++kc) {

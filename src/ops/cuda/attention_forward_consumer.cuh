@@ -1,8 +1,12 @@
 // One consumer warpgroup of the warp-specialised Hopper forward
-// (attention_forward_sm90_ws.cu): 64 queries
-// whose Q tile sits in shared memory, the online-softmax state and the O
-// (and kbar) accumulators in registers, and the steps that advance them one
-// 64-key tile at a time with wgmma. Where the K/V tiles come from, and when
+// (attention_forward_sm90_ws.cu): 64 queries whose Q it copies once from
+// its shared tile into A fragments (load_q), the online-softmax state and
+// the O (and kbar) accumulators in registers, and the steps that advance
+// them one 64-key tile at a time with wgmma. S = Q K^T takes Q from
+// registers, so each of its m64n64k16 steps reads 2 KiB of shared memory
+// (K's slice) instead of 4 (Q's and K's), which P V and the TMA copies
+// share: the forward was 1.6-8.4% faster so wherever it runs `ws` (H200,
+// 2026-12-01; docs/CUDA.md "Forward on Hopper: Q in registers"). Where the K/V tiles come from, and when
 // a stage may be refilled, is the kernel's business; these steps only read
 // the shared tiles they are given and return with every wgmma they issued
 // complete, so the caller may release those tiles afterwards.
@@ -54,6 +58,7 @@ struct ConsumerWarpgroup {
 
   float o[D / 2];
   float kbar[kKbar ? D / 2 : 1];
+  uint32_t q_frag[D / 16][4];           // Q's A fragments (load_q)
   float s[kTileKeys / 2];
   uint32_t p_frag[kTileKeys / 16][4];  // P of the last softmaxed tile, bf16 A fragments
   float row_max[2];                    // raw q.k units
@@ -75,6 +80,15 @@ struct ConsumerWarpgroup {
     for (int i = 0; i < (kKbar ? D / 2 : 1); ++i) kbar[i] = 0.f;
     row_max[0] = row_max[1] = -INFINITY;
     row_sum[0] = row_sum[1] = 0.f;
+  }
+
+  // Q's fragments from the shared tile, once its copy is complete; the
+  // tile is read no more after this.
+  __device__ __forceinline__ void load_q(int wg_thread) {
+#pragma unroll
+    for (int kc = 0; kc < D / 16; ++kc)
+      load_a_fragments_sw128(q_frag[kc], q_addr, kc, wg_thread / kWarpSize,
+                             wg_thread % kWarpSize);
   }
 
   __device__ __forceinline__ void first(int t, uint32_t k_addr) {
@@ -104,16 +118,14 @@ struct ConsumerWarpgroup {
   }
 
  private:
-  // S = Q K^T: one committed group of D / 16 k-steps, the first overwriting S.
+  // S = Q K^T: one committed group of D / 16 k-steps, the first overwriting S
+  // (its scale-d 0 ignores what S held: discard_operands, not cleared).
   __device__ __forceinline__ void issue_scores(uint32_t k_addr) {
-#pragma unroll
-    for (int i = 0; i < kTileKeys / 2; ++i) s[i] = 0.f;
-    fence_operands(s);
+    discard_operands(s);
     wgmma_fence();
 #pragma unroll
     for (int kc = 0; kc < D / 16; ++kc)
-      wgmma_ss<kTileKeys>(s, k_major_descriptor<kWgRows>(q_addr, kc),
-                          k_major_descriptor<kTileKeys>(k_addr, kc), kc > 0);
+      wgmma_rs_k_major_n64(s, q_frag[kc], k_major_descriptor<kTileKeys>(k_addr, kc), kc > 0);
     wgmma_commit();
   }
 

@@ -107,10 +107,8 @@ __global__ void __launch_bounds__(kThreads) attention_forward_sm90_kernel(const 
     auto attend = [&](auto masked) {
       constexpr bool kMasked = decltype(masked)::value;
       // S = Q K^T: 64 x 64, D / 16 k-steps, the first overwriting S.
-      float s[kBlockN / 2];
-#pragma unroll
-      for (int i = 0; i < kBlockN / 2; ++i) s[i] = 0.f;
-      fence_operands(s);
+      float s[kBlockN / 2];  // not cleared: the first k-step's scale-d 0 ignores it
+      discard_operands(s);
       wgmma_fence();
 #pragma unroll
       for (int kc = 0; kc < D / 16; ++kc)

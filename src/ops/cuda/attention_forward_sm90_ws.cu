@@ -13,7 +13,8 @@
 // - Warpgroups 1 .. kConsumers are consumers of 64 queries each, sharing
 //   the K/V tiles: two at D 128 (128 queries a block, setmaxnreg.inc to
 //   240), three at D 64 (192 queries, 160 registers each, as
-//   FlashAttention-3's D 64 forward). Each runs the overlapped
+//   FlashAttention-3's D 64 forward). Each copies its Q into registers
+//   and releases the Q stage at once, then runs the overlapped
 //   order of attention_forward_consumer.cuh (S_j issued with P_{j-1} V_{j-1},
 //   the softmax of S_j while the latter runs) and, after each step, arrives
 //   on the `empty` barrier of the tile it has finished with. They never wait
@@ -249,6 +250,8 @@ __device__ __forceinline__ void consume(const ForwardParams& p,
       q0, wg_thread, smem_address(q_stages + qs * Shape::kQStageBytes + wg * Shape::kQBytes),
       w.mask, p.scale_log2);
   mbarrier_wait(&bars.q_full[qs], q_phase);
+  consumer.load_q(wg_thread);
+  mbarrier_arrive(&bars.q_empty[qs]);  // Q is in registers: its stage may be refilled
 
   // One step past the last tile: that step only issues the last tile's P V.
   // Every consumer thread waits for every tile of the item and releases
@@ -267,7 +270,6 @@ __device__ __forceinline__ void consume(const ForwardParams& p,
     // Every wgmma of this step has completed: tile t - 1 is read no more.
     if (t > w.tile_begin) mbarrier_arrive(&bars.empty[(i - 1) % kStages]);
   }
-  mbarrier_arrive(&bars.q_empty[qs]);  // Q is read by S only, all complete
 
   // Epilogue: out (and kbar), lse, and this consumer's max-logit partial.
   const int lane = threadIdx.x % kWarpSize, warp = wg_thread / kWarpSize;

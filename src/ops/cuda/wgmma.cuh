@@ -78,6 +78,17 @@ __device__ __forceinline__ void fence_operands(float (&d)[N]) {
 #pragma unroll
   for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i])::"memory");
 }
+// Starts new, undefined values in accumulator registers that the next
+// wgmma overwrites (its first k-step's scale-d 0): no instruction, unlike
+// clearing them (one a register, 32 to 64 a tile), and unlike leaving them
+// as they are, it ends the old values' live ranges, which the wgmma's
+// read-write operands would otherwise carry across the loop (the ws
+// backward at D 128 then spilled 300 to 800 bytes).
+template <int N>
+__device__ __forceinline__ void discard_operands(float (&d)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) asm volatile("" : "=f"(d[i])::"memory");
+}
 // Shared memory written by ordinary stores or cp.async (generic proxy) and
 // read next by wgmma (async proxy) needs this in each writing thread before
 // the barrier.
@@ -113,14 +124,33 @@ __device__ __forceinline__ uint64_t sw128_descriptor(uint32_t smem_addr, uint32_
          uint64_t((stride_bytes >> 4) & 0x3FFF) << 32 | uint64_t(1) << 62;
 }
 
+// The descriptor of the operand `bytes` further on (a multiple of 16; the
+// address stays below 256 KiB, as every shared-memory address does): only
+// the start-address field moves, so one 32-bit add on the low word, as
+// CUTLASS's GmmaDescriptor steps; a tile's descriptor is built once and
+// each k-step adds a constant. Built from each k-step's address instead,
+// the descriptors were the likely source of the ws forward's 112 (D 64)
+// and 143 (D 128) uniform-datapath instructions a warp per 64 x 64 tile,
+// against cuDNN's 20 (Nsight Compute, H200, 2026-12-01). With the add
+// (and accumulators discarded rather than cleared) the forward ran 0-7%
+// faster and forward+backward 0-4.5% (same-run A/B, docs/CUDA.md).
+__device__ __forceinline__ uint64_t descriptor_plus(uint64_t desc, uint32_t bytes) {
+  uint32_t lo, hi;
+  asm("mov.b64 {%0, %1}, %2;" : "=r"(lo), "=r"(hi) : "l"(desc));
+  lo += bytes >> 4;
+  uint64_t moved;
+  asm("mov.b64 %0, {%1, %2};" : "=l"(moved) : "r"(lo), "r"(hi));
+  return moved;
+}
+
 // K-major operand (kRows x D, D the reduction index), k16 step kc: the
 // 16-column slice starts 32 bytes further in its 128-byte row (the hardware
 // applies the swizzle to the address it forms); 8-row groups are an atom
 // (1024 bytes) apart; the leading offset is unused with 128-byte swizzle.
 template <int kRows>
 __device__ __forceinline__ uint64_t k_major_descriptor(uint32_t tile, int kc) {
-  const uint32_t addr = tile + (kc / 4) * (kRows * kSwizzleRowBytes) + (kc % 4) * 32;
-  return sw128_descriptor(addr, 16, kAtomBytes);
+  return descriptor_plus(sw128_descriptor(tile, 16, kAtomBytes),
+                         (kc / 4) * (kRows * kSwizzleRowBytes) + (kc % 4) * 32);
 }
 
 // N-major B operand (a kRows x D tile whose rows are the k index and whose
@@ -129,8 +159,8 @@ __device__ __forceinline__ uint64_t k_major_descriptor(uint32_t tile, int kc) {
 // stride offset between 8-row groups.
 template <int kRows>
 __device__ __forceinline__ uint64_t n_major_descriptor(uint32_t tile, int kc) {
-  const uint32_t addr = tile + kc * 16 * kSwizzleRowBytes;
-  return sw128_descriptor(addr, kRows * kSwizzleRowBytes, kAtomBytes);
+  return descriptor_plus(sw128_descriptor(tile, kRows * kSwizzleRowBytes, kAtomBytes),
+                         kc * 16 * kSwizzleRowBytes);
 }
 
 // How an operand tile in shared memory is laid out: K-major (the reduction
@@ -253,6 +283,45 @@ __device__ __forceinline__ void wgmma_rs<128>(float (&d)[64], const uint32_t (&a
         "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]),
         "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b));
+}
+
+// D[64 x 64] (+)= A[64 x 16] B[16 x 64], A in registers, B K-major in
+// shared memory (S = Q K^T with Q's fragments held); accumulate 0
+// overwrites D.
+__device__ __forceinline__ void wgmma_rs_k_major_n64(float (&d)[32], const uint32_t (&a)[4],
+                                                    uint64_t desc_b, int accumulate) {
+  asm volatile(
+      "{\n.reg .pred p;\n"
+      "setp.ne.b32 p, %37, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+      "{"
+      "%0, %1, %2, %3, %4, %5, %6, %7, "
+      "%8, %9, %10, %11, %12, %13, %14, %15, "
+      "%16, %17, %18, %19, %20, %21, %22, %23, "
+      "%24, %25, %26, %27, %28, %29, %30, %31"
+      "}, {%32, %33, %34, %35}, %36, p, 1, 1, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]),
+        "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),
+        "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]),
+        "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]),
+        "+f"(d[30]), "+f"(d[31])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(accumulate));
+}
+
+// The A fragments of k16 slice kc of a 64-row K-major tile in the 128-byte
+// swizzle (Q), for this thread's warp of the warpgroup (rows 16 warp ..
+// 16 warp + 15): ldmatrix x4, lane l naming row l % 16 and the slice's
+// first (l < 16) or second 16-byte chunk.
+__device__ __forceinline__ void load_a_fragments_sw128(uint32_t (&a)[4], uint32_t tile, int kc,
+                                                       int warp, int lane) {
+  const int row = 16 * warp + (lane & 15);
+  const int chunk = 2 * (kc % 4) + (lane >> 4);
+  const uint32_t addr = tile + (kc / 4) * (64 * kSwizzleRowBytes) + row * kSwizzleRowBytes +
+                        ((chunk ^ (row & 7)) << 4);
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(a[0]), "=r"(a[1]), "=r"(a[2]), "=r"(a[3])
+               : "r"(addr));
 }
 
 // The A fragments (one per k16 slice) of the m64 x N accumulator s rounded
