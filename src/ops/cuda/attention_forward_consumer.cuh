@@ -5,8 +5,9 @@
 // them one 64-key tile at a time with wgmma. S = Q K^T takes Q from
 // registers, so each of its m64n64k16 steps reads 2 KiB of shared memory
 // (K's slice) instead of 4 (Q's and K's), which P V and the TMA copies
-// share: the forward was 1.6-8.4% faster so wherever it runs `ws` (H200,
-// 2026-12-01; docs/CUDA.md "Forward on Hopper: Q in registers"). Where the K/V tiles come from, and when
+// share: the forward was 1.4-8.4% faster on the measured MHSA, LS 1/2 and
+// LS 11/12 D 128 shapes (H200, 2026-12-01; docs/CUDA.md "Forward on
+// Hopper: Q in registers"). Where the K/V tiles come from, and when
 // a stage may be refilled, is the kernel's business; these steps only read
 // the shared tiles they are given and return with every wgmma they issued
 // complete, so the caller may release those tiles afterwards.
@@ -87,7 +88,7 @@ struct ConsumerWarpgroup {
   __device__ __forceinline__ void load_q(int wg_thread) {
 #pragma unroll
     for (int kc = 0; kc < D / 16; ++kc)
-      load_a_fragments_sw128(q_frag[kc], q_addr, kc, wg_thread / kWarpSize,
+      load_a_fragments_sw128<kWgRows>(q_frag[kc], q_addr, kc, wg_thread / kWarpSize,
                              wg_thread % kWarpSize);
   }
 

@@ -83,7 +83,7 @@ __device__ __forceinline__ void fence_operands(float (&d)[N]) {
 // clearing them (one a register, 32 to 64 a tile), and unlike leaving them
 // as they are, it ends the old values' live ranges, which the wgmma's
 // read-write operands would otherwise carry across the loop (the ws
-// backward at D 128 then spilled 300 to 800 bytes).
+// backward at D 128 then spilled 384 to 828 bytes).
 template <int N>
 __device__ __forceinline__ void discard_operands(float (&d)[N]) {
 #pragma unroll
@@ -169,6 +169,27 @@ __device__ __forceinline__ uint64_t n_major_descriptor(uint32_t tile, int kc) {
 // reads it). The value is wgmma's imm-trans-a / imm-trans-b.
 enum class Major : int { K = 0, MN = 1 };
 
+// The accumulator operands of an m64nN wgmma (N / 2 registers, read and
+// written), spelled once: LSGPT_WGMMA_ACC<n>(d) lists d[0] .. d[n - 1] as
+// asm operands 0 .. n - 1, LSGPT_WGMMA_REGS<n> their list in the
+// instruction; the operands after them are numbered from n.
+#define LSGPT_WGMMA_ACC8(d, i)                                                         \
+  "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]), \
+      "+f"(d[i + 5]), "+f"(d[i + 6]), "+f"(d[i + 7])
+#define LSGPT_WGMMA_ACC16(d, i) LSGPT_WGMMA_ACC8(d, i), LSGPT_WGMMA_ACC8(d, i + 8)
+#define LSGPT_WGMMA_ACC32(d, i) LSGPT_WGMMA_ACC16(d, i), LSGPT_WGMMA_ACC16(d, i + 16)
+#define LSGPT_WGMMA_ACC64(d) LSGPT_WGMMA_ACC32(d, 0), LSGPT_WGMMA_ACC32(d, 32)
+#define LSGPT_WGMMA_REGS8 "%0, %1, %2, %3, %4, %5, %6, %7"
+#define LSGPT_WGMMA_REGS16 LSGPT_WGMMA_REGS8 ", %8, %9, %10, %11, %12, %13, %14, %15"
+#define LSGPT_WGMMA_REGS32                                            \
+  LSGPT_WGMMA_REGS16 ", %16, %17, %18, %19, %20, %21, %22, %23, " \
+                     "%24, %25, %26, %27, %28, %29, %30, %31"
+#define LSGPT_WGMMA_REGS64                                            \
+  LSGPT_WGMMA_REGS32 ", %32, %33, %34, %35, %36, %37, %38, %39, " \
+                     "%40, %41, %42, %43, %44, %45, %46, %47, "   \
+                     "%48, %49, %50, %51, %52, %53, %54, %55, "   \
+                     "%56, %57, %58, %59, %60, %61, %62, %63"
+
 // D[64 x N] += A[64 x 16] B[16 x N], A in registers, B N-major (transposed)
 // in shared memory.
 template <int N>
@@ -187,11 +208,8 @@ __device__ __forceinline__ void wgmma_ss(float (&d)[8], uint64_t desc_a, uint64_
       "{\n.reg .pred p;\n"
       "setp.ne.b32 p, %10, 0;\n"
       "wgmma.mma_async.sync.aligned.m64n16k16.f32.bf16.bf16 "
-      "{"
-      "%0, %1, %2, %3, %4, %5, %6, %7"
-      "}, %8, %9, p, 1, 1, %11, %12;\n}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]),
-        "+f"(d[6]), "+f"(d[7])
+      "{" LSGPT_WGMMA_REGS8 "}, %8, %9, p, 1, 1, %11, %12;\n}\n"
+      : LSGPT_WGMMA_ACC8(d, 0)
       : "l"(desc_a), "l"(desc_b), "r"(accumulate), "n"(int(kA)), "n"(int(kB)));
 }
 
@@ -203,13 +221,8 @@ __device__ __forceinline__ void wgmma_ss(float (&d)[16], uint64_t desc_a, uint64
       "{\n.reg .pred p;\n"
       "setp.ne.b32 p, %18, 0;\n"
       "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 "
-      "{"
-      "%0, %1, %2, %3, %4, %5, %6, %7, "
-      "%8, %9, %10, %11, %12, %13, %14, %15"
-      "}, %16, %17, p, 1, 1, %19, %20;\n}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]),
-        "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),
-        "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+      "{" LSGPT_WGMMA_REGS16 "}, %16, %17, p, 1, 1, %19, %20;\n}\n"
+      : LSGPT_WGMMA_ACC16(d, 0)
       : "l"(desc_a), "l"(desc_b), "r"(accumulate), "n"(int(kA)), "n"(int(kB)));
 }
 
@@ -221,18 +234,8 @@ __device__ __forceinline__ void wgmma_ss(float (&d)[32], uint64_t desc_a, uint64
       "{\n.reg .pred p;\n"
       "setp.ne.b32 p, %34, 0;\n"
       "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
-      "{"
-      "%0, %1, %2, %3, %4, %5, %6, %7, "
-      "%8, %9, %10, %11, %12, %13, %14, %15, "
-      "%16, %17, %18, %19, %20, %21, %22, %23, "
-      "%24, %25, %26, %27, %28, %29, %30, %31"
-      "}, %32, %33, p, 1, 1, %35, %36;\n}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]),
-        "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),
-        "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]),
-        "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]),
-        "+f"(d[30]), "+f"(d[31])
+      "{" LSGPT_WGMMA_REGS32 "}, %32, %33, p, 1, 1, %35, %36;\n}\n"
+      : LSGPT_WGMMA_ACC32(d, 0)
       : "l"(desc_a), "l"(desc_b), "r"(accumulate), "n"(int(kA)), "n"(int(kB)));
 }
 
@@ -241,18 +244,8 @@ __device__ __forceinline__ void wgmma_rs<64>(float (&d)[32], const uint32_t (&a)
                                             uint64_t desc_b) {
   asm volatile(
       "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
-      "{"
-      "%0, %1, %2, %3, %4, %5, %6, %7, "
-      "%8, %9, %10, %11, %12, %13, %14, %15, "
-      "%16, %17, %18, %19, %20, %21, %22, %23, "
-      "%24, %25, %26, %27, %28, %29, %30, %31"
-      "}, {%32, %33, %34, %35}, %36, 1, 1, 1, 1;\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]),
-        "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),
-        "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]),
-        "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]),
-        "+f"(d[30]), "+f"(d[31])
+      "{" LSGPT_WGMMA_REGS32 "}, {%32, %33, %34, %35}, %36, 1, 1, 1, 1;\n"
+      : LSGPT_WGMMA_ACC32(d, 0)
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b));
 }
 
@@ -261,27 +254,8 @@ __device__ __forceinline__ void wgmma_rs<128>(float (&d)[64], const uint32_t (&a
                                             uint64_t desc_b) {
   asm volatile(
       "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
-      "{"
-      "%0, %1, %2, %3, %4, %5, %6, %7, "
-      "%8, %9, %10, %11, %12, %13, %14, %15, "
-      "%16, %17, %18, %19, %20, %21, %22, %23, "
-      "%24, %25, %26, %27, %28, %29, %30, %31, "
-      "%32, %33, %34, %35, %36, %37, %38, %39, "
-      "%40, %41, %42, %43, %44, %45, %46, %47, "
-      "%48, %49, %50, %51, %52, %53, %54, %55, "
-      "%56, %57, %58, %59, %60, %61, %62, %63"
-      "}, {%64, %65, %66, %67}, %68, 1, 1, 1, 1;\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]),
-        "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),
-        "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]),
-        "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]),
-        "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]),
-        "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]),
-        "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
-        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]),
-        "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]),
-        "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+      "{" LSGPT_WGMMA_REGS64 "}, {%64, %65, %66, %67}, %68, 1, 1, 1, 1;\n"
+      : LSGPT_WGMMA_ACC64(d)
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b));
 }
 
@@ -294,30 +268,32 @@ __device__ __forceinline__ void wgmma_rs_k_major_n64(float (&d)[32], const uint3
       "{\n.reg .pred p;\n"
       "setp.ne.b32 p, %37, 0;\n"
       "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
-      "{"
-      "%0, %1, %2, %3, %4, %5, %6, %7, "
-      "%8, %9, %10, %11, %12, %13, %14, %15, "
-      "%16, %17, %18, %19, %20, %21, %22, %23, "
-      "%24, %25, %26, %27, %28, %29, %30, %31"
-      "}, {%32, %33, %34, %35}, %36, p, 1, 1, 0;\n}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]),
-        "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),
-        "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]),
-        "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]),
-        "+f"(d[30]), "+f"(d[31])
+      "{" LSGPT_WGMMA_REGS32 "}, {%32, %33, %34, %35}, %36, p, 1, 1, 0;\n}\n"
+      : LSGPT_WGMMA_ACC32(d, 0)
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(accumulate));
 }
 
-// The A fragments of k16 slice kc of a 64-row K-major tile in the 128-byte
-// swizzle (Q), for this thread's warp of the warpgroup (rows 16 warp ..
-// 16 warp + 15): ldmatrix x4, lane l naming row l % 16 and the slice's
-// first (l < 16) or second 16-byte chunk.
+#undef LSGPT_WGMMA_ACC8
+#undef LSGPT_WGMMA_ACC16
+#undef LSGPT_WGMMA_ACC32
+#undef LSGPT_WGMMA_ACC64
+#undef LSGPT_WGMMA_REGS8
+#undef LSGPT_WGMMA_REGS16
+#undef LSGPT_WGMMA_REGS32
+#undef LSGPT_WGMMA_REGS64
+
+// The A fragments of k16 slice kc of a kRows x D K-major tile in the
+// 128-byte swizzle (Q), for this thread's warp of the warpgroup (rows 16
+// warp .. 16 warp + 15): ldmatrix x4, lane l naming row l % 16 and the
+// slice's first (l < 16) or second 16-byte chunk. Issued after the wait
+// that makes the tile's copy visible, and ordered with it and with the
+// release after it as volatile asm, like the other ldmatrix wrappers.
+template <int kRows>
 __device__ __forceinline__ void load_a_fragments_sw128(uint32_t (&a)[4], uint32_t tile, int kc,
                                                        int warp, int lane) {
   const int row = 16 * warp + (lane & 15);
   const int chunk = 2 * (kc % 4) + (lane >> 4);
-  const uint32_t addr = tile + (kc / 4) * (64 * kSwizzleRowBytes) + row * kSwizzleRowBytes +
+  const uint32_t addr = tile + (kc / 4) * (kRows * kSwizzleRowBytes) + row * kSwizzleRowBytes +
                         ((chunk ^ (row & 7)) << 4);
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(a[0]), "=r"(a[1]), "=r"(a[2]), "=r"(a[3])
