@@ -287,17 +287,14 @@ __device__ __forceinline__ void wgmma_rs_k_major_n64(float (&d)[32], const uint3
 // warp .. 16 warp + 15): ldmatrix x4, lane l naming row l % 16 and the
 // slice's first (l < 16) or second 16-byte chunk. Issued after the wait
 // that makes the tile's copy visible, and ordered with it and with the
-// release after it as volatile asm, like the other ldmatrix wrappers.
+// release after it as volatile asm (ldmatrix_x4).
 template <int kRows>
 __device__ __forceinline__ void load_a_fragments_sw128(uint32_t (&a)[4], uint32_t tile, int kc,
                                                        int warp, int lane) {
   const int row = 16 * warp + (lane & 15);
   const int chunk = 2 * (kc % 4) + (lane >> 4);
-  const uint32_t addr = tile + (kc / 4) * (kRows * kSwizzleRowBytes) + row * kSwizzleRowBytes +
-                        ((chunk ^ (row & 7)) << 4);
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(a[0]), "=r"(a[1]), "=r"(a[2]), "=r"(a[3])
-               : "r"(addr));
+  ldmatrix_x4(a, tile + (kc / 4) * (kRows * kSwizzleRowBytes) + row * kSwizzleRowBytes +
+                     ((chunk ^ (row & 7)) << 4));
 }
 
 // The A fragments (one per k16 slice) of the m64 x N accumulator s rounded
