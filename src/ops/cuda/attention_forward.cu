@@ -11,6 +11,7 @@
 // or the warp-specialised attention_forward_sm90_ws.cu, chosen by shape
 // (attention_sm90_choice.h) or by LSGPT_ATTENTION_SM90_FORWARD, unless
 // LSGPT_ATTENTION_SM80=1 asks for this one.
+#include <cstdint>
 #include <type_traits>
 
 #include "core/env_switch.h"
@@ -197,7 +198,11 @@ void launch_sm90(CudaContext& ctx, const ForwardParams& p, const AttentionSpec& 
                              spec.head_dim};
   const Sm90ForwardVariant variant = sm90_forward_override().value_or(
       choose_sm90_forward(shape, ctx.sm_count()));
-  if (variant == Sm90ForwardVariant::base) return launch_forward_sm90(ctx, p, spec.B, with_kbar);
+  // The ws kernels write out with TMA stores, which need a 16-byte aligned
+  // base (the op asks out for 4 bytes only); base writes it by plain stores.
+  const bool out_tma_ready = reinterpret_cast<uintptr_t>(p.out) % 16 == 0;
+  if (variant == Sm90ForwardVariant::base || !out_tma_ready)
+    return launch_forward_sm90(ctx, p, spec.B, with_kbar);
   launch_forward_sm90_ws(ctx, p, spec.B, with_kbar, variant);
 }
 

@@ -133,7 +133,21 @@ __device__ __forceinline__ void store_acc_row(__nv_bfloat16* dst, Acc acc, int r
   }
 }
 
-// The epilogue of every forward kernel: normalises and writes this thread's
+// 1 / l for a row's softmax sum l (>= 1 for a row below T: its largest
+// term is 1) and the row's log-sum-exp from its largest logit: the
+// hardware's approximate reciprocal and log2 (MUFU.RCP, MUFU.LG2;
+// __fdividef is within 2 ulp, __logf within 2^-21.4 absolute near l = 1
+// and 3 ulp beyond), not the IEEE division and logf: about 25
+// instructions a row and a slow-path call in the ws forward's epilogue
+// (SASS, 2026-12-01). Every forward kernel's epilogue uses both, so they
+// round alike.
+__device__ __forceinline__ float row_normaliser(float l) { return __fdividef(1.0f, l); }
+__device__ __forceinline__ float row_lse(float max_logit, float l) {
+  return max_logit + __logf(l);
+}
+
+// The epilogue of the sm_80 and base forwards (ws stages O for a TMA store,
+// attention_forward_consumer.cuh): normalises and writes this thread's
 // rows of out (and kbar) and lse for batch row b, head h; returns the largest
 // logit among them (-inf if none is below T). bh = b * n_head + h comes from
 // the caller: the one-warpgroup kernels take it from blockIdx, and rebuilt
@@ -151,12 +165,12 @@ __device__ __forceinline__ float store_rows(const ForwardParams& p, int b, int h
     l += __shfl_xor_sync(0xffffffffu, l, 2);
     const int row = row_a + 8 * r;
     if (row >= T) continue;
-    const float inv = 1.0f / l;
+    const float inv = row_normaliser(l);
     const size_t offset = (size_t(b) * T + row) * p.C + h * p.head_dim;
     store_acc_row<D>(p.out + offset, o, r, quad, inv, p.head_dim);
     if constexpr (kKbar) store_acc_row<D>(p.kbar + offset, kbar, r, quad, inv, p.head_dim);
     const float max_logit = row_max[r] * p.scale;
-    if (quad == 0) p.lse[size_t(bh) * T + row] = max_logit + logf(l);
+    if (quad == 0) p.lse[size_t(bh) * T + row] = row_lse(max_logit, l);
     block_max = fmaxf(block_max, max_logit);
   }
   return block_max;
@@ -201,6 +215,8 @@ void launch_forward_sm90(CudaContext& ctx, const ForwardParams& p, int B, bool w
 // block), ws_persistent (one block per multiprocessor, each taking every
 // gridDim.x-th query block) or ws_dynamic (the same, each taking the next
 // query block no block has taken yet from p.item_counter); the same bits.
+// out is written by TMA stores: p.out must be 16-byte aligned (the tensor
+// map's encoding fails otherwise, an error; the dispatch runs base there).
 void launch_forward_sm90_ws(CudaContext& ctx, const ForwardParams& p, int B, bool with_kbar,
                             Sm90ForwardVariant variant);
 
@@ -208,7 +224,8 @@ void launch_forward_sm90_ws(CudaContext& ctx, const ForwardParams& p, int B, boo
 // or empty: choose_sm90_forward picks by shape), base, ws, ws_persistent or
 // ws_dynamic to force one; any other value is an error. nullopt means auto. Read at
 // every call (defined in attention_forward.cu) so one binary can time every
-// variant.
+// variant. A forced ws variant still runs base where out is not 16-byte
+// aligned (launch_forward_sm90_ws).
 std::optional<Sm90ForwardVariant> sm90_forward_override();
 
 }  // namespace lsgpt::cuda::attn

@@ -110,12 +110,58 @@ struct ConsumerWarpgroup {
     finish_pv();
   }
 
-  // Normalises and writes this thread's rows of out (and kbar) and lse;
-  // returns the largest logit among them (-inf if none is below T).
-  __device__ __forceinline__ float store(const ForwardParams& p, int b, int h) const {
-    return store_rows<D, kKbar>(p, b, h, b * p.n_head + h, row_a, quad, row_max, row_sum,
-                                [this](int db, int e) { return o[4 * db + e]; },
-                                [this](int db, int e) { return kbar[4 * db + e]; });
+  // This thread's two rows: their softmax sums completed over the quad, 1 /
+  // l into inv, lse written for rows below T; returns the largest logit
+  // among those rows (-inf if none). inv of a row past T is whatever its
+  // sum gives (inf where a consumer's rows are all past T and l is 0):
+  // the TMA store clips those rows, or is not issued.
+  __device__ __forceinline__ float finish_rows(const ForwardParams& p, int bh,
+                                               float (&inv)[2]) const {
+    float thread_max = -INFINITY;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      float l = row_sum[r];
+      l += __shfl_xor_sync(0xffffffffu, l, 1);
+      l += __shfl_xor_sync(0xffffffffu, l, 2);
+      inv[r] = row_normaliser(l);
+      const int row = row_a + 8 * r;
+      if (row >= p.T) continue;
+      const float max_logit = row_max[r] * p.scale;
+      if (quad == 0) p.lse[size_t(bh) * p.T + row] = row_lse(max_logit, l);
+      thread_max = fmaxf(thread_max, max_logit);
+    }
+    return thread_max;
+  }
+
+  // O times inv as bf16 into this warpgroup's swizzled kWgRows x D tile at
+  // `tile` (shared memory), whose TMA store writes out: rows past T and
+  // columns past the real head dim are written here and clipped there.
+  __device__ __forceinline__ void stage_out(uint32_t tile, const float (&inv)[2], int warp,
+                                            int lane) const {
+#pragma unroll
+    for (int kc = 0; kc < D / 16; ++kc) {
+      const uint32_t frag[4] = {pack_bf16x2(o[8 * kc + 0] * inv[0], o[8 * kc + 1] * inv[0]),
+                                pack_bf16x2(o[8 * kc + 2] * inv[1], o[8 * kc + 3] * inv[1]),
+                                pack_bf16x2(o[8 * kc + 4] * inv[0], o[8 * kc + 5] * inv[0]),
+                                pack_bf16x2(o[8 * kc + 6] * inv[1], o[8 * kc + 7] * inv[1])};
+      store_fragment_sw128<kWgRows>(tile, kc, frag, warp, lane);
+    }
+  }
+
+  // kbar times inv (the span decomposition's P K, normalised as O) into its
+  // rows below T, by plain stores.
+  __device__ __forceinline__ void store_kbar(const ForwardParams& p, int b, int h,
+                                             const float (&inv)[2]) const {
+    if constexpr (kKbar) {
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const int row = row_a + 8 * r;
+        if (row >= p.T) continue;
+        const size_t offset = (size_t(b) * p.T + row) * p.C + h * p.head_dim;
+        store_acc_row<D>(p.kbar + offset, [this](int db, int e) { return kbar[4 * db + e]; }, r,
+                         quad, inv[r], p.head_dim);
+      }
+    }
   }
 
  private:

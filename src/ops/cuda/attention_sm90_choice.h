@@ -54,31 +54,23 @@ inline double local_work_share(const AttentionShape& s) {
 // 2026-11-30), two at D 128, whose O and kbar need two's registers.
 constexpr int ws_forward_consumers(int padded_head_dim) { return padded_head_dim <= 64 ? 3 : 2; }
 
-// Query-block items of the ws forward for each multiprocessor.
-inline double ws_forward_items_per_sm(const AttentionShape& s, int sm_count) {
-  const int rows = 64 * ws_forward_consumers(s.head_dim);
-  const double items = double(s.B) * s.n_head * ((int64_t(s.T) + rows - 1) / rows);
-  return items / std::max(1, sm_count);
-}
-
 // H200, 2026-12-01 (bench_cuda_attention forward_kernels=1; docs/
 // BENCHMARKS.md "Forward variants"): ws_dynamic, persistent blocks taking
 // the heaviest item left from a counter, was the fastest at D 64 but where
-// band rows carry the work. There base (one warpgroup, 64-query blocks,
-// several a multiprocessor) stays where nearly every head is local, or
-// where band rows carry half the work and each multiprocessor has 16
-// items or more (LS 11/12 with 32 heads at T 1k; with GPT-2 small's 12,
-// 9 items a multiprocessor, ws_dynamic wins: heaviest-first balance
-// matters more with fewer items). At D 128 ws_dynamic won up to T 4k and
-// ws, one block per item, at T 16k (as many items as at T 4k, but walks
-// of up to 256 tiles; not understood yet).
-inline Sm90ForwardVariant choose_sm90_forward(const AttentionShape& s, int sm_count) {
+// nearly every head is local: there base (one warpgroup, 64-query blocks,
+// several a multiprocessor) stays (GPT-2 small's all-local layer: 0.0653
+// ms against ws_dynamic's 0.0661, 23:40 UTC). Until the ws epilogue's TMA
+// store (23:40 UTC) base also won where band rows carried half the work and
+// each multiprocessor had 16 items or more (LS 11/12 with 32 heads at T
+// 1k, 1-3%); now ws_dynamic is 9% faster there (0.1546 against 0.1706 ms).
+// At D 128 ws_dynamic won up to T 4k and ws, one block per item, at T 16k
+// (as many items as at T 4k, but walks of up to 256 tiles; not understood
+// yet). The multiprocessor count is no longer used; kept in the signature
+// for the rules that will need it.
+inline Sm90ForwardVariant choose_sm90_forward(const AttentionShape& s, int /*sm_count*/) {
   if (s.head_dim > 64)
     return s.T <= 4096 ? Sm90ForwardVariant::ws_dynamic : Sm90ForwardVariant::ws;
-  const double local = local_work_share(s);
-  if (local >= 0.9 || (local >= 0.5 && ws_forward_items_per_sm(s, sm_count) >= 16))
-    return Sm90ForwardVariant::base;
-  return Sm90ForwardVariant::ws_dynamic;
+  return local_work_share(s) >= 0.9 ? Sm90ForwardVariant::base : Sm90ForwardVariant::ws_dynamic;
 }
 
 // ws_band: the query tiles a 64-key block of a local head walks, (w + 62)

@@ -1,5 +1,6 @@
 // Hopper (sm_90a) building blocks of warp-specialised kernels: TMA tile
-// loads (cp.async.bulk.tensor) that complete on an mbarrier, the mbarrier
+// loads (cp.async.bulk.tensor) that complete on an mbarrier, TMA tile
+// stores, the mbarrier
 // operations of a producer/consumer pipeline, named barriers for a subset
 // of the block's warps, and setmaxnreg (PTX ISA: "Tensor Copy", "mbarrier",
 // "bar", "setmaxnreg"). Used by attention_forward_sm90_ws.cu and
@@ -40,32 +41,56 @@ __device__ __forceinline__ void mbarrier_arrive_expect_tx(uint64_t* bar, uint32_
 __device__ __forceinline__ void mbarrier_arrive(uint64_t* bar) {
   asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smem_address(bar)) : "memory");
 }
-// Whether the phase of `bar` with this parity has completed (the hardware
-// may suspend the thread a while before answering no).
+// The hardware's wait of one try_wait, in nanoseconds: a thread whose
+// phase is not complete is suspended until it completes or this long has
+// passed (PTX ISA "mbarrier.try_wait", suspendTimeHint; CUTLASS's
+// ClusterBarrier::wait passes the same 10 ms). Without the hint each try
+// returns after a short system-dependent time, and the retry loop issued
+// instructions: the ws forward's producer thread, waiting on `empty` most of
+// its life, executed 6.5 million instructions of retries a launch (9% of
+// the kernel's, MHSA D 128 T 1k, Nsight Compute, H200, 2026-12-01) in the
+// issue slots of the consumer warps that share its scheduler.
+constexpr uint32_t kMbarrierSuspendNs = 10'000'000;
+
+// Whether the phase of `bar` with this parity has completed, after
+// waiting up to kMbarrierSuspendNs for it.
 __device__ __forceinline__ bool mbarrier_try_wait(uint64_t* bar, uint32_t parity) {
   uint32_t done;
   asm volatile(
       "{\n"
       ".reg .pred p;\n"
-      "mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2, %3;\n"
       "selp.u32 %0, 1, 0, p;\n"
       "}\n"
       : "=r"(done)
-      : "r"(smem_address(bar)), "r"(parity)
+      : "r"(smem_address(bar)), "r"(parity), "r"(kMbarrierSuspendNs)
       : "memory");
   return done != 0;
 }
 
-// Tries before a wait counts as lost: far beyond any real wait (each try
-// suspends the thread for a while), so a missing arrival or a transaction
-// count that never completes (a bug) traps, which the host sees as a launch
-// failure, instead of hanging the process.
-constexpr uint32_t kMbarrierMaxTries = 1u << 26;
+__device__ __forceinline__ uint64_t globaltimer_ns() {
+  uint64_t t;
+  asm volatile("mov.u64 %0, %%globaltimer;\n" : "=l"(t));
+  return t;
+}
+
+// How long a wait may last before it counts as lost: far beyond any real
+// wait (a stage waits for one tile's products, a Q stage for one work
+// item's), so a missing arrival or a transaction count that never completes
+// (a bug) traps, which the host sees as a launch failure, instead of
+// hanging the process. Measured on the clock rather than in tries, since a
+// try lasts anything up to kMbarrierSuspendNs; so a debugger that holds the
+// kernel longer than this makes it trap when it resumes.
+constexpr int64_t kMbarrierTimeoutNs = 60'000'000'000ll;
 
 // Returns once the phase of `bar` with this parity has completed.
 __device__ __forceinline__ void mbarrier_wait(uint64_t* bar, uint32_t parity) {
-  for (uint32_t tries = 1; !mbarrier_try_wait(bar, parity); ++tries)
-    if (tries == kMbarrierMaxTries) __trap();
+  if (mbarrier_try_wait(bar, parity)) return;
+  const uint64_t start = globaltimer_ns();
+  // Signed: a clock that steps back (%globaltimer is not promised to be
+  // monotonic) must not look like a long wait.
+  while (!mbarrier_try_wait(bar, parity))
+    if (int64_t(globaltimer_ns() - start) > kMbarrierTimeoutNs) __trap();
 }
 
 // One box of a 4-d tensor map (a __grid_constant__ kernel parameter) into
@@ -79,6 +104,30 @@ __device__ __forceinline__ void tma_load_4d(void* dst, const void* tensor_map, u
       "l"(reinterpret_cast<uint64_t>(tensor_map)), "r"(smem_address(bar)), "r"(c0), "r"(c1),
       "r"(c2), "r"(c3)
       : "memory");
+}
+
+// One box of shared memory (a 4-d tensor map's box, in its swizzle) to
+// global memory at coordinates (c0 innermost), as one bulk async-group
+// operation of this thread; elements past the tensor's bounds are not
+// written. The box must have been written before, with
+// fence_proxy_async_shared in each writing thread and a barrier after.
+__device__ __forceinline__ void tma_store_4d(const void* tensor_map, const void* src, int c0,
+                                             int c1, int c2, int c3) {
+  asm volatile(
+      "cp.async.bulk.tensor.4d.global.shared::cta.bulk_group [%0, {%2, %3, %4, %5}], [%1];\n" ::"l"(
+          reinterpret_cast<uint64_t>(tensor_map)),
+      "r"(smem_address(src)), "r"(c0), "r"(c1), "r"(c2), "r"(c3)
+      : "memory");
+}
+// Closes this thread's bulk operations issued so far into one group.
+__device__ __forceinline__ void bulk_commit_group() {
+  asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
+}
+// Returns once at most kPending of this thread's committed groups still
+// read their shared memory (which may then be written again or freed).
+template <int kPending>
+__device__ __forceinline__ void bulk_wait_group_read() {
+  asm volatile("cp.async.bulk.wait_group.read %0;\n" ::"n"(kPending) : "memory");
 }
 
 // bar.sync on barrier kId (1..15; 0 is __syncthreads) by kCount threads, a

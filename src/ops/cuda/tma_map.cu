@@ -1,4 +1,4 @@
-// Tensor maps for the Hopper kernels' TMA tile loads (tma_map.h).
+// Tensor maps for the Hopper kernels' TMA tile loads and stores (tma_map.h).
 #include "ops/cuda/tma_map.h"
 
 #include <cudaTypedefs.h>

@@ -89,9 +89,9 @@ __device__ __forceinline__ void discard_operands(float (&d)[N]) {
 #pragma unroll
   for (int i = 0; i < N; ++i) asm volatile("" : "=f"(d[i])::"memory");
 }
-// Shared memory written by ordinary stores or cp.async (generic proxy) and
-// read next by wgmma (async proxy) needs this in each writing thread before
-// the barrier.
+// Shared memory written by ordinary stores, stmatrix or cp.async (generic
+// proxy) and read next by wgmma or a TMA store (async proxy) needs this in
+// each writing thread before the barrier.
 __device__ __forceinline__ void fence_proxy_async_shared() {
   asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
 }
@@ -308,6 +308,26 @@ __device__ __forceinline__ void a_fragments(uint32_t (&a)[N / 16][4], const floa
     a[kc][2] = pack_bf16x2(s[8 * kc + 4], s[8 * kc + 5]);
     a[kc][3] = pack_bf16x2(s[8 * kc + 6], s[8 * kc + 7]);
   }
+}
+
+// Stores k16 slice kc of an m64 x D accumulator, as bf16 pairs in A
+// fragment order (a_fragments: n8 blocks 2 kc and 2 kc + 1), into a
+// swizzled kRows x D tile (panels of 64 columns): element (m, n) at tile
+// row m, column n. Register j is the 8 x 8 block of rows 16 warp + 8 (j & 1),
+// columns 16 kc + 8 (j >> 1), which stmatrix writes as 8 rows of 16 bytes;
+// lane 8 j + i names row i of block j. Every thread of the warpgroup calls
+// it (the ws forward's epilogue stages O this way for a TMA store).
+template <int kRows>
+__device__ __forceinline__ void store_fragment_sw128(uint32_t tile, int kc,
+                                                     const uint32_t (&a)[4], int warp, int lane) {
+  const int j = lane >> 3, i = lane & 7;
+  const int row = 16 * warp + 8 * (j & 1) + i;  // row % 8 == i
+  const int chunk = 2 * (kc % 4) + (j >> 1);
+  const uint32_t addr = tile + (kc / 4) * (kRows * kSwizzleRowBytes) + row * kSwizzleRowBytes +
+                        ((chunk ^ i) << 4);
+  asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1, %2, %3, %4};\n" ::"r"(addr),
+               "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3])
+               : "memory");
 }
 
 // Stores the transpose of an m64 x N accumulator, already in A fragments

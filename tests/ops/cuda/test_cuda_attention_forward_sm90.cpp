@@ -26,6 +26,8 @@
 // not compute capability 9.0 the parity tests skip ("not a Hopper GPU").
 #include <gtest/gtest.h>
 
+#include <cmath>
+#include <cstddef>
 #include <cstdlib>
 #include <memory>
 #include <string>
@@ -172,7 +174,7 @@ TEST(CudaAttentionForwardSm90Dispatch, Deterministic) {
 
 // ws_persistent and ws_dynamic with several query blocks per block (512
 // items at D 128 and 352 at D 64, against the H200's 132 multiprocessors:
-// the K/V ring, the two Q stages and the epilogue's buffers all wrap around
+// the K/V ring, the two Q stages and the O staging tiles all wrap around
 // across items) against ws, the same kernel with one item per block: the
 // same arithmetic per item, so the same bits; and against the sm_80
 // kernel, as the parity tests. ws_dynamic runs twice with a launch of
@@ -233,6 +235,73 @@ TEST(CudaAttentionForwardSm90Dispatch, PersistentMatchesOneBlockPerItem) {
     EXPECT_LE(relative_error(persistent.lse, sm80.lse), 1e-6) << "lse vs sm_80";
     EXPECT_LE(relative_error(persistent.max_logit, sm80.max_logit), 1e-6) << "max_logit vs sm_80";
     EXPECT_LE(relative_error(persistent.kbar, sm80.kbar), 2e-3) << "kbar vs sm_80";
+  }
+}
+
+// The ws kernels write out with TMA stores, which need a 16-byte aligned
+// out; the op asks for 4 bytes. An out 4 bytes into its allocation (and T
+// 1000, so the last block's rows run past T) must give the same values
+// through the fallback (base, plain stores), and nothing may be written
+// before or after it (the poison stays NaN).
+TEST(CudaAttentionForwardSm90Dispatch, OutNotAlignedForTmaFallsBack) {
+  REQUIRE_CUDA(cuda);
+  REQUIRE_HOPPER();
+  ScopedEnv env(kForceSm80, nullptr);
+  for (const char* variant : {"ws", "ws_persistent", "ws_dynamic"})
+  for (int D : {64, 128}) {
+    SCOPED_TRACE(std::string(variant) + " D " + std::to_string(D));
+    ScopedEnv choose(kSm90Forward, variant);
+    AttentionSpec spec;
+    spec.B = 2, spec.T = 1000, spec.head_dim = D, spec.n_head = 4, spec.n_local = 3;
+    spec.window = 100;
+    const size_t BT = size_t(spec.B) * spec.T, C = spec.C();
+    const auto qkv = bf16_values(BT * 3 * C, 43 + D, -2, 2);
+    const ForwardResult aligned = run_forward(*cuda, spec, qkv);
+    const DType w = cuda->dtype(), a = cuda->acc_dtype();
+    Buffer qkv_b = make_buffer(*cuda, w, BT * 3 * C, &qkv);
+    Buffer out_b = make_buffer(*cuda, w, BT * C + 8, nullptr);  // poisoned
+    Buffer lse_b = make_buffer(*cuda, a, size_t(spec.B) * spec.n_head * spec.T, nullptr);
+    Buffer max_b = make_buffer(*cuda, a, spec.n_head, nullptr);
+    void* out = static_cast<std::byte*>(out_b.mem.get()) + 2 * dtype_size(w);  // 4 bytes in
+    cuda->attention_forward(out, lse_b.mem.get(), max_b.mem.get(), nullptr, qkv_b.mem.get(),
+                            spec);
+    cuda->sync();
+    std::vector<float> shifted(BT * C);
+    cuda->download_f32(shifted.data(), out, w, BT * C);
+    EXPECT_LE(relative_error(shifted, aligned.out), 2e-3);
+    const std::vector<float> whole = fetch(*cuda, out_b);
+    for (size_t i : {size_t(0), size_t(1), BT * C + 2, BT * C + 7})
+      EXPECT_TRUE(std::isnan(whole[i])) << "element " << i << " outside out was written";
+    EXPECT_LE(relative_error(fetch(*cuda, lse_b), aligned.lse), 1e-6);
+  }
+}
+
+// One work item in all (B 1, one head, T 100: a single block takes it from
+// the counter, then needs one more turn to see that none is left, which is
+// where it waits for its O store before exiting): the same bits as ws, and
+// the counter left at zero for the launch after it.
+TEST(CudaAttentionForwardSm90Dispatch, OneItemFromTheCounter) {
+  REQUIRE_CUDA(cuda);
+  REQUIRE_HOPPER();
+  ScopedEnv env(kForceSm80, nullptr);
+  for (int D : {64, 128}) {
+    SCOPED_TRACE("D " + std::to_string(D));
+    AttentionSpec spec;
+    spec.B = 1, spec.T = 100, spec.head_dim = D, spec.n_head = 1, spec.n_local = 0;
+    const auto qkv = bf16_values(size_t(spec.T) * 3 * spec.C(), 3 + D, -2, 2);
+    ForwardResult ws, once, twice;
+    {
+      ScopedEnv choose(kSm90Forward, "ws");
+      ws = run_forward(*cuda, spec, qkv);
+    }
+    ScopedEnv choose(kSm90Forward, "ws_dynamic");
+    once = run_forward(*cuda, spec, qkv);
+    twice = run_forward(*cuda, spec, qkv);
+    for (const ForwardResult* r : {&once, &twice}) {
+      EXPECT_EQ(r->out, ws.out);
+      EXPECT_EQ(r->lse, ws.lse);
+      EXPECT_EQ(r->max_logit, ws.max_logit);
+    }
   }
 }
 
