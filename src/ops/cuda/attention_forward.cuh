@@ -146,6 +146,24 @@ __device__ __forceinline__ float row_lse(float max_logit, float l) {
   return max_logit + __logf(l);
 }
 
+// Row r's (0: row_a, 1: row_a + 8) softmax sum: this thread's share and
+// its quad's three others.
+__device__ __forceinline__ float quad_row_sum(const float (&row_sum)[2], int r) {
+  float l = row_sum[r];
+  l += __shfl_xor_sync(0xffffffffu, l, 1);
+  l += __shfl_xor_sync(0xffffffffu, l, 2);
+  return l;
+}
+
+// Writes the lse of `row` (below T; quad 0's thread) from its largest raw
+// q.k and sum l, for batch row and head bh; returns its largest logit.
+__device__ __forceinline__ float write_row_lse(const ForwardParams& p, int bh, int row, int quad,
+                                               float raw_max, float l) {
+  const float max_logit = raw_max * p.scale;
+  if (quad == 0) p.lse[size_t(bh) * p.T + row] = row_lse(max_logit, l);
+  return max_logit;
+}
+
 // The epilogue of the sm_80 and base forwards (ws stages O for a TMA store,
 // attention_forward_consumer.cuh): normalises and writes this thread's
 // rows of out (and kbar) and lse for batch row b, head h; returns the largest
@@ -160,18 +178,14 @@ __device__ __forceinline__ float store_rows(const ForwardParams& p, int b, int h
   float block_max = -INFINITY;
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
-    float l = row_sum[r];
-    l += __shfl_xor_sync(0xffffffffu, l, 1);
-    l += __shfl_xor_sync(0xffffffffu, l, 2);
+    const float l = quad_row_sum(row_sum, r);
     const int row = row_a + 8 * r;
     if (row >= T) continue;
     const float inv = row_normaliser(l);
     const size_t offset = (size_t(b) * T + row) * p.C + h * p.head_dim;
     store_acc_row<D>(p.out + offset, o, r, quad, inv, p.head_dim);
     if constexpr (kKbar) store_acc_row<D>(p.kbar + offset, kbar, r, quad, inv, p.head_dim);
-    const float max_logit = row_max[r] * p.scale;
-    if (quad == 0) p.lse[size_t(bh) * T + row] = row_lse(max_logit, l);
-    block_max = fmaxf(block_max, max_logit);
+    block_max = fmaxf(block_max, write_row_lse(p, bh, row, quad, row_max[r], l));
   }
   return block_max;
 }

@@ -120,15 +120,11 @@ struct ConsumerWarpgroup {
     float thread_max = -INFINITY;
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-      float l = row_sum[r];
-      l += __shfl_xor_sync(0xffffffffu, l, 1);
-      l += __shfl_xor_sync(0xffffffffu, l, 2);
+      const float l = quad_row_sum(row_sum, r);
       inv[r] = row_normaliser(l);
       const int row = row_a + 8 * r;
       if (row >= p.T) continue;
-      const float max_logit = row_max[r] * p.scale;
-      if (quad == 0) p.lse[size_t(bh) * p.T + row] = row_lse(max_logit, l);
-      thread_max = fmaxf(thread_max, max_logit);
+      thread_max = fmaxf(thread_max, write_row_lse(p, bh, row, quad, row_max[r], l));
     }
     return thread_max;
   }

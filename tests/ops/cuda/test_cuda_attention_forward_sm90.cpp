@@ -67,6 +67,15 @@ ForwardResult run_forward(Backend& be, const AttentionSpec& spec, const std::vec
   return {fetch(be, out_b), fetch(be, lse_b), fetch(be, max_b), fetch(be, kbar_b)};
 }
 
+// B batch rows of T tokens, n_head heads of head_dim D, the first n_local
+// of them local with a window of 100 keys.
+AttentionSpec small_spec(int B, int T, int D, int n_head, int n_local) {
+  AttentionSpec spec;
+  spec.B = B, spec.T = T, spec.head_dim = D, spec.n_head = n_head, spec.n_local = n_local;
+  spec.window = 100;
+  return spec;
+}
+
 struct Setting {
   std::string name;
   int local_heads;  // -1: all but one, -2: half
@@ -158,9 +167,7 @@ TEST(CudaAttentionForwardSm90Dispatch, Deterministic) {
   for (int D : {64, 128}) {
     SCOPED_TRACE(std::string(kSm90Forward) + "=" + variant);
     ScopedEnv choose(kSm90Forward, variant);
-    AttentionSpec spec;
-    spec.B = 2, spec.T = 1000, spec.head_dim = D, spec.n_head = 4, spec.n_local = 3;
-    spec.window = 100;
+    AttentionSpec spec = small_spec(2, 1000, D, 4, 3);
     spec.span.q = {true, SpanBasis::cross, 1.5, 0.7};  // kbar as well
     const auto qkv = bf16_values(size_t(spec.B) * spec.T * 3 * spec.C(), 61 + D, -2, 2);
     const ForwardResult a = run_forward(*cuda, spec, qkv);
@@ -188,9 +195,7 @@ TEST(CudaAttentionForwardSm90Dispatch, PersistentMatchesOneBlockPerItem) {
   ScopedEnv env(kForceSm80, nullptr);
   for (int D : {64, 128}) {
     SCOPED_TRACE("D " + std::to_string(D));
-    AttentionSpec spec;
-    spec.B = 8, spec.T = 2048, spec.head_dim = D, spec.n_head = 4, spec.n_local = 3;
-    spec.window = 100;
+    AttentionSpec spec = small_spec(8, 2048, D, 4, 3);
     spec.span.q = {true, SpanBasis::cross, 1.5, 0.7};  // kbar as well
     const auto qkv = bf16_values(size_t(spec.B) * spec.T * 3 * spec.C(), 97 + D, -2, 2);
     ForwardResult one_per_item, persistent, dynamic, dynamic_again, short_dynamic, short_ws, sm80;
@@ -251,9 +256,7 @@ TEST(CudaAttentionForwardSm90Dispatch, OutNotAlignedForTmaFallsBack) {
   for (int D : {64, 128}) {
     SCOPED_TRACE(std::string(variant) + " D " + std::to_string(D));
     ScopedEnv choose(kSm90Forward, variant);
-    AttentionSpec spec;
-    spec.B = 2, spec.T = 1000, spec.head_dim = D, spec.n_head = 4, spec.n_local = 3;
-    spec.window = 100;
+    AttentionSpec spec = small_spec(2, 1000, D, 4, 3);
     const size_t BT = size_t(spec.B) * spec.T, C = spec.C();
     const auto qkv = bf16_values(BT * 3 * C, 43 + D, -2, 2);
     const ForwardResult aligned = run_forward(*cuda, spec, qkv);
@@ -286,8 +289,7 @@ TEST(CudaAttentionForwardSm90Dispatch, OneItemFromTheCounter) {
   ScopedEnv env(kForceSm80, nullptr);
   for (int D : {64, 128}) {
     SCOPED_TRACE("D " + std::to_string(D));
-    AttentionSpec spec;
-    spec.B = 1, spec.T = 100, spec.head_dim = D, spec.n_head = 1, spec.n_local = 0;
+    const AttentionSpec spec = small_spec(1, 100, D, 1, 0);
     const auto qkv = bf16_values(size_t(spec.T) * 3 * spec.C(), 3 + D, -2, 2);
     ForwardResult ws, once, twice;
     {
