@@ -213,7 +213,8 @@ StudyResults run_all(StudyFlags& f) {
                     setting.c_str(), (unsigned long long)seed);
         flush_stdout();
         const TrainResult r = train_model(o);
-        RunOutcome out{attention, setting, seed};
+        RunOutcome out;  // the metrics fill the rest
+        out.attention = attention, out.setting = setting, out.seed = seed;
         read_metrics(r.metrics, std::min<long>(5, tc.steps / 10),
                      double(tc.batch_size) * (tc.seq_len ? tc.seq_len : base.seq_len) * tc.grad_accum,
                      out);
