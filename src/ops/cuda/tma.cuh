@@ -1,8 +1,8 @@
 // Hopper (sm_90a) building blocks of warp-specialised kernels: TMA tile
-// loads (cp.async.bulk.tensor) that complete on an mbarrier, TMA tile
-// stores, the mbarrier
-// operations of a producer/consumer pipeline, named barriers for a subset
-// of the block's warps, and setmaxnreg (PTX ISA: "Tensor Copy", "mbarrier",
+// loads (cp.async.bulk.tensor) that complete on an mbarrier and TMA tile
+// stores in bulk groups, the mbarrier operations of a producer/consumer
+// pipeline, named barriers for a subset of the block's warps, and
+// setmaxnreg (PTX ISA: "Tensor Copy", "mbarrier",
 // "bar", "setmaxnreg"). Used by attention_forward_sm90_ws.cu and
 // attention_backward_sm90_ws.cu.
 //
