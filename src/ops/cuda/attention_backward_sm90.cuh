@@ -162,20 +162,32 @@ __device__ __forceinline__ void score_pair(float (&s)[kN / 2], float (&dp)[kN / 
 // lse, in log2 units) and dp = dP^T becomes dS^T = P^T o (dP^T - delta).
 // Element 4 nb + e: key row key_row + 8 (e >> 1), query column
 // nb * 8 + 2 quad + (e & 1) of the tile starting at query i0. kMasked zeroes
-// P where the query is past T or does not see the key; kQbar adds P to the
-// per-key-row column sums.
-template <int kQ, bool kMasked, bool kQbar>
+// P where the query is past T or does not see the key: with kIntervals by
+// each row's visible columns as one interval (attention_mask_columns.h),
+// else by HeadMask::visible element by element (the ws band-run kernels:
+// with the intervals ptxas spilled 952 bytes in their span-off instance,
+// against 56 without).
+// kQbar adds P to the per-key-row column sums.
+template <int kQ, bool kMasked, bool kQbar, bool kIntervals = true>
 __device__ __forceinline__ void key_softmax(float (&s)[kQ / 2], float (&dp)[kQ / 2],
                                             float (&colsum)[2], const float* lse_tile,
                                             const float* delta_tile, float scale_log2, int i0,
                                             int T, HeadMask mask, int key_row, int quad) {
+  VisibleColumns visible[2] = {};
+  if constexpr (kMasked && kIntervals)
+#pragma unroll
+    for (int r = 0; r < 2; ++r) visible[r] = mask.queries_seeing(key_row + 8 * r, T, i0 + 2 * quad);
 #pragma unroll
   for (int nb = 0; nb < kQ / 8; ++nb)
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
       const int qi = nb * 8 + quad * 2 + (e & 1);
       float prob = exp2_ftz(s[4 * nb + e] * scale_log2 - lse_tile[qi]);
-      if (kMasked && !(i0 + qi < T && mask.visible(i0 + qi, key_row + 8 * (e >> 1)))) prob = 0.f;
+      if constexpr (kMasked && kIntervals) {
+        if (!visible[e >> 1].has(nb * 8 + (e & 1))) prob = 0.f;
+      } else if constexpr (kMasked) {
+        if (!(i0 + qi < T && mask.visible(i0 + qi, key_row + 8 * (e >> 1)))) prob = 0.f;
+      }
       if constexpr (kQbar) colsum[e >> 1] += prob;
       s[4 * nb + e] = prob;
       dp[4 * nb + e] = prob * (dp[4 * nb + e] - delta_tile[qi]);
@@ -219,8 +231,8 @@ __device__ __forceinline__ void key_gradients(float (&dv)[D / 2], float (&dk)[D 
 
 // A key block's step on the query tile at i0 up to its dV / dK products: S^T
 // and dP^T of its kKeys keys (K, V tiles at k_addr, v_addr), the softmax step
-// (kMasked, kQbar as key_softmax), and P^T, dS^T as bf16 A fragments.
-template <int D, int kKeys, int kQ, bool kMasked, bool kQbar>
+// (kMasked, kQbar, kIntervals as key_softmax), and P^T, dS^T as bf16 A fragments.
+template <int D, int kKeys, int kQ, bool kMasked, bool kQbar, bool kIntervals = true>
 __device__ __forceinline__ void key_tile_fragments(uint32_t (&a_p)[kQ / 16][4],
                                                    uint32_t (&a_ds)[kQ / 16][4], float (&colsum)[2],
                                                    uint32_t k_addr, uint32_t v_addr,
@@ -228,16 +240,17 @@ __device__ __forceinline__ void key_tile_fragments(uint32_t (&a_p)[kQ / 16][4],
                                                    int i0, HeadMask mask, int key_row, int quad) {
   float s[kQ / 2], dp[kQ / 2];
   score_pair<D, kKeys, kQ>(s, dp, k_addr, tile.q_addr, v_addr, tile.do_addr);
-  key_softmax<kQ, kMasked, kQbar>(s, dp, colsum, tile.lse, tile.delta, p.scale_log2, i0, p.T, mask,
-                                  key_row, quad);
+  key_softmax<kQ, kMasked, kQbar, kIntervals>(s, dp, colsum, tile.lse, tile.delta, p.scale_log2,
+                                              i0, p.T, mask, key_row, quad);
   a_fragments<kQ>(a_p, s);
   a_fragments<kQ>(a_ds, dp);
 }
 
 // A key block's whole step on the query tile at i0 (its kKeys keys from
 // k0): key_tile_fragments then key_gradients, in the masked instantiation
-// for tiles the mask cuts or that run past T, branch-free for the rest.
-template <int D, int kKeys, int kQ, bool kQbar>
+// for tiles the mask cuts or that run past T, branch-free for the rest
+// (kIntervals as key_softmax).
+template <int D, int kKeys, int kQ, bool kQbar, bool kIntervals = true>
 __device__ __forceinline__ void key_tile_step(float (&dv)[D / 2], float (&dk)[D / 2],
                                               float (&qbar)[kQbar ? D / 2 : 1],
                                               float (&colsum)[2], uint32_t k_addr,
@@ -246,7 +259,7 @@ __device__ __forceinline__ void key_tile_step(float (&dv)[D / 2], float (&dk)[D 
                                               HeadMask mask, int key_row, int quad) {
   auto step = [&](auto masked) {
     uint32_t a_p[kQ / 16][4], a_ds[kQ / 16][4];
-    key_tile_fragments<D, kKeys, kQ, decltype(masked)::value, kQbar>(
+    key_tile_fragments<D, kKeys, kQ, decltype(masked)::value, kQbar, kIntervals>(
         a_p, a_ds, colsum, k_addr, v_addr, tile, p, i0, mask, key_row, quad);
     key_gradients<D, kQ, kQbar>(dv, dk, qbar, a_p, a_ds, tile.q_addr, tile.do_addr);
   };
@@ -308,6 +321,10 @@ __device__ __forceinline__ void query_tile_step(float (&dq)[D / 2], uint32_t q_a
     constexpr bool kMasked = decltype(masked)::value;
     float s[kKeys / 2], dp[kKeys / 2];
     score_pair<D, 64, kKeys>(s, dp, q_addr, k_addr, do_addr, v_addr);
+    VisibleColumns visible[2] = {};
+    if constexpr (kMasked)
+#pragma unroll
+      for (int r = 0; r < 2; ++r) visible[r] = mask.keys_seen_by(row_a + 8 * r, j0 + 2 * quad);
     // Element 4 nb + e: query row row_a + 8 (e >> 1), key nb * 8 + 2 quad + (e & 1).
 #pragma unroll
     for (int nb = 0; nb < kKeys / 8; ++nb)
@@ -315,8 +332,7 @@ __device__ __forceinline__ void query_tile_step(float (&dq)[D / 2], uint32_t q_a
       for (int e = 0; e < 4; ++e) {
         const int r = e >> 1;
         float prob = exp2_ftz(s[4 * nb + e] * p.scale_log2 - lse_log2[r]);
-        if (kMasked && !mask.visible(row_a + 8 * r, j0 + nb * 8 + quad * 2 + (e & 1)))
-          prob = 0.f;
+        if (kMasked && !visible[r].has(nb * 8 + (e & 1))) prob = 0.f;
         dp[4 * nb + e] = prob * (dp[4 * nb + e] - delta[r]);
       }
     uint32_t a_ds[kKeys / 16][4];

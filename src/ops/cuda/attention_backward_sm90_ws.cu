@@ -394,8 +394,10 @@ __device__ __forceinline__ void consume_key_block(const BackwardParams& p, const
     const uint32_t q_addr = smem_address(ring + s * Shape::kPairBytes);
     const QueryTile query_tile{q_addr, q_addr + Shape::kTileBytes, pipe.lse[s], pipe.delta[s]};
     const int i0 = tile * kQ;
-    key_tile_step<D, kRows, kQ, kQbar>(dv, dk, qbar, colsum, k_addr, v_addr, query_tile, p, i0,
-                                       k0, mask, key_row, quad);
+    // Band runs' kernels keep the element-by-element mask (key_softmax).
+    key_tile_step<D, kRows, kQ, kQbar, !Policy::kBandRuns>(dv, dk, qbar, colsum, k_addr, v_addr,
+                                                           query_tile, p, i0, k0, mask, key_row,
+                                                           quad);
     mbarrier_arrive(&pipe.empty[s]);  // its products have completed (wgmma_wait<0>)
   }
   mbarrier_arrive(fixed_empty);  // K, V read no more: the next item's pair may load
@@ -496,8 +498,9 @@ __device__ __forceinline__ void band_tile_step(float (&dv)[D / 2], float (&dk)[D
   const int lane = threadIdx.x % kWarpSize, warp = (threadIdx.x % kThreads) / kWarpSize;
   const int quad = lane & 3;
   uint32_t a_p[kQ / 16][4], a_ds[kQ / 16][4];
-  key_tile_fragments<D, kRows, kQ, kMasked, false>(a_p, a_ds, colsum, k_addr, v_addr, tile, p,
-                                                   i0, HeadMask{true, p.window}, key_row, quad);
+  key_tile_fragments<D, kRows, kQ, kMasked, false, false>(a_p, a_ds, colsum, k_addr, v_addr, tile,
+                                                          p, i0, HeadMask{true, p.window}, key_row,
+                                                          quad);
   float acc[D / 2];
   if constexpr (kQuerySide) {
     named_barrier_sync<kThreads>(barrier_id);

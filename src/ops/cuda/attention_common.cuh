@@ -12,6 +12,7 @@
 
 #include "core/error.h"
 #include "ops/attention_spec.h"
+#include "ops/cuda/attention_mask_columns.h"
 #include "ops/cuda/device_utils.cuh"  // kLog2e, kWarpSize
 
 namespace lsgpt::cuda::attn {
@@ -134,6 +135,15 @@ struct HeadMask {
   // flight, or the branch serializes the wgmma pipeline.
   __device__ __forceinline__ bool n8_block_needs_mask(int i0, int j0) const {
     return tile_needs_mask(i0, 16, j0, 8);
+  }
+  // One fragment row's visible columns (attention_mask_columns.h): of key
+  // `key`'s row in S^T (queries from base, below T), of query `query`'s row
+  // in S (keys from base).
+  __device__ __forceinline__ VisibleColumns queries_seeing(int key, int T, int base) const {
+    return queries_seeing_key(local, window, key, T, base);
+  }
+  __device__ __forceinline__ VisibleColumns keys_seen_by(int query, int base) const {
+    return keys_seen_by_query(local, window, query, base);
   }
 };
 
