@@ -13,11 +13,7 @@
 
 #include <cstdint>
 
-#ifdef __CUDACC__
-#define LSGPT_HOST_DEVICE __host__ __device__
-#else
-#define LSGPT_HOST_DEVICE
-#endif
+#include "core/host_device.h"
 
 namespace lsgpt {
 

@@ -15,11 +15,7 @@
 
 #include <algorithm>
 
-#ifdef __CUDACC__
-#define LSGPT_HOST_DEVICE __host__ __device__
-#else
-#define LSGPT_HOST_DEVICE
-#endif
+#include "core/host_device.h"
 
 namespace lsgpt::cuda::attn {
 
