@@ -22,14 +22,14 @@ namespace lsgpt::cuda::attn {
 // Column base + K of one row is visible iff lo <= K < hi (empty if hi <= lo).
 struct VisibleColumns {
   int lo, hi;
-  LSGPT_HOST_DEVICE bool has(int k) const { return k >= lo && k < hi; }
+  LSGPT_HOST_DEVICE constexpr bool has(int k) const { return k >= lo && k < hi; }
 };
 
 // A row of S^T (key `key`; columns are queries from `base` >= 0): the
 // queries q < T that see the key, key <= q and, on a local head, q < key +
 // window. The same as `q < T && visible(q, key)` for every q >= 0.
-LSGPT_HOST_DEVICE inline VisibleColumns queries_seeing_key(bool local, int window, int key, int T,
-                                                            int base) {
+LSGPT_HOST_DEVICE constexpr VisibleColumns queries_seeing_key(bool local, int window, int key,
+                                                              int T, int base) {
   const int hi = local && window < T - key ? key + window : T;  // no int overflow at any window
   return {key - base, hi - base};
 }
@@ -37,8 +37,8 @@ LSGPT_HOST_DEVICE inline VisibleColumns queries_seeing_key(bool local, int windo
 // A row of S (query `query`; columns are keys from `base` >= 0): the keys
 // j <= query and, on a local head, j > query - window. The same as
 // `visible(query, j)` for every j >= 0.
-LSGPT_HOST_DEVICE inline VisibleColumns keys_seen_by_query(bool local, int window, int query,
-                                                            int base) {
+LSGPT_HOST_DEVICE constexpr VisibleColumns keys_seen_by_query(bool local, int window, int query,
+                                                              int base) {
   const int lo = local ? std::max(0, query - window + 1) : 0;
   return {lo - base, query + 1 - base};
 }

@@ -3,7 +3,8 @@
 // 64-wide tile they must agree with the LS mask as the kernels stated it
 // before (HeadMask::visible, plus q < T on the key side), over windows from
 // 0 to far past T (INT_MAX included: no overflow), rows past T, and tiles
-// before, across and past the band.
+// before, across and past the band. The static_asserts evaluate the
+// windows at INT_MAX at compile time, where a signed overflow is an error.
 #include <gtest/gtest.h>
 
 #include <climits>
@@ -19,6 +20,12 @@ bool visible(bool local, int window, int i, int j) {
 }
 
 constexpr int kWindows[] = {0, 1, 2, 7, 63, 64, 65, 100, 129, 1000, INT_MAX};
+
+static_assert(queries_seeing_key(true, INT_MAX, 5, 130, 0).hi == 130);
+static_assert(queries_seeing_key(true, INT_MAX, 129, 130, 128).has(1));
+static_assert(keys_seen_by_query(true, INT_MAX, 0, 208).lo == -208);
+static_assert(keys_seen_by_query(true, INT_MAX, 139, 0).has(0));
+static_assert(!keys_seen_by_query(true, 1, 139, 138).has(0));
 constexpr int kTs[] = {1, 7, 64, 100, 130};
 
 TEST(AttentionMaskColumns, KeyRowsMatchTheMask) {
