@@ -206,6 +206,9 @@ void Scheduler::run_step() {
   try {
     const int rows = engine_.running();
     events = engine_.step();
+    // The engine has freed the finished sequences' slots: the gauge drops
+    // before their clients can see their last token (and read /metrics).
+    metrics_.running = engine_.running();
     if (rows > 0) {
       ++metrics_.decode_steps;
       metrics_.decode_rows += uint64_t(rows);
@@ -229,20 +232,19 @@ void Scheduler::run_step() {
     if (e.finished) running_.erase(it);
   }
   running_count_ = int(running_.size());
-  metrics_.running = engine_.running();
 }
 
 // A step that throws (NaN logits from a broken checkpoint) ends every running
 // request with an error; the server keeps serving.
 void Scheduler::fail_running(const std::string& message) {
+  for (const auto& [sequence, job] : running_) engine_.cancel(sequence);
+  metrics_.running = engine_.running();  // before any client sees its error
   for (const auto& [sequence, job] : running_) {
-    engine_.cancel(sequence);
     ++metrics_.finished_error;
     job->fail(500, message);
   }
   running_.clear();
   running_count_ = 0;
-  metrics_.running = engine_.running();
 }
 
 }  // namespace lsgpt::serve
