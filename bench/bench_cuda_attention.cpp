@@ -18,7 +18,7 @@
 // backward_kernels=1 does the same for the backward alone (delta kernel
 // included), from one forward's outputs, with the backward's variants
 // (LSGPT_ATTENTION_SM90_BACKWARD = base, wg2, ws, one_pass, one_pass_wg2,
-// ws_band, and ws_band with LSGPT_ATTENTION_SM90_BAND_RUN 2, 8, 16, ws
+// ws_band, ws_one_pass, and ws_band with LSGPT_ATTENTION_SM90_BAND_RUN 2, 8, 16, ws
 // with LSGPT_ATTENTION_SM90_WS_SCHEDULE=static (striding instead of the
 // default's counter) and ws with LSGPT_ATTENTION_SM90_HEAD_GROUP=0 (one
 // group instead of the default's head groups): "bwd_<variant>_ms", ...).
@@ -213,7 +213,8 @@ void run_config(Backend& be, const Config& c, int reps, Mode mode) {
     constexpr const char* kSchedule = "LSGPT_ATTENTION_SM90_WS_SCHEDULE";
     constexpr const char* kHeadGroup = "LSGPT_ATTENTION_SM90_HEAD_GROUP";
     const Variants variants{"LSGPT_ATTENTION_SM90_BACKWARD",
-                            {"base", "wg2", "ws", "one_pass", "one_pass_wg2", "ws_band"},
+                            {"base", "wg2", "ws", "one_pass", "one_pass_wg2", "ws_band",
+                             "ws_one_pass"},
                             {{"base_batch_major", "base", kOrder, "batch_major"},
                              {"wg2_batch_major", "wg2", kOrder, "batch_major"},
                              {"ws_band_run2", "ws_band", kBandRun, "2"},

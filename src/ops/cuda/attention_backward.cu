@@ -403,10 +403,11 @@ bool use_sm90(const CudaContext& ctx, const AttentionSpec& spec) {
 
 std::optional<Sm90BackwardVariant> attn::sm90_backward_override() {
   using V = Sm90BackwardVariant;
-  constexpr V kForced[] = {V::base,     V::wg2,          V::ws,
-                           V::one_pass, V::one_pass_wg2, V::ws_band};
-  const int i = env_switch("LSGPT_ATTENTION_SM90_BACKWARD",
-                           {"auto", "base", "wg2", "ws", "one_pass", "one_pass_wg2", "ws_band"});
+  constexpr V kForced[] = {V::base,         V::wg2,     V::ws,         V::one_pass,
+                           V::one_pass_wg2, V::ws_band, V::ws_one_pass};
+  const int i = env_switch(
+      "LSGPT_ATTENTION_SM90_BACKWARD",
+      {"auto", "base", "wg2", "ws", "one_pass", "one_pass_wg2", "ws_band", "ws_one_pass"});
   if (i == 0) return std::nullopt;
   return kForced[i - 1];
 }
@@ -458,11 +459,9 @@ struct BackwardScratch {
   int bias_parts;  // 0 when the bias is not summed in the kernels
 };
 
-BackwardScratch carve_backward_scratch(CudaContext& ctx, const AttentionSpec& spec, bool one_pass,
-                                       bool fused_bias, size_t band_floats) {
+BackwardScratch carve_backward_scratch(CudaContext& ctx, const AttentionSpec& spec,
+                                       size_t dq_floats, bool fused_bias, size_t band_floats) {
   const size_t rows = size_t(spec.B) * spec.T * spec.n_head;
-  const size_t dq_floats =
-      one_pass ? one_pass_dq_floats(spec.B, spec.T, spec.n_head, spec.head_dim) : 0;
   const size_t bias_parts =
       fused_bias ? size_t(spec.B) * ceil_div(spec.T, kBiasRowGroup) : 0;
   LSGPT_CHECK(bias_parts <= 0x7fffffff, "attention_backward: too many rows for the bias sums");
@@ -525,8 +524,15 @@ void attention_backward(CudaContext& ctx, bf16* dqkv, bf16* dqkv_colsum, const b
   const Sm90BackwardVariant variant =
       sm90 ? sm90_backward_override().value_or(choose_sm90_backward(shape, ctx.sm_count()))
            : Sm90BackwardVariant::base;
+  // ws_one_pass is one_pass_wg2 with qbar (it has no qbar of its own).
+  const bool ws_one_pass = sm90 && variant == Sm90BackwardVariant::ws_one_pass && !qbar;
   const bool one_pass = sm90 && (variant == Sm90BackwardVariant::one_pass ||
-                                 variant == Sm90BackwardVariant::one_pass_wg2);
+                                 variant == Sm90BackwardVariant::one_pass_wg2 ||
+                                 variant == Sm90BackwardVariant::ws_one_pass);
+  const size_t dq_floats =
+      ws_one_pass ? ws_one_pass_dq_floats(spec.B, spec.T, spec.n_head, spec.head_dim)
+      : one_pass  ? one_pass_dq_floats(spec.B, spec.T, spec.n_head, spec.head_dim)
+                  : 0;
   // The bias gradient's part sums come from the two-pass kernels' row
   // epilogues; one_pass forms its dQ rows in a kernel of its own, so there
   // a pass over dqkv sums them afterwards.
@@ -535,7 +541,7 @@ void attention_backward(CudaContext& ctx, bf16* dqkv, bf16* dqkv_colsum, const b
   const bool band = sm90 && variant == Sm90BackwardVariant::ws_band && ws_band_applies(shape);
   const int band_slots = band ? ws_band_slots(std::min(spec.window, spec.T)) : 0;
   const BackwardScratch scratch = carve_backward_scratch(
-      ctx, spec, one_pass, fused_bias, band ? ws_band_dq_floats(ctx, band_slots) : 0);
+      ctx, spec, dq_floats, fused_bias, band ? ws_band_dq_floats(ctx, band_slots) : 0);
   launch_delta(ctx, scratch.delta, dout, out, spec);
   BackwardParams p = backward_params(dqkv, dout, qkv, lse, kbar, scratch, spec);
   p.item_counter = ctx.item_counter(CudaContext::ItemCounter::attention_backward);
@@ -556,7 +562,9 @@ void attention_backward(CudaContext& ctx, bf16* dqkv, bf16* dqkv_colsum, const b
   }
   const bool span = spec.span.any();
   const int D = padded_head_dim(spec.head_dim);
-  if (one_pass && variant == Sm90BackwardVariant::one_pass_wg2)
+  if (ws_one_pass)
+    launch_backward_sm90_ws_one_pass(ctx, p, spec.B, span, scratch.dq_accum);
+  else if (one_pass && variant != Sm90BackwardVariant::one_pass)
     launch_backward_sm90_one_pass_wg2(ctx, p, spec.B, span, qbar, scratch.dq_accum);
   else if (one_pass)
     launch_backward_sm90_one_pass(ctx, p, spec.B, span, qbar, scratch.dq_accum);

@@ -329,11 +329,22 @@ void run_one_pass(CudaContext& ctx, const BackwardParams& p, int B, bool span, f
 // element per 128 keys instead of per 64. The same dq_accum contract.
 void launch_backward_sm90_one_pass_wg2(CudaContext& ctx, const BackwardParams& p, int B,
                                        bool span, bool qbar, float* dq_accum);
+// attention_backward_sm90_ws_one_pass.cu: one_pass_wg2's algorithm
+// warp-specialised (a TMA producer warp, two consumer warpgroups of 64 keys,
+// persistent blocks; FlashAttention-3's backward), dQ summed by
+// red.global.add.v4 into dq_accum in a layout of its own, then written to
+// dqkv; not bit-reproducible, no qbar (the caller runs one_pass_wg2 then).
+// dq_accum holds ws_one_pass_dq_floats(...) floats (any contents: zeroed on
+// the stream first).
+size_t ws_one_pass_dq_floats(int B, int T, int n_head, int head_dim);
+void launch_backward_sm90_ws_one_pass(CudaContext& ctx, const BackwardParams& p, int B,
+                                      bool span, float* dq_accum);
 
 // Which Hopper backward runs: LSGPT_ATTENTION_SM90_BACKWARD = auto (also
 // unset or empty: choose_sm90_backward picks by shape), base (one warpgroup
-// a block), wg2, ws, one_pass, one_pass_wg2 or ws_band (ws with band runs;
-// ws where they do not apply) to force one; any other value is an error.
+// a block), wg2, ws, one_pass, one_pass_wg2, ws_band (ws with band runs;
+// ws where they do not apply) or ws_one_pass (one_pass_wg2 with qbar) to
+// force one; any other value is an error.
 // nullopt means auto. Read at every call (defined in attention_backward.cu)
 // so one binary can time them all.
 std::optional<Sm90BackwardVariant> sm90_backward_override();

@@ -246,16 +246,6 @@ struct WsMaps {
   const CUtensorMap *qkv, *dout, *q_walk, *do_walk;
 };
 
-// One tile (D / 64 panels of `rows` rows) of head slot `slot`, rows from r0.
-template <int D, int kTileRows>
-__device__ __forceinline__ void load_tile(unsigned char* dst, const CUtensorMap* map,
-                                          uint64_t* bar, int slot, int r0, int b) {
-#pragma unroll
-  for (int panel = 0; panel < D / kPanelCols; ++panel)
-    tma_load_4d(dst + panel * kTileRows * kSwizzleRowBytes, map, bar, panel * kPanelCols, slot, r0,
-                b);
-}
-
 // The producer's tiles of one walk (all 32 lanes): query tiles (Q, dO, lse,
 // delta) for a key block, key tiles (K, V) for a query block, each into the
 // next ring stage once the consumer has released it.
@@ -281,14 +271,14 @@ __device__ __forceinline__ void walk_tiles(const WsMaps& maps, const BackwardPar
       }
       if (lane == 0) {
         mbarrier_arrive_expect_tx(bar, 2 * sw128_tile_bytes<kQ, D>());
-        load_tile<D, kQ>(dst, maps.q_walk, bar, w.h, i0, w.b);
-        load_tile<D, kQ>(dst + Shape::kTileBytes, maps.do_walk, bar, w.h, i0, w.b);
+        tma_load_head_tile<D, kQ>(dst, maps.q_walk, bar, w.h, i0, w.b);
+        tma_load_head_tile<D, kQ>(dst + Shape::kTileBytes, maps.do_walk, bar, w.h, i0, w.b);
       }
     } else if (lane == 0) {
       const int j0 = tile * kQueryBlockKeyTile;
       mbarrier_arrive_expect_tx(bar, Shape::kPairBytes);
-      load_tile<D, kRows>(dst, maps.qkv, bar, p.n_head + w.h, j0, w.b);
-      load_tile<D, kRows>(dst + Shape::kTileBytes, maps.qkv, bar, 2 * p.n_head + w.h, j0, w.b);
+      tma_load_head_tile<D, kRows>(dst, maps.qkv, bar, p.n_head + w.h, j0, w.b);
+      tma_load_head_tile<D, kRows>(dst + Shape::kTileBytes, maps.qkv, bar, 2 * p.n_head + w.h, j0, w.b);
     }
     if (lane != 0) mbarrier_arrive(bar);  // after this lane's lse and delta stores
   }
@@ -336,11 +326,11 @@ __device__ void produce(const WsMaps& maps, const BackwardParams& p, int B, int 
     uint64_t* bar = &pipe.fixed_full[fs];
     pipe.fixed_item[fs] = item;
     mbarrier_arrive_expect_tx(bar, Shape::kPairBytes);
-    load_tile<D, kRows>(dst, maps.qkv, bar, (key ? p.n_head : 0) + h, r0, b);
+    tma_load_head_tile<D, kRows>(dst, maps.qkv, bar, (key ? p.n_head : 0) + h, r0, b);
     if (key)
-      load_tile<D, kRows>(dst + Shape::kTileBytes, maps.qkv, bar, 2 * p.n_head + h, r0, b);
+      tma_load_head_tile<D, kRows>(dst + Shape::kTileBytes, maps.qkv, bar, 2 * p.n_head + h, r0, b);
     else
-      load_tile<D, kRows>(dst + Shape::kTileBytes, maps.dout, bar, h, r0, b);
+      tma_load_head_tile<D, kRows>(dst + Shape::kTileBytes, maps.dout, bar, h, r0, b);
   };
   for (int item = stream; item < n_items; item = next_item<Policy>(p, item, n_items, n_streams)) {
     const BackwardItem w(p, B, item);

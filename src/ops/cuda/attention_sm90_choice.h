@@ -27,8 +27,10 @@ enum class Sm90ForwardVariant { base, ws, ws_persistent, ws_dynamic };
 // dQ product, half the atomics. ws: base's two passes and bits, warp-
 // specialised (TMA producer warps, three consumer warpgroups at D 64 and
 // two at D 128, persistent). ws_band: ws with local heads' work in band runs
-// (one pass, dQ summed in order; D 64 without qbar, else ws).
-enum class Sm90BackwardVariant { base, wg2, ws, one_pass, one_pass_wg2, ws_band };
+// (one pass, dQ summed in order; D 64 without qbar, else ws). ws_one_pass:
+// one_pass_wg2 warp-specialised as ws (FlashAttention-3's backward; dQ by
+// float atomics, not bit-reproducible; one_pass_wg2 with qbar).
+enum class Sm90BackwardVariant { base, wg2, ws, one_pass, one_pass_wg2, ws_band, ws_one_pass };
 
 // The sizes the choice depends on. window counts the keys a local head sees;
 // span_qbar: the span decomposition's cross basis on k (qbar accumulated in

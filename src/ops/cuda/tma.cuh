@@ -16,6 +16,8 @@
 // (n >= 1), waits on `empty` for parity (n - 1) & 1.
 #pragma once
 
+#include <cuda.h>
+
 #include <cstdint>
 
 #include "ops/cuda/wgmma.cuh"
@@ -104,6 +106,18 @@ __device__ __forceinline__ void tma_load_4d(void* dst, const void* tensor_map, u
       "l"(reinterpret_cast<uint64_t>(tensor_map)), "r"(smem_address(bar)), "r"(c0), "r"(c1),
       "r"(c2), "r"(c3)
       : "memory");
+}
+
+// One swizzled tile (D / 64 panels of kTileRows rows, 128-byte swizzle) of
+// a head tensor map (tma_map.h: columns, head slot, row, batch row) from
+// row r0 of head slot `slot`, batch row b; rows past the tensor are zeros.
+template <int D, int kTileRows>
+__device__ __forceinline__ void tma_load_head_tile(unsigned char* dst, const CUtensorMap* map,
+                                                   uint64_t* bar, int slot, int r0, int b) {
+#pragma unroll
+  for (int panel = 0; panel < D / kPanelCols; ++panel)
+    tma_load_4d(dst + panel * kTileRows * kSwizzleRowBytes, map, bar, panel * kPanelCols, slot, r0,
+                b);
 }
 
 // One box of shared memory (a 4-d tensor map's box, in its swizzle) to

@@ -31,8 +31,12 @@ constexpr const char* kSm90Forward = "LSGPT_ATTENTION_SM90_FORWARD";
 constexpr const char* kSm90ForwardVariants[] = {"base", "ws", "ws_persistent", "ws_dynamic"};
 // The same for the Hopper backward (attention_backward.cuh).
 constexpr const char* kSm90Backward = "LSGPT_ATTENTION_SM90_BACKWARD";
-constexpr const char* kSm90BackwardVariants[] = {"base",     "wg2",          "ws",
-                                                  "one_pass", "one_pass_wg2", "ws_band"};
+constexpr const char* kSm90BackwardVariants[] = {
+    "base", "wg2", "ws", "one_pass", "one_pass_wg2", "ws_band", "ws_one_pass"};
+// The variants that sum dQ by float atomics (not bit-reproducible).
+inline bool sums_dq_by_atomics(const std::string& variant) {
+  return variant == "one_pass" || variant == "one_pass_wg2" || variant == "ws_one_pass";
+}
 // ws_band's run length in key blocks (attention_backward.cuh).
 constexpr const char* kSm90BandRun = "LSGPT_ATTENTION_SM90_BAND_RUN";
 // How ws hands out its items (striding or a counter).

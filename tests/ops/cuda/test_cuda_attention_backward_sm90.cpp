@@ -3,7 +3,8 @@
 // 128 keys or queries a block, ws: base's blocks fed by TMA producer warps,
 // persistent, one_pass: key blocks only, dQ by atomics,
 // one_pass_wg2: the same with two warpgroups, 128 keys, a block, ws_band:
-// ws with local heads in band runs, one pass with dQ summed in order),
+// ws with local heads in band runs, one pass with dQ summed in order,
+// ws_one_pass: one_pass_wg2 warp-specialised, dQ by red.v4 in its own layout),
 // against the sm_80 kernel
 // (LSGPT_ATTENTION_SM80=1 selects that one) and against the CPU backend in
 // double precision ("cpu64"), on fresh random bf16-exact inputs: dQ, dK, dV,
@@ -231,7 +232,7 @@ INSTANTIATE_TEST_SUITE_P(Cases, CudaAttentionBackwardSm90, ::testing::ValuesIn(a
                          [](const auto& info) { return parity_case_name(info.param); });
 
 // Same inputs, same bits: dQ, dK, dV each finished by one block, no atomics.
-// one_pass and one_pass_wg2 sum dQ by float atomics in a varying order: there
+// one_pass, one_pass_wg2 and ws_one_pass sum dQ by float atomics in a varying order: there
 // only dK and dV must repeat bit for bit, dQ within rounding (2e-3, as
 // against sm_80).
 TEST(CudaAttentionBackwardSm90Dispatch, Deterministic) {
@@ -254,7 +255,7 @@ TEST(CudaAttentionBackwardSm90Dispatch, Deterministic) {
     const Gradients run_b = run_backward_on(*cuda, spec, f, true);
     const std::vector<float>& a = run_a.dqkv;
     const std::vector<float>& b = run_b.dqkv;
-    if (std::string(variant).rfind("one_pass", 0) != 0) {
+    if (!sums_dq_by_atomics(variant)) {
       EXPECT_EQ(a, b) << "D " << D;
       EXPECT_EQ(run_a.bias, run_b.bias) << "bias sums, D " << D;
       continue;
@@ -299,6 +300,49 @@ TEST(CudaAttentionBackwardSm90Dispatch, OnePassWg2MatchesOnePass) {
         EXPECT_LE(floored_error(qkv_part(two, 0, C), qkv_part(one, 0, C)), 2e-3) << "dq";
         EXPECT_EQ(qkv_part(two, 1, C), qkv_part(one, 1, C)) << "dk";
         EXPECT_EQ(qkv_part(two, 2, C), qkv_part(one, 2, C)) << "dv";
+      }
+}
+
+// ws_one_pass forms dK and dV with one_pass_wg2's products in its order,
+// over the same tiles (a warpgroup off its band taking the masked step), so
+// they are its bits; a tile skipped or walked twice, a ring stage or fixed
+// slot read before it landed or after it was refilled, or the consumers'
+// keys crossed shows here exactly. dQ (the same products summed in another
+// layout and order) within rounding: a wrong slice, element or query in the
+// fragment-major sums is O(1). Several items a block (B 3, 5 heads at T
+// 2000: 240 items of 128 keys on at most 132 blocks) exercise the ring and
+// the fixed slots across items; T 7 and 200 leave the second warpgroup's
+// keys past T or partly so. With span cross (qbar) ws_one_pass runs
+// one_pass_wg2 itself, which this also checks.
+TEST(CudaAttentionBackwardSm90Dispatch, WsOnePassMatchesOnePassWg2) {
+  REQUIRE_CUDA(cuda);
+  REQUIRE_HOPPER();
+  const SpanLayer spans[] = {SpanLayer{}, span_self(), span_cross()};
+  for (int D : {64, 128})
+    for (int T : {7, 200, 2000})
+      for (const SpanLayer& span : spans) {
+        AttentionSpec spec;
+        spec.B = T == 2000 ? 3 : 2, spec.T = T, spec.head_dim = D, spec.n_head = 5;
+        spec.n_local = 3, spec.window = 70;
+        spec.span = span;
+        SCOPED_TRACE("D " + std::to_string(D) + ", T " + std::to_string(T) + ", span " +
+                     std::to_string(span.any()));
+        const size_t BT = size_t(spec.B) * spec.T, C = spec.C();
+        const auto qkv = bf16_values(BT * 3 * C, 191 + D + T, -2, 2);
+        const auto dout = bf16_values(BT * C, 192 + D + T, -1, 1);
+        const Forward f = run_forward_sm80(*cuda, spec, qkv, dout);
+        std::vector<float> wg2, ws;
+        {
+          ScopedEnv choose(kSm90Backward, "one_pass_wg2");
+          wg2 = run_backward_on(*cuda, spec, f, true).dqkv;
+        }
+        {
+          ScopedEnv choose(kSm90Backward, "ws_one_pass");
+          ws = run_backward_on(*cuda, spec, f, true).dqkv;
+        }
+        EXPECT_LE(floored_error(qkv_part(ws, 0, C), qkv_part(wg2, 0, C)), 2e-3) << "dq";
+        EXPECT_EQ(qkv_part(ws, 1, C), qkv_part(wg2, 1, C)) << "dk";
+        EXPECT_EQ(qkv_part(ws, 2, C), qkv_part(wg2, 2, C)) << "dv";
       }
 }
 
@@ -488,8 +532,8 @@ TEST(CudaAttentionBackwardSm90Dispatch, RefusesAnUnknownVariant) {
   REQUIRE_CUDA(cuda);
   check_backward_switch(
       *cuda, kSm90Backward, kSm90BackwardVariants, "ws_persistent",
-      "LSGPT_ATTENTION_SM90_BACKWARD must be auto, base, wg2, ws, one_pass, one_pass_wg2 or "
-      "ws_band, got 'ws_persistent'");
+      "LSGPT_ATTENTION_SM90_BACKWARD must be auto, base, wg2, ws, one_pass, one_pass_wg2, "
+      "ws_band or ws_one_pass, got 'ws_persistent'");
 }
 
 // A whole-number switch's bad values (env_whole_number) are refused.

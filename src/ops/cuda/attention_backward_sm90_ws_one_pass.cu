@@ -1,0 +1,445 @@
+// One-pass LS flash-attention backward for Hopper, warp-specialised
+// (sm_90a; LSGPT_ATTENTION_SM90_BACKWARD=ws_one_pass, not the default):
+// one_pass_wg2's algorithm (attention_backward_sm90_one_pass_wg2.cu) fed
+// as ws feeds its two passes (attention_backward_sm90_ws.cu), which is
+// FlashAttention-3's backward:
+//
+// - A block is three warpgroups, one per multiprocessor (persistent).
+//   Warpgroup 0 gives its registers back; its first warp is the producer:
+//   lane 0 loads tiles with TMA, the lanes copy lse and delta rows beside
+//   them. Warpgroups 1 and 2 are the consumers, 64 keys each.
+// - Work items are 128-key blocks of one (batch row, head), global heads
+//   first and, among them, the longest walks first; block x takes every
+//   gridDim.x-th item from x. An item's K, V (both warpgroups' tiles) sit in
+//   a fixed slot; the query tiles it walks (Q, dO, lse, delta: the union of
+//   the two warpgroups' bands) come through a ring of stages, each with
+//   `full` and `empty` mbarriers (tma.cuh's protocol).
+// - Per query tile each consumer forms S^T, dP^T, the softmax step, dV and
+//   dK for its 64 keys exactly as one_pass_wg2 (the same helpers and
+//   order, so dK and dV are its bits), a warpgroup off its own band taking
+//   the masked step (all zeros); it stores dS^T transposed into its dS
+//   tile and, after one named barrier of the two consumers, forms its
+//   slice of the tile's dQ^T = K^T dS^T over all 128 keys (D 128: one
+//   64-column panel of D for the tile's 64 queries; D 64: all of D for 32
+//   queries). The dS tiles are double-buffered, so that barrier is the only
+//   one a tile: a warpgroup writes a buffer again two tiles later, after
+//   both have passed the barrier that follows their last product on it.
+// - The slice goes into an fp32 buffer by red.global.add.v4.f32 straight
+//   from the accumulator, in a layout of this kernel's own (fragment-major:
+//   element 4 i .. 4 i + 3 of all 128 threads side by side, so a warp's
+//   adds are 512 contiguous bytes), and a second kernel forms the dQ rows
+//   of dqkv from it (tau, span on q).
+//
+// Not deterministic: the additions into a dQ element arrive in whatever
+// order the key blocks reach them (dK and dV are bit-reproducible). qbar
+// (span cross on k) is not built here; the host runs one_pass_wg2 then.
+// docs/CUDA.md, "Backward on Hopper: ws one pass".
+//
+// The device code exists only in the sm_90a compilation; the compute_80 PTX
+// carries a body that traps, and the host launches it only where
+// sm90_backward_supported says the sm_90a code is loaded.
+#include <cuda.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <type_traits>
+
+#include "core/error.h"
+#include "ops/cuda/attention_backward.cuh"
+#include "ops/cuda/attention_backward_sm90.cuh"
+#include "ops/cuda/attention_common.cuh"
+#include "ops/cuda/cuda_check.h"
+#include "ops/cuda/device_utils.cuh"
+#include "ops/cuda/launch.cuh"
+#include "ops/cuda/tma.cuh"
+#include "ops/cuda/tma_map.h"
+#include "ops/cuda/wgmma.cuh"
+
+namespace lsgpt::cuda::attn {
+namespace {
+
+using bf16 = __nv_bfloat16;
+
+constexpr int kConsumers = 2;
+constexpr int kKeysPerWarpgroup = 64;                              // the m64 of the key side
+constexpr int kKeysPerItem = kConsumers * kKeysPerWarpgroup;       // an item's keys
+constexpr int kQ = 64;                                             // queries a walked tile
+constexpr int kBlockThreads = (1 + kConsumers) * kThreads;
+// The whole register pool of a 384-thread block (launch_register_pool):
+// the producer needs few, the consumers hold dK, dV, the dQ slice and the
+// P^T, dS^T fragments at once.
+constexpr int kProducerRegs = 40, kConsumerRegs = 232;
+static_assert(kProducerRegs * kThreads + kConsumerRegs * kConsumers * kThreads <=
+                  launch_register_pool(kBlockThreads),
+              "setmaxnreg would wait for registers the launch did not allocate");
+constexpr int kFinishRowsPerBlock = kThreads / 4;  // finish kernel: a quad of lanes a row
+
+template <int D>
+struct WsOnePassShape {
+  static_assert(D == 64 || D == 128, "the wgmma backward is built for D = 64 and 128");
+  static constexpr int kTileBytes = sw128_tile_bytes<64, D>();  // 64 rows of K, V, Q or dO
+  // A fixed slot: K, V of consumer 0, then of consumer 1 (one_pass_wg2's
+  // layout, which its dQ product reads).
+  static constexpr int kFixedBytes = 2 * kConsumers * kTileBytes;
+  static constexpr int kStageBytes = 2 * kTileBytes;  // Q, dO
+  static constexpr int kDsBytes = sw128_tile_bytes<kQ, kKeysPerWarpgroup>();
+  // As deep as 227 KiB allow: D 64 two slots and 4 stages (160 KiB), D 128
+  // one slot and 3 stages (192 KiB), with two dS buffers of both consumers.
+  static constexpr int kFixedStages = D == 64 ? 2 : 1;
+  static constexpr int kStages = D == 64 ? 4 : 3;
+  static constexpr size_t kSmemBytes = size_t(kFixedStages) * kFixedBytes +
+                                       size_t(kStages) * kStageBytes +
+                                       2 * kConsumers * size_t(kDsBytes) + kAtomBytes;
+  // A consumer's slice of dQ^T: m64 (columns of D) x kSliceQueries.
+  static constexpr int kSliceQueries = D == 128 ? kQ : kQ / 2;
+  static constexpr int kSliceFloats = kThreads * kSliceQueries / 2;
+  static_assert(kSliceFloats * kConsumers == kQ * D, "the slices tile a 64 x D block of dQ");
+};
+
+// The consumers' barriers and the ring's lse (log2 units) and delta rows.
+// full: the producer warp's 32 lanes (lane 0 with the TMA bytes); empty,
+// fixed_empty: both consumers' threads; fixed_full: lane 0 with the bytes.
+template <int D>
+struct OnePassPipe {
+  using Shape = WsOnePassShape<D>;
+  uint64_t full[Shape::kStages], empty[Shape::kStages];
+  uint64_t fixed_full[Shape::kFixedStages], fixed_empty[Shape::kFixedStages];
+  float lse[Shape::kStages][kQ], delta[Shape::kStages][kQ];
+};
+
+// Where element `e` (0..3) of group `i` of consumer c's slice of query tile
+// `tile` of head bh sits in the fp32 buffer, for thread t of the consumer:
+// ((bh * tiles + tile) * 2 + c) slices, then i * 128 + t float4s.
+__host__ __device__ constexpr size_t slice_offset(int bh, int n_tiles, int tile, int c,
+                                                  int slice_floats) {
+  return ((size_t(bh) * n_tiles + tile) * kConsumers + c) * size_t(slice_floats);
+}
+
+#if LSGPT_SM90A_DEVICE
+
+// One item: key block `block` (128 keys) of batch row b, head h. Items 0 ..
+// (global heads' count) - 1 are the global heads', rank-major (key block 0,
+// the longest walk, of every (batch row, head) first), then the local heads'.
+struct OnePassItem {
+  int b, h, block;
+
+  __device__ __forceinline__ OnePassItem(const BackwardParams& p, int B, int item) {
+    const int n_global = p.n_head - p.n_local;
+    const int global_items = B * n_global * p.n_key_blocks;
+    int heads = n_global, first_head = p.n_local;
+    if (item >= global_items) item -= global_items, heads = p.n_local, first_head = 0;
+    const int n_bh = B * heads;
+    block = item / n_bh;
+    const int x = item % n_bh;
+    b = x / heads, h = first_head + x % heads;
+  }
+};
+
+// The query tiles an item walks: the union of its two warpgroups' bands.
+__device__ __forceinline__ QueryTileRange item_tiles(const BackwardParams& p,
+                                                     const OnePassItem& w) {
+  return query_tiles_seeing<kQ>(HeadMask{w.h < p.n_local, p.window}, w.block * kKeysPerItem,
+                                kKeysPerItem, p.T);
+}
+
+template <int D>
+__device__ __forceinline__ void init_pipe(OnePassPipe<D>& pipe) {
+  using Shape = WsOnePassShape<D>;
+  for (int s = 0; s < Shape::kStages; ++s)
+    mbarrier_init(&pipe.full[s], kWarpSize), mbarrier_init(&pipe.empty[s], kConsumers * kThreads);
+  for (int s = 0; s < Shape::kFixedStages; ++s)
+    mbarrier_init(&pipe.fixed_full[s], 1),
+        mbarrier_init(&pipe.fixed_empty[s], kConsumers * kThreads);
+}
+
+// The producer warp (all 32 lanes): for each of the block's items its K, V
+// into the next fixed slot, then each walked query tile into the ring once
+// the consumers have released the stage. `it` counts walked tiles over all
+// items (stage it % kStages, its (it / kStages)-th use), `k` fixed slots.
+template <int D>
+__device__ void produce(const CUtensorMap* qkv_map, const CUtensorMap* dout_map,
+                        const BackwardParams& p, int B, int n_items, unsigned char* smem,
+                        OnePassPipe<D>& pipe) {
+  using Shape = WsOnePassShape<D>;
+  constexpr int kFixed = Shape::kFixedStages, kStages = Shape::kStages;
+  const int lane = threadIdx.x % kWarpSize;
+  unsigned char* ring = smem + kFixed * Shape::kFixedBytes;
+  int it = 0, k = 0;
+  for (int item = blockIdx.x; item < n_items; item += gridDim.x, ++k) {
+    const OnePassItem w(p, B, item);
+    const int fs = k % kFixed;
+    if (k >= kFixed) mbarrier_wait(&pipe.fixed_empty[fs], (k / kFixed - 1) & 1);
+    if (lane == 0) {
+      unsigned char* dst = smem + fs * Shape::kFixedBytes;
+      uint64_t* bar = &pipe.fixed_full[fs];
+      mbarrier_arrive_expect_tx(bar, Shape::kFixedBytes);
+#pragma unroll
+      for (int c = 0; c < kConsumers; ++c) {
+        // A warpgroup's keys may lie past T (zeros): it then adds nothing.
+        const int k0 = w.block * kKeysPerItem + c * kKeysPerWarpgroup;
+        tma_load_head_tile<D, 64>(dst + 2 * c * Shape::kTileBytes, qkv_map, bar, p.n_head + w.h,
+                                  k0, w.b);
+        tma_load_head_tile<D, 64>(dst + (2 * c + 1) * Shape::kTileBytes, qkv_map, bar,
+                                  2 * p.n_head + w.h, k0, w.b);
+      }
+    }
+    const QueryTileRange walk = item_tiles(p, w);
+    const size_t stats_row = size_t(w.b * p.n_head + w.h) * p.T;
+    for (int tile = walk.first; tile <= walk.last; ++tile, ++it) {
+      const int s = it % kStages;
+      if (it >= kStages) mbarrier_wait(&pipe.empty[s], (it / kStages - 1) & 1);
+      const int i0 = tile * kQ;
+      for (int i = lane; i < kQ; i += kWarpSize) {
+        const bool valid = i0 + i < p.T;
+        pipe.lse[s][i] = valid ? p.lse[stats_row + i0 + i] * kLog2e : 0.f;
+        pipe.delta[s][i] = valid ? p.delta[stats_row + i0 + i] : 0.f;
+      }
+      uint64_t* bar = &pipe.full[s];
+      if (lane == 0) {
+        unsigned char* dst = ring + s * Shape::kStageBytes;
+        mbarrier_arrive_expect_tx(bar, Shape::kStageBytes);
+        tma_load_head_tile<D, kQ>(dst, qkv_map, bar, w.h, i0, w.b);
+        tma_load_head_tile<D, kQ>(dst + Shape::kTileBytes, dout_map, bar, w.h, i0, w.b);
+      } else {
+        mbarrier_arrive(bar);  // after this lane's lse and delta stores
+      }
+    }
+  }
+}
+
+// x, through an empty asm the compiler must assume changes it: tile
+// addresses made from it are rebuilt in each iteration instead of held
+// (one_pass_wg2 needed the same at D 128).
+__device__ __forceinline__ uint32_t opaque(uint32_t x) {
+  asm volatile("" : "+r"(x));
+  return x;
+}
+
+__device__ __forceinline__ void red_add_v4(float* addr, float a, float b, float c, float d) {
+  asm volatile("red.global.add.v4.f32 [%0], {%1, %2, %3, %4};\n" ::"l"(addr), "f"(a), "f"(b),
+               "f"(c), "f"(d)
+               : "memory");
+}
+
+// Consumer c's slice of the tile's dQ^T = K^T dS^T over the item's 128 keys
+// (one_pass_wg2's product): K of consumer j at key_tiles + 2 j tiles, its
+// dS^T tile at ds_pair + j dS tiles. Issued and committed, not waited for.
+template <int D>
+__device__ __forceinline__ void issue_query_gradient(
+    float (&acc)[WsOnePassShape<D>::kSliceQueries / 2], uint32_t key_tiles, uint32_t ds_pair,
+    int c) {
+  using Shape = WsOnePassShape<D>;
+  constexpr int kN = Shape::kSliceQueries;
+  const int d0 = D == 128 ? c * kPanelCols : 0;  // the slice's first column of D
+  const int q0 = D == 128 ? 0 : c * kN;          // and its first query of the tile
+  discard_operands(acc);
+  wgmma_fence();
+#pragma unroll
+  for (int j = 0; j < kConsumers; ++j) {
+    const uint32_t k_panel = key_tiles + j * 2 * Shape::kTileBytes +
+                             (d0 / kPanelCols) * kKeysPerWarpgroup * kSwizzleRowBytes;
+    const uint32_t ds_rows = ds_pair + j * Shape::kDsBytes + q0 * kSwizzleRowBytes;
+#pragma unroll
+    for (int kc = 0; kc < kKeysPerWarpgroup / 16; ++kc)
+      wgmma_ss<kN, Major::MN, Major::K>(acc, n_major_descriptor<kKeysPerWarpgroup>(k_panel, kc),
+                                        k_major_descriptor<kQ>(ds_rows, kc), j > 0 || kc > 0);
+  }
+  wgmma_commit();
+}
+
+// A consumer's item: the walk (one_pass_wg2's step, then the dQ slice added
+// into dq_accum), then dK, dV finished as a key block's.
+template <int D, bool kSpan>
+__device__ __forceinline__ void consume_item(const BackwardParams& p, const OnePassItem& w,
+                                             int c, int& it, uint32_t fixed_addr,
+                                             uint64_t* fixed_empty, unsigned char* ring,
+                                             uint32_t ds_buffers, OnePassPipe<D>& pipe,
+                                             float* dq_accum, int n_tiles) {
+  using Shape = WsOnePassShape<D>;
+  constexpr int kStages = Shape::kStages;
+  const int wg_thread = threadIdx.x % kThreads;
+  const int lane = threadIdx.x % kWarpSize, warp = wg_thread / kWarpSize;
+  const int group = lane >> 2, quad = lane & 3;
+  const int bh = w.b * p.n_head + w.h;
+  const int k0 = w.block * kKeysPerItem + c * kKeysPerWarpgroup;  // this consumer's keys
+  const HeadRows rows = head_rows(p, bh, w.b, w.h);
+  const HeadMask mask{w.h < p.n_local, p.window};
+  const QueryTileRange walk = item_tiles(p, w);
+  const QueryTileRange mine = k0 < p.T ? query_tiles_seeing<kQ>(mask, k0, kKeysPerWarpgroup, p.T)
+                                       : QueryTileRange{1, 0};
+  const int key_row = k0 + warp * 16 + group;  // and key_row + 8
+  float dk[D / 2] = {}, dv[D / 2] = {}, no_qbar[1] = {}, colsum[2] = {};
+
+  for (int tile = walk.first; tile <= walk.last; ++tile, ++it) {
+    const int s = it % kStages;
+    mbarrier_wait(&pipe.full[s], (it / kStages) & 1);
+    const uint32_t q_addr = smem_address(ring + s * Shape::kStageBytes);
+    const QueryTile query_tile{q_addr, q_addr + Shape::kTileBytes, pipe.lse[s], pipe.delta[s]};
+    const int i0 = tile * kQ;
+    const uint32_t key_tiles = opaque(fixed_addr);
+    const uint32_t k_addr = key_tiles + 2 * c * Shape::kTileBytes;
+    const uint32_t v_addr = k_addr + Shape::kTileBytes;
+    const uint32_t ds_pair = ds_buffers + (it & 1) * kConsumers * Shape::kDsBytes;
+    float acc[Shape::kSliceQueries / 2];
+    auto step = [&](auto masked) {
+      uint32_t a_p[kQ / 16][4], a_ds[kQ / 16][4];
+      key_tile_fragments<D, kKeysPerWarpgroup, kQ, decltype(masked)::value, false>(
+          a_p, a_ds, colsum, k_addr, v_addr, query_tile, p, i0, mask, key_row, quad);
+      store_transposed_sw128<kQ>(ds_pair + c * Shape::kDsBytes, a_ds);
+      fence_proxy_async_shared();  // stmatrix wrote what the dQ products read
+      issue_key_gradients<D, kQ, false>(dv, dk, no_qbar, a_p, a_ds, query_tile.q_addr,
+                                        query_tile.do_addr);
+      named_barrier_sync<1, kConsumers * kThreads>();  // both consumers' dS tiles are in
+      issue_query_gradient<D>(acc, key_tiles, ds_pair, c);
+      wgmma_wait<0>();
+      fence_operands(dv), fence_operands(dk), fence_operands(acc);
+    };
+    // Uniform in a warpgroup: off its own band (or past T) a consumer takes
+    // the masked step, whose P and dS are exact zeros.
+    const bool own = tile >= mine.first && tile <= mine.last;
+    if (!own || mask.tile_needs_mask(i0, kQ, k0, kKeysPerWarpgroup) || i0 + kQ > p.T)
+      step(std::true_type{});
+    else
+      step(std::false_type{});
+    mbarrier_arrive(&pipe.empty[s]);  // Q, dO read no more (the products have completed)
+    float* slice = dq_accum + slice_offset(bh, n_tiles, tile, c, Shape::kSliceFloats) +
+                   4 * wg_thread;
+#pragma unroll
+    for (int i = 0; i < Shape::kSliceQueries / 8; ++i)
+      red_add_v4(slice + i * 4 * kThreads, acc[4 * i], acc[4 * i + 1], acc[4 * i + 2],
+                 acc[4 * i + 3]);
+  }
+  mbarrier_arrive(fixed_empty);  // K, V read no more: the next item's may load
+  finish_wgmma_key_rows<D, kSpan, false>(p, dk, dv, no_qbar, colsum, key_row, rows, quad);
+}
+
+template <int D, bool kSpan>
+__device__ void consume(const BackwardParams& p, int B, int n_items, int c, unsigned char* smem,
+                        OnePassPipe<D>& pipe, float* dq_accum) {
+  using Shape = WsOnePassShape<D>;
+  constexpr int kFixed = Shape::kFixedStages;
+  unsigned char* ring = smem + kFixed * Shape::kFixedBytes;
+  const uint32_t ds_buffers = smem_address(ring + Shape::kStages * Shape::kStageBytes);
+  const int n_tiles = (p.T + kQ - 1) / kQ;
+  int it = 0, k = 0;
+  for (int item = blockIdx.x; item < n_items; item += gridDim.x, ++k) {
+    const int fs = k % kFixed;
+    mbarrier_wait(&pipe.fixed_full[fs], (k / kFixed) & 1);
+    const OnePassItem w(p, B, item);
+    consume_item<D, kSpan>(p, w, c, it, smem_address(smem + fs * Shape::kFixedBytes),
+                           &pipe.fixed_empty[fs], ring, ds_buffers, pipe, dq_accum, n_tiles);
+  }
+}
+
+#endif  // LSGPT_SM90A_DEVICE
+
+// n_items = B n_head ceil(T / 128); one block per multiprocessor at most.
+template <int D, bool kSpan>
+__global__ void __launch_bounds__(kBlockThreads, 1)
+    attention_backward_sm90_ws_one_pass_kernel(const __grid_constant__ CUtensorMap qkv_map,
+                                               const __grid_constant__ CUtensorMap dout_map,
+                                               const BackwardParams p, int B, int n_items,
+                                               float* dq_accum) {
+  wait_for_previous_grid();
+  allow_next_grid();
+#if LSGPT_SM90A_DEVICE
+  using Shape = WsOnePassShape<D>;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  __shared__ OnePassPipe<D> pipe;
+  unsigned char* smem = align_to_atom(smem_raw);
+  // 0: the producer warpgroup, 1 and 2: consumers. Warp-uniform for ptxas.
+  const int role = __shfl_sync(0xffffffffu, int(threadIdx.x) / kThreads, 0);
+  if (threadIdx.x == 0) {
+    init_pipe(pipe);
+    fence_mbarrier_init();
+  }
+  __syncthreads();  // the last block-wide barrier: the roles part here
+  if (role == 0) {
+    setmaxnreg_dec<kProducerRegs>();
+    if (threadIdx.x / kWarpSize == 0) produce<D>(&qkv_map, &dout_map, p, B, n_items, smem, pipe);
+    return;
+  }
+  setmaxnreg_inc<kConsumerRegs>();
+  consume<D, kSpan>(p, B, n_items, role - 1, smem, pipe, dq_accum);
+  (void)Shape::kSmemBytes;
+#else
+  (void)qkv_map, (void)dout_map, (void)p, (void)B, (void)n_items, (void)dq_accum;
+  __trap();  // only the sm_90a binary has this kernel; the host never launches it elsewhere
+#endif
+}
+
+// dQ rows from the fp32 sums in the slices' layout: scaled by tau,
+// projected (span on q) and stored as bf16 by finish_query_row (a quad of
+// lanes a row, lane `quad` holding columns 8 db + 2 quad + {0, 1}). Plain
+// CUDA: it needs no sm_90a code.
+template <int D, bool kSpan>
+__global__ void __launch_bounds__(kThreads)
+    finish_ws_one_pass_dq_kernel(const BackwardParams p, const float* dq_accum) {
+  wait_for_previous_grid();
+  allow_next_grid();
+  using Shape = WsOnePassShape<D>;
+  constexpr int kDBlocks = D / 8;
+  const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
+  const int group = lane >> 2, quad = lane & 3;
+  const int bh = blockIdx.y, b = bh / p.n_head, h = bh % p.n_head;
+  const int i = blockIdx.x * kFinishRowsPerBlock + warp * 8 + group;
+  const int n_tiles = (p.T + kQ - 1) / kQ, tile = i / kQ, qt = i % kQ;
+  float g[2 * kDBlocks];
+#pragma unroll
+  for (int db = 0; db < kDBlocks; ++db)
+#pragma unroll
+    for (int x = 0; x < 2; ++x) {
+      const int d = 8 * db + 2 * quad + x;
+      // The accumulator element holding (query qt, column d): m = the
+      // column within the slice's panel, n = the query within the slice.
+      const int c = D == 128 ? d / kPanelCols : qt / Shape::kSliceQueries;
+      const int m = D == 128 ? d % kPanelCols : d, n = qt % Shape::kSliceQueries;
+      const int thread = 32 * (m / 16) + 4 * (m % 8) + (n % 8) / 2;
+      const int e = 2 * ((m % 16) / 8) + (n & 1);
+      const size_t at = slice_offset(bh, n_tiles, tile, c, Shape::kSliceFloats) +
+                        size_t(4) * ((n / 8) * kThreads + thread) + e;
+      g[2 * db + x] = i < p.T ? dq_accum[at] * p.scale : 0.f;
+    }
+  const bf16* q_base = p.qkv + size_t(b) * p.T * (size_t(3) * p.C) + h * p.head_dim;
+  finish_query_row<kDBlocks, kSpan>(p, g, i, b, h, q_base, quad);
+}
+
+template <int D, bool kSpan>
+void launch(CudaContext& ctx, const BackwardParams& p, int B, float* dq_accum) {
+  using Shape = WsOnePassShape<D>;
+  const size_t dq_bytes = sizeof(float) * ws_one_pass_dq_floats(B, p.T, p.n_head, p.head_dim);
+  CUDA_CHECK(cudaMemsetAsync(dq_accum, 0, dq_bytes, ctx.stream()));
+  auto kernel = attention_backward_sm90_ws_one_pass_kernel<D, kSpan>;
+  CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  int(Shape::kSmemBytes)));
+  BackwardParams q = p;
+  q.n_key_blocks = ceil_div(p.T, kKeysPerItem);
+  const long long items = 1LL * q.n_key_blocks * B * p.n_head;
+  LSGPT_CHECK(items <= 0x7fffffff, "attention_backward: too many work items for one launch");
+  const int n_items = int(items);
+  const CUtensorMap qkv_map = head_tensor_map(p.qkv, p.head_dim, 3 * p.n_head, size_t(3) * p.C,
+                                              p.T, B, 64, "qkv (attention_backward)");
+  const CUtensorMap dout_map = head_tensor_map(p.dout, p.head_dim, p.n_head, size_t(p.C), p.T, B,
+                                               64, "dout (attention_backward)");
+  const int blocks = std::min(n_items, std::max(1, ctx.sm_count()));
+  launch_kernel(ctx, kernel, blocks, kBlockThreads, Shape::kSmemBytes, qkv_map, dout_map, q, B,
+                n_items, dq_accum);
+  const dim3 finish_grid(ceil_div(p.T, kFinishRowsPerBlock), B * p.n_head);
+  launch_kernel(ctx, finish_ws_one_pass_dq_kernel<D, kSpan>, finish_grid, kThreads, 0, p,
+                static_cast<const float*>(dq_accum));
+}
+
+}  // namespace
+
+size_t ws_one_pass_dq_floats(int B, int T, int n_head, int head_dim) {
+  return size_t(B) * n_head * size_t(ceil_div(T, kQ)) * kQ * padded_head_dim(head_dim);
+}
+
+void launch_backward_sm90_ws_one_pass(CudaContext& ctx, const BackwardParams& p, int B,
+                                      bool span, float* dq_accum) {
+  dispatch_backward(p, span, false, [&](auto d, auto span_c, auto) {
+    launch<decltype(d)::value, decltype(span_c)::value>(ctx, p, B, dq_accum);
+  });
+}
+
+}  // namespace lsgpt::cuda::attn
