@@ -83,13 +83,14 @@ struct WsOnePassShape {
   static constexpr int kFixedBytes = 2 * kConsumers * kTileBytes;
   static constexpr int kStageBytes = 2 * kTileBytes;  // Q, dO
   static constexpr int kDsBytes = sw128_tile_bytes<kQ, kKeysPerWarpgroup>();
-  // As deep as 227 KiB allow: D 64 two slots and 4 stages (160 KiB), D 128
-  // one slot and 3 stages (192 KiB), with two dS buffers of both consumers.
+  // As deep as 227 KiB allow: D 64 two slots and 4 stages (176 KiB), D 128
+  // one slot and 3 stages (208 KiB), with three dS buffers of both
+  // consumers (DsExchange).
   static constexpr int kFixedStages = D == 64 ? 2 : 1;
   static constexpr int kStages = D == 64 ? 4 : 3;
   static constexpr size_t kSmemBytes = size_t(kFixedStages) * kFixedBytes +
                                        size_t(kStages) * kStageBytes +
-                                       2 * kConsumers * size_t(kDsBytes) + kAtomBytes;
+                                       3 * kConsumers * size_t(kDsBytes) + kAtomBytes;
   // A consumer's slice of dQ^T: m64 (columns of D) x kSliceQueries.
   static constexpr int kSliceQueries = D == 128 ? kQ : kQ / 2;
   static constexpr int kSliceFloats = kThreads * kSliceQueries / 2;
@@ -247,13 +248,68 @@ __device__ __forceinline__ void issue_query_gradient(
   wgmma_commit();
 }
 
-// A consumer's item: the walk (one_pass_wg2's step, then the dQ slice added
-// into dq_accum), then dK, dV finished as a key block's.
+// The consumers' exchange of dS tiles. Each walked tile is a step of a
+// consumer, and so is the end of each item; step n stores this consumer's
+// dS^T tile (walked tiles only) into buffer n % 3 and, once the other
+// consumer has finished its step n - 1 (its dS of that step stored, its
+// products waited for), forms the dQ slice of the tile before it, reading
+// both consumers' dS of step n - 1. The wait is a named barrier the other
+// consumer only arrives at (bar.arrive at the end of its step n - 1, after
+// its products), one barrier a consumer and step parity, so neither ever
+// waits for the other to be behind it, and the two drift up to a step
+// apart: one's softmax runs while the other's products do. Three buffers:
+// buffer n % 3 was last read at step n - 2 (dQ of step n - 3) by both
+// consumers, and the other had finished step n - 2 before this one could
+// pass its wait in step n - 1.
+template <int D>
+struct DsExchange {
+  using Shape = WsOnePassShape<D>;
+  uint32_t buffers;  // three of both consumers' dS tiles
+  int c;             // this consumer
+  int step = 0;
+
+  __device__ __forceinline__ uint32_t tiles(int n) const {
+    return buffers + (n % 3) * kConsumers * Shape::kDsBytes;
+  }
+  __device__ __forceinline__ uint32_t mine() const { return tiles(step) + c * Shape::kDsBytes; }
+  __device__ __forceinline__ uint32_t previous() const { return tiles(step + 2); }
+  static __device__ __forceinline__ int barrier(int consumer, int parity) {
+    return 1 + 2 * consumer + parity;
+  }
+  // Before reading the other consumer's dS of step - 1.
+  __device__ __forceinline__ void wait_for_other() const {
+    if (step > 0) named_barrier_sync<kConsumers * kThreads>(barrier(1 - c, (step - 1) & 1));
+  }
+  // This step's products are done; `last`: the consumer's final step, which
+  // nobody waits for.
+  __device__ __forceinline__ void finish_step(bool last) {
+    if (!last) named_barrier_arrive<kConsumers * kThreads>(barrier(c, step & 1));
+    ++step;
+  }
+};
+
+// The dQ slice of query tile `tile` into the fp32 sums (this thread's part).
+template <int D>
+__device__ __forceinline__ void add_query_slice(float* dq_accum, const float (&acc)[WsOnePassShape<D>::kSliceQueries / 2],
+                                                int bh, int n_tiles, int tile, int c) {
+  using Shape = WsOnePassShape<D>;
+  float* slice = dq_accum + slice_offset(bh, n_tiles, tile, c, Shape::kSliceFloats) +
+                 4 * (threadIdx.x % kThreads);
+#pragma unroll
+  for (int i = 0; i < Shape::kSliceQueries / 8; ++i)
+    red_add_v4(slice + i * 4 * kThreads, acc[4 * i], acc[4 * i + 1], acc[4 * i + 2],
+               acc[4 * i + 3]);
+}
+
+// A consumer's item: the walk (one_pass_wg2's step, each step also forming
+// the previous tile's dQ slice, DsExchange), a closing step for the last
+// tile's slice, then dK, dV finished as a key block's. `last`: the
+// consumer's last item.
 template <int D, bool kSpan>
 __device__ __forceinline__ void consume_item(const BackwardParams& p, const OnePassItem& w,
-                                             int c, int& it, uint32_t fixed_addr,
+                                             int c, bool last, int& it, uint32_t fixed_addr,
                                              uint64_t* fixed_empty, unsigned char* ring,
-                                             uint32_t ds_buffers, OnePassPipe<D>& pipe,
+                                             DsExchange<D>& ds, OnePassPipe<D>& pipe,
                                              float* dq_accum, int n_tiles) {
   using Shape = WsOnePassShape<D>;
   constexpr int kStages = Shape::kStages;
@@ -279,18 +335,23 @@ __device__ __forceinline__ void consume_item(const BackwardParams& p, const OneP
     const uint32_t key_tiles = opaque(fixed_addr);
     const uint32_t k_addr = key_tiles + 2 * c * Shape::kTileBytes;
     const uint32_t v_addr = k_addr + Shape::kTileBytes;
-    const uint32_t ds_pair = ds_buffers + (it & 1) * kConsumers * Shape::kDsBytes;
+    const bool has_previous = tile > walk.first;
+    // Per iteration, so that it is dead across them (32 registers at D 128).
     float acc[Shape::kSliceQueries / 2];
     auto step = [&](auto masked) {
       uint32_t a_p[kQ / 16][4], a_ds[kQ / 16][4];
       key_tile_fragments<D, kKeysPerWarpgroup, kQ, decltype(masked)::value, false>(
           a_p, a_ds, colsum, k_addr, v_addr, query_tile, p, i0, mask, key_row, quad);
-      store_transposed_sw128<kQ>(ds_pair + c * Shape::kDsBytes, a_ds);
+      store_transposed_sw128<kQ>(ds.mine(), a_ds);
       fence_proxy_async_shared();  // stmatrix wrote what the dQ products read
       issue_key_gradients<D, kQ, false>(dv, dk, no_qbar, a_p, a_ds, query_tile.q_addr,
                                         query_tile.do_addr);
-      named_barrier_sync<1, kConsumers * kThreads>();  // both consumers' dS tiles are in
-      issue_query_gradient<D>(acc, key_tiles, ds_pair, c);
+      ds.wait_for_other();
+      // Issued on an item's first tile too, where it reads whatever the
+      // previous buffer holds and is dropped: behind `if (has_previous)`
+      // ptxas spilled 256 bytes at D 128 and serialised the wgmma. One
+      // product of five, once an item.
+      issue_query_gradient<D>(acc, key_tiles, ds.previous(), c);
       wgmma_wait<0>();
       fence_operands(dv), fence_operands(dk), fence_operands(acc);
     };
@@ -302,14 +363,18 @@ __device__ __forceinline__ void consume_item(const BackwardParams& p, const OneP
     else
       step(std::false_type{});
     mbarrier_arrive(&pipe.empty[s]);  // Q, dO read no more (the products have completed)
-    float* slice = dq_accum + slice_offset(bh, n_tiles, tile, c, Shape::kSliceFloats) +
-                   4 * wg_thread;
-#pragma unroll
-    for (int i = 0; i < Shape::kSliceQueries / 8; ++i)
-      red_add_v4(slice + i * 4 * kThreads, acc[4 * i], acc[4 * i + 1], acc[4 * i + 2],
-                 acc[4 * i + 3]);
+    ds.finish_step(false);
+    if (has_previous) add_query_slice<D>(dq_accum, acc, bh, n_tiles, tile - 1, c);
   }
+  // The closing step: the last tile's slice.
+  float acc[Shape::kSliceQueries / 2];
+  ds.wait_for_other();
+  issue_query_gradient<D>(acc, opaque(fixed_addr), ds.previous(), c);
+  wgmma_wait<0>();
+  fence_operands(acc);
   mbarrier_arrive(fixed_empty);  // K, V read no more: the next item's may load
+  ds.finish_step(last);
+  add_query_slice<D>(dq_accum, acc, bh, n_tiles, walk.last, c);
   finish_wgmma_key_rows<D, kSpan, false>(p, dk, dv, no_qbar, colsum, key_row, rows, quad);
 }
 
@@ -319,15 +384,16 @@ __device__ void consume(const BackwardParams& p, int B, int n_items, int c, unsi
   using Shape = WsOnePassShape<D>;
   constexpr int kFixed = Shape::kFixedStages;
   unsigned char* ring = smem + kFixed * Shape::kFixedBytes;
-  const uint32_t ds_buffers = smem_address(ring + Shape::kStages * Shape::kStageBytes);
+  DsExchange<D> ds{smem_address(ring + Shape::kStages * Shape::kStageBytes), c};
   const int n_tiles = (p.T + kQ - 1) / kQ;
   int it = 0, k = 0;
   for (int item = blockIdx.x; item < n_items; item += gridDim.x, ++k) {
     const int fs = k % kFixed;
     mbarrier_wait(&pipe.fixed_full[fs], (k / kFixed) & 1);
     const OnePassItem w(p, B, item);
-    consume_item<D, kSpan>(p, w, c, it, smem_address(smem + fs * Shape::kFixedBytes),
-                           &pipe.fixed_empty[fs], ring, ds_buffers, pipe, dq_accum, n_tiles);
+    consume_item<D, kSpan>(p, w, c, item + int(gridDim.x) >= n_items, it,
+                           smem_address(smem + fs * Shape::kFixedBytes), &pipe.fixed_empty[fs],
+                           ring, ds, pipe, dq_accum, n_tiles);
   }
 }
 

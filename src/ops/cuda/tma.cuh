@@ -161,6 +161,16 @@ __device__ __forceinline__ void named_barrier_sync(int id) {
   asm volatile("bar.sync %0, %1;\n" ::"r"(id), "n"(kCount) : "memory");
 }
 
+// bar.arrive on barrier `id` expecting kCount threads in all: this warp
+// counts toward it without waiting; the barrier completes once the
+// threads that bar.sync on it have arrived too (a producer-consumer pair
+// of warpgroups: one arrives, the other waits).
+template <int kCount>
+__device__ __forceinline__ void named_barrier_arrive(int id) {
+  static_assert(kCount % 32 == 0, "whole warps");
+  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "n"(kCount) : "memory");
+}
+
 #endif  // LSGPT_SM90A_DEVICE
 
 // Registers a block of `threads` threads holds from its launch under
