@@ -14,11 +14,19 @@ the same shapes in PyTorch (bf16, triton.testing.do_bench, median):
 Prints forward and forward+backward times and the ratio torch / lsgpt (above
 1: lsgpt is faster). --json PATH also writes every number.
 
+--labels mhsa,ls_half_w256 times only those settings on the PyTorch side.
+--backward-variants default,ws_one_pass runs the lsgpt side once per Hopper
+backward (LSGPT_ATTENTION_SM90_BACKWARD; "default" leaves it to the shape
+rules), one row each: the deterministic default against the opt-in
+one-pass kernel, whose dQ is summed by atomics as cuDNN's and FlashAttention's.
+
 Usage: bench/attention_vs_torch.py --bench BUILD/bench_cuda_attention [--json out.json]
+       [--labels L1,L2] [--backward-variants V1,V2]
 """
 import argparse
 import datetime
 import json
+import os
 import subprocess
 import sys
 
@@ -36,8 +44,11 @@ for name in ("recompile_limit", "accumulated_recompile_limit", "cache_size_limit
 flex_compiled = torch.compile(flex_attention, dynamic=False)
 
 
-def lsgpt_results(bench):
-    out = subprocess.run([bench], check=True, capture_output=True, text=True).stdout
+def lsgpt_results(bench, backward="default"):
+    env = dict(os.environ)
+    if backward != "default":
+        env["LSGPT_ATTENTION_SM90_BACKWARD"] = backward
+    out = subprocess.run([bench], check=True, capture_output=True, text=True, env=env).stdout
     rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     return {(r["label"], r["T"], r["head_dim"]): r for r in rows}
 
@@ -89,13 +100,19 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bench", required=True, help="path of the bench_cuda_attention binary")
     ap.add_argument("--json", help="write all results here")
+    ap.add_argument("--labels", help="comma-separated settings to time (default: all)")
+    ap.add_argument("--backward-variants", default="default",
+                    help="comma-separated LSGPT_ATTENTION_SM90_BACKWARD values for lsgpt's side")
     args = ap.parse_args()
+    labels = set(args.labels.split(",")) if args.labels else None
+    variants = args.backward_variants.split(",")
 
     device = torch.cuda.get_device_name()
     date = datetime.date.today().isoformat()
     print(f"device: {device}; date: {date}; torch {torch.__version__}", flush=True)
-    ours = lsgpt_results(args.bench)
-    print(f"lsgpt: {len(ours)} configurations timed", flush=True)
+    runs = {v: lsgpt_results(args.bench, v) for v in variants}
+    ours = runs[variants[0]]
+    print(f"lsgpt: {len(ours)} configurations timed, backward {', '.join(variants)}", flush=True)
 
     results = []
     header = (f"{'setting':16s} {'D':>4s} {'T':>6s} {'B':>3s} {'H':>3s} | {'lsgpt fwd':>9s} "
@@ -103,7 +120,7 @@ def main():
               f"{'ratio':>6s} | torch kernel")
     print(header)
     for (label, T, D), r in sorted(ours.items(), key=lambda kv: (kv[0][2], kv[0][1], kv[0][0])):
-        if label == "custom":
+        if label == "custom" or (labels and label not in labels):
             continue
         B, H = r["B"], r["heads"]
         q, k, v = make_qkv(B, H, T, D)
@@ -126,11 +143,14 @@ def main():
                 print(f"{label:16s} {D:4d} {T:6d} {B:3d} {H:3d} | {name}: unavailable ({e})",
                       flush=True)
                 continue
-            print(f"{label:16s} {D:4d} {T:6d} {B:3d} {H:3d} | {r['fwd_ms']:9.3f} {t_fwd:9.3f} "
-                  f"{t_fwd / r['fwd_ms']:6.2f} | {r['fwd_bwd_ms']:9.3f} {t_fb:9.3f} "
-                  f"{t_fb / r['fwd_bwd_ms']:6.2f} | {name}", flush=True)
-            results.append({"lsgpt": r, "torch": {"kernel": name, "fwd_ms": t_fwd,
-                                                  "fwd_bwd_ms": t_fb}})
+            for variant in variants:
+                r = runs[variant][(label, T, D)]
+                tag = name if len(variants) == 1 else f"{name}; lsgpt backward {variant}"
+                print(f"{label:16s} {D:4d} {T:6d} {B:3d} {H:3d} | {r['fwd_ms']:9.3f} {t_fwd:9.3f} "
+                      f"{t_fwd / r['fwd_ms']:6.2f} | {r['fwd_bwd_ms']:9.3f} {t_fb:9.3f} "
+                      f"{t_fb / r['fwd_bwd_ms']:6.2f} | {tag}", flush=True)
+                results.append({"lsgpt": r, "lsgpt_backward": variant,
+                                "torch": {"kernel": name, "fwd_ms": t_fwd, "fwd_bwd_ms": t_fb}})
         del q, k, v
         torch.cuda.empty_cache()
     print("ratio = torch time / lsgpt time (above 1: lsgpt faster)")
