@@ -395,6 +395,7 @@ bool use_sm90(const CudaContext& ctx, const AttentionSpec& spec) {
   sm90_band_run_override();
   sm90_head_group_override();
   sm90_ws_striding_forced();
+  attention_deterministic();
   const bool forced = sm80_forced();
   return !forced && sm90_backward_supported(ctx, spec.head_dim);
 }
@@ -420,6 +421,19 @@ std::optional<int> attn::sm90_head_group_override() {
   return env_whole_number("LSGPT_ATTENTION_SM90_HEAD_GROUP", 0, 1 << 20, "heads");
 }
 
+bool attn::attention_deterministic() {
+  return env_switch("LSGPT_ATTENTION_DETERMINISTIC", {"1", "0"}) == 0;
+}
+
+attn::Sm90BackwardVariant attn::sm90_backward_variant(const CudaContext& ctx,
+                                                      const AttentionSpec& spec) {
+  const bool qbar = spec.span.k.enabled && spec.span.k.basis == SpanBasis::cross;
+  const AttentionShape shape{spec.B,      spec.T,         spec.n_head, spec.n_local,
+                             spec.window, spec.head_dim, qbar};
+  return sm90_backward_override().value_or(
+      choose_sm90_backward(shape, ctx.sm_count(), attention_deterministic()));
+}
+
 bool attn::sm90_ws_striding_forced() {
   return env_switch("LSGPT_ATTENTION_SM90_WS_SCHEDULE", {"auto", "static", "dynamic"}) == 1;
 }
@@ -431,6 +445,10 @@ bool attn::sm90_backward_global_first() {
 
 bool attention_backward_uses_sm90(CudaContext& ctx, const AttentionSpec& spec) {
   return use_sm90(ctx, spec);
+}
+
+int attention_backward_sm90_variant(CudaContext& ctx, const AttentionSpec& spec) {
+  return use_sm90(ctx, spec) ? int(sm90_backward_variant(ctx, spec)) : -1;
 }
 
 namespace {
@@ -522,8 +540,7 @@ void attention_backward(CudaContext& ctx, bf16* dqkv, bf16* dqkv_colsum, const b
   const AttentionShape shape{spec.B,      spec.T,         spec.n_head, spec.n_local,
                              spec.window, spec.head_dim, qbar};
   const Sm90BackwardVariant variant =
-      sm90 ? sm90_backward_override().value_or(choose_sm90_backward(shape, ctx.sm_count()))
-           : Sm90BackwardVariant::base;
+      sm90 ? sm90_backward_variant(ctx, spec) : Sm90BackwardVariant::base;
   // ws_one_pass is one_pass_wg2 with qbar (it has no qbar of its own).
   const bool ws_one_pass = sm90 && variant == Sm90BackwardVariant::ws_one_pass && !qbar;
   const bool one_pass = sm90 && (variant == Sm90BackwardVariant::one_pass ||

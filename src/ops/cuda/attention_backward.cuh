@@ -349,6 +349,17 @@ void launch_backward_sm90_ws_one_pass(CudaContext& ctx, const BackwardParams& p,
 // so one binary can time them all.
 std::optional<Sm90BackwardVariant> sm90_backward_override();
 
+// Whether the backward must be bit-reproducible: LSGPT_ATTENTION_DETERMINISTIC
+// = 1 (also unset or empty; the default) or 0, which lets the shape-based
+// choice take a kernel that sums dQ by float atomics where it is faster
+// (choose_sm90_backward); anything else is an error. Read at every call.
+bool attention_deterministic();
+
+// The Hopper backward the shape, the GPU and the switches pick for `spec`
+// (the variant forced by LSGPT_ATTENTION_SM90_BACKWARD, else the shape
+// rules), whether or not the Hopper kernels run here: for tests and tools.
+Sm90BackwardVariant sm90_backward_variant(const CudaContext& ctx, const AttentionSpec& spec);
+
 // The order in which the two-pass Hopper backward (base, wg2) starts its
 // blocks: LSGPT_ATTENTION_SM90_BACKWARD_ORDER = auto (also unset or empty:
 // global_first, measured faster on every LS shape and even on MHSA),

@@ -119,7 +119,24 @@ inline int ws_band_run(const AttentionShape& s, int sm_count) {
 // against 0.565, at T 16k 1.005 against 1.045, GPT-2 small's all-local
 // layer 0.164 against 0.178); what the band runs had gained over ws was
 // the counter.
-inline Sm90BackwardVariant choose_sm90_backward(const AttentionShape& s, int sm_count) {
+//
+// deterministic = false (LSGPT_ATTENTION_DETERMINISTIC=0) also allows the
+// variants that sum dQ by float atomics, as cuDNN's and FlashAttention's
+// backwards do: ws_one_pass where nearly all the work is in global heads
+// (under 5% in local ones) at T 8192 and longer, without qbar. H200,
+// 2026-12-02 (bench/attention_vs_torch.py, both in one run): at T 16384
+// ws_one_pass's forward+backward was 1.05x (MHSA D 64), 1.09x (MHSA D
+// 128), 1.05x (LS 1/2 D 64) and 1.10x (LS 1/2 D 128) the default's; at T
+// 4096 1.02x (MHSA D 128) and 0.85-0.94x elsewhere, at T 1024 0.74-0.81x
+// (short walks pay its per-item costs). T 8192 is between the two
+// measured lengths; LS 11/12 (12% local at T 16k) was not measured.
+inline bool ws_one_pass_pays(const AttentionShape& s) {
+  return !s.span_qbar && s.T >= 8192 && local_work_share(s) < 0.05;
+}
+
+inline Sm90BackwardVariant choose_sm90_backward(const AttentionShape& s, int sm_count,
+                                                bool deterministic = true) {
+  if (!deterministic && ws_one_pass_pays(s)) return Sm90BackwardVariant::ws_one_pass;
   if (s.head_dim <= 64 || !s.span_qbar) return Sm90BackwardVariant::ws;
   const int64_t global_blocks =
       int64_t(s.B) * (s.n_head - s.n_local) * ((int64_t(s.T) + 127) / 128);

@@ -48,6 +48,7 @@
 #include "ops/backend.h"
 
 #ifdef LSGPT_HAVE_CUDA
+#include "ops/cuda/attention_sm90_choice.h"
 #include "ops/cuda/cuda_backend.h"
 #endif
 
@@ -534,6 +535,47 @@ TEST(CudaAttentionBackwardSm90Dispatch, RefusesAnUnknownVariant) {
       *cuda, kSm90Backward, kSm90BackwardVariants, "ws_persistent",
       "LSGPT_ATTENTION_SM90_BACKWARD must be auto, base, wg2, ws, one_pass, one_pass_wg2, "
       "ws_band or ws_one_pass, got 'ws_persistent'");
+}
+
+// LSGPT_ATTENTION_DETERMINISTIC=0 lets the shape rules take ws_one_pass
+// (MHSA at T 8192 here, choose_sm90_backward); unset, empty or 1 keep ws; a
+// forced variant wins over it; anything else is refused. The backward it
+// picks gives ws_one_pass's gradients (dK, dV its bits, dQ within rounding).
+TEST(CudaAttentionBackwardSm90Dispatch, NonDeterministicSwitchPicksWsOnePass) {
+  REQUIRE_CUDA(cuda);
+  REQUIRE_HOPPER();
+  constexpr const char* kDeterministic = "LSGPT_ATTENTION_DETERMINISTIC";
+  ScopedEnv env(kForceSm80, nullptr);
+  ScopedEnv variant(kSm90Backward, nullptr);
+  AttentionSpec spec;
+  spec.B = 1, spec.T = 8192, spec.head_dim = 64, spec.n_head = 2, spec.n_local = 0;
+  using V = cuda::attn::Sm90BackwardVariant;
+  auto chosen = [&] { return cuda_attention_backward_sm90_variant(*cuda, spec); };
+  for (const char* deterministic : {static_cast<const char*>(nullptr), "", "1"}) {
+    ScopedEnv set(kDeterministic, deterministic);
+    EXPECT_EQ(chosen(), int(V::ws));
+  }
+  const size_t BT = size_t(spec.B) * spec.T, C = spec.C();
+  const Forward f = run_forward_sm80(*cuda, spec, bf16_values(BT * 3 * C, 301, -2, 2),
+                                     bf16_values(BT * C, 302, -1, 1));
+  std::vector<float> allowed, forced;
+  {
+    ScopedEnv set(kDeterministic, "0");
+    EXPECT_EQ(chosen(), int(V::ws_one_pass));
+    allowed = run_backward(*cuda, spec, f);
+    ScopedEnv base(kSm90Backward, "base");
+    EXPECT_EQ(chosen(), int(V::base));
+  }
+  {
+    ScopedEnv one_pass(kSm90Backward, "ws_one_pass");
+    forced = run_backward(*cuda, spec, f);
+  }
+  EXPECT_LE(floored_error(qkv_part(allowed, 0, C), qkv_part(forced, 0, C)), 2e-3) << "dq";
+  EXPECT_EQ(qkv_part(allowed, 1, C), qkv_part(forced, 1, C)) << "dk";
+  EXPECT_EQ(qkv_part(allowed, 2, C), qkv_part(forced, 2, C)) << "dv";
+  expect_switch_refused(*cuda, dispatch_spec(64), switch_test_forward(*cuda, dispatch_spec(64)),
+                        kDeterministic, "no",
+                        "LSGPT_ATTENTION_DETERMINISTIC must be 1 or 0, got 'no'");
 }
 
 // A whole-number switch's bad values (env_whole_number) are refused.
