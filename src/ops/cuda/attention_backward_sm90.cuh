@@ -287,6 +287,38 @@ __device__ __forceinline__ void one_pass_key_step(float (&dv)[D / 2], float (&dk
   key_gradients<D, kQ, kQbar>(dv, dk, qbar, a_p, a_ds, tile.q_addr, tile.do_addr);
 }
 
+// The one-pass kernels with two warpgroups of 64 keys (one_pass_wg2,
+// ws_one_pass) form a tile's dQ^T = K^T dS^T over both warpgroups' keys as
+// one product, each warpgroup a slice: at D 128 the 64-column panel wg of D
+// for the tile's kQ queries, at D 64 all of D for half the queries (m64 x
+// kDqSliceQueries; see attention_backward_sm90_one_pass_wg2.cu).
+template <int D, int kQ>
+constexpr int kDqSliceQueries = D == 128 ? kQ : kQ / 2;
+
+// Warpgroup wg's slice: K of warpgroup j at key_tiles + 2 j key tiles (its
+// K then V), read M-major; its dS^T tile (kQ queries x 64 keys) at
+// ds_tiles + j dS tiles, K-major. Issues the wgmma only: the first k-step
+// overwrites acc, the caller fences before and commits and waits after.
+template <int D, int kQ>
+__device__ __forceinline__ void issue_dq_slice(float (&acc)[kDqSliceQueries<D, kQ> / 2],
+                                               uint32_t key_tiles, uint32_t ds_tiles, int wg) {
+  constexpr int kN = kDqSliceQueries<D, kQ>, kKeys = 64;
+  static_assert(kN % 16 == 0, "the n of the slice's wgmma: 16, 32 or 64");
+  constexpr int kKeyBytes = sw128_tile_bytes<kKeys, D>(), kDsBytes = sw128_tile_bytes<kQ, kKeys>();
+  const int d0 = D == 128 ? wg * kPanelCols : 0;  // the slice's first column of D
+  const int q0 = D == 128 ? 0 : wg * kN;          // and its first query of the tile
+#pragma unroll
+  for (int j = 0; j < 2; ++j) {
+    const uint32_t k_panel =
+        key_tiles + j * 2 * kKeyBytes + (d0 / kPanelCols) * kKeys * kSwizzleRowBytes;
+    const uint32_t ds_rows = ds_tiles + j * kDsBytes + q0 * kSwizzleRowBytes;
+#pragma unroll
+    for (int kc = 0; kc < kKeys / 16; ++kc)
+      wgmma_ss<kN, Major::MN, Major::K>(acc, n_major_descriptor<kKeys>(k_panel, kc),
+                                        k_major_descriptor<kQ>(ds_rows, kc), j > 0 || kc > 0);
+  }
+}
+
 // dQ += dS K: the k index is the tile's keys, dS from registers, K read N-major.
 template <int D>
 __device__ __forceinline__ void query_gradient(float (&dq)[D / 2],

@@ -123,18 +123,7 @@ __device__ __forceinline__ void add_query_gradient(float* dq_tile, uint32_t ds_t
   zero(acc);
   fence_operands(acc);
   wgmma_fence();
-#pragma unroll
-  for (int j = 0; j < kWarpgroups; ++j) {
-    // K^T: the panel of D holding the slice's columns; dS^T: the slice's rows.
-    const uint32_t k_panel = key_tiles + j * 2 * Shape::kKeyBytes +
-                             (d0 / kPanelCols) * kKeysPerWarpgroup * kSwizzleRowBytes;
-    const uint32_t ds_rows = ds_tiles + j * Shape::kDsBytes + q0 * kSwizzleRowBytes;
-#pragma unroll
-    for (int kc = 0; kc < kKeysPerWarpgroup / 16; ++kc)
-      wgmma_ss<kN, Major::MN, Major::K>(acc, n_major_descriptor<kKeysPerWarpgroup>(k_panel, kc),
-                                        k_major_descriptor<Shape::kQueryTile>(ds_rows, kc),
-                                        j > 0 || kc > 0);
-  }
+  issue_dq_slice<D, Shape::kQueryTile>(acc, key_tiles, ds_tiles, wg);
   wgmma_commit();
   wgmma_wait<0>();
   fence_operands(acc);

@@ -223,28 +223,16 @@ __device__ __forceinline__ void red_add_v4(float* addr, float a, float b, float 
 }
 
 // Consumer c's slice of the tile's dQ^T = K^T dS^T over the item's 128 keys
-// (one_pass_wg2's product): K of consumer j at key_tiles + 2 j tiles, its
-// dS^T tile at ds_pair + j dS tiles. Issued and committed, not waited for.
+// (one_pass_wg2's product, issue_dq_slice): issued and committed, not
+// waited for.
 template <int D>
 __device__ __forceinline__ void issue_query_gradient(
     float (&acc)[WsOnePassShape<D>::kSliceQueries / 2], uint32_t key_tiles, uint32_t ds_pair,
     int c) {
-  using Shape = WsOnePassShape<D>;
-  constexpr int kN = Shape::kSliceQueries;
-  const int d0 = D == 128 ? c * kPanelCols : 0;  // the slice's first column of D
-  const int q0 = D == 128 ? 0 : c * kN;          // and its first query of the tile
+  static_assert(WsOnePassShape<D>::kSliceQueries == kDqSliceQueries<D, kQ>);
   discard_operands(acc);
   wgmma_fence();
-#pragma unroll
-  for (int j = 0; j < kConsumers; ++j) {
-    const uint32_t k_panel = key_tiles + j * 2 * Shape::kTileBytes +
-                             (d0 / kPanelCols) * kKeysPerWarpgroup * kSwizzleRowBytes;
-    const uint32_t ds_rows = ds_pair + j * Shape::kDsBytes + q0 * kSwizzleRowBytes;
-#pragma unroll
-    for (int kc = 0; kc < kKeysPerWarpgroup / 16; ++kc)
-      wgmma_ss<kN, Major::MN, Major::K>(acc, n_major_descriptor<kKeysPerWarpgroup>(k_panel, kc),
-                                        k_major_descriptor<kQ>(ds_rows, kc), j > 0 || kc > 0);
-  }
+  issue_dq_slice<D, kQ>(acc, key_tiles, ds_pair, c);
   wgmma_commit();
 }
 

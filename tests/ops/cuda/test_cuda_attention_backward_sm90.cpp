@@ -35,6 +35,8 @@
 // not compute capability 9.0 they skip with "not a Hopper GPU".
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cstdint>
 #include <cstdlib>
 #include <initializer_list>
 #include <memory>
@@ -267,6 +269,50 @@ TEST(CudaAttentionBackwardSm90Dispatch, Deterministic) {
   }
 }
 
+// The shapes of a test that holds one variant's dK and dV bit for bit
+// against another's: batch rows (more at the longest T), heads, local
+// heads (w 70), the T values, and the inputs' seed.
+struct KeySideCase {
+  int B, B_longest, n_head, n_local;
+  std::initializer_list<int> Ts;
+  uint64_t seed;
+};
+
+// `variant`'s dK and dV against `reference`'s bit for bit, dQ (other sums
+// of the same products) within rounding, at D 64 and 128, each T, spans
+// off, self and cross.
+void expect_key_side_bits(Backend& cuda, const char* reference, const char* variant,
+                          const KeySideCase& c) {
+  const SpanLayer spans[] = {SpanLayer{}, span_self(), span_cross()};
+  const int longest = *std::max_element(c.Ts.begin(), c.Ts.end());
+  for (int D : {64, 128})
+    for (int T : c.Ts)
+      for (const SpanLayer& span : spans) {
+        AttentionSpec spec;
+        spec.B = T == longest ? c.B_longest : c.B, spec.T = T, spec.head_dim = D;
+        spec.n_head = c.n_head, spec.n_local = c.n_local, spec.window = 70;
+        spec.span = span;
+        SCOPED_TRACE("D " + std::to_string(D) + ", T " + std::to_string(T) + ", span " +
+                     std::to_string(span.any()));
+        const size_t BT = size_t(spec.B) * spec.T, C = spec.C();
+        const auto qkv = bf16_values(BT * 3 * C, c.seed + D + T, -2, 2);
+        const auto dout = bf16_values(BT * C, c.seed + 1 + D + T, -1, 1);
+        const Forward f = run_forward_sm80(cuda, spec, qkv, dout);
+        std::vector<float> ref, got;
+        {
+          ScopedEnv choose(kSm90Backward, reference);
+          ref = run_backward_on(cuda, spec, f, true).dqkv;
+        }
+        {
+          ScopedEnv choose(kSm90Backward, variant);
+          got = run_backward_on(cuda, spec, f, true).dqkv;
+        }
+        EXPECT_LE(floored_error(qkv_part(got, 0, C), qkv_part(ref, 0, C)), 2e-3) << "dq";
+        EXPECT_EQ(qkv_part(got, 1, C), qkv_part(ref, 1, C)) << "dk";
+        EXPECT_EQ(qkv_part(got, 2, C), qkv_part(ref, 2, C)) << "dv";
+      }
+}
+
 // one_pass_wg2 forms dK, dV (and qbar) with one_pass's products in one_pass's
 // order; the tiles it walks beyond a warpgroup's band take the masked step,
 // which adds exact zeros. So its dK and dV equal one_pass's bit for bit, and
@@ -275,33 +321,7 @@ TEST(CudaAttentionBackwardSm90Dispatch, Deterministic) {
 TEST(CudaAttentionBackwardSm90Dispatch, OnePassWg2MatchesOnePass) {
   REQUIRE_CUDA(cuda);
   REQUIRE_HOPPER();
-  const SpanLayer spans[] = {SpanLayer{}, span_self(), span_cross()};
-  for (int D : {64, 128})
-    for (int T : {7, 200, 1000})
-      for (const SpanLayer& span : spans) {
-        AttentionSpec spec;
-        spec.B = 2, spec.T = T, spec.head_dim = D, spec.n_head = 3, spec.n_local = 2;
-        spec.window = 70;
-        spec.span = span;
-        SCOPED_TRACE("D " + std::to_string(D) + ", T " + std::to_string(T) + ", span " +
-                     std::to_string(span.any()));
-        const size_t BT = size_t(spec.B) * spec.T, C = spec.C();
-        const auto qkv = bf16_values(BT * 3 * C, 91 + D + T, -2, 2);
-        const auto dout = bf16_values(BT * C, 92 + D + T, -1, 1);
-        const Forward f = run_forward_sm80(*cuda, spec, qkv, dout);
-        std::vector<float> one, two;
-        {
-          ScopedEnv choose(kSm90Backward, "one_pass");
-          one = run_backward_on(*cuda, spec, f, true).dqkv;
-        }
-        {
-          ScopedEnv choose(kSm90Backward, "one_pass_wg2");
-          two = run_backward_on(*cuda, spec, f, true).dqkv;
-        }
-        EXPECT_LE(floored_error(qkv_part(two, 0, C), qkv_part(one, 0, C)), 2e-3) << "dq";
-        EXPECT_EQ(qkv_part(two, 1, C), qkv_part(one, 1, C)) << "dk";
-        EXPECT_EQ(qkv_part(two, 2, C), qkv_part(one, 2, C)) << "dv";
-      }
+  expect_key_side_bits(*cuda, "one_pass", "one_pass_wg2", {2, 2, 3, 2, {7, 200, 1000}, 91});
 }
 
 // ws_one_pass forms dK and dV with one_pass_wg2's products in its order,
@@ -318,33 +338,7 @@ TEST(CudaAttentionBackwardSm90Dispatch, OnePassWg2MatchesOnePass) {
 TEST(CudaAttentionBackwardSm90Dispatch, WsOnePassMatchesOnePassWg2) {
   REQUIRE_CUDA(cuda);
   REQUIRE_HOPPER();
-  const SpanLayer spans[] = {SpanLayer{}, span_self(), span_cross()};
-  for (int D : {64, 128})
-    for (int T : {7, 200, 2000})
-      for (const SpanLayer& span : spans) {
-        AttentionSpec spec;
-        spec.B = T == 2000 ? 3 : 2, spec.T = T, spec.head_dim = D, spec.n_head = 5;
-        spec.n_local = 3, spec.window = 70;
-        spec.span = span;
-        SCOPED_TRACE("D " + std::to_string(D) + ", T " + std::to_string(T) + ", span " +
-                     std::to_string(span.any()));
-        const size_t BT = size_t(spec.B) * spec.T, C = spec.C();
-        const auto qkv = bf16_values(BT * 3 * C, 191 + D + T, -2, 2);
-        const auto dout = bf16_values(BT * C, 192 + D + T, -1, 1);
-        const Forward f = run_forward_sm80(*cuda, spec, qkv, dout);
-        std::vector<float> wg2, ws;
-        {
-          ScopedEnv choose(kSm90Backward, "one_pass_wg2");
-          wg2 = run_backward_on(*cuda, spec, f, true).dqkv;
-        }
-        {
-          ScopedEnv choose(kSm90Backward, "ws_one_pass");
-          ws = run_backward_on(*cuda, spec, f, true).dqkv;
-        }
-        EXPECT_LE(floored_error(qkv_part(ws, 0, C), qkv_part(wg2, 0, C)), 2e-3) << "dq";
-        EXPECT_EQ(qkv_part(ws, 1, C), qkv_part(wg2, 1, C)) << "dk";
-        EXPECT_EQ(qkv_part(ws, 2, C), qkv_part(wg2, 2, C)) << "dv";
-      }
+  expect_key_side_bits(*cuda, "one_pass_wg2", "ws_one_pass", {2, 3, 5, 3, {7, 200, 2000}, 191});
 }
 
 // A shape of the tests that hold a variant against base, with its span.
