@@ -16,9 +16,12 @@ Prints forward and forward+backward times and the ratio torch / lsgpt (above
 
 --labels mhsa,ls_half_w256 times only those settings on the PyTorch side.
 --backward-variants default,ws_one_pass runs the lsgpt side once per Hopper
-backward (LSGPT_ATTENTION_SM90_BACKWARD; "default" leaves it to the shape
-rules), one row each: the deterministic default against the opt-in
-one-pass kernel, whose dQ is summed by atomics as cuDNN's and FlashAttention's.
+backward (LSGPT_ATTENTION_SM90_BACKWARD; "default", the only one unless
+given, leaves it to the shape rules with the deterministic default, and
+ignores LSGPT_ATTENTION_SM90_BACKWARD and LSGPT_ATTENTION_DETERMINISTIC
+in the caller's environment), one row each: e.g. the default against the
+opt-in one-pass kernel, whose dQ is summed by atomics as cuDNN's and
+FlashAttention's.
 
 Usage: bench/attention_vs_torch.py --bench BUILD/bench_cuda_attention [--json out.json]
        [--labels L1,L2] [--backward-variants V1,V2]
@@ -45,7 +48,10 @@ flex_compiled = torch.compile(flex_attention, dynamic=False)
 
 
 def lsgpt_results(bench, backward="default"):
-    env = dict(os.environ)
+    # "default": the shape rules with the deterministic default, whatever
+    # the caller's environment says.
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("LSGPT_ATTENTION_SM90_BACKWARD", "LSGPT_ATTENTION_DETERMINISTIC")}
     if backward != "default":
         env["LSGPT_ATTENTION_SM90_BACKWARD"] = backward
     out = subprocess.run([bench], check=True, capture_output=True, text=True, env=env).stdout
@@ -131,10 +137,14 @@ def main():
                           ("sdpa-cudnn", sdpa(SDPBackend.CUDNN_ATTENTION))]
         else:
             candidates = [("flex-compiled", flex_for(r["local"], r["window"], H, T))]
+        tagged = variants != ["default"]
         if not candidates:
-            print(f"{label:16s} {D:4d} {T:6d} {B:3d} {H:3d} | {r['fwd_ms']:9.3f} {'':>9s} "
-                  f"{'':>6s} | {r['fwd_bwd_ms']:9.3f}", flush=True)
-            results.append({"lsgpt": r})
+            for variant in variants:
+                r = runs[variant][(label, T, D)]
+                tag = f"lsgpt backward {variant}" if tagged else ""
+                print(f"{label:16s} {D:4d} {T:6d} {B:3d} {H:3d} | {r['fwd_ms']:9.3f} {'':>9s} "
+                      f"{'':>6s} | {r['fwd_bwd_ms']:9.3f} {'':>9s} {'':>6s} | {tag}", flush=True)
+                results.append({"lsgpt": r, "lsgpt_backward": variant})
             continue
         for name, fn in candidates:
             try:
@@ -145,7 +155,7 @@ def main():
                 continue
             for variant in variants:
                 r = runs[variant][(label, T, D)]
-                tag = name if len(variants) == 1 else f"{name}; lsgpt backward {variant}"
+                tag = f"{name}; lsgpt backward {variant}" if tagged else name
                 print(f"{label:16s} {D:4d} {T:6d} {B:3d} {H:3d} | {r['fwd_ms']:9.3f} {t_fwd:9.3f} "
                       f"{t_fwd / r['fwd_ms']:6.2f} | {r['fwd_bwd_ms']:9.3f} {t_fb:9.3f} "
                       f"{t_fb / r['fwd_bwd_ms']:6.2f} | {tag}", flush=True)

@@ -19,6 +19,7 @@
 // attention_backward_sm90_one_pass_wg2.cu),
 // unless LSGPT_ATTENTION_SM80=1 asks for this one.
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <type_traits>
 
@@ -425,6 +426,12 @@ bool attn::attention_deterministic() {
   return env_switch("LSGPT_ATTENTION_DETERMINISTIC", {"1", "0"}) == 0;
 }
 
+namespace {
+// The kernel the last attention_backward launched (-1: sm_80, else an
+// Sm90BackwardVariant), for attention_backward_last_kernel.
+std::atomic<int> last_backward_kernel{-1};
+}  // namespace
+
 attn::Sm90BackwardVariant attn::sm90_backward_variant(const CudaContext& ctx,
                                                       const AttentionSpec& spec) {
   const bool qbar = spec.span.k.enabled && spec.span.k.basis == SpanBasis::cross;
@@ -447,8 +454,12 @@ bool attention_backward_uses_sm90(CudaContext& ctx, const AttentionSpec& spec) {
   return use_sm90(ctx, spec);
 }
 
-int attention_backward_sm90_variant(CudaContext& ctx, const AttentionSpec& spec) {
-  return use_sm90(ctx, spec) ? int(sm90_backward_variant(ctx, spec)) : -1;
+const char* attention_backward_last_kernel() {
+  constexpr const char* kNames[] = {"base",         "wg2",     "ws",         "one_pass",
+                                    "one_pass_wg2", "ws_band", "ws_one_pass"};
+  static_assert(int(attn::Sm90BackwardVariant::ws_one_pass) == 6, "kNames follows the enum");
+  const int k = last_backward_kernel;
+  return k < 0 ? "sm80" : kNames[k];
 }
 
 namespace {
@@ -579,6 +590,15 @@ void attention_backward(CudaContext& ctx, bf16* dqkv, bf16* dqkv_colsum, const b
   }
   const bool span = spec.span.any();
   const int D = padded_head_dim(spec.head_dim);
+  // What runs, after the fallbacks (ws_one_pass with qbar: one_pass_wg2;
+  // ws_band where band runs do not apply: ws).
+  using V = Sm90BackwardVariant;
+  last_backward_kernel =
+      !sm90 ? -1
+      : ws_one_pass ? int(V::ws_one_pass)
+      : variant == V::ws_one_pass ? int(V::one_pass_wg2)
+      : variant == V::ws_band && !band ? int(V::ws)
+                                       : int(variant);
   if (ws_one_pass)
     launch_backward_sm90_ws_one_pass(ctx, p, spec.B, span, scratch.dq_accum);
   else if (one_pass && variant != Sm90BackwardVariant::one_pass)

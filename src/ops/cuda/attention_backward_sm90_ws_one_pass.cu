@@ -17,13 +17,16 @@
 // - Per query tile each consumer forms S^T, dP^T, the softmax step, dV and
 //   dK for its 64 keys exactly as one_pass_wg2 (the same helpers and
 //   order, so dK and dV are its bits), a warpgroup off its own band taking
-//   the masked step (all zeros); it stores dS^T transposed into its dS
-//   tile and, after one named barrier of the two consumers, forms its
-//   slice of the tile's dQ^T = K^T dS^T over all 128 keys (D 128: one
-//   64-column panel of D for the tile's 64 queries; D 64: all of D for 32
-//   queries). The dS tiles are double-buffered, so that barrier is the only
-//   one a tile: a warpgroup writes a buffer again two tiles later, after
-//   both have passed the barrier that follows their last product on it.
+//   the masked step (all zeros), and stores dS^T transposed into its dS
+//   tile. Its slice of a tile's dQ^T = K^T dS^T over all 128 keys (D 128:
+//   one 64-column panel of D for the tile's 64 queries; D 64: all of D for
+//   32 queries) needs the other consumer's dS tile too, so each step forms
+//   the PREVIOUS tile's slice, once the other consumer has finished its
+//   previous step (DsExchange: three dS buffers, a named barrier one side
+//   arrives at and the other waits on), and each item ends with a closing
+//   step for its last tile. The consumers drift up to a step apart, one's
+//   softmax running under the other's products, instead of both idling
+//   the matrix units through their softmax in lockstep.
 // - The slice goes into an fp32 buffer by red.global.add.v4.f32 straight
 //   from the accumulator, in a layout of this kernel's own (fragment-major:
 //   element 4 i .. 4 i + 3 of all 128 threads side by side, so a warp's

@@ -123,15 +123,18 @@ inline int ws_band_run(const AttentionShape& s, int sm_count) {
 // deterministic = false (LSGPT_ATTENTION_DETERMINISTIC=0) also allows the
 // variants that sum dQ by float atomics, as cuDNN's and FlashAttention's
 // backwards do: ws_one_pass where nearly all the work is in global heads
-// (under 5% in local ones) at T 8192 and longer, without qbar. H200,
-// 2026-12-02 (bench/attention_vs_torch.py, both in one run): at T 16384
-// ws_one_pass's forward+backward was 1.05x (MHSA D 64), 1.09x (MHSA D
-// 128), 1.05x (LS 1/2 D 64) and 1.10x (LS 1/2 D 128) the default's; at T
-// 4096 1.02x (MHSA D 128) and 0.85-0.94x elsewhere, at T 1024 0.74-0.81x
-// (short walks pay its per-item costs). T 8192 is between the two
-// measured lengths; LS 11/12 (12% local at T 16k) was not measured.
+// (under 5% in local ones) at T 16384 and longer, without qbar. H200,
+// 2026-12-02: at T 16384 it matched or beat ws in every comparison
+// (backward alone, alternating builds: MHSA D 64 3-5% faster, D 128
+// between 16% faster and 1% slower, LS 1/2 D 128 within 5% either way,
+// ws's own time swinging by up to 20% within a run; forward+backward
+// against PyTorch: 1.05x, 1.09x, 1.05x, 1.10x the default at MHSA D 64,
+// D 128, LS 1/2 D 64, D 128). At T 4096 it lost (MHSA D 128 3-9% slower
+// backward, 0.85-0.94x forward+backward elsewhere), at T 1024 by
+// 0.74-0.81x (short walks pay its per-item costs). Lengths between were
+// not measured, nor LS 11/12 (12% local at T 16k).
 inline bool ws_one_pass_pays(const AttentionShape& s) {
-  return !s.span_qbar && s.T >= 8192 && local_work_share(s) < 0.05;
+  return !s.span_qbar && s.T >= 16384 && local_work_share(s) < 0.05;
 }
 
 inline Sm90BackwardVariant choose_sm90_backward(const AttentionShape& s, int sm_count,

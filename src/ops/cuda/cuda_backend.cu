@@ -389,9 +389,8 @@ bool cuda_attention_backward_uses_sm90(Backend& backend, const AttentionSpec& sp
   return cuda && cuda::attention_backward_uses_sm90(cuda->context(), spec);
 }
 
-int cuda_attention_backward_sm90_variant(Backend& backend, const AttentionSpec& spec) {
-  auto* cuda = dynamic_cast<CudaBackend*>(&backend);
-  return cuda ? cuda::attention_backward_sm90_variant(cuda->context(), spec) : -1;
+const char* cuda_last_attention_backward_kernel() {
+  return cuda::attention_backward_last_kernel();
 }
 
 const char* cuda_last_dbias_path() {

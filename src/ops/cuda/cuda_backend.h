@@ -24,10 +24,11 @@ void* cuda_stream_of(Backend& backend);
 bool cuda_attention_forward_uses_sm90(Backend& backend, const AttentionSpec& spec);
 // The same for attention_backward(spec) (attention_backward_sm90.cu).
 bool cuda_attention_backward_uses_sm90(Backend& backend, const AttentionSpec& spec);
-// Which Hopper backward attention_backward(spec) runs: an
-// attn::Sm90BackwardVariant (ops/cuda/attention_sm90_choice.h) as an int, or
-// -1 where it takes the sm_80 kernel or the backend is not CUDA.
-int cuda_attention_backward_sm90_variant(Backend& backend, const AttentionSpec& spec);
+// The kernel the CUDA backend's last attention_backward ran, for tests and
+// benchmark reports: "sm80" (also before the first), or the Hopper
+// variant's LSGPT_ATTENTION_SM90_BACKWARD name ("ws", "ws_one_pass", ...):
+// what ran after the fallbacks (ws_one_pass with qbar runs one_pass_wg2).
+const char* cuda_last_attention_backward_kernel();
 
 // How the CUDA backend's last matmul_backward with a bias gradient got it,
 // for tests and benchmark reports: "bgradb-f32" or "bgradb-bf16" (cuBLASLt's

@@ -122,9 +122,10 @@ void attention_backward(CudaContext& ctx, bf16* dqkv, bf16* dqkv_colsum, const b
 // Whether attention_backward(spec) takes the sm_90a wgmma kernel
 // (attention_backward_sm90.cu) rather than the sm_80 one.
 bool attention_backward_uses_sm90(CudaContext& ctx, const AttentionSpec& spec);
-// Which Hopper backward attention_backward(spec) runs (the
-// attn::Sm90BackwardVariant as an int), or -1 where it takes the sm_80 one.
-int attention_backward_sm90_variant(CudaContext& ctx, const AttentionSpec& spec);
+// The kernel the last attention_backward call ran, after every choice and
+// fallback: "sm80" (also before the first call), or the Hopper variant's
+// LSGPT_ATTENTION_SM90_BACKWARD name ("ws", "ws_one_pass", ...).
+const char* attention_backward_last_kernel();
 void attention_decode(CudaContext& ctx, bf16* out, bf16* k_local, bf16* v_local,
                       bf16* k_global, bf16* v_global, const bf16* qkv, const DecodeSpec& spec);
 size_t attention_decode_workspace_bytes(const DecodeSpec& spec);

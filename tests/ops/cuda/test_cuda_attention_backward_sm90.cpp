@@ -50,7 +50,6 @@
 #include "ops/backend.h"
 
 #ifdef LSGPT_HAVE_CUDA
-#include "ops/cuda/attention_sm90_choice.h"
 #include "ops/cuda/cuda_backend.h"
 #endif
 
@@ -235,21 +234,25 @@ INSTANTIATE_TEST_SUITE_P(Cases, CudaAttentionBackwardSm90, ::testing::ValuesIn(a
                          [](const auto& info) { return parity_case_name(info.param); });
 
 // Same inputs, same bits: dQ, dK, dV each finished by one block, no atomics.
-// one_pass, one_pass_wg2 and ws_one_pass sum dQ by float atomics in a varying order: there
-// only dK and dV must repeat bit for bit, dQ within rounding (2e-3, as
-// against sm_80).
+// one_pass, one_pass_wg2 and ws_one_pass sum dQ by float atomics in a
+// varying order: there only dK and dV must repeat bit for bit, dQ within
+// rounding (2e-3, as against sm_80). With span cross on k (qbar) and
+// without it, since ws_one_pass runs one_pass_wg2 with qbar.
 TEST(CudaAttentionBackwardSm90Dispatch, Deterministic) {
   REQUIRE_CUDA(cuda);
   REQUIRE_HOPPER();
+  SpanLayer cross = span_cross();
+  cross.v = {true, SpanBasis::self, 1.2, 0.9};
   for (const char* variant : kSm90BackwardVariants)
+  for (const SpanLayer& span : {cross, span_self()})
   for (int D : {64, 128}) {
-    SCOPED_TRACE(std::string(kSm90Backward) + "=" + variant);
+    SCOPED_TRACE(std::string(kSm90Backward) + "=" + variant + ", qbar " +
+                 std::to_string(span.k.basis == SpanBasis::cross));
     ScopedEnv choose(kSm90Backward, variant);
     AttentionSpec spec;
     spec.B = 2, spec.T = 1000, spec.head_dim = D, spec.n_head = 4, spec.n_local = 3;
     spec.window = 100;
-    spec.span = span_cross();
-    spec.span.v = {true, SpanBasis::self, 1.2, 0.9};
+    spec.span = span;
     const size_t BT = size_t(spec.B) * spec.T, C = spec.C();
     const auto qkv = bf16_values(BT * 3 * C, 71 + D, -2, 2);
     const auto dout = bf16_values(BT * C, 72 + D, -1, 1);
@@ -532,9 +535,12 @@ TEST(CudaAttentionBackwardSm90Dispatch, RefusesAnUnknownVariant) {
 }
 
 // LSGPT_ATTENTION_DETERMINISTIC=0 lets the shape rules take ws_one_pass
-// (MHSA at T 8192 here, choose_sm90_backward); unset, empty or 1 keep ws; a
-// forced variant wins over it; anything else is refused. The backward it
-// picks gives ws_one_pass's gradients (dK, dV its bits, dQ within rounding).
+// (MHSA at T 16384 here, choose_sm90_backward); unset, empty or 1 keep ws;
+// a forced variant wins over it; with qbar ws_one_pass runs one_pass_wg2;
+// anything else is refused. What ran is read back after each call
+// (cuda_last_attention_backward_kernel, set where the kernel is launched),
+// and the gradients are ws_one_pass's: dK, dV one_pass_wg2's bits, dQ
+// within rounding of them.
 TEST(CudaAttentionBackwardSm90Dispatch, NonDeterministicSwitchPicksWsOnePass) {
   REQUIRE_CUDA(cuda);
   REQUIRE_HOPPER();
@@ -542,31 +548,41 @@ TEST(CudaAttentionBackwardSm90Dispatch, NonDeterministicSwitchPicksWsOnePass) {
   ScopedEnv env(kForceSm80, nullptr);
   ScopedEnv variant(kSm90Backward, nullptr);
   AttentionSpec spec;
-  spec.B = 1, spec.T = 8192, spec.head_dim = 64, spec.n_head = 2, spec.n_local = 0;
-  using V = cuda::attn::Sm90BackwardVariant;
-  auto chosen = [&] { return cuda_attention_backward_sm90_variant(*cuda, spec); };
-  for (const char* deterministic : {static_cast<const char*>(nullptr), "", "1"}) {
-    ScopedEnv set(kDeterministic, deterministic);
-    EXPECT_EQ(chosen(), int(V::ws));
-  }
+  spec.B = 1, spec.T = 16384, spec.head_dim = 64, spec.n_head = 1, spec.n_local = 0;
   const size_t BT = size_t(spec.B) * spec.T, C = spec.C();
   const Forward f = run_forward_sm80(*cuda, spec, bf16_values(BT * 3 * C, 301, -2, 2),
                                      bf16_values(BT * C, 302, -1, 1));
-  std::vector<float> allowed, forced;
+  auto ran = [&] { return std::string(cuda_last_attention_backward_kernel()); };
+  for (const char* deterministic : {static_cast<const char*>(nullptr), "", "1"}) {
+    ScopedEnv set(kDeterministic, deterministic);
+    run_backward(*cuda, spec, f);
+    EXPECT_EQ(ran(), "ws") << (deterministic ? deterministic : "unset");
+  }
+  std::vector<float> allowed, wg2;
   {
     ScopedEnv set(kDeterministic, "0");
-    EXPECT_EQ(chosen(), int(V::ws_one_pass));
     allowed = run_backward(*cuda, spec, f);
-    ScopedEnv base(kSm90Backward, "base");
-    EXPECT_EQ(chosen(), int(V::base));
+    EXPECT_EQ(ran(), "ws_one_pass");
+    {
+      ScopedEnv base(kSm90Backward, "base");
+      run_backward(*cuda, spec, f);
+      EXPECT_EQ(ran(), "base");
+    }
+    AttentionSpec qbar = dispatch_spec(64);
+    qbar.span = span_cross();
+    ScopedEnv one_pass(kSm90Backward, "ws_one_pass");
+    run_backward(*cuda, qbar, run_forward_sm80(*cuda, qbar,
+                                               bf16_values(qbar.B * qbar.T * 3 * qbar.C(), 303, -2, 2),
+                                               bf16_values(qbar.B * qbar.T * qbar.C(), 304, -1, 1)));
+    EXPECT_EQ(ran(), "one_pass_wg2");
   }
   {
-    ScopedEnv one_pass(kSm90Backward, "ws_one_pass");
-    forced = run_backward(*cuda, spec, f);
+    ScopedEnv one_pass(kSm90Backward, "one_pass_wg2");
+    wg2 = run_backward(*cuda, spec, f);
   }
-  EXPECT_LE(floored_error(qkv_part(allowed, 0, C), qkv_part(forced, 0, C)), 2e-3) << "dq";
-  EXPECT_EQ(qkv_part(allowed, 1, C), qkv_part(forced, 1, C)) << "dk";
-  EXPECT_EQ(qkv_part(allowed, 2, C), qkv_part(forced, 2, C)) << "dv";
+  EXPECT_LE(floored_error(qkv_part(allowed, 0, C), qkv_part(wg2, 0, C)), 2e-3) << "dq";
+  EXPECT_EQ(qkv_part(allowed, 1, C), qkv_part(wg2, 1, C)) << "dk";
+  EXPECT_EQ(qkv_part(allowed, 2, C), qkv_part(wg2, 2, C)) << "dv";
   expect_switch_refused(*cuda, dispatch_spec(64), switch_test_forward(*cuda, dispatch_spec(64)),
                         kDeterministic, "no",
                         "LSGPT_ATTENTION_DETERMINISTIC must be 1 or 0, got 'no'");
