@@ -282,6 +282,17 @@ __device__ __forceinline__ void wgmma_rs_k_major_n64(float (&d)[32], const uint3
 #undef LSGPT_WGMMA_REGS32
 #undef LSGPT_WGMMA_REGS64
 
+// Where 16-byte chunk `chunk` (0..7) of row `row` of a swizzled panel sits,
+// in bytes from the panel's start: chunk c of row r at c ^ (r % 8) (the
+// top of this file). row8 = row % 8, where the caller has it as a value of
+// its own (the compiler does not see that it equals row & 7).
+__device__ __forceinline__ uint32_t sw128_offset(int row, int chunk, int row8) {
+  return row * kSwizzleRowBytes + ((chunk ^ row8) << 4);
+}
+__device__ __forceinline__ uint32_t sw128_offset(int row, int chunk) {
+  return sw128_offset(row, chunk, row & 7);
+}
+
 // The A fragments of k16 slice kc of a kRows x D K-major tile in the
 // 128-byte swizzle (Q), for this thread's warp of the warpgroup (rows 16
 // warp .. 16 warp + 15): ldmatrix x4, lane l naming row l % 16 and the
@@ -293,8 +304,7 @@ __device__ __forceinline__ void load_a_fragments_sw128(uint32_t (&a)[4], uint32_
                                                        int warp, int lane) {
   const int row = 16 * warp + (lane & 15);
   const int chunk = 2 * (kc % 4) + (lane >> 4);
-  ldmatrix_x4(a, tile + (kc / 4) * (kRows * kSwizzleRowBytes) + row * kSwizzleRowBytes +
-                     ((chunk ^ (row & 7)) << 4));
+  ldmatrix_x4(a, tile + (kc / 4) * (kRows * kSwizzleRowBytes) + sw128_offset(row, chunk));
 }
 
 // The A fragments (one per k16 slice) of the m64 x N accumulator s rounded
@@ -323,8 +333,8 @@ __device__ __forceinline__ void store_fragment_sw128(uint32_t tile, int kc,
   const int j = lane >> 3, i = lane & 7;
   const int row = 16 * warp + 8 * (j & 1) + i;  // row % 8 == i
   const int chunk = 2 * (kc % 4) + (j >> 1);
-  const uint32_t addr = tile + (kc / 4) * (kRows * kSwizzleRowBytes) + row * kSwizzleRowBytes +
-                        ((chunk ^ i) << 4);
+  const uint32_t addr =
+      tile + (kc / 4) * (kRows * kSwizzleRowBytes) + sw128_offset(row, chunk, i);
   asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1, %2, %3, %4};\n" ::"r"(addr),
                "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3])
                : "memory");
@@ -346,7 +356,7 @@ __device__ __forceinline__ void store_transposed_sw128(uint32_t tile,
 #pragma unroll
   for (int kc = 0; kc < N / 16; ++kc) {
     const int row = 16 * kc + 8 * (j >> 1) + i;  // row % 8 == i
-    const uint32_t addr = tile + row * kSwizzleRowBytes + ((chunk ^ i) * 16);
+    const uint32_t addr = tile + sw128_offset(row, chunk, i);
     asm volatile("stmatrix.sync.aligned.m8n8.x4.trans.shared.b16 [%0], {%1, %2, %3, %4};\n" ::"r"(
                      addr),
                  "r"(a[kc][0]), "r"(a[kc][1]), "r"(a[kc][2]), "r"(a[kc][3])
@@ -370,6 +380,7 @@ __device__ __forceinline__ void load_tile_sw128(__nv_bfloat16* tile, const __nv_
     const int t = row0 + r;
     const bool valid = t < T && col < cols;
     const __nv_bfloat16* src = head_base + (valid ? size_t(t) * row_stride + col : 0);
+    // The swizzle of sw128_offset, in elements (in bytes the SASS differed).
     __nv_bfloat16* dst =
         tile + (chunk / 8) * (kRows * kPanelCols) + r * kPanelCols + ((chunk % 8) ^ (r % 8)) * 8;
     cp_async_16(dst, src, valid ? 16 : 0);
