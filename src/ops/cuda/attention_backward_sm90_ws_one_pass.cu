@@ -400,7 +400,6 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
   wait_for_previous_grid();
   allow_next_grid();
 #if LSGPT_SM90A_DEVICE
-  using Shape = WsOnePassShape<D>;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   __shared__ OnePassPipe<D> pipe;
   unsigned char* smem = align_to_atom(smem_raw);
@@ -418,7 +417,6 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
   }
   setmaxnreg_inc<kConsumerRegs>();
   consume<D, kSpan>(p, B, n_items, role - 1, smem, pipe, dq_accum);
-  (void)Shape::kSmemBytes;
 #else
   (void)qkv_map, (void)dout_map, (void)p, (void)B, (void)n_items, (void)dq_accum;
   __trap();  // only the sm_90a binary has this kernel; the host never launches it elsewhere
@@ -464,6 +462,9 @@ __global__ void __launch_bounds__(kThreads)
 template <int D, bool kSpan>
 void launch(CudaContext& ctx, const BackwardParams& p, int B, float* dq_accum) {
   using Shape = WsOnePassShape<D>;
+  // With the static pipe beside the dynamic shared memory.
+  static_assert(Shape::kSmemBytes + sizeof(OnePassPipe<D>) <= 227 * 1024,
+                "over the opt-in shared memory of one block");
   const size_t dq_bytes = sizeof(float) * ws_one_pass_dq_floats(B, p.T, p.n_head, p.head_dim);
   CUDA_CHECK(cudaMemsetAsync(dq_accum, 0, dq_bytes, ctx.stream()));
   auto kernel = attention_backward_sm90_ws_one_pass_kernel<D, kSpan>;
