@@ -432,15 +432,6 @@ namespace {
 std::atomic<int> last_backward_kernel{-1};
 }  // namespace
 
-attn::Sm90BackwardVariant attn::sm90_backward_variant(const CudaContext& ctx,
-                                                      const AttentionSpec& spec) {
-  const bool qbar = spec.span.k.enabled && spec.span.k.basis == SpanBasis::cross;
-  const AttentionShape shape{spec.B,      spec.T,         spec.n_head, spec.n_local,
-                             spec.window, spec.head_dim, qbar};
-  return sm90_backward_override().value_or(
-      choose_sm90_backward(shape, ctx.sm_count(), attention_deterministic()));
-}
-
 bool attn::sm90_ws_striding_forced() {
   return env_switch("LSGPT_ATTENTION_SM90_WS_SCHEDULE", {"auto", "static", "dynamic"}) == 1;
 }
@@ -550,23 +541,26 @@ void attention_backward(CudaContext& ctx, bf16* dqkv, bf16* dqkv_colsum, const b
   const bool qbar = spec.span.k.enabled && spec.span.k.basis == SpanBasis::cross;
   const AttentionShape shape{spec.B,      spec.T,         spec.n_head, spec.n_local,
                              spec.window, spec.head_dim, qbar};
-  const Sm90BackwardVariant variant =
-      sm90 ? sm90_backward_variant(ctx, spec) : Sm90BackwardVariant::base;
-  // ws_one_pass is one_pass_wg2 with qbar (it has no qbar of its own).
-  const bool ws_one_pass = sm90 && variant == Sm90BackwardVariant::ws_one_pass && !qbar;
-  const bool one_pass = sm90 && (variant == Sm90BackwardVariant::one_pass ||
-                                 variant == Sm90BackwardVariant::one_pass_wg2 ||
-                                 variant == Sm90BackwardVariant::ws_one_pass);
+  using V = Sm90BackwardVariant;
+  // The Hopper kernel that runs: the forced or chosen variant, after its
+  // fallbacks (ws_one_pass has no qbar of its own: one_pass_wg2 runs;
+  // ws_band's runs apply to some shapes only: ws runs elsewhere).
+  V variant = sm90 ? sm90_backward_override().value_or(
+                         choose_sm90_backward(shape, ctx.sm_count(), attention_deterministic()))
+                   : V::base;
+  if (variant == V::ws_one_pass && qbar) variant = V::one_pass_wg2;
+  if (variant == V::ws_band && !ws_band_applies(shape)) variant = V::ws;
+  last_backward_kernel = sm90 ? int(variant) : -1;
+  const bool one_pass = sm90 && (variant == V::one_pass || variant == V::one_pass_wg2 ||
+                                 variant == V::ws_one_pass);
+  const auto dq_floats_of = variant == V::ws_one_pass ? ws_one_pass_dq_floats : one_pass_dq_floats;
   const size_t dq_floats =
-      ws_one_pass ? ws_one_pass_dq_floats(spec.B, spec.T, spec.n_head, spec.head_dim)
-      : one_pass  ? one_pass_dq_floats(spec.B, spec.T, spec.n_head, spec.head_dim)
-                  : 0;
+      one_pass ? dq_floats_of(spec.B, spec.T, spec.n_head, spec.head_dim) : 0;
   // The bias gradient's part sums come from the two-pass kernels' row
   // epilogues; one_pass forms its dQ rows in a kernel of its own, so there
   // a pass over dqkv sums them afterwards.
   const bool fused_bias = dqkv_colsum && !one_pass;
-  // ws_band where its band runs apply, else ws.
-  const bool band = sm90 && variant == Sm90BackwardVariant::ws_band && ws_band_applies(shape);
+  const bool band = sm90 && variant == V::ws_band;
   const int band_slots = band ? ws_band_slots(std::min(spec.window, spec.T)) : 0;
   const BackwardScratch scratch = carve_backward_scratch(
       ctx, spec, dq_floats, fused_bias, band ? ws_band_dq_floats(ctx, band_slots) : 0);
@@ -590,25 +584,16 @@ void attention_backward(CudaContext& ctx, bf16* dqkv, bf16* dqkv_colsum, const b
   }
   const bool span = spec.span.any();
   const int D = padded_head_dim(spec.head_dim);
-  // What runs, after the fallbacks (ws_one_pass with qbar: one_pass_wg2;
-  // ws_band where band runs do not apply: ws).
-  using V = Sm90BackwardVariant;
-  last_backward_kernel =
-      !sm90 ? -1
-      : ws_one_pass ? int(V::ws_one_pass)
-      : variant == V::ws_one_pass ? int(V::one_pass_wg2)
-      : variant == V::ws_band && !band ? int(V::ws)
-                                       : int(variant);
-  if (ws_one_pass)
+  if (sm90 && variant == V::ws_one_pass)
     launch_backward_sm90_ws_one_pass(ctx, p, spec.B, span, scratch.dq_accum);
-  else if (one_pass && variant != Sm90BackwardVariant::one_pass)
+  else if (sm90 && variant == V::one_pass_wg2)
     launch_backward_sm90_one_pass_wg2(ctx, p, spec.B, span, qbar, scratch.dq_accum);
-  else if (one_pass)
+  else if (sm90 && variant == V::one_pass)
     launch_backward_sm90_one_pass(ctx, p, spec.B, span, qbar, scratch.dq_accum);
-  else if (sm90 && (variant == Sm90BackwardVariant::ws || variant == Sm90BackwardVariant::ws_band))
+  else if (sm90 && (variant == V::ws || variant == V::ws_band))
     launch_backward_sm90_ws(ctx, p, spec.B, span, qbar, ws_backward_short_walks(shape), dynamic);
   else if (sm90)
-    launch_backward_sm90(ctx, p, spec.B, span, qbar, variant == Sm90BackwardVariant::wg2);
+    launch_backward_sm90(ctx, p, spec.B, span, qbar, variant == V::wg2);
   else if (D == 32)
     dispatch_backward<32>(ctx, p, spec.B, span, qbar);
   else if (D == 64)

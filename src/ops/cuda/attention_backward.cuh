@@ -355,12 +355,6 @@ std::optional<Sm90BackwardVariant> sm90_backward_override();
 // (choose_sm90_backward); anything else is an error. Read at every call.
 bool attention_deterministic();
 
-// The Hopper backward the switches and the shape pick for `spec` (the
-// variant forced by LSGPT_ATTENTION_SM90_BACKWARD, else the shape rules),
-// before the fallbacks attention_backward applies (ws_one_pass with qbar
-// runs one_pass_wg2, ws_band without band runs ws).
-Sm90BackwardVariant sm90_backward_variant(const CudaContext& ctx, const AttentionSpec& spec);
-
 // The order in which the two-pass Hopper backward (base, wg2) starts its
 // blocks: LSGPT_ATTENTION_SM90_BACKWARD_ORDER = auto (also unset or empty:
 // global_first, measured faster on every LS shape and even on MHSA),

@@ -25,6 +25,14 @@ constexpr int kQueryBlockKeyTile = 64;
 template <int D, bool kQbar>
 constexpr int kKeyBlockQueryTile = D == 128 && kQbar ? 16 : 64;
 
+// The one-pass kernels with two warpgroups of 64 keys (one_pass_wg2,
+// ws_one_pass) form a tile's dQ^T = K^T dS^T over both warpgroups' keys as
+// one product, each warpgroup a slice: at D 128 the 64-column panel wg of D
+// for the tile's kQ queries, at D 64 all of D for half the queries (m64 x
+// kDqSliceQueries; see attention_backward_sm90_one_pass_wg2.cu).
+template <int D, int kQ>
+constexpr int kDqSliceQueries = D == 128 ? kQ : kQ / 2;
+
 #if LSGPT_SM90A_DEVICE
 
 // This thread's warpgroup, read through a shuffle so that ptxas sees a
@@ -287,13 +295,14 @@ __device__ __forceinline__ void one_pass_key_step(float (&dv)[D / 2], float (&dk
   key_gradients<D, kQ, kQbar>(dv, dk, qbar, a_p, a_ds, tile.q_addr, tile.do_addr);
 }
 
-// The one-pass kernels with two warpgroups of 64 keys (one_pass_wg2,
-// ws_one_pass) form a tile's dQ^T = K^T dS^T over both warpgroups' keys as
-// one product, each warpgroup a slice: at D 128 the 64-column panel wg of D
-// for the tile's kQ queries, at D 64 all of D for half the queries (m64 x
-// kDqSliceQueries; see attention_backward_sm90_one_pass_wg2.cu).
-template <int D, int kQ>
-constexpr int kDqSliceQueries = D == 128 ? kQ : kQ / 2;
+// x, through an empty asm the compiler must assume changes it (and may not
+// move out of a loop): shared-memory addresses made from it are rebuilt in
+// each iteration instead of held, with their wgmma descriptors, in
+// registers the two-warpgroup one-pass kernels at D 128 cannot spare.
+__device__ __forceinline__ uint32_t opaque(uint32_t x) {
+  asm volatile("" : "+r"(x));
+  return x;
+}
 
 // Warpgroup wg's slice: K of warpgroup j at key_tiles + 2 j key tiles (its
 // K then V), read M-major; its dS^T tile (kQ queries x 64 keys) at

@@ -72,7 +72,7 @@ struct OnePassWg2Shape {
   // must all stay in registers.
   static constexpr int kQueryTile = D == 128 && kQbar ? 16 : 64;
   // A warpgroup's slice of dQ^T: the n of its product (see the top).
-  static constexpr int kSliceQueries = D == 128 ? kQueryTile : kQueryTile / 2;
+  static constexpr int kSliceQueries = kDqSliceQueries<D, kQueryTile>;
   static_assert(kSliceQueries % 16 == 0, "the n of the slice's wgmma: 16, 32 or 64");
   static constexpr int kKeyBytes = sw128_tile_bytes<kKeysPerWarpgroup, D>();
   static constexpr int kQueryTileBytes = sw128_tile_bytes<kQueryTile, D>();
@@ -97,13 +97,6 @@ __device__ __forceinline__ void red_add(float* addr, float x, bool valid) {
       "@p red.global.add.f32 [%0], %1;\n}\n" ::"l"(addr),
       "f"(x), "r"(int(valid))
       : "memory");
-}
-
-// x, through an empty asm the compiler must assume changes it (and may not
-// move out of a loop).
-__device__ __forceinline__ uint32_t opaque(uint32_t x) {
-  asm volatile("" : "+r"(x));
-  return x;
 }
 
 // The block's dQ += dS K for the tile's kQ queries (from query i0), this

@@ -278,7 +278,8 @@ __device__ __forceinline__ void walk_tiles(const WsMaps& maps, const BackwardPar
       const int j0 = tile * kQueryBlockKeyTile;
       mbarrier_arrive_expect_tx(bar, Shape::kPairBytes);
       tma_load_head_tile<D, kRows>(dst, maps.qkv, bar, p.n_head + w.h, j0, w.b);
-      tma_load_head_tile<D, kRows>(dst + Shape::kTileBytes, maps.qkv, bar, 2 * p.n_head + w.h, j0, w.b);
+      tma_load_head_tile<D, kRows>(dst + Shape::kTileBytes, maps.qkv, bar, 2 * p.n_head + w.h, j0,
+                                   w.b);
     }
     if (lane != 0) mbarrier_arrive(bar);  // after this lane's lse and delta stores
   }

@@ -95,7 +95,7 @@ struct WsOnePassShape {
                                        size_t(kStages) * kStageBytes +
                                        3 * kConsumers * size_t(kDsBytes) + kAtomBytes;
   // A consumer's slice of dQ^T: m64 (columns of D) x kSliceQueries.
-  static constexpr int kSliceQueries = D == 128 ? kQ : kQ / 2;
+  static constexpr int kSliceQueries = kDqSliceQueries<D, kQ>;
   static constexpr int kSliceFloats = kThreads * kSliceQueries / 2;
   static_assert(kSliceFloats * kConsumers == kQ * D, "the slices tile a 64 x D block of dQ");
 };
@@ -211,14 +211,6 @@ __device__ void produce(const CUtensorMap* qkv_map, const CUtensorMap* dout_map,
   }
 }
 
-// x, through an empty asm the compiler must assume changes it: tile
-// addresses made from it are rebuilt in each iteration instead of held
-// (one_pass_wg2 needed the same at D 128).
-__device__ __forceinline__ uint32_t opaque(uint32_t x) {
-  asm volatile("" : "+r"(x));
-  return x;
-}
-
 __device__ __forceinline__ void red_add_v4(float* addr, float a, float b, float c, float d) {
   asm volatile("red.global.add.v4.f32 [%0], {%1, %2, %3, %4};\n" ::"l"(addr), "f"(a), "f"(b),
                "f"(c), "f"(d)
@@ -232,7 +224,6 @@ template <int D>
 __device__ __forceinline__ void issue_query_gradient(
     float (&acc)[WsOnePassShape<D>::kSliceQueries / 2], uint32_t key_tiles, uint32_t ds_pair,
     int c) {
-  static_assert(WsOnePassShape<D>::kSliceQueries == kDqSliceQueries<D, kQ>);
   discard_operands(acc);
   wgmma_fence();
   issue_dq_slice<D, kQ>(acc, key_tiles, ds_pair, c);
@@ -281,8 +272,9 @@ struct DsExchange {
 
 // The dQ slice of query tile `tile` into the fp32 sums (this thread's part).
 template <int D>
-__device__ __forceinline__ void add_query_slice(float* dq_accum, const float (&acc)[WsOnePassShape<D>::kSliceQueries / 2],
-                                                int bh, int n_tiles, int tile, int c) {
+__device__ __forceinline__ void add_query_slice(
+    float* dq_accum, const float (&acc)[WsOnePassShape<D>::kSliceQueries / 2], int bh,
+    int n_tiles, int tile, int c) {
   using Shape = WsOnePassShape<D>;
   float* slice = dq_accum + slice_offset(bh, n_tiles, tile, c, Shape::kSliceFloats) +
                  4 * (threadIdx.x % kThreads);
