@@ -104,6 +104,38 @@ struct QueryTile {
   const float *lse, *delta;
 };
 
+// A walked query tile's lse (log2 units) and delta rows, one producer
+// warp's lane's share (rows lane, lane + 32, ...; zero past T). The warp
+// reads them into registers before it waits for the ring stage and stores
+// them once the stage is free: read after the wait, the loads' latency sat
+// between a stage's release and its refill, with the tile's TMA copies
+// issued only behind them (Nsight Compute, ws_one_pass, MHSA D 128 T 16k,
+// H200, 2026-12-02: the consumers waited for a full stage 13% of their
+// time, the producer stalled on these loads).
+template <int kQ>
+struct QueryTileStats {
+  static constexpr int kPerLane = (kQ + kWarpSize - 1) / kWarpSize;
+  float lse[kPerLane], delta[kPerLane];
+
+  __device__ __forceinline__ void load(const BackwardParams& p, size_t stats_row, int i0,
+                                       int lane) {
+#pragma unroll
+    for (int r = 0; r < kPerLane; ++r) {
+      const int i = lane + r * kWarpSize;
+      const bool valid = i < kQ && i0 + i < p.T;
+      lse[r] = valid ? p.lse[stats_row + i0 + i] * kLog2e : 0.f;
+      delta[r] = valid ? p.delta[stats_row + i0 + i] : 0.f;
+    }
+  }
+  __device__ __forceinline__ void store(float* lse_dst, float* delta_dst, int lane) const {
+#pragma unroll
+    for (int r = 0; r < kPerLane; ++r) {
+      const int i = lane + r * kWarpSize;
+      if (i < kQ) lse_dst[i] = lse[r], delta_dst[i] = delta[r];
+    }
+  }
+};
+
 // A key block's double-buffered query side in shared memory, from `smem`:
 // two stages each of the Q and dO tiles (kQ x D, swizzled), then of lse (log2
 // units) and delta (kQ floats each).

@@ -259,29 +259,35 @@ __device__ __forceinline__ void walk_tiles(const WsMaps& maps, const BackwardPar
   const size_t stats_row = size_t(w.b * p.n_head + w.h) * p.T;
   for (int tile = walk.first; tile <= walk.last; ++tile, ++it) {
     const int s = it % kStages;
+    const int i0 = tile * kQ;
+    // lse and delta read before the wait where the producer's registers
+    // allow (QueryTileStats); at 32 (three consumers) ptxas spilled more.
+    constexpr bool kStatsEarly = Policy::kProducerRegs >= 40;
+    QueryTileStats<kQ> stats;
+    if (kStatsEarly && w.key) stats.load(p, stats_row, i0, lane);
     if (it >= kStages) mbarrier_wait(&pipe.empty[s], (it / kStages - 1) & 1);
     unsigned char* dst = ring + s * Shape::kPairBytes;
     uint64_t* bar = &pipe.full[s];
     if (w.key) {
-      const int i0 = tile * kQ;
-      for (int i = lane; i < kQ; i += kWarpSize) {
-        const bool valid = i0 + i < p.T;
-        pipe.lse[s][i] = valid ? p.lse[stats_row + i0 + i] * kLog2e : 0.f;
-        pipe.delta[s][i] = valid ? p.delta[stats_row + i0 + i] : 0.f;
-      }
-      if (lane == 0) {
-        mbarrier_arrive_expect_tx(bar, 2 * sw128_tile_bytes<kQ, D>());
+      if (lane == 0) {  // the copies first: they take longest
+        mbarrier_expect_tx(bar, 2 * sw128_tile_bytes<kQ, D>());
         tma_load_head_tile<D, kQ>(dst, maps.q_walk, bar, w.h, i0, w.b);
         tma_load_head_tile<D, kQ>(dst + Shape::kTileBytes, maps.do_walk, bar, w.h, i0, w.b);
       }
-    } else if (lane == 0) {
-      const int j0 = tile * kQueryBlockKeyTile;
-      mbarrier_arrive_expect_tx(bar, Shape::kPairBytes);
-      tma_load_head_tile<D, kRows>(dst, maps.qkv, bar, p.n_head + w.h, j0, w.b);
-      tma_load_head_tile<D, kRows>(dst + Shape::kTileBytes, maps.qkv, bar, 2 * p.n_head + w.h, j0,
-                                   w.b);
+      if (!kStatsEarly) stats.load(p, stats_row, i0, lane);
+      stats.store(pipe.lse[s], pipe.delta[s], lane);
+      mbarrier_arrive(bar);  // after this lane's lse and delta stores
+    } else {
+      if (lane == 0) {
+        const int j0 = tile * kQueryBlockKeyTile;
+        mbarrier_arrive_expect_tx(bar, Shape::kPairBytes);
+        tma_load_head_tile<D, kRows>(dst, maps.qkv, bar, p.n_head + w.h, j0, w.b);
+        tma_load_head_tile<D, kRows>(dst + Shape::kTileBytes, maps.qkv, bar, 2 * p.n_head + w.h,
+                                     j0, w.b);
+      } else {
+        mbarrier_arrive(bar);
+      }
     }
-    if (lane != 0) mbarrier_arrive(bar);  // after this lane's lse and delta stores
   }
 }
 

@@ -9,8 +9,8 @@
 //   lane 0 loads tiles with TMA, the lanes copy lse and delta rows beside
 //   them. Warpgroups 1 and 2 are the consumers, 64 keys each.
 // - Work items are 128-key blocks of one (batch row, head), global heads
-//   first and, among them, the longest walks first; block x takes every
-//   gridDim.x-th item from x. An item's K, V (both warpgroups' tiles) sit in
+//   first and, among them, the longest walks first; the blocks take them
+//   in rounds of gridDim.x, every other round in reverse (block_item). An item's K, V (both warpgroups' tiles) sit in
 //   a fixed slot; the query tiles it walks (Q, dO, lse, delta: the union of
 //   the two warpgroups' bands) come through a ring of stages, each with
 //   `full` and `empty` mbarriers (tma.cuh's protocol).
@@ -139,6 +139,17 @@ struct OnePassItem {
   }
 };
 
+// This block's item of round `round` (-> n_items and beyond: none left):
+// rounds of gridDim.x items, every other one taken in reverse block order.
+// Items come longest first, so with plain striding (round * gridDim.x +
+// blockIdx.x) block 0 took the longest item of every round: at MHSA D 128
+// T 16k the multiprocessors were active 91% of the kernel's time (Nsight
+// Compute, H200, 2026-12-02).
+__device__ __forceinline__ int block_item(int round) {
+  const int x = round & 1 ? int(gridDim.x) - 1 - int(blockIdx.x) : int(blockIdx.x);
+  return round * int(gridDim.x) + x;
+}
+
 // The query tiles an item walks: the union of its two warpgroups' bands.
 __device__ __forceinline__ QueryTileRange item_tiles(const BackwardParams& p,
                                                      const OnePassItem& w) {
@@ -168,8 +179,8 @@ __device__ void produce(const CUtensorMap* qkv_map, const CUtensorMap* dout_map,
   constexpr int kFixed = Shape::kFixedStages, kStages = Shape::kStages;
   const int lane = threadIdx.x % kWarpSize;
   unsigned char* ring = smem + kFixed * Shape::kFixedBytes;
-  int it = 0, k = 0;
-  for (int item = blockIdx.x; item < n_items; item += gridDim.x, ++k) {
+  int it = 0;
+  for (int k = 0, item = block_item(0); item < n_items; item = block_item(++k)) {
     const OnePassItem w(p, B, item);
     const int fs = k % kFixed;
     if (k >= kFixed) mbarrier_wait(&pipe.fixed_empty[fs], (k / kFixed - 1) & 1);
@@ -191,22 +202,19 @@ __device__ void produce(const CUtensorMap* qkv_map, const CUtensorMap* dout_map,
     const size_t stats_row = size_t(w.b * p.n_head + w.h) * p.T;
     for (int tile = walk.first; tile <= walk.last; ++tile, ++it) {
       const int s = it % kStages;
-      if (it >= kStages) mbarrier_wait(&pipe.empty[s], (it / kStages - 1) & 1);
       const int i0 = tile * kQ;
-      for (int i = lane; i < kQ; i += kWarpSize) {
-        const bool valid = i0 + i < p.T;
-        pipe.lse[s][i] = valid ? p.lse[stats_row + i0 + i] * kLog2e : 0.f;
-        pipe.delta[s][i] = valid ? p.delta[stats_row + i0 + i] : 0.f;
-      }
+      QueryTileStats<kQ> stats;
+      stats.load(p, stats_row, i0, lane);
+      if (it >= kStages) mbarrier_wait(&pipe.empty[s], (it / kStages - 1) & 1);
       uint64_t* bar = &pipe.full[s];
-      if (lane == 0) {
+      if (lane == 0) {  // the copies first: they take longest
         unsigned char* dst = ring + s * Shape::kStageBytes;
-        mbarrier_arrive_expect_tx(bar, Shape::kStageBytes);
+        mbarrier_expect_tx(bar, Shape::kStageBytes);
         tma_load_head_tile<D, kQ>(dst, qkv_map, bar, w.h, i0, w.b);
         tma_load_head_tile<D, kQ>(dst + Shape::kTileBytes, dout_map, bar, w.h, i0, w.b);
-      } else {
-        mbarrier_arrive(bar);  // after this lane's lse and delta stores
       }
+      stats.store(pipe.lse[s], pipe.delta[s], lane);
+      mbarrier_arrive(bar);  // after this lane's lse and delta stores
     }
   }
 }
@@ -325,10 +333,14 @@ __device__ __forceinline__ void consume_item(const BackwardParams& p, const OneP
       uint32_t a_p[kQ / 16][4], a_ds[kQ / 16][4];
       key_tile_fragments<D, kKeysPerWarpgroup, kQ, decltype(masked)::value, false>(
           a_p, a_ds, colsum, k_addr, v_addr, query_tile, p, i0, mask, key_row, quad);
-      store_transposed_sw128<kQ>(ds.mine(), a_ds);
-      fence_proxy_async_shared();  // stmatrix wrote what the dQ products read
+      // The products first, then dS^T's store from the same registers (both
+      // only read them): stored first, the products' issue waited for the
+      // stmatrix to read its registers (Nsight Compute: 6% of the
+      // consumers' time at MHSA D 128 T 16k).
       issue_key_gradients<D, kQ, false>(dv, dk, no_qbar, a_p, a_ds, query_tile.q_addr,
                                         query_tile.do_addr);
+      store_transposed_sw128<kQ>(ds.mine(), a_ds);
+      fence_proxy_async_shared();  // stmatrix wrote what the dQ products read
       ds.wait_for_other();
       // Issued on an item's first tile too, where it reads whatever the
       // previous buffer holds and is dropped: behind `if (has_previous)`
@@ -369,12 +381,12 @@ __device__ void consume(const BackwardParams& p, int B, int n_items, int c, unsi
   unsigned char* ring = smem + kFixed * Shape::kFixedBytes;
   DsExchange<D> ds{smem_address(ring + Shape::kStages * Shape::kStageBytes), c};
   const int n_tiles = (p.T + kQ - 1) / kQ;
-  int it = 0, k = 0;
-  for (int item = blockIdx.x; item < n_items; item += gridDim.x, ++k) {
+  int it = 0;
+  for (int k = 0, item = block_item(0); item < n_items; item = block_item(++k)) {
     const int fs = k % kFixed;
     mbarrier_wait(&pipe.fixed_full[fs], (k / kFixed) & 1);
     const OnePassItem w(p, B, item);
-    consume_item<D, kSpan>(p, w, c, item + int(gridDim.x) >= n_items, it,
+    consume_item<D, kSpan>(p, w, c, block_item(k + 1) >= n_items, it,
                            smem_address(smem + fs * Shape::kFixedBytes), &pipe.fixed_empty[fs],
                            ring, ds, pipe, dq_accum, n_tiles);
   }
