@@ -336,7 +336,11 @@ __device__ __forceinline__ void consume_item(const BackwardParams& p, const OneP
       // The products first, then dS^T's store from the same registers (both
       // only read them): stored first, the products' issue waited for the
       // stmatrix to read its registers (Nsight Compute: 6% of the
-      // consumers' time at MHSA D 128 T 16k).
+      // consumers' time at MHSA D 128 T 16k). The PTX ISA leaves reading a
+      // wgmma's A registers before its wait_group undefined; ptxas 13.0
+      // keeps them live and inserts no wait, and dK, dV stay one_pass_wg2's
+      // bits (WsOnePassMatchesOnePassWg2). If a later ptxas breaks that
+      // test, store dS first again (before wgmma_fence).
       issue_key_gradients<D, kQ, false>(dv, dk, no_qbar, a_p, a_ds, query_tile.q_addr,
                                         query_tile.do_addr);
       store_transposed_sw128<kQ>(ds.mine(), a_ds);
