@@ -106,7 +106,8 @@ struct QueryTile {
 
 // A walked query tile's lse (log2 units) and delta rows, one producer
 // warp's lane's share (rows lane, lane + 32, ...; zero past T). The warp
-// reads them into registers before it waits for the ring stage and stores
+// reads them into registers before it waits for the ring stage, where its
+// registers allow (not ws's producers of three consumers), and stores
 // them once the stage is free: read after the wait, the loads' latency sat
 // between a stage's release and its refill, with the tile's TMA copies
 // issued only behind them (Nsight Compute, ws_one_pass, MHSA D 128 T 16k,

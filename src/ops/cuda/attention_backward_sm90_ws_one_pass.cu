@@ -10,10 +10,11 @@
 //   them. Warpgroups 1 and 2 are the consumers, 64 keys each.
 // - Work items are 128-key blocks of one (batch row, head), global heads
 //   first and, among them, the longest walks first; the blocks take them
-//   in rounds of gridDim.x, every other round in reverse (block_item). An item's K, V (both warpgroups' tiles) sit in
-//   a fixed slot; the query tiles it walks (Q, dO, lse, delta: the union of
-//   the two warpgroups' bands) come through a ring of stages, each with
-//   `full` and `empty` mbarriers (tma.cuh's protocol).
+//   in rounds of gridDim.x, every other round in reverse (block_item). An
+//   item's K, V (both warpgroups' tiles) sit in a fixed slot; the query
+//   tiles it walks (Q, dO, lse, delta: the union of the two warpgroups'
+//   bands) come through a ring of stages, each with `full` and `empty`
+//   mbarriers (tma.cuh's protocol).
 // - Per query tile each consumer forms S^T, dP^T, the softmax step, dV and
 //   dK for its 64 keys exactly as one_pass_wg2 (the same helpers and
 //   order, so dK and dV are its bits), a warpgroup off its own band taking
@@ -481,7 +482,9 @@ void launch(CudaContext& ctx, const BackwardParams& p, int B, float* dq_accum) {
   BackwardParams q = p;
   q.n_key_blocks = ceil_div(p.T, kKeysPerItem);
   const long long items = 1LL * q.n_key_blocks * B * p.n_head;
-  LSGPT_CHECK(items <= 0x7fffffff, "attention_backward: too many work items for one launch");
+  // block_item reaches n_items - 1 + 2 (blocks - 1) before a block stops.
+  LSGPT_CHECK(items <= 0x7fffffffLL - 2LL * std::max(1, ctx.sm_count()),
+              "attention_backward: too many work items for one launch");
   const int n_items = int(items);
   const CUtensorMap qkv_map = head_tensor_map(p.qkv, p.head_dim, 3 * p.n_head, size_t(3) * p.C,
                                               p.T, B, 64, "qkv (attention_backward)");

@@ -8,8 +8,10 @@
 //
 // Pipeline protocol (as CUTLASS's PipelineTmaAsync): stage s has a `full`
 // barrier (the producer's arrive.expect_tx with the bytes its TMA copies
-// will deliver; in the backward also the other 31 lanes of the producer
-// warp, after their plain stores into the stage) and an `empty` barrier
+// will deliver; in the backward's query-tile walks the producer warp's
+// lane 0 registers the bytes with expect_tx before it issues the copies,
+// and all 32 lanes arrive after their plain stores into the stage of lse
+// and delta) and an `empty` barrier
 // (one arrival per consumer thread once it no longer reads the stage). The
 // n-th use of a stage (n = 0, 1, ...) is phase n of its barriers: consumers
 // wait on `full` for parity n & 1; the producer, before the n-th refill
@@ -42,6 +44,8 @@ __device__ __forceinline__ void mbarrier_arrive_expect_tx(uint64_t* bar, uint32_
 }
 // The transaction bytes of the current phase, without an arrival (the
 // thread arrives later, after stores of its own the phase also covers).
+// The caller's own arrival must still be pending in this phase: that is
+// what keeps the phase from completing before the bytes are registered.
 __device__ __forceinline__ void mbarrier_expect_tx(uint64_t* bar, uint32_t bytes) {
   asm volatile("mbarrier.expect_tx.shared::cta.b64 [%0], %1;\n" ::"r"(
                    smem_address(bar)),

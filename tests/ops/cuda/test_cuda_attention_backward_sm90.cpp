@@ -333,15 +333,16 @@ TEST(CudaAttentionBackwardSm90Dispatch, OnePassWg2MatchesOnePass) {
 // slot read before it landed or after it was refilled, or the consumers'
 // keys crossed shows here exactly. dQ (the same products summed in another
 // layout and order) within rounding: a wrong slice, element or query in the
-// fragment-major sums is O(1). Several items a block (B 3, 5 heads at T
-// 2000: 240 items of 128 keys on at most 132 blocks) exercise the ring and
-// the fixed slots across items; T 7 and 200 leave the second warpgroup's
+// fragment-major sums is O(1). Several items a block (B 4, 5 heads at T
+// 2000: 320 items of 128 keys on at most 132 blocks, so three rounds of
+// block_item, the third forward again) exercise the ring and the fixed
+// slots across items; T 7 and 200 leave the second warpgroup's
 // keys past T or partly so. With span cross (qbar) ws_one_pass runs
 // one_pass_wg2 itself, which this also checks.
 TEST(CudaAttentionBackwardSm90Dispatch, WsOnePassMatchesOnePassWg2) {
   REQUIRE_CUDA(cuda);
   REQUIRE_HOPPER();
-  expect_key_side_bits(*cuda, "one_pass_wg2", "ws_one_pass", {2, 3, 5, 3, {7, 200, 2000}, 191});
+  expect_key_side_bits(*cuda, "one_pass_wg2", "ws_one_pass", {2, 4, 5, 3, {7, 200, 2000}, 191});
 }
 
 // A shape of the tests that hold a variant against base, with its span.
