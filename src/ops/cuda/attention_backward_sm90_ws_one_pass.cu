@@ -55,6 +55,7 @@
 #include "ops/cuda/cuda_check.h"
 #include "ops/cuda/device_utils.cuh"
 #include "ops/cuda/launch.cuh"
+#include "ops/cuda/snake_rounds.h"
 #include "ops/cuda/tma.cuh"
 #include "ops/cuda/tma_map.h"
 #include "ops/cuda/wgmma.cuh"
@@ -140,15 +141,10 @@ struct OnePassItem {
   }
 };
 
-// This block's item of round `round` (-> n_items and beyond: none left):
-// rounds of gridDim.x items, every other one taken in reverse block order.
-// Items come longest first, so with plain striding (round * gridDim.x +
-// blockIdx.x) block 0 took the longest item of every round: at MHSA D 128
-// T 16k the multiprocessors were active 91% of the kernel's time (Nsight
-// Compute, H200, 2026-12-02).
+// This block's item of round `round` (n_items and beyond: none left), in
+// snake rounds (snake_rounds.h): items come longest first.
 __device__ __forceinline__ int block_item(int round) {
-  const int x = round & 1 ? int(gridDim.x) - 1 - int(blockIdx.x) : int(blockIdx.x);
-  return round * int(gridDim.x) + x;
+  return snake_item(round, int(gridDim.x), int(blockIdx.x));
 }
 
 // The query tiles an item walks: the union of its two warpgroups' bands.
@@ -482,7 +478,7 @@ void launch(CudaContext& ctx, const BackwardParams& p, int B, float* dq_accum) {
   BackwardParams q = p;
   q.n_key_blocks = ceil_div(p.T, kKeysPerItem);
   const long long items = 1LL * q.n_key_blocks * B * p.n_head;
-  // block_item reaches n_items - 1 + 2 (blocks - 1) before a block stops.
+  // snake_item reaches n_items - 1 + 2 (blocks - 1) before a block stops.
   LSGPT_CHECK(items <= 0x7fffffffLL - 2LL * std::max(1, ctx.sm_count()),
               "attention_backward: too many work items for one launch");
   const int n_items = int(items);
