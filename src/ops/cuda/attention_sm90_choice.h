@@ -129,8 +129,10 @@ inline int ws_band_run(const AttentionShape& s, int sm_count) {
 // between 16% faster and 1% slower, LS 1/2 D 128 within 5% either way,
 // ws's own time swinging by up to 20% within a run; forward+backward
 // against PyTorch: 1.05x, 1.09x, 1.05x, 1.10x the default at MHSA D 64,
-// D 128, LS 1/2 D 64, D 128). At T 4096 it lost (MHSA D 128 3-9% slower
-// backward, 0.85-0.94x forward+backward elsewhere), at T 1024 by
+// D 128, LS 1/2 D 64, D 128; after ws_one_pass's second round, 07:35 UTC:
+// 1.10x, 1.14x, 1.15x, 1.12x, and 1.01x, 1.00x cuDNN at MHSA). At T 4096
+// it lost (MHSA D 128 3-9% slower backward, 0.85-0.94x forward+backward
+// elsewhere; 0.87x, 0.93x at MHSA after the second round), at T 1024 by
 // 0.74-0.81x (short walks pay its per-item costs). Lengths between were
 // not measured, nor LS 11/12 (12% local at T 16k).
 inline bool ws_one_pass_pays(const AttentionShape& s) {
