@@ -255,14 +255,14 @@ __device__ __forceinline__ void walk_tiles(const WsMaps& maps, const BackwardPar
                                            unsigned char* ring, ConsumerPipe<Policy>& pipe) {
   using Shape = WsBackwardShape<D, kQbar, Policy>;
   constexpr int kQ = Shape::kQ, kStages = Policy::kStages;
+  // lse and delta read before the wait where the producer's registers
+  // allow (QueryTileStats); at 32 (three consumers) ptxas spilled more.
+  constexpr bool kStatsEarly = Policy::kProducerRegs >= 40;
   const int lane = threadIdx.x % kWarpSize;
   const size_t stats_row = size_t(w.b * p.n_head + w.h) * p.T;
   for (int tile = walk.first; tile <= walk.last; ++tile, ++it) {
     const int s = it % kStages;
     const int i0 = tile * kQ;
-    // lse and delta read before the wait where the producer's registers
-    // allow (QueryTileStats); at 32 (three consumers) ptxas spilled more.
-    constexpr bool kStatsEarly = Policy::kProducerRegs >= 40;
     QueryTileStats<kQ> stats;
     if (kStatsEarly && w.key) stats.load(p, stats_row, i0, lane);
     if (it >= kStages) mbarrier_wait(&pipe.empty[s], (it / kStages - 1) & 1);

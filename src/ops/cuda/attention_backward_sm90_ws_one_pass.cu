@@ -478,15 +478,16 @@ void launch(CudaContext& ctx, const BackwardParams& p, int B, float* dq_accum) {
   BackwardParams q = p;
   q.n_key_blocks = ceil_div(p.T, kKeysPerItem);
   const long long items = 1LL * q.n_key_blocks * B * p.n_head;
+  const int max_blocks = std::max(1, ctx.sm_count());  // one a multiprocessor
   // snake_item reaches n_items - 1 + 2 (blocks - 1) before a block stops.
-  LSGPT_CHECK(items <= 0x7fffffffLL - 2LL * std::max(1, ctx.sm_count()),
+  LSGPT_CHECK(items <= 0x7fffffffLL - 2LL * max_blocks,
               "attention_backward: too many work items for one launch");
   const int n_items = int(items);
   const CUtensorMap qkv_map = head_tensor_map(p.qkv, p.head_dim, 3 * p.n_head, size_t(3) * p.C,
                                               p.T, B, 64, "qkv (attention_backward)");
   const CUtensorMap dout_map = head_tensor_map(p.dout, p.head_dim, p.n_head, size_t(p.C), p.T, B,
                                                64, "dout (attention_backward)");
-  const int blocks = std::min(n_items, std::max(1, ctx.sm_count()));
+  const int blocks = std::min(n_items, max_blocks);
   launch_kernel(ctx, kernel, blocks, kBlockThreads, Shape::kSmemBytes, qkv_map, dout_map, q, B,
                 n_items, dq_accum);
   const dim3 finish_grid(ceil_div(p.T, kFinishRowsPerBlock), B * p.n_head);
