@@ -10,10 +10,11 @@
 //   them. Warpgroups 1 and 2 are the consumers, 64 keys each.
 // - Work items are 128-key blocks of one (batch row, head), global heads
 //   first and, among them, the longest walks first; the blocks take them
-//   in rounds of gridDim.x, every other round in reverse (block_item). An item's K, V (both warpgroups' tiles) sit in
-//   a fixed slot; the query tiles it walks (Q, dO, lse, delta: the union of
-//   the two warpgroups' bands) come through a ring of stages, each with
-//   `full` and `empty` mbarriers (tma.cuh's protocol).
+//   in rounds of gridDim.x, every other round in reverse (block_item). An
+//   item's K, V (both warpgroups' tiles) sit in a fixed slot; the query
+//   tiles it walks (Q, dO, lse, delta: the union of the two warpgroups'
+//   bands) come through a ring of stages, each with `full` and `empty`
+//   mbarriers (tma.cuh's protocol).
 // - Per query tile each consumer forms S^T, dP^T, the softmax step, dV and
 //   dK for its 64 keys exactly as one_pass_wg2 (the same helpers and
 //   order, so dK and dV are its bits), a warpgroup off its own band taking
@@ -34,8 +35,12 @@
 //   of dqkv from it (tau, span on q).
 //
 // Not deterministic: the additions into a dQ element arrive in whatever
-// order the key blocks reach them (dK and dV are bit-reproducible). qbar
-// (span cross on k) is not built here; the host runs one_pass_wg2 then.
+// order the key blocks reach them (dK and dV are bit-reproducible).
+// ws_one_pass_ordered (kOrdered) is: each item walks its tiles from the
+// last down, and a (query tile, consumer)'s slice is added by the key
+// blocks in ascending order, each waiting for its turn (QuerySliceSums). qbar
+// (span cross on k) is not built here; the host runs one_pass_wg2 (ws for
+// the ordered form) then.
 // docs/CUDA.md, "Backward on Hopper: ws one pass".
 //
 // The device code exists only in the sm_90a compilation; the compute_80 PTX
@@ -157,6 +162,16 @@ __device__ __forceinline__ QueryTileRange item_tiles(const BackwardParams& p,
                                 kKeysPerItem, p.T);
 }
 
+// The n-th query tile an item walks: from walk.first up, or (kDescending)
+// from walk.last down. Descending, the key blocks of one head that run at
+// once reach a query tile in the same step, so that each waits about a
+// step for the one before it (QuerySliceSums); ascending, block kb would reach
+// tile t 2 steps before block kb - 1 and wait for it at every tile.
+template <bool kDescending>
+__device__ __forceinline__ int walked_tile(const QueryTileRange& walk, int n) {
+  return kDescending ? walk.last - n : walk.first + n;
+}
+
 template <int D>
 __device__ __forceinline__ void init_pipe(OnePassPipe<D>& pipe) {
   using Shape = WsOnePassShape<D>;
@@ -171,7 +186,7 @@ __device__ __forceinline__ void init_pipe(OnePassPipe<D>& pipe) {
 // into the next fixed slot, then each walked query tile into the ring once
 // the consumers have released the stage. `it` counts walked tiles over all
 // items (stage it % kStages, its (it / kStages)-th use), `k` fixed slots.
-template <int D>
+template <int D, bool kOrdered>
 __device__ void produce(const CUtensorMap* qkv_map, const CUtensorMap* dout_map,
                         const BackwardParams& p, int B, int n_items, unsigned char* smem,
                         OnePassPipe<D>& pipe) {
@@ -200,9 +215,9 @@ __device__ void produce(const CUtensorMap* qkv_map, const CUtensorMap* dout_map,
     }
     const QueryTileRange walk = item_tiles(p, w);
     const size_t stats_row = size_t(w.b * p.n_head + w.h) * p.T;
-    for (int tile = walk.first; tile <= walk.last; ++tile, ++it) {
+    for (int n = 0; n <= walk.last - walk.first; ++n, ++it) {
       const int s = it % kStages;
-      const int i0 = tile * kQ;
+      const int i0 = walked_tile<kOrdered>(walk, n) * kQ;
       QueryTileStats<kQ> stats;
       stats.load(p, stats_row, i0, lane);
       if (it >= kStages) mbarrier_wait(&pipe.empty[s], (it / kStages - 1) & 1);
@@ -278,30 +293,108 @@ struct DsExchange {
   }
 };
 
-// The dQ slice of query tile `tile` into the fp32 sums (this thread's part).
-template <int D>
-__device__ __forceinline__ void add_query_slice(
-    float* dq_accum, const float (&acc)[WsOnePassShape<D>::kSliceQueries / 2], int bh,
-    int n_tiles, int tile, int c) {
-  using Shape = WsOnePassShape<D>;
-  float* slice = dq_accum + slice_offset(bh, n_tiles, tile, c, Shape::kSliceFloats) +
-                 4 * (threadIdx.x % kThreads);
-#pragma unroll
-  for (int i = 0; i < Shape::kSliceQueries / 8; ++i)
-    red_add_v4(slice + i * 4 * kThreads, acc[4 * i], acc[4 * i + 1], acc[4 * i + 2],
-               acc[4 * i + 3]);
+// A 32-bit word in global memory read with acquire / written with release
+// semantics at GPU scope (PTX ISA "ld", "st": .acquire, .release).
+__device__ __forceinline__ int load_acquire_gpu(const int* addr) {
+  int v;
+  asm volatile("ld.acquire.gpu.global.b32 %0, [%1];\n" : "=r"(v) : "l"(addr) : "memory");
+  return v;
+}
+__device__ __forceinline__ void store_release_gpu(int* addr, int v) {
+  asm volatile("st.release.gpu.global.b32 [%0], %1;\n" ::"l"(addr), "r"(v) : "memory");
 }
 
+// The named barrier of consumer c's warpgroup alone (DsExchange takes 1..4).
+constexpr int kTurnBarrier = 5;
+
+// This consumer's dQ slices into the fp32 sums, this thread's part.
+// Unordered: each slice added by red.global.add.v4.f32 once it is formed,
+// in whatever order the key blocks get there. kOrdered
+// (ws_one_pass_ordered): the key blocks that walk a query tile (a run of
+// consecutive blocks) add their slices of it in ascending order, so each dQ
+// element takes the same additions in the same order in every run. `turns`
+// holds, per (batch row, head, query tile, consumer), the last key block
+// that added, plus one (0: none; zeroed with the sums at each launch).
+// Block kb waits for the value kb where block kb - 1 walks the tile too,
+// and writes kb + 1 one add later, where block kb + 1 walks it: by then its
+// adds have long completed, so the release does not wait for them. One
+// thread acquires and releases, a barrier of the warpgroup on the other
+// side of each (CUTLASS's GenericBarrier). No deadlock: a block waits only
+// for blocks of lower item index, which the rounds (block_item) start no
+// later, and the lowest unfinished item waits for nobody.
+template <int D, bool kOrdered>
+struct QuerySliceSums {
+  using Shape = WsOnePassShape<D>;
+  float* dq_accum;
+  int* turns;
+  int n_tiles, bh, c, block;
+  int prev_last = -1;         // the last tile key block - 1 walks (-1: none)
+  int next_first = 1 << 30;   // the first tile key block + 1 walks (none: never)
+  int64_t pending = -1;       // the turn this consumer still has to pass on
+
+  __device__ __forceinline__ QuerySliceSums(const BackwardParams& p, float* dq, int* turn_words,
+                                            const OnePassItem& w, int consumer, int tiles)
+      : dq_accum(dq), turns(turn_words), n_tiles(tiles), bh(w.b * p.n_head + w.h), c(consumer),
+        block(w.block) {
+    if constexpr (kOrdered) {
+      const HeadMask mask{w.h < p.n_local, p.window};
+      if (block > 0)
+        prev_last = query_tiles_seeing<kQ>(mask, (block - 1) * kKeysPerItem, kKeysPerItem, p.T).last;
+      if (block + 1 < p.n_key_blocks)
+        next_first =
+            query_tiles_seeing<kQ>(mask, (block + 1) * kKeysPerItem, kKeysPerItem, p.T).first;
+    }
+  }
+
+  __device__ __forceinline__ size_t turn(int tile) const {
+    return (size_t(bh) * n_tiles + tile) * kConsumers + c;
+  }
+  // The previous add's turn to the next key block.
+  __device__ __forceinline__ void pass_turn() {
+    if (pending < 0) return;
+    named_barrier_sync<kThreads>(kTurnBarrier + c);  // the warpgroup's adds are issued
+    if (threadIdx.x % kThreads == 0) store_release_gpu(turns + pending, block + 1);
+    pending = -1;
+  }
+  __device__ __forceinline__ void wait_turn(int tile) const {
+    if (threadIdx.x % kThreads == 0) {
+      const int* word = turns + turn(tile);
+      if (load_acquire_gpu(word) != block) {
+        const uint64_t start = globaltimer_ns();
+        while (load_acquire_gpu(word) != block)
+          if (int64_t(globaltimer_ns() - start) > kMbarrierTimeoutNs) __trap();
+      }
+    }
+    named_barrier_sync<kThreads>(kTurnBarrier + c);
+  }
+
+  // The slice of query tile `tile`.
+  __device__ __forceinline__ void add(const float (&acc)[Shape::kSliceQueries / 2], int tile) {
+    if constexpr (kOrdered) {
+      pass_turn();
+      if (tile <= prev_last) wait_turn(tile);
+    }
+    float* slice = dq_accum + slice_offset(bh, n_tiles, tile, c, Shape::kSliceFloats) +
+                   4 * (threadIdx.x % kThreads);
+#pragma unroll
+    for (int i = 0; i < Shape::kSliceQueries / 8; ++i)
+      red_add_v4(slice + i * 4 * kThreads, acc[4 * i], acc[4 * i + 1], acc[4 * i + 2],
+                 acc[4 * i + 3]);
+    if constexpr (kOrdered)
+      if (tile >= next_first) pending = int64_t(turn(tile));
+  }
+};
+
 // A consumer's item: the walk (one_pass_wg2's step, each step also forming
-// the previous tile's dQ slice, DsExchange), a closing step for the last
-// tile's slice, then dK, dV finished as a key block's. `last`: the
-// consumer's last item.
-template <int D, bool kSpan>
+// the previous tile's dQ slice, DsExchange; kOrdered: tiles from the last
+// down), a closing step for the last walked tile's slice, then dK, dV
+// finished as a key block's. `last`: the consumer's last item.
+template <int D, bool kSpan, bool kOrdered>
 __device__ __forceinline__ void consume_item(const BackwardParams& p, const OnePassItem& w,
                                              int c, bool last, int& it, uint32_t fixed_addr,
                                              uint64_t* fixed_empty, unsigned char* ring,
                                              DsExchange<D>& ds, OnePassPipe<D>& pipe,
-                                             float* dq_accum, int n_tiles) {
+                                             QuerySliceSums<D, kOrdered>& dq) {
   using Shape = WsOnePassShape<D>;
   constexpr int kStages = Shape::kStages;
   const int wg_thread = threadIdx.x % kThreads;
@@ -312,12 +405,14 @@ __device__ __forceinline__ void consume_item(const BackwardParams& p, const OneP
   const HeadRows rows = head_rows(p, bh, w.b, w.h);
   const HeadMask mask{w.h < p.n_local, p.window};
   const QueryTileRange walk = item_tiles(p, w);
+  const int n_walked = walk.last - walk.first + 1;
   const QueryTileRange mine = k0 < p.T ? query_tiles_seeing<kQ>(mask, k0, kKeysPerWarpgroup, p.T)
                                        : QueryTileRange{1, 0};
   const int key_row = k0 + warp * 16 + group;  // and key_row + 8
   float dk[D / 2] = {}, dv[D / 2] = {}, no_qbar[1] = {}, colsum[2] = {};
 
-  for (int tile = walk.first; tile <= walk.last; ++tile, ++it) {
+  for (int n = 0; n < n_walked; ++n, ++it) {
+    const int tile = walked_tile<kOrdered>(walk, n);
     const int s = it % kStages;
     mbarrier_wait(&pipe.full[s], (it / kStages) & 1);
     const uint32_t q_addr = smem_address(ring + s * Shape::kStageBytes);
@@ -326,7 +421,7 @@ __device__ __forceinline__ void consume_item(const BackwardParams& p, const OneP
     const uint32_t key_tiles = opaque(fixed_addr);
     const uint32_t k_addr = key_tiles + 2 * c * Shape::kTileBytes;
     const uint32_t v_addr = k_addr + Shape::kTileBytes;
-    const bool has_previous = tile > walk.first;
+    const bool has_previous = n > 0;
     // Per iteration, so that it is dead across them (32 registers at D 128).
     float acc[Shape::kSliceQueries / 2];
     auto step = [&](auto masked) {
@@ -359,7 +454,7 @@ __device__ __forceinline__ void consume_item(const BackwardParams& p, const OneP
       step(std::false_type{});
     mbarrier_arrive(&pipe.empty[s]);  // Q, dO read no more (the products have completed)
     ds.finish_step(false);
-    if (has_previous) add_query_slice<D>(dq_accum, acc, bh, n_tiles, tile - 1, c);
+    if (has_previous) dq.add(acc, walked_tile<kOrdered>(walk, n - 1));
   }
   // The closing step: the last tile's slice.
   float acc[Shape::kSliceQueries / 2];
@@ -369,13 +464,14 @@ __device__ __forceinline__ void consume_item(const BackwardParams& p, const OneP
   fence_operands(acc);
   mbarrier_arrive(fixed_empty);  // K, V read no more: the next item's may load
   ds.finish_step(last);
-  add_query_slice<D>(dq_accum, acc, bh, n_tiles, walk.last, c);
+  dq.add(acc, walked_tile<kOrdered>(walk, n_walked - 1));
+  if constexpr (kOrdered) dq.pass_turn();  // none is left at the diagonal: for safety
   finish_wgmma_key_rows<D, kSpan, false>(p, dk, dv, no_qbar, colsum, key_row, rows, quad);
 }
 
-template <int D, bool kSpan>
+template <int D, bool kSpan, bool kOrdered>
 __device__ void consume(const BackwardParams& p, int B, int n_items, int c, unsigned char* smem,
-                        OnePassPipe<D>& pipe, float* dq_accum) {
+                        OnePassPipe<D>& pipe, float* dq_accum, int* dq_turns) {
   using Shape = WsOnePassShape<D>;
   constexpr int kFixed = Shape::kFixedStages;
   unsigned char* ring = smem + kFixed * Shape::kFixedBytes;
@@ -386,21 +482,23 @@ __device__ void consume(const BackwardParams& p, int B, int n_items, int c, unsi
     const int fs = k % kFixed;
     mbarrier_wait(&pipe.fixed_full[fs], (k / kFixed) & 1);
     const OnePassItem w(p, B, item);
-    consume_item<D, kSpan>(p, w, c, block_item(k + 1) >= n_items, it,
-                           smem_address(smem + fs * Shape::kFixedBytes), &pipe.fixed_empty[fs],
-                           ring, ds, pipe, dq_accum, n_tiles);
+    QuerySliceSums<D, kOrdered> dq(p, dq_accum, dq_turns, w, c, n_tiles);
+    consume_item<D, kSpan, kOrdered>(p, w, c, block_item(k + 1) >= n_items, it,
+                                     smem_address(smem + fs * Shape::kFixedBytes),
+                                     &pipe.fixed_empty[fs], ring, ds, pipe, dq);
   }
 }
 
 #endif  // LSGPT_SM90A_DEVICE
 
-// n_items = B n_head ceil(T / 128); one block per multiprocessor at most.
-template <int D, bool kSpan>
+// n_items = B n_head ceil(T / 128); one block per multiprocessor at most
+// (kOrdered needs them all resident: see QuerySliceSums).
+template <int D, bool kSpan, bool kOrdered>
 __global__ void __launch_bounds__(kBlockThreads, 1)
     attention_backward_sm90_ws_one_pass_kernel(const __grid_constant__ CUtensorMap qkv_map,
                                                const __grid_constant__ CUtensorMap dout_map,
                                                const BackwardParams p, int B, int n_items,
-                                               float* dq_accum) {
+                                               float* dq_accum, int* dq_turns) {
   wait_for_previous_grid();
   allow_next_grid();
 #if LSGPT_SM90A_DEVICE
@@ -416,13 +514,14 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
   __syncthreads();  // the last block-wide barrier: the roles part here
   if (role == 0) {
     setmaxnreg_dec<kProducerRegs>();
-    if (threadIdx.x / kWarpSize == 0) produce<D>(&qkv_map, &dout_map, p, B, n_items, smem, pipe);
+    if (threadIdx.x / kWarpSize == 0)
+      produce<D, kOrdered>(&qkv_map, &dout_map, p, B, n_items, smem, pipe);
     return;
   }
   setmaxnreg_inc<kConsumerRegs>();
-  consume<D, kSpan>(p, B, n_items, role - 1, smem, pipe, dq_accum);
+  consume<D, kSpan, kOrdered>(p, B, n_items, role - 1, smem, pipe, dq_accum, dq_turns);
 #else
-  (void)qkv_map, (void)dout_map, (void)p, (void)B, (void)n_items, (void)dq_accum;
+  (void)qkv_map, (void)dout_map, (void)p, (void)B, (void)n_items, (void)dq_accum, (void)dq_turns;
   __trap();  // only the sm_90a binary has this kernel; the host never launches it elsewhere
 #endif
 }
@@ -463,15 +562,29 @@ __global__ void __launch_bounds__(kThreads)
   finish_query_row<kDBlocks, kSpan>(p, g, i, b, h, q_base, quad);
 }
 
-template <int D, bool kSpan>
+// The fp32 sums, then (ordered) the turn words, each an int: one per
+// (batch row, head, query tile, consumer).
+size_t dq_sum_floats(int B, int T, int n_head, int head_dim) {
+  return size_t(B) * n_head * size_t(ceil_div(T, kQ)) * kQ * padded_head_dim(head_dim);
+}
+size_t dq_turn_words(int B, int T, int n_head) {
+  return size_t(B) * n_head * size_t(ceil_div(T, kQ)) * kConsumers;
+}
+static_assert(sizeof(int) == sizeof(float), "the turn words sit in the float buffer");
+
+template <int D, bool kSpan, bool kOrdered>
 void launch(CudaContext& ctx, const BackwardParams& p, int B, float* dq_accum) {
   using Shape = WsOnePassShape<D>;
   // With the static pipe beside the dynamic shared memory.
   static_assert(Shape::kSmemBytes + sizeof(OnePassPipe<D>) <= 227 * 1024,
                 "over the opt-in shared memory of one block");
-  const size_t dq_bytes = sizeof(float) * ws_one_pass_dq_floats(B, p.T, p.n_head, p.head_dim);
+  const size_t dq_bytes =
+      sizeof(float) * ws_one_pass_dq_floats(B, p.T, p.n_head, p.head_dim, kOrdered);
   CUDA_CHECK(cudaMemsetAsync(dq_accum, 0, dq_bytes, ctx.stream()));
-  auto kernel = attention_backward_sm90_ws_one_pass_kernel<D, kSpan>;
+  int* dq_turns =
+      kOrdered ? reinterpret_cast<int*>(dq_accum + dq_sum_floats(B, p.T, p.n_head, p.head_dim))
+               : nullptr;
+  auto kernel = attention_backward_sm90_ws_one_pass_kernel<D, kSpan, kOrdered>;
   CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                   int(Shape::kSmemBytes)));
   BackwardParams q = p;
@@ -485,7 +598,7 @@ void launch(CudaContext& ctx, const BackwardParams& p, int B, float* dq_accum) {
                                                64, "dout (attention_backward)");
   const int blocks = std::min(n_items, std::max(1, ctx.sm_count()));
   launch_kernel(ctx, kernel, blocks, kBlockThreads, Shape::kSmemBytes, qkv_map, dout_map, q, B,
-                n_items, dq_accum);
+                n_items, dq_accum, dq_turns);
   const dim3 finish_grid(ceil_div(p.T, kFinishRowsPerBlock), B * p.n_head);
   launch_kernel(ctx, finish_ws_one_pass_dq_kernel<D, kSpan>, finish_grid, kThreads, 0, p,
                 static_cast<const float*>(dq_accum));
@@ -493,14 +606,17 @@ void launch(CudaContext& ctx, const BackwardParams& p, int B, float* dq_accum) {
 
 }  // namespace
 
-size_t ws_one_pass_dq_floats(int B, int T, int n_head, int head_dim) {
-  return size_t(B) * n_head * size_t(ceil_div(T, kQ)) * kQ * padded_head_dim(head_dim);
+size_t ws_one_pass_dq_floats(int B, int T, int n_head, int head_dim, bool ordered) {
+  return dq_sum_floats(B, T, n_head, head_dim) + (ordered ? dq_turn_words(B, T, n_head) : 0);
 }
 
 void launch_backward_sm90_ws_one_pass(CudaContext& ctx, const BackwardParams& p, int B,
-                                      bool span, float* dq_accum) {
+                                      bool span, bool ordered, float* dq_accum) {
   dispatch_backward(p, span, false, [&](auto d, auto span_c, auto) {
-    launch<decltype(d)::value, decltype(span_c)::value>(ctx, p, B, dq_accum);
+    if (ordered)
+      launch<decltype(d)::value, decltype(span_c)::value, true>(ctx, p, B, dq_accum);
+    else
+      launch<decltype(d)::value, decltype(span_c)::value, false>(ctx, p, B, dq_accum);
   });
 }
 
