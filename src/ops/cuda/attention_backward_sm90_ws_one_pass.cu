@@ -303,6 +303,17 @@ __device__ __forceinline__ int load_acquire_gpu(const int* addr) {
 __device__ __forceinline__ void store_release_gpu(int* addr, int v) {
   asm volatile("st.release.gpu.global.b32 [%0], %1;\n" ::"l"(addr), "r"(v) : "memory");
 }
+// A relaxed load that the warp does not wait for until its value is used;
+// with fence_acq_rel_gpu after it, an acquire pattern (PTX ISA, memory
+// consistency model: "acquire pattern").
+__device__ __forceinline__ int load_relaxed_gpu(const int* addr) {
+  int v;
+  asm volatile("ld.relaxed.gpu.global.b32 %0, [%1];\n" : "=r"(v) : "l"(addr) : "memory");
+  return v;
+}
+__device__ __forceinline__ void fence_acq_rel_gpu() {
+  asm volatile("fence.acq_rel.gpu;\n" ::: "memory");
+}
 
 // The named barrier of consumer c's warpgroup alone (DsExchange takes 1..4).
 constexpr int kTurnBarrier = 5;
@@ -331,6 +342,7 @@ struct QuerySliceSums {
   int prev_last = -1;         // the last tile key block - 1 walks (-1: none)
   int next_first = 1 << 30;   // the first tile key block + 1 walks (none: never)
   int64_t pending = -1;       // the turn this consumer still has to pass on
+  int seen = -1;              // thread 0: the word read early (read_turn_early)
 
   __device__ __forceinline__ QuerySliceSums(const BackwardParams& p, float* dq, int* turn_words,
                                             const OnePassItem& w, int consumer, int tiles)
@@ -359,7 +371,9 @@ struct QuerySliceSums {
   __device__ __forceinline__ void wait_turn(int tile) const {
     if (threadIdx.x % kThreads == 0) {
       const int* word = turns + turn(tile);
-      if (load_acquire_gpu(word) != block) {
+      if (seen == block) {
+        fence_acq_rel_gpu();
+      } else if (load_acquire_gpu(word) != block) {
         const uint64_t start = globaltimer_ns();
         while (load_acquire_gpu(word) != block)
           if (int64_t(globaltimer_ns() - start) > kMbarrierTimeoutNs) __trap();
@@ -368,16 +382,28 @@ struct QuerySliceSums {
     named_barrier_sync<kThreads>(kTurnBarrier + c);
   }
 
-  // kOrdered: passes the previous add's turn on and waits for the turn to
-  // add `tile`. Called while the step's products run (after their issue,
-  // before their wait), so that the release fence and the read of the
-  // turn word from L2 pass under them: in the add itself they cost about
-  // a microsecond a step with the warpgroup waiting (6-52% slower than
-  // ws, 2026-12-02 07:55 UTC).
+  // kOrdered: thread 0 reads the turn word of `tile` (the step's add)
+  // early in the step, relaxed, so that its trip to L2 and back passes
+  // under the step's products; wait_turn checks it (then a fence: an
+  // acquire pattern) and reads again only if the turn had not come. Read in
+  // wait_turn alone (48da134), the trip held the warpgroup before its
+  // wgmma wait: about 0.6-0.7 us a step (H200, 2026-12-02 09:45 UTC).
+  __device__ __forceinline__ void read_turn_early(int tile) {
+    if constexpr (kOrdered)
+      if (tile <= prev_last && threadIdx.x % kThreads == 0) seen = load_relaxed_gpu(turns + turn(tile));
+  }
+
+  // kOrdered: waits for the turn to add `tile`, then passes the previous
+  // add's turn on (in this order, so that the acquire fence does not wait
+  // for the release's store). Called while the step's products run (after
+  // their issue, before their wait): in the add itself the turn cost about
+  // a microsecond a step with the warpgroup waiting (6-52% slower than ws,
+  // 2026-12-02 07:55 UTC). No deadlock from waiting first: a block waits
+  // only for lower key blocks, never for the one its pass serves.
   __device__ __forceinline__ void take_turn(int tile) {
     if constexpr (kOrdered) {
-      pass_turn();
       if (tile <= prev_last) wait_turn(tile);
+      pass_turn();
     }
   }
 
@@ -437,6 +463,7 @@ __device__ __forceinline__ void consume_item(const BackwardParams& p, const OneP
       uint32_t a_p[kQ / 16][4], a_ds[kQ / 16][4];
       key_tile_fragments<D, kKeysPerWarpgroup, kQ, decltype(masked)::value, false>(
           a_p, a_ds, colsum, k_addr, v_addr, query_tile, p, i0, mask, key_row, quad);
+      if (has_previous) dq.read_turn_early(walked_tile<kOrdered>(walk, n - 1));
       // The products first, then dS^T's store from the same registers (both
       // only read them): stored first, the products' issue waited for the
       // stmatrix to read its registers (Nsight Compute: 6% of the
@@ -468,6 +495,7 @@ __device__ __forceinline__ void consume_item(const BackwardParams& p, const OneP
   }
   // The closing step: the last tile's slice.
   float acc[Shape::kSliceQueries / 2];
+  dq.read_turn_early(walked_tile<kOrdered>(walk, n_walked - 1));
   ds.wait_for_other();
   issue_query_gradient<D>(acc, opaque(fixed_addr), ds.previous(), c);
   dq.take_turn(walked_tile<kOrdered>(walk, n_walked - 1));
