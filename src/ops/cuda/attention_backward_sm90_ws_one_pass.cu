@@ -38,7 +38,8 @@
 // order the key blocks reach them (dK and dV are bit-reproducible).
 // ws_one_pass_ordered (kOrdered) is: each item walks its tiles from the
 // last down, and a (query tile, consumer)'s slice is added by the key
-// blocks in ascending order, each waiting for its turn (QuerySliceSums). qbar
+// blocks in ascending order, each waiting for its turn, which a turn keeper
+// thread of warpgroup 0 takes and passes for each consumer (TurnKeeper). qbar
 // (span cross on k) is not built here; the host runs one_pass_wg2 (ws for
 // the ordered form) then.
 // docs/CUDA.md, "Backward on Hopper: ws one pass".
@@ -113,6 +114,10 @@ struct OnePassPipe {
   using Shape = WsOnePassShape<D>;
   uint64_t full[Shape::kStages], empty[Shape::kStages];
   uint64_t fixed_full[Shape::kFixedStages], fixed_empty[Shape::kFixedStages];
+  // kOrdered, per consumer, two each (an add's index & 1): turn_ready, the
+  // turn keeper's one thread (the consumer may add); slice_added, the
+  // consumer's threads (their adds are issued).
+  uint64_t turn_ready[kConsumers][2], slice_added[kConsumers][2];
   float lse[Shape::kStages][kQ], delta[Shape::kStages][kQ];
 };
 
@@ -165,7 +170,7 @@ __device__ __forceinline__ QueryTileRange item_tiles(const BackwardParams& p,
 // The n-th query tile an item walks: from walk.first up, or (kDescending)
 // from walk.last down. Descending, the key blocks of one head that run at
 // once reach a query tile in the same step, so that each waits about a
-// step for the one before it (QuerySliceSums); ascending, block kb would reach
+// step for the one before it (TurnKeeper); ascending, block kb would reach
 // tile t 2 steps before block kb - 1 and wait for it at every tile.
 template <bool kDescending>
 __device__ __forceinline__ int walked_tile(const QueryTileRange& walk, int n) {
@@ -180,6 +185,9 @@ __device__ __forceinline__ void init_pipe(OnePassPipe<D>& pipe) {
   for (int s = 0; s < Shape::kFixedStages; ++s)
     mbarrier_init(&pipe.fixed_full[s], 1),
         mbarrier_init(&pipe.fixed_empty[s], kConsumers * kThreads);
+  for (int c = 0; c < kConsumers; ++c)
+    for (int x = 0; x < 2; ++x)
+      mbarrier_init(&pipe.turn_ready[c][x], 1), mbarrier_init(&pipe.slice_added[c][x], kThreads);
 }
 
 // The producer warp (all 32 lanes): for each of the block's items its K, V
@@ -303,120 +311,124 @@ __device__ __forceinline__ int load_acquire_gpu(const int* addr) {
 __device__ __forceinline__ void store_release_gpu(int* addr, int v) {
   asm volatile("st.release.gpu.global.b32 [%0], %1;\n" ::"l"(addr), "r"(v) : "memory");
 }
-// A relaxed load that the warp does not wait for until its value is used;
-// with fence_acq_rel_gpu after it, an acquire pattern (PTX ISA, memory
-// consistency model: "acquire pattern").
-__device__ __forceinline__ int load_relaxed_gpu(const int* addr) {
-  int v;
-  asm volatile("ld.relaxed.gpu.global.b32 %0, [%1];\n" : "=r"(v) : "l"(addr) : "memory");
-  return v;
-}
-__device__ __forceinline__ void fence_acq_rel_gpu() {
-  asm volatile("fence.acq_rel.gpu;\n" ::: "memory");
-}
+// ws_one_pass_ordered (kOrdered): the key blocks that walk a query tile (a
+// run of consecutive blocks) add their dQ slices of it in ascending order,
+// so each dQ element takes the same additions in the same order in every
+// run. `turns` holds, per (batch row, head, query tile, consumer), the last
+// key block that added, plus one (0: none; zeroed with the sums at each
+// launch). Block kb waits for the value kb where block kb - 1 walks the
+// tile too, and writes kb + 1 after its adds where block kb + 1 walks it.
+//
+// The waiting and passing are a turn keeper's (one thread of warpgroup 0 per
+// consumer, TurnKeeper), not the consumers': done by a thread of the
+// computing warpgroup, each step's GPU-scope acquire (a trip to L2, or a
+// fence that waits for the previous step's adds) held the warpgroup at a
+// barrier behind it, about 0.6-0.7 us a step, which lost to `ws` (three
+// tries, H200, 2026-12-02; docs/CUDA.md). The keeper and its consumer meet
+// through two shared-memory mbarrier pairs (OnePassPipe::turn_ready,
+// slice_added; arrive is a release and wait an acquire at CTA scope, so
+// the chain from block kb - 1's adds to block kb's stays ordered). No
+// deadlock: a keeper waits only for blocks of lower item index of the same
+// head, which the rounds (block_item) start no later, and the lowest
+// unfinished item waits for nobody.
 
-// The named barrier of consumer c's warpgroup alone (DsExchange takes 1..4).
-constexpr int kTurnBarrier = 5;
+// The tiles of an item whose turns its keeper takes and passes.
+struct ItemTurns {
+  int prev_last = -1;        // the last tile key block - 1 walks (-1: none)
+  int next_first = 1 << 30;  // the first tile key block + 1 walks (none: never)
 
-// This consumer's dQ slices into the fp32 sums, this thread's part.
-// Unordered: each slice added by red.global.add.v4.f32 once it is formed,
-// in whatever order the key blocks get there. kOrdered
-// (ws_one_pass_ordered): the key blocks that walk a query tile (a run of
-// consecutive blocks) add their slices of it in ascending order, so each dQ
-// element takes the same additions in the same order in every run. `turns`
-// holds, per (batch row, head, query tile, consumer), the last key block
-// that added, plus one (0: none; zeroed with the sums at each launch).
-// Block kb waits for the value kb where block kb - 1 walks the tile too,
-// and writes kb + 1 one add later, where block kb + 1 walks it: by then its
-// adds have long completed, so the release does not wait for them. One
-// thread acquires and releases, a barrier of the warpgroup on the other
-// side of each (CUTLASS's GenericBarrier). No deadlock: a block waits only
-// for blocks of lower item index, which the rounds (block_item) start no
-// later, and the lowest unfinished item waits for nobody.
+  __device__ __forceinline__ ItemTurns(const BackwardParams& p, const OnePassItem& w) {
+    const HeadMask mask{w.h < p.n_local, p.window};
+    if (w.block > 0)
+      prev_last = query_tiles_seeing<kQ>(mask, (w.block - 1) * kKeysPerItem, kKeysPerItem, p.T).last;
+    if (w.block + 1 < p.n_key_blocks)
+      next_first =
+          query_tiles_seeing<kQ>(mask, (w.block + 1) * kKeysPerItem, kKeysPerItem, p.T).first;
+  }
+};
+
+// The turn keeper of consumer c (one thread): for each of the consumer's
+// adds, in its order (the block's items, each item's walk from the last
+// tile down), waits for the add's turn, lets the consumer add (turn_ready),
+// and once the consumer's adds are issued (slice_added) passes the turn on.
+// Pipelined one add deep: the next add's turn is waited for before the
+// previous add's is passed, so a turn's trip to L2 runs while the consumer
+// computes the step.
+template <int D>
+struct TurnKeeper {
+  OnePassPipe<D>& pipe;
+  int c;
+  uint32_t adds = 0;  // the consumer's adds so far
+
+  // After the consumer's add `a`, passes its turn to block `value - 1`
+  // (word == nullptr: nobody needs it).
+  __device__ __forceinline__ void pass_after(uint32_t a, int* word, int value) {
+    mbarrier_wait(&pipe.slice_added[c][a & 1], (a >> 1) & 1);
+    if (word) store_release_gpu(word, value);
+  }
+
+  __device__ __forceinline__ void run(const BackwardParams& p, int B, int n_items, int* turns) {
+    const int n_tiles = (p.T + kQ - 1) / kQ;
+    for (int k = 0, item = block_item(0); item < n_items; item = block_item(++k)) {
+      const OnePassItem w(p, B, item);
+      const ItemTurns t(p, w);
+      int* words = turns + size_t(w.b * p.n_head + w.h) * n_tiles * kConsumers + c;
+      const QueryTileRange walk = item_tiles(p, w);
+      const int n_walked = walk.last - walk.first + 1;
+      auto word_to_pass = [&](int tile) {
+        return tile >= t.next_first ? words + tile * kConsumers : nullptr;
+      };
+      for (int n = 0; n < n_walked; ++n, ++adds) {
+        const int tile = walked_tile<true>(walk, n);
+        if (tile <= t.prev_last) acquire_turn(words + tile * kConsumers, w.block);
+        mbarrier_arrive(&pipe.turn_ready[c][adds & 1]);
+        if (n > 0) pass_after(adds - 1, word_to_pass(walked_tile<true>(walk, n - 1)), w.block + 1);
+      }
+      // The item's last add before the next item's first turn: a keeper
+      // never holds a pass while it waits on another item's chain.
+      pass_after(adds - 1, word_to_pass(walk.first), w.block + 1);
+    }
+  }
+
+  static __device__ __forceinline__ void acquire_turn(const int* word, int block) {
+    if (load_acquire_gpu(word) == block) return;
+    const uint64_t start = globaltimer_ns();
+    while (load_acquire_gpu(word) != block)
+      if (int64_t(globaltimer_ns() - start) > kMbarrierTimeoutNs) __trap();
+  }
+};
+
+// This consumer's dQ slices into the fp32 sums, this thread's part: each
+// slice added by red.global.add.v4.f32 once it is formed. Unordered, in
+// whatever order the key blocks get there; kOrdered, each add after its
+// turn (TurnKeeper).
 template <int D, bool kOrdered>
 struct QuerySliceSums {
   using Shape = WsOnePassShape<D>;
   float* dq_accum;
-  int* turns;
-  int n_tiles, bh, c, block;
-  int prev_last = -1;         // the last tile key block - 1 walks (-1: none)
-  int next_first = 1 << 30;   // the first tile key block + 1 walks (none: never)
-  int64_t pending = -1;       // the turn this consumer still has to pass on
-  int seen = -1;              // thread 0: the word read early (read_turn_early)
+  int n_tiles, bh, c;
+  OnePassPipe<D>& pipe;
+  uint32_t& adds;  // kOrdered: this consumer's adds so far, over its items
 
-  __device__ __forceinline__ QuerySliceSums(const BackwardParams& p, float* dq, int* turn_words,
-                                            const OnePassItem& w, int consumer, int tiles)
-      : dq_accum(dq), turns(turn_words), n_tiles(tiles), bh(w.b * p.n_head + w.h), c(consumer),
-        block(w.block) {
-    if constexpr (kOrdered) {
-      const HeadMask mask{w.h < p.n_local, p.window};
-      if (block > 0)
-        prev_last = query_tiles_seeing<kQ>(mask, (block - 1) * kKeysPerItem, kKeysPerItem, p.T).last;
-      if (block + 1 < p.n_key_blocks)
-        next_first =
-            query_tiles_seeing<kQ>(mask, (block + 1) * kKeysPerItem, kKeysPerItem, p.T).first;
-    }
-  }
+  __device__ __forceinline__ QuerySliceSums(const BackwardParams& p, float* dq,
+                                            const OnePassItem& w, int consumer, int tiles,
+                                            OnePassPipe<D>& handshake, uint32_t& n_adds)
+      : dq_accum(dq), n_tiles(tiles), bh(w.b * p.n_head + w.h), c(consumer), pipe(handshake),
+        adds(n_adds) {}
 
-  __device__ __forceinline__ size_t turn(int tile) const {
-    return (size_t(bh) * n_tiles + tile) * kConsumers + c;
-  }
-  // The previous add's turn to the next key block.
-  __device__ __forceinline__ void pass_turn() {
-    if (pending < 0) return;
-    named_barrier_sync<kThreads>(kTurnBarrier + c);  // the warpgroup's adds are issued
-    if (threadIdx.x % kThreads == 0) store_release_gpu(turns + pending, block + 1);
-    pending = -1;
-  }
-  __device__ __forceinline__ void wait_turn(int tile) const {
-    if (threadIdx.x % kThreads == 0) {
-      const int* word = turns + turn(tile);
-      if (seen == block) {
-        fence_acq_rel_gpu();
-      } else if (load_acquire_gpu(word) != block) {
-        const uint64_t start = globaltimer_ns();
-        while (load_acquire_gpu(word) != block)
-          if (int64_t(globaltimer_ns() - start) > kMbarrierTimeoutNs) __trap();
-      }
-    }
-    named_barrier_sync<kThreads>(kTurnBarrier + c);
-  }
-
-  // kOrdered: thread 0 reads the turn word of `tile` (the step's add)
-  // early in the step, relaxed, so that its trip to L2 and back passes
-  // under the step's products; wait_turn checks it (then a fence: an
-  // acquire pattern) and reads again only if the turn had not come. Read in
-  // wait_turn alone (48da134), the trip held the warpgroup before its
-  // wgmma wait: about 0.6-0.7 us a step (H200, 2026-12-02 09:45 UTC).
-  __device__ __forceinline__ void read_turn_early(int tile) {
-    if constexpr (kOrdered)
-      if (tile <= prev_last && threadIdx.x % kThreads == 0) seen = load_relaxed_gpu(turns + turn(tile));
-  }
-
-  // kOrdered: waits for the turn to add `tile`, then passes the previous
-  // add's turn on (in this order, so that the acquire fence does not wait
-  // for the release's store). Called while the step's products run (after
-  // their issue, before their wait): in the add itself the turn cost about
-  // a microsecond a step with the warpgroup waiting (6-52% slower than ws,
-  // 2026-12-02 07:55 UTC). No deadlock from waiting first: a block waits
-  // only for lower key blocks, never for the one its pass serves.
-  __device__ __forceinline__ void take_turn(int tile) {
-    if constexpr (kOrdered) {
-      if (tile <= prev_last) wait_turn(tile);
-      pass_turn();
-    }
-  }
-
-  // The slice of query tile `tile` (kOrdered: after take_turn(tile)).
+  // The slice of query tile `tile`.
   __device__ __forceinline__ void add(const float (&acc)[Shape::kSliceQueries / 2], int tile) {
+    if constexpr (kOrdered) mbarrier_wait(&pipe.turn_ready[c][adds & 1], (adds >> 1) & 1);
     float* slice = dq_accum + slice_offset(bh, n_tiles, tile, c, Shape::kSliceFloats) +
                    4 * (threadIdx.x % kThreads);
 #pragma unroll
     for (int i = 0; i < Shape::kSliceQueries / 8; ++i)
       red_add_v4(slice + i * 4 * kThreads, acc[4 * i], acc[4 * i + 1], acc[4 * i + 2],
                  acc[4 * i + 3]);
-    if constexpr (kOrdered)
-      if (tile >= next_first) pending = int64_t(turn(tile));
+    if constexpr (kOrdered) {
+      mbarrier_arrive(&pipe.slice_added[c][adds & 1]);
+      ++adds;
+    }
   }
 };
 
@@ -463,7 +475,6 @@ __device__ __forceinline__ void consume_item(const BackwardParams& p, const OneP
       uint32_t a_p[kQ / 16][4], a_ds[kQ / 16][4];
       key_tile_fragments<D, kKeysPerWarpgroup, kQ, decltype(masked)::value, false>(
           a_p, a_ds, colsum, k_addr, v_addr, query_tile, p, i0, mask, key_row, quad);
-      if (has_previous) dq.read_turn_early(walked_tile<kOrdered>(walk, n - 1));
       // The products first, then dS^T's store from the same registers (both
       // only read them): stored first, the products' issue waited for the
       // stmatrix to read its registers (Nsight Compute: 6% of the
@@ -478,7 +489,6 @@ __device__ __forceinline__ void consume_item(const BackwardParams& p, const OneP
       // ptxas spilled 256 bytes at D 128 and serialised the wgmma. One
       // product of five, once an item.
       issue_query_gradient<D>(acc, key_tiles, ds.previous(), c);
-      if (has_previous) dq.take_turn(walked_tile<kOrdered>(walk, n - 1));
       wgmma_wait<0>();
       fence_operands(dv), fence_operands(dk), fence_operands(acc);
     };
@@ -495,33 +505,31 @@ __device__ __forceinline__ void consume_item(const BackwardParams& p, const OneP
   }
   // The closing step: the last tile's slice.
   float acc[Shape::kSliceQueries / 2];
-  dq.read_turn_early(walked_tile<kOrdered>(walk, n_walked - 1));
   ds.wait_for_other();
   issue_query_gradient<D>(acc, opaque(fixed_addr), ds.previous(), c);
-  dq.take_turn(walked_tile<kOrdered>(walk, n_walked - 1));
   wgmma_wait<0>();
   fence_operands(acc);
   mbarrier_arrive(fixed_empty);  // K, V read no more: the next item's may load
   ds.finish_step(last);
   dq.add(acc, walked_tile<kOrdered>(walk, n_walked - 1));
-  if constexpr (kOrdered) dq.pass_turn();  // none is left at the diagonal: for safety
   finish_wgmma_key_rows<D, kSpan, false>(p, dk, dv, no_qbar, colsum, key_row, rows, quad);
 }
 
 template <int D, bool kSpan, bool kOrdered>
 __device__ void consume(const BackwardParams& p, int B, int n_items, int c, unsigned char* smem,
-                        OnePassPipe<D>& pipe, float* dq_accum, int* dq_turns) {
+                        OnePassPipe<D>& pipe, float* dq_accum) {
   using Shape = WsOnePassShape<D>;
   constexpr int kFixed = Shape::kFixedStages;
   unsigned char* ring = smem + kFixed * Shape::kFixedBytes;
   DsExchange<D> ds{smem_address(ring + Shape::kStages * Shape::kStageBytes), c};
   const int n_tiles = (p.T + kQ - 1) / kQ;
   int it = 0;
+  uint32_t adds = 0;
   for (int k = 0, item = block_item(0); item < n_items; item = block_item(++k)) {
     const int fs = k % kFixed;
     mbarrier_wait(&pipe.fixed_full[fs], (k / kFixed) & 1);
     const OnePassItem w(p, B, item);
-    QuerySliceSums<D, kOrdered> dq(p, dq_accum, dq_turns, w, c, n_tiles);
+    QuerySliceSums<D, kOrdered> dq(p, dq_accum, w, c, n_tiles, pipe, adds);
     consume_item<D, kSpan, kOrdered>(p, w, c, block_item(k + 1) >= n_items, it,
                                      smem_address(smem + fs * Shape::kFixedBytes),
                                      &pipe.fixed_empty[fs], ring, ds, pipe, dq);
@@ -531,7 +539,7 @@ __device__ void consume(const BackwardParams& p, int B, int n_items, int c, unsi
 #endif  // LSGPT_SM90A_DEVICE
 
 // n_items = B n_head ceil(T / 128); one block per multiprocessor at most
-// (kOrdered needs them all resident: see QuerySliceSums).
+// (kOrdered needs them all resident: see TurnKeeper).
 template <int D, bool kSpan, bool kOrdered>
 __global__ void __launch_bounds__(kBlockThreads, 1)
     attention_backward_sm90_ws_one_pass_kernel(const __grid_constant__ CUtensorMap qkv_map,
@@ -553,12 +561,15 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
   __syncthreads();  // the last block-wide barrier: the roles part here
   if (role == 0) {
     setmaxnreg_dec<kProducerRegs>();
-    if (threadIdx.x / kWarpSize == 0)
+    const int warp = threadIdx.x / kWarpSize;
+    if (warp == 0)
       produce<D, kOrdered>(&qkv_map, &dout_map, p, B, n_items, smem, pipe);
+    else if (kOrdered && warp <= kConsumers && threadIdx.x % kWarpSize == 0)
+      TurnKeeper<D>{pipe, warp - 1}.run(p, B, n_items, dq_turns);
     return;
   }
   setmaxnreg_inc<kConsumerRegs>();
-  consume<D, kSpan, kOrdered>(p, B, n_items, role - 1, smem, pipe, dq_accum, dq_turns);
+  consume<D, kSpan, kOrdered>(p, B, n_items, role - 1, smem, pipe, dq_accum);
 #else
   (void)qkv_map, (void)dout_map, (void)p, (void)B, (void)n_items, (void)dq_accum, (void)dq_turns;
   __trap();  // only the sm_90a binary has this kernel; the host never launches it elsewhere
