@@ -214,7 +214,7 @@ void run_config(Backend& be, const Config& c, int reps, Mode mode) {
     constexpr const char* kHeadGroup = "LSGPT_ATTENTION_SM90_HEAD_GROUP";
     const Variants variants{"LSGPT_ATTENTION_SM90_BACKWARD",
                             {"base", "wg2", "ws", "one_pass", "one_pass_wg2", "ws_band",
-                             "ws_one_pass"},
+                             "ws_one_pass", "ws_one_pass_ordered"},
                             {{"base_batch_major", "base", kOrder, "batch_major"},
                              {"wg2_batch_major", "wg2", kOrder, "batch_major"},
                              {"ws_band_run2", "ws_band", kBandRun, "2"},

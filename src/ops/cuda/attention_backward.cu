@@ -405,11 +405,12 @@ bool use_sm90(const CudaContext& ctx, const AttentionSpec& spec) {
 
 std::optional<Sm90BackwardVariant> attn::sm90_backward_override() {
   using V = Sm90BackwardVariant;
-  constexpr V kForced[] = {V::base,         V::wg2,     V::ws,         V::one_pass,
-                           V::one_pass_wg2, V::ws_band, V::ws_one_pass};
-  const int i = env_switch(
-      "LSGPT_ATTENTION_SM90_BACKWARD",
-      {"auto", "base", "wg2", "ws", "one_pass", "one_pass_wg2", "ws_band", "ws_one_pass"});
+  constexpr V kForced[] = {V::base,    V::wg2,         V::ws,
+                           V::one_pass, V::one_pass_wg2, V::ws_band,
+                           V::ws_one_pass, V::ws_one_pass_ordered};
+  const int i = env_switch("LSGPT_ATTENTION_SM90_BACKWARD",
+                           {"auto", "base", "wg2", "ws", "one_pass", "one_pass_wg2", "ws_band",
+                            "ws_one_pass", "ws_one_pass_ordered"});
   if (i == 0) return std::nullopt;
   return kForced[i - 1];
 }
@@ -446,9 +447,10 @@ bool attention_backward_uses_sm90(CudaContext& ctx, const AttentionSpec& spec) {
 }
 
 const char* attention_backward_last_kernel() {
-  constexpr const char* kNames[] = {"base",         "wg2",     "ws",         "one_pass",
-                                    "one_pass_wg2", "ws_band", "ws_one_pass"};
-  static_assert(int(attn::Sm90BackwardVariant::ws_one_pass) == 6, "kNames follows the enum");
+  constexpr const char* kNames[] = {"base",         "wg2",     "ws",          "one_pass",
+                                    "one_pass_wg2", "ws_band", "ws_one_pass", "ws_one_pass_ordered"};
+  static_assert(int(attn::Sm90BackwardVariant::ws_one_pass_ordered) == 7,
+                "kNames follows the enum");
   const int k = last_backward_kernel;
   return k < 0 ? "sm80" : kNames[k];
 }
@@ -543,19 +545,24 @@ void attention_backward(CudaContext& ctx, bf16* dqkv, bf16* dqkv_colsum, const b
                              spec.window, spec.head_dim, qbar};
   using V = Sm90BackwardVariant;
   // The Hopper kernel that runs: the forced or chosen variant, after its
-  // fallbacks (ws_one_pass has no qbar of its own: one_pass_wg2 runs;
-  // ws_band's runs apply to some shapes only: ws runs elsewhere).
+  // fallbacks (ws_one_pass has no qbar of its own: one_pass_wg2 runs, and
+  // ws for the ordered form, which keeps the bits reproducible; ws_band's
+  // runs apply to some shapes only: ws runs elsewhere).
   V variant = sm90 ? sm90_backward_override().value_or(
                          choose_sm90_backward(shape, ctx.sm_count(), attention_deterministic()))
                    : V::base;
   if (variant == V::ws_one_pass && qbar) variant = V::one_pass_wg2;
+  if (variant == V::ws_one_pass_ordered && qbar) variant = V::ws;
   if (variant == V::ws_band && !ws_band_applies(shape)) variant = V::ws;
   last_backward_kernel = sm90 ? int(variant) : -1;
-  const bool one_pass = sm90 && (variant == V::one_pass || variant == V::one_pass_wg2 ||
-                                 variant == V::ws_one_pass);
-  const auto dq_floats_of = variant == V::ws_one_pass ? ws_one_pass_dq_floats : one_pass_dq_floats;
+  const bool ws_one_pass = variant == V::ws_one_pass || variant == V::ws_one_pass_ordered;
+  const bool ordered = variant == V::ws_one_pass_ordered;
+  const bool one_pass =
+      sm90 && (variant == V::one_pass || variant == V::one_pass_wg2 || ws_one_pass);
   const size_t dq_floats =
-      one_pass ? dq_floats_of(spec.B, spec.T, spec.n_head, spec.head_dim) : 0;
+      !one_pass     ? 0
+      : ws_one_pass ? ws_one_pass_dq_floats(spec.B, spec.T, spec.n_head, spec.head_dim, ordered)
+                    : one_pass_dq_floats(spec.B, spec.T, spec.n_head, spec.head_dim);
   // The bias gradient's part sums come from the two-pass kernels' row
   // epilogues; one_pass forms its dQ rows in a kernel of its own, so there
   // a pass over dqkv sums them afterwards.
@@ -584,8 +591,8 @@ void attention_backward(CudaContext& ctx, bf16* dqkv, bf16* dqkv_colsum, const b
   }
   const bool span = spec.span.any();
   const int D = padded_head_dim(spec.head_dim);
-  if (sm90 && variant == V::ws_one_pass)
-    launch_backward_sm90_ws_one_pass(ctx, p, spec.B, span, scratch.dq_accum);
+  if (sm90 && ws_one_pass)
+    launch_backward_sm90_ws_one_pass(ctx, p, spec.B, span, ordered, scratch.dq_accum);
   else if (sm90 && variant == V::one_pass_wg2)
     launch_backward_sm90_one_pass_wg2(ctx, p, spec.B, span, qbar, scratch.dq_accum);
   else if (sm90 && variant == V::one_pass)

@@ -334,17 +334,21 @@ void launch_backward_sm90_one_pass_wg2(CudaContext& ctx, const BackwardParams& p
 // persistent blocks; FlashAttention-3's backward), dQ summed by
 // red.global.add.v4 into dq_accum in a layout of its own, then written to
 // dqkv; not bit-reproducible, no qbar (the caller runs one_pass_wg2 then).
-// dq_accum holds ws_one_pass_dq_floats(...) floats (any contents: zeroed on
-// the stream first).
-size_t ws_one_pass_dq_floats(int B, int T, int n_head, int head_dim);
+// `ordered` (ws_one_pass_ordered): each query tile's slices added by the
+// key blocks in ascending order, each waiting for its turn, so the sums are
+// bit-reproducible (no qbar either: the caller runs ws then). dq_accum
+// holds ws_one_pass_dq_floats(..., ordered) floats (any contents: zeroed
+// on the stream first).
+size_t ws_one_pass_dq_floats(int B, int T, int n_head, int head_dim, bool ordered);
 void launch_backward_sm90_ws_one_pass(CudaContext& ctx, const BackwardParams& p, int B,
-                                      bool span, float* dq_accum);
+                                      bool span, bool ordered, float* dq_accum);
 
 // Which Hopper backward runs: LSGPT_ATTENTION_SM90_BACKWARD = auto (also
 // unset or empty: choose_sm90_backward picks by shape), base (one warpgroup
 // a block), wg2, ws, one_pass, one_pass_wg2, ws_band (ws with band runs;
-// ws where they do not apply) or ws_one_pass (one_pass_wg2 with qbar) to
-// force one; any other value is an error.
+// ws where they do not apply), ws_one_pass (one_pass_wg2 with qbar) or
+// ws_one_pass_ordered (ws with qbar) to force one; any other value is an
+// error.
 // nullopt means auto. Read at every call (defined in attention_backward.cu)
 // so one binary can time them all.
 std::optional<Sm90BackwardVariant> sm90_backward_override();

@@ -35,8 +35,13 @@
 //   of dqkv from it (tau, span on q).
 //
 // Not deterministic: the additions into a dQ element arrive in whatever
-// order the key blocks reach them (dK and dV are bit-reproducible). qbar
-// (span cross on k) is not built here; the host runs one_pass_wg2 then.
+// order the key blocks reach them (dK and dV are bit-reproducible).
+// ws_one_pass_ordered (kOrdered) is: each item walks its tiles from the
+// last down, and a (query tile, consumer)'s slice is added by the key
+// blocks in ascending order, each waiting for its turn, which a turn keeper
+// thread of warpgroup 0 takes and passes for each consumer (TurnKeeper). qbar
+// (span cross on k) is not built here; the host runs one_pass_wg2 (ws for
+// the ordered form) then.
 // docs/CUDA.md, "Backward on Hopper: ws one pass".
 //
 // The device code exists only in the sm_90a compilation; the compute_80 PTX
@@ -110,6 +115,10 @@ struct OnePassPipe {
   using Shape = WsOnePassShape<D>;
   uint64_t full[Shape::kStages], empty[Shape::kStages];
   uint64_t fixed_full[Shape::kFixedStages], fixed_empty[Shape::kFixedStages];
+  // kOrdered, per consumer, two each (an add's index & 1): turn_ready, the
+  // turn keeper's one thread (the consumer may add); slice_added, the
+  // consumer's threads (their adds are issued).
+  uint64_t turn_ready[kConsumers][2], slice_added[kConsumers][2];
   float lse[Shape::kStages][kQ], delta[Shape::kStages][kQ];
 };
 
@@ -154,6 +163,16 @@ __device__ __forceinline__ QueryTileRange item_tiles(const BackwardParams& p,
                                 kKeysPerItem, p.T);
 }
 
+// The n-th query tile an item walks: from walk.first up, or (kDescending)
+// from walk.last down. Descending, the key blocks of one head that run at
+// once reach a query tile in the same step, so that each waits about a
+// step for the one before it (TurnKeeper); ascending, block kb would reach
+// tile t 2 steps before block kb - 1 and wait for it at every tile.
+template <bool kDescending>
+__device__ __forceinline__ int walked_tile(const QueryTileRange& walk, int n) {
+  return kDescending ? walk.last - n : walk.first + n;
+}
+
 template <int D>
 __device__ __forceinline__ void init_pipe(OnePassPipe<D>& pipe) {
   using Shape = WsOnePassShape<D>;
@@ -162,13 +181,16 @@ __device__ __forceinline__ void init_pipe(OnePassPipe<D>& pipe) {
   for (int s = 0; s < Shape::kFixedStages; ++s)
     mbarrier_init(&pipe.fixed_full[s], 1),
         mbarrier_init(&pipe.fixed_empty[s], kConsumers * kThreads);
+  for (int c = 0; c < kConsumers; ++c)
+    for (int x = 0; x < 2; ++x)
+      mbarrier_init(&pipe.turn_ready[c][x], 1), mbarrier_init(&pipe.slice_added[c][x], kThreads);
 }
 
 // The producer warp (all 32 lanes): for each of the block's items its K, V
 // into the next fixed slot, then each walked query tile into the ring once
 // the consumers have released the stage. `it` counts walked tiles over all
 // items (stage it % kStages, its (it / kStages)-th use), `k` fixed slots.
-template <int D>
+template <int D, bool kOrdered>
 __device__ void produce(const CUtensorMap* qkv_map, const CUtensorMap* dout_map,
                         const BackwardParams& p, int B, int n_items, unsigned char* smem,
                         OnePassPipe<D>& pipe) {
@@ -197,9 +219,9 @@ __device__ void produce(const CUtensorMap* qkv_map, const CUtensorMap* dout_map,
     }
     const QueryTileRange walk = item_tiles(p, w);
     const size_t stats_row = size_t(w.b * p.n_head + w.h) * p.T;
-    for (int tile = walk.first; tile <= walk.last; ++tile, ++it) {
+    for (int n = 0; n <= walk.last - walk.first; ++n, ++it) {
       const int s = it % kStages;
-      const int i0 = tile * kQ;
+      const int i0 = walked_tile<kOrdered>(walk, n) * kQ;
       QueryTileStats<kQ> stats;
       stats.load(p, stats_row, i0, lane);
       if (it >= kStages) mbarrier_wait(&pipe.empty[s], (it / kStages - 1) & 1);
@@ -275,30 +297,147 @@ struct DsExchange {
   }
 };
 
-// The dQ slice of query tile `tile` into the fp32 sums (this thread's part).
-template <int D>
-__device__ __forceinline__ void add_query_slice(
-    float* dq_accum, const float (&acc)[WsOnePassShape<D>::kSliceQueries / 2], int bh,
-    int n_tiles, int tile, int c) {
-  using Shape = WsOnePassShape<D>;
-  float* slice = dq_accum + slice_offset(bh, n_tiles, tile, c, Shape::kSliceFloats) +
-                 4 * (threadIdx.x % kThreads);
-#pragma unroll
-  for (int i = 0; i < Shape::kSliceQueries / 8; ++i)
-    red_add_v4(slice + i * 4 * kThreads, acc[4 * i], acc[4 * i + 1], acc[4 * i + 2],
-               acc[4 * i + 3]);
+// A 32-bit word in global memory read with acquire / written with release
+// semantics at GPU scope (PTX ISA "ld", "st": .acquire, .release).
+__device__ __forceinline__ int load_acquire_gpu(const int* addr) {
+  int v;
+  asm volatile("ld.acquire.gpu.global.b32 %0, [%1];\n" : "=r"(v) : "l"(addr) : "memory");
+  return v;
 }
+__device__ __forceinline__ void store_release_gpu(int* addr, int v) {
+  asm volatile("st.release.gpu.global.b32 [%0], %1;\n" ::"l"(addr), "r"(v) : "memory");
+}
+// ws_one_pass_ordered (kOrdered): the key blocks that walk a query tile (a
+// run of consecutive blocks) add their dQ slices of it in ascending order,
+// so each dQ element takes the same additions in the same order in every
+// run. `turns` holds, per (batch row, head, query tile, consumer), the last
+// key block that added, plus one (0: none; zeroed with the sums at each
+// launch). Block kb waits for the value kb where block kb - 1 walks the
+// tile too, and writes kb + 1 after its adds where block kb + 1 walks it.
+//
+// The waiting and passing are a turn keeper's (one thread of warpgroup 0 per
+// consumer, TurnKeeper), not the consumers': done by a thread of the
+// computing warpgroup, each step's GPU-scope acquire (a trip to L2, or a
+// fence that waits for the previous step's adds) held the warpgroup at a
+// barrier behind it, about 0.6-0.7 us a step, which lost to `ws` (three
+// tries, H200, 2026-12-02; docs/CUDA.md). The keeper and its consumer meet
+// through two shared-memory mbarrier pairs (OnePassPipe::turn_ready,
+// slice_added; arrive is a release and wait an acquire at CTA scope, so
+// the chain from block kb - 1's adds to block kb's stays ordered). No
+// deadlock: a keeper waits only for blocks of lower item index of the same
+// head, which the rounds (block_item) start no later, and the lowest
+// unfinished item waits for nobody.
+
+// The tiles of an item whose turns its keeper takes and passes.
+struct ItemTurns {
+  int prev_last = -1;        // the last tile key block - 1 walks (-1: none)
+  int next_first = 1 << 30;  // the first tile key block + 1 walks (none: never)
+
+  __device__ __forceinline__ ItemTurns(const BackwardParams& p, const OnePassItem& w) {
+    const HeadMask mask{w.h < p.n_local, p.window};
+    if (w.block > 0)
+      prev_last = query_tiles_seeing<kQ>(mask, (w.block - 1) * kKeysPerItem, kKeysPerItem, p.T).last;
+    if (w.block + 1 < p.n_key_blocks)
+      next_first =
+          query_tiles_seeing<kQ>(mask, (w.block + 1) * kKeysPerItem, kKeysPerItem, p.T).first;
+  }
+};
+
+// The turn keeper of consumer c (one thread): for each of the consumer's
+// adds, in its order (the block's items, each item's walk from the last
+// tile down), waits for the add's turn, lets the consumer add (turn_ready),
+// and once the consumer's adds are issued (slice_added) passes the turn on.
+// Pipelined one add deep: the next add's turn is waited for before the
+// previous add's is passed, so a turn's trip to L2 runs while the consumer
+// computes the step.
+template <int D>
+struct TurnKeeper {
+  OnePassPipe<D>& pipe;
+  int c;
+  uint32_t adds = 0;  // the consumer's adds so far
+
+  // After the consumer's add `a`, passes its turn to block `value - 1`
+  // (word == nullptr: nobody needs it).
+  __device__ __forceinline__ void pass_after(uint32_t a, int* word, int value) {
+    mbarrier_wait(&pipe.slice_added[c][a & 1], (a >> 1) & 1);
+    if (word) store_release_gpu(word, value);
+  }
+
+  __device__ __forceinline__ void run(const BackwardParams& p, int B, int n_items, int* turns) {
+    const int n_tiles = (p.T + kQ - 1) / kQ;
+    for (int k = 0, item = block_item(0); item < n_items; item = block_item(++k)) {
+      const OnePassItem w(p, B, item);
+      const ItemTurns t(p, w);
+      int* words = turns + size_t(w.b * p.n_head + w.h) * n_tiles * kConsumers + c;
+      const QueryTileRange walk = item_tiles(p, w);
+      const int n_walked = walk.last - walk.first + 1;
+      auto word_to_pass = [&](int tile) {
+        return tile >= t.next_first ? words + tile * kConsumers : nullptr;
+      };
+      for (int n = 0; n < n_walked; ++n, ++adds) {
+        const int tile = walked_tile<true>(walk, n);
+        if (tile <= t.prev_last) acquire_turn(words + tile * kConsumers, w.block);
+        mbarrier_arrive(&pipe.turn_ready[c][adds & 1]);
+        if (n > 0) pass_after(adds - 1, word_to_pass(walked_tile<true>(walk, n - 1)), w.block + 1);
+      }
+      // The item's last add before the next item's first turn: a keeper
+      // never holds a pass while it waits on another item's chain.
+      pass_after(adds - 1, word_to_pass(walk.first), w.block + 1);
+    }
+  }
+
+  static __device__ __forceinline__ void acquire_turn(const int* word, int block) {
+    if (load_acquire_gpu(word) == block) return;
+    const uint64_t start = globaltimer_ns();
+    while (load_acquire_gpu(word) != block)
+      if (int64_t(globaltimer_ns() - start) > kMbarrierTimeoutNs) __trap();
+  }
+};
+
+// This consumer's dQ slices into the fp32 sums, this thread's part: each
+// slice added by red.global.add.v4.f32 once it is formed. Unordered, in
+// whatever order the key blocks get there; kOrdered, each add after its
+// turn (TurnKeeper).
+template <int D, bool kOrdered>
+struct QuerySliceSums {
+  using Shape = WsOnePassShape<D>;
+  float* dq_accum;
+  int n_tiles, bh, c;
+  OnePassPipe<D>& pipe;
+  uint32_t& adds;  // kOrdered: this consumer's adds so far, over its items
+
+  __device__ __forceinline__ QuerySliceSums(const BackwardParams& p, float* dq,
+                                            const OnePassItem& w, int consumer, int tiles,
+                                            OnePassPipe<D>& handshake, uint32_t& n_adds)
+      : dq_accum(dq), n_tiles(tiles), bh(w.b * p.n_head + w.h), c(consumer), pipe(handshake),
+        adds(n_adds) {}
+
+  // The slice of query tile `tile`.
+  __device__ __forceinline__ void add(const float (&acc)[Shape::kSliceQueries / 2], int tile) {
+    if constexpr (kOrdered) mbarrier_wait(&pipe.turn_ready[c][adds & 1], (adds >> 1) & 1);
+    float* slice = dq_accum + slice_offset(bh, n_tiles, tile, c, Shape::kSliceFloats) +
+                   4 * (threadIdx.x % kThreads);
+#pragma unroll
+    for (int i = 0; i < Shape::kSliceQueries / 8; ++i)
+      red_add_v4(slice + i * 4 * kThreads, acc[4 * i], acc[4 * i + 1], acc[4 * i + 2],
+                 acc[4 * i + 3]);
+    if constexpr (kOrdered) {
+      mbarrier_arrive(&pipe.slice_added[c][adds & 1]);
+      ++adds;
+    }
+  }
+};
 
 // A consumer's item: the walk (one_pass_wg2's step, each step also forming
-// the previous tile's dQ slice, DsExchange), a closing step for the last
-// tile's slice, then dK, dV finished as a key block's. `last`: the
-// consumer's last item.
-template <int D, bool kSpan>
+// the previous tile's dQ slice, DsExchange; kOrdered: tiles from the last
+// down), a closing step for the last walked tile's slice, then dK, dV
+// finished as a key block's. `last`: the consumer's last item.
+template <int D, bool kSpan, bool kOrdered>
 __device__ __forceinline__ void consume_item(const BackwardParams& p, const OnePassItem& w,
                                              int c, bool last, int& it, uint32_t fixed_addr,
                                              uint64_t* fixed_empty, unsigned char* ring,
                                              DsExchange<D>& ds, OnePassPipe<D>& pipe,
-                                             float* dq_accum, int n_tiles) {
+                                             QuerySliceSums<D, kOrdered>& dq) {
   using Shape = WsOnePassShape<D>;
   constexpr int kStages = Shape::kStages;
   const int wg_thread = threadIdx.x % kThreads;
@@ -309,12 +448,14 @@ __device__ __forceinline__ void consume_item(const BackwardParams& p, const OneP
   const HeadRows rows = head_rows(p, bh, w.b, w.h);
   const HeadMask mask{w.h < p.n_local, p.window};
   const QueryTileRange walk = item_tiles(p, w);
+  const int n_walked = walk.last - walk.first + 1;
   const QueryTileRange mine = k0 < p.T ? query_tiles_seeing<kQ>(mask, k0, kKeysPerWarpgroup, p.T)
                                        : QueryTileRange{1, 0};
   const int key_row = k0 + warp * 16 + group;  // and key_row + 8
   float dk[D / 2] = {}, dv[D / 2] = {}, no_qbar[1] = {}, colsum[2] = {};
 
-  for (int tile = walk.first; tile <= walk.last; ++tile, ++it) {
+  for (int n = 0; n < n_walked; ++n, ++it) {
+    const int tile = walked_tile<kOrdered>(walk, n);
     const int s = it % kStages;
     mbarrier_wait(&pipe.full[s], (it / kStages) & 1);
     const uint32_t q_addr = smem_address(ring + s * Shape::kStageBytes);
@@ -323,7 +464,7 @@ __device__ __forceinline__ void consume_item(const BackwardParams& p, const OneP
     const uint32_t key_tiles = opaque(fixed_addr);
     const uint32_t k_addr = key_tiles + 2 * c * Shape::kTileBytes;
     const uint32_t v_addr = k_addr + Shape::kTileBytes;
-    const bool has_previous = tile > walk.first;
+    const bool has_previous = n > 0;
     // Per iteration, so that it is dead across them (32 registers at D 128).
     float acc[Shape::kSliceQueries / 2];
     auto step = [&](auto masked) {
@@ -360,7 +501,7 @@ __device__ __forceinline__ void consume_item(const BackwardParams& p, const OneP
       step(std::false_type{});
     mbarrier_arrive(&pipe.empty[s]);  // Q, dO read no more (the products have completed)
     ds.finish_step(false);
-    if (has_previous) add_query_slice<D>(dq_accum, acc, bh, n_tiles, tile - 1, c);
+    if (has_previous) dq.add(acc, walked_tile<kOrdered>(walk, n - 1));
   }
   // The closing step: the last tile's slice.
   float acc[Shape::kSliceQueries / 2];
@@ -370,11 +511,11 @@ __device__ __forceinline__ void consume_item(const BackwardParams& p, const OneP
   fence_operands(acc);
   mbarrier_arrive(fixed_empty);  // K, V read no more: the next item's may load
   ds.finish_step(last);
-  add_query_slice<D>(dq_accum, acc, bh, n_tiles, walk.last, c);
+  dq.add(acc, walked_tile<kOrdered>(walk, n_walked - 1));
   finish_wgmma_key_rows<D, kSpan, false>(p, dk, dv, no_qbar, colsum, key_row, rows, quad);
 }
 
-template <int D, bool kSpan>
+template <int D, bool kSpan, bool kOrdered>
 __device__ void consume(const BackwardParams& p, int B, int n_items, int c, unsigned char* smem,
                         OnePassPipe<D>& pipe, float* dq_accum) {
   using Shape = WsOnePassShape<D>;
@@ -383,25 +524,28 @@ __device__ void consume(const BackwardParams& p, int B, int n_items, int c, unsi
   DsExchange<D> ds{smem_address(ring + Shape::kStages * Shape::kStageBytes), c};
   const int n_tiles = (p.T + kQ - 1) / kQ;
   int it = 0;
+  uint32_t adds = 0;
   for (int k = 0, item = block_item(0); item < n_items; item = block_item(++k)) {
     const int fs = k % kFixed;
     mbarrier_wait(&pipe.fixed_full[fs], (k / kFixed) & 1);
     const OnePassItem w(p, B, item);
-    consume_item<D, kSpan>(p, w, c, block_item(k + 1) >= n_items, it,
-                           smem_address(smem + fs * Shape::kFixedBytes), &pipe.fixed_empty[fs],
-                           ring, ds, pipe, dq_accum, n_tiles);
+    QuerySliceSums<D, kOrdered> dq(p, dq_accum, w, c, n_tiles, pipe, adds);
+    consume_item<D, kSpan, kOrdered>(p, w, c, block_item(k + 1) >= n_items, it,
+                                     smem_address(smem + fs * Shape::kFixedBytes),
+                                     &pipe.fixed_empty[fs], ring, ds, pipe, dq);
   }
 }
 
 #endif  // LSGPT_SM90A_DEVICE
 
-// n_items = B n_head ceil(T / 128); one block per multiprocessor at most.
-template <int D, bool kSpan>
+// n_items = B n_head ceil(T / 128); one block per multiprocessor at most
+// (kOrdered needs them all resident: see TurnKeeper).
+template <int D, bool kSpan, bool kOrdered>
 __global__ void __launch_bounds__(kBlockThreads, 1)
     attention_backward_sm90_ws_one_pass_kernel(const __grid_constant__ CUtensorMap qkv_map,
                                                const __grid_constant__ CUtensorMap dout_map,
                                                const BackwardParams p, int B, int n_items,
-                                               float* dq_accum) {
+                                               float* dq_accum, int* dq_turns) {
   wait_for_previous_grid();
   allow_next_grid();
 #if LSGPT_SM90A_DEVICE
@@ -417,13 +561,17 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
   __syncthreads();  // the last block-wide barrier: the roles part here
   if (role == 0) {
     setmaxnreg_dec<kProducerRegs>();
-    if (threadIdx.x / kWarpSize == 0) produce<D>(&qkv_map, &dout_map, p, B, n_items, smem, pipe);
+    const int warp = threadIdx.x / kWarpSize;
+    if (warp == 0)
+      produce<D, kOrdered>(&qkv_map, &dout_map, p, B, n_items, smem, pipe);
+    else if (kOrdered && warp <= kConsumers && threadIdx.x % kWarpSize == 0)
+      TurnKeeper<D>{pipe, warp - 1}.run(p, B, n_items, dq_turns);
     return;
   }
   setmaxnreg_inc<kConsumerRegs>();
-  consume<D, kSpan>(p, B, n_items, role - 1, smem, pipe, dq_accum);
+  consume<D, kSpan, kOrdered>(p, B, n_items, role - 1, smem, pipe, dq_accum);
 #else
-  (void)qkv_map, (void)dout_map, (void)p, (void)B, (void)n_items, (void)dq_accum;
+  (void)qkv_map, (void)dout_map, (void)p, (void)B, (void)n_items, (void)dq_accum, (void)dq_turns;
   __trap();  // only the sm_90a binary has this kernel; the host never launches it elsewhere
 #endif
 }
@@ -464,15 +612,29 @@ __global__ void __launch_bounds__(kThreads)
   finish_query_row<kDBlocks, kSpan>(p, g, i, b, h, q_base, quad);
 }
 
-template <int D, bool kSpan>
+// The fp32 sums, then (ordered) the turn words, each an int: one per
+// (batch row, head, query tile, consumer).
+size_t dq_sum_floats(int B, int T, int n_head, int head_dim) {
+  return size_t(B) * n_head * size_t(ceil_div(T, kQ)) * kQ * padded_head_dim(head_dim);
+}
+size_t dq_turn_words(int B, int T, int n_head) {
+  return size_t(B) * n_head * size_t(ceil_div(T, kQ)) * kConsumers;
+}
+static_assert(sizeof(int) == sizeof(float), "the turn words sit in the float buffer");
+
+template <int D, bool kSpan, bool kOrdered>
 void launch(CudaContext& ctx, const BackwardParams& p, int B, float* dq_accum) {
   using Shape = WsOnePassShape<D>;
   // With the static pipe beside the dynamic shared memory.
   static_assert(Shape::kSmemBytes + sizeof(OnePassPipe<D>) <= 227 * 1024,
                 "over the opt-in shared memory of one block");
-  const size_t dq_bytes = sizeof(float) * ws_one_pass_dq_floats(B, p.T, p.n_head, p.head_dim);
+  const size_t dq_bytes =
+      sizeof(float) * ws_one_pass_dq_floats(B, p.T, p.n_head, p.head_dim, kOrdered);
   CUDA_CHECK(cudaMemsetAsync(dq_accum, 0, dq_bytes, ctx.stream()));
-  auto kernel = attention_backward_sm90_ws_one_pass_kernel<D, kSpan>;
+  int* dq_turns =
+      kOrdered ? reinterpret_cast<int*>(dq_accum + dq_sum_floats(B, p.T, p.n_head, p.head_dim))
+               : nullptr;
+  auto kernel = attention_backward_sm90_ws_one_pass_kernel<D, kSpan, kOrdered>;
   CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                   int(Shape::kSmemBytes)));
   BackwardParams q = p;
@@ -489,7 +651,7 @@ void launch(CudaContext& ctx, const BackwardParams& p, int B, float* dq_accum) {
                                                64, "dout (attention_backward)");
   const int blocks = std::min(n_items, max_blocks);
   launch_kernel(ctx, kernel, blocks, kBlockThreads, Shape::kSmemBytes, qkv_map, dout_map, q, B,
-                n_items, dq_accum);
+                n_items, dq_accum, dq_turns);
   const dim3 finish_grid(ceil_div(p.T, kFinishRowsPerBlock), B * p.n_head);
   launch_kernel(ctx, finish_ws_one_pass_dq_kernel<D, kSpan>, finish_grid, kThreads, 0, p,
                 static_cast<const float*>(dq_accum));
@@ -497,14 +659,17 @@ void launch(CudaContext& ctx, const BackwardParams& p, int B, float* dq_accum) {
 
 }  // namespace
 
-size_t ws_one_pass_dq_floats(int B, int T, int n_head, int head_dim) {
-  return size_t(B) * n_head * size_t(ceil_div(T, kQ)) * kQ * padded_head_dim(head_dim);
+size_t ws_one_pass_dq_floats(int B, int T, int n_head, int head_dim, bool ordered) {
+  return dq_sum_floats(B, T, n_head, head_dim) + (ordered ? dq_turn_words(B, T, n_head) : 0);
 }
 
 void launch_backward_sm90_ws_one_pass(CudaContext& ctx, const BackwardParams& p, int B,
-                                      bool span, float* dq_accum) {
+                                      bool span, bool ordered, float* dq_accum) {
   dispatch_backward(p, span, false, [&](auto d, auto span_c, auto) {
-    launch<decltype(d)::value, decltype(span_c)::value>(ctx, p, B, dq_accum);
+    if (ordered)
+      launch<decltype(d)::value, decltype(span_c)::value, true>(ctx, p, B, dq_accum);
+    else
+      launch<decltype(d)::value, decltype(span_c)::value, false>(ctx, p, B, dq_accum);
   });
 }
 

@@ -30,7 +30,18 @@ enum class Sm90ForwardVariant { base, ws, ws_persistent, ws_dynamic };
 // (one pass, dQ summed in order; D 64 without qbar, else ws). ws_one_pass:
 // one_pass_wg2 warp-specialised as ws (FlashAttention-3's backward; dQ by
 // float atomics, not bit-reproducible; one_pass_wg2 with qbar).
-enum class Sm90BackwardVariant { base, wg2, ws, one_pass, one_pass_wg2, ws_band, ws_one_pass };
+// ws_one_pass_ordered: ws_one_pass with each query tile's dQ slices added
+// in key-block order (bit-reproducible; ws with qbar).
+enum class Sm90BackwardVariant {
+  base,
+  wg2,
+  ws,
+  one_pass,
+  one_pass_wg2,
+  ws_band,
+  ws_one_pass,
+  ws_one_pass_ordered
+};
 
 // The sizes the choice depends on. window counts the keys a local head sees;
 // span_qbar: the span decomposition's cross basis on k (qbar accumulated in

@@ -32,7 +32,8 @@ constexpr const char* kSm90ForwardVariants[] = {"base", "ws", "ws_persistent", "
 // The same for the Hopper backward (attention_backward.cuh).
 constexpr const char* kSm90Backward = "LSGPT_ATTENTION_SM90_BACKWARD";
 constexpr const char* kSm90BackwardVariants[] = {
-    "base", "wg2", "ws", "one_pass", "one_pass_wg2", "ws_band", "ws_one_pass"};
+    "base",    "wg2",         "ws", "one_pass", "one_pass_wg2", "ws_band",
+    "ws_one_pass", "ws_one_pass_ordered"};
 // The variants that sum dQ by float atomics (not bit-reproducible).
 inline bool sums_dq_by_atomics(const std::string& variant) {
   return variant == "one_pass" || variant == "one_pass_wg2" || variant == "ws_one_pass";

@@ -345,6 +345,50 @@ TEST(CudaAttentionBackwardSm90Dispatch, WsOnePassMatchesOnePassWg2) {
   expect_key_side_bits(*cuda, "one_pass_wg2", "ws_one_pass", {2, 4, 5, 3, {7, 200, 2000}, 191});
 }
 
+// ws_one_pass_ordered adds each query tile's dQ slices in key-block order,
+// each block waiting for its turn: two runs give the same bits, dQ, dK and
+// dV, and match one_pass_wg2's within rounding (dK and dV are other sums:
+// the walk runs from the last tile down). Many rounds of items (B 4, 6
+// heads at T 4096: 768 items of 128 keys), local heads whose bands make a
+// tile's contributors a run that does not start at block 0 (w 70 and 300),
+// T not a multiple of the tile, and one item (T 100). With span cross
+// (qbar) it runs ws, bit-reproducible too.
+TEST(CudaAttentionBackwardSm90Dispatch, WsOnePassOrderedRepeatsBitForBit) {
+  REQUIRE_CUDA(cuda);
+  REQUIRE_HOPPER();
+  for (int D : {64, 128})
+    for (int T : {100, 1999, 4096})
+      for (int window : {70, 300})
+        for (const SpanLayer& span : {SpanLayer{}, span_self(), span_cross()}) {
+          AttentionSpec spec;
+          spec.B = T == 4096 ? 4 : 2, spec.T = T, spec.head_dim = D, spec.n_head = 6;
+          spec.n_local = 4, spec.window = window, spec.span = span;
+          SCOPED_TRACE("D " + std::to_string(D) + ", T " + std::to_string(T) + ", w " +
+                       std::to_string(window) + ", span " + std::to_string(span.any()));
+          const size_t BT = size_t(spec.B) * spec.T, C = spec.C();
+          const auto qkv = bf16_values(BT * 3 * C, 301 + D + T + window, -2, 2);
+          const auto dout = bf16_values(BT * C, 302 + D + T + window, -1, 1);
+          const Forward f = run_forward_sm80(*cuda, spec, qkv, dout);
+          std::vector<float> ref, a, b;
+          {
+            ScopedEnv choose(kSm90Backward, "one_pass_wg2");
+            ref = run_backward_on(*cuda, spec, f, true).dqkv;
+          }
+          {
+            ScopedEnv choose(kSm90Backward, "ws_one_pass_ordered");
+            a = run_backward_on(*cuda, spec, f, true).dqkv;
+            b = run_backward_on(*cuda, spec, f, true).dqkv;
+            EXPECT_EQ(std::string(cuda_last_attention_backward_kernel()),
+                      span.k.basis == SpanBasis::cross && span.k.enabled ? "ws"
+                                                                          : "ws_one_pass_ordered");
+          }
+          EXPECT_EQ(a, b) << "two runs";
+          for (int part : {0, 1, 2})
+            EXPECT_LE(floored_error(qkv_part(a, part, C), qkv_part(ref, part, C)), 2e-3)
+                << "part " << part;
+        }
+}
+
 // A shape of the tests that hold a variant against base, with its span.
 struct VariantCase {
   int B, T, D, n_head, n_local, window;
@@ -532,7 +576,7 @@ TEST(CudaAttentionBackwardSm90Dispatch, RefusesAnUnknownVariant) {
   check_backward_switch(
       *cuda, kSm90Backward, kSm90BackwardVariants, "ws_persistent",
       "LSGPT_ATTENTION_SM90_BACKWARD must be auto, base, wg2, ws, one_pass, one_pass_wg2, "
-      "ws_band or ws_one_pass, got 'ws_persistent'");
+      "ws_band, ws_one_pass or ws_one_pass_ordered, got 'ws_persistent'");
 }
 
 // LSGPT_ATTENTION_DETERMINISTIC=0 lets the shape rules take ws_one_pass
