@@ -107,10 +107,13 @@ def main():
     ap.add_argument("--bench", required=True, help="path of the bench_cuda_attention binary")
     ap.add_argument("--json", help="write all results here")
     ap.add_argument("--labels", help="comma-separated settings to time (default: all)")
+    ap.add_argument("--lengths", help="comma-separated T values to compare with PyTorch "
+                    "(default: all of the grid's)")
     ap.add_argument("--backward-variants", default="default",
                     help="comma-separated LSGPT_ATTENTION_SM90_BACKWARD values for lsgpt's side")
     args = ap.parse_args()
     labels = set(args.labels.split(",")) if args.labels else None
+    lengths = {int(t) for t in args.lengths.split(",")} if args.lengths else None
     variants = args.backward_variants.split(",")
 
     device = torch.cuda.get_device_name()
@@ -126,7 +129,7 @@ def main():
               f"{'ratio':>6s} | torch kernel")
     print(header)
     for (label, T, D), r in sorted(ours.items(), key=lambda kv: (kv[0][2], kv[0][1], kv[0][0])):
-        if label == "custom" or (labels and label not in labels):
+        if label == "custom" or (labels and label not in labels) or (lengths and T not in lengths):
             continue
         B, H = r["B"], r["heads"]
         q, k, v = make_qkv(B, H, T, D)

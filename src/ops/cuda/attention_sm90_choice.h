@@ -146,13 +146,22 @@ inline int ws_band_run(const AttentionShape& s, int sm_count) {
 // elsewhere; 0.87x, 0.93x at MHSA after the second round), at T 1024 by
 // 0.74-0.81x (short walks pay its per-item costs). Lengths between were
 // not measured, nor LS 11/12 (12% local at T 16k).
+//
+// Deterministic (the default), the same shapes take ws_one_pass_ordered,
+// whose turn keepers add each query tile's dQ slices in key-block order.
+// H200, 2026-12-02 10:13 UTC (backward alone, one binary, two alternating
+// runs): MHSA D 128 T 16k 5.52, 5.28 ms against ws 6.23, 6.32; D 64 6.72,
+// 6.69 against 7.26, 7.48; LS 1/2 D 128 2.77, 2.84 against 2.89, 2.88; at
+// T 4096 (MHSA D 128, B 4) it lost, 1.54 against 1.49.
 inline bool ws_one_pass_pays(const AttentionShape& s) {
   return !s.span_qbar && s.T >= 16384 && local_work_share(s) < 0.05;
 }
 
 inline Sm90BackwardVariant choose_sm90_backward(const AttentionShape& s, int sm_count,
                                                 bool deterministic = true) {
-  if (!deterministic && ws_one_pass_pays(s)) return Sm90BackwardVariant::ws_one_pass;
+  if (ws_one_pass_pays(s))
+    return deterministic ? Sm90BackwardVariant::ws_one_pass_ordered
+                         : Sm90BackwardVariant::ws_one_pass;
   if (s.head_dim <= 64 || !s.span_qbar) return Sm90BackwardVariant::ws;
   const int64_t global_blocks =
       int64_t(s.B) * (s.n_head - s.n_local) * ((int64_t(s.T) + 127) / 128);

@@ -39,7 +39,8 @@ struct Measured {
 // ws epilogue's TMA store). Backward: ws won at every shape on 2026-11-30,
 // and again on 2026-12-01 with its items from a counter, against band runs
 // (ws_band), which had won LS 11/12 at D 64 from T 4k against ws by
-// striding.
+// striding. At T 16k where nearly all the work is in global heads the
+// ordered one pass (ws_one_pass_ordered) won against ws on 2026-12-02.
 constexpr Measured kMeasured[] = {
     {"mhsa", 64, 1024, F::ws_dynamic, Bw::ws},
     {"ls_11of12_w100", 64, 1024, F::ws_dynamic, Bw::ws},
@@ -47,18 +48,18 @@ constexpr Measured kMeasured[] = {
     {"mhsa", 64, 4096, F::ws_dynamic, Bw::ws},
     {"ls_11of12_w100", 64, 4096, F::ws_dynamic, Bw::ws},
     {"ls_half_w256", 64, 4096, F::ws_dynamic, Bw::ws},
-    {"mhsa", 64, 16384, F::ws_dynamic, Bw::ws},
+    {"mhsa", 64, 16384, F::ws_dynamic, Bw::ws_one_pass_ordered},
     {"ls_11of12_w100", 64, 16384, F::ws_dynamic, Bw::ws},
-    {"ls_half_w256", 64, 16384, F::ws_dynamic, Bw::ws},
+    {"ls_half_w256", 64, 16384, F::ws_dynamic, Bw::ws_one_pass_ordered},
     {"mhsa", 128, 1024, F::ws_dynamic, Bw::ws},
     {"ls_11of12_w100", 128, 1024, F::ws_dynamic, Bw::ws},
     {"ls_half_w256", 128, 1024, F::ws_dynamic, Bw::ws},
     {"mhsa", 128, 4096, F::ws_dynamic, Bw::ws},
     {"ls_11of12_w100", 128, 4096, F::ws_dynamic, Bw::ws},
     {"ls_half_w256", 128, 4096, F::ws_dynamic, Bw::ws},
-    {"mhsa", 128, 16384, F::ws, Bw::ws},
+    {"mhsa", 128, 16384, F::ws, Bw::ws_one_pass_ordered},
     {"ls_11of12_w100", 128, 16384, F::ws, Bw::ws},
-    {"ls_half_w256", 128, 16384, F::ws, Bw::ws},
+    {"ls_half_w256", 128, 16384, F::ws, Bw::ws_one_pass_ordered},
 };
 
 TEST(AttentionSm90Choice, PicksTheMeasuredWinnerOnTheBenchmarkGrid) {
@@ -228,12 +229,14 @@ TEST(AttentionSm90Choice, BandRunLength) {
   EXPECT_EQ(ws_band_run({1, 1, 1, 1, 1, 64}, 0), 1);
 }
 
-// The deterministic choice never sums dQ by atomics. Without that promise
-// (LSGPT_ATTENTION_DETERMINISTIC=0) ws_one_pass runs where it matched or
-// beat ws on the H200 (MHSA and LS 1/2 at T 16k, D 64 and 128) and beyond,
+// The deterministic choice never sums dQ by atomics: where the one pass
+// pays (T 16k and beyond, under 5% of the work in local heads, no qbar) it
+// takes the ordered one pass. Without that promise
+// (LSGPT_ATTENTION_DETERMINISTIC=0) ws_one_pass runs there, where it
+// matched or beat ws on the H200 (MHSA and LS 1/2 at T 16k, D 64 and 128),
 // but not where it lost (T 1k and 4k), not with qbar, and not with 5% or
 // more of the work in local heads (LS 11/12 at T 16k, unmeasured).
-TEST(AttentionSm90Choice, NonDeterministicTakesWsOnePassOnLongGlobalWork) {
+TEST(AttentionSm90Choice, LongGlobalWorkTakesTheOnePass) {
   for (const Measured& m : kMeasured) {
     SCOPED_TRACE(std::string(m.setting) + " D " + std::to_string(m.D) + " T " +
                  std::to_string(m.T));
@@ -241,22 +244,32 @@ TEST(AttentionSm90Choice, NonDeterministicTakesWsOnePassOnLongGlobalWork) {
     const bool wins = m.T == 16384 && std::string(m.setting) != "ls_11of12_w100";
     EXPECT_EQ(int(choose_sm90_backward(s, kH200Sms, false)),
               int(wins ? Bw::ws_one_pass : m.backward));
-    EXPECT_EQ(int(choose_sm90_backward(s, kH200Sms, true)), int(m.backward));
+    EXPECT_EQ(int(choose_sm90_backward(s, kH200Sms, true)),
+              int(wins ? Bw::ws_one_pass_ordered : Bw::ws));
   }
   const AttentionShape mhsa_32k{1, 32768, 16, 0, 1, 128};
   EXPECT_EQ(int(choose_sm90_backward(mhsa_32k, kH200Sms, false)), int(Bw::ws_one_pass));
+  EXPECT_EQ(int(choose_sm90_backward(mhsa_32k, kH200Sms, true)), int(Bw::ws_one_pass_ordered));
   AttentionShape shorter = mhsa_32k;
   shorter.T = 16383;
   EXPECT_EQ(int(choose_sm90_backward(shorter, kH200Sms, false)), int(Bw::ws));
+  EXPECT_EQ(int(choose_sm90_backward(shorter, kH200Sms, true)), int(Bw::ws));
   AttentionShape qbar = mhsa_32k;
   qbar.span_qbar = true;
-  EXPECT_NE(int(choose_sm90_backward(qbar, kH200Sms, false)), int(Bw::ws_one_pass));
+  for (bool deterministic : {false, true}) {
+    const int chosen = int(choose_sm90_backward(qbar, kH200Sms, deterministic));
+    EXPECT_NE(chosen, int(Bw::ws_one_pass));
+    EXPECT_NE(chosen, int(Bw::ws_one_pass_ordered));
+  }
   // 2 of 16 heads local at w 8192, T 16384: 9.7% of the work (1 of 16: 4.8%).
   const AttentionShape local{1, 16384, 16, 2, 8192, 64};
   EXPECT_NEAR(local_work_share(local), 0.097, 0.001);
   EXPECT_EQ(int(choose_sm90_backward(local, kH200Sms, false)), int(Bw::ws));
+  EXPECT_EQ(int(choose_sm90_backward(local, kH200Sms, true)), int(Bw::ws));
   EXPECT_EQ(int(choose_sm90_backward({1, 16384, 16, 1, 8192, 64}, kH200Sms, false)),
             int(Bw::ws_one_pass));
+  EXPECT_EQ(int(choose_sm90_backward({1, 16384, 16, 1, 8192, 64}, kH200Sms, true)),
+            int(Bw::ws_one_pass_ordered));
 }
 
 }  // namespace

@@ -580,12 +580,14 @@ TEST(CudaAttentionBackwardSm90Dispatch, RefusesAnUnknownVariant) {
 }
 
 // LSGPT_ATTENTION_DETERMINISTIC=0 lets the shape rules take ws_one_pass
-// (MHSA at T 16384 here, choose_sm90_backward); unset, empty or 1 keep ws;
-// a forced variant wins over it; with qbar ws_one_pass runs one_pass_wg2;
-// anything else is refused. What ran is read back after each call
+// (MHSA at T 16384 here, choose_sm90_backward); unset, empty or 1 take the
+// ordered one pass there, whose bits repeat; a forced variant wins over
+// either; with qbar ws_one_pass runs one_pass_wg2; anything else is
+// refused. What ran is read back after each call
 // (cuda_last_attention_backward_kernel, set where the kernel is launched),
-// and the gradients are ws_one_pass's: dK, dV one_pass_wg2's bits, dQ
-// within rounding of them.
+// and the gradients are one_pass_wg2's: ws_one_pass's dK, dV its bits and
+// dQ within rounding; the ordered one pass's all within rounding (its walk
+// runs from the last tile down, so dK and dV are other sums).
 TEST(CudaAttentionBackwardSm90Dispatch, NonDeterministicSwitchPicksWsOnePass) {
   REQUIRE_CUDA(cuda);
   REQUIRE_HOPPER();
@@ -598,10 +600,13 @@ TEST(CudaAttentionBackwardSm90Dispatch, NonDeterministicSwitchPicksWsOnePass) {
   const Forward f = run_forward_sm80(*cuda, spec, bf16_values(BT * 3 * C, 301, -2, 2),
                                      bf16_values(BT * C, 302, -1, 1));
   auto ran = [&] { return std::string(cuda_last_attention_backward_kernel()); };
+  std::vector<float> ordered;
   for (const char* deterministic : {static_cast<const char*>(nullptr), "", "1"}) {
     ScopedEnv set(kDeterministic, deterministic);
-    run_backward(*cuda, spec, f);
-    EXPECT_EQ(ran(), "ws") << (deterministic ? deterministic : "unset");
+    const std::vector<float> g = run_backward(*cuda, spec, f);
+    EXPECT_EQ(ran(), "ws_one_pass_ordered") << (deterministic ? deterministic : "unset");
+    if (ordered.empty()) ordered = g;
+    EXPECT_EQ(g, ordered) << "the ordered one pass's bits repeat";
   }
   std::vector<float> allowed, wg2;
   {
@@ -626,6 +631,9 @@ TEST(CudaAttentionBackwardSm90Dispatch, NonDeterministicSwitchPicksWsOnePass) {
   EXPECT_LE(floored_error(qkv_part(allowed, 0, C), qkv_part(wg2, 0, C)), 2e-3) << "dq";
   EXPECT_EQ(qkv_part(allowed, 1, C), qkv_part(wg2, 1, C)) << "dk";
   EXPECT_EQ(qkv_part(allowed, 2, C), qkv_part(wg2, 2, C)) << "dv";
+  EXPECT_LE(floored_error(qkv_part(ordered, 0, C), qkv_part(wg2, 0, C)), 2e-3) << "ordered dq";
+  EXPECT_LE(floored_error(qkv_part(ordered, 1, C), qkv_part(wg2, 1, C)), 2e-3) << "ordered dk";
+  EXPECT_LE(floored_error(qkv_part(ordered, 2, C), qkv_part(wg2, 2, C)), 2e-3) << "ordered dv";
   expect_switch_refused(*cuda, dispatch_spec(64), switch_test_forward(*cuda, dispatch_spec(64)),
                         kDeterministic, "no",
                         "LSGPT_ATTENTION_DETERMINISTIC must be 1 or 0, got 'no'");
