@@ -152,7 +152,8 @@ inline int ws_band_run(const AttentionShape& s, int sm_count) {
 // H200, 2026-12-02 10:13 UTC (backward alone, one binary, two alternating
 // runs): MHSA D 128 T 16k 5.52, 5.28 ms against ws 6.23, 6.32; D 64 6.72,
 // 6.69 against 7.26, 7.48; LS 1/2 D 128 2.77, 2.84 against 2.89, 2.88; at
-// T 4096 (MHSA D 128, B 4) it lost, 1.54 against 1.49.
+// T 4096 (MHSA D 128, B 4) it lost, 1.54 against 1.49; LS 1/2 D 64 T 16k
+// a tie (10:35 UTC: 3.46, 3.43 against 3.53, 3.33).
 inline bool ws_one_pass_pays(const AttentionShape& s) {
   return !s.span_qbar && s.T >= 16384 && local_work_share(s) < 0.05;
 }
