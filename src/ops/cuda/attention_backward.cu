@@ -395,6 +395,7 @@ bool use_sm90(const CudaContext& ctx, const AttentionSpec& spec) {
   sm90_backward_global_first();
   sm90_band_run_override();
   sm90_head_group_override();
+  sm90_one_pass_blocks_override();
   sm90_ws_striding_forced();
   attention_deterministic();
   const bool forced = sm80_forced();
@@ -417,6 +418,10 @@ std::optional<Sm90BackwardVariant> attn::sm90_backward_override() {
 
 std::optional<int> attn::sm90_band_run_override() {
   return env_whole_number("LSGPT_ATTENTION_SM90_BAND_RUN", 1, 1 << 20, "key blocks");
+}
+
+std::optional<int> attn::sm90_one_pass_blocks_override() {
+  return env_whole_number("LSGPT_ATTENTION_SM90_ONE_PASS_BLOCKS", 1, 1 << 20, "blocks");
 }
 
 std::optional<int> attn::sm90_head_group_override() {
@@ -448,7 +453,8 @@ bool attention_backward_uses_sm90(CudaContext& ctx, const AttentionSpec& spec) {
 
 const char* attention_backward_last_kernel() {
   constexpr const char* kNames[] = {"base",         "wg2",     "ws",          "one_pass",
-                                    "one_pass_wg2", "ws_band", "ws_one_pass", "ws_one_pass_ordered"};
+                                    "one_pass_wg2", "ws_band", "ws_one_pass",
+                                    "ws_one_pass_ordered"};
   static_assert(int(attn::Sm90BackwardVariant::ws_one_pass_ordered) == 7,
                 "kNames follows the enum");
   const int k = last_backward_kernel;

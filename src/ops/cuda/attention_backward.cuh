@@ -379,6 +379,13 @@ std::optional<int> sm90_band_run_override();
 // choice. Anything else is an error. Band runs (ws_band) ignore it.
 std::optional<int> sm90_head_group_override();
 
+// ws_one_pass's and ws_one_pass_ordered's persistent grid at most this many
+// blocks (never more than one a multiprocessor):
+// LSGPT_ATTENTION_SM90_ONE_PASS_BLOCKS = a whole number from 1 to 1048576,
+// digits only (for tests: the ordered form's bits must not depend on it),
+// or unset or empty: nullopt. Anything else is an error.
+std::optional<int> sm90_one_pass_blocks_override();
+
 // How ws hands out its items: LSGPT_ATTENTION_SM90_WS_SCHEDULE = auto (also
 // unset or empty) or dynamic: from a counter, the default; static: every
 // (consumers)-th item, kept for comparison. Anything else is an error.

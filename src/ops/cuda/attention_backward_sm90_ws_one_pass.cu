@@ -336,7 +336,8 @@ struct ItemTurns {
   __device__ __forceinline__ ItemTurns(const BackwardParams& p, const OnePassItem& w) {
     const HeadMask mask{w.h < p.n_local, p.window};
     if (w.block > 0)
-      prev_last = query_tiles_seeing<kQ>(mask, (w.block - 1) * kKeysPerItem, kKeysPerItem, p.T).last;
+      prev_last =
+          query_tiles_seeing<kQ>(mask, (w.block - 1) * kKeysPerItem, kKeysPerItem, p.T).last;
     if (w.block + 1 < p.n_key_blocks)
       next_first =
           query_tiles_seeing<kQ>(mask, (w.block + 1) * kKeysPerItem, kKeysPerItem, p.T).first;
@@ -640,7 +641,9 @@ void launch(CudaContext& ctx, const BackwardParams& p, int B, float* dq_accum) {
   BackwardParams q = p;
   q.n_key_blocks = ceil_div(p.T, kKeysPerItem);
   const long long items = 1LL * q.n_key_blocks * B * p.n_head;
-  const int max_blocks = std::max(1, ctx.sm_count());  // one a multiprocessor
+  // One a multiprocessor, or fewer (LSGPT_ATTENTION_SM90_ONE_PASS_BLOCKS).
+  const int max_blocks =
+      std::max(1, std::min(ctx.sm_count(), sm90_one_pass_blocks_override().value_or(1 << 30)));
   // snake_item reaches n_items - 1 + 2 (blocks - 1) before a block stops.
   LSGPT_CHECK(items <= 0x7fffffffLL - 2LL * max_blocks,
               "attention_backward: too many work items for one launch");

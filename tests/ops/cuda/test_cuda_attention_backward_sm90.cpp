@@ -351,8 +351,9 @@ TEST(CudaAttentionBackwardSm90Dispatch, WsOnePassMatchesOnePassWg2) {
 // the walk runs from the last tile down). Many rounds of items (B 4, 6
 // heads at T 4096: 768 items of 128 keys), local heads whose bands make a
 // tile's contributors a run that does not start at block 0 (w 70 and 300),
-// T not a multiple of the tile, and one item (T 100). With span cross
-// (qbar) it runs ws, bit-reproducible too.
+// T not a multiple of the tile, and one key block a head (T 100, where no
+// turn is waited for). With span cross (qbar) it runs ws,
+// bit-reproducible too.
 TEST(CudaAttentionBackwardSm90Dispatch, WsOnePassOrderedRepeatsBitForBit) {
   REQUIRE_CUDA(cuda);
   REQUIRE_HOPPER();
@@ -387,6 +388,39 @@ TEST(CudaAttentionBackwardSm90Dispatch, WsOnePassOrderedRepeatsBitForBit) {
             EXPECT_LE(floored_error(qkv_part(a, part, C), qkv_part(ref, part, C)), 2e-3)
                 << "part " << part;
         }
+}
+
+// The ordered one pass's order is the key blocks', not the schedule's: its
+// bits are the same on one block (every item in turn, no turn ever waited
+// for), on 7 and on every multiprocessor
+// (LSGPT_ATTENTION_SM90_ONE_PASS_BLOCKS), where two runs alone would catch
+// a broken order only by chance. MHSA and LS (local bands of 300 keys)
+// with several key blocks walking each tile.
+TEST(CudaAttentionBackwardSm90Dispatch, WsOnePassOrderedBitsDoNotDependOnTheGrid) {
+  REQUIRE_CUDA(cuda);
+  REQUIRE_HOPPER();
+  ScopedEnv choose(kSm90Backward, "ws_one_pass_ordered");
+  for (int D : {64, 128})
+    for (int n_local : {0, 4}) {
+      AttentionSpec spec;
+      spec.B = 2, spec.T = 1999, spec.head_dim = D, spec.n_head = 6;
+      spec.n_local = n_local, spec.window = 300;
+      SCOPED_TRACE("D " + std::to_string(D) + ", local " + std::to_string(n_local));
+      const size_t BT = size_t(spec.B) * spec.T, C = spec.C();
+      const Forward f =
+          run_forward_sm80(*cuda, spec, bf16_values(BT * 3 * C, 401 + D + n_local, -2, 2),
+                           bf16_values(BT * C, 402 + D + n_local, -1, 1));
+      std::vector<float> all;
+      {
+        ScopedEnv cap(kSm90OnePassBlocks, nullptr);
+        all = run_backward_on(*cuda, spec, f, true).dqkv;
+        EXPECT_EQ(std::string(cuda_last_attention_backward_kernel()), "ws_one_pass_ordered");
+      }
+      for (const char* blocks : {"1", "7"}) {
+        ScopedEnv cap(kSm90OnePassBlocks, blocks);
+        EXPECT_EQ(run_backward_on(*cuda, spec, f, true).dqkv, all) << blocks << " blocks";
+      }
+    }
 }
 
 // A shape of the tests that hold a variant against base, with its span.
@@ -651,8 +685,8 @@ void check_whole_number_switch(Backend& cuda, const char* name,
 }
 
 // The run length is a whole number of key blocks from 1, the head group
-// of heads from 0.
-TEST(CudaAttentionBackwardSm90Dispatch, RefusesABadBandRunOrHeadGroup) {
+// of heads from 0, the one pass's block cap of blocks from 1.
+TEST(CudaAttentionBackwardSm90Dispatch, RefusesABadBandRunHeadGroupOrBlockCap) {
   REQUIRE_CUDA(cuda);
   check_whole_number_switch(*cuda, kSm90BandRun,
                             {"0", "-3", "+8", " 8", "2x", "four", "99999999999"},
@@ -661,6 +695,9 @@ TEST(CudaAttentionBackwardSm90Dispatch, RefusesABadBandRunOrHeadGroup) {
   check_whole_number_switch(*cuda, kSm90HeadGroup, {"-1", "+4", "4x", "1048577"},
                             "LSGPT_ATTENTION_SM90_HEAD_GROUP must be a whole number of heads "
                             "from 0 to 1048576, got '");
+  check_whole_number_switch(*cuda, kSm90OnePassBlocks, {"0", "-1", "+7", "7x", "1048577"},
+                            "LSGPT_ATTENTION_SM90_ONE_PASS_BLOCKS must be a whole number of "
+                            "blocks from 1 to 1048576, got '");
 }
 
 // The block order's and ws's item schedule's switches: their values taken,
