@@ -14,6 +14,7 @@
 
 namespace lsgpt {
 namespace {
+namespace test_ab_revisions {
 
 using testing::quoted;
 using testing::run_command;
@@ -172,5 +173,6 @@ TEST(AbRevisions, RefusesBadArgumentsBeforeBuilding) {
   EXPECT_FALSE(std::filesystem::exists(out + "/base-build")) << "nothing is built on bad input";
 }
 
+}  // namespace test_ab_revisions
 }  // namespace
 }  // namespace lsgpt

@@ -10,6 +10,7 @@
 
 namespace lsgpt {
 namespace {
+namespace test_attention_variants_summary {
 
 using testing::quoted;
 using testing::run_command;
@@ -50,5 +51,6 @@ TEST(AttentionVariantsSummary, RefusesALineThatIsNotJson) {
   EXPECT_NE(r.output.find("bad.log:1: not JSON"), std::string::npos) << r.output;
 }
 
+}  // namespace test_attention_variants_summary
 }  // namespace
 }  // namespace lsgpt

@@ -15,6 +15,7 @@
 
 namespace lsgpt {
 namespace {
+namespace test_multi_gpu_scripts {
 
 using json = nlohmann::json;
 using testing::quoted;
@@ -274,5 +275,6 @@ TEST(ScalingModel, QuietWhenTheReaderStopsEarly) {
   EXPECT_EQ(r.output.find("Traceback"), std::string::npos) << r.output;
 }
 
+}  // namespace test_multi_gpu_scripts
 }  // namespace
 }  // namespace lsgpt

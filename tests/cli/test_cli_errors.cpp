@@ -18,6 +18,7 @@
 #include "data/token_file.h"
 
 namespace {
+namespace test_cli_errors {
 
 namespace fs = std::filesystem;
 
@@ -283,4 +284,5 @@ TEST_F(Cli, StabilisersTrainOnCudaAndEvaluateOnCpu) {
   EXPECT_EQ(sample.exit_code, 0) << sample.output;
 }
 
+}  // namespace test_cli_errors
 }  // namespace

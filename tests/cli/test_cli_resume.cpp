@@ -17,6 +17,7 @@
 
 namespace lsgpt {
 namespace {
+namespace test_cli_resume {
 
 namespace fs = std::filesystem;
 using testing::quoted;
@@ -210,5 +211,6 @@ TEST(CliResume, InitFromTakesTheCheckpointsModelAndAppliesOnlyGivenFlags) {
   expect_refusal(r, {"--d-model", "--data"});
 }
 
+}  // namespace test_cli_resume
 }  // namespace
 }  // namespace lsgpt

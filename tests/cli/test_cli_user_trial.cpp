@@ -12,6 +12,7 @@
 
 namespace lsgpt {
 namespace {
+namespace test_cli_user_trial {
 
 using testing::quoted;
 using testing::ScratchDir;
@@ -93,5 +94,6 @@ TEST_F(CliUserTrial, UsageErrorsAreOneLsgptErrorLine) {
   EXPECT_NE(help.output.find("--prompt-ids"), std::string::npos);
 }
 
+}  // namespace test_cli_user_trial
 }  // namespace
 }  // namespace lsgpt

@@ -14,6 +14,7 @@
 
 namespace lsgpt {
 namespace {
+namespace test_generate_context {
 
 using testing::quoted;
 using testing::ScratchDir;
@@ -78,5 +79,6 @@ TEST_P(GenerateContext, PromptPlusNewTokensMayFillTheContextPlusOne) {
 INSTANTIATE_TEST_SUITE_P(Devices, GenerateContext, ::testing::Values("cpu", "cuda"),
                          [](const auto& info) { return info.param; });
 
+}  // namespace test_generate_context
 }  // namespace
 }  // namespace lsgpt

@@ -17,6 +17,7 @@
 
 namespace lsgpt {
 namespace {
+namespace test_small_vocab {
 
 using testing::quoted;
 using testing::run_command;
@@ -239,5 +240,6 @@ TEST_F(SmallVocab, GptTwoVocabularyKeepsItsEndOfText) {
       << r.output;
 }
 
+}  // namespace test_small_vocab
 }  // namespace
 }  // namespace lsgpt

@@ -14,6 +14,7 @@
 
 namespace lsgpt {
 namespace {
+namespace test_stability_study_script {
 
 using data_testing::read_file;
 using data_testing::ScratchDir;
@@ -185,5 +186,6 @@ TEST(StabilityStudyScript, RunsEveryPhaseOnTheCpuAndResumes) {
   EXPECT_NE(r.out.find("no lsgpt binary at '/nonexistent/lsgpt'"), std::string::npos) << r.out;
 }
 
+}  // namespace test_stability_study_script
 }  // namespace
 }  // namespace lsgpt

@@ -16,6 +16,7 @@
 
 namespace lsgpt {
 namespace {
+namespace test_study_span {
 
 namespace fs = std::filesystem;
 using testing::quoted;
@@ -181,5 +182,6 @@ TEST_F(StudySpan, DefaultAttentionIsTheModelAsConfigured) {
   EXPECT_EQ(results["attention"], nlohmann::json::array({"mhsa"}));
 }
 
+}  // namespace test_study_span
 }  // namespace
 }  // namespace lsgpt

@@ -22,6 +22,7 @@
 #include "data/token_file.h"
 
 namespace {
+namespace test_write_errors {
 
 namespace fs = std::filesystem;
 
@@ -278,4 +279,5 @@ TEST_F(WriteErrors, OutputPathsBelowARegularFile) {
   EXPECT_TRUE(fs::is_regular_file(path("text.txt")));
 }
 
+}  // namespace test_write_errors
 }  // namespace

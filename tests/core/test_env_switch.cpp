@@ -9,6 +9,7 @@
 
 namespace lsgpt {
 namespace {
+namespace test_env_switch {
 
 constexpr const char* kName = "LSGPT_TEST_ENV_SWITCH";
 
@@ -74,5 +75,6 @@ TEST(EnvWholeNumber, DigitsInRangeOnly) {
   EXPECT_THROW(env_whole_number(kName, 1, 8, "key blocks"), Error);  // below lo
 }
 
+}  // namespace test_env_switch
 }  // namespace
 }  // namespace lsgpt

@@ -8,6 +8,7 @@
 
 namespace lsgpt {
 namespace {
+namespace test_statistics {
 
 TEST(Statistics, StudentTCdfMatchesReferenceValues) {
   EXPECT_NEAR(student_t_cdf(0.0, 4), 0.5, 1e-14);
@@ -60,5 +61,6 @@ TEST(Statistics, HolmStepDown) {
   EXPECT_TRUE(holm_reject({}).empty());
 }
 
+}  // namespace test_statistics
 }  // namespace
 }  // namespace lsgpt

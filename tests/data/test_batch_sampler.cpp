@@ -14,6 +14,7 @@
 
 namespace lsgpt {
 namespace {
+namespace test_batch_sampler {
 
 using data_testing::ScratchDir;
 
@@ -184,5 +185,6 @@ TEST(Batches, CorruptTokensAreRefusedWhenDrawn) {
   EXPECT_THROW(batches.fill(2, in.data(), tg.data()), Error);
 }
 
+}  // namespace test_batch_sampler
 }  // namespace
 }  // namespace lsgpt

@@ -12,6 +12,7 @@
 
 namespace lsgpt {
 namespace {
+namespace test_cli_prepare_tokenize {
 
 using data_testing::gpt2;
 using data_testing::read_file;
@@ -154,5 +155,6 @@ TEST(CliPrepare, Refusals) {
   EXPECT_NE(help.out.find("--split"), std::string::npos);
 }
 
+}  // namespace test_cli_prepare_tokenize
 }  // namespace
 }  // namespace lsgpt

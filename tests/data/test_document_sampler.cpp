@@ -17,6 +17,7 @@
 
 namespace lsgpt {
 namespace {
+namespace test_document_sampler {
 
 using data_testing::ScratchDir;
 constexpr int kVocab = 1000;
@@ -134,5 +135,6 @@ TEST(DocumentSampler, UniformIsUnchangedAndBadSettingsAreRefused) {
   EXPECT_EQ(parse_window_sampling("documents"), WindowSampling::documents);
 }
 
+}  // namespace test_document_sampler
 }  // namespace
 }  // namespace lsgpt

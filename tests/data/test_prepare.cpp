@@ -15,6 +15,7 @@
 
 namespace lsgpt {
 namespace {
+namespace test_prepare {
 
 using data_testing::gpt2;
 using data_testing::read_file;
@@ -252,5 +253,6 @@ TEST(Prepare, BundledWikiText2ValidSplit) {
       << describe(s, "x");
 }
 
+}  // namespace test_prepare
 }  // namespace
 }  // namespace lsgpt

@@ -21,6 +21,7 @@
 
 namespace lsgpt {
 namespace {
+namespace test_prepare_archive {
 
 using data_testing::gpt2;
 using data_testing::read_file;
@@ -211,5 +212,6 @@ TEST(PrepareArchive, BundledBooksAreTheAttributedOnes) {
   }
 }
 
+}  // namespace test_prepare_archive
 }  // namespace
 }  // namespace lsgpt

@@ -14,6 +14,7 @@
 
 namespace lsgpt {
 namespace {
+namespace test_token_file {
 
 using data_testing::read_file;
 using data_testing::ScratchDir;
@@ -202,5 +203,6 @@ TEST(TokenFile, ChecksumIsFnv1a64OfTheTokenBytes) {
   EXPECT_NE(TokenFile(dir.file("v.bin")).fnv1a64(), TokenFile(dir.file("x.bin")).fnv1a64());
 }
 
+}  // namespace test_token_file
 }  // namespace
 }  // namespace lsgpt

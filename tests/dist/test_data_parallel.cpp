@@ -14,6 +14,7 @@
 
 namespace lsgpt {
 namespace {
+namespace test_data_parallel {
 
 ModelConfig tiny_config() {
   ModelConfig c;
@@ -93,5 +94,6 @@ TEST(DataParallel, PerTensorScalesActTensorByTensor) {
   EXPECT_GT(differ, t.numel / 2);  // the scale mattered (with weight decay, Adam is not scale-free)
 }
 
+}  // namespace test_data_parallel
 }  // namespace
 }  // namespace lsgpt

@@ -28,6 +28,7 @@
 
 namespace lsgpt {
 namespace {
+namespace test_data_parallel_cli {
 
 using json = nlohmann::json;
 using testing::quoted;
@@ -288,5 +289,6 @@ TEST_F(DataParallelCli, CudaRanksOnEveryGpuMatchOneRank) {
   }
 }
 
+}  // namespace test_data_parallel_cli
 }  // namespace
 }  // namespace lsgpt

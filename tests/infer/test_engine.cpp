@@ -27,6 +27,7 @@
 
 namespace lsgpt {
 namespace {
+namespace test_engine {
 
 struct EngineCase {
   std::string device;
@@ -280,5 +281,6 @@ INSTANTIATE_TEST_SUITE_P(Devices, EngineTest, ::testing::ValuesIn(engine_cases()
                                   (c.qk_norm ? "_qknorm" : "");
                          });
 
+}  // namespace test_engine
 }  // namespace
 }  // namespace lsgpt

@@ -10,6 +10,7 @@
 
 namespace lsgpt {
 namespace {
+namespace test_generator_eot {
 
 ModelConfig small_vocab_config(int eot_token) {
   ModelConfig c;
@@ -58,5 +59,6 @@ TEST(GeneratorEot, StopsAtTheModelsEndOfText) {
   }
 }
 
+}  // namespace test_generator_eot
 }  // namespace
 }  // namespace lsgpt

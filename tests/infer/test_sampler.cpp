@@ -10,6 +10,7 @@
 
 namespace lsgpt {
 namespace {
+namespace test_sampler {
 
 TEST(Sampler, TemperatureZeroIsArgmax) {
   std::vector<float> logits{0.1f, 2.5f, -1.0f, 2.4f};
@@ -53,5 +54,6 @@ TEST(Sampler, RefusesBadSettingsAndNaN) {
   EXPECT_THROW(sample_token(logits, SamplingSettings{}, 4, 0), Error);
 }
 
+}  // namespace test_sampler
 }  // namespace
 }  // namespace lsgpt

@@ -13,6 +13,7 @@
 
 namespace lsgpt {
 namespace {
+namespace test_atomic_file {
 
 using testing::read_bytes;
 using testing::ScratchDir;
@@ -171,5 +172,6 @@ TEST(MappedFile, MapsFilesAndRefusesWhatIsNot) {
   EXPECT_THROW(MappedFile(dir.path().string()), Error);
 }
 
+}  // namespace test_atomic_file
 }  // namespace
 }  // namespace lsgpt

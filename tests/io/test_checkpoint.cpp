@@ -15,6 +15,7 @@
 
 namespace lsgpt {
 namespace {
+namespace test_checkpoint {
 
 using json = nlohmann::json;
 using testing::random_checkpoint;
@@ -261,5 +262,6 @@ TEST(Checkpoint, ExpectingRefusesAnotherConfigAndNamesTheFields) {
   expect_error([&] { load_checkpoint_expecting(dir.file("d.ckpt"), other); }, {"d_model"});
 }
 
+}  // namespace test_checkpoint
 }  // namespace
 }  // namespace lsgpt

@@ -13,6 +13,7 @@
 
 namespace lsgpt {
 namespace {
+namespace test_hf_gpt2 {
 
 using json = nlohmann::json;
 namespace st = safetensors;
@@ -387,5 +388,6 @@ TEST(HfGpt2, ImportRefusesGpt2VariantsLsgptCannotRun) {
   expect_error([&] { import_hf_gpt2_path(dir.file("empty_dir"), "", {}); }, {"has no model.safetensors"});
 }
 
+}  // namespace test_hf_gpt2
 }  // namespace
 }  // namespace lsgpt

@@ -6,6 +6,7 @@
 
 namespace lsgpt {
 namespace {
+namespace test_interop {
 
 TEST(Interop, LsgptMatchesTransformersAndTheTorchReference) {
   const auto probe = testing::run_command("python3 -c 'import torch, transformers, safetensors, numpy'");
@@ -20,5 +21,6 @@ TEST(Interop, LsgptMatchesTransformersAndTheTorchReference) {
   std::printf("%s", r.output.c_str());
 }
 
+}  // namespace test_interop
 }  // namespace
 }  // namespace lsgpt

@@ -8,6 +8,7 @@
 
 namespace lsgpt {
 namespace {
+namespace test_io_cli {
 
 using testing::quoted;
 using testing::read_bytes;
@@ -100,5 +101,6 @@ TEST(IoCli, BadInputIsOneClearErrorAndWritesNothing) {
   EXPECT_NE(lsgpt("import --out " + quoted(dir.file("y.ckpt"))).exit_code, 0);
 }
 
+}  // namespace test_io_cli
 }  // namespace
 }  // namespace lsgpt

@@ -12,6 +12,7 @@
 
 namespace lsgpt {
 namespace {
+namespace test_safetensors {
 
 namespace st = safetensors;
 
@@ -170,5 +171,6 @@ TEST(Safetensors, RefusesOffsetsThatDoNotTileTheData) {
   EXPECT_NO_THROW(st::parse(raw("{\"a\":{" + kEntry + "}" + b_at + "[8,16]}}", 16), "ok"));
 }
 
+}  // namespace test_safetensors
 }  // namespace
 }  // namespace lsgpt

@@ -10,6 +10,7 @@
 
 namespace lsgpt {
 namespace {
+namespace test_config {
 
 using json = nlohmann::json;
 
@@ -229,5 +230,6 @@ TEST(SpanPresets, Bidir0IsCrossOnQAndKWithAlphaParTwo) {
   }
 }
 
+}  // namespace test_config
 }  // namespace
 }  // namespace lsgpt

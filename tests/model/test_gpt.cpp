@@ -14,6 +14,7 @@
 
 namespace lsgpt {
 namespace {
+namespace test_gpt {
 
 using testing::random_tokens;
 
@@ -350,5 +351,6 @@ TEST(Generate, RefusesPromptsBeyondTheContext) {
   }
 }
 
+}  // namespace test_gpt
 }  // namespace
 }  // namespace lsgpt

@@ -25,6 +25,7 @@
 
 namespace lsgpt {
 namespace {
+namespace test_gpt_cuda {
 
 using cuda_test::cuda_backend;
 using testing::random_tokens;
@@ -240,5 +241,6 @@ TEST_P(CudaStepGraph, ReplayedStepsMatchEagerSteps) {
   }
 }
 
+}  // namespace test_gpt_cuda
 }  // namespace
 }  // namespace lsgpt

@@ -32,6 +32,7 @@
 
 namespace lsgpt {
 namespace {
+namespace test_backend_ops {
 
 using testing::random_vector;
 using testing::relative_error;
@@ -683,5 +684,6 @@ TEST_P(BackendOpsTest, AttentionDecode) {
 INSTANTIATE_TEST_SUITE_P(BackendOps, BackendOpsTest, ::testing::Values("cpu", "cuda"),
                          [](const auto& info) { return info.param; });
 
+}  // namespace test_backend_ops
 }  // namespace
 }  // namespace lsgpt

@@ -9,6 +9,7 @@
 
 namespace lsgpt {
 namespace {
+namespace test_capacity {
 
 TEST(ServeCapacity, LargestBatchThatFitsAndTheMhsaComparison) {
   ModelConfig cfg = testing::serve_model_config(4096);
@@ -35,5 +36,6 @@ TEST(ServeCapacity, LargestBatchThatFitsAndTheMhsaComparison) {
   EXPECT_EQ(serve::plan_capacity(model, 8, size_t(1) << 40, 100).slots, 100);
 }
 
+}  // namespace test_capacity
 }  // namespace
 }  // namespace lsgpt

@@ -10,6 +10,7 @@
 
 namespace lsgpt::serve {
 namespace {
+namespace test_openai_protocol {
 
 using nlohmann::json;
 
@@ -200,5 +201,6 @@ TEST(TextStream, SendsNothingOfAStopString) {
   EXPECT_EQ(all, "abc");
 }
 
+}  // namespace test_openai_protocol
 }  // namespace
 }  // namespace lsgpt::serve

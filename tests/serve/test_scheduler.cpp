@@ -11,6 +11,7 @@
 
 namespace lsgpt {
 namespace {
+namespace test_scheduler {
 
 using namespace std::chrono_literals;
 
@@ -109,5 +110,6 @@ TEST(ServeScheduler, QueueLimitAndDrain) {
   EXPECT_TRUE(finished);
 }
 
+}  // namespace test_scheduler
 }  // namespace
 }  // namespace lsgpt

@@ -18,6 +18,7 @@
 
 namespace lsgpt {
 namespace {
+namespace test_serve_process {
 
 using Clock = std::chrono::steady_clock;
 using namespace std::chrono_literals;
@@ -172,5 +173,6 @@ TEST_F(ServeProcessTest, BadFlagsFailWithOneError) {
   EXPECT_EQ(missing.exit_code, 1) << missing.output;
 }
 
+}  // namespace test_serve_process
 }  // namespace
 }  // namespace lsgpt

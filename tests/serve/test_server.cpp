@@ -20,6 +20,7 @@
 
 namespace lsgpt {
 namespace {
+namespace test_server {
 
 using nlohmann::json;
 using testing::InProcessServer;
@@ -418,11 +419,13 @@ TEST(ServeOtherVocabulary, TextPromptsAreRefusedTokenIdsServed) {
   EXPECT_EQ(ids_of(choice), want_ids) << want.output;
 }
 
+}  // namespace test_server
 }  // namespace
 }  // namespace lsgpt
 
 namespace lsgpt {
 namespace {
+namespace test_server {
 
 // On the GPU: a request served alone (batch 1) gives `lsgpt generate
 // --device cuda`'s tokens, whole and streamed. (In a batch, bf16 products of
@@ -453,5 +456,6 @@ TEST(ServeCuda, AnswerEqualsGenerateOnTheGpu) {
   EXPECT_EQ(join(streamed).ids, want);
 }
 
+}  // namespace test_server
 }  // namespace
 }  // namespace lsgpt

@@ -12,6 +12,7 @@
 
 namespace lsgpt {
 namespace {
+namespace test_streaming_encoder {
 
 using data_testing::gpt2;
 using Ids = std::vector<int32_t>;
@@ -99,5 +100,6 @@ TEST(StreamingEncoder, HoldsBackOnlyTheTail) {
   EXPECT_EQ(again, (Ids{15496, 995}));
 }
 
+}  // namespace test_streaming_encoder
 }  // namespace
 }  // namespace lsgpt

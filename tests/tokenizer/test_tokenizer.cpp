@@ -24,6 +24,7 @@
 
 namespace lsgpt {
 namespace {
+namespace test_tokenizer {
 
 using data_testing::gpt2;
 using data_testing::read_file;
@@ -395,5 +396,6 @@ TEST(Tokenizer, CopiesEncodeConcurrently) {
   for (const auto& r : results) EXPECT_EQ(r, expected);
 }
 
+}  // namespace test_tokenizer
 }  // namespace
 }  // namespace lsgpt

@@ -14,6 +14,7 @@
 
 namespace lsgpt {
 namespace {
+namespace test_adagc {
 
 using Grads = std::vector<std::vector<double>>;
 
@@ -117,5 +118,6 @@ TEST(AdaGC, StateRoundTripsThroughJson) {
   EXPECT_THROW(wrong.load_state(a.state_json()), Error);
 }
 
+}  // namespace test_adagc
 }  // namespace
 }  // namespace lsgpt

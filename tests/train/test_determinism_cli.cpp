@@ -24,6 +24,7 @@
 
 namespace lsgpt {
 namespace {
+namespace test_determinism_cli {
 
 using json = nlohmann::json;
 using testing::quoted;
@@ -177,5 +178,6 @@ TEST_F(TrainDeterminism, CudaRepeatsAndResumesBitForBit) {
   check_device("cuda");
 }
 
+}  // namespace test_determinism_cli
 }  // namespace
 }  // namespace lsgpt

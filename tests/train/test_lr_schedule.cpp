@@ -8,6 +8,7 @@
 
 namespace lsgpt {
 namespace {
+namespace test_lr_schedule {
 
 TEST(LearningRate, WarmupThenCosineToMinimum) {
   TrainConfig c;
@@ -73,5 +74,6 @@ TEST(TrainConfig, JsonRoundTrip) {
   EXPECT_THROW(TrainConfig::from_json(broken), Error);
 }
 
+}  // namespace test_lr_schedule
 }  // namespace
 }  // namespace lsgpt

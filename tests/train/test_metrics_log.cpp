@@ -18,6 +18,7 @@
 
 namespace lsgpt {
 namespace {
+namespace test_metrics_log {
 
 namespace fs = std::filesystem;
 
@@ -83,5 +84,6 @@ TEST(MetricsLog, AFailedWriteLeavesOnlyWholeLines) {
   fs::remove(path);
 }
 
+}  // namespace test_metrics_log
 }  // namespace
 }  // namespace lsgpt

@@ -19,6 +19,7 @@
 
 namespace lsgpt {
 namespace {
+namespace test_report {
 
 using data_testing::read_file;
 using data_testing::run_lsgpt;
@@ -196,5 +197,6 @@ TEST(Report, SettingsComeFromTheCheckpointWhenConfigJsonIsMissing) {
   EXPECT_NE(page.find("<code>train.schedule</code></td><td>cosine</td>"), std::string::npos);
 }
 
+}  // namespace test_report
 }  // namespace
 }  // namespace lsgpt

@@ -23,6 +23,7 @@
 
 namespace lsgpt {
 namespace {
+namespace test_stability_summary {
 
 using data_testing::read_file;
 using data_testing::run_lsgpt;
@@ -425,5 +426,6 @@ TEST(StabilitySummary, ReadsRealTrainingRuns) {
   EXPECT_EQ(groups[0].runs.size(), 2u);
 }
 
+}  // namespace test_stability_summary
 }  // namespace
 }  // namespace lsgpt

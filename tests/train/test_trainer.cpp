@@ -17,6 +17,7 @@
 
 namespace lsgpt {
 namespace {
+namespace test_trainer {
 
 namespace fs = std::filesystem;
 using json = nlohmann::json;
@@ -349,5 +350,6 @@ TEST(Trainer, SpanRunsChangeGradientsButNotTheFirstLoss) {
   EXPECT_NE(a[2]["loss"].get<double>(), b[2]["loss"].get<double>());
 }
 
+}  // namespace test_trainer
 }  // namespace
 }  // namespace lsgpt

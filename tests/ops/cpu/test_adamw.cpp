@@ -15,6 +15,7 @@
 
 namespace lsgpt {
 namespace {
+namespace test_adamw {
 
 using testing::random_vector;
 using testing::relative_error;
@@ -110,5 +111,6 @@ TEST(CpuSumSquares, PropagatesNanAndInf) {
   EXPECT_TRUE(std::isinf(cpu::sum_squares(x.data(), x.size())));
 }
 
+}  // namespace test_adamw
 }  // namespace
 }  // namespace lsgpt

@@ -13,6 +13,7 @@
 
 namespace lsgpt {
 namespace {
+namespace test_attention_backward {
 
 using testing::describe;
 using testing::make_attention_spec;
@@ -98,5 +99,6 @@ TEST(AttentionBackward, IndependentOfThreadCount) {
   }
 }
 
+}  // namespace test_attention_backward
 }  // namespace
 }  // namespace lsgpt

@@ -13,6 +13,7 @@
 
 namespace lsgpt {
 namespace {
+namespace test_attention_decode {
 
 using testing::random_vector;
 using testing::relative_error;
@@ -96,5 +97,6 @@ TEST(AttentionDecode, MatchesForwardRowsInDouble) {
   for (const DecodeCase& c : kCases) check_decode<double>(c);
 }
 
+}  // namespace test_attention_decode
 }  // namespace
 }  // namespace lsgpt

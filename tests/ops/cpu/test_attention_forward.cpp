@@ -17,6 +17,7 @@
 
 namespace lsgpt {
 namespace {
+namespace test_attention_forward {
 
 using testing::AttentionReference;
 using testing::describe;
@@ -152,5 +153,6 @@ TEST(AttentionForward, BackendAdapterMatchesKernels) {
   EXPECT_EQ(ml, want.max_logit);
 }
 
+}  // namespace test_attention_forward
 }  // namespace
 }  // namespace lsgpt

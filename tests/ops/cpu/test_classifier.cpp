@@ -16,6 +16,7 @@
 
 namespace lsgpt {
 namespace {
+namespace test_classifier {
 
 using testing::numeric_gradient;
 using testing::random_vector;
@@ -191,5 +192,6 @@ TEST(CpuClassifier, TargetOutsideVocabularyIsRefused) {
   EXPECT_EQ(logits, k.logits);  // refused before anything was written
 }
 
+}  // namespace test_classifier
 }  // namespace
 }  // namespace lsgpt

@@ -13,6 +13,7 @@
 
 namespace lsgpt {
 namespace {
+namespace test_embedding {
 
 using testing::dot;
 using testing::numeric_gradient;
@@ -125,5 +126,6 @@ TEST(CpuEmbedding, BackwardIsBitIdenticalAcrossRunsAndThreadCounts) {
   EXPECT_EQ(first, run(3));
 }
 
+}  // namespace test_embedding
 }  // namespace
 }  // namespace lsgpt

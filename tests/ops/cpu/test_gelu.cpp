@@ -12,6 +12,7 @@
 
 namespace lsgpt {
 namespace {
+namespace test_gelu {
 
 using testing::dot;
 using testing::numeric_gradient;
@@ -94,5 +95,6 @@ TEST(CpuGelu, BackwardFloatAgreesWithDouble) {
   EXPECT_LT(relative_error(dx32, dx), 1e-6);
 }
 
+}  // namespace test_gelu
 }  // namespace
 }  // namespace lsgpt

@@ -15,6 +15,7 @@
 
 namespace lsgpt {
 namespace {
+namespace test_layernorm {
 
 using testing::dot;
 using testing::numeric_gradient;
@@ -198,5 +199,6 @@ TEST(CpuLayerNorm, IsBitIdenticalAcrossRunsAndThreadCounts) {
   EXPECT_EQ(first, run(3));
 }
 
+}  // namespace test_layernorm
 }  // namespace
 }  // namespace lsgpt

@@ -14,6 +14,7 @@
 
 namespace lsgpt {
 namespace {
+namespace test_matmul {
 
 using testing::dot;
 using testing::numeric_gradient;
@@ -196,5 +197,6 @@ TEST(CpuMatmulSkips, NullDinpLeavesOtherGradientsExact) {
   EXPECT_EQ(db_a, db_b);
 }
 
+}  // namespace test_matmul
 }  // namespace
 }  // namespace lsgpt

@@ -11,6 +11,7 @@
 
 namespace lsgpt {
 namespace {
+namespace test_qk_norm {
 
 using testing::numeric_gradient;
 using testing::random_vector;
@@ -99,5 +100,6 @@ TEST(CpuQkNorm, FloatAgreesWithDouble) {
   EXPECT_LT(relative_error(std::vector<double>(y32.begin(), y32.end()), y64), 1e-6);
 }
 
+}  // namespace test_qk_norm
 }  // namespace
 }  // namespace lsgpt

@@ -11,6 +11,7 @@
 
 namespace lsgpt {
 namespace {
+namespace test_residual {
 
 using testing::dot;
 using testing::numeric_gradient;
@@ -59,5 +60,6 @@ TEST(CpuResidual, GradientIsIdentityThroughAddInplace) {
   EXPECT_LT(relative_error(db, num_db), 1e-8);
 }
 
+}  // namespace test_residual
 }  // namespace
 }  // namespace lsgpt

@@ -22,6 +22,7 @@
 
 namespace lsgpt {
 namespace {
+namespace test_sampling {
 
 using testing::random_vector;
 
@@ -345,5 +346,6 @@ TEST(Sampling, MaskedTokensAreNeverDrawn) {
   for (int32_t t : draw(z, params(3.0f, 15, 0.95f, 8), 500)) EXPECT_EQ(t % 2, 1) << t;
 }
 
+}  // namespace test_sampling
 }  // namespace
 }  // namespace lsgpt

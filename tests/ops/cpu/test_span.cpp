@@ -19,6 +19,7 @@
 
 namespace lsgpt {
 namespace {
+namespace test_span {
 
 using testing::describe;
 using testing::make_attention_spec;
@@ -305,5 +306,6 @@ TEST(SpanBackward, CrossKeyRowWithZeroQbarIsUnchanged) {
   }
 }
 
+}  // namespace test_span
 }  // namespace
 }  // namespace lsgpt

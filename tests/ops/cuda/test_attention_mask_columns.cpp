@@ -13,6 +13,7 @@
 
 namespace lsgpt::cuda::attn {
 namespace {
+namespace test_attention_mask_columns {
 
 // HeadMask::visible (attention_common.cuh): query i sees key j.
 bool visible(bool local, int window, int i, int j) {
@@ -57,5 +58,6 @@ TEST(AttentionMaskColumns, QueryRowsMatchTheMask) {
         }
 }
 
+}  // namespace test_attention_mask_columns
 }  // namespace
 }  // namespace lsgpt::cuda::attn

@@ -12,6 +12,7 @@
 
 namespace lsgpt::cuda::attn {
 namespace {
+namespace test_attention_sm90_choice {
 
 constexpr int kH200Sms = 132;
 
@@ -274,5 +275,6 @@ TEST(AttentionSm90Choice, LongGlobalWorkTakesTheOnePass) {
             int(Bw::ws_one_pass_ordered));
 }
 
+}  // namespace test_attention_sm90_choice
 }  // namespace
 }  // namespace lsgpt::cuda::attn

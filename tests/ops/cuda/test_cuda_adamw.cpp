@@ -24,6 +24,7 @@
 
 namespace lsgpt {
 namespace {
+namespace test_cuda_adamw {
 
 using namespace cuda_test;
 
@@ -227,5 +228,6 @@ TEST_F(CudaAdamW, ModelStepMatchesThePerTensorSwitch) {
   EXPECT_GT(testing::relative_error(multi.parameters(), initial.parameters()), 1e-4);
 }
 
+}  // namespace test_cuda_adamw
 }  // namespace
 }  // namespace lsgpt

@@ -33,6 +33,7 @@
 
 namespace lsgpt {
 namespace {
+namespace test_cuda_attention {
 
 using testing::relative_error;
 using namespace cuda_test;
@@ -358,5 +359,6 @@ TEST(CudaBackend, ReportsItsTypes) {
   EXPECT_EQ(cuda->acc_dtype(), DType::f32);
 }
 
+}  // namespace test_cuda_attention
 }  // namespace
 }  // namespace lsgpt

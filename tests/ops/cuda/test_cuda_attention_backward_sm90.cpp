@@ -55,6 +55,7 @@
 
 namespace lsgpt {
 namespace {
+namespace test_cuda_attention_backward_sm90 {
 
 using namespace cuda_test;
 
@@ -748,5 +749,6 @@ TEST(CudaAttentionBackwardSm90Dispatch, GlobalFirstOrderMatchesBatchMajor) {
 }
 #endif
 
+}  // namespace test_cuda_attention_backward_sm90
 }  // namespace
 }  // namespace lsgpt

@@ -45,6 +45,7 @@
 
 namespace lsgpt {
 namespace {
+namespace test_cuda_attention_forward_sm90 {
 
 using testing::relative_error;
 using namespace cuda_test;
@@ -340,5 +341,6 @@ TEST(CudaAttentionForwardSm90Dispatch, RefusesAnUnknownVariant) {
 }
 #endif
 
+}  // namespace test_cuda_attention_forward_sm90
 }  // namespace
 }  // namespace lsgpt

@@ -13,6 +13,7 @@
 
 namespace lsgpt {
 namespace {
+namespace test_cuda_decode_rows {
 
 using cuda_test::bf16_values;
 using cuda_test::cuda_backend;
@@ -156,5 +157,6 @@ TEST(CudaDecodeRows, KvCacheWriteAndEmbeddingDecodeMatchCpu64) {
   EXPECT_LE(testing::relative_error(embed(*cuda), embed(*cpu64)), 4e-3);
 }
 
+}  // namespace test_cuda_decode_rows
 }  // namespace
 }  // namespace lsgpt

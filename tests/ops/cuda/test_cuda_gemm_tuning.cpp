@@ -23,6 +23,7 @@
 
 namespace lsgpt {
 namespace {
+namespace test_cuda_gemm_tuning {
 
 using namespace cuda_test;
 using testing::relative_error;
@@ -166,5 +167,6 @@ TEST(CudaGemmTuning, OffWritesNoFileAndUnknownValuesAreRefused) {
   cuda->set_tuning(false);
 }
 
+}  // namespace test_cuda_gemm_tuning
 }  // namespace
 }  // namespace lsgpt

@@ -25,6 +25,7 @@
 
 namespace lsgpt {
 namespace {
+namespace test_cuda_launch {
 
 using namespace cuda_test;
 
@@ -111,6 +112,7 @@ TEST(CudaLaunch, RefusesABadSwitch) {
                             "the CUDA context");
 }
 
+}  // namespace test_cuda_launch
 }  // namespace
 }  // namespace lsgpt
 #endif  // LSGPT_HAVE_CUDA

@@ -31,6 +31,7 @@
 
 namespace lsgpt {
 namespace {
+namespace test_cuda_ops {
 
 using testing::relative_error;
 using namespace cuda_test;
@@ -517,5 +518,6 @@ TEST_F(CudaOps, AdamWOnMasterWeightsAndSumSquares) {
   EXPECT_EQ(sum, cuda_->sum_squares(xb.mem.get(), n));
 }
 
+}  // namespace test_cuda_ops
 }  // namespace
 }  // namespace lsgpt

@@ -32,6 +32,7 @@
 
 namespace lsgpt {
 namespace {
+namespace test_cuda_sampling {
 
 using namespace cuda_test;
 
@@ -230,5 +231,6 @@ TEST_F(CudaSampling, NaNRowGetsMinusTwoAndKeepsItsBookkeeping) {
   }
 }
 
+}  // namespace test_cuda_sampling
 }  // namespace
 }  // namespace lsgpt

@@ -16,6 +16,7 @@
 
 namespace lsgpt::cuda {
 namespace {
+namespace test_snake_rounds {
 
 // The items each block takes, in order, walked as the kernel walks them;
 // the kernel's `last` flag must be set on a block's final item only.
@@ -85,5 +86,6 @@ TEST(SnakeRounds, BalancesItemsThatComeLongestFirst) {
   EXPECT_GT(spread(strided), 4 * spread(snake));
 }
 
+}  // namespace test_snake_rounds
 }  // namespace
 }  // namespace lsgpt::cuda
