@@ -39,13 +39,19 @@ function(lsgpt_add_cuda_backend target)
   if(NOT cuda_sources)
     return()
   endif()
-  add_library(lsgpt_cuda STATIC ${cuda_sources})
+  # cuBLASLt is opened at its first call, not linked (src/ops/cublaslt_loader.cpp
+  # says why): a cuBLASLt function the backend starts to call needs its
+  # forwarder there, and the link fails until it has one.
+  set(cublaslt_loader ${CMAKE_SOURCE_DIR}/src/ops/cublaslt_loader.cpp)
+  add_library(lsgpt_cuda STATIC ${cuda_sources} ${cublaslt_loader})
+  set_source_files_properties(${cublaslt_loader} PROPERTIES
+    COMPILE_DEFINITIONS "LSGPT_CUBLASLT_DIR=\"$<TARGET_FILE_DIR:CUDA::cublasLt>\"")
   set_target_properties(lsgpt_cuda PROPERTIES CUDA_ARCHITECTURES OFF
     POSITION_INDEPENDENT_CODE ON CUDA_SEPARABLE_COMPILATION OFF)
   target_include_directories(lsgpt_cuda PUBLIC ${CMAKE_SOURCE_DIR}/src)
   target_compile_options(lsgpt_cuda PRIVATE
     $<$<COMPILE_LANGUAGE:CUDA>:${LSGPT_CUDA_GENCODE} --expt-relaxed-constexpr -lineinfo>)
-  target_link_libraries(lsgpt_cuda PUBLIC CUDA::cudart CUDA::cublasLt nlohmann_json::nlohmann_json)
+  target_link_libraries(lsgpt_cuda PUBLIC CUDA::cudart nlohmann_json::nlohmann_json ${CMAKE_DL_LIBS})
   target_link_libraries(${target} PUBLIC lsgpt_cuda)
   # NCCL ships with the CUDA toolkit here and on CI; only the CUDA build links it.
   find_library(LSGPT_NCCL_LIB nccl HINTS ${CUDAToolkit_LIBRARY_DIR} REQUIRED)
