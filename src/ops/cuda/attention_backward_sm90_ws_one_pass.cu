@@ -156,11 +156,16 @@ __device__ __forceinline__ int block_item(int round) {
   return snake_item(round, int(gridDim.x), int(blockIdx.x));
 }
 
-// The query tiles an item walks: the union of its two warpgroups' bands.
+// The query tiles key block `block` (128 keys) of head h walks: the union
+// of its two warpgroups' bands.
+__device__ __forceinline__ QueryTileRange key_block_tiles(const BackwardParams& p, int h,
+                                                          int block) {
+  return query_tiles_seeing<kQ>(HeadMask{h < p.n_local, p.window}, block * kKeysPerItem,
+                                kKeysPerItem, p.T);
+}
 __device__ __forceinline__ QueryTileRange item_tiles(const BackwardParams& p,
                                                      const OnePassItem& w) {
-  return query_tiles_seeing<kQ>(HeadMask{w.h < p.n_local, p.window}, w.block * kKeysPerItem,
-                                kKeysPerItem, p.T);
+  return key_block_tiles(p, w.h, w.block);
 }
 
 // The n-th query tile an item walks: from walk.first up, or (kDescending)
@@ -334,13 +339,8 @@ struct ItemTurns {
   int next_first = 1 << 30;  // the first tile key block + 1 walks (none: never)
 
   __device__ __forceinline__ ItemTurns(const BackwardParams& p, const OnePassItem& w) {
-    const HeadMask mask{w.h < p.n_local, p.window};
-    if (w.block > 0)
-      prev_last =
-          query_tiles_seeing<kQ>(mask, (w.block - 1) * kKeysPerItem, kKeysPerItem, p.T).last;
-    if (w.block + 1 < p.n_key_blocks)
-      next_first =
-          query_tiles_seeing<kQ>(mask, (w.block + 1) * kKeysPerItem, kKeysPerItem, p.T).first;
+    if (w.block > 0) prev_last = key_block_tiles(p, w.h, w.block - 1).last;
+    if (w.block + 1 < p.n_key_blocks) next_first = key_block_tiles(p, w.h, w.block + 1).first;
   }
 };
 
