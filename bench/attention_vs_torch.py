@@ -14,7 +14,9 @@ the same shapes in PyTorch (bf16, triton.testing.do_bench, median):
 Prints forward and forward+backward times and the ratio torch / lsgpt (above
 1: lsgpt is faster). --json PATH also writes every number.
 
---labels mhsa,ls_half_w256 times only those settings on the PyTorch side.
+--labels mhsa,ls_half_w256 times only those settings on the PyTorch side;
+--lengths 16384 and --head-dims 128 likewise only those T and head dims
+(FlexAttention's compile at T 16k takes minutes).
 --backward-variants default,ws_one_pass runs the lsgpt side once per Hopper
 backward (LSGPT_ATTENTION_SM90_BACKWARD; "default", the only one unless
 given, leaves it to the shape rules with the deterministic default, and
@@ -24,7 +26,7 @@ opt-in one-pass kernel, whose dQ is summed by atomics as cuDNN's and
 FlashAttention's.
 
 Usage: bench/attention_vs_torch.py --bench BUILD/bench_cuda_attention [--json out.json]
-       [--labels L1,L2] [--backward-variants V1,V2]
+       [--labels L1,L2] [--lengths T1,T2] [--head-dims D1,D2] [--backward-variants V1,V2]
 """
 import argparse
 import datetime
@@ -109,11 +111,14 @@ def main():
     ap.add_argument("--labels", help="comma-separated settings to time (default: all)")
     ap.add_argument("--lengths", help="comma-separated T values to compare with PyTorch "
                     "(default: all of the grid's)")
+    ap.add_argument("--head-dims", help="comma-separated head dims to compare with PyTorch "
+                    "(default: 64 and 128)")
     ap.add_argument("--backward-variants", default="default",
                     help="comma-separated LSGPT_ATTENTION_SM90_BACKWARD values for lsgpt's side")
     args = ap.parse_args()
     labels = set(args.labels.split(",")) if args.labels else None
     lengths = {int(t) for t in args.lengths.split(",")} if args.lengths else None
+    head_dims = {int(d) for d in args.head_dims.split(",")} if args.head_dims else None
     variants = args.backward_variants.split(",")
 
     device = torch.cuda.get_device_name()
@@ -129,7 +134,8 @@ def main():
               f"{'ratio':>6s} | torch kernel")
     print(header)
     for (label, T, D), r in sorted(ours.items(), key=lambda kv: (kv[0][2], kv[0][1], kv[0][0])):
-        if label == "custom" or (labels and label not in labels) or (lengths and T not in lengths):
+        if (label == "custom" or (labels and label not in labels) or
+                (lengths and T not in lengths) or (head_dims and D not in head_dims)):
             continue
         B, H = r["B"], r["heads"]
         q, k, v = make_qkv(B, H, T, D)

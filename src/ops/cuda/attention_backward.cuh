@@ -43,7 +43,8 @@ struct BackwardParams {
   // (CudaContext::ItemCounter::attention_backward, zero at each launch's
   // start, take_next_item) from which ws's consumers take their next item
   // instead of every (grid's consumers)-th, with band runs or with
-  // launch_backward_sm90_ws's `dynamic`.
+  // launch_backward_sm90_ws's `dynamic`; ws_one_pass's blocks take all
+  // their items from it (take_item) unless the schedule is static.
   int band_run = 0, band_slots = 0;
   // ws (not band runs): the items in groups of this many (batch row,
   // head) pairs, each group's before the next's (ws_backward_head_group);
@@ -386,10 +387,11 @@ std::optional<int> sm90_head_group_override();
 // or unset or empty: nullopt. Anything else is an error.
 std::optional<int> sm90_one_pass_blocks_override();
 
-// How ws hands out its items: LSGPT_ATTENTION_SM90_WS_SCHEDULE = auto (also
-// unset or empty) or dynamic: from a counter, the default; static: every
-// (consumers)-th item, kept for comparison. Anything else is an error.
-// True for static.
+// How ws and ws_one_pass hand out their items: LSGPT_ATTENTION_SM90_WS_SCHEDULE
+// = auto (also unset or empty) or dynamic: from a counter, the default;
+// static, kept for comparison: ws every (consumers)-th item, ws_one_pass
+// snake rounds (ws_one_pass_ordered takes the counter all the same: its
+// waits need it). Anything else is an error. True for static.
 bool sm90_ws_striding_forced();
 
 }  // namespace lsgpt::cuda::attn

@@ -9,8 +9,11 @@
 //   lane 0 loads tiles with TMA, the lanes copy lse and delta rows beside
 //   them. Warpgroups 1 and 2 are the consumers, 64 keys each.
 // - Work items are 128-key blocks of one (batch row, head), global heads
-//   first and, among them, the longest walks first; the blocks take them
-//   in rounds of gridDim.x, every other round in reverse (block_item). An
+//   first and, among them, the longest walks first; the producer takes
+//   them from a counter (p.item_counter, take_item) one ahead and hands
+//   each to the consumers (and turn keepers) with its fixed slot (with
+//   LSGPT_ATTENTION_SM90_WS_SCHEDULE=static, the unordered form takes them
+//   in snake rounds instead, block_item). An
 //   item's K, V (both warpgroups' tiles) sit in a fixed slot; the query
 //   tiles it walks (Q, dO, lse, delta: the union of the two warpgroups'
 //   bands) come through a ring of stages, each with `full` and `empty`
@@ -107,14 +110,25 @@ struct WsOnePassShape {
   static_assert(kSliceFloats * kConsumers == kQ * D, "the slices tile a 64 x D block of dQ");
 };
 
+// A fixed slot's item (-1: the block has no more) and whether it is the
+// block's last (its consumers' final step then arrives at no barrier:
+// DsExchange), known since the producer takes items one ahead.
+struct SlotItem {
+  int item;
+  bool last;
+};
+
 // The consumers' barriers and the ring's lse (log2 units) and delta rows.
-// full: the producer warp's 32 lanes (lane 0 with the TMA bytes); empty,
-// fixed_empty: both consumers' threads; fixed_full: lane 0 with the bytes.
+// full: the producer warp's 32 lanes (lane 0 with the TMA bytes); empty:
+// both consumers' threads; fixed_empty: both consumers' threads and
+// (kOrdered) the two turn keepers, who read the slot's item too;
+// fixed_full: lane 0 with the bytes, after it wrote fixed_item.
 template <int D>
 struct OnePassPipe {
   using Shape = WsOnePassShape<D>;
   uint64_t full[Shape::kStages], empty[Shape::kStages];
   uint64_t fixed_full[Shape::kFixedStages], fixed_empty[Shape::kFixedStages];
+  SlotItem fixed_item[Shape::kFixedStages];
   // kOrdered, per consumer, two each (an add's index & 1): turn_ready, the
   // turn keeper's one thread (the consumer may add); slice_added, the
   // consumer's threads (their adds are issued).
@@ -151,7 +165,8 @@ struct OnePassItem {
 };
 
 // This block's item of round `round` (n_items and beyond: none left), in
-// snake rounds (snake_rounds.h): items come longest first.
+// snake rounds (snake_rounds.h): items come longest first. Only the
+// unordered form's, with LSGPT_ATTENTION_SM90_WS_SCHEDULE=static.
 __device__ __forceinline__ int block_item(int round) {
   return snake_item(round, int(gridDim.x), int(blockIdx.x));
 }
@@ -178,39 +193,74 @@ __device__ __forceinline__ int walked_tile(const QueryTileRange& walk, int n) {
   return kDescending ? walk.last - n : walk.first + n;
 }
 
-template <int D>
+template <int D, bool kOrdered>
 __device__ __forceinline__ void init_pipe(OnePassPipe<D>& pipe) {
   using Shape = WsOnePassShape<D>;
   for (int s = 0; s < Shape::kStages; ++s)
     mbarrier_init(&pipe.full[s], kWarpSize), mbarrier_init(&pipe.empty[s], kConsumers * kThreads);
   for (int s = 0; s < Shape::kFixedStages; ++s)
     mbarrier_init(&pipe.fixed_full[s], 1),
-        mbarrier_init(&pipe.fixed_empty[s], kConsumers * kThreads);
+        mbarrier_init(&pipe.fixed_empty[s], kConsumers * kThreads + (kOrdered ? kConsumers : 0));
   for (int c = 0; c < kConsumers; ++c)
     for (int x = 0; x < 2; ++x)
       mbarrier_init(&pipe.turn_ready[c][x], 1), mbarrier_init(&pipe.slice_added[c][x], kThreads);
 }
 
+// The block's k-th item as the consumers and turn keepers get it: from
+// its fixed slot, once the slot's K, V are in.
+template <int D>
+__device__ __forceinline__ SlotItem slot_item(OnePassPipe<D>& pipe, int k) {
+  constexpr int kFixed = WsOnePassShape<D>::kFixedStages;
+  mbarrier_wait(&pipe.fixed_full[k % kFixed], (k / kFixed) & 1);
+  return pipe.fixed_item[k % kFixed];
+}
+
+// The block's k-th item (n_items and beyond: none left), all 32 lanes of
+// the producer warp: from the counter (one atomic a block and item, taken
+// by lane 0), or with `snake` in snake rounds. Every item from the counter,
+// the first ones too: a block not yet resident then owns none, which
+// ws_one_pass_ordered's waits need (TurnKeeper).
+__device__ __forceinline__ int take_block_item(const BackwardParams& p, int n_items, int k,
+                                               bool snake) {
+  if (snake) return block_item(k);
+  int item = 0;
+  if (threadIdx.x % kWarpSize == 0) item = take_item(p.item_counter, n_items, int(gridDim.x));
+  return __shfl_sync(0xffffffffu, item, 0);
+}
+
 // The producer warp (all 32 lanes): for each of the block's items its K, V
-// into the next fixed slot, then each walked query tile into the ring once
-// the consumers have released the stage. `it` counts walked tiles over all
-// items (stage it % kStages, its (it / kStages)-th use), `k` fixed slots.
+// into the next fixed slot, with the item's id, then each walked query tile
+// into the ring once the consumers have released the stage; after the
+// last, a slot with no bytes and item -1. Items are taken one ahead, so a
+// slot also says whether its item is the block's last. `it` counts walked
+// tiles over all items (stage it % kStages, its (it / kStages)-th use), `k`
+// fixed slots.
 template <int D, bool kOrdered>
 __device__ void produce(const CUtensorMap* qkv_map, const CUtensorMap* dout_map,
-                        const BackwardParams& p, int B, int n_items, unsigned char* smem,
-                        OnePassPipe<D>& pipe) {
+                        const BackwardParams& p, int B, int n_items, bool snake,
+                        unsigned char* smem, OnePassPipe<D>& pipe) {
   using Shape = WsOnePassShape<D>;
   constexpr int kFixed = Shape::kFixedStages, kStages = Shape::kStages;
   const int lane = threadIdx.x % kWarpSize;
   unsigned char* ring = smem + kFixed * Shape::kFixedBytes;
   int it = 0;
-  for (int k = 0, item = block_item(0); item < n_items; item = block_item(++k)) {
-    const OnePassItem w(p, B, item);
+  for (int k = 0, item = take_block_item(p, n_items, 0, snake);; ++k) {
     const int fs = k % kFixed;
+    // Taken before the slot is free: the atomic's trip overlaps the wait.
+    const int next = item < n_items ? take_block_item(p, n_items, k + 1, snake) : item;
     if (k >= kFixed) mbarrier_wait(&pipe.fixed_empty[fs], (k / kFixed - 1) & 1);
+    if (item >= n_items) {
+      if (lane == 0) {
+        pipe.fixed_item[fs] = SlotItem{-1, true};
+        mbarrier_arrive(&pipe.fixed_full[fs]);  // releases the item's store
+      }
+      return;
+    }
+    const OnePassItem w(p, B, item);
     if (lane == 0) {
       unsigned char* dst = smem + fs * Shape::kFixedBytes;
       uint64_t* bar = &pipe.fixed_full[fs];
+      pipe.fixed_item[fs] = SlotItem{item, next >= n_items};
       mbarrier_arrive_expect_tx(bar, Shape::kFixedBytes);
 #pragma unroll
       for (int c = 0; c < kConsumers; ++c) {
@@ -240,6 +290,7 @@ __device__ void produce(const CUtensorMap* qkv_map, const CUtensorMap* dout_map,
       stats.store(pipe.lse[s], pipe.delta[s], lane);
       mbarrier_arrive(bar);  // after this lane's lse and delta stores
     }
+    item = next;
   }
 }
 
@@ -329,9 +380,14 @@ __device__ __forceinline__ void store_release_gpu(int* addr, int v) {
 // through two shared-memory mbarrier pairs (OnePassPipe::turn_ready,
 // slice_added; arrive is a release and wait an acquire at CTA scope, so
 // the chain from block kb - 1's adds to block kb's stays ordered). No
-// deadlock: a keeper waits only for blocks of lower item index of the same
-// head, which the rounds (block_item) start no later, and the lowest
-// unfinished item waits for nobody.
+// deadlock: a keeper waits only for items of lower index of the same head,
+// which running blocks took from the counter before it (take_item: no
+// block owns an item before it runs), a block works through its items in
+// the order it took them, and the lowest unfinished item waits for
+// nobody. So it finishes on however many multiprocessors it is given (a
+// kernel on another stream holding the rest, an MPS share): with items
+// handed out by block index, a resident block could wait for one that
+// never became resident.
 
 // The tiles of an item whose turns its keeper takes and passes.
 struct ItemTurns {
@@ -364,10 +420,15 @@ struct TurnKeeper {
     if (word) store_release_gpu(word, value);
   }
 
-  __device__ __forceinline__ void run(const BackwardParams& p, int B, int n_items, int* turns) {
+  __device__ __forceinline__ void run(const BackwardParams& p, int B, int* turns) {
+    constexpr int kFixed = WsOnePassShape<D>::kFixedStages;
     const int n_tiles = (p.T + kQ - 1) / kQ;
-    for (int k = 0, item = block_item(0); item < n_items; item = block_item(++k)) {
-      const OnePassItem w(p, B, item);
+    int k = 0;
+    for (SlotItem slot = slot_item(pipe, 0); slot.item >= 0; slot = slot_item(pipe, ++k)) {
+      // Read: the slot may take the next item (a consumer whose item walks
+      // one tile releases it before its only add, which waits for us).
+      mbarrier_arrive(&pipe.fixed_empty[k % kFixed]);
+      const OnePassItem w(p, B, slot.item);
       const ItemTurns t(p, w);
       int* words = turns + size_t(w.b * p.n_head + w.h) * n_tiles * kConsumers + c;
       const QueryTileRange walk = item_tiles(p, w);
@@ -517,7 +578,7 @@ __device__ __forceinline__ void consume_item(const BackwardParams& p, const OneP
 }
 
 template <int D, bool kSpan, bool kOrdered>
-__device__ void consume(const BackwardParams& p, int B, int n_items, int c, unsigned char* smem,
+__device__ void consume(const BackwardParams& p, int B, int c, unsigned char* smem,
                         OnePassPipe<D>& pipe, float* dq_accum) {
   using Shape = WsOnePassShape<D>;
   constexpr int kFixed = Shape::kFixedStages;
@@ -526,12 +587,14 @@ __device__ void consume(const BackwardParams& p, int B, int n_items, int c, unsi
   const int n_tiles = (p.T + kQ - 1) / kQ;
   int it = 0;
   uint32_t adds = 0;
-  for (int k = 0, item = block_item(0); item < n_items; item = block_item(++k)) {
+  // The loop's exit in its condition: with a `return` after the read in
+  // its body, ptxas 13.0 spilled 1.5 KiB at D 128.
+  int k = 0;
+  for (SlotItem slot = slot_item(pipe, 0); slot.item >= 0; slot = slot_item(pipe, ++k)) {
     const int fs = k % kFixed;
-    mbarrier_wait(&pipe.fixed_full[fs], (k / kFixed) & 1);
-    const OnePassItem w(p, B, item);
+    const OnePassItem w(p, B, slot.item);
     QuerySliceSums<D, kOrdered> dq(p, dq_accum, w, c, n_tiles, pipe, adds);
-    consume_item<D, kSpan, kOrdered>(p, w, c, block_item(k + 1) >= n_items, it,
+    consume_item<D, kSpan, kOrdered>(p, w, c, slot.last, it,
                                      smem_address(smem + fs * Shape::kFixedBytes),
                                      &pipe.fixed_empty[fs], ring, ds, pipe, dq);
   }
@@ -539,14 +602,14 @@ __device__ void consume(const BackwardParams& p, int B, int n_items, int c, unsi
 
 #endif  // LSGPT_SM90A_DEVICE
 
-// n_items = B n_head ceil(T / 128); one block per multiprocessor at most
-// (kOrdered needs them all resident: see TurnKeeper).
+// n_items = B n_head ceil(T / 128); one block per multiprocessor at most.
+// snake: items in snake rounds (unordered only), else from p.item_counter.
 template <int D, bool kSpan, bool kOrdered>
 __global__ void __launch_bounds__(kBlockThreads, 1)
     attention_backward_sm90_ws_one_pass_kernel(const __grid_constant__ CUtensorMap qkv_map,
                                                const __grid_constant__ CUtensorMap dout_map,
                                                const BackwardParams p, int B, int n_items,
-                                               float* dq_accum, int* dq_turns) {
+                                               bool snake, float* dq_accum, int* dq_turns) {
   wait_for_previous_grid();
   allow_next_grid();
 #if LSGPT_SM90A_DEVICE
@@ -556,7 +619,7 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
   // 0: the producer warpgroup, 1 and 2: consumers. Warp-uniform for ptxas.
   const int role = __shfl_sync(0xffffffffu, int(threadIdx.x) / kThreads, 0);
   if (threadIdx.x == 0) {
-    init_pipe(pipe);
+    init_pipe<D, kOrdered>(pipe);
     fence_mbarrier_init();
   }
   __syncthreads();  // the last block-wide barrier: the roles part here
@@ -564,15 +627,16 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
     setmaxnreg_dec<kProducerRegs>();
     const int warp = threadIdx.x / kWarpSize;
     if (warp == 0)
-      produce<D, kOrdered>(&qkv_map, &dout_map, p, B, n_items, smem, pipe);
+      produce<D, kOrdered>(&qkv_map, &dout_map, p, B, n_items, snake, smem, pipe);
     else if (kOrdered && warp <= kConsumers && threadIdx.x % kWarpSize == 0)
-      TurnKeeper<D>{pipe, warp - 1}.run(p, B, n_items, dq_turns);
+      TurnKeeper<D>{pipe, warp - 1}.run(p, B, dq_turns);
     return;
   }
   setmaxnreg_inc<kConsumerRegs>();
-  consume<D, kSpan, kOrdered>(p, B, n_items, role - 1, smem, pipe, dq_accum);
+  consume<D, kSpan, kOrdered>(p, B, role - 1, smem, pipe, dq_accum);
 #else
-  (void)qkv_map, (void)dout_map, (void)p, (void)B, (void)n_items, (void)dq_accum, (void)dq_turns;
+  (void)qkv_map, (void)dout_map, (void)p, (void)B, (void)n_items, (void)snake, (void)dq_accum,
+      (void)dq_turns;
   __trap();  // only the sm_90a binary has this kernel; the host never launches it elsewhere
 #endif
 }
@@ -644,17 +708,21 @@ void launch(CudaContext& ctx, const BackwardParams& p, int B, float* dq_accum) {
   // One a multiprocessor, or fewer (LSGPT_ATTENTION_SM90_ONE_PASS_BLOCKS).
   const int max_blocks =
       std::max(1, std::min(ctx.sm_count(), sm90_one_pass_blocks_override().value_or(1 << 30)));
-  // snake_item reaches n_items - 1 + 2 (blocks - 1) before a block stops.
+  // snake_item reaches n_items - 1 + 2 (blocks - 1) before a block stops,
+  // the counter n_items + blocks - 1.
   LSGPT_CHECK(items <= 0x7fffffffLL - 2LL * max_blocks,
               "attention_backward: too many work items for one launch");
   const int n_items = int(items);
+  // The ordered form always takes the counter (TurnKeeper says why).
+  const bool snake = !kOrdered && sm90_ws_striding_forced();
+  LSGPT_CHECK(snake || q.item_counter, "attention_backward: ws_one_pass needs the item counter");
   const CUtensorMap qkv_map = head_tensor_map(p.qkv, p.head_dim, 3 * p.n_head, size_t(3) * p.C,
                                               p.T, B, 64, "qkv (attention_backward)");
   const CUtensorMap dout_map = head_tensor_map(p.dout, p.head_dim, p.n_head, size_t(p.C), p.T, B,
                                                64, "dout (attention_backward)");
   const int blocks = std::min(n_items, max_blocks);
   launch_kernel(ctx, kernel, blocks, kBlockThreads, Shape::kSmemBytes, qkv_map, dout_map, q, B,
-                n_items, dq_accum, dq_turns);
+                n_items, snake, dq_accum, dq_turns);
   const dim3 finish_grid(ceil_div(p.T, kFinishRowsPerBlock), B * p.n_head);
   launch_kernel(ctx, finish_ws_one_pass_dq_kernel<D, kSpan>, finish_grid, kThreads, 0, p,
                 static_cast<const float*>(dq_accum));

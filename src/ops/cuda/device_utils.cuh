@@ -35,6 +35,18 @@ __device__ __forceinline__ int take_next_item(int* counter, int n_items, int n_s
   return n_streams + taken;
 }
 
+// take_next_item for streams that take every item from the counter, their
+// first ones too, so that an item belongs only to a stream that is running:
+// a kernel whose items wait for each other (ws_one_pass_ordered) must not
+// hand one to a block that is not yet resident. Each stream asks until it
+// is handed an item >= n_items, n_items + n_streams asks in all; the last
+// sets `counter` back to zero (take_next_item's two rules hold here too).
+__device__ __forceinline__ int take_item(int* counter, int n_items, int n_streams) {
+  const int taken = atomicAdd(counter, 1);
+  if (taken == n_items + n_streams - 1) atomicExch(counter, 0);
+  return taken;
+}
+
 // 2^x on the special-function unit alone, results below 2^-126 flushed to
 // zero (exp2(-inf) = 0, NaN stays NaN). exp2f without fast math wraps the same
 // MUFU.EX2 in a range test and two multiplies to keep subnormal results:

@@ -50,6 +50,9 @@
 #include "ops/backend.h"
 
 #ifdef LSGPT_HAVE_CUDA
+#include <cuda_runtime_api.h>
+
+#include "multiprocessor_hold.h"
 #include "ops/cuda/cuda_backend.h"
 #endif
 
@@ -422,6 +425,46 @@ TEST(CudaAttentionBackwardSm90Dispatch, WsOnePassOrderedBitsDoNotDependOnTheGrid
         EXPECT_EQ(run_backward_on(*cuda, spec, f, true).dqkv, all) << blocks << " blocks";
       }
     }
+}
+
+// With all but three multiprocessors held by a kernel on another stream (as
+// NCCL's on the data-parallel trainer's communication stream may hold
+// some), the ordered one pass finishes while the hold lasts, with the same
+// bits: its blocks take every item from a counter, so a running block
+// never waits for an item of a block that is not. With items handed out
+// by block index it could wait until the hold ended (and, on an MPS share
+// that never ends, trap at its 60 s limit). Everything is allocated and
+// the launch configured before the hold: a cudaFree would wait for it.
+TEST(CudaAttentionBackwardSm90Dispatch, WsOnePassOrderedFinishesWithMostMultiprocessorsHeld) {
+  REQUIRE_CUDA(cuda);
+  REQUIRE_HOPPER();
+#ifdef LSGPT_HAVE_CUDA
+  ScopedEnv choose(kSm90Backward, "ws_one_pass_ordered");
+  int device = 0, multiprocessors = 0;
+  ASSERT_EQ(cudaGetDevice(&device), cudaSuccess);
+  ASSERT_EQ(cudaDeviceGetAttribute(&multiprocessors, cudaDevAttrMultiProcessorCount, device),
+            cudaSuccess);
+  ASSERT_GT(multiprocessors, 3);
+  for (int D : {64, 128}) {
+    SCOPED_TRACE("D " + std::to_string(D));
+    AttentionSpec spec;
+    spec.B = 2, spec.T = 1999, spec.head_dim = D, spec.n_head = 6;
+    const size_t BT = size_t(spec.B) * spec.T, C = spec.C();
+    const Forward f = run_forward_sm80(*cuda, spec, bf16_values(BT * 3 * C, 431 + D, -2, 2),
+                                       bf16_values(BT * C, 432 + D, -1, 1));
+    const std::vector<float> free_gpu = run_backward(*cuda, spec, f);
+    EXPECT_EQ(std::string(cuda_last_attention_backward_kernel()), "ws_one_pass_ordered");
+    Buffer dqkv = make_buffer(*cuda, cuda->dtype(), f.qkv.n, nullptr);
+    {
+      MultiprocessorHold hold(multiprocessors - 3, 30.0);
+      cuda->attention_backward(dqkv.mem.get(), nullptr, f.dout.mem.get(), f.qkv.mem.get(),
+                               f.out.mem.get(), f.lse.mem.get(), nullptr, spec);
+      cuda->sync();
+      EXPECT_TRUE(hold.holding()) << "the backward finished only once the hold had ended";
+    }
+    EXPECT_EQ(fetch(*cuda, dqkv), free_gpu);
+  }
+#endif
 }
 
 // A shape of the tests that hold a variant against base, with its span.
