@@ -44,7 +44,8 @@ struct BackwardParams {
   // start, take_next_item) from which ws's consumers take their next item
   // instead of every (grid's consumers)-th, with band runs or with
   // launch_backward_sm90_ws's `dynamic`; ws_one_pass's blocks take all
-  // their items from it (take_item) unless the schedule is static.
+  // their items from it (take_item): the ordered form always, the
+  // unordered one unless the schedule is static (snake rounds).
   int band_run = 0, band_slots = 0;
   // ws (not band runs): the items in groups of this many (batch row,
   // head) pairs, each group's before the next's (ws_backward_head_group);

@@ -10,7 +10,8 @@
 //   them. Warpgroups 1 and 2 are the consumers, 64 keys each.
 // - Work items are 128-key blocks of one (batch row, head), global heads
 //   first and, among them, the longest walks first; the producer takes
-//   them from a counter (p.item_counter, take_item) one ahead and hands
+//   them from a counter (p.item_counter, take_item), each before it loads
+//   the one it already holds, and hands
 //   each to the consumers (and turn keepers) with its fixed slot (with
 //   LSGPT_ATTENTION_SM90_WS_SCHEDULE=static, the unordered form takes them
 //   in snake rounds instead, block_item). An
@@ -122,7 +123,8 @@ struct SlotItem {
 // full: the producer warp's 32 lanes (lane 0 with the TMA bytes); empty:
 // both consumers' threads; fixed_empty: both consumers' threads and
 // (kOrdered) the two turn keepers, who read the slot's item too;
-// fixed_full: lane 0 with the bytes, after it wrote fixed_item.
+// fixed_full: lane 0 with the bytes, after it wrote fixed_item (the
+// last slot, item -1: a plain arrival, no bytes).
 template <int D>
 struct OnePassPipe {
   using Shape = WsOnePassShape<D>;
@@ -231,8 +233,10 @@ __device__ __forceinline__ int take_block_item(const BackwardParams& p, int n_it
 // The producer warp (all 32 lanes): for each of the block's items its K, V
 // into the next fixed slot, with the item's id, then each walked query tile
 // into the ring once the consumers have released the stage; after the
-// last, a slot with no bytes and item -1. Items are taken one ahead, so a
-// slot also says whether its item is the block's last. `it` counts walked
+// last, a slot with no bytes and item -1. The next item is taken before
+// the current one's slot is written (at D 128, one slot, while the
+// consumers still finish the item before it), so a slot also says whether
+// its item is the block's last. `it` counts walked
 // tiles over all items (stage it % kStages, its (it / kStages)-th use), `k`
 // fixed slots.
 template <int D, bool kOrdered>

@@ -12,6 +12,9 @@
 namespace lsgpt::cuda_test {
 namespace {
 
+// The words of MultiprocessorHold::flags_.
+constexpr int kRelease = 0, kTimedOut = 1, kStarted = 2;
+
 __device__ __forceinline__ uint64_t now_ns() {
   uint64_t t;
   asm volatile("mov.u64 %0, %%globaltimer;\n" : "=l"(t));
@@ -19,17 +22,25 @@ __device__ __forceinline__ uint64_t now_ns() {
 }
 
 // One thread a block; the dynamic shared memory is never touched: it is
-// there to fill the multiprocessor.
+// there to fill the multiprocessor. Plain stores, one word a block, rather
+// than atomics: system-scope atomics on host memory need a link that
+// carries them, a store does not.
 __global__ void hold_multiprocessor(volatile int* flags, unsigned long long limit_ns) {
-  atomicAdd_system(const_cast<int*>(flags + 1), 1);
+  flags[kStarted + blockIdx.x] = 1;
   const uint64_t start = now_ns();
-  while (flags[0] == 0) {
+  while (flags[kRelease] == 0) {
     if (now_ns() - start > limit_ns) {
-      atomicAdd_system(const_cast<int*>(flags + 2), 1);
+      flags[kTimedOut] = 1;
       return;
     }
     __nanosleep(20000);
   }
+}
+
+int started(const volatile int* flags, int blocks) {
+  int n = 0;
+  for (int b = 0; b < blocks; ++b) n += flags[kStarted + b];
+  return n;
 }
 
 }  // namespace
@@ -49,9 +60,10 @@ void MultiprocessorHold::start(double limit_s) {
   int device = 0, smem = 0;
   CUDA_CHECK(cudaGetDevice(&device));
   CUDA_CHECK(cudaDeviceGetAttribute(&smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-  CUDA_CHECK(cudaHostAlloc(&flags_, 3 * sizeof(int), cudaHostAllocMapped));
+  const int words = kStarted + blocks;
+  CUDA_CHECK(cudaHostAlloc(&flags_, words * sizeof(int), cudaHostAllocMapped));
   volatile int* flags = flags_;
-  flags[0] = flags[1] = flags[2] = 0;
+  for (int i = 0; i < words; ++i) flags[i] = 0;
   int* device_flags = nullptr;
   CUDA_CHECK(cudaHostGetDevicePointer(&device_flags, flags_, 0));
   CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
@@ -61,9 +73,9 @@ void MultiprocessorHold::start(double limit_s) {
       device_flags, static_cast<unsigned long long>(limit_s * 1e9));
   CUDA_CHECK(cudaGetLastError());
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-  while (flags[1] < blocks) {
+  while (started(flags, blocks) < blocks) {
     if (std::chrono::steady_clock::now() > deadline)
-      fail("MultiprocessorHold: ", static_cast<int>(flags[1]), " of ", blocks,
+      fail("MultiprocessorHold: ", started(flags, blocks), " of ", blocks,
            " blocks started within 10 s");
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
@@ -71,13 +83,14 @@ void MultiprocessorHold::start(double limit_s) {
 
 bool MultiprocessorHold::holding() const {
   const volatile int* flags = flags_;
-  return flags[0] == 0 && flags[2] == 0 && cudaStreamQuery(stream_) == cudaErrorNotReady;
+  return flags[kRelease] == 0 && flags[kTimedOut] == 0 &&
+         cudaStreamQuery(stream_) == cudaErrorNotReady;
 }
 
 void MultiprocessorHold::release() {
   if (!flags_) return;
   volatile int* flags = flags_;
-  flags[0] = 1;
+  flags[kRelease] = 1;
 }
 
 MultiprocessorHold::~MultiprocessorHold() { end(); }

@@ -33,8 +33,8 @@ class MultiprocessorHold {
   void start(double limit_s);
   void end();  // releases, waits, frees; safe on a partial start
 
-  // Host-mapped: [0] release (host writes), [1] blocks started, [2] blocks
-  // that ran out of time (the kernel writes).
+  // Host-mapped: [0] release (the host writes it), [1] a block ran out of
+  // time, [2 + b] block b has started (the kernel writes those).
   int* flags_ = nullptr;
   cudaStream_t stream_ = nullptr;
   int blocks_ = 0;
