@@ -90,6 +90,14 @@ Forward run_forward_sm80(Backend& be, const AttentionSpec& spec, const std::vect
   return run_forward(be, spec, qkv, dout);
 }
 
+// The same on fresh bf16-exact inputs: qkv from `seed` in [-2, 2], dout
+// from seed + 1 in [-1, 1].
+Forward random_forward_sm80(Backend& be, const AttentionSpec& spec, uint64_t seed) {
+  const size_t BT = size_t(spec.B) * spec.T, C = spec.C();
+  return run_forward_sm80(be, spec, bf16_values(BT * 3 * C, seed, -2, 2),
+                          bf16_values(BT * C, seed + 1, -1, 1));
+}
+
 // The qkv bias gradient's buffer starts from these values (the op adds to it).
 std::vector<float> bias_start(size_t C) { return bf16_values(3 * C, 5, -1, 1); }
 
@@ -410,10 +418,7 @@ TEST(CudaAttentionBackwardSm90Dispatch, WsOnePassOrderedBitsDoNotDependOnTheGrid
       spec.B = 2, spec.T = 1999, spec.head_dim = D, spec.n_head = 6;
       spec.n_local = n_local, spec.window = 300;
       SCOPED_TRACE("D " + std::to_string(D) + ", local " + std::to_string(n_local));
-      const size_t BT = size_t(spec.B) * spec.T, C = spec.C();
-      const Forward f =
-          run_forward_sm80(*cuda, spec, bf16_values(BT * 3 * C, 401 + D + n_local, -2, 2),
-                           bf16_values(BT * C, 402 + D + n_local, -1, 1));
+      const Forward f = random_forward_sm80(*cuda, spec, 401 + D + n_local);
       std::vector<float> all;
       {
         ScopedEnv cap(kSm90OnePassBlocks, nullptr);
@@ -449,9 +454,7 @@ TEST(CudaAttentionBackwardSm90Dispatch, WsOnePassOrderedFinishesWithMostMultipro
     SCOPED_TRACE("D " + std::to_string(D));
     AttentionSpec spec;
     spec.B = 2, spec.T = 1999, spec.head_dim = D, spec.n_head = 6;
-    const size_t BT = size_t(spec.B) * spec.T, C = spec.C();
-    const Forward f = run_forward_sm80(*cuda, spec, bf16_values(BT * 3 * C, 431 + D, -2, 2),
-                                       bf16_values(BT * C, 432 + D, -1, 1));
+    const Forward f = random_forward_sm80(*cuda, spec, 431 + D);
     const std::vector<float> free_gpu = run_backward(*cuda, spec, f);
     EXPECT_EQ(std::string(cuda_last_attention_backward_kernel()), "ws_one_pass_ordered");
     Buffer dqkv = make_buffer(*cuda, cuda->dtype(), f.qkv.n, nullptr);
@@ -498,9 +501,7 @@ void against_base(Backend& cuda, const VariantCase (&shapes)[kShapes],
     for (const SpanLayer& span : spans) {
       const AttentionSpec spec = variant_spec(sh, span);
       SCOPED_TRACE(variant_trace(sh, span));
-      const size_t BT = size_t(spec.B) * spec.T, C = spec.C();
-      const Forward f = run_forward_sm80(cuda, spec, bf16_values(BT * 3 * C, seed0 + sh.T, -2, 2),
-                                         bf16_values(BT * C, seed0 + 1 + sh.T, -1, 1));
+      const Forward f = random_forward_sm80(cuda, spec, seed0 + sh.T);
       Gradients base;
       {
         ScopedEnv choose(kSm90Backward, "base");
@@ -623,9 +624,7 @@ TEST(CudaAttentionBackwardSm90Dispatch, ChoosesTheKernel) {
 
 // The forward a switch test's backward runs on (dispatch_spec(64)).
 Forward switch_test_forward(Backend& cuda, const AttentionSpec& spec) {
-  const size_t BT = size_t(spec.B) * spec.T, C = spec.C();
-  return run_forward_sm80(cuda, spec, bf16_values(BT * 3 * C, 3, -2, 2),
-                          bf16_values(BT * C, 4, -1, 1));
+  return random_forward_sm80(cuda, spec, 3);
 }
 
 // `bad` in switch `name` is an error with `expected` in the message on
@@ -674,9 +673,8 @@ TEST(CudaAttentionBackwardSm90Dispatch, NonDeterministicSwitchPicksWsOnePass) {
   ScopedEnv variant(kSm90Backward, nullptr);
   AttentionSpec spec;
   spec.B = 1, spec.T = 16384, spec.head_dim = 64, spec.n_head = 1, spec.n_local = 0;
-  const size_t BT = size_t(spec.B) * spec.T, C = spec.C();
-  const Forward f = run_forward_sm80(*cuda, spec, bf16_values(BT * 3 * C, 301, -2, 2),
-                                     bf16_values(BT * C, 302, -1, 1));
+  const size_t C = spec.C();
+  const Forward f = random_forward_sm80(*cuda, spec, 301);
   auto ran = [&] { return std::string(cuda_last_attention_backward_kernel()); };
   std::vector<float> ordered;
   for (const char* deterministic : {static_cast<const char*>(nullptr), "", "1"}) {
@@ -775,9 +773,7 @@ TEST(CudaAttentionBackwardSm90Dispatch, GlobalFirstOrderMatchesBatchMajor) {
           spec.window = 100, spec.span = span;
           SCOPED_TRACE(std::string(variant) + ", D " + std::to_string(D) + ", local " +
                        std::to_string(n_local) + ", span " + std::to_string(span.any()));
-          const size_t BT = size_t(spec.B) * spec.T, C = spec.C();
-          const Forward f = run_forward_sm80(*cuda, spec, bf16_values(BT * 3 * C, 95 + D, -2, 2),
-                                             bf16_values(BT * C, 96 + D, -1, 1));
+          const Forward f = random_forward_sm80(*cuda, spec, 95 + D);
           ScopedEnv choose(kSm90Backward, variant);
           Gradients batch_major;
           {
