@@ -11,14 +11,13 @@
 // - Work items are 128-key blocks of one (batch row, head), global heads
 //   first and, among them, the longest walks first; the producer takes
 //   them from a counter (p.item_counter, take_item), each before it loads
-//   the one it already holds, and hands
-//   each to the consumers (and turn keepers) with its fixed slot (with
-//   LSGPT_ATTENTION_SM90_WS_SCHEDULE=static, the unordered form takes them
-//   in snake rounds instead, block_item). An
-//   item's K, V (both warpgroups' tiles) sit in a fixed slot; the query
-//   tiles it walks (Q, dO, lse, delta: the union of the two warpgroups'
-//   bands) come through a ring of stages, each with `full` and `empty`
-//   mbarriers (tma.cuh's protocol).
+//   the one it already holds, and hands each to the consumers (and turn
+//   keepers) with its fixed slot (with LSGPT_ATTENTION_SM90_WS_SCHEDULE=
+//   static the unordered form takes them in snake rounds instead,
+//   block_item). An item's K, V (both warpgroups' tiles) sit in a fixed
+//   slot; the query tiles it walks (Q, dO, lse, delta: the union of the two
+//   warpgroups' bands) come through a ring of stages, each with `full` and
+//   `empty` mbarriers (tma.cuh's protocol).
 // - Per query tile each consumer forms S^T, dP^T, the softmax step, dV and
 //   dK for its 64 keys exactly as one_pass_wg2 (the same helpers and
 //   order, so dK and dV are its bits), a warpgroup off its own band taking
