@@ -10,8 +10,8 @@
 //   them. Warpgroups 1 and 2 are the consumers, 64 keys each.
 // - Work items are 128-key blocks of one (batch row, head), global heads
 //   first and, among them, the longest walks first; the producer takes
-//   them from a counter (p.item_counter, take_item), each before it loads
-//   the one it already holds, and hands each to the consumers (and turn
+//   them from a counter (p.item_counter, take_item), each once the tiles
+//   of the one before are issued, and hands each to the consumers (and turn
 //   keepers) with its fixed slot (with LSGPT_ATTENTION_SM90_WS_SCHEDULE=
 //   static the unordered form takes them in snake rounds instead,
 //   block_item). An item's K, V (both warpgroups' tiles) sit in a fixed
@@ -110,14 +110,6 @@ struct WsOnePassShape {
   static_assert(kSliceFloats * kConsumers == kQ * D, "the slices tile a 64 x D block of dQ");
 };
 
-// A fixed slot's item (-1: the block has no more) and whether it is the
-// block's last (its consumers' final step then arrives at no barrier:
-// DsExchange), known since the producer takes items one ahead.
-struct SlotItem {
-  int item;
-  bool last;
-};
-
 // The consumers' barriers and the ring's lse (log2 units) and delta rows.
 // full: the producer warp's 32 lanes (lane 0 with the TMA bytes); empty:
 // both consumers' threads; fixed_empty: both consumers' threads and
@@ -129,7 +121,7 @@ struct OnePassPipe {
   using Shape = WsOnePassShape<D>;
   uint64_t full[Shape::kStages], empty[Shape::kStages];
   uint64_t fixed_full[Shape::kFixedStages], fixed_empty[Shape::kFixedStages];
-  SlotItem fixed_item[Shape::kFixedStages];
+  int fixed_item[Shape::kFixedStages];  // a fixed slot's item; -1: the block has no more
   // kOrdered, per consumer, two each (an add's index & 1): turn_ready, the
   // turn keeper's one thread (the consumer may add); slice_added, the
   // consumer's threads (their adds are issued).
@@ -210,7 +202,7 @@ __device__ __forceinline__ void init_pipe(OnePassPipe<D>& pipe) {
 // The block's k-th item as the consumers and turn keepers get it: from
 // its fixed slot, once the slot's K, V are in.
 template <int D>
-__device__ __forceinline__ SlotItem slot_item(OnePassPipe<D>& pipe, int k) {
+__device__ __forceinline__ int slot_item(OnePassPipe<D>& pipe, int k) {
   constexpr int kFixed = WsOnePassShape<D>::kFixedStages;
   mbarrier_wait(&pipe.fixed_full[k % kFixed], (k / kFixed) & 1);
   return pipe.fixed_item[k % kFixed];
@@ -232,12 +224,13 @@ __device__ __forceinline__ int take_block_item(const BackwardParams& p, int n_it
 // The producer warp (all 32 lanes): for each of the block's items its K, V
 // into the next fixed slot, with the item's id, then each walked query tile
 // into the ring once the consumers have released the stage; after the
-// last, a slot with no bytes and item -1. The next item is taken before
-// the current one's slot is written (at D 128, one slot, while the
-// consumers still finish the item before it), so a slot also says whether
-// its item is the block's last. `it` counts walked
-// tiles over all items (stage it % kStages, its (it / kStages)-th use), `k`
-// fixed slots.
+// last, a slot with no bytes and item -1. The next item is taken only once
+// the current one's tiles are all issued (the ring kStages tiles ahead of
+// the consumers), not when its slot is written: a taken item then waits
+// in its block for a few steps, not for a whole item (as when it was
+// taken one item ahead), and in the ordered form the key blocks after it
+// in its head wait for it. `it` counts walked tiles over all items (stage it % kStages, its
+// (it / kStages)-th use), `k` fixed slots.
 template <int D, bool kOrdered>
 __device__ void produce(const CUtensorMap* qkv_map, const CUtensorMap* dout_map,
                         const BackwardParams& p, int B, int n_items, bool snake,
@@ -249,12 +242,10 @@ __device__ void produce(const CUtensorMap* qkv_map, const CUtensorMap* dout_map,
   int it = 0;
   for (int k = 0, item = take_block_item(p, n_items, 0, snake);; ++k) {
     const int fs = k % kFixed;
-    // Taken before the slot is free: the atomic's trip overlaps the wait.
-    const int next = item < n_items ? take_block_item(p, n_items, k + 1, snake) : item;
     if (k >= kFixed) mbarrier_wait(&pipe.fixed_empty[fs], (k / kFixed - 1) & 1);
     if (item >= n_items) {
       if (lane == 0) {
-        pipe.fixed_item[fs] = SlotItem{-1, true};
+        pipe.fixed_item[fs] = -1;
         mbarrier_arrive(&pipe.fixed_full[fs]);  // releases the item's store
       }
       return;
@@ -263,7 +254,7 @@ __device__ void produce(const CUtensorMap* qkv_map, const CUtensorMap* dout_map,
     if (lane == 0) {
       unsigned char* dst = smem + fs * Shape::kFixedBytes;
       uint64_t* bar = &pipe.fixed_full[fs];
-      pipe.fixed_item[fs] = SlotItem{item, next >= n_items};
+      pipe.fixed_item[fs] = item;
       mbarrier_arrive_expect_tx(bar, Shape::kFixedBytes);
 #pragma unroll
       for (int c = 0; c < kConsumers; ++c) {
@@ -293,7 +284,7 @@ __device__ void produce(const CUtensorMap* qkv_map, const CUtensorMap* dout_map,
       stats.store(pipe.lse[s], pipe.delta[s], lane);
       mbarrier_arrive(bar);  // after this lane's lse and delta stores
     }
-    item = next;
+    item = take_block_item(p, n_items, k + 1, snake);
   }
 }
 
@@ -348,12 +339,15 @@ struct DsExchange {
   __device__ __forceinline__ void wait_for_other() const {
     if (step > 0) named_barrier_sync<kConsumers * kThreads>(barrier(1 - c, (step - 1) & 1));
   }
-  // This step's products are done; `last`: the consumer's final step, which
-  // nobody waits for.
-  __device__ __forceinline__ void finish_step(bool last) {
-    if (!last) named_barrier_arrive<kConsumers * kThreads>(barrier(c, step & 1));
+  // This step's products are done.
+  __device__ __forceinline__ void finish_step() {
+    named_barrier_arrive<kConsumers * kThreads>(barrier(c, step & 1));
     ++step;
   }
+  // After the consumer's final step: the other's last arrival, which no
+  // step waits for, so that no barrier is left half-arrived at exit (the
+  // consumers take the same items, so the same number of steps).
+  __device__ __forceinline__ void drain() const { wait_for_other(); }
 };
 
 // A 32-bit word in global memory read with acquire / written with release
@@ -427,21 +421,21 @@ struct TurnKeeper {
     constexpr int kFixed = WsOnePassShape<D>::kFixedStages;
     const int n_tiles = (p.T + kQ - 1) / kQ;
     int k = 0;
-    for (SlotItem slot = slot_item(pipe, 0); slot.item >= 0; slot = slot_item(pipe, ++k)) {
+    for (int item = slot_item(pipe, 0); item >= 0; item = slot_item(pipe, ++k)) {
       // Read: the slot may take the next item (a consumer whose item walks
       // one tile releases it before its only add, which waits for us).
       mbarrier_arrive(&pipe.fixed_empty[k % kFixed]);
-      const OnePassItem w(p, B, slot.item);
+      const OnePassItem w(p, B, item);
       const ItemTurns t(p, w);
-      int* words = turns + size_t(w.b * p.n_head + w.h) * n_tiles * kConsumers + c;
+      const int bh = w.b * p.n_head + w.h;
+      // One int a (batch row, head, tile, consumer): the slices' layout.
+      auto word = [&](int tile) { return turns + slice_offset(bh, n_tiles, tile, c, 1); };
       const QueryTileRange walk = item_tiles(p, w);
       const int n_walked = walk.last - walk.first + 1;
-      auto word_to_pass = [&](int tile) {
-        return tile >= t.next_first ? words + tile * kConsumers : nullptr;
-      };
+      auto word_to_pass = [&](int tile) { return tile >= t.next_first ? word(tile) : nullptr; };
       for (int n = 0; n < n_walked; ++n, ++adds) {
         const int tile = walked_tile<true>(walk, n);
-        if (tile <= t.prev_last) acquire_turn(words + tile * kConsumers, w.block);
+        if (tile <= t.prev_last) acquire_turn(word(tile), w.block);
         mbarrier_arrive(&pipe.turn_ready[c][adds & 1]);
         if (n > 0) pass_after(adds - 1, word_to_pass(walked_tile<true>(walk, n - 1)), w.block + 1);
       }
@@ -451,6 +445,9 @@ struct TurnKeeper {
     }
   }
 
+  // Each ld.acquire.gpu try also invalidates the multiprocessor's L1
+  // (CCTL.IVALL); spinning with relaxed reads and one fence.acq_rel.gpu
+  // instead measured 10-35% slower (H200, 2026-12-02; docs/CUDA.md).
   static __device__ __forceinline__ void acquire_turn(const int* word, int block) {
     if (load_acquire_gpu(word) == block) return;
     const uint64_t start = globaltimer_ns();
@@ -496,10 +493,10 @@ struct QuerySliceSums {
 // A consumer's item: the walk (one_pass_wg2's step, each step also forming
 // the previous tile's dQ slice, DsExchange; kOrdered: tiles from the last
 // down), a closing step for the last walked tile's slice, then dK, dV
-// finished as a key block's. `last`: the consumer's last item.
+// finished as a key block's.
 template <int D, bool kSpan, bool kOrdered>
 __device__ __forceinline__ void consume_item(const BackwardParams& p, const OnePassItem& w,
-                                             int c, bool last, int& it, uint32_t fixed_addr,
+                                             int c, int& it, uint32_t fixed_addr,
                                              uint64_t* fixed_empty, unsigned char* ring,
                                              DsExchange<D>& ds, OnePassPipe<D>& pipe,
                                              QuerySliceSums<D, kOrdered>& dq) {
@@ -565,7 +562,7 @@ __device__ __forceinline__ void consume_item(const BackwardParams& p, const OneP
     else
       step(std::false_type{});
     mbarrier_arrive(&pipe.empty[s]);  // Q, dO read no more (the products have completed)
-    ds.finish_step(false);
+    ds.finish_step();
     if (has_previous) dq.add(acc, walked_tile<kOrdered>(walk, n - 1));
   }
   // The closing step: the last tile's slice.
@@ -575,7 +572,7 @@ __device__ __forceinline__ void consume_item(const BackwardParams& p, const OneP
   wgmma_wait<0>();
   fence_operands(acc);
   mbarrier_arrive(fixed_empty);  // K, V read no more: the next item's may load
-  ds.finish_step(last);
+  ds.finish_step();
   dq.add(acc, walked_tile<kOrdered>(walk, n_walked - 1));
   finish_wgmma_key_rows<D, kSpan, false>(p, dk, dv, no_qbar, colsum, key_row, rows, quad);
 }
@@ -590,15 +587,21 @@ __device__ void consume(const BackwardParams& p, int B, int c, unsigned char* sm
   const int n_tiles = (p.T + kQ - 1) / kQ;
   int it = 0;
   uint32_t adds = 0;
-  // The loop's exit in its condition: with a `return` after the read in
-  // its body, ptxas 13.0 spilled 1.5 KiB at D 128.
+  // The loop's exit, and the drain, in its condition: with a `return`
+  // after the read in its body, or the drain after the loop, ptxas 13.0
+  // spilled 1.5 KiB at D 128.
   int k = 0;
-  for (SlotItem slot = slot_item(pipe, 0); slot.item >= 0; slot = slot_item(pipe, ++k)) {
+  // The block's n-th item; after the last, the dS exchange drained.
+  auto next_item = [&](int n) {
+    const int item = slot_item(pipe, n);
+    if (item < 0) ds.drain();
+    return item;
+  };
+  for (int item = next_item(0); item >= 0; item = next_item(++k)) {
     const int fs = k % kFixed;
-    const OnePassItem w(p, B, slot.item);
+    const OnePassItem w(p, B, item);
     QuerySliceSums<D, kOrdered> dq(p, dq_accum, w, c, n_tiles, pipe, adds);
-    consume_item<D, kSpan, kOrdered>(p, w, c, slot.last, it,
-                                     smem_address(smem + fs * Shape::kFixedBytes),
+    consume_item<D, kSpan, kOrdered>(p, w, c, it, smem_address(smem + fs * Shape::kFixedBytes),
                                      &pipe.fixed_empty[fs], ring, ds, pipe, dq);
   }
 }
