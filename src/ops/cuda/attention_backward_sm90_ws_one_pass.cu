@@ -447,7 +447,7 @@ struct TurnKeeper {
 
   // Each ld.acquire.gpu try also invalidates the multiprocessor's L1
   // (CCTL.IVALL); spinning with relaxed reads and one fence.acq_rel.gpu
-  // instead measured 10-35% slower (H200, 2026-12-02; docs/CUDA.md).
+  // instead measured 4-35% slower (H200, 2026-12-02; docs/CUDA.md).
   static __device__ __forceinline__ void acquire_turn(const int* word, int block) {
     if (load_acquire_gpu(word) == block) return;
     const uint64_t start = globaltimer_ns();
