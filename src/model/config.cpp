@@ -1,6 +1,8 @@
 #include "model/config.h"
 
+#include <climits>
 #include <cmath>
+#include <cstdint>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -78,10 +80,25 @@ SpanTarget target_from_json(const json& j, const std::string& name) {
   return t;
 }
 
+// An integer that fits in int: get<int>() would wrap 4294967297 to 1 silently.
+bool fits_int(const json& v) {
+  if (!v.is_number_integer()) return false;
+  if (v.is_number_unsigned()) return v.get<uint64_t>() <= uint64_t(INT_MAX);
+  const int64_t x = v.get<int64_t>();
+  return x >= INT_MIN && x <= INT_MAX;
+}
+
 int get_int(const json& j, const char* key, int fallback) {
   if (!j.contains(key)) return fallback;
   if (!j[key].is_number_integer()) fail("config: '", key, "' must be an integer");
+  if (!fits_int(j[key])) fail("config: '", key, "' is ", j[key].dump(), ", out of range");
   return j[key].get<int>();
+}
+
+int n_local_entry(const json& x) {
+  if (!x.is_number_integer()) fail("config: n_local entries must be integers");
+  if (!fits_int(x)) fail("config: n_local entry ", x.dump(), " is out of range");
+  return x.get<int>();
 }
 
 }  // namespace
@@ -229,12 +246,9 @@ ModelConfig ModelConfig::from_json(const json& j) {
   if (j.contains("n_local")) {
     const json& nl = j["n_local"];
     if (nl.is_number_integer()) {
-      c.n_local = {nl.get<int>()};
+      c.n_local = {n_local_entry(nl)};
     } else if (nl.is_array()) {
-      for (const json& x : nl) {
-        if (!x.is_number_integer()) fail("config: n_local entries must be integers");
-        c.n_local.push_back(x.get<int>());
-      }
+      for (const json& x : nl) c.n_local.push_back(n_local_entry(x));
       if (c.n_local.empty()) fail("config: n_local must not be an empty list");
     } else {
       fail("config: n_local must be an integer or a list of integers");
@@ -254,7 +268,8 @@ ModelConfig ModelConfig::from_json(const json& j) {
           for (const json& x : val) {
             if (!x.is_boolean() && !x.is_number_integer())
               fail("config: span.layers entries must be true/false");
-            c.span.layers.push_back(x.is_boolean() ? x.get<bool>() : x.get<int>() != 0);
+            // Compared as int64, so a huge 1 << 32 is on (get<int> would wrap it to 0).
+            c.span.layers.push_back(x.is_boolean() ? x.get<bool>() : x.get<int64_t>() != 0);
           }
         } else {
           fail("config: unknown key span.", key);

@@ -112,6 +112,26 @@ TEST(ModelConfig, RefusesInvalidSettings) {
   EXPECT_NE(error_of(json::array()).find("JSON object"), std::string::npos);
 }
 
+// get<int>() wraps: n_layer 4294967297 (2^32 + 1) used to load as a 1-layer model.
+TEST(ModelConfig, IntegersOutsideIntAreRefusedNotWrapped) {
+  const json base{{"n_layer", 2}, {"n_head", 4}, {"d_model", 64}};
+  auto with = [&](const char* key, json value) {
+    json j = base;
+    j[key] = value;
+    return error_of(j);
+  };
+  EXPECT_NE(with("n_layer", 4294967297LL).find("'n_layer' is 4294967297, out of range"),
+            std::string::npos);
+  EXPECT_NE(with("window", uint64_t(1) << 63).find("'window' is 9223372036854775808"),
+            std::string::npos);
+  EXPECT_NE(with("seq_len", -4294967295LL).find("'seq_len' is -4294967295"), std::string::npos);
+  EXPECT_NE(with("n_local", 4294967296LL).find("n_local entry 4294967296 is out of range"),
+            std::string::npos);
+  EXPECT_NE(with("n_local", json{1, 4294967297LL}).find("n_local entry 4294967297"),
+            std::string::npos);
+  EXPECT_EQ(with("window", 2147483647LL).find("out of range"), std::string::npos);
+}
+
 TEST(ModelConfig, StabilisersAreOffByDefaultAndRoundTrip) {
   const json base{{"n_layer", 2}, {"n_head", 4}, {"d_model", 64}};
   const ModelConfig plain = ModelConfig::from_json(base);
