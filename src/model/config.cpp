@@ -3,6 +3,7 @@
 #include <climits>
 #include <cmath>
 #include <cstdint>
+#include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -284,12 +285,14 @@ ModelConfig ModelConfig::from_json(const json& j) {
 }
 
 ModelConfig ModelConfig::load(const std::string& path) {
+  // An ifstream opens a directory, and reading it then throws a bare ios_base::failure.
+  if (std::filesystem::is_directory(path)) fail("config file '", path, "' is a directory");
   std::ifstream in(path);
   if (!in) fail("cannot open config file '", path, "'");
   json j;
   try {
     j = json::parse(in);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse_error, and out_of_range for 1e400
     fail("config file '", path, "' is not valid JSON: ", e.what());
   }
   try {

@@ -184,6 +184,28 @@ TEST(ModelConfig, LoadRefusesMissingAndMalformedFiles) {
   }
 }
 
+// Both used to escape as bare library messages that did not name the file.
+TEST(ModelConfig, LoadNamesTheFileForNumberOverflowAndDirectories) {
+  const std::string path = ::testing::TempDir() + "/overflow_config.json";
+  FILE* f = std::fopen(path.c_str(), "w");
+  std::fputs("{\"window\": 1e400}", f);
+  std::fclose(f);
+  auto error_loading = [](const std::string& p) -> std::string {
+    try {
+      ModelConfig::load(p);
+    } catch (const Error& e) {
+      return e.what();
+    }
+    return "";
+  };
+  EXPECT_NE(error_loading(path).find("config file '" + path + "' is not valid JSON"),
+            std::string::npos)
+      << error_loading(path);
+  const std::string dir = ::testing::TempDir();
+  EXPECT_NE(error_loading(dir).find("config file '" + dir + "' is a directory"), std::string::npos)
+      << error_loading(dir);
+}
+
 TEST(SpanConfig, ParsesTheCliForm) {
   SpanConfig s = SpanConfig::parse("q:cross:1.5:1,k:cross:2:0.5,v:self:3:1");
   EXPECT_TRUE(s.q.enabled && s.k.enabled && s.v.enabled);
