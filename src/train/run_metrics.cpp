@@ -2,7 +2,9 @@
 
 #include <sys/stat.h>
 
+#include <climits>
 #include <cmath>
+#include <cstdint>
 #include <fstream>
 #include <sstream>
 
@@ -43,10 +45,21 @@ std::vector<std::vector<double>> read_max_logit(const json& r) {
   return layers;
 }
 
+// A damaged line is left out, never an exception: r.value("skipped", false)
+// threw on "skipped": "yes" and ended the whole report, and get<long>() of a
+// step such as 1e300 is undefined.
+bool well_typed(const json& r) {
+  if (!r.is_object() || !r.contains("type") || !r.contains("step")) return false;
+  const json& step = r["step"];
+  if (!step.is_number_integer() || (step.is_number_unsigned() && step.get<uint64_t>() > LONG_MAX))
+    return false;
+  const auto skipped = r.find("skipped");
+  return skipped == r.end() || skipped->is_boolean();
+}
+
 // One parsed line; false when it is not a record this reader knows.
 bool add_record(const json& r, RunMetrics& run) {
-  if (!r.is_object() || !r.contains("type") || !r.contains("step") || !r["step"].is_number())
-    return false;
+  if (!well_typed(r)) return false;
   if (r["type"] == "train") {
     TrainRecord t;
     t.step = r["step"].get<long>();

@@ -84,6 +84,32 @@ RunStability summarise(const std::string& dir, std::optional<double> target = st
 // the 0.3-nat floor decides; `bump` adds to chosen steps.
 double flat(long step) { return step % 2 ? 3.01 : 2.99; }
 
+// Lines of the right shape but wrong types are damage to note, not a reason to
+// fail the whole report: "skipped": "yes" used to throw a JSON type error.
+TEST(RunMetrics, WronglyTypedLinesAreLeftOutWithANote) {
+  ScratchDir dir;
+  RunWriter w;
+  w.train(1, 3.0);
+  w.text += R"({"type":"train","step":2,"loss":2.9,"skipped":"yes"})" "\n";
+  w.text += R"({"type":"train","step":1e300,"loss":2.8})" "\n";
+  w.text += R"({"type":"eval","step":2.5,"val_loss":2.7})" "\n";
+  w.text += R"({"type":"train","step":18446744073709551615,"loss":2.6})" "\n";
+  w.train(3, 2.5);
+  w.eval(3, 2.4, true);
+  const RunMetrics run = read_run_metrics(write_run(dir, "typed", w));
+  ASSERT_EQ(run.train.size(), 2u);
+  EXPECT_EQ(run.train[0].step, 1);
+  EXPECT_EQ(run.train[1].step, 3);
+  ASSERT_EQ(run.eval.size(), 1u);
+  EXPECT_EQ(run.eval[0].step, 3);
+  const bool noted = std::any_of(run.notes.begin(), run.notes.end(), [](const std::string& n) {
+    return n.find("4 line(s) of metrics.jsonl are not training or evaluation records") !=
+               std::string::npos &&
+           n.find("the first is line 2") != std::string::npos;
+  });
+  EXPECT_TRUE(noted) << (run.notes.empty() ? "no notes" : run.notes[0]);
+}
+
 TEST(StabilitySummary, SmoothNoisyDecreasingLossHasNoSpikes) {
   ScratchDir dir;
   std::mt19937_64 rng(11);
