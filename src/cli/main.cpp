@@ -6,6 +6,7 @@
 // on any rank is printed with its rank and ends every rank (MPI_Abort), so no
 // rank is left waiting in a collective for the one that failed.
 #include <CLI/CLI.hpp>
+#include <csignal>
 #include <cstdio>
 #include <exception>
 #include <new>
@@ -32,6 +33,10 @@ int report_error(const char* message) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Past a file-size limit (ulimit -f) a write then fails with EFBIG and is
+  // reported like a full disk, temporary files removed; by default SIGXFSZ
+  // would kill the process and leave them behind.
+  std::signal(SIGXFSZ, SIG_IGN);
   CLI::App app{"lsgpt: train, evaluate and sample GPT models with LS-attention"};
   app.set_version_flag("--version", std::string("lsgpt ") + LSGPT_VERSION);
   app.require_subcommand(1);

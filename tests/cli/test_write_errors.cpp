@@ -31,14 +31,15 @@ struct Outcome {
   std::string err;     // standard error
 };
 
-// Runs `lsgpt ARGS` with standard output sent to `stdout_to` and `stdin_text` as input.
+// Runs `lsgpt ARGS` with standard output sent to `stdout_to` and `stdin_text`
+// as input, after the shell command `before` (e.g. "ulimit -f 64; ").
 Outcome run(const std::string& args, const std::string& stdout_to = "/dev/full",
-            const std::string& stdin_text = "") {
+            const std::string& stdin_text = "", const std::string& before = "") {
   const fs::path in = fs::path(::testing::TempDir()) /
                       ("lsgpt_write_errors_stdin_" + std::to_string(::getpid()) + ".txt");
   std::ofstream(in) << stdin_text;
-  const std::string cmd = std::string(LSGPT_BINARY) + " " + args + " 2>&1 >'" + stdout_to +
-                          "' <'" + in.string() + "'";
+  const std::string cmd = before + std::string(LSGPT_BINARY) + " " + args + " 2>&1 >'" +
+                          stdout_to + "' <'" + in.string() + "'";
   Outcome o;
   FILE* p = popen(cmd.c_str(), "r");
   std::array<char, 4096> buf;
@@ -222,6 +223,23 @@ TEST_F(WriteErrors, FilesOnAFullDevice) {
   // The same command to /dev/null succeeds: in-place writing works.
   const Outcome ok = run("prepare " + path("text.txt") + " -o /dev/null", "/dev/null");
   EXPECT_EQ(ok.exit_code, 0) << ok.err;
+}
+
+TEST_F(WriteErrors, FilesOverTheFileSizeLimit) {
+  // Past `ulimit -f` a write raises SIGXFSZ, which used to kill lsgpt (status
+  // 153) and leave its .tmp files behind (TearDown checks there are none).
+  const std::string limit = "ulimit -f 64; ";  // 32 or 64 KiB: below every file here
+  const std::string too_large = "File too large";
+  expect_write_error(run("export --checkpoint " + checkpoint() + " --out " + path("hf"),
+                         "/dev/null", "", limit),
+                     {"model.safetensors", too_large});
+  expect_write_error(run("import --in " + (shared_ / "hf").string() + " --out " + path("i.ckpt"),
+                         "/dev/null", "", limit),
+                     {"i.ckpt", too_large});
+  expect_write_error(run(train_args(path("run")), "/dev/null", "", limit),
+                     {"checkpoint.ckpt", too_large});
+  EXPECT_FALSE(fs::exists(path("i.ckpt")));
+  EXPECT_FALSE(fs::exists(path("run/checkpoint.ckpt")));
 }
 
 TEST_F(WriteErrors, ExportedFilesOnAFullDevice) {
