@@ -2,6 +2,10 @@
 // byte-identical, and bad input gets one error line, exit code 1 and no file.
 #include <gtest/gtest.h>
 
+#include <filesystem>
+#include <string>
+#include <vector>
+
 #include "io/checkpoint.h"
 #include "io/hf_gpt2.h"
 #include "io_test_support.h"
@@ -99,6 +103,30 @@ TEST(IoCli, BadInputIsOneClearErrorAndWritesNothing) {
                    "No such file or directory");
   EXPECT_EQ(dir.entries(), (std::vector<std::string>{"cut.ckpt", "good.ckpt", "hf", "junk.safetensors"}));
   EXPECT_NE(lsgpt("import --out " + quoted(dir.file("y.ckpt"))).exit_code, 0);
+}
+
+// `--out RUN_DIR` used to replace the run's config.json (its settings) with
+// the Hugging Face config; an earlier export's config may still be replaced.
+TEST(IoCli, ExportRefusesToReplaceAConfigThatIsNotAHuggingFaceOne) {
+  ScratchDir dir;
+  const ModelConfig cfg = testing::tiny_config({0});
+  save_checkpoint(dir.file("a.ckpt"), testing::random_checkpoint(cfg, 24, true));
+  const std::string run_config = "{\"model\": {}, \"train\": {\"lr\": 0.001}}";
+  std::filesystem::create_directories(dir.file("run"));
+  testing::write_bytes(dir.file("run/config.json"),
+                       std::vector<uint8_t>(run_config.begin(), run_config.end()));
+  expect_one_error(lsgpt("export --checkpoint " + quoted(dir.file("a.ckpt")) + " --out " +
+                         quoted(dir.file("run"))),
+                   "config.json' exists and is not a Hugging Face config");
+  const auto kept = read_bytes(dir.file("run/config.json"));
+  EXPECT_EQ(std::string(kept.begin(), kept.end()), run_config);
+  EXPECT_FALSE(std::filesystem::exists(dir.file("run/model.safetensors")));
+
+  for (int i = 0; i < 2; ++i) {  // the second export replaces the first
+    const auto r = lsgpt("export --checkpoint " + quoted(dir.file("a.ckpt")) + " --out " +
+                         quoted(dir.file("hf")));
+    EXPECT_EQ(r.exit_code, 0) << r.output;
+  }
 }
 
 }  // namespace test_io_cli
