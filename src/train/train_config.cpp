@@ -47,7 +47,8 @@ std::string DataIdentity::to_string() const {
 
 void TrainConfig::validate() const {
   if (batch_size < 1) fail("--batch-size must be >= 1, got ", batch_size);
-  if (seq_len < 0) fail("--seq-len must be >= 1, got ", seq_len);
+  // seq_len is --train-seq-len; --seq-len is the model's context.
+  if (seq_len < 0) fail("--train-seq-len must be >= 0 (0: the model's context), got ", seq_len);
   if (grad_accum < 1) fail("--grad-accum must be >= 1, got ", grad_accum);
   if (steps < 1) fail("--steps must be >= 1, got ", steps);
   if (!(lr > 0) || !std::isfinite(lr)) fail("--lr must be a positive number, got ", lr);

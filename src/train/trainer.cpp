@@ -372,7 +372,7 @@ TrainResult train_model(const TrainOptions& options_given) {
   const int B = tc.batch_size;
   const int T = tc.seq_len ? tc.seq_len : mc.seq_len;
   if (T > mc.seq_len)
-    fail("--seq-len ", T, " exceeds the model's context of ", mc.seq_len, " positions");
+    fail("--train-seq-len ", T, " exceeds the model's context of ", mc.seq_len, " positions");
   if (tc.grad_accum % world != 0)
     fail("the run takes ", tc.grad_accum, " micro-batches per step, which ", world,
          " ranks cannot share equally; resume it on a number of ranks that divides ",

@@ -117,6 +117,16 @@ TEST_F(Cli, InvalidOrContradictoryModelConfig) {
   expect_refusal(run("train --lr -1" + small_model() + data), "--lr");
 }
 
+// The training window's errors used to name --seq-len, the model's context,
+// which the user had not given or had given a valid value.
+TEST_F(Cli, TrainSeqLenErrorsNameTrainSeqLen) {
+  const std::string data = " --train " + train_ + " --valid " + train_ + small_model();
+  expect_refusal(run("train --train-seq-len 17" + data),
+                 "--train-seq-len 17 exceeds the model's context of 16 positions");
+  expect_refusal(run("train --train-seq-len -1" + data),
+                 "--train-seq-len must be >= 0 (0: the model's context), got -1");
+}
+
 TEST_F(Cli, BadStabiliserSettings) {
   const std::string data = " --train " + train_ + " --valid " + train_ + small_model();
   expect_refusal(run("train --z-loss -1e-4" + data), "--z-loss must be >= 0");
