@@ -437,6 +437,18 @@ void run_study(StudyFlags& f) {
   write_report(results, f);
 }
 
+// CLI::PositiveNumber let nan through (the study then ran --steps, the
+// default 1000, and recorded "epochs": null) and refused 0 with a range of
+// 300 digits.
+std::string positive_epochs(const std::string& text) {
+  double v = NAN;
+  try {
+    v = std::stod(text);
+  } catch (const std::exception&) {
+  }
+  return v > 0 && std::isfinite(v) ? "" : "must be a positive number of passes, got " + text;
+}
+
 }  // namespace
 
 void add_study_command(CLI::App& app) {
@@ -459,7 +471,7 @@ void add_study_command(CLI::App& app) {
                   "comma-separated: ls (the model's local heads), mhsa (every head global); "
                   "default: the model as configured");
   cmd->add_option("--epochs", f->epochs, "passes over train.bin (sets --steps)")
-      ->check(CLI::PositiveNumber);
+      ->check(positive_epochs);
   cmd->add_option("--merge", f->merge,
                   "only write the report from these results.json files of earlier studies");
   cmd->add_option("--report", f->report, "Markdown report (a .png plot is written beside it)")

@@ -147,6 +147,10 @@ TEST_F(StudySpan, RefusesBadInputBeforeTraining) {
       {"--settings 'q:cross:2:1'", "must be 'off'"},
       {"--settings 'off;q:diag:2:1'", "basis"},
       {"--epochs -1", "--epochs"},
+      // nan passed CLI::PositiveNumber and the study ran the default 1000 steps.
+      {"--epochs nan", "--epochs: must be a positive number of passes, got nan"},
+      {"--epochs 0", "--epochs: must be a positive number of passes, got 0"},
+      {"--epochs inf", "--epochs: must be a positive number of passes, got inf"},
       {"--seeds 1,2,1", "a seed twice"},
       {"--settings 'off;off'", "a setting twice"},
       {"--attention ls,ls", "a kind twice"},
