@@ -260,6 +260,9 @@ void merge_into(StudyResults& all, StudyResults r, const std::string& file) {
 StudyResults merge_results(const std::vector<std::string>& files) {
   StudyResults all;
   for (const std::string& file : files) {
+    // An ifstream opens a directory; reading it would throw a bare ios_base::failure.
+    if (std::filesystem::is_directory(file))
+      fail("the study results file '", file, "' is a directory");
     std::ifstream in(file);
     if (!in) fail("cannot open the study results file '", file, "'");
     StudyResults r;

@@ -165,6 +165,12 @@ TEST_F(StudySpan, RefusesBadInputBeforeTraining) {
   const auto missing = lsgpt("study-span --merge /nonexistent/results.json");
   EXPECT_EQ(missing.exit_code, 1);
   EXPECT_NE(missing.output.find("cannot open"), std::string::npos) << missing.output;
+  // Used to end as the bare 'basic_filebuf::underflow error reading the file'.
+  const auto dir = lsgpt("study-span --merge " + quoted(dir_.path().string()));
+  EXPECT_EQ(dir.exit_code, 1);
+  EXPECT_NE(dir.output.find("the study results file '" + dir_.path().string() + "' is a directory"),
+            std::string::npos)
+      << dir.output;
 }
 
 TEST_F(StudySpan, EpochsSetTheStepsFromTheTrainingFile) {
