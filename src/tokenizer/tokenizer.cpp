@@ -14,6 +14,7 @@
 #include <array>
 #include <climits>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <functional>
 #include <mutex>
@@ -41,6 +42,9 @@ std::array<uint32_t, 256> byte_to_code_point() {
 }
 
 std::string read_whole_file(const std::string& path, const char* what) {
+  // An ifstream opens a directory and `os << rdbuf()` then reads nothing, without an error.
+  if (std::filesystem::is_directory(path))
+    fail("the tokenizer's ", what, " ", path, " is a directory, not a file");
   std::ifstream in(path, std::ios::binary);
   if (!in)
     fail("cannot open the tokenizer's ", what, " ", path,
@@ -281,6 +285,12 @@ Tokenizer Tokenizer::load(const std::string& dir) {
     if (made_at[id] >= first_used[id])
       fail("tokenizer merge list ", merges_path, ": merge ", first_used[id], " uses token ", id,
            " before merge ", made_at[id], " makes it; merges must be in training order");
+  // Every token longer than a byte, but for <|endoftext|>, is made by a merge;
+  // an empty or cut list would otherwise load and encode text into other ids.
+  for (size_t id = 0; id < size; ++id)
+    if (made_at[id] < 0 && impl->token_bytes[id].size() > 1 && int32_t(id) != eot)
+      fail("tokenizer merge list ", merges_path, " has no merge making token ", id, " (",
+           rank, " merges read); the list is incomplete");
   return Tokenizer(std::move(impl));
 }
 

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdlib>
+#include <filesystem>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <random>
@@ -378,8 +379,25 @@ TEST(Tokenizer, RefusesMissingOrCorruptFiles) {
   write_file(dir.file("vocab.bpe"), reordered);
   expect_load_error(dir.file(""), "training order");
 
+  // An empty or cut merge list used to load and encode "Hello world" byte by byte.
+  write_file(dir.file("vocab.bpe"), "");
+  expect_load_error(dir.file(""), "has no merge making token 256 (0 merges read)");
+  write_file(dir.file("vocab.bpe"), merges.substr(0, merges.find("\nĠt he\n")));
+  expect_load_error(dir.file(""), "(6 merges read); the list is incomplete");
+
   write_file(dir.file("vocab.bpe"), merges);
   EXPECT_EQ(Tokenizer::load(dir.file("")).encode("Hello world"), (Ids{15496, 995}));
+}
+
+// A directory in place of either file: the merge list used to read as empty.
+TEST(Tokenizer, RefusesDirectoriesForItsFiles) {
+  ScratchDir dir;
+  std::filesystem::create_directories(dir.file("a/encoder.json"));
+  write_file(dir.file("a/vocab.bpe"), read_file(LSGPT_SOURCE_DIR "/data/gpt2/vocab.bpe"));
+  expect_load_error(dir.file("a"), "encoder.json is a directory, not a file");
+  std::filesystem::create_directories(dir.file("b/vocab.bpe"));
+  write_file(dir.file("b/encoder.json"), read_file(LSGPT_SOURCE_DIR "/data/gpt2/encoder.json"));
+  expect_load_error(dir.file("b"), "vocab.bpe is a directory, not a file");
 }
 
 TEST(Tokenizer, CopiesEncodeConcurrently) {
