@@ -114,6 +114,8 @@ void check_gpt2_compatible(const json& cfg, int n_embd, const std::string& origi
 }
 
 json read_json_file(const std::string& path) {
+  // An ifstream opens a directory, and parsing it threw a bare ios_base::failure.
+  if (std::filesystem::is_directory(path)) fail("'", path, "' is a directory, not a config file");
   std::ifstream in(path);
   if (!in) fail("cannot open '", path, "'");
   json j = json::parse(in, nullptr, false);

@@ -101,6 +101,10 @@ TEST(IoCli, BadInputIsOneClearErrorAndWritesNothing) {
   expect_one_error(lsgpt("import --in " + quoted(dir.file("hf")) + " --out " +
                          quoted(dir.file("no/dir/y.ckpt"))),
                    "No such file or directory");
+  // A directory as the config: used to be the bare 'basic_filebuf::underflow error ...'.
+  expect_one_error(lsgpt("import --in " + quoted(dir.file("hf/model.safetensors")) + " --config " +
+                         quoted(dir.file("hf")) + " --out " + quoted(dir.file("y.ckpt"))),
+                   "hf' is a directory, not a config file");
   EXPECT_EQ(dir.entries(), (std::vector<std::string>{"cut.ckpt", "good.ckpt", "hf", "junk.safetensors"}));
   EXPECT_NE(lsgpt("import --out " + quoted(dir.file("y.ckpt"))).exit_code, 0);
 }
