@@ -124,6 +124,8 @@ RunMetrics read_run_metrics(const std::string& dir) {
   const std::string metrics = dir + "/metrics.jsonl";
   if (::stat(metrics.c_str(), &st) != 0)
     fail("report: ", dir, " has no metrics.jsonl (is it a run directory of lsgpt train?)");
+  // A directory reads as empty and was reported as "no steps recorded yet".
+  if (!S_ISREG(st.st_mode)) fail("report: ", metrics, " is not a regular file");
   RunMetrics run;
   run.dir = dir;
   read_metrics(metrics, run);

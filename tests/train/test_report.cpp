@@ -164,8 +164,12 @@ TEST(Report, UnreadableRunsAreOneErrorAndNoPage) {
   r = run_lsgpt(dir, "report '" + dir.file("norun") + "' -o '" + html + "'");
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.err.find("has no metrics.jsonl"), std::string::npos) << r.err;
+  fs::create_directories(dir.file("dirrun/metrics.jsonl"));
+  r = run_lsgpt(dir, "report '" + dir.file("dirrun") + "' -o '" + html + "'");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("dirrun/metrics.jsonl is not a regular file"), std::string::npos) << r.err;
   EXPECT_FALSE(fs::exists(html));
-  EXPECT_EQ(dir.entries(), std::vector<std::string>{"norun"});
+  EXPECT_EQ(dir.entries(), (std::vector<std::string>{"dirrun", "norun"}));
 }
 
 TEST(Report, EmptyMetricsBecomeANoteOnThePage) {
