@@ -8,6 +8,16 @@
 #include "train/report.h"
 
 namespace lsgpt::cli {
+namespace {
+
+// CLI::NonNegativeNumber refused -1 as "Value -1 not in range 0.000000 to"
+// followed by the 309 digits of DBL_MAX.
+std::string layer_index(const std::string& text) {
+  const bool digits = !text.empty() && text.find_first_not_of("0123456789") == std::string::npos;
+  return digits ? "" : "must be a layer index (0, 1, ...), got " + text;
+}
+
+}  // namespace
 
 void add_report_command(CLI::App& app) {
   auto o = std::make_shared<ReportOptions>();
@@ -26,7 +36,7 @@ void add_report_command(CLI::App& app) {
   cmd->add_option("-o,--output", o->output, "HTML page to write (atomically)")->required();
   cmd->add_option("--layer", o->head_layer,
                   "Also chart this layer's largest attention logit per head, for each run")
-      ->check(CLI::NonNegativeNumber);
+      ->check(layer_index);
   cmd->add_flag("--log-y", o->log_y,
                 "Log-scale y axis for the max-logit and gradient-norm charts (growth and spikes "
                 "over orders of magnitude)");

@@ -164,6 +164,10 @@ TEST(Report, UnreadableRunsAreOneErrorAndNoPage) {
   r = run_lsgpt(dir, "report '" + dir.file("norun") + "' -o '" + html + "'");
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.err.find("has no metrics.jsonl"), std::string::npos) << r.err;
+  r = run_lsgpt(dir, "report '" + dir.file("norun") + "' --layer -1 -o '" + html + "'");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("--layer: must be a layer index (0, 1, ...), got -1"), std::string::npos)
+      << r.err;
   fs::create_directories(dir.file("dirrun/metrics.jsonl"));
   r = run_lsgpt(dir, "report '" + dir.file("dirrun") + "' -o '" + html + "'");
   EXPECT_EQ(r.exit_code, 1);
