@@ -16,7 +16,11 @@ void SamplingSettings::validate() const {
 
 SampleParams to_sample_params(const SamplingSettings& s, uint64_t seed, uint64_t step) {
   SampleParams p;
-  p.temperature = float(s.temperature);
+  // Below kGreedyBelow the op's z / temperature overflows float for any logit
+  // above 3.4e8 * temperature; the infinities then tie, and the lowest id
+  // with a positive logit won (temperature 1e-40 answered token 1, not the
+  // argmax). The limit of sampling as the temperature falls is greedy.
+  p.temperature = s.temperature < kGreedyBelow ? 0.f : float(s.temperature);
   p.top_k = s.top_k;
   p.top_p = float(s.top_p);
   p.active = 1;

@@ -12,6 +12,10 @@
 
 namespace lsgpt {
 
+// A temperature above 0 but below this samples greedily, as 0 does (z / T
+// would overflow float).
+inline constexpr double kGreedyBelow = 1e-30;
+
 struct SamplingSettings {
   double temperature = 1.0;
   int top_k = 0;       // 0: no limit

@@ -19,6 +19,24 @@ TEST(Sampler, TemperatureZeroIsArgmax) {
   for (int i = 0; i < 10; ++i) EXPECT_EQ(sample_token(logits, s, 1, i), 1);
 }
 
+// z / T overflowed float: every positive logit became +inf and the lowest
+// such id won (1e-40 gave token 0 here), whatever top-k and top-p said.
+TEST(Sampler, TinyTemperaturesAreGreedyNotOverflow) {
+  std::vector<float> logits{0.1f, 2.5f, -1.0f, 2.4f};
+  for (const double t : {1e-31, 1e-38, 1e-40, 1e-45, 5e-324}) {
+    for (const int k : {0, 1}) {
+      for (const double top_p : {1.0, 1e-9}) {
+        SamplingSettings s;
+        s.temperature = t, s.top_k = k, s.top_p = top_p;
+        for (int i = 0; i < 5; ++i)
+          EXPECT_EQ(sample_token(logits, s, 1, i), 1) << t << " " << k << " " << top_p;
+      }
+    }
+  }
+  EXPECT_EQ(to_sample_params(SamplingSettings{1e-40, 0, 1.0}, 1, 0).temperature, 0.f);
+  EXPECT_EQ(to_sample_params(SamplingSettings{0.5, 0, 1.0}, 1, 0).temperature, 0.5f);
+}
+
 TEST(Sampler, TopKAndTopPRestrictCandidates) {
   std::vector<float> logits{3.0f, 2.9f, 2.8f, -5.0f, 1.0f};
   SamplingSettings k2;
