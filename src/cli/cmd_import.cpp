@@ -2,21 +2,44 @@
 // checkpoint at step 0 without optimizer state, ready for fine-tuning; the
 // first --n-local heads of every layer can be turned into local heads.
 #include <cstdio>
+#include <filesystem>
 #include <memory>
 #include <optional>
 #include <string>
+#include <system_error>
+#include <vector>
 
 #include "cli/commands.h"
+#include "core/error.h"
 #include "io/checkpoint.h"
 #include "io/hf_gpt2.h"
 
 namespace lsgpt::cli {
+namespace {
+
+struct Options {
+  std::string in, config, out, n_local;
+  std::optional<int> window, n_head;
+};
+
+// '--in m.safetensors --out m.safetensors' used to replace the weights with
+// the checkpoint made from them (prepare refuses the same mistake).
+void refuse_overwriting_inputs(const Options& o) {
+  namespace fs = std::filesystem;
+  const bool dir = fs::is_directory(o.in);
+  std::vector<std::string> inputs{dir ? (fs::path(o.in) / "model.safetensors").string() : o.in};
+  if (!o.config.empty()) inputs.push_back(o.config);
+  else if (dir) inputs.push_back((fs::path(o.in) / "config.json").string());
+  for (const std::string& input : inputs) {
+    std::error_code ec;
+    if (fs::equivalent(input, o.out, ec))
+      fail("import: the output ", o.out, " is also an input; it would be overwritten");
+  }
+}
+
+}  // namespace
 
 void add_import_command(CLI::App& app) {
-  struct Options {
-    std::string in, config, out, n_local;
-    std::optional<int> window, n_head;
-  };
   auto opt = std::make_shared<Options>();
   CLI::App* cmd = app.add_subcommand(
       "import", "Read Hugging Face GPT-2 safetensors weights into an lsgpt checkpoint");
@@ -35,6 +58,7 @@ void add_import_command(CLI::App& app) {
   cmd->add_option("--n-head", opt->n_head,
                   "number of heads when there is no config.json (default: d_model / 64)");
   cmd->callback([opt] {
+    refuse_overwriting_inputs(*opt);
     HfImportOptions options;
     if (!opt->n_local.empty()) options.n_local = parse_int_list(opt->n_local, "--n-local");
     options.window = opt->window;

@@ -101,6 +101,20 @@ TEST(IoCli, BadInputIsOneClearErrorAndWritesNothing) {
   expect_one_error(lsgpt("import --in " + quoted(dir.file("hf")) + " --out " +
                          quoted(dir.file("no/dir/y.ckpt"))),
                    "No such file or directory");
+  // The output naming an input used to replace the weights with the checkpoint.
+  const auto weights = read_bytes(dir.file("hf/model.safetensors"));
+  const auto hf_config = read_bytes(dir.file("hf/config.json"));
+  expect_one_error(lsgpt("import --in " + quoted(dir.file("hf/model.safetensors")) + " --out " +
+                         quoted(dir.file("hf/model.safetensors"))),
+                   "is also an input; it would be overwritten");
+  expect_one_error(lsgpt("import --in " + quoted(dir.file("hf")) + " --out " +
+                         quoted(dir.file("hf/config.json"))),
+                   "is also an input; it would be overwritten");
+  expect_one_error(lsgpt("import --in " + quoted(dir.file("hf")) + " --out " +
+                         quoted(dir.file("hf/./model.safetensors"))),
+                   "is also an input; it would be overwritten");
+  EXPECT_EQ(read_bytes(dir.file("hf/model.safetensors")), weights);
+  EXPECT_EQ(read_bytes(dir.file("hf/config.json")), hf_config);
   // A directory as the config: used to be the bare 'basic_filebuf::underflow error ...'.
   expect_one_error(lsgpt("import --in " + quoted(dir.file("hf/model.safetensors")) + " --config " +
                          quoted(dir.file("hf")) + " --out " + quoted(dir.file("y.ckpt"))),
