@@ -214,6 +214,15 @@ TEST_F(Cli, CorruptCheckpointAndLongPrompt) {
   expect_refusal(run("generate --checkpoint " + ckpt + " --prompt hi --top-p 0"), "--top-p");
   const Outcome ok = run("generate --checkpoint " + ckpt + " --prompt hi -n 5 --seed 3");
   EXPECT_EQ(ok.exit_code, 0) << ok.output;
+  // --logits-out naming an input used to replace the checkpoint (or the data) with the .npy.
+  const auto ckpt_size = fs::file_size(ckpt), data_size = fs::file_size(train_);
+  expect_refusal(run("eval --checkpoint " + ckpt + " --data " + train_ + " --logits-out " + ckpt),
+                 "--logits-out " + ckpt + " is also an input; it would be overwritten");
+  expect_refusal(run("eval --checkpoint " + ckpt + " --data " + train_ + " --logits-out " +
+                     path("run/../train.bin")),
+                 "is also an input; it would be overwritten");
+  EXPECT_EQ(fs::file_size(ckpt), ckpt_size);
+  EXPECT_EQ(fs::file_size(train_), data_size);
   const Outcome info = run("info --checkpoint " + ckpt);
   EXPECT_EQ(info.exit_code, 0) << info.output;
   EXPECT_NE(info.output.find("span gradient scaling: off"), std::string::npos) << info.output;
