@@ -391,6 +391,15 @@ bool same_file(const std::string& a, const std::string& b) {
   return !a.empty() && !b.empty() && canonical(a) == canonical(b);
 }
 
+// `report RUN -o RUN/metrics.jsonl` used to replace the run's metrics with the page.
+void check_outputs_are_not_inputs(const ReportOptions& o) {
+  for (const std::string& dir : o.run_dirs)
+    for (const char* name : {"metrics.jsonl", "config.json", "checkpoint.ckpt"})
+      for (const std::string* out : {&o.output, &o.summary_md, &o.summary_json})
+        if (same_file(*out, (fs::path(dir) / name).string()))
+          fail("report: ", *out, " is the ", name, " of run ", dir, "; it would be overwritten");
+}
+
 void check_summary_options(const ReportOptions& o) {
   if (o.target_loss && !std::isfinite(*o.target_loss))
     fail("report: --target-loss must be a finite number, not ", *o.target_loss);
@@ -434,6 +443,7 @@ ReportSummary write_report(const ReportOptions& o) {
   if (o.output.empty()) fail("report: give the page to write with -o REPORT.html");
   if (o.head_layer < -1) fail("report: --layer must be 0 or more, not ", o.head_layer);
   check_distinct_runs(o.run_dirs);
+  check_outputs_are_not_inputs(o);
   check_summary_options(o);
   std::vector<RunMetrics> runs;
   for (const std::string& dir : o.run_dirs) runs.push_back(read_run_metrics(dir));

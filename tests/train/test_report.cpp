@@ -168,6 +168,19 @@ TEST(Report, UnreadableRunsAreOneErrorAndNoPage) {
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.err.find("--layer: must be a layer index (0, 1, ...), got -1"), std::string::npos)
       << r.err;
+  // The page over a run's own metrics used to replace them.
+  write_file(dir.file("norun/metrics.jsonl"), "");
+  r = run_lsgpt(dir, "report '" + dir.file("norun") + "' -o '" + dir.file("norun/metrics.jsonl") +
+                         "'");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("is the metrics.jsonl of run"), std::string::npos) << r.err;
+  r = run_lsgpt(dir, "report '" + dir.file("norun") + "' -o '" + html + "' --summary '" +
+                         dir.file("norun/../norun/config.json") + "'");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("is the config.json of run"), std::string::npos) << r.err;
+  EXPECT_EQ(fs::file_size(dir.file("norun/metrics.jsonl")), 0u);
+  EXPECT_FALSE(fs::exists(dir.file("norun/config.json")));
+  fs::remove(dir.file("norun/metrics.jsonl"));
   fs::create_directories(dir.file("dirrun/metrics.jsonl"));
   r = run_lsgpt(dir, "report '" + dir.file("dirrun") + "' -o '" + html + "'");
   EXPECT_EQ(r.exit_code, 1);
