@@ -157,13 +157,30 @@ AttentionSpec ModelConfig::attention_spec(int layer, int B, int T) const {
   return a;
 }
 
-size_t ModelConfig::num_parameters() const {
-  size_t C = d_model;
-  size_t per_layer = 2 * C + 3 * C * C + 3 * C + C * C + C + 2 * C + 4 * C * C + 4 * C +
+namespace {
+
+// The count in `Number`: size_t for the real one, double to bound a config
+// whose count would overflow it.
+template <typename Number>
+Number parameter_count(const ModelConfig& c) {
+  const Number C = c.d_model;
+  Number per_layer = 2 * C + 3 * C * C + 3 * C + C * C + C + 2 * C + 4 * C * C + 4 * C +
                      4 * C * C + C;
-  if (qk_norm) per_layer += 2 * size_t(head_dim());
-  return size_t(padded_vocab()) * C + size_t(seq_len) * C + n_layer * per_layer + 2 * C;
+  if (c.qk_norm) per_layer += 2 * Number(c.head_dim());
+  return Number(c.padded_vocab()) * C + Number(c.seq_len) * C + Number(c.n_layer) * per_layer +
+         2 * C;
 }
+
+// Beyond these no machine holds the model (1e12 parameters are 4 TB in
+// fp32 before gradients and AdamW's moments); refused before anything is
+// sized by them: n_local's per-layer list at n_layer 2e9 took minutes and
+// gigabytes before any other error could show.
+constexpr int kMaxLayers = 100000;
+constexpr double kMaxParameters = 1e12;
+
+}  // namespace
+
+size_t ModelConfig::num_parameters() const { return parameter_count<size_t>(*this); }
 
 void ModelConfig::normalize_and_validate() {
   if (n_layer < 1) fail("config: n_layer must be >= 1, got ", n_layer);
@@ -172,9 +189,14 @@ void ModelConfig::normalize_and_validate() {
   if (d_model % n_head != 0)
     fail("config: d_model (", d_model, ") must be divisible by n_head (", n_head, ")");
   if (seq_len < 1) fail("config: seq_len must be >= 1, got ", seq_len);
-  if (vocab_size < 1 || vocab_size > 65535)
-    fail("config: vocab_size must be in 1..65535 (tokens are stored as uint16), got ",
+  if (vocab_size < 1 || vocab_size > 65536)
+    fail("config: vocab_size must be in 1..65536 (token ids are stored in 16 bits), got ",
          vocab_size);
+  if (n_layer > kMaxLayers)
+    fail("config: n_layer must be at most ", kMaxLayers, ", got ", n_layer);
+  if (const double n = parameter_count<double>(*this); n > kMaxParameters)
+    fail("config: the model would have ", n, " parameters; lsgpt refuses more than ",
+         kMaxParameters, " (4 TB of fp32 weights)");
   if (eot_token < 0) eot_token = default_eot_token(vocab_size);
   if (eot_token >= vocab_size)
     fail("config: eot_token ", eot_token, " is outside the vocabulary of ", vocab_size,

@@ -107,9 +107,31 @@ TEST(ModelConfig, RefusesInvalidSettings) {
   EXPECT_NE(with("n_layer", 0).find("n_layer"), std::string::npos);
   EXPECT_NE(with("seq_len", 0).find("seq_len"), std::string::npos);
   EXPECT_NE(with("vocab_size", 70000).find("vocab_size"), std::string::npos);
+  EXPECT_NE(with("vocab_size", 65537).find("vocab_size must be in 1..65536"), std::string::npos);
+  EXPECT_EQ(with("vocab_size", 65536), "");  // ids 0..65535: what token files hold
   EXPECT_NE(with("window", "wide").find("must be an integer"), std::string::npos);
   EXPECT_NE(with("colour", 1).find("unknown key 'colour'"), std::string::npos);
   EXPECT_NE(error_of(json::array()).find("JSON object"), std::string::npos);
+}
+
+// Sizes no machine holds are refused at once: n_layer 2e9 used to build its
+// per-layer list of local-head counts for minutes before anything failed.
+TEST(ModelConfig, RefusesModelsNoMachineHolds) {
+  const json base{{"n_layer", 2}, {"n_head", 4}, {"d_model", 64}};
+  auto with = [&](const char* key, json value) {
+    json j = base;
+    j[key] = value;
+    return error_of(j);
+  };
+  EXPECT_NE(with("n_layer", 2000000000).find("n_layer must be at most 100000"),
+            std::string::npos);
+  EXPECT_EQ(with("n_layer", 100000), "");
+  EXPECT_NE(with("d_model", 2000000000).find("parameters; lsgpt refuses more than"),
+            std::string::npos);  // 4.8e19: past size_t, counted in double
+  // 2e9 positions of width 1024: 2e12 in the position embedding alone.
+  EXPECT_NE(error_of(json{{"n_layer", 2}, {"n_head", 4}, {"d_model", 1024}, {"seq_len", 2000000000}})
+                .find("parameters"),
+            std::string::npos);
 }
 
 // get<int>() wraps: n_layer 4294967297 (2^32 + 1) used to load as a 1-layer model.
