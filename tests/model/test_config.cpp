@@ -23,6 +23,12 @@ std::string error_of(const json& j) {
   return "";
 }
 
+// The error of `base` with `key` set to `value` ("" when it loads).
+std::string error_with(json base, const char* key, json value) {
+  base[key] = std::move(value);
+  return error_of(base);
+}
+
 TEST(ModelConfig, DefaultsFollowThePaper) {
   ModelConfig c = ModelConfig::from_json(json{{"n_layer", 3}, {"n_head", 12}, {"d_model", 768}});
   EXPECT_EQ(c.n_local, (std::vector<int>{11, 11, 11}));  // every head but one local
@@ -93,11 +99,7 @@ TEST(ModelConfig, Gpt2MediumHas355MParametersInBothAttentions) {
 
 TEST(ModelConfig, RefusesInvalidSettings) {
   const json base{{"n_layer", 2}, {"n_head", 4}, {"d_model", 64}};
-  auto with = [&](const char* key, json value) {
-    json j = base;
-    j[key] = value;
-    return error_of(j);
-  };
+  auto with = [&](const char* key, json value) { return error_with(base, key, value); };
   EXPECT_NE(with("n_local", 5).find("n_local of layer 0 is 5"), std::string::npos);
   EXPECT_NE(with("n_local", -1).find("n_local"), std::string::npos);
   EXPECT_NE(with("n_local", json{1, 2, 3}).find("lists 3 layers"), std::string::npos);
@@ -118,11 +120,7 @@ TEST(ModelConfig, RefusesInvalidSettings) {
 // per-layer list of local-head counts for minutes before anything failed.
 TEST(ModelConfig, RefusesModelsNoMachineHolds) {
   const json base{{"n_layer", 2}, {"n_head", 4}, {"d_model", 64}};
-  auto with = [&](const char* key, json value) {
-    json j = base;
-    j[key] = value;
-    return error_of(j);
-  };
+  auto with = [&](const char* key, json value) { return error_with(base, key, value); };
   EXPECT_NE(with("n_layer", 2000000000).find("n_layer must be at most 100000"),
             std::string::npos);
   EXPECT_EQ(with("n_layer", 100000), "");
@@ -137,11 +135,7 @@ TEST(ModelConfig, RefusesModelsNoMachineHolds) {
 // get<int>() wraps: n_layer 4294967297 (2^32 + 1) used to load as a 1-layer model.
 TEST(ModelConfig, IntegersOutsideIntAreRefusedNotWrapped) {
   const json base{{"n_layer", 2}, {"n_head", 4}, {"d_model", 64}};
-  auto with = [&](const char* key, json value) {
-    json j = base;
-    j[key] = value;
-    return error_of(j);
-  };
+  auto with = [&](const char* key, json value) { return error_with(base, key, value); };
   EXPECT_NE(with("n_layer", 4294967297LL).find("'n_layer' is 4294967297, out of range"),
             std::string::npos);
   EXPECT_NE(with("window", uint64_t(1) << 63).find("'window' is 9223372036854775808"),
@@ -182,11 +176,7 @@ TEST(ModelConfig, StabilisersAreOffByDefaultAndRoundTrip) {
 
 TEST(ModelConfig, RefusesBadStabiliserSettings) {
   const json base{{"n_layer", 2}, {"n_head", 4}, {"d_model", 64}};
-  auto with = [&](const char* key, json value) {
-    json j = base;
-    j[key] = value;
-    return error_of(j);
-  };
+  auto with = [&](const char* key, json value) { return error_with(base, key, value); };
   EXPECT_NE(with("z_loss", -1e-4).find("z_loss must be a finite number >= 0"), std::string::npos);
   EXPECT_NE(with("z_loss", "big").find("z_loss must be a number"), std::string::npos);
   EXPECT_NE(with("qk_norm", 1).find("qk_norm must be true or false"), std::string::npos);
