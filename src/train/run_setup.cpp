@@ -166,6 +166,17 @@ ModelConfig apply_model_settings(const ModelConfig& stored, const json& given,
   return c;
 }
 
+// A new run from --init-from X writes its checkpoint over X when --out-dir
+// is X's folder (the default for a resume, not for a new run): the
+// weights it started from would be gone after the first save.
+void refuse_writing_over_the_start(const RunSetup& s, const TrainOptions& o) {
+  if (o.init_from.empty()) return;
+  std::error_code ec;
+  if (fs::equivalent(o.init_from, fs::path(s.train.out_dir) / "checkpoint.ckpt", ec))
+    fail("--init-from '", o.init_from, "' is the checkpoint this run would write (--out-dir ",
+         s.train.out_dir, "); give another --out-dir");
+}
+
 RunSetup setup_run(const TrainOptions& o) {
   RunSetup s;
   if (!o.resume.empty() && !o.init_from.empty())
@@ -197,6 +208,7 @@ RunSetup setup_run(const TrainOptions& o) {
   }
   s.train.out_dir = absolute_path(s.train.out_dir);
   s.train.validate();
+  refuse_writing_over_the_start(s, o);
   return s;
 }
 

@@ -13,6 +13,7 @@
 #include "data/token_file.h"
 #include "io/checkpoint.h"
 #include "io/hf_gpt2.h"
+#include "data/data_test_support.h"
 #include "io/io_test_support.h"
 
 namespace lsgpt {
@@ -201,6 +202,13 @@ TEST(CliResume, InitFromTakesTheCheckpointsModelAndAppliesOnlyGivenFlags) {
   std::ofstream(dir.file("c.json")) << R"({"comment": "x", "window": 6, "seq_len": 32})";
   r = lsgpt_in(dir.path(), base + " --out-dir cfg --config c.json");
   expect_refusal(r, {"seq_len", "checkpoint 16, given 32"}, {"d_model", "n_head", "window ("});
+  // A new run into the folder of its --init-from would save over the weights
+  // it started from: refused, and the checkpoint is left as it was.
+  const std::string before = data_testing::read_file(dir.file("tuned/checkpoint.ckpt"));
+  r = lsgpt_in(dir.path(), "train --init-from tuned/checkpoint.ckpt --train tr.bin --valid tr.bin"
+                           " --steps 2 --out-dir tuned" + kRun);
+  expect_refusal(r, {"--init-from", "the checkpoint this run would write", "--out-dir"});
+  EXPECT_EQ(data_testing::read_file(dir.file("tuned/checkpoint.ckpt")), before);
   // An imported model has no run to resume.
   r = lsgpt_in(dir.path(), "train --resume gpt2.ckpt");
   expect_refusal(r, {"no optimizer state", "--init-from"});
