@@ -209,6 +209,9 @@ RunSetup setup_run(const TrainOptions& o) {
   s.train.out_dir = absolute_path(s.train.out_dir);
   s.train.validate();
   refuse_writing_over_the_start(s, o);
+  if (s.resuming && s.train.stop_at > 0 && s.train.stop_at <= s.start.step)
+    fail("--stop-at ", s.train.stop_at, " is not past step ", s.start.step, " of checkpoint '",
+         o.resume, "': nothing would be trained (lsgpt eval --checkpoint evaluates it)");
   return s;
 }
 

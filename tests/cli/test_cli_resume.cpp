@@ -146,6 +146,12 @@ TEST(CliResume, OutDirMovesAResumedRun) {
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_EQ(load_checkpoint((dir.path() / "elsewhere/checkpoint.ckpt").string()).step, 4);
   EXPECT_EQ(load_checkpoint((dir.path() / "run/checkpoint.ckpt").string()).step, 2);
+  // A --stop-at the checkpoint has reached trains nothing: refused (it went
+  // straight to the final evaluation).
+  for (const char* stop : {"1", "2"}) {
+    r = lsgpt_in(dir.path(), std::string("train --resume run/checkpoint.ckpt --stop-at ") + stop);
+    expect_refusal(r, {"--stop-at", "is not past step 2", "nothing would be trained"});
+  }
 }
 
 TEST(CliResume, ResumeComparesOnlyTheModelFlagsGiven) {
