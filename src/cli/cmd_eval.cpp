@@ -1,10 +1,8 @@
 // lsgpt eval: loss and perplexity of a checkpoint on a token file.
 #include <cstdio>
-#include <filesystem>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
-#include <system_error>
 
 #include "cli/checkpoint_model.h"
 #include "cli/commands.h"
@@ -28,11 +26,8 @@ void run_eval(const EvalFlags& f) {
   if (f.batch_size < 1) fail("--batch-size must be >= 1");
   if (f.max_batches < 0) fail("--max-batches must be >= 0 (0: the whole file), got ", f.max_batches);
   // --logits-out naming the checkpoint or the data used to replace it with the .npy.
-  for (const std::string* input : {&f.checkpoint, &f.data}) {
-    std::error_code ec;
-    if (!f.logits_out.empty() && std::filesystem::equivalent(*input, f.logits_out, ec))
-      fail("eval: --logits-out ", f.logits_out, " is also an input; it would be overwritten");
-  }
+  if (!f.logits_out.empty())
+    refuse_output_over_inputs("eval: --logits-out", f.logits_out, {f.checkpoint, f.data});
   LoadedModel m = load_model(f.checkpoint, f.device);
   const ModelConfig& cfg = m.model->config();
   const int T = f.seq_len ? f.seq_len : cfg.seq_len;

@@ -6,7 +6,6 @@
 #include <memory>
 #include <optional>
 #include <string>
-#include <system_error>
 #include <vector>
 
 #include "cli/commands.h"
@@ -30,11 +29,7 @@ void refuse_overwriting_inputs(const Options& o) {
   std::vector<std::string> inputs{dir ? (fs::path(o.in) / "model.safetensors").string() : o.in};
   if (!o.config.empty()) inputs.push_back(o.config);
   else if (dir) inputs.push_back((fs::path(o.in) / "config.json").string());
-  for (const std::string& input : inputs) {
-    std::error_code ec;
-    if (fs::equivalent(input, o.out, ec))
-      fail("import: the output ", o.out, " is also an input; it would be overwritten");
-  }
+  refuse_output_over_inputs("import: the output", o.out, inputs);
 }
 
 }  // namespace

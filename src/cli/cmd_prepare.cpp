@@ -82,11 +82,7 @@ void run_prepare(const PrepareCommandOptions& o) {
     fail("prepare: give input files and -o OUT.bin, or --dataset wikitext2|pg-books --out-dir "
          "DIR");
   if (o.output.empty()) fail("prepare: give the output token file with -o OUT.bin");
-  for (const std::string& input : o.inputs) {
-    std::error_code ec;
-    if (std::filesystem::equivalent(input, o.output, ec))
-      fail("prepare: the output ", o.output, " is also an input; it would be overwritten");
-  }
+  refuse_output_over_inputs("prepare: the output", o.output, o.inputs);
   options.split = parse_document_split(o.split.empty() ? "file" : o.split);
   const Tokenizer tokenizer = Tokenizer::load(o.tokenizer_dir);
   report(prepare_token_file(tokenizer, o.inputs, o.output, options), o.output);

@@ -5,7 +5,12 @@
 #include <CLI/CLI.hpp>
 #include <charconv>
 #include <cstdint>
+#include <filesystem>
 #include <string>
+#include <system_error>
+#include <vector>
+
+#include "core/error.h"
 
 namespace lsgpt::cli {
 
@@ -20,6 +25,19 @@ inline const CLI::Validator kUnsigned64(
       return std::string();
     },
     "UINT64");
+
+// Fails with "<output_name> <output> is also an input; it would be
+// overwritten" when `output` is one of `inputs` by any path (a link, ./x):
+// the command would replace what it reads. Paths that do not exist yet
+// are no input.
+inline void refuse_output_over_inputs(const std::string& output_name, const std::string& output,
+                                      const std::vector<std::string>& inputs) {
+  for (const std::string& input : inputs) {
+    std::error_code ec;
+    if (std::filesystem::equivalent(input, output, ec))
+      fail(output_name, " ", output, " is also an input; it would be overwritten");
+  }
+}
 
 void add_prepare_command(CLI::App& app);
 void add_train_command(CLI::App& app);

@@ -10,10 +10,10 @@
 #include <nlohmann/json.hpp>
 #include <random>
 
+#include "data/data_test_support.h"
 #include "data/token_file.h"
 #include "io/checkpoint.h"
 #include "io/hf_gpt2.h"
-#include "data/data_test_support.h"
 #include "io/io_test_support.h"
 
 namespace lsgpt {
