@@ -397,6 +397,7 @@ bool use_sm90(const CudaContext& ctx, const AttentionSpec& spec) {
   sm90_head_group_override();
   sm90_one_pass_blocks_override();
   sm90_ws_striding_forced();
+  sm90_key_direction_pass_override();
   attention_deterministic();
   const bool forced = sm80_forced();
   return !forced && sm90_backward_supported(ctx, spec.head_dim);
@@ -434,12 +435,20 @@ bool attn::attention_deterministic() {
 
 namespace {
 // The kernel the last attention_backward launched (-1: sm_80, else an
-// Sm90BackwardVariant), for attention_backward_last_kernel.
+// Sm90BackwardVariant), for attention_backward_last_kernel, and whether the
+// key-direction pass ran before it.
 std::atomic<int> last_backward_kernel{-1};
+std::atomic<bool> last_key_direction_pass{false};
 }  // namespace
 
 bool attn::sm90_ws_striding_forced() {
   return env_switch("LSGPT_ATTENTION_SM90_WS_SCHEDULE", {"auto", "static", "dynamic"}) == 1;
+}
+
+std::optional<bool> attn::sm90_key_direction_pass_override() {
+  const int i = env_switch("LSGPT_ATTENTION_SM90_KEY_DIRECTION", {"auto", "pass", "fused"});
+  if (i == 0) return std::nullopt;
+  return i == 1;
 }
 
 bool attn::sm90_backward_global_first() {
@@ -461,6 +470,8 @@ const char* attention_backward_last_kernel() {
   return k < 0 ? "sm80" : kNames[k];
 }
 
+bool attention_backward_last_ran_key_direction_pass() { return last_key_direction_pass; }
+
 namespace {
 
 void check_backward_args(const bf16* dqkv, const bf16* dqkv_colsum, const bf16* dout,
@@ -480,29 +491,34 @@ void check_backward_args(const bf16* dqkv, const bf16* dqkv_colsum, const bf16* 
 }
 
 // The backward's scratch: delta (one float a row of each head), one_pass's
-// f32 dQ sums, the qkv bias gradient's part sums and ws_band's dQ slots
-// (BackwardParams).
+// f32 dQ sums, the qkv bias gradient's part sums, ws_band's dQ slots and
+// the key directions (BackwardParams).
 struct BackwardScratch {
   float *delta, *dq_accum, *bias_partials, *band_dq;
+  bf16* key_direction;
   int bias_parts;  // 0 when the bias is not summed in the kernels
 };
 
 BackwardScratch carve_backward_scratch(CudaContext& ctx, const AttentionSpec& spec,
-                                       size_t dq_floats, bool fused_bias, size_t band_floats) {
+                                       size_t dq_floats, bool fused_bias, size_t band_floats,
+                                       bool key_direction) {
   const size_t rows = size_t(spec.B) * spec.T * spec.n_head;
   const size_t bias_parts =
       fused_bias ? size_t(spec.B) * ceil_div(spec.T, kBiasRowGroup) : 0;
   LSGPT_CHECK(bias_parts <= 0x7fffffff, "attention_backward: too many rows for the bias sums");
   const size_t bias_floats = bias_parts * 3 * size_t(spec.C());
+  const size_t direction_elems = key_direction ? size_t(spec.B) * spec.T * spec.C() : 0;
   ScratchCarver carver(ctx.scratch(ScratchCarver::round(sizeof(float) * rows) +
                                    ScratchCarver::round(sizeof(float) * dq_floats) +
                                    ScratchCarver::round(sizeof(float) * bias_floats) +
-                                   ScratchCarver::round(sizeof(float) * band_floats)));
+                                   ScratchCarver::round(sizeof(float) * band_floats) +
+                                   ScratchCarver::round(sizeof(bf16) * direction_elems)));
   BackwardScratch scratch;
   scratch.delta = carver.take<float>(rows);
   scratch.dq_accum = carver.take<float>(dq_floats);
   scratch.bias_partials = carver.take<float>(bias_floats);
   scratch.band_dq = carver.take<float>(band_floats);
+  scratch.key_direction = carver.take<bf16>(direction_elems);
   scratch.bias_parts = int(bias_parts);
   return scratch;
 }
@@ -546,9 +562,16 @@ void attention_backward(CudaContext& ctx, bf16* dqkv, bf16* dqkv_colsum, const b
   check_backward_args(dqkv, dqkv_colsum, dout, qkv, out, kbar, spec);
   if (spec.B == 0 || spec.T == 0 || spec.n_head == 0) return;
   const bool sm90 = use_sm90(ctx, spec);
-  const bool qbar = spec.span.k.enabled && spec.span.k.basis == SpanBasis::cross;
-  const AttentionShape shape{spec.B,      spec.T,         spec.n_head, spec.n_local,
-                             spec.window, spec.head_dim, qbar};
+  const bool cross_k = spec.span.k.enabled && spec.span.k.basis == SpanBasis::cross;
+  AttentionShape shape{spec.B,      spec.T,         spec.n_head, spec.n_local,
+                       spec.window, spec.head_dim, cross_k};
+  // The cross basis on k from its own pass, or qbar in the kernels.
+  const bool key_direction_pass =
+      sm90 && cross_k &&
+      sm90_key_direction_pass_override().value_or(key_direction_pass_pays(shape));
+  const bool qbar = cross_k && !key_direction_pass;
+  shape.span_qbar = qbar;
+  last_key_direction_pass = key_direction_pass;
   using V = Sm90BackwardVariant;
   // The Hopper kernel that runs: the forced or chosen variant, after its
   // fallbacks (ws_one_pass has no qbar of its own: one_pass_wg2 runs, and
@@ -575,10 +598,15 @@ void attention_backward(CudaContext& ctx, bf16* dqkv, bf16* dqkv_colsum, const b
   const bool fused_bias = dqkv_colsum && !one_pass;
   const bool band = sm90 && variant == V::ws_band;
   const int band_slots = band ? ws_band_slots(std::min(spec.window, spec.T)) : 0;
-  const BackwardScratch scratch = carve_backward_scratch(
-      ctx, spec, dq_floats, fused_bias, band ? ws_band_dq_floats(ctx, band_slots) : 0);
+  const BackwardScratch scratch =
+      carve_backward_scratch(ctx, spec, dq_floats, fused_bias,
+                             band ? ws_band_dq_floats(ctx, band_slots) : 0, key_direction_pass);
   launch_delta(ctx, scratch.delta, dout, out, spec);
   BackwardParams p = backward_params(dqkv, dout, qkv, lse, kbar, scratch, spec);
+  if (key_direction_pass) {
+    launch_key_direction_sm90(ctx, p, spec.B, scratch.key_direction);
+    p.key_direction = scratch.key_direction;
+  }
   p.item_counter = ctx.item_counter(CudaContext::ItemCounter::attention_backward);
   // ws takes its items from the counter on every shape: with the head
   // groups it beat striding (every (consumers)-th item) on every measured

@@ -53,6 +53,12 @@ struct BackwardParams {
   int head_group = 0;
   int* item_counter = nullptr;
   float* band_dq = nullptr;
+  // The span's cross basis on k from its own pass (launch_key_direction_sm90):
+  // u_j = qbar_j / colsum_j for every key row, [B, T, C] bf16 (head h at
+  // columns h * head_dim), read in place of k_j by the kernels' span
+  // instantiations without qbar; null: the basis on k is self, or the
+  // kernel forms qbar itself (kQbar).
+  const __nv_bfloat16* key_direction = nullptr;
 };
 
 // Rows a part of bias_partials sums: one warp's rows in every kernel that
@@ -141,17 +147,19 @@ __device__ __forceinline__ void store_row_pairs(__nv_bfloat16* row, const float 
 }
 
 // Key row j's epilogue: gk (already scaled by tau) and gv projected (span:
-// dK along qbar_j / colsum_j or k_j, dV along v_j) in place and stored when
-// j < T.
+// dK along qbar_j / colsum_j, or the row of key_direction, or k_j; dV
+// along v_j) in place and stored when j < T.
 // qbar holds this lane's share of P^T Q for the row and colsum its share of
-// the column sum of P (both read only in the kQbar instantiation). Every
-// lane of the warp calls it (quad shuffles).
+// the column sum of P (both read only in the kQbar instantiation);
+// key_direction is the head's rows of p.key_direction or null. Every lane
+// of the warp calls it (quad shuffles).
 template <int kDBlocks, bool kSpan, bool kQbar>
 __device__ __forceinline__ void finish_key_row(const BackwardParams& p, float (&gk)[2 * kDBlocks],
                                                float (&gv)[2 * kDBlocks],
                                                const float (&qbar)[2 * kDBlocks], float colsum,
                                                int j, const __nv_bfloat16* k_base,
-                                               const __nv_bfloat16* v_base, int quad) {
+                                               const __nv_bfloat16* v_base,
+                                               const __nv_bfloat16* key_direction, int quad) {
   const size_t qkv_row = size_t(3) * p.C;
   if constexpr (kSpan) {
     if (p.span.k) {
@@ -168,7 +176,9 @@ __device__ __forceinline__ void finish_key_row(const BackwardParams& p, float (&
 #pragma unroll
         for (int e = 0; e < 2 * kDBlocks; ++e) u[e] = qbar[e] * inv;
       } else {
-        load_row_pairs<kDBlocks>(u, k_base + size_t(j) * qkv_row, j < p.T, p.head_dim, quad);
+        const __nv_bfloat16* row =
+            key_direction ? key_direction + size_t(j) * p.C : k_base + size_t(j) * qkv_row;
+        load_row_pairs<kDBlocks>(u, row, j < p.T, p.head_dim, quad);
       }
       project_row(gk, u, p.span.k_par, p.span.k_perp);
     }
@@ -200,6 +210,10 @@ __device__ __forceinline__ void finish_key_rows(const BackwardParams& p, DkAt dk
                                                 const __nv_bfloat16* k_base,
                                                 const __nv_bfloat16* v_base, int quad) {
   WarpColumnSums<kDBlocks> bias_k, bias_v;
+  const __nv_bfloat16* key_direction =
+      kSpan && !kQbar && p.key_direction
+          ? p.key_direction + size_t(b) * p.T * p.C + size_t(h) * p.head_dim
+          : nullptr;
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     float gk[2 * kDBlocks], gv[2 * kDBlocks], qbar_row[2 * kDBlocks] = {};
@@ -212,7 +226,7 @@ __device__ __forceinline__ void finish_key_rows(const BackwardParams& p, DkAt dk
         if constexpr (kQbar) qbar_row[2 * db + e] = qbar_at(db, 2 * r + e);
       }
     finish_key_row<kDBlocks, kSpan, kQbar>(p, gk, gv, qbar_row, colsum[r], key_row + 8 * r,
-                                           k_base, v_base, quad);
+                                           k_base, v_base, key_direction, quad);
     if (p.bias_partials) {  // the rows projected
       bias_k.add(gk, key_row + 8 * r < p.T);
       bias_v.add(gv, key_row + 8 * r < p.T);
@@ -342,6 +356,18 @@ void launch_backward_sm90_one_pass_wg2(CudaContext& ctx, const BackwardParams& p
 // holds ws_one_pass_dq_floats(..., ordered) floats (any contents: zeroed
 // on the stream first).
 size_t ws_one_pass_dq_floats(int B, int T, int n_head, int head_dim, bool ordered);
+// attention_key_direction_sm90.cu: the span's cross basis on k in a pass of
+// its own, before the backward (lsgpt's reconstruction of arXiv:2512.13033,
+// docs/SPAN.md): for every key row j of every head, qbar_j = sum_i P_ij q_i
+// and colsum_j = sum_i P_ij over the queries that see it (P from qkv and
+// the forward's lse, p.lse; local heads in their band), and u_j = qbar_j /
+// colsum_j into `direction` ([B, T, C] bf16, head h at columns h D; 0 where
+// colsum_j <= 1e-30, as the kQbar epilogue). Two of a key block's products
+// (S^T, P^T Q) instead of qbar's D-wide accumulator beside dK and dV, which
+// at D 128 leaves one ws consumer a block (or 16-query tiles in base).
+// Needs sm90_backward_supported.
+void launch_key_direction_sm90(CudaContext& ctx, const BackwardParams& p, int B,
+                               __nv_bfloat16* direction);
 void launch_backward_sm90_ws_one_pass(CudaContext& ctx, const BackwardParams& p, int B,
                                       bool span, bool ordered, float* dq_accum);
 
@@ -387,6 +413,13 @@ std::optional<int> sm90_head_group_override();
 // digits only (for tests: the ordered form's bits must not depend on it),
 // or unset or empty: nullopt. Anything else is an error.
 std::optional<int> sm90_one_pass_blocks_override();
+
+// Whether the span's cross basis on k runs as launch_key_direction_sm90's
+// pass before the backward: LSGPT_ATTENTION_SM90_KEY_DIRECTION = auto (also
+// unset or empty: nullopt, key_direction_pass_pays's choice), pass, or
+// fused (the kernels accumulate qbar themselves, kQbar). Anything else is
+// an error. Read at every call.
+std::optional<bool> sm90_key_direction_pass_override();
 
 // How ws and ws_one_pass hand out their items: LSGPT_ATTENTION_SM90_WS_SCHEDULE
 // = auto (also unset or empty) or dynamic: from a counter, the default;

@@ -208,8 +208,9 @@ __device__ __forceinline__ void score_pair(float (&s)[kN / 2], float (&dp)[kN / 
 // else by HeadMask::visible element by element (the ws band-run kernels:
 // with the intervals ptxas spilled 952 bytes in their span-off instance,
 // against 56 without).
-// kQbar adds P to the per-key-row column sums.
-template <int kQ, bool kMasked, bool kQbar, bool kIntervals = true>
+// kQbar adds P to the per-key-row column sums. Without kDs only s becomes
+// P^T (dp and delta_tile are not read: the key-direction pass's use).
+template <int kQ, bool kMasked, bool kQbar, bool kIntervals = true, bool kDs = true>
 __device__ __forceinline__ void key_softmax(float (&s)[kQ / 2], float (&dp)[kQ / 2],
                                             float (&colsum)[2], const float* lse_tile,
                                             const float* delta_tile, float scale_log2, int i0,
@@ -231,7 +232,7 @@ __device__ __forceinline__ void key_softmax(float (&s)[kQ / 2], float (&dp)[kQ /
       }
       if constexpr (kQbar) colsum[e >> 1] += prob;
       s[4 * nb + e] = prob;
-      dp[4 * nb + e] = prob * (dp[4 * nb + e] - delta_tile[qi]);
+      if constexpr (kDs) dp[4 * nb + e] = prob * (dp[4 * nb + e] - delta_tile[qi]);
     }
 }
 

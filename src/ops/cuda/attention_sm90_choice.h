@@ -158,6 +158,15 @@ inline bool ws_one_pass_pays(const AttentionShape& s) {
   return !s.span_qbar && s.T >= 16384 && local_work_share(s) < 0.05;
 }
 
+// The span's cross basis on k (s.span_qbar) as a pass of its own before
+// the backward (launch_key_direction_sm90) rather than qbar accumulated in
+// the backward's key blocks: at D 128, where qbar's accumulator leaves ws
+// one consumer a block and base 16-query tiles. At D 64 ws holds qbar with
+// two consumers.
+inline bool key_direction_pass_pays(const AttentionShape& s) {
+  return s.span_qbar && s.head_dim > 64;
+}
+
 inline Sm90BackwardVariant choose_sm90_backward(const AttentionShape& s, int sm_count,
                                                 bool deterministic = true) {
   if (ws_one_pass_pays(s))

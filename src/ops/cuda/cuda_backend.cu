@@ -393,6 +393,10 @@ const char* cuda_last_attention_backward_kernel() {
   return cuda::attention_backward_last_kernel();
 }
 
+bool cuda_last_attention_backward_ran_key_direction_pass() {
+  return cuda::attention_backward_last_ran_key_direction_pass();
+}
+
 const char* cuda_last_dbias_path() {
   switch (cuda::matmul_last_dbias_path()) {
     case cuda::DbiasPath::epilogue_f32: return "bgradb-f32";

@@ -29,6 +29,9 @@ bool cuda_attention_backward_uses_sm90(Backend& backend, const AttentionSpec& sp
 // variant's LSGPT_ATTENTION_SM90_BACKWARD name ("ws", "ws_one_pass", ...):
 // what ran after the fallbacks (ws_one_pass with qbar runs one_pass_wg2).
 const char* cuda_last_attention_backward_kernel();
+// Whether that call formed the span's cross basis on k in a pass of its own
+// first (the key-direction pass, LSGPT_ATTENTION_SM90_KEY_DIRECTION).
+bool cuda_last_attention_backward_ran_key_direction_pass();
 
 // How the CUDA backend's last matmul_backward with a bias gradient got it,
 // for tests and benchmark reports: "bgradb-f32" or "bgradb-bf16" (cuBLASLt's

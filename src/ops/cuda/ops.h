@@ -126,6 +126,9 @@ bool attention_backward_uses_sm90(CudaContext& ctx, const AttentionSpec& spec);
 // fallback: "sm80" (also before the first call), or the Hopper variant's
 // LSGPT_ATTENTION_SM90_BACKWARD name ("ws", "ws_one_pass", ...).
 const char* attention_backward_last_kernel();
+// Whether the last attention_backward call formed the span's cross basis on
+// k in a pass of its own (launch_key_direction_sm90) before that kernel.
+bool attention_backward_last_ran_key_direction_pass();
 void attention_decode(CudaContext& ctx, bf16* out, bf16* k_local, bf16* v_local,
                       bf16* k_global, bf16* v_global, const bf16* qkv, const DecodeSpec& spec);
 size_t attention_decode_workspace_bytes(const DecodeSpec& spec);

@@ -45,6 +45,8 @@ constexpr const char* kSm90WsSchedule = "LSGPT_ATTENTION_SM90_WS_SCHEDULE";
 // ws's items in groups of this many (batch row, head) pairs.
 constexpr const char* kSm90HeadGroup = "LSGPT_ATTENTION_SM90_HEAD_GROUP";
 constexpr const char* kSm90OnePassBlocks = "LSGPT_ATTENTION_SM90_ONE_PASS_BLOCKS";
+// Whether the span's cross basis on k runs as a pass of its own.
+constexpr const char* kSm90KeyDirection = "LSGPT_ATTENTION_SM90_KEY_DIRECTION";
 // The order the two-pass Hopper backward starts its blocks in.
 constexpr const char* kSm90BackwardOrder = "LSGPT_ATTENTION_SM90_BACKWARD_ORDER";
 

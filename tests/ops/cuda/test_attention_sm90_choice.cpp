@@ -125,6 +125,17 @@ TEST(AttentionSm90Choice, BackwardDependsOnQbarTheGlobalHeadsAndTheGpu) {
   EXPECT_EQ(int(choose_sm90_backward({0, 0, 16, 0, 1, 128}, kH200Sms)), int(Bw::ws));
 }
 
+// The span's cross basis on k takes its own pass at D 128 (head dims 72 to
+// 128, padded), where qbar would leave ws one consumer; at D 64 and below
+// ws holds qbar itself; without the cross basis there is nothing to form.
+TEST(AttentionSm90Choice, KeyDirectionPassAtD128) {
+  for (int D : {32, 64, 72, 128})
+    for (bool cross_k : {false, true}) {
+      const AttentionShape s{4, 4096, 16, 14, 100, D, cross_k};
+      EXPECT_EQ(key_direction_pass_pays(s), cross_k && D > 64) << "D " << D;
+    }
+}
+
 // ws's two fixed slots (ws_backward_short_walks): D 64 without qbar where a
 // quarter of the work or more is band rows. GPT-2 small's LS layer, the
 // grid's LS 11/12 up to T 4k and LS 1/2 at T 1k take them; MHSA, LS 1/2 at

@@ -364,8 +364,9 @@ TEST(CudaAttentionBackwardSm90Dispatch, WsOnePassMatchesOnePassWg2) {
 // heads at T 4096: 768 items of 128 keys), local heads whose bands make a
 // tile's contributors a run that does not start at block 0 (w 70 and 300),
 // T not a multiple of the tile, and one key block a head (T 100, where no
-// turn is waited for). With span cross (qbar) it runs ws,
-// bit-reproducible too.
+// turn is waited for). With span cross on k it runs ws at D 64 (qbar in
+// its key blocks), bit-reproducible too, and itself at D 128 (after the
+// key-direction pass).
 TEST(CudaAttentionBackwardSm90Dispatch, WsOnePassOrderedRepeatsBitForBit) {
   REQUIRE_CUDA(cuda);
   REQUIRE_HOPPER();
@@ -391,9 +392,9 @@ TEST(CudaAttentionBackwardSm90Dispatch, WsOnePassOrderedRepeatsBitForBit) {
             ScopedEnv choose(kSm90Backward, "ws_one_pass_ordered");
             a = run_backward_on(*cuda, spec, f, true).dqkv;
             b = run_backward_on(*cuda, spec, f, true).dqkv;
+            const bool qbar = span.k.basis == SpanBasis::cross && span.k.enabled && D == 64;
             EXPECT_EQ(std::string(cuda_last_attention_backward_kernel()),
-                      span.k.basis == SpanBasis::cross && span.k.enabled ? "ws"
-                                                                          : "ws_one_pass_ordered");
+                      qbar ? "ws" : "ws_one_pass_ordered");
           }
           EXPECT_EQ(a, b) << "two runs";
           for (int part : {0, 1, 2})
@@ -605,6 +606,53 @@ TEST(CudaAttentionBackwardSm90Dispatch, WsBandMatchesBase) {
   against_base(*cuda, shapes, spans, 197, "ws_band", check);
 }
 
+// The span's cross basis on k from its own pass (u_j = qbar_j / colsum_j
+// as bf16, launch_key_direction_sm90) against qbar accumulated in the
+// backward's key blocks (the fused form, itself checked against the CPU's
+// float64 backward in MatchesSm80AndCpu64): the same dQ bits (the pass
+// touches only dK), the same dV bits at D 64 (at D 128 the fused base walks
+// 16-query tiles, so other sums), dK within rounding. A wrong column sum,
+// a key row or head crossed, a band tile missed, the mask or lse misread
+// would move dK by O(1) against 2e-3. T 7 (one tile, rows past T), 100 and
+// 1000; global heads and local ones at w 70 and 300, base and ws, and by
+// default (which runs the pass at D 128 only, and what follows it:
+// ws_one_pass_ordered's kSpan instance at T 16k is checked in
+// WsOnePassOrderedRepeatsBitForBit).
+TEST(CudaAttentionBackwardSm90Dispatch, KeyDirectionPassMatchesQbarInTheKernels) {
+  REQUIRE_CUDA(cuda);
+  REQUIRE_HOPPER();
+  for (int D : {64, 128})
+    for (int T : {7, 100, 1000})
+      for (int window : {70, 300})
+        for (const char* variant : {"base", "ws", "auto"}) {
+          AttentionSpec spec;
+          spec.B = 2, spec.T = T, spec.head_dim = D, spec.n_head = 4, spec.n_local = 2;
+          spec.window = window, spec.span = span_cross();
+          SCOPED_TRACE("D " + std::to_string(D) + ", T " + std::to_string(T) + ", w " +
+                       std::to_string(window) + ", " + variant);
+          const size_t C = spec.C();
+          const Forward f = random_forward_sm80(*cuda, spec, 501 + D + T + window);
+          ScopedEnv choose(kSm90Backward, variant);
+          std::vector<float> fused, pass;
+          {
+            ScopedEnv set(kSm90KeyDirection, "fused");
+            fused = run_backward_on(*cuda, spec, f, true).dqkv;
+            EXPECT_FALSE(cuda_last_attention_backward_ran_key_direction_pass());
+          }
+          {
+            ScopedEnv set(kSm90KeyDirection, "pass");
+            pass = run_backward_on(*cuda, spec, f, true).dqkv;
+            EXPECT_TRUE(cuda_last_attention_backward_ran_key_direction_pass());
+          }
+          EXPECT_EQ(qkv_part(pass, 0, C), qkv_part(fused, 0, C)) << "dq";
+          EXPECT_LE(floored_error(qkv_part(pass, 1, C), qkv_part(fused, 1, C)), 2e-3) << "dk";
+          if (D == 64)
+            EXPECT_EQ(qkv_part(pass, 2, C), qkv_part(fused, 2, C)) << "dv";
+          else
+            EXPECT_LE(floored_error(qkv_part(pass, 2, C), qkv_part(fused, 2, C)), 2e-3) << "dv";
+        }
+}
+
 #ifdef LSGPT_HAVE_CUDA
 // Which kernel runs: with or without span the wgmma one, head dims up to 32
 // stay on sm_80, and LSGPT_ATTENTION_SM80 takes 0 or 1 only.
@@ -724,6 +772,37 @@ void check_whole_number_switch(Backend& cuda, const char* name,
   const Forward f = switch_test_forward(cuda, spec);
   for (const char* bad : bad_values)
     expect_switch_refused(cuda, spec, f, name, bad, expected_prefix + bad + "'");
+}
+
+// The pass runs by default where key_direction_pass_pays says (span cross
+// on k at D 128), never for the self basis or without span; the switch
+// forces either form and refuses anything else.
+TEST(CudaAttentionBackwardSm90Dispatch, KeyDirectionSwitch) {
+  REQUIRE_CUDA(cuda);
+  REQUIRE_HOPPER();
+  ScopedEnv env(kForceSm80, nullptr);
+  auto ran_pass = [&](int D, const SpanLayer& span) {
+    AttentionSpec spec = dispatch_spec(D);
+    spec.span = span;
+    run_backward(*cuda, spec, switch_test_forward(*cuda, spec));
+    return cuda_last_attention_backward_ran_key_direction_pass();
+  };
+  EXPECT_TRUE(ran_pass(128, span_cross()));
+  EXPECT_FALSE(ran_pass(64, span_cross()));
+  EXPECT_FALSE(ran_pass(128, span_self()));
+  EXPECT_FALSE(ran_pass(128, SpanLayer{}));
+  {
+    ScopedEnv set(kSm90KeyDirection, "pass");
+    EXPECT_TRUE(ran_pass(64, span_cross()));
+    EXPECT_FALSE(ran_pass(64, span_self()));
+  }
+  {
+    ScopedEnv set(kSm90KeyDirection, "fused");
+    EXPECT_FALSE(ran_pass(128, span_cross()));
+  }
+  const AttentionSpec spec = dispatch_spec(64);
+  expect_switch_refused(*cuda, spec, switch_test_forward(*cuda, spec), kSm90KeyDirection, "yes",
+                        "LSGPT_ATTENTION_SM90_KEY_DIRECTION must be auto, pass or fused, got 'yes'");
 }
 
 // The run length is a whole number of key blocks from 1, the head group
