@@ -12,7 +12,7 @@ if [[ ! -f $data/train.bin || ! -f $data/valid.bin || ! -f $data/test.bin ]]; th
   $lsgpt prepare --dataset wikitext2 --out-dir "$data"
 fi
 
-$lsgpt train --config configs/default.json --data-dir "$data" --out-dir runs/default \
+$lsgpt train --config configs/default.json --data-dir "$data" --out-dir runs/default --overwrite \
   --steps "${LSGPT_STEPS:-1200}" --max-time "${LSGPT_MAX_TIME:-300}" \
   --batch-size 8 --lr 2e-3 --warmup 50 --eval-every 200 --checkpoint-every 200
 

@@ -22,7 +22,7 @@ if [[ ! -f $data/train.bin ]]; then
   "$lsgpt" prepare --dataset wikitext2 --out-dir "$data"
 fi
 for seed in "${seeds[@]}"; do
-  "$lsgpt" train --config configs/default.json --data-dir "$data" --out-dir "$out/seed$seed" \
+  "$lsgpt" train --config configs/default.json --data-dir "$data" --out-dir "$out/seed$seed" --overwrite \
     --device "$device" --seed "$seed" --steps "$steps" --batch-size 8 --lr 2e-3 --warmup 50 \
     --eval-every 100 --checkpoint-every 0 --log-every 100
 done

@@ -209,6 +209,7 @@ StudyResults run_all(StudyFlags& f) {
         o.train.out_dir = f.runs_dir + "/" + run_name(attention, setting) + "/seed" +
                           std::to_string(seed);
         o.quiet = true;
+        o.overwrite = true;  // the study's own folders: a rerun runs them again
         std::printf("[%zu/%zu] %s, span %s, seed %llu ... ", done + 1, total, attention.c_str(),
                     setting.c_str(), (unsigned long long)seed);
         flush_stdout();

@@ -17,6 +17,7 @@ struct TrainFlags {
   TrainConfig train;
   std::string data_dir, resume, init_from;
   bool quiet = false;
+  bool overwrite = false;
   // (option, TrainConfig JSON key) for the flags a resumed run may pass on.
   std::vector<std::pair<CLI::Option*, std::string>> keyed;
 };
@@ -32,6 +33,7 @@ void run_train(TrainFlags& f) {
   o.resume = f.resume;
   o.init_from = f.init_from;
   o.quiet = f.quiet;
+  o.overwrite = f.overwrite;
   if (!f.resume.empty() && !f.init_from.empty())
     fail("give either --resume or --init-from, not both");
   if (!f.resume.empty()) {
@@ -156,6 +158,10 @@ void add_train_command(CLI::App& app) {
                   "start a new run from this checkpoint's weights (e.g. from `lsgpt import`)")
       ->group(run);
   cmd->add_flag("--quiet", f.quiet, "no progress lines")->group(run);
+  cmd->add_flag("--overwrite", f.overwrite,
+                "start in an --out-dir that already holds a run, replacing its checkpoint "
+                "and metrics")
+      ->group(run);
   cmd->add_option("--fault", t.fault,
                   "testing: inject nan-grad@STEP, nan-param@STEP or error@STEP[:RANK]")
       ->group("");

@@ -32,6 +32,14 @@ struct RunSetup {
 // Settles the model and training settings; reads no token file.
 RunSetup setup_run(const TrainOptions& options);
 
+// Refuses (lsgpt::Error naming --resume, --overwrite and --out-dir) a run
+// whose out_dir already holds another run's checkpoint.ckpt or
+// metrics.jsonl, which its saves would replace: a new run, or a resume
+// moved to another --out-dir. A resume into its own checkpoint's folder
+// continues that run and passes, as does anything with options.overwrite.
+// The one rank that writes files calls it (the others may start later).
+void refuse_replacing_a_run(const RunSetup& setup, const TrainOptions& options);
+
 struct RunData {
   TokenFile train, valid;
 };

@@ -390,6 +390,7 @@ TrainResult train_model(const TrainOptions& options_given) {
   std::unique_ptr<Communicator> comm = make_communicator(*backend, tc.device);
   const int rank = comm->rank();
   const bool lead = rank == 0;  // the one rank that prints and writes files
+  if (lead) refuse_replacing_a_run(setup, options);
   const bool quiet = options.quiet || !lead;
   // Data-parallel path (ZeRO-1 shards; also one rank on the CPU, so one rank
   // and N ranks run the same arithmetic), or CUDA's single-GPU path with the

@@ -33,6 +33,10 @@ struct TrainOptions {
   nlohmann::json explicit_model = nlohmann::json::object();
   std::string init_from;  // checkpoint whose weights start a new run
   bool quiet = false;     // no progress lines (metrics are still written)
+  // Start in an out_dir that already holds a run (its checkpoint.ckpt or
+  // metrics.jsonl), replacing it; without it that is refused
+  // (refuse_replacing_a_run in train/run_setup.h).
+  bool overwrite = false;
 };
 
 struct TrainResult {

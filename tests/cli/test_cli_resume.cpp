@@ -154,6 +154,59 @@ TEST(CliResume, OutDirMovesAResumedRun) {
   }
 }
 
+// A run's folder is not taken over silently: a new run into it, or a resume
+// moved onto it, is refused before anything is written (the old run's
+// checkpoint, metrics and config stay as they were), naming the ways out;
+// --overwrite replaces it, a resume into the checkpoint's own folder
+// continues it, and a folder holding only metrics.jsonl counts too.
+TEST(CliResume, AnOutDirHoldingARunIsNotReplacedSilently) {
+  ScratchDir dir;
+  write_tokens(dir.path() / "tr.bin", 1);
+  auto fresh = [](int seed, const std::string& out_dir) {
+    return "train --train tr.bin --valid tr.bin --steps 4 --stop-at 2 --seed " +
+           std::to_string(seed) + " --out-dir " + out_dir + kModel + kRun;
+  };
+  auto r = lsgpt_in(dir.path(), fresh(7, "run"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const fs::path run = dir.path() / "run";
+  auto bytes = [](const fs::path& p) {
+    std::ifstream in(p, std::ios::binary);
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  };
+  const std::string ckpt = bytes(run / "checkpoint.ckpt"), metrics = bytes(run / "metrics.jsonl"),
+                    config = bytes(run / "config.json");
+
+  r = lsgpt_in(dir.path(), fresh(8, "run"));
+  expect_refusal(r, {"already holds a run (checkpoint.ckpt)", "--resume", "--overwrite",
+                     "give another --out-dir"});
+  EXPECT_EQ(bytes(run / "checkpoint.ckpt"), ckpt);
+  EXPECT_EQ(bytes(run / "metrics.jsonl"), metrics);
+  EXPECT_EQ(bytes(run / "config.json"), config);
+
+  // A second run resumed onto this one's folder.
+  r = lsgpt_in(dir.path(), fresh(7, "other"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  r = lsgpt_in(dir.path(), "train --resume other/checkpoint.ckpt --out-dir run --quiet");
+  expect_refusal(r, {"already holds a run", "--overwrite"});
+  EXPECT_EQ(bytes(run / "checkpoint.ckpt"), ckpt);
+
+  // Its own folder: continued.
+  r = lsgpt_in(dir.path(), "train --resume run/checkpoint.ckpt --quiet");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(load_checkpoint((run / "checkpoint.ckpt").string()).step, 4);
+
+  // --overwrite: a new run from step 0 in its place.
+  r = lsgpt_in(dir.path(), fresh(8, "run") + " --overwrite");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(load_checkpoint((run / "checkpoint.ckpt").string()).step, 2);
+  EXPECT_EQ(train_records(run / "metrics.jsonl"), 2u);
+
+  // Only the metrics left (the checkpoint deleted to save space).
+  fs::remove(run / "checkpoint.ckpt");
+  r = lsgpt_in(dir.path(), fresh(7, "run"));
+  expect_refusal(r, {"already holds a run (metrics.jsonl)"});
+}
+
 TEST(CliResume, ResumeComparesOnlyTheModelFlagsGiven) {
   ScratchDir dir;
   write_tokens(dir.path() / "tr.bin", 1);
