@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "core/stop_signals.h"
 #include "data/batch_sampler.h"
 #include "data/token_file.h"
 #include "dist/communicator.h"
@@ -128,12 +129,21 @@ double loss_over_ranks(const std::vector<double>& local, Communicator& comm, int
   return loss;
 }
 
-// A decision of rank 0 (e.g. the wall-clock limit) that every rank follows.
-bool rank0_decides(bool mine, Communicator& comm) {
+// Why the loop stops before --steps on rank 0's clock and signals, which
+// every rank follows (a save takes every rank).
+enum class EarlyStop : char { none, time_limit, signal };
+
+EarlyStop rank0_early_stop(EarlyStop mine, Communicator& comm) {
   std::vector<char> all(comm.size());
-  const char c = mine;
+  const char c = char(mine);
   comm.all_gather_host(&c, all.data(), 1);
-  return all[0];
+  return EarlyStop(all[0]);
+}
+
+EarlyStop early_stop_here(const TrainConfig& tc, double seconds) {
+  if (ScopedStopSignals::received() != 0) return EarlyStop::signal;
+  if (tc.max_time > 0 && seconds >= tc.max_time) return EarlyStop::time_limit;
+  return EarlyStop::none;
 }
 
 void print_banner(const Backend& backend, const Communicator& comm, const ModelConfig& mc,
@@ -448,6 +458,8 @@ TrainResult train_model(const TrainOptions& options_given) {
 
   const long tokens_per_step = long(B) * T * tc.grad_accum;
   if (!quiet) print_banner(*backend, *comm, mc, tc, T, step, resuming);
+  // From here a SIGINT or SIGTERM ends the step under way, saves and stops.
+  ScopedStopSignals stop_signals;
 
   MicroBatches micro{batches, B, T, accum, world, rank,
                      std::vector<int32_t>(size_t(B) * T), std::vector<int32_t>(size_t(B) * T)};
@@ -456,9 +468,10 @@ TrainResult train_model(const TrainOptions& options_given) {
   TrainResult result;
   double last_loss = NAN;
   const long start_step = step;
+  EarlyStop early_stop = EarlyStop::none;
   while (step < tc.steps) {
-    if ((tc.stop_at > 0 && step >= tc.stop_at) ||
-        (tc.max_time > 0 && rank0_decides(seconds_since(t0) >= tc.max_time, *comm))) {
+    early_stop = rank0_early_stop(early_stop_here(tc, seconds_since(t0)), *comm);
+    if ((tc.stop_at > 0 && step >= tc.stop_at) || early_stop != EarlyStop::none) {
       result.stopped_early = true;
       break;
     }
@@ -500,6 +513,18 @@ TrainResult train_model(const TrainOptions& options_given) {
   }
 
   const double seconds = seconds_since(t0);
+  if (early_stop == EarlyStop::signal) {
+    // Saved before anything slower (no final evaluation): a scheduler's
+    // grace period after SIGTERM is short.
+    if (nonfinite_run == 0) save(step, elapsed_before + seconds);
+    if (metrics) metrics->close();
+    const char* signal = ScopedStopSignals::name(ScopedStopSignals::received());
+    if (nonfinite_run != 0)
+      fail("training stopped by ", signal, " after step ", step, "; no checkpoint written (the "
+           "last steps were not finite)");
+    fail("training stopped by ", signal, " after step ", step, " of ", tc.steps,
+         "; the checkpoint holds it: continue with lsgpt train --resume ", ckpt_path);
+  }
   const EvalResult final_eval =
       evaluate_tokens(model, valid_file, B, T, tc.final_eval_batches);
   json final_record = eval_record(final_eval, step, train_seconds);

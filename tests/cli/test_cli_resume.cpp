@@ -207,6 +207,42 @@ TEST(CliResume, AnOutDirHoldingARunIsNotReplacedSilently) {
   expect_refusal(r, {"already holds a run (metrics.jsonl)"});
 }
 
+// A SIGTERM (a scheduler's preemption) or SIGINT (Ctrl-C) mid-run ends the
+// step under way, saves the checkpoint and stops with one error naming the
+// signal and how to resume; the run then resumes from that step. The
+// signal is sent once the run has logged three steps (its handlers are in
+// place before the first).
+TEST(CliResume, AStopSignalSavesTheRunAndItResumes) {
+  for (const char* signal : {"TERM", "INT"}) {
+    SCOPED_TRACE(signal);
+    ScratchDir dir;
+    write_tokens(dir.path() / "tr.bin", 1);
+    const std::string train = quoted(LSGPT_BINARY) +
+                              " train --train tr.bin --valid tr.bin --steps 1000000 "
+                              "--max-time 120 --checkpoint-every 0 --out-dir run" + kModel + kRun;
+    const std::string script =
+        train + " > log 2>&1 & pid=$!; "
+        "for i in $(seq 1200); do "
+        "[ \"$(grep -c '\"type\": *\"train\"' run/metrics.jsonl 2>/dev/null)\" -ge 3 ] 2>/dev/null "
+        "&& break; sleep 0.05; done; "
+        "kill -" + std::string(signal) + " $pid; wait $pid; echo \"exit=$?\"; cat log";
+    auto r = testing::run_command("cd " + quoted(dir.path().string()) + " && (" + script +
+                                  ") < /dev/null");
+    EXPECT_NE(r.output.find("exit=1"), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find(std::string("training stopped by SIG") + signal + " after step"),
+              std::string::npos) << r.output;
+    EXPECT_NE(r.output.find("--resume"), std::string::npos) << r.output;
+    const long saved = load_checkpoint((dir.path() / "run/checkpoint.ckpt").string()).step;
+    EXPECT_GE(saved, 3);
+    EXPECT_LT(saved, 1000000);
+    EXPECT_EQ(long(train_records(dir.path() / "run/metrics.jsonl")), saved);
+    r = lsgpt_in(dir.path(), "train --resume run/checkpoint.ckpt --stop-at " +
+                                 std::to_string(saved + 2) + " --quiet");
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    EXPECT_EQ(load_checkpoint((dir.path() / "run/checkpoint.ckpt").string()).step, saved + 2);
+  }
+}
+
 TEST(CliResume, ResumeComparesOnlyTheModelFlagsGiven) {
   ScratchDir dir;
   write_tokens(dir.path() / "tr.bin", 1);
