@@ -261,7 +261,8 @@ TEST_F(WriteErrors, RunDirectoryFilesOnAFullDevice) {
                                  "plot_train.dat"}) {
     const std::string out = path("run_" + name);
     full_link("run_" + name + "/" + name);
-    expect_write_error(run(train_args(out), "/dev/null"), {name, kFull});
+    // --overwrite: a planted metrics.jsonl or checkpoint.ckpt is a run's.
+    expect_write_error(run(train_args(out) + " --overwrite", "/dev/null"), {name, kFull});
   }
   EXPECT_FALSE(fs::exists(path("run_metrics.jsonl/checkpoint.ckpt")));
   EXPECT_FALSE(fs::exists(path("run_config.json/checkpoint.ckpt")));
