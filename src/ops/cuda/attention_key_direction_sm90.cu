@@ -61,20 +61,6 @@ __device__ __forceinline__ void key_scores(float (&s)[kQ / 2], uint32_t k_addr, 
   fence_operands(s);
 }
 
-// qbar += P^T Q: the k index is the tile's queries, Q read N-major.
-template <int D>
-__device__ __forceinline__ void add_query_mean(float (&qbar)[D / 2],
-                                               const uint32_t (&a_p)[kQ / 16][4],
-                                               uint32_t q_addr) {
-  fence_operands(qbar);
-  wgmma_fence();
-#pragma unroll
-  for (int kc = 0; kc < kQ / 16; ++kc) wgmma_rs<D>(qbar, a_p[kc], n_major_descriptor<kQ>(q_addr, kc));
-  wgmma_commit();
-  wgmma_wait<0>();
-  fence_operands(qbar);
-}
-
 // Key rows key_row and key_row + 8 (this thread's): u = qbar / colsum, the
 // column sum over the quad's lanes, 0 where it is <= 1e-30 (finish_key_row
 // says why), stored as bf16 below T.
@@ -153,7 +139,10 @@ __global__ void __launch_bounds__(kThreads)
           key_row, quad);
       uint32_t a_p[kQ / 16][4];
       a_fragments<kQ>(a_p, s);
-      add_query_mean<D>(qbar, a_p, q_addr);
+      // qbar += P^T Q: the query blocks' dQ += dS K product (A from
+      // registers, 64 rows read N-major), on P^T and Q.
+      static_assert(kQ == kQueryBlockKeyTile, "query_gradient's k is 64 rows");
+      query_gradient<D>(qbar, a_p, q_addr);
     };
     if (mask.tile_needs_mask(i0, kQ, k0, kKeys) || i0 + kQ > p.T)
       step(std::true_type{});
