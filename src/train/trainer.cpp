@@ -146,6 +146,21 @@ EarlyStop early_stop_here(const TrainConfig& tc, double seconds) {
   return EarlyStop::none;
 }
 
+// The end of a run stopped by SIGINT or SIGTERM, once its checkpoint is
+// saved (unless the last steps were not finite): nothing slower first, no
+// final evaluation (a scheduler's grace period after SIGTERM is short),
+// then one error naming the signal and how to resume.
+[[noreturn]] void stop_after_signal(MetricsLog* metrics, long step, long steps, bool saved,
+                                    const std::string& checkpoint) {
+  if (metrics) metrics->close();
+  const char* signal = ScopedStopSignals::name(ScopedStopSignals::received());
+  if (!saved)
+    fail("training stopped by ", signal, " after step ", step, "; no checkpoint written (the "
+         "last steps were not finite)");
+  fail("training stopped by ", signal, " after step ", step, " of ", steps,
+       "; the checkpoint holds it: continue with lsgpt train --resume ", checkpoint);
+}
+
 void print_banner(const Backend& backend, const Communicator& comm, const ModelConfig& mc,
                   const TrainConfig& tc, int T, long step, bool resuming) {
   std::printf("lsgpt train: %s | %zu parameters | %d layers x %d heads (local per layer:",
@@ -514,16 +529,9 @@ TrainResult train_model(const TrainOptions& options_given) {
 
   const double seconds = seconds_since(t0);
   if (early_stop == EarlyStop::signal) {
-    // Saved before anything slower (no final evaluation): a scheduler's
-    // grace period after SIGTERM is short.
-    if (nonfinite_run == 0) save(step, elapsed_before + seconds);
-    if (metrics) metrics->close();
-    const char* signal = ScopedStopSignals::name(ScopedStopSignals::received());
-    if (nonfinite_run != 0)
-      fail("training stopped by ", signal, " after step ", step, "; no checkpoint written (the "
-           "last steps were not finite)");
-    fail("training stopped by ", signal, " after step ", step, " of ", tc.steps,
-         "; the checkpoint holds it: continue with lsgpt train --resume ", ckpt_path);
+    const bool saved = nonfinite_run == 0;
+    if (saved) save(step, elapsed_before + seconds);
+    stop_after_signal(metrics.get(), step, tc.steps, saved, ckpt_path);
   }
   const EvalResult final_eval =
       evaluate_tokens(model, valid_file, B, T, tc.final_eval_batches);
