@@ -20,6 +20,7 @@
 #include "cli/model_options.h"
 #include "core/error.h"
 #include "core/statistics.h"
+#include "core/stop_signals.h"
 #include "data/token_file.h"
 #include "io/atomic_file.h"
 #include "io/standard_output.h"
@@ -157,6 +158,22 @@ json results_to_json(const StudyResults& r) {
               {"attention", r.attention}, {"runs", r.runs}};
 }
 
+// One run of the study. A stop signal ends the study: the run's own error
+// would advise `lsgpt train --resume`, which a rerun of the study does not
+// use (it starts its runs over), so the study's error says what is kept.
+TrainResult train_after_signal_check(const TrainOptions& o, size_t done,
+                                     const std::string& results_file) {
+  try {
+    return train_model(o);
+  } catch (const Error&) {
+    const int signal = ScopedStopSignals::received();
+    if (signal == 0) throw;
+    fail("the study stopped by ", ScopedStopSignals::name(signal), " during its run ", done + 1,
+         " (", o.train.out_dir, "); ", results_file, " holds the ", done,
+         " finished; running the study again starts every run over");
+  }
+}
+
 StudyResults run_all(StudyFlags& f) {
   const ModelConfig base = f.model.resolve();
   StudyResults res;
@@ -213,7 +230,7 @@ StudyResults run_all(StudyFlags& f) {
         std::printf("[%zu/%zu] %s, span %s, seed %llu ... ", done + 1, total, attention.c_str(),
                     setting.c_str(), (unsigned long long)seed);
         flush_stdout();
-        const TrainResult r = train_model(o);
+        const TrainResult r = train_after_signal_check(o, done, results_file);
         RunOutcome out;  // the metrics fill the rest
         out.attention = attention, out.setting = setting, out.seed = seed;
         read_metrics(r.metrics, std::min<long>(5, tc.steps / 10),

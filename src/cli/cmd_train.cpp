@@ -163,7 +163,8 @@ void add_train_command(CLI::App& app) {
                 "and metrics")
       ->group(run);
   cmd->add_option("--fault", t.fault,
-                  "testing: inject nan-grad@STEP, nan-param@STEP or error@STEP[:RANK]")
+                  "testing: inject nan-grad@STEP, nan-param@STEP, error@STEP[:RANK] or "
+                  "signal@STEP[:RANK]")
       ->group("");
   cmd->callback([flags] { run_train(*flags); });
 }

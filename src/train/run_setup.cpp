@@ -177,17 +177,23 @@ void refuse_writing_over_the_start(const RunSetup& s, const TrainOptions& o) {
          s.train.out_dir, "); give another --out-dir");
 }
 
+bool resumes_in_place(const RunSetup& s, const TrainOptions& o) {
+  std::error_code ec;
+  return s.resuming && fs::equivalent(o.resume, fs::path(s.train.out_dir) / "checkpoint.ckpt", ec);
+}
+
 void refuse_replacing_a_run(const RunSetup& s, const TrainOptions& o) {
-  if (o.overwrite) return;
+  if (o.overwrite || resumes_in_place(s, o)) return;
   const fs::path dir(s.train.out_dir);
   const fs::path checkpoint = dir / "checkpoint.ckpt", metrics = dir / "metrics.jsonl";
   std::error_code ec;
-  if (s.resuming && fs::equivalent(o.resume, checkpoint, ec)) return;
-  const bool has_checkpoint = fs::exists(checkpoint, ec);
-  if (!has_checkpoint && !fs::exists(metrics, ec)) return;
-  fail("--out-dir '", dir.string(), "' already holds a run (",
-       has_checkpoint ? "checkpoint.ckpt" : "metrics.jsonl", "); continue it with --resume ",
-       checkpoint.string(), ", replace it with --overwrite, or give another --out-dir");
+  if (fs::exists(checkpoint, ec))
+    fail("--out-dir '", dir.string(), "' already holds a run (checkpoint.ckpt); continue it "
+         "with --resume ", checkpoint.string(), ", replace it with --overwrite, or give "
+         "another --out-dir");
+  if (fs::exists(metrics, ec))
+    fail("--out-dir '", dir.string(), "' already holds a run (metrics.jsonl, no checkpoint to "
+         "resume); replace it with --overwrite, or give another --out-dir");
 }
 
 RunSetup setup_run(const TrainOptions& o) {

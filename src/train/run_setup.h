@@ -40,6 +40,10 @@ RunSetup setup_run(const TrainOptions& options);
 // The one rank that writes files calls it (the others may start later).
 void refuse_replacing_a_run(const RunSetup& setup, const TrainOptions& options);
 
+// Whether a resumed run writes into its checkpoint's own folder (its
+// metrics are appended to); anything else starts the folder's files anew.
+bool resumes_in_place(const RunSetup& setup, const TrainOptions& options);
+
 struct RunData {
   TokenFile train, valid;
 };

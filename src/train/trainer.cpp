@@ -1,10 +1,14 @@
 #include "train/trainer.h"
 
+#include <unistd.h>
+
 #include <chrono>
+#include <csignal>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <span>
 #include <vector>
 
@@ -36,9 +40,10 @@ double seconds_since(Clock::time_point t0) {
 }
 
 // "nan-grad@12" -> {kind, step}; the fault fires before the update of that
-// (1-based) step. Only for testing the non-finite handling, and (error@STEP
+// (1-based) step. Only for testing the non-finite handling, (error@STEP
 // or error@STEP:RANK: an error on one rank, rank 0 by default) the way one
-// rank's failure stops a data-parallel run.
+// rank's failure stops a data-parallel run, and (signal@STEP[:RANK]: a
+// SIGTERM raised in one rank as that step starts) the stop on a signal.
 struct Fault {
   std::string kind;
   long step = -1;
@@ -50,10 +55,11 @@ Fault parse_fault(const std::string& s) {
   if (s.empty()) return f;
   const auto at = s.find('@');
   if (at == std::string::npos)
-    fail("--fault must look like nan-grad@STEP, nan-param@STEP or error@STEP[:RANK]");
+    fail("--fault must look like nan-grad@STEP, nan-param@STEP, error@STEP[:RANK] or "
+         "signal@STEP[:RANK]");
   f.kind = s.substr(0, at);
-  if (f.kind != "nan-grad" && f.kind != "nan-param" && f.kind != "error")
-    fail("--fault kind must be nan-grad, nan-param or error, got '", f.kind, "'");
+  if (f.kind != "nan-grad" && f.kind != "nan-param" && f.kind != "error" && f.kind != "signal")
+    fail("--fault kind must be nan-grad, nan-param, error or signal, got '", f.kind, "'");
   const auto colon = s.find(':', at);
   try {
     size_t used = 0;
@@ -61,7 +67,8 @@ Fault parse_fault(const std::string& s) {
     f.step = std::stol(step, &used);
     if (used != step.size()) throw std::invalid_argument(step);
     if (colon != std::string::npos) {
-      if (f.kind != "error") fail("--fault: only error@STEP takes a :RANK");
+      if (f.kind != "error" && f.kind != "signal")
+        fail("--fault: only error@STEP and signal@STEP take a :RANK");
       const std::string rank = s.substr(colon + 1);
       f.rank = std::stoi(rank, &used);
       if (used != rank.size()) throw std::invalid_argument(rank);
@@ -129,35 +136,47 @@ double loss_over_ranks(const std::vector<double>& local, Communicator& comm, int
   return loss;
 }
 
-// Why the loop stops before --steps on rank 0's clock and signals, which
-// every rank follows (a save takes every rank).
-enum class EarlyStop : char { none, time_limit, signal };
+// Whether the run stops before --steps, which every rank follows (a save
+// takes every rank): rank 0's clock against --max-time, or a stop signal
+// that any rank received (mpirun forwards one to every rank, a scheduler
+// may signal only some), named by the lowest such rank's.
+struct EarlyStop {
+  bool time_up = false;
+  int signal = 0;  // 0: none
+};
 
-EarlyStop rank0_early_stop(EarlyStop mine, Communicator& comm) {
-  std::vector<char> all(comm.size());
-  const char c = char(mine);
-  comm.all_gather_host(&c, all.data(), 1);
-  return EarlyStop(all[0]);
-}
-
-EarlyStop early_stop_here(const TrainConfig& tc, double seconds) {
-  if (ScopedStopSignals::received() != 0) return EarlyStop::signal;
-  if (tc.max_time > 0 && seconds >= tc.max_time) return EarlyStop::time_limit;
-  return EarlyStop::none;
+EarlyStop agree_on_early_stop(const TrainConfig& tc, double seconds, Communicator& comm) {
+  const char mine[2] = {char(tc.max_time > 0 && seconds >= tc.max_time),
+                        char(ScopedStopSignals::received())};
+  std::vector<char> all(2 * size_t(comm.size()));
+  comm.all_gather_host(mine, all.data(), 2);
+  EarlyStop e;
+  e.time_up = all[0] != 0;
+  for (int r = 0; r < comm.size() && e.signal == 0; ++r) e.signal = all[2 * size_t(r) + 1];
+  return e;
 }
 
 // The end of a run stopped by SIGINT or SIGTERM, once its checkpoint is
 // saved (unless the last steps were not finite): nothing slower first, no
 // final evaluation (a scheduler's grace period after SIGTERM is short),
-// then one error naming the signal and how to resume.
-[[noreturn]] void stop_after_signal(MetricsLog* metrics, long step, long steps, bool saved,
+// then one error naming the signal and how to resume. With several ranks
+// every one waits until rank 0 has written the file, and only rank 0
+// reports: its error ends the others (MPI_Abort), which would otherwise
+// race it, cutting its write short or printing their own lines.
+[[noreturn]] void stop_after_signal(MetricsLog* metrics, Communicator& comm, int signal,
+                                    long step, long steps, bool saved,
                                     const std::string& checkpoint) {
   if (metrics) metrics->close();
-  const char* signal = ScopedStopSignals::name(ScopedStopSignals::received());
+  const char here = 1;
+  std::vector<char> all(size_t(comm.size()));
+  comm.all_gather_host(&here, all.data(), 1);  // a barrier: rank 0 has saved
+  if (comm.rank() != 0)
+    for (;;) pause();  // rank 0's error ends this process
+  const char* name = ScopedStopSignals::name(signal);
   if (!saved)
-    fail("training stopped by ", signal, " after step ", step, "; no checkpoint written (the "
+    fail("training stopped by ", name, " after step ", step, "; no checkpoint written (the "
          "last steps were not finite)");
-  fail("training stopped by ", signal, " after step ", step, " of ", steps,
+  fail("training stopped by ", name, " after step ", step, " of ", steps,
        "; the checkpoint holds it: continue with lsgpt train --resume ", checkpoint);
 }
 
@@ -236,13 +255,26 @@ void start_model(GPT& model, const RunSetup& setup, const TrainOptions& options,
 }
 
 // The run directory with its config.json, and the metrics log (appended
-// to when resuming). Rank 0 only.
+// to when resuming in place). A run it replaces (--overwrite) loses its
+// checkpoint first, so that no later failure leaves the new run's
+// metrics beside the old run's checkpoint; a checkpoint.ckpt that is not
+// a regular file (a link to /dev/null that discards them) is the user's
+// and stays. Rank 0 only.
 std::unique_ptr<MetricsLog> open_run_directory(const ModelConfig& mc, const TrainConfig& tc,
-                                               bool resuming) {
+                                               const RunSetup& setup,
+                                               const TrainOptions& options) {
   std::error_code dir_error;
   std::filesystem::create_directories(tc.out_dir, dir_error);
   if (dir_error) fail("cannot create the run directory '", tc.out_dir, "': ", dir_error.message());
-  auto metrics = std::make_unique<MetricsLog>(tc.out_dir + "/metrics.jsonl", resuming);
+  const bool in_place = resumes_in_place(setup, options);
+  if (!in_place) {
+    const std::string old = tc.out_dir + "/checkpoint.ckpt";
+    std::error_code ec;
+    if (std::filesystem::symlink_status(old, ec).type() == std::filesystem::file_type::regular &&
+        !std::filesystem::remove(old, ec) && ec)
+      fail("cannot remove the replaced run's '", old, "': ", ec.message());
+  }
+  auto metrics = std::make_unique<MetricsLog>(tc.out_dir + "/metrics.jsonl", in_place);
   write_file_atomic(tc.out_dir + "/config.json",
                     json{{"model", mc.to_json()}, {"train", tc.to_json()}}.dump(2));
   return metrics;
@@ -448,15 +480,21 @@ TrainResult train_model(const TrainOptions& options_given) {
   // "GPU-seconds to reach a validation loss" is measured in.
   double train_seconds = state.value("train_seconds", 0.0);
 
+  // From here, before the run folder is written, a SIGINT or SIGTERM ends
+  // the step under way, saves and stops; the handlers go once the last
+  // checkpoint is written.
+  std::optional<ScopedStopSignals> stop_signals(std::in_place);
   const std::string ckpt_path = tc.out_dir + "/checkpoint.ckpt";
   std::unique_ptr<MetricsLog> metrics;
-  if (lead) metrics = open_run_directory(mc, tc, resuming);
+  if (lead) metrics = open_run_directory(mc, tc, setup, options);
   auto log = [&](const json& record) {
     if (metrics) metrics->write(record);
   };
 
   // Every rank takes part (the shards are gathered); rank 0 writes.
+  long saved_step = -1;
   auto save = [&](long steps_done, double elapsed) {
+    saved_step = steps_done;
     Checkpoint ck;
     ck.model = mc;
     ck.train = tc.to_json();
@@ -473,8 +511,6 @@ TrainResult train_model(const TrainOptions& options_given) {
 
   const long tokens_per_step = long(B) * T * tc.grad_accum;
   if (!quiet) print_banner(*backend, *comm, mc, tc, T, step, resuming);
-  // From here a SIGINT or SIGTERM ends the step under way, saves and stops.
-  ScopedStopSignals stop_signals;
 
   MicroBatches micro{batches, B, T, accum, world, rank,
                      std::vector<int32_t>(size_t(B) * T), std::vector<int32_t>(size_t(B) * T)};
@@ -483,10 +519,10 @@ TrainResult train_model(const TrainOptions& options_given) {
   TrainResult result;
   double last_loss = NAN;
   const long start_step = step;
-  EarlyStop early_stop = EarlyStop::none;
+  EarlyStop early_stop;
   while (step < tc.steps) {
-    early_stop = rank0_early_stop(early_stop_here(tc, seconds_since(t0)), *comm);
-    if ((tc.stop_at > 0 && step >= tc.stop_at) || early_stop != EarlyStop::none) {
+    early_stop = agree_on_early_stop(tc, seconds_since(t0), *comm);
+    if ((tc.stop_at > 0 && step >= tc.stop_at) || early_stop.time_up || early_stop.signal) {
       result.stopped_early = true;
       break;
     }
@@ -495,6 +531,7 @@ TrainResult train_model(const TrainOptions& options_given) {
     if (fault.step == step + 1 && fault.kind == "error" && fault.rank == rank)
       fail("injected fault (--fault ", tc.fault, ") on rank ", rank, " at step ", step + 1);
     if (fault.step == step + 1 && fault.kind == "nan-param") model.poison_parameter();
+    if (fault.step == step + 1 && fault.kind == "signal" && fault.rank == rank) raise(SIGTERM);
     trainee.begin_step();
     model.reset_max_logits();
     const StepLosses losses = run_micro_batches(trainee, micro, *comm, tc, mc, step);
@@ -514,9 +551,11 @@ TrainResult train_model(const TrainOptions& options_given) {
       print_step_line(losses, update, tc, step, lr, double(tokens_per_step), speed, dt);
     if (tc.eval_every > 0 && step % tc.eval_every == 0 && step < tc.steps) {
       // Every rank holds the same parameters; each evaluates, rank 0 reports.
-      const EvalResult ev = evaluate_tokens(model, valid_file, B, T, tc.eval_batches);
-      log(eval_record(ev, step, train_seconds));
-      if (!quiet) {
+      // A stop signal cuts it short (the loop's next check stops the run).
+      const EvalResult ev = evaluate_tokens(model, valid_file, B, T, tc.eval_batches,
+                                            [] { return ScopedStopSignals::received() != 0; });
+      if (!ev.interrupted) log(eval_record(ev, step, train_seconds));
+      if (!quiet && !ev.interrupted) {
         std::printf("eval  step %ld | val loss %.4f | val ppl %.2f (%ld tokens)\n", step,
                     ev.loss, ev.perplexity, ev.tokens);
         flush_progress();
@@ -527,18 +566,22 @@ TrainResult train_model(const TrainOptions& options_given) {
       save(step, elapsed_before + seconds_since(t0));
   }
 
+  // A signal during the last step still stops the run before its final
+  // evaluation.
+  if (early_stop.signal == 0) early_stop.signal = agree_on_early_stop(tc, 0, *comm).signal;
   const double seconds = seconds_since(t0);
-  if (early_stop == EarlyStop::signal) {
-    const bool saved = nonfinite_run == 0;
-    if (saved) save(step, elapsed_before + seconds);
-    stop_after_signal(metrics.get(), step, tc.steps, saved, ckpt_path);
-  }
+  // Saved before the final evaluation, once a step (a periodic save at a
+  // signal's step is not repeated).
+  const bool finite = nonfinite_run == 0;
+  if (finite && saved_step != step) save(step, elapsed_before + seconds);
+  if (early_stop.signal)
+    stop_after_signal(metrics.get(), *comm, early_stop.signal, step, tc.steps, finite, ckpt_path);
+  stop_signals.reset();  // a signal now ends the process: the checkpoint is written
   const EvalResult final_eval =
       evaluate_tokens(model, valid_file, B, T, tc.final_eval_batches);
   json final_record = eval_record(final_eval, step, train_seconds);
   final_record["final"] = true;
   log(final_record);
-  if (nonfinite_run == 0) save(step, elapsed_before + seconds);
   if (metrics) metrics->close();
 
   result.steps = step;

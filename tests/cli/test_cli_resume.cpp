@@ -201,10 +201,24 @@ TEST(CliResume, AnOutDirHoldingARunIsNotReplacedSilently) {
   EXPECT_EQ(load_checkpoint((run / "checkpoint.ckpt").string()).step, 2);
   EXPECT_EQ(train_records(run / "metrics.jsonl"), 2u);
 
-  // Only the metrics left (the checkpoint deleted to save space).
-  fs::remove(run / "checkpoint.ckpt");
+  // --overwrite takes the old checkpoint away before anything else: a run
+  // that then fails before its first save leaves no old checkpoint beside
+  // its own metrics.
+  r = lsgpt_in(dir.path(), fresh(9, "run") + " --overwrite --fault error@1");
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_FALSE(fs::exists(run / "checkpoint.ckpt"));
+
+  // Only the metrics left: no checkpoint to resume, so no --resume advice.
   r = lsgpt_in(dir.path(), fresh(7, "run"));
-  expect_refusal(r, {"already holds a run (metrics.jsonl)"});
+  expect_refusal(r, {"already holds a run (metrics.jsonl, no checkpoint to resume)",
+                     "--overwrite"},
+                 {"--resume"});
+
+  // A resume moved onto another run with --overwrite starts the folder's
+  // metrics anew instead of appending to the other run's.
+  r = lsgpt_in(dir.path(), "train --resume other/checkpoint.ckpt --out-dir run --overwrite --quiet");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(train_records(run / "metrics.jsonl"), 2u);  // steps 3 and 4 only
 }
 
 // A SIGTERM (a scheduler's preemption) or SIGINT (Ctrl-C) mid-run ends the
@@ -241,6 +255,37 @@ TEST(CliResume, AStopSignalSavesTheRunAndItResumes) {
     ASSERT_EQ(r.exit_code, 0) << r.output;
     EXPECT_EQ(load_checkpoint((dir.path() / "run/checkpoint.ckpt").string()).step, saved + 2);
   }
+}
+
+// Where the signal lands: during a periodic evaluation (cut short, not
+// logged; a periodic save falls on the same step), or during the last step
+// (no final evaluation: the run stops with the checkpoint of its last
+// step). --fault signal@STEP raises SIGTERM as
+// that step starts.
+TEST(CliResume, AStopSignalCutsAnEvaluationAndStopsAfterTheLastStep) {
+  ScratchDir dir;
+  write_tokens(dir.path() / "tr.bin", 1, 20000);
+  const std::string base = "train --train tr.bin --valid tr.bin --checkpoint-every 4" + kModel +
+                           " --quiet --batch-size 2 --final-eval-batches 2 --warmup 1";
+  // An evaluation of the whole file at step 4 would take seconds; the
+  // signal raised at step 4's start cuts it after no batch.
+  auto r = lsgpt_in(dir.path(), base + " --steps 100 --eval-every 4 --eval-batches 1000 "
+                                       "--fault signal@4 --out-dir a");
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_NE(r.output.find("training stopped by SIGTERM after step 4 of 100"), std::string::npos)
+      << r.output;
+  EXPECT_EQ(load_checkpoint((dir.path() / "a/checkpoint.ckpt").string()).step, 4);
+  std::ifstream metrics(dir.path() / "a/metrics.jsonl");
+  size_t evals = 0;
+  for (std::string line; std::getline(metrics, line);)
+    evals += nlohmann::json::parse(line)["type"] == "eval";
+  EXPECT_EQ(evals, 0u) << "the cut evaluation was logged";
+  // The last of 3 steps.
+  r = lsgpt_in(dir.path(), base + " --steps 3 --eval-every 0 --fault signal@3 --out-dir b");
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_NE(r.output.find("training stopped by SIGTERM after step 3 of 3"), std::string::npos)
+      << r.output;
+  EXPECT_EQ(load_checkpoint((dir.path() / "b/checkpoint.ckpt").string()).step, 3);
 }
 
 TEST(CliResume, ResumeComparesOnlyTheModelFlagsGiven) {

@@ -215,6 +215,25 @@ TEST_F(DataParallelCli, AnErrorOnOneRankStopsEveryRank) {
   EXPECT_FALSE(std::ifstream(dir_.file("fault/checkpoint.ckpt")).good());
 }
 
+// A stop signal that reaches one rank only (here rank 1, as a scheduler
+// may deliver it) stops every rank after the same step: the checkpoint is
+// whole (every rank waits for rank 0's write before rank 0's error ends
+// them), one error line names the signal, and the run resumes from that
+// step to the same losses as a run never stopped.
+TEST_F(DataParallelCli, AStopSignalOnOneRankSavesAndStopsEveryRank) {
+  train_reference();
+  auto r = train(2, 2, "signal", " --quiet --fault signal@3:1");
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_EQ(count(r.output, "lsgpt: error:"), 1) << r.output;
+  EXPECT_NE(r.output.find("lsgpt: error: rank 0: training stopped by SIGTERM after step 3 of"),
+            std::string::npos)
+      << r.output;
+  EXPECT_EQ(load_checkpoint(dir_.file("signal/checkpoint.ckpt")).step, 3);
+  r = resume(2, "signal");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  expect_same_run("signal");
+}
+
 TEST_F(DataParallelCli, OnlyRankZeroPrints) {
   const auto r = train(2, 1, "print", " --log-every 2");
   ASSERT_EQ(r.exit_code, 0) << r.output;
