@@ -168,9 +168,13 @@ TrainResult train_after_signal_check(const TrainOptions& o, size_t done,
   } catch (const Error&) {
     const int signal = ScopedStopSignals::received();
     if (signal == 0) throw;
+    std::printf("stopped\n");  // ends the run's progress line
+    flush_stdout();
+    const std::string kept = done == 0 ? std::string("no run had finished")
+                                       : results_file + " holds the " + std::to_string(done) +
+                                             " finished";
     fail("the study stopped by ", ScopedStopSignals::name(signal), " during its run ", done + 1,
-         " (", o.train.out_dir, "); ", results_file, " holds the ", done,
-         " finished; running the study again starts every run over");
+         " (", o.train.out_dir, "); ", kept, "; running the study again starts every run over");
   }
 }
 

@@ -66,6 +66,10 @@ int main(int argc, char** argv) {
     }
     // Whatever printed (a command, --help), output that never arrived is a failure.
     lsgpt::close_stdout();
+  } catch (const lsgpt::AgreedError& e) {
+    std::fflush(stdout);
+    if (*e.what()) std::fprintf(stderr, "lsgpt: error: %s\n", e.what());
+    return 1;
   } catch (const lsgpt::Error& e) {
     return report_error(e.what());
   } catch (const std::bad_alloc&) {

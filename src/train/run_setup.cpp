@@ -183,6 +183,9 @@ bool resumes_in_place(const RunSetup& s, const TrainOptions& o) {
 }
 
 void refuse_replacing_a_run(const RunSetup& s, const TrainOptions& o) {
+  if (o.overwrite && resumes_in_place(s, o))
+    fail("--overwrite would replace the run that --resume continues in --out-dir '",
+         s.train.out_dir, "'; give one of them, or another --out-dir");
   if (o.overwrite || resumes_in_place(s, o)) return;
   const fs::path dir(s.train.out_dir);
   const fs::path checkpoint = dir / "checkpoint.ckpt", metrics = dir / "metrics.jsonl";

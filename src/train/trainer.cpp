@@ -1,7 +1,5 @@
 #include "train/trainer.h"
 
-#include <unistd.h>
-
 #include <chrono>
 #include <csignal>
 #include <cmath>
@@ -10,6 +8,7 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <span>
+#include <sstream>
 #include <vector>
 
 #include "core/error.h"
@@ -159,25 +158,28 @@ EarlyStop agree_on_early_stop(const TrainConfig& tc, double seconds, Communicato
 // The end of a run stopped by SIGINT or SIGTERM, once its checkpoint is
 // saved (unless the last steps were not finite): nothing slower first, no
 // final evaluation (a scheduler's grace period after SIGTERM is short),
-// then one error naming the signal and how to resume. With several ranks
-// every one waits until rank 0 has written the file, and only rank 0
-// reports: its error ends the others (MPI_Abort), which would otherwise
-// race it, cutting its write short or printing their own lines.
-[[noreturn]] void stop_after_signal(MetricsLog* metrics, Communicator& comm, int signal,
+// then one error naming the signal and how to resume. Every rank waits
+// until rank 0 has written the file, then all end alike (AgreedError: no
+// rank's exit cuts rank 0's write short, one line is printed); from the
+// barrier on a signal ends the process as usual.
+[[noreturn]] void stop_after_signal(MetricsLog* metrics, Communicator& comm,
+                                    std::optional<ScopedStopSignals>& handlers, int signal,
                                     long step, long steps, bool saved,
                                     const std::string& checkpoint) {
   if (metrics) metrics->close();
   const char here = 1;
   std::vector<char> all(size_t(comm.size()));
   comm.all_gather_host(&here, all.data(), 1);  // a barrier: rank 0 has saved
-  if (comm.rank() != 0)
-    for (;;) pause();  // rank 0's error ends this process
-  const char* name = ScopedStopSignals::name(signal);
-  if (!saved)
-    fail("training stopped by ", name, " after step ", step, "; no checkpoint written (the "
-         "last steps were not finite)");
-  fail("training stopped by ", name, " after step ", step, " of ", steps,
-       "; the checkpoint holds it: continue with lsgpt train --resume ", checkpoint);
+  handlers.reset();
+  if (comm.rank() != 0) throw AgreedError("");
+  std::ostringstream os;
+  os << "training stopped by " << ScopedStopSignals::name(signal) << " after step " << step;
+  if (saved)
+    os << " of " << steps << "; the checkpoint holds it: continue with lsgpt train --resume "
+       << checkpoint;
+  else
+    os << "; no checkpoint written (the last steps were not finite)";
+  throw AgreedError(os.str());
 }
 
 void print_banner(const Backend& backend, const Communicator& comm, const ModelConfig& mc,
@@ -550,10 +552,12 @@ TrainResult train_model(const TrainOptions& options_given) {
     if (!quiet && (step % tc.log_every == 0 || step == start_step + 1))
       print_step_line(losses, update, tc, step, lr, double(tokens_per_step), speed, dt);
     if (tc.eval_every > 0 && step % tc.eval_every == 0 && step < tc.steps) {
-      // Every rank holds the same parameters; each evaluates, rank 0 reports.
-      // A stop signal cuts it short (the loop's next check stops the run).
-      const EvalResult ev = evaluate_tokens(model, valid_file, B, T, tc.eval_batches,
-                                            [] { return ScopedStopSignals::received() != 0; });
+      // Every rank holds the same parameters; each evaluates the same
+      // batches, rank 0 reports. A stop signal on any rank cuts it short
+      // on all before the same batch (the loop's next check stops the run).
+      const EvalResult ev = evaluate_tokens(model, valid_file, B, T, tc.eval_batches, [&] {
+        return agree_on_early_stop(tc, 0, *comm).signal != 0;
+      });
       if (!ev.interrupted) log(eval_record(ev, step, train_seconds));
       if (!quiet && !ev.interrupted) {
         std::printf("eval  step %ld | val loss %.4f | val ppl %.2f (%ld tokens)\n", step,
@@ -575,7 +579,8 @@ TrainResult train_model(const TrainOptions& options_given) {
   const bool finite = nonfinite_run == 0;
   if (finite && saved_step != step) save(step, elapsed_before + seconds);
   if (early_stop.signal)
-    stop_after_signal(metrics.get(), *comm, early_stop.signal, step, tc.steps, finite, ckpt_path);
+    stop_after_signal(metrics.get(), *comm, stop_signals, early_stop.signal, step, tc.steps,
+                      finite, ckpt_path);
   stop_signals.reset();  // a signal now ends the process: the checkpoint is written
   const EvalResult final_eval =
       evaluate_tokens(model, valid_file, B, T, tc.final_eval_batches);

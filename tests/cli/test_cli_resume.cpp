@@ -190,7 +190,9 @@ TEST(CliResume, AnOutDirHoldingARunIsNotReplacedSilently) {
   expect_refusal(r, {"already holds a run", "--overwrite"});
   EXPECT_EQ(bytes(run / "checkpoint.ckpt"), ckpt);
 
-  // Its own folder: continued.
+  // Its own folder: continued (not with --overwrite, which would replace it).
+  r = lsgpt_in(dir.path(), "train --resume run/checkpoint.ckpt --overwrite --quiet");
+  expect_refusal(r, {"--overwrite would replace the run that --resume continues"});
   r = lsgpt_in(dir.path(), "train --resume run/checkpoint.ckpt --quiet");
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_EQ(load_checkpoint((run / "checkpoint.ckpt").string()).step, 4);
