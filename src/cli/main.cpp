@@ -4,7 +4,9 @@
 // output is checked before a successful exit, so output lost to a full disk
 // or a closed pipe is an error too. In a data-parallel run (mpirun) an error
 // on any rank is printed with its rank and ends every rank (MPI_Abort), so no
-// rank is left waiting in a collective for the one that failed.
+// rank is left waiting in a collective for the one that failed; an error
+// every rank raises at the same point (lsgpt::AgreedError: a stop signal) is
+// printed once, by rank 0, and each process exits with status 1.
 #include <CLI/CLI.hpp>
 #include <csignal>
 #include <cstdio>
