@@ -62,6 +62,28 @@ class StudySpan : public ::testing::Test {
   ScratchDir dir_;
 };
 
+// A stop signal during a study's run ends the study with one error that
+// says what is kept and that a rerun starts over, not the run's own advice
+// to resume it with lsgpt train (a rerun of the study would not use it).
+TEST_F(StudySpan, AStopSignalEndsTheStudyNamingWhatIsKept) {
+  const std::string runs = (dir_.path() / "stopped").string();
+  const std::string script =
+      quoted(LSGPT_BINARY) + " " + canonical_study("--steps 30000", "stopped") +
+      " > " + quoted(runs + ".log") + " 2>&1 & pid=$!; "
+      "for i in $(seq 1200); do f=$(find " + quoted(runs) + " -name metrics.jsonl 2>/dev/null | "
+      "head -1); [ -n \"$f\" ] && [ \"$(grep -c '\"type\": *\"train\"' \"$f\")\" -ge 2 ] && "
+      "break; sleep 0.05; done; kill -TERM $pid; wait $pid; echo \"exit=$?\"; cat " +
+      quoted(runs + ".log");
+  const auto r = testing::run_command("(" + script + ") < /dev/null");
+  EXPECT_NE(r.output.find("exit=1"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("the study stopped by SIGTERM during its run 1"), std::string::npos)
+      << r.output;
+  EXPECT_NE(r.output.find("no run had finished; running the study again starts every run over"),
+            std::string::npos)
+      << r.output;
+  EXPECT_EQ(r.output.find("--resume"), std::string::npos) << r.output;
+}
+
 TEST_F(StudySpan, PairedStatisticsOfBothAttentionKinds) {
   const auto r = lsgpt(study("ls,mhsa", "both"));
   ASSERT_EQ(r.exit_code, 0) << r.output;
