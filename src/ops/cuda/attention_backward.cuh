@@ -146,6 +146,19 @@ __device__ __forceinline__ void store_row_pairs(__nv_bfloat16* row, const float 
           __floats2bfloat162_rn(g[2 * db], g[2 * db + 1]);
 }
 
+// 1 / colsum_j for the cross basis on k, from this lane's share of the
+// column sum (the quad's lanes hold the row's shares). A key that (almost)
+// no query attended: below 1e-30 its column sum may be subnormal, 1/total
+// overflows and 0 * inf (qbar flushed to zero in the bf16 product) is NaN.
+// 0 then, so u = 0 leaves the row unchanged; its gradient is of the order
+// of that sum, i.e. nothing.
+__device__ __forceinline__ float inverse_column_sum(float lane_share) {
+  float total = lane_share;
+  total += __shfl_xor_sync(0xffffffffu, total, 1);
+  total += __shfl_xor_sync(0xffffffffu, total, 2);
+  return total > 1e-30f ? 1.0f / total : 0.f;
+}
+
 // Key row j's epilogue: gk (already scaled by tau) and gv projected (span:
 // dK along qbar_j / colsum_j, or the row of key_direction, or k_j; dV
 // along v_j) in place and stored when j < T.
@@ -165,14 +178,7 @@ __device__ __forceinline__ void finish_key_row(const BackwardParams& p, float (&
     if (p.span.k) {
       float u[2 * kDBlocks];
       if constexpr (kQbar) {
-        float total = colsum;
-        total += __shfl_xor_sync(0xffffffffu, total, 1);
-        total += __shfl_xor_sync(0xffffffffu, total, 2);
-        // A key that (almost) no query attended: below 1e-30 its column sum
-        // may be subnormal, 1/total overflows and 0 * inf (qbar flushed to
-        // zero in the bf16 product) is NaN. u = 0 leaves the row unchanged;
-        // its gradient is of the order of that sum, i.e. nothing.
-        const float inv = total > 1e-30f ? 1.0f / total : 0.f;
+        const float inv = inverse_column_sum(colsum);
 #pragma unroll
         for (int e = 0; e < 2 * kDBlocks; ++e) u[e] = qbar[e] * inv;
       } else {

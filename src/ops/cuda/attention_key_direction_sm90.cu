@@ -61,9 +61,8 @@ __device__ __forceinline__ void key_scores(float (&s)[kQ / 2], uint32_t k_addr, 
   fence_operands(s);
 }
 
-// Key rows key_row and key_row + 8 (this thread's): u = qbar / colsum, the
-// column sum over the quad's lanes, 0 where it is <= 1e-30 (finish_key_row
-// says why), stored as bf16 below T.
+// Key rows key_row and key_row + 8 (this thread's): u = qbar / colsum (0
+// where the sum is about 0, inverse_column_sum), stored as bf16 below T.
 template <int D>
 __device__ __forceinline__ void store_key_directions(const BackwardParams& p, bf16* head_out,
                                                      const float (&qbar)[D / 2],
@@ -71,10 +70,7 @@ __device__ __forceinline__ void store_key_directions(const BackwardParams& p, bf
                                                      int quad) {
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
-    float total = colsum[r];
-    total += __shfl_xor_sync(0xffffffffu, total, 1);
-    total += __shfl_xor_sync(0xffffffffu, total, 2);
-    const float inv = total > 1e-30f ? 1.0f / total : 0.f;
+    const float inv = inverse_column_sum(colsum[r]);
     const int j = key_row + 8 * r;
     float u[D / 4];
 #pragma unroll
