@@ -136,17 +136,17 @@ double loss_over_ranks(const std::vector<double>& local, Communicator& comm, int
 }
 
 // Whether the run stops before --steps, which every rank follows (a save
-// takes every rank): rank 0's clock against --max-time, or a stop signal
-// that any rank received (mpirun forwards one to every rank, a scheduler
-// may signal only some), named by the lowest such rank's.
+// takes every rank): rank 0's `time_up` (its clock against --max-time;
+// false where only a signal is asked about), or a stop signal that any
+// rank received (mpirun forwards one to every rank, a scheduler may signal
+// only some), named by the lowest such rank's.
 struct EarlyStop {
   bool time_up = false;
   int signal = 0;  // 0: none
 };
 
-EarlyStop agree_on_early_stop(const TrainConfig& tc, double seconds, Communicator& comm) {
-  const char mine[2] = {char(tc.max_time > 0 && seconds >= tc.max_time),
-                        char(ScopedStopSignals::received())};
+EarlyStop agree_on_early_stop(bool time_up, Communicator& comm) {
+  const char mine[2] = {char(time_up), char(ScopedStopSignals::received())};
   std::vector<char> all(2 * size_t(comm.size()));
   comm.all_gather_host(mine, all.data(), 2);
   EarlyStop e;
@@ -523,7 +523,8 @@ TrainResult train_model(const TrainOptions& options_given) {
   const long start_step = step;
   EarlyStop early_stop;
   while (step < tc.steps) {
-    early_stop = agree_on_early_stop(tc, seconds_since(t0), *comm);
+    early_stop =
+        agree_on_early_stop(tc.max_time > 0 && seconds_since(t0) >= tc.max_time, *comm);
     if ((tc.stop_at > 0 && step >= tc.stop_at) || early_stop.time_up || early_stop.signal) {
       result.stopped_early = true;
       break;
@@ -556,7 +557,7 @@ TrainResult train_model(const TrainOptions& options_given) {
       // batches, rank 0 reports. A stop signal on any rank cuts it short
       // on all before the same batch (the loop's next check stops the run).
       const EvalResult ev = evaluate_tokens(model, valid_file, B, T, tc.eval_batches, [&] {
-        return agree_on_early_stop(tc, 0, *comm).signal != 0;
+        return agree_on_early_stop(false, *comm).signal != 0;
       });
       if (!ev.interrupted) log(eval_record(ev, step, train_seconds));
       if (!quiet && !ev.interrupted) {
@@ -572,7 +573,7 @@ TrainResult train_model(const TrainOptions& options_given) {
 
   // A signal during the last step still stops the run before its final
   // evaluation.
-  if (early_stop.signal == 0) early_stop.signal = agree_on_early_stop(tc, 0, *comm).signal;
+  if (early_stop.signal == 0) early_stop.signal = agree_on_early_stop(false, *comm).signal;
   const double seconds = seconds_since(t0);
   // Saved before the final evaluation, once a step (a periodic save at a
   // signal's step is not repeated).
